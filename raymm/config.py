@@ -1,0 +1,198 @@
+"""raymm's typed configuration: one pydantic model, loaded from YAML, with dotted overrides.
+
+``load_config("configs/quickstart.yaml", ["synth.size=tiny"])`` returns a validated
+:class:`RaymmConfig`. Unknown keys and wrong types raise :class:`ConfigError` naming the key and
+what was expected. Each stage owns one section; later stages add theirs here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raymm.errors import ConfigError
+
+SizeName = Literal["tiny", "small", "large"]
+
+
+class StrictModel(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class MissingRates(StrictModel):
+    """Probability that an item's modality is missing (null) in the synthetic catalog."""
+
+    text: float = Field(0.05, ge=0.0, le=1.0)
+    image: float = Field(0.1, ge=0.0, le=1.0)
+    audio: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class SynthConfig(StrictModel):
+    """The synthetic multimodal benchmark (``raymm data synth``).
+
+    ``size`` picks a preset (tiny: tests, small: quickstart, large: 100k items for benchmarks);
+    ``n_items``/``n_users``/``events_per_user`` override the preset's numbers when set.
+    """
+
+    size: SizeName = "small"
+    seed: int | None = None
+    n_items: int | None = Field(None, gt=0)
+    n_users: int | None = Field(None, gt=0)
+    events_per_user: int | None = Field(None, gt=0)
+    cold_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    stream_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    missing: MissingRates = MissingRates()
+    image_size: int = Field(64, ge=16, le=512)
+    audio_sample_rate: int = Field(16000, ge=8000, le=48000)
+    noise: float = Field(0.15, ge=0.0, le=1.0)
+    popularity_bias: float = Field(0.5, ge=0.0)
+
+
+SplitFractions = tuple[float, float, float]
+
+
+class ImportConfig(StrictModel):
+    """``raymm data import``: which format, where its files are, how to split by time."""
+
+    format: Literal["movielens", "recbole", "amazon2023", "mmrec"] | None = None
+    source: str | None = None
+    name: str | None = None
+    like_threshold: float = 4.0
+    split: SplitFractions = (0.8, 0.1, 0.1)
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> ImportConfig:
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
+            raise ValueError(f"split must be three non-negative fractions summing to 1, got {self.split}")
+        return self
+
+
+class ValidateConfig(StrictModel):
+    """``raymm data validate``: how deep to look."""
+
+    decode_media: bool = True
+    max_problems: int = Field(200, gt=0)
+
+
+class RayConfig(StrictModel):
+    """Where Ray runs: ``address`` None starts a local instance; ``auto`` joins a cluster."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, gt=0)
+    num_gpus: int | None = Field(None, ge=0)
+
+
+class RaymmConfig(StrictModel):
+    """The whole configuration. ``out`` is the root under which stages write (data/, features/...)."""
+
+    seed: int = 0
+    out: str = "out"
+    synth: SynthConfig = SynthConfig()
+    import_: ImportConfig = Field(ImportConfig(), alias="import")
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    ray: RayConfig = RayConfig()
+
+    def stage_dir(self, stage: str) -> str:
+        """Where ``stage`` (data, features, model, ...) reads and writes under ``out``."""
+        return f"{self.out.rstrip('/')}/{stage}"
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML (what ``--dry-run`` prints)."""
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value (e.g. --set synth.size=tiny)")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({exc})") from exc
+    return parts, value
+
+
+def apply_overrides(document: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``a.b.c=value`` in a copy of ``document``; values are parsed as YAML scalars."""
+    result: dict[str, Any] = yaml.safe_load(yaml.safe_dump(document)) or {}
+    for text in overrides:
+        parts, value = _parse_override(text)
+        node = result
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                prefix = ".".join(parts[: depth + 1])
+                raise ConfigError(f"override {text!r}: {prefix} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = RaymmConfig
+    for part in loc[:-1]:
+        field = next(
+            (f for name, f in model.model_fields.items() if part in (name, f.alias)), None
+        )
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(f.alias or name for name, f in model.model_fields.items())
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(root)"
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(tuple(item["loc"]))
+            lines.append(f"unknown key {key!r}; allowed here: {', '.join(allowed)}")
+        else:
+            got = item.get("input")
+            lines.append(f"{key}: {item['msg']} (got {got!r})")
+    return f"invalid configuration ({source}):\n  " + "\n  ".join(lines)
+
+
+def config_from_dict(document: dict[str, Any], source: str = "<dict>") -> RaymmConfig:
+    """Validate a plain mapping into a :class:`RaymmConfig`; :class:`ConfigError` if invalid."""
+    try:
+        return RaymmConfig.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RaymmConfig:
+    """Load ``path`` (YAML; None for defaults), apply ``overrides``, validate.
+
+    Raises :class:`ConfigError` for a missing or unreadable file, bad YAML, unknown keys or wrong
+    types, naming the key and what was expected.
+    """
+    document: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(loaded).__name__}")
+        document = loaded
+    if overrides:
+        document = apply_overrides(document, overrides)
+        source += " + --set " + " ".join(overrides)
+    return config_from_dict(document, source)
