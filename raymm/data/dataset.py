@@ -69,14 +69,13 @@ def split_by_time(
     if n == 0:
         empty = {name: table for name in SPLITS}
         return empty, {"validation_from": "", "test_from": ""}
-    cut_val = int(round(n * fractions[0]))
-    cut_test = int(round(n * (fractions[0] + fractions[1])))
+    cut_val = round(n * fractions[0])
+    cut_test = round(n * (fractions[0] + fractions[1]))
     # Move each cut forward past equal timestamps so one instant never straddles two splits.
-    bounds = []
-    for cut in (cut_val, cut_test):
-        cut = min(cut, n)
-        boundary = ts[cut] if cut < n else ts[-1] + 1
-        bounds.append(int(np.searchsorted(ts, boundary, side="left")))
+    bounds = [
+        0 if cut <= 0 else n if cut >= n else int(np.searchsorted(ts, ts[cut - 1], side="right"))
+        for cut in (cut_val, cut_test)
+    ]
     start_test = bounds[1]
     parts = {
         "train": table.slice(0, bounds[0]),

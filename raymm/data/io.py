@@ -75,9 +75,7 @@ def write_table(table: pa.Table, uri: str, row_group_size: int | None = None) ->
     if parent:
         filesystem.create_dir(parent, recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    pq.write_table(
-        table, tmp, filesystem=filesystem, row_group_size=row_group_size, compression="zstd"
-    )
+    pq.write_table(table, tmp, filesystem=filesystem, row_group_size=row_group_size, compression="zstd")
     filesystem.move(tmp, path)
 
 

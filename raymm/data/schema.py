@@ -71,14 +71,10 @@ def _cast_column(
         ) from exc
 
 
-def _conform(
-    table: pa.Table, schema: pa.Schema, required: tuple[str, ...], table_name: str
-) -> pa.Table:
+def _conform(table: pa.Table, schema: pa.Schema, required: tuple[str, ...], table_name: str) -> pa.Table:
     missing = [name for name in required if name not in table.column_names]
     if missing:
-        raise DataError(
-            f"{table_name}: missing required column(s) {missing}; found {table.column_names}"
-        )
+        raise DataError(f"{table_name}: missing required column(s) {missing}; found {table.column_names}")
     arrays: list[pa.ChunkedArray | pa.Array] = []
     fields: list[pa.Field] = []
     for field in schema:
