@@ -1,0 +1,39 @@
+# raymm: the two set-up commands are `make quickstart` and `make test`; both create .venv and
+# install on a fresh machine, and are no-ops for set-up when .venv is current.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# The image's pip mirrors print one warning per package; hide those lines, keep real errors.
+PIP_QUIET := grep -v '^WARNING: Location .* is ignored' || true
+
+.PHONY: venv lint format test quickstart bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing raymm and its dependencies into $(VENV) (first time: a few minutes)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | { $(PIP_QUIET); }
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | { $(PIP_QUIET); }
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check raymm tests bench
+	$(BIN)/ruff format --check raymm tests bench
+	$(BIN)/mypy raymm
+
+format: venv
+	$(BIN)/ruff check --fix raymm tests bench
+	$(BIN)/ruff format raymm tests bench
+
+test: lint
+	$(BIN)/python -m pytest tests
+
+quickstart: venv
+	$(BIN)/raymm quickstart --config configs/quickstart.yaml
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache

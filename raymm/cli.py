@@ -1,0 +1,282 @@
+"""The ``raymm`` command line: ``raymm data synth|validate|import|export`` and ``raymm quickstart``.
+
+Every command takes ``--config FILE``, ``--set key=value`` (repeatable), ``--out DIR`` and
+``--dry-run`` (validate the configuration, print the plan, run nothing). Errors caused by input
+print one clear message and exit 2; validation findings exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from raymm import __version__
+from raymm.config import RaymmConfig, load_config
+from raymm.errors import RaymmError
+
+if TYPE_CHECKING:
+    from raymm.data.validate import ValidationReport
+
+EXIT_OK, EXIT_FINDINGS, EXIT_INPUT_ERROR = 0, 1, 2
+
+
+@dataclass
+class Plan:
+    """What a command will do: the steps and where each writes. Printed by ``--dry-run``."""
+
+    command: str
+    steps: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, step: str, target: str) -> None:
+        self.steps.append((step, target))
+
+    def render(self, config: RaymmConfig) -> str:
+        lines = [f"plan for `raymm {self.command}` (dry run: nothing is written)"]
+        lines += [f"  {i}. {step:<34} -> {target}" for i, (step, target) in enumerate(self.steps, 1)]
+        lines += ["", "resolved configuration:", config.to_yaml()]
+        return "\n".join(lines)
+
+
+def print_summary(title: str, rows: Sequence[tuple[str, Any]], elapsed_s: float | None = None) -> None:
+    """Print a one-screen summary block: counts and where outputs went."""
+    width = max([len(k) for k, _ in rows] + [10])
+    bar = "=" * 72
+    print(bar)
+    heading = f"raymm {title}" + (f"  ({elapsed_s:.1f} s)" if elapsed_s is not None else "")
+    print(heading)
+    print("-" * 72)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+    print(bar)
+
+
+def _counts_rows(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
+    counts = manifest.get("counts", {})
+    return [(f"{name} rows", f"{count:,}") for name, count in counts.items()]
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def cmd_data_synth(args: argparse.Namespace, config: RaymmConfig) -> int:
+    from raymm.data.synth import synthesize
+
+    out = args.out or config.stage_dir("data")
+    plan = Plan("data synth")
+    plan.add(f"synthesize '{config.synth.size}' benchmark (seed {_synth_seed(config)})", out)
+    if args.dry_run:
+        print(plan.render(config))
+        return EXIT_OK
+    start = time.perf_counter()
+    manifest = synthesize(config.synth, out, seed=config.seed, progress=not args.quiet)
+    rows = [("dataset", out), ("size", config.synth.size), ("seed", _synth_seed(config))]
+    print_summary("data synth", rows + _counts_rows(manifest), time.perf_counter() - start)
+    return EXIT_OK
+
+
+def _synth_seed(config: RaymmConfig) -> int:
+    return config.synth.seed if config.synth.seed is not None else config.seed
+
+
+def cmd_data_validate(args: argparse.Namespace, config: RaymmConfig) -> int:
+    from raymm.data.validate import validate_dataset
+
+    path = args.path or config.stage_dir("data")
+    plan = Plan("data validate")
+    plan.add("validate dataset (schemas, ids, timestamps, media)", path)
+    if args.dry_run:
+        print(plan.render(config))
+        return EXIT_OK
+    start = time.perf_counter()
+    report = validate_dataset(path, config.validate_, progress=not args.quiet)
+    if args.out:
+        _write_report(report, args.out)
+    rows: list[tuple[str, Any]] = [("dataset", path)]
+    rows += [(name, f"{count:,}") for name, count in report.counts.items()]
+    rows.append(("problems", len(report.problems)))
+    if args.out:
+        rows.append(("report", f"{args.out}/validation.json"))
+    print_summary("data validate", rows, time.perf_counter() - start)
+    for problem in report.problems:
+        print(f"  problem: {problem}")
+    return EXIT_OK if report.ok else EXIT_FINDINGS
+
+
+def _write_report(report: ValidationReport, out: str) -> None:
+    from raymm.data import io
+
+    document = {"path": report.path, "ok": report.ok, "counts": report.counts}
+    document["problems"] = [dataclasses.asdict(problem) for problem in report.problems]
+    io.write_json(document, io.join(out, "validation.json"))
+
+
+def cmd_data_import(args: argparse.Namespace, config: RaymmConfig) -> int:
+    from raymm.data.importers import import_dataset
+
+    cfg = config.import_
+    if cfg.format is None or cfg.source is None:
+        raise RaymmError("data import needs --format and --source (or import.format / import.source)")
+    out = args.out or config.stage_dir("data")
+    plan = Plan("data import")
+    plan.add(f"import {cfg.format} from {cfg.source}", out)
+    if args.dry_run:
+        print(plan.render(config))
+        return EXIT_OK
+    start = time.perf_counter()
+    manifest = import_dataset(cfg, out, progress=not args.quiet)
+    rows = [("dataset", out), ("format", cfg.format), ("source", cfg.source)]
+    print_summary("data import", rows + _counts_rows(manifest), time.perf_counter() - start)
+    return EXIT_OK
+
+
+def cmd_data_export(args: argparse.Namespace, config: RaymmConfig) -> int:
+    from raymm.data.export import export_mmrec
+
+    data = args.data or config.stage_dir("data")
+    out = args.out or config.stage_dir("export")
+    plan = Plan("data export")
+    plan.add(f"export {data} as {args.format} ({args.name})", out)
+    if args.dry_run:
+        print(plan.render(config))
+        return EXIT_OK
+    start = time.perf_counter()
+    summary = export_mmrec(data, out, name=args.name)
+    rows = [("dataset", data), ("format", args.format), ("written to", out)]
+    rows += [(str(k), v) for k, v in summary.items() if k != "out"]
+    print_summary("data export", rows, time.perf_counter() - start)
+    return EXIT_OK
+
+
+def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
+    from raymm.data.synth import synthesize
+    from raymm.data.validate import validate_dataset
+
+    if args.out:
+        config.out = args.out
+    data = config.stage_dir("data")
+    plan = Plan("quickstart")
+    plan.add(f"synthesize '{config.synth.size}' benchmark", data)
+    plan.add("validate it", data)
+    if args.dry_run:
+        print(plan.render(config))
+        return EXIT_OK
+    start = time.perf_counter()
+    progress = not args.quiet
+    print(f"[1/{len(plan.steps)}] synthesizing the '{config.synth.size}' benchmark into {data}", flush=True)
+    manifest = synthesize(config.synth, data, seed=config.seed, progress=progress)
+    print(f"[2/{len(plan.steps)}] validating {data}", flush=True)
+    report = validate_dataset(data, config.validate_, progress=progress)
+    rows: list[tuple[str, Any]] = [("output root", config.out), ("dataset", data)]
+    rows += _counts_rows(manifest)
+    rows.append(("validation problems", len(report.problems)))
+    print_summary("quickstart", rows, time.perf_counter() - start)
+    for problem in report.problems:
+        print(f"  problem: {problem}")
+    return EXIT_OK if report.ok else EXIT_FINDINGS
+
+
+# --- argument parsing -----------------------------------------------------------------------
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("common options")
+    group.add_argument("--config", metavar="FILE", help="YAML configuration file (configs/*.yaml)")
+    group.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a config key, dotted (repeatable), e.g. --set synth.size=tiny",
+    )
+    group.add_argument("--out", metavar="DIR", help="where this command writes (path or URI)")
+    group.add_argument(
+        "--dry-run", action="store_true", help="validate the config, print the plan, run nothing"
+    )
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``raymm`` console script."""
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="raymm", description="Distributed, streaming, multimodal recommender on Ray."
+    )
+    parser.add_argument("--version", action="version", version=f"raymm {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="make, check, import and export datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+    synth = data_commands.add_parser("synth", parents=[common], help="generate the synthetic benchmark")
+    synth.add_argument("--size", choices=["tiny", "small", "large"], help="preset (synth.size)")
+    synth.add_argument("--seed", type=int, help="random seed (seed)")
+    synth.set_defaults(handler=cmd_data_synth)
+
+    validate = data_commands.add_parser(
+        "validate", parents=[common], help="check a dataset and report every problem with row numbers"
+    )
+    validate.add_argument("path", nargs="?", help="dataset directory (default: <out>/data)")
+    validate.set_defaults(handler=cmd_data_validate)
+
+    imp = data_commands.add_parser("import", parents=[common], help="import a public dataset")
+    imp.add_argument(
+        "--format", choices=["movielens", "recbole", "amazon2023", "mmrec"], help="import.format"
+    )
+    imp.add_argument("--source", help="source directory or file (import.source)")
+    imp.add_argument("--name", help="dataset name inside the source, for recbole/mmrec (import.name)")
+    imp.set_defaults(handler=cmd_data_import)
+
+    export = data_commands.add_parser("export", parents=[common], help="export a dataset for peer libraries")
+    export.add_argument("--format", choices=["mmrec"], default="mmrec")
+    export.add_argument("--data", help="dataset directory to export (default: <out>/data)")
+    export.add_argument("--name", default="raymm", help="dataset name in the exported files")
+    export.set_defaults(handler=cmd_data_export)
+
+    quickstart = commands.add_parser(
+        "quickstart", parents=[common], help="run the main job end to end on the embedded defaults"
+    )
+    quickstart.set_defaults(handler=cmd_quickstart)
+    return parser
+
+
+# Command-line flags that are shorthands for config keys.
+_FLAG_KEYS = {"size": "synth.size", "seed": "seed", "format": "import.format", "source": "import.source"}
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    for flag, key in _FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None and not (args.handler is cmd_data_export and flag == "format"):
+            overrides.append(f"{key}={value}")
+    if args.handler is cmd_data_import and args.name is not None:
+        overrides.append(f"import.name={args.name}")
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``raymm`` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace, RaymmConfig], int] = args.handler
+    try:
+        config = load_config(args.config, _overrides(args))
+        return handler(args, config)
+    except RaymmError as exc:
+        print(f"raymm: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("raymm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from raymm.data.dataset import load_dataset, split_by_time, write_dataset
+from raymm.errors import DataError
+from tests.conftest import make_interactions
+
+
+def test_split_by_time_is_ordered_and_complete(interactions: pa.Table) -> None:
+    parts, bounds = split_by_time(interactions, (0.5, 0.25, 0.25))
+    assert [parts[s].num_rows for s in ("train", "validation", "test")] == [20, 10, 10]
+    assert pc.max(parts["train"].column("ts")).value < pc.min(parts["validation"].column("ts")).value
+    assert pc.max(parts["validation"].column("ts")).value < pc.min(parts["test"].column("ts")).value
+    assert bounds["validation_from"].startswith("2026-01-01T20:00")
+
+
+def test_equal_timestamps_never_straddle_splits() -> None:
+    table = make_interactions(10)
+    table = table.set_column(
+        3, "ts", pa.array([table.column("ts")[0].value] * 10, pa.timestamp("ms", tz="UTC"))
+    )
+    parts, _ = split_by_time(table, (0.8, 0.1, 0.1))
+    assert parts["train"].num_rows == 10 and parts["test"].num_rows == 0
+
+
+def test_bad_fractions_are_refused(interactions: pa.Table) -> None:
+    with pytest.raises(DataError, match="summing to 1"):
+        split_by_time(interactions, (0.9, 0.2, 0.1))
+
+
+def test_write_and_load_round_trip(tmp_path: Path, items: pa.Table, interactions: pa.Table) -> None:
+    parts, bounds = split_by_time(interactions)
+    manifest = write_dataset(str(tmp_path / "d"), items, parts, {"name": "t", **bounds})
+    assert manifest["counts"] == {"items": 6, "train": 32, "validation": 4, "test": 4}
+    dataset = load_dataset(str(tmp_path / "d"))
+    assert dataset.manifest["name"] == "t"
+    assert dataset.interactions("train").to_pylist() == parts["train"].to_pylist()
+    with pytest.raises(DataError, match="no 'stream' table"):
+        dataset.interactions("stream")
+
+
+def test_loading_something_that_is_not_a_dataset(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(str(tmp_path / "missing"))
+    with pytest.raises(DataError, match=r"dataset\.json is missing"):
+        load_dataset(str(tmp_path))

@@ -1,0 +1,156 @@
+"""The console script: exit codes, clear errors without tracebacks, dry runs, summaries."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from raymm.cli import main
+from raymm.data import io
+from raymm.data.dataset import split_by_time, write_dataset
+from tests.conftest import make_interactions, make_items
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script as a user would."""
+    script = Path(sys.executable).with_name("raymm")
+    return subprocess.run([str(script), *argv], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def _dataset(path: Path) -> str:
+    parts, _ = split_by_time(make_interactions())
+    write_dataset(str(path), make_items(), parts, {"name": "t"})
+    return str(path)
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.parquet"))}
+
+
+def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "data" in out and "quickstart" in out
+
+
+def test_synth_twice_gives_byte_identical_parquet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("a", "b"):
+        code = main(
+            ["data", "synth", "--size", "tiny", "--seed", "7", "--out", str(tmp_path / name), "--quiet"]
+        )
+        assert code == 0
+    summary = capsys.readouterr().out
+    assert "raymm data synth" in summary and "items rows" in summary and str(tmp_path / "a") in summary
+    digests = _digests(tmp_path / "a")
+    assert {"items.parquet", "train.parquet", "validation.parquet", "test.parquet", "stream.parquet"} <= set(
+        digests
+    )
+    assert digests == _digests(tmp_path / "b")
+    assert main(["data", "validate", str(tmp_path / "a"), "--quiet"]) == 0
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "root"
+    code = main(
+        [
+            "quickstart",
+            "--config",
+            "configs/quickstart.yaml",
+            "--set",
+            "synth.size=tiny",
+            "--out",
+            str(out),
+            "--dry-run",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "plan for `raymm quickstart`" in printed and f"{out}/data" in printed
+    assert "size: tiny" in printed
+    assert not out.exists()
+
+
+def test_validate_exits_one_and_lists_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _dataset(tmp_path / "d")
+    interactions = make_interactions().to_pydict()
+    interactions["item_id"][5] = "ghost"
+    io.write_table(pa.table(interactions), f"{path}/test.parquet")
+    code = main(["data", "validate", path, "--out", str(tmp_path / "report"), "--quiet"])
+    assert code == 1
+    printed = capsys.readouterr().out
+    assert "test.parquet: item_id not in items.parquet (e.g. ['ghost']) at row 5" in printed
+    report = io.read_json(str(tmp_path / "report" / "validation.json"))
+    assert report["ok"] is False and report["problems"][0]["rows"] == [5]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["data", "validate", "does/not/exist"], "dataset directory not found: does/not/exist"),
+        (["data", "synth", "--config", "no/such.yaml"], "config file not found: no/such.yaml"),
+        (["data", "synth", "--set", "synth.colour=red", "--dry-run"], "unknown key 'synth.colour'"),
+        (["data", "import", "--format", "movielens"], "needs --format and --source"),
+        (["data", "import", "--format", "movielens", "--source", "no/such/dir"], "no/such/dir"),
+    ],
+)
+def test_bad_input_is_one_clear_line(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raymm: error: ") and expected in err
+    assert "Traceback" not in err
+
+
+def test_console_script_reports_a_bad_parquet_without_traceback(tmp_path: Path) -> None:
+    path = _dataset(tmp_path / "d")
+    io.write_table(make_items().drop(["item_id"]), f"{path}/items.parquet")
+    result = _run("data", "validate", path, "--quiet")
+    assert result.returncode == 1
+    assert "items.parquet: missing required column(s) ['item_id']" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_console_script_reports_an_unknown_yaml_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    shutil.copy(ROOT / "configs" / "quickstart.yaml", config)
+    config.write_text(config.read_text() + "\ntrain_epochs: 3\n")
+    result = _run("quickstart", "--config", str(config), "--dry-run")
+    assert result.returncode == 2
+    assert "unknown key 'train_epochs'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_console_script_reports_a_malformed_mmrec_row(tmp_path: Path) -> None:
+    source = tmp_path / "mm"
+    source.mkdir()
+    (source / "toy.inter").write_text(
+        "userID\titemID\trating\ttimestamp\tx_label\n0\t0\t5\t100\t0\n1\tseven\t4\t101\t0\n"
+    )
+    result = _run(
+        "data",
+        "import",
+        "--format",
+        "mmrec",
+        "--source",
+        str(source),
+        "--name",
+        "toy",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert result.returncode == 2, result.stderr
+    assert "toy.inter" in result.stderr and "line 3" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o" / "dataset.json").exists()
