@@ -90,16 +90,21 @@ def read_json(uri: str, what: str = "JSON file") -> Any:
         raise DataError(f"{what} {uri} is not valid JSON: {exc}") from exc
 
 
-def write_json(document: Any, uri: str) -> None:
-    """Write ``document`` as indented, key-sorted JSON (stable bytes for stable input)."""
+def write_bytes(data: bytes, uri: str) -> None:
+    """Write ``data`` to ``uri`` via a temporary name and a rename (no half-written file)."""
     filesystem, path = resolve(uri)
     parent = posixpath.dirname(path)
     if parent:
         filesystem.create_dir(parent, recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     with filesystem.open_output_stream(tmp) as stream:
-        stream.write((json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+        stream.write(data)
     filesystem.move(tmp, path)
+
+
+def write_json(document: Any, uri: str) -> None:
+    """Write ``document`` as indented, key-sorted JSON (stable bytes for stable input)."""
+    write_bytes((json.dumps(document, indent=2, sort_keys=True) + "\n").encode(), uri)
 
 
 def read_bytes(uri: str, what: str = "file") -> bytes:
