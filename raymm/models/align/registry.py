@@ -1,0 +1,47 @@
+"""The alignment methods by the name ``align.method`` uses in the config.
+
+* ``contrastive``: :class:`~raymm.models.align.contrastive.ContrastiveAligner`, symmetric
+  InfoNCE between modalities (Radford et al., "CLIP", ICML 2021).
+* ``cca``: :class:`~raymm.models.align.cca.CCAAligner`, closed-form CCA (Hotelling 1936;
+  MAXVAR generalisation, Kettenring 1971).
+* ``linear``: :class:`~raymm.models.align.linear.LinearAligner`, ridge maps into the anchor's
+  PCA space (Hoerl & Kennard 1970).
+* ``kg``: :class:`~raymm.models.align.kg.KGAligner`, tag-supervised contrastive loss
+  (Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020).
+* ``none``: :class:`~raymm.models.align.plain.PlainAligner`, linear heads, no alignment loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from raymm.errors import ConfigError
+from raymm.models.align.base import Aligner
+from raymm.models.align.cca import CCAAligner
+from raymm.models.align.contrastive import ContrastiveAligner
+from raymm.models.align.kg import KGAligner
+from raymm.models.align.linear import LinearAligner
+from raymm.models.align.plain import PlainAligner
+from raymm.models.config import AlignConfig
+
+ALIGNERS: dict[str, type[Aligner]] = {
+    "contrastive": ContrastiveAligner,
+    "cca": CCAAligner,
+    "linear": LinearAligner,
+    "kg": KGAligner,
+    "none": PlainAligner,
+}
+
+
+def build_aligner(config: AlignConfig, input_dims: Mapping[str, int]) -> Aligner:
+    """The aligner ``config.method`` names, for modalities of widths ``input_dims`` (name -> d_m).
+
+    Closed-form parts (``pca_dim``, cca, linear) come back unfitted: call ``fit`` on the catalog
+    before ``project`` (``aligner.requires_fit`` says whether). Raises :class:`ConfigError` for
+    an unknown method or input dimensions the method cannot take.
+    """
+    try:
+        method = ALIGNERS[config.method]
+    except KeyError:
+        raise ConfigError(f"unknown align.method {config.method!r}; known: {', '.join(ALIGNERS)}") from None
+    return method(config, input_dims)

@@ -1,0 +1,201 @@
+"""Typed configuration of the model stage: alignment, fusion, the two towers and the loss.
+
+:class:`ModelConfig` is the ``model`` section of :class:`raymm.config.RaymmConfig`. Every section
+is strict (unknown keys are errors, assignments are validated) and every field says what it does.
+Input dimensions are not configuration: they come from the features and are passed to
+:func:`raymm.models.towers.TwoTower` (and stored next to the config by ``save_pretrained``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+AlignMethod = Literal["contrastive", "cca", "linear", "kg", "none"]
+FusionMethod = Literal["concat", "attention", "gated"]
+UserPooling = Literal["mean", "attention", "transformer"]
+RecLoss = Literal["softmax", "bpr"]
+
+
+class _Section(BaseModel):
+    """A model config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AlignConfig(_Section):
+    """How each modality's features are mapped into one shared space (see ``raymm.models.align``)."""
+
+    method: AlignMethod = Field(
+        "contrastive",
+        description="Alignment method, a key of ALIGNERS: contrastive (CLIP InfoNCE), cca, linear "
+        "(ridge maps into the anchor's PCA space), kg (tag-supervised contrastive), none (plain heads).",
+    )
+    shared_dim: int = Field(128, gt=0, description="Width of the shared space every modality is mapped to.")
+    pca_dim: int | None = Field(
+        None,
+        gt=0,
+        description="Reduce each raw modality to this many principal components before alignment "
+        "(fitted in closed form by Aligner.fit); None keeps raw features. Modalities no wider than "
+        "this, and audio read by the conv encoder, are left as they are.",
+    )
+    hidden_dim: int = Field(
+        256, ge=0, description="Hidden width of the MLP projection heads; 0 makes each head one linear layer."
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the projection heads.")
+    mode: Literal["pairs", "anchor"] = Field(
+        "pairs",
+        description="Which modality pairs the contrastive loss ties together: all pairs, or each "
+        "modality with the anchor.",
+    )
+    anchor: str = Field(
+        "text",
+        description="Anchor modality (contrastive mode=anchor, cca/linear target space). If absent "
+        "from the features, the first modality is the anchor.",
+    )
+    temperature: float = Field(
+        0.07, gt=0.0, description="Initial softmax temperature of the contrastive losses."
+    )
+    learn_temperature: bool = Field(
+        True, description="Learn the temperature (log-parametrised) or keep it fixed."
+    )
+    min_temperature: float = Field(0.01, gt=0.0, description="Lower clamp of a learned temperature.")
+    max_temperature: float = Field(1.0, gt=0.0, description="Upper clamp of a learned temperature.")
+    ridge: float = Field(
+        1e-3,
+        ge=0.0,
+        description="Ridge term of the closed-form fits (cca whitening, linear least squares), "
+        "relative to the mean variance of the features it regularises.",
+    )
+    trainable: bool = Field(
+        False,
+        description="cca/linear: after fit, keep training the projections (initialised from the fit) "
+        "with the InfoNCE loss; False freezes them as a fixed first stage.",
+    )
+    audio_encoder: Literal["mlp", "conv"] = Field(
+        "mlp",
+        description="How audio is read: mlp (a projection head on the flat vector) or conv "
+        "(MelAudioEncoder over the mel_stats spectrogram; needs a learned aligner).",
+    )
+    n_mels: int = Field(64, gt=0, description="conv audio encoder: mel bands of the mel_stats vectors.")
+    frames: int = Field(16, gt=0, description="conv audio encoder: time segments of the mel_stats vectors.")
+    audio_channels: int = Field(64, gt=0, description="conv audio encoder: channels of its 1-D convolutions.")
+    audio_pool: Literal["meanmax", "gru"] = Field(
+        "meanmax", description="conv audio encoder: pool over time by mean+max or by a GRU's last state."
+    )
+
+    @model_validator(mode="after")
+    def _temperatures_ordered(self) -> AlignConfig:
+        if not self.min_temperature <= self.temperature <= self.max_temperature:
+            raise ValueError(
+                f"temperature {self.temperature} must lie within [min_temperature, max_temperature] = "
+                f"[{self.min_temperature}, {self.max_temperature}]"
+            )
+        return self
+
+
+class FusionConfig(_Section):
+    """How the aligned modality vectors of one item become one content vector (``raymm.models.fusion``)."""
+
+    method: FusionMethod = Field(
+        "gated", description="Fusion method, a key of FUSIONS: concat (+MLP), attention (pooling), gated."
+    )
+    out_dim: int | None = Field(
+        None, gt=0, description="Width of the fused vector; None uses align.shared_dim."
+    )
+    hidden_dim: int = Field(256, gt=0, description="Hidden width of the fusion MLPs (concat, gate network).")
+    heads: int = Field(
+        4, gt=0, description="attention: heads of the pooling attention; must divide shared_dim."
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the fusion MLPs.")
+    modality_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Training only: probability of hiding each present modality of an item; an "
+        "item never loses all of its present modalities.",
+    )
+
+
+class TowersConfig(_Section):
+    """The item tower (fused content -> embed_dim) and the user tower (history pooling -> embed_dim)."""
+
+    embed_dim: int = Field(64, gt=0, description="Width of item and user vectors (L2-normalised).")
+    item_hidden_dim: int = Field(256, gt=0, description="Hidden width of the item tower's MLP.")
+    n_item_ids: int = Field(
+        0,
+        ge=0,
+        description="Known item ids for the optional id embedding (rows 1..n; index 0 = unknown/cold); "
+        "0 disables item-id embeddings.",
+    )
+    item_id_dropout: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Training only: probability of treating a warm item as cold, so the content path "
+        "keeps carrying the item.",
+    )
+    n_user_ids: int = Field(
+        0,
+        ge=0,
+        description="Known user ids for the optional user-id embedding (index 0 = unknown); 0 disables it.",
+    )
+    user_pooling: UserPooling = Field(
+        "attention",
+        description="Pool a user's recent item vectors by masked mean, by attention with a learned query "
+        "and recency embeddings, or by one transformer layer followed by that attention.",
+    )
+    max_history: int = Field(
+        50, gt=0, description="Recency positions with their own embedding; older items share the last."
+    )
+    user_heads: int = Field(
+        2, gt=0, description="Heads of the user tower's attention; must divide embed_dim."
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in the towers' MLPs and attention.")
+
+
+class LossConfig(_Section):
+    """The recommendation loss and how much of the alignment loss is added to it."""
+
+    kind: RecLoss = Field(
+        "softmax",
+        description="softmax: sampled softmax over in-batch (+ mixed) negatives; bpr: pairwise BPR "
+        "against the same negatives.",
+    )
+    temperature: float = Field(0.05, gt=0.0, description="Divides user.item cosine scores before the loss.")
+    logq_correction: bool = Field(
+        True, description="Subtract log(sampling probability) from each candidate's logit (Yi et al. 2019)."
+    )
+    mixed_negatives: int = Field(
+        0,
+        ge=0,
+        description="Uniformly sampled catalog items added to the in-batch negatives per step (mixed "
+        "negative sampling, Yang et al. 2020); the training loop draws them.",
+    )
+    align_weight: float = Field(
+        0.1, ge=0.0, description="total loss = rec loss + align_weight * alignment loss."
+    )
+
+
+class ModelConfig(_Section):
+    """The ``model`` section: alignment, fusion, towers, loss."""
+
+    align: AlignConfig = Field(default_factory=AlignConfig, description="Alignment into the shared space.")
+    fusion: FusionConfig = Field(
+        default_factory=FusionConfig, description="Fusion of the aligned modalities."
+    )
+    towers: TowersConfig = Field(default_factory=TowersConfig, description="Item and user towers.")
+    loss: LossConfig = Field(default_factory=LossConfig, description="Recommendation and alignment losses.")
+
+    @model_validator(mode="after")
+    def _heads_divide_widths(self) -> ModelConfig:
+        if self.fusion.method == "attention" and self.align.shared_dim % self.fusion.heads:
+            raise ValueError(
+                f"fusion.heads={self.fusion.heads} must divide align.shared_dim={self.align.shared_dim}"
+            )
+        if self.towers.user_pooling != "mean" and self.towers.embed_dim % self.towers.user_heads:
+            raise ValueError(
+                f"towers.user_heads={self.towers.user_heads} must divide towers.embed_dim={self.towers.embed_dim}"
+            )
+        return self

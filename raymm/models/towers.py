@@ -1,0 +1,441 @@
+"""The two-tower model: item tower (align -> fuse -> MLP) and user tower (pooling over item vectors).
+
+Item tower: an item's modality features are aligned (:mod:`raymm.models.align`), fused
+(:mod:`raymm.models.fusion`) and mapped by an MLP to ``embed_dim``; an optional item-id
+embedding is added through a learned gate for warm items (index > 0), while cold items (index 0,
+reserved for "unknown") are carried by content alone. Vectors are L2-normalised.
+
+User tower: the vectors of a user's recent items (as the item tower computes them) are pooled
+under a padding mask (mean, attention with a learned query and recency embeddings, or one
+transformer layer then that attention), plus an optional user-id embedding. Because it reads
+item *vectors*, serving can build a user from live history with no retraining.
+
+Scores are dot products of the two (cosine similarity). :meth:`TwoTower.save_pretrained` and
+:meth:`TwoTower.from_pretrained` round-trip the model through a directory holding
+``config.json`` and ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+import raymm
+from raymm.models.align import Aligner, build_aligner
+from raymm.models.config import ModelConfig, TowersConfig
+from raymm.models.errors import ModelLoadError
+from raymm.models.fusion import Fusion, build_fusion
+from raymm.models.losses import bpr_loss, sampled_softmax_loss
+
+#: What ``config.json`` calls this model, and the layout version this code reads and writes.
+MODEL_FORMAT = "raymm.two_tower"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class ItemEncoding:
+    """What the item tower computes for a batch of B items.
+
+    ``vectors`` (B, embed_dim) L2-normalised; ``projected`` modality -> (B, shared_dim) aligned
+    vectors (absent rows zero; input of the alignment loss); ``present`` modality -> (B,) bool as
+    given; ``fusion_weights`` (B, M) or None (see :class:`~raymm.models.fusion.Fusion`).
+    """
+
+    vectors: Tensor
+    projected: dict[str, Tensor]
+    present: dict[str, Tensor]
+    fusion_weights: Tensor | None
+
+    def select(self, index: Tensor) -> ItemEncoding:
+        """The rows ``index`` (long (K,) or bool (B,)) of every field, e.g. a batch's positives
+        out of an encoding of the whole catalog."""
+        return ItemEncoding(
+            self.vectors[index],
+            {m: v[index] for m, v in self.projected.items()},
+            {m: v[index] for m, v in self.present.items()},
+            None if self.fusion_weights is None else self.fusion_weights[index],
+        )
+
+
+@dataclass
+class LossBreakdown:
+    """``total = rec + align_weight * align``; all scalar tensors (``total`` carries the graph)."""
+
+    total: Tensor
+    rec: Tensor
+    align: Tensor
+
+
+def _check_index(index: Tensor, batch: int, n_ids: int, what: str) -> Tensor:
+    if index.shape != (batch,):
+        raise ValueError(f"{what} must have shape ({batch},), got {tuple(index.shape)}")
+    if index.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{what} must be an integer tensor, got {index.dtype}")
+    if batch and (int(index.min()) < 0 or int(index.max()) > n_ids):
+        raise ValueError(
+            f"{what} must lie in [0, {n_ids}] (0 = unknown), got min {int(index.min())} max {int(index.max())}"
+        )
+    return index.long()
+
+
+class ItemTower(nn.Module):
+    """Aligner + fusion + MLP (+ gated item-id embedding) -> (B, embed_dim), L2-normalised."""
+
+    def __init__(self, config: ModelConfig, input_dims: Mapping[str, int]) -> None:
+        super().__init__()
+        towers = config.towers
+        self.aligner: Aligner = build_aligner(config.align, input_dims)
+        self.fusion: Fusion = build_fusion(config.fusion, self.aligner.modalities, config.align.shared_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(self.fusion.out_dim, towers.item_hidden_dim),
+            nn.GELU(),
+            nn.Dropout(towers.dropout),
+            nn.Linear(towers.item_hidden_dim, towers.embed_dim),
+        )
+        self.n_item_ids = towers.n_item_ids
+        self.item_id_dropout = towers.item_id_dropout
+        if towers.n_item_ids:
+            self.item_ids = nn.Embedding(towers.n_item_ids + 1, towers.embed_dim, padding_idx=0)
+            nn.init.normal_(self.item_ids.weight, std=0.02)
+            with torch.no_grad():
+                self.item_ids.weight[0].zero_()
+            self.id_gate = nn.Linear(2 * towers.embed_dim, 1)
+
+    def forward(
+        self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], item_index: Tensor | None = None
+    ) -> ItemEncoding:
+        projected = self.aligner.project(features, present)
+        mask = {m: present[m] for m in self.aligner.modalities}
+        fused, weights = self.fusion(projected, mask)
+        vectors = self.mlp(fused)
+        if self.n_item_ids and item_index is not None:
+            index = _check_index(item_index, vectors.shape[0], self.n_item_ids, "item_index")
+            known = index > 0
+            if self.training and self.item_id_dropout > 0:
+                known &= torch.rand(index.shape, device=index.device) >= self.item_id_dropout
+            id_vectors = self.item_ids(index * known)
+            gate = torch.sigmoid(self.id_gate(torch.cat([vectors, id_vectors], dim=1)))
+            vectors = vectors + gate * known.unsqueeze(1).to(gate.dtype) * id_vectors
+        return ItemEncoding(F.normalize(vectors, dim=-1), projected, mask, weights)
+
+
+class UserTower(nn.Module):
+    """Pooling over a user's recent item vectors (+ user-id embedding) -> (B, embed_dim), normalised.
+
+    History is ordered oldest to newest along L; ``mask`` marks real entries (padding may sit
+    anywhere). The recency position of an entry is the number of real entries after it (0 =
+    most recent), clamped to ``max_history - 1``. Pooling, by ``user_pooling``:
+
+    * ``mean``: masked mean (the YouTube DNN average of watch vectors; Covington et al., "Deep
+      Neural Networks for YouTube Recommendations", RecSys 2016);
+    * ``attention``: multi-head attention of a learned query over vector + recency embedding;
+    * ``transformer``: one transformer encoder layer over those tokens first (SASRec-like;
+      Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018), then the attention.
+
+    A user with no history gets a learned ``empty`` vector before the output layer, so users
+    known only by id (or neither) still get a vector.
+    """
+
+    def __init__(self, config: TowersConfig) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.pooling = config.user_pooling
+        self.max_history = config.max_history
+        self.empty = nn.Parameter(torch.randn(dim) * 0.02)
+        self.out = nn.Linear(dim, dim)
+        if self.pooling != "mean":
+            self.positions = nn.Embedding(config.max_history, dim)
+            nn.init.normal_(self.positions.weight, std=0.02)
+            self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+            self.attention = nn.MultiheadAttention(
+                dim, config.user_heads, dropout=config.dropout, batch_first=True
+            )
+        if self.pooling == "transformer":
+            self.encoder = nn.TransformerEncoderLayer(
+                dim, config.user_heads, dim_feedforward=2 * dim, dropout=config.dropout, batch_first=True
+            )
+        self.n_user_ids = config.n_user_ids
+        if config.n_user_ids:
+            self.user_ids = nn.Embedding(config.n_user_ids + 1, dim, padding_idx=0)
+            nn.init.normal_(self.user_ids.weight, std=0.02)
+            with torch.no_grad():
+                self.user_ids.weight[0].zero_()
+
+    def forward(
+        self, history_vectors: Tensor, history_mask: Tensor, user_index: Tensor | None = None
+    ) -> Tensor:
+        if history_vectors.ndim != 3 or history_mask.shape != history_vectors.shape[:2]:
+            raise ValueError(
+                f"history_vectors must be (B, L, E) with history_mask (B, L); got "
+                f"{tuple(history_vectors.shape)} and {tuple(history_mask.shape)}"
+            )
+        if history_mask.dtype != torch.bool:
+            raise ValueError(f"history_mask must be bool, got {history_mask.dtype}")
+        mask = history_mask
+        weight = mask.unsqueeze(2).to(history_vectors.dtype)
+        has_history = mask.any(dim=1, keepdim=True)
+        if self.pooling == "mean":
+            pooled = (history_vectors * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
+        else:
+            recency = (mask.flip(1).cumsum(dim=1).flip(1) - 1).clamp(0, self.max_history - 1)
+            tokens = history_vectors * weight + self.positions(recency)
+            # Empty histories would be all padding (NaN in attention): unmask them, replace below.
+            padding = ~mask & has_history
+            if self.pooling == "transformer":
+                tokens = self.encoder(tokens, src_key_padding_mask=padding)
+            query = self.query.expand(tokens.shape[0], 1, -1)
+            pooled = self.attention(query, tokens, tokens, key_padding_mask=padding, need_weights=False)[0][
+                :, 0
+            ]
+        pooled = torch.where(has_history, pooled, self.empty.expand_as(pooled))
+        vectors = self.out(pooled)
+        if self.n_user_ids and user_index is not None:
+            index = _check_index(user_index, vectors.shape[0], self.n_user_ids, "user_index")
+            vectors = vectors + self.user_ids(index)
+        return F.normalize(vectors, dim=-1)
+
+
+class TwoTower(nn.Module):
+    """Item tower + user tower with their losses and a ``save_pretrained``/``from_pretrained`` pair.
+
+    ``input_dims`` maps each modality to its feature width (the order fixes the fusion weights'
+    columns). If the aligner has closed-form parts (``requires_fit``), call :meth:`fit_alignment`
+    on the catalog before training. Raises :class:`~raymm.errors.ConfigError` for settings the
+    input cannot take (e.g. the conv audio encoder on audio of the wrong width).
+    """
+
+    def __init__(self, config: ModelConfig, input_dims: Mapping[str, int]) -> None:
+        super().__init__()
+        self.config = config
+        self.input_dims: dict[str, int] = {m: int(d) for m, d in input_dims.items()}
+        self.item_tower = ItemTower(config, self.input_dims)
+        self.user_tower = UserTower(config.towers)
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modalities in the order of ``input_dims``."""
+        return list(self.input_dims)
+
+    @property
+    def aligner(self) -> Aligner:
+        """The item tower's aligner."""
+        return self.item_tower.aligner
+
+    @property
+    def requires_fit(self) -> bool:
+        """Whether :meth:`fit_alignment` must run before the model is used."""
+        return self.aligner.requires_fit
+
+    def fit_alignment(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> TwoTower:
+        """Fit the aligner's closed-form parts on the catalog (see :meth:`Aligner.fit`); returns self."""
+        self.aligner.fit(features, present)
+        return self
+
+    def encode_items(
+        self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], item_index: Tensor | None = None
+    ) -> ItemEncoding:
+        """The item tower's full output for B items (vectors plus what the losses and reports need).
+
+        ``features`` modality -> (B, d_m) float32, ``present`` modality -> (B,) bool,
+        ``item_index`` (B,) int in [0, n_item_ids], 0 for unknown/cold items (None: all cold).
+        Raises :class:`ValueError` for a malformed batch or an index out of range.
+        """
+        return self.item_tower(features, present, item_index)
+
+    def item_vectors(
+        self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], item_index: Tensor | None = None
+    ) -> Tensor:
+        """(B, embed_dim) L2-normalised item vectors; arguments as in :meth:`encode_items`."""
+        return self.encode_items(features, present, item_index).vectors
+
+    def user_vector(
+        self, history_vectors: Tensor, history_mask: Tensor, user_index: Tensor | None = None
+    ) -> Tensor:
+        """(B, embed_dim) L2-normalised user vectors from their recent items' vectors.
+
+        ``history_vectors`` (B, L, embed_dim) from :meth:`item_vectors`, oldest first;
+        ``history_mask`` (B, L) bool, True for real entries; ``user_index`` (B,) int in
+        [0, n_user_ids], 0 for unknown users (None: all unknown). Raises :class:`ValueError` for
+        mismatched shapes or an index out of range.
+        """
+        return self.user_tower(history_vectors, history_mask, user_index)
+
+    @staticmethod
+    def score(user_vectors: Tensor, item_vectors: Tensor) -> Tensor:
+        """(U, N) scores: dot products of (U, E) users and (N, E) items."""
+        return user_vectors @ item_vectors.T
+
+    def loss(
+        self,
+        user_vectors: Tensor,
+        positive: ItemEncoding,
+        *,
+        item_ids: Tensor | None = None,
+        log_q: Tensor | None = None,
+        negatives: ItemEncoding | None = None,
+        negative_ids: Tensor | None = None,
+        negative_log_q: Tensor | None = None,
+        item_tags: Tensor | None = None,
+    ) -> LossBreakdown:
+        """Recommendation loss (``loss.kind``) + ``align_weight`` x the aligner's loss on the positives.
+
+        ``user_vectors`` (B, E); ``positive`` the encoding of each row's positive item;
+        ``item_ids`` (B,) catalog indices of the positives (collisions are masked); ``log_q`` (B,)
+        their log sampling probabilities, required when ``loss.logq_correction`` is on (used by
+        the softmax loss only; BPR has no correction);
+        ``negatives`` K extra items (mixed negatives) with ``negative_ids`` and
+        ``negative_log_q``; ``item_tags`` (B, T) tags of the positives for the ``kg`` aligner.
+        See :mod:`raymm.models.losses`. Raises :class:`ValueError` if ``log_q`` is missing
+        while the correction is on.
+        """
+        cfg = self.config.loss
+        negative_vectors = negatives.vectors if negatives is not None else None
+        if cfg.kind == "softmax":
+            if cfg.logq_correction and log_q is None:
+                raise ValueError("loss.logq_correction is on but no log_q was given; pass it or turn it off")
+            rec = sampled_softmax_loss(
+                user_vectors,
+                positive.vectors,
+                temperature=cfg.temperature,
+                item_ids=item_ids,
+                log_q=log_q if cfg.logq_correction else None,
+                negative_vectors=negative_vectors,
+                negative_ids=negative_ids,
+                negative_log_q=negative_log_q if cfg.logq_correction else None,
+            )
+        else:
+            rec = bpr_loss(
+                user_vectors,
+                positive.vectors,
+                temperature=cfg.temperature,
+                item_ids=item_ids,
+                negative_vectors=negative_vectors,
+                negative_ids=negative_ids,
+            )
+        align = self.aligner.loss(positive.projected, positive.present, item_tags)
+        return LossBreakdown(total=rec + cfg.align_weight * align, rec=rec, align=align)
+
+    # -- persistence --------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` (format, version, input dims in modality order, config) and
+        ``model.safetensors``.
+
+        Creates ``directory`` if needed and returns it as a :class:`Path`.
+        """
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        document = {
+            "format": MODEL_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "raymm_version": raymm.__version__,
+            "input_dims": self.input_dims,
+            "config": self.config.model_dump(mode="json"),
+        }
+        # Unsorted: the order of input_dims is the order of the fusion's modality slots.
+        (path / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
+        save_file(
+            tensors,
+            str(path / WEIGHTS_FILE),
+            metadata={"format": MODEL_FORMAT, "format_version": str(FORMAT_VERSION)},
+        )
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        expected_dims: Mapping[str, int] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> TwoTower:
+        """Load a model written by :meth:`save_pretrained`, in eval mode, on ``device``.
+
+        ``expected_dims`` (modality -> width of the features it will read) is checked against the
+        saved input dimensions. Raises :class:`ModelLoadError` for a missing or unreadable file,
+        another format or format version, an invalid config, a modality set or dimension that
+        differs from ``expected_dims`` (naming both), or weights that do not fit the config.
+        """
+        path = Path(directory)
+        document = _read_config(path / CONFIG_FILE)
+        input_dims = _saved_dims(document, path)
+        if expected_dims is not None:
+            _compare_dims(input_dims, expected_dims, path)
+        try:
+            config = ModelConfig.model_validate(document.get("config"))
+        except ValidationError as exc:
+            raise ModelLoadError(f"{path / CONFIG_FILE}: the saved model config is invalid: {exc}") from None
+        model = cls(config, input_dims)
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ModelLoadError(
+                f"{path}: no {WEIGHTS_FILE}; not a directory written by TwoTower.save_pretrained"
+            )
+        try:
+            state = load_file(str(weights), device=str(device))
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"{weights}: cannot read the weights: {exc}") from None
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"{weights}: weights do not fit the saved config: {exc}") from None
+        return model.to(device).eval()
+
+
+def _read_config(file: Path) -> dict[str, Any]:
+    if not file.is_file():
+        raise ModelLoadError(
+            f"{file.parent}: no {CONFIG_FILE}; not a directory written by TwoTower.save_pretrained"
+        )
+    try:
+        document = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{file}: cannot read it as JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ModelLoadError(f"{file}: expected a JSON object, got {type(document).__name__}")
+    if document.get("format") != MODEL_FORMAT:
+        raise ModelLoadError(f"{file}: format {document.get('format')!r}, expected {MODEL_FORMAT!r}")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{file}: format version {document.get('format_version')!r}, this raymm "
+            f"{raymm.__version__} reads version {FORMAT_VERSION}"
+        )
+    return document
+
+
+def _saved_dims(document: dict[str, Any], path: Path) -> dict[str, int]:
+    dims = document.get("input_dims")
+    if (
+        not isinstance(dims, dict)
+        or not dims
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims.values())
+    ):
+        raise ModelLoadError(
+            f"{path / CONFIG_FILE}: input_dims must map modalities to positive ints, got {dims!r}"
+        )
+    return {str(m): int(d) for m, d in dims.items()}
+
+
+def _compare_dims(saved: Mapping[str, int], expected: Mapping[str, int], path: Path) -> None:
+    if set(saved) != set(expected):
+        raise ModelLoadError(
+            f"{path}: the saved model reads modalities {sorted(saved)}, the features have {sorted(expected)}"
+        )
+    wrong = [
+        f"{m}: saved model expects {saved[m]}-dim input, features have {int(expected[m])}"
+        for m in saved
+        if saved[m] != int(expected[m])
+    ]
+    if wrong:
+        raise ModelLoadError(f"{path}: input dimension mismatch ({'; '.join(wrong)})")

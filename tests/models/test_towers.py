@@ -1,0 +1,188 @@
+"""The two-tower model: cold items, live user history, save/load, and a tiny end-to-end training run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raymm.eval.metrics import ItemSets, ranking_metrics
+from raymm.models.config import ModelConfig
+from raymm.models.errors import ModelLoadError
+from raymm.models.towers import CONFIG_FILE, TwoTower
+
+from .conftest import paired_views, random_batch
+
+DIMS = {"text": 12, "image": 10, "audio": 4 * 3}
+
+
+def _config(**towers: object) -> ModelConfig:
+    return ModelConfig.model_validate(
+        {
+            "align": {"method": "contrastive", "shared_dim": 8, "hidden_dim": 16},
+            "fusion": {"method": "gated", "hidden_dim": 16},
+            "towers": {"embed_dim": 8, "item_hidden_dim": 16, "user_heads": 2, **towers},
+        }
+    )
+
+
+def _model(**towers: object) -> TwoTower:
+    torch.manual_seed(0)
+    return TwoTower(_config(**towers), DIMS).eval()
+
+
+def test_cold_item_gets_a_vector_from_content_alone() -> None:
+    model = _model(n_item_ids=5)
+    features, present = random_batch(4, DIMS, p_present=1.0)
+    cold = model.item_vectors(features, present, torch.zeros(4, dtype=torch.long))
+    assert torch.equal(cold, model.item_vectors(features, present))  # no index = all cold
+    assert torch.allclose(cold.norm(dim=1), torch.ones(4), atol=1e-5)
+    warm = model.item_vectors(features, present, torch.tensor([1, 2, 3, 4]))
+    assert not torch.allclose(warm, cold)
+    other = {m: x + 1.0 for m, x in features.items()}
+    assert not torch.allclose(model.item_vectors(other, present), cold)  # content moves it
+    with pytest.raises(ValueError, match=r"item_index must lie in \[0, 5\]"):
+        model.item_vectors(features, present, torch.tensor([0, 1, 2, 6]))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention", "transformer"])
+def test_user_vector_follows_live_history(pooling: str) -> None:
+    model = _model(user_pooling=pooling)
+    features, present = random_batch(6, DIMS, p_present=0.8)
+    with torch.no_grad():
+        items = model.item_vectors(features, present)
+        history = items[:4].unsqueeze(0)
+        user = model.user_vector(history, torch.ones(1, 4, dtype=torch.bool))
+        appended = model.user_vector(items[:5].unsqueeze(0), torch.ones(1, 5, dtype=torch.bool))
+        padded = model.user_vector(
+            torch.cat([history, torch.randn(1, 3, 8)], dim=1), torch.tensor([[True] * 4 + [False] * 3])
+        )
+        empty = model.user_vector(torch.zeros(1, 2, 8), torch.zeros(1, 2, dtype=torch.bool))
+    assert not torch.allclose(user, appended)
+    assert torch.allclose(user, padded, atol=1e-6)  # padding entries never count
+    assert torch.isfinite(empty).all() and float(empty.norm()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_user_id_embedding_is_optional_per_user() -> None:
+    model = _model(n_user_ids=3)
+    history, mask = torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)
+    anonymous = model.user_vector(history, mask)
+    assert torch.equal(anonymous, model.user_vector(history, mask, torch.tensor([0, 0])))
+    known = model.user_vector(history, mask, torch.tensor([0, 2]))
+    assert torch.equal(known[0], anonymous[0]) and not torch.allclose(known[1], anonymous[1])
+
+
+def test_save_and_load_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
+    config = _config(n_item_ids=4, user_pooling="transformer")
+    config.align.pca_dim = 6
+    torch.manual_seed(0)
+    model = TwoTower(config, DIMS)
+    features, present = paired_views(20, DIMS)
+    model.fit_alignment(features, present).eval()
+    index = torch.arange(20) % 5
+    items = model.item_vectors(features, present, index)
+    users = model.user_vector(items[:6].reshape(2, 3, 8), torch.ones(2, 3, dtype=torch.bool))
+
+    model.save_pretrained(tmp_path / "model")
+    loaded = TwoTower.from_pretrained(tmp_path / "model", expected_dims=DIMS)
+    assert loaded.config == config and loaded.modalities == list(DIMS) and not loaded.training
+    assert torch.equal(loaded.item_vectors(features, present, index), items)
+    assert torch.equal(
+        loaded.user_vector(items[:6].reshape(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)), users
+    )
+
+
+def test_loading_refuses_mismatched_dimensions_and_versions(tmp_path: Path) -> None:
+    directory = _model().save_pretrained(tmp_path / "model")
+    with pytest.raises(ModelLoadError, match="image: saved model expects 10-dim input, features have 512"):
+        TwoTower.from_pretrained(directory, expected_dims={**DIMS, "image": 512})
+    with pytest.raises(ModelLoadError, match=r"modalities \['audio', 'image', 'text'\], the features have"):
+        TwoTower.from_pretrained(directory, expected_dims={"text": 12})
+    document = json.loads((directory / CONFIG_FILE).read_text())
+    (directory / CONFIG_FILE).write_text(json.dumps({**document, "format_version": 99}))
+    with pytest.raises(ModelLoadError, match="format version 99"):
+        TwoTower.from_pretrained(directory)
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
+        TwoTower.from_pretrained(tmp_path / "nothing-here")
+
+
+def test_loading_refuses_weights_that_do_not_fit(tmp_path: Path) -> None:
+    directory = _model().save_pretrained(tmp_path / "model")
+    document = json.loads((directory / CONFIG_FILE).read_text())
+    document["config"]["towers"]["embed_dim"] = 16
+    (directory / CONFIG_FILE).write_text(json.dumps(document))
+    with pytest.raises(ModelLoadError, match="weights do not fit the saved config"):
+        TwoTower.from_pretrained(directory)
+
+
+def test_loss_needs_log_q_when_correction_is_on() -> None:
+    model = _model()
+    features, present = random_batch(4, DIMS)
+    positive = model.encode_items(features, present)
+    users = model.user_vector(positive.vectors.unsqueeze(1), torch.ones(4, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="log_q"):
+        model.loss(users, positive)
+    parts = model.loss(users, positive, log_q=torch.zeros(4))
+    weight = model.config.loss.align_weight
+    assert parts.total.item() == pytest.approx((parts.rec + weight * parts.align).item(), rel=1e-6)
+
+
+def _toy_problem(
+    n_items: int = 300, n_users: int = 200, n_clusters: int = 5, seed: int = 0
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Items in latent clusters visible only in the image features; each user likes one cluster."""
+    rng = np.random.default_rng(seed)
+    cluster = rng.integers(0, n_clusters, n_items)
+    centroids = rng.normal(size=(n_clusters, DIMS["image"])) * 2
+    features = {
+        "text": torch.from_numpy(rng.normal(size=(n_items, DIMS["text"]))).float(),
+        "image": torch.from_numpy(centroids[cluster] + rng.normal(size=(n_items, DIMS["image"]))).float(),
+        "audio": torch.from_numpy(rng.normal(size=(n_items, DIMS["audio"]))).float(),
+    }
+    present = {m: torch.from_numpy(rng.random(n_items) < 0.9) for m in DIMS}
+    present["image"][:] = True
+    train, test = [], []
+    for user in range(n_users):
+        liked = rng.permutation(np.flatnonzero(cluster == user % n_clusters))
+        train.append(liked[:12])
+        test.append(liked[12:17])
+    return features, present, cluster, train, test
+
+
+def test_two_tower_learns_a_toy_preference_far_above_random() -> None:
+    torch.manual_seed(0)
+    features, present, _, train, test = _toy_problem()
+    config = _config(user_pooling="attention")
+    config.loss.logq_correction = False
+    model = TwoTower(config, DIMS)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(1)
+    history_length = 5
+    for _ in range(300):
+        users = rng.integers(0, len(train), 32)
+        picks = np.stack([rng.choice(train[u], history_length + 1, replace=False) for u in users])
+        catalog = model.encode_items(features, present)  # 300 items: cheap to encode every step
+        positive_ids = torch.from_numpy(picks[:, -1])
+        history = catalog.vectors[torch.from_numpy(picks[:, :history_length])]
+        user_vectors = model.user_vector(history, torch.ones(32, history_length, dtype=torch.bool))
+        loss = model.loss(user_vectors, catalog.select(positive_ids), item_ids=positive_ids).total
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model.eval()
+    with torch.no_grad():
+        item_vectors = model.item_vectors(features, present)
+        histories = torch.from_numpy(np.stack([t[-history_length:] for t in train]))
+        user_vectors = model.user_vector(
+            item_vectors[histories], torch.ones(len(train), history_length, dtype=torch.bool)
+        )
+    truth, seen = ItemSets.from_lists(test), ItemSets.from_lists(train)
+    learned = ranking_metrics(truth, user_vectors=user_vectors, item_vectors=item_vectors, seen=seen, ks=[10])
+    random_scores = np.random.default_rng(2).random((len(train), 300))
+    chance = ranking_metrics(truth, scores=random_scores, seen=seen, ks=[10])
+    assert learned["recall@10"] > 3 * chance["recall@10"], (learned, chance)
+    assert learned["recall@10"] > 0.12
