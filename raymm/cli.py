@@ -152,28 +152,76 @@ def cmd_data_export(args: argparse.Namespace, config: RaymmConfig) -> int:
     return EXIT_OK
 
 
+def cmd_extract(args: argparse.Namespace, config: RaymmConfig) -> int:
+    from raymm.features.pipeline import extract
+
+    data = args.data or config.stage_dir("data")
+    out = args.out or config.stage_dir("features")
+    plan = Plan("extract")
+    _plan_extract(plan, config, data, out, args.incremental)
+    if args.dry_run:
+        print(plan.render(config))
+        return EXIT_OK
+    result = extract(config, data, out, incremental=args.incremental, progress=not args.quiet)
+    rows: list[tuple[str, Any]] = [("dataset", data), ("features", out)]
+    rows += _extract_rows(result)
+    print_summary("extract", rows, result.elapsed_s)
+    return EXIT_OK
+
+
+def _plan_extract(plan: Plan, config: RaymmConfig, data: str, out: str, incremental: bool) -> None:
+    for modality in config.extract.modalities:
+        section = getattr(config.extract, modality)
+        model = section.model or section.kind
+        pool = f"{section.min_actors}-{section.max_actors} actors x {section.num_cpus} CPU/{section.num_gpus} GPU"
+        plan.add(f"encode {modality} with {model} ({pool})", out)
+    if incremental:
+        plan.add("only items without features (--incremental)", out)
+
+
+def _extract_rows(result: Any) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [("items encoded this run", f"{result.encoded_items:,}")]
+    for modality in result.manifest["modalities"]:
+        encoder = result.manifest["encoders"][modality]
+        counts = result.manifest["counts"][modality]
+        rows.append(
+            (
+                f"{modality} ({encoder['encoder_id']}, {encoder['dim']}-d)",
+                f"{counts['encoded']:,} encoded, {counts['missing']:,} missing, {counts['failed']:,} failed",
+            )
+        )
+    rows += [(f"{modality} skipped", why) for modality, why in result.skipped.items()]
+    return rows
+
+
 def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
     from raymm.data.synth import synthesize
     from raymm.data.validate import validate_dataset
+    from raymm.features.pipeline import extract
 
     if args.out:
         config.out = args.out
     data = config.stage_dir("data")
+    features = config.stage_dir("features")
     plan = Plan("quickstart")
     plan.add(f"synthesize '{config.synth.size}' benchmark", data)
     plan.add("validate it", data)
+    _plan_extract(plan, config, data, features, incremental=False)
     if args.dry_run:
         print(plan.render(config))
         return EXIT_OK
     start = time.perf_counter()
     progress = not args.quiet
-    print(f"[1/{len(plan.steps)}] synthesizing the '{config.synth.size}' benchmark into {data}", flush=True)
+    print(f"[1/3] synthesizing the '{config.synth.size}' benchmark into {data}", flush=True)
     manifest = synthesize(config.synth, data, seed=config.seed, progress=progress)
-    print(f"[2/{len(plan.steps)}] validating {data}", flush=True)
+    print(f"[2/3] validating {data}", flush=True)
     report = validate_dataset(data, config.validate_, progress=progress)
-    rows: list[tuple[str, Any]] = [("output root", config.out), ("dataset", data)]
+    print(f"[3/3] extracting features into {features} (Ray Data actor pools)", flush=True)
+    extracted = extract(config, data, features, progress=progress)
+    rows: list[tuple[str, Any]] = [("output root", config.out), ("dataset", data), ("features", features)]
     rows += _counts_rows(manifest)
     rows.append(("validation problems", len(report.problems)))
+    rows += _extract_rows(extracted)
     print_summary("quickstart", rows, time.perf_counter() - start)
     for problem in report.problems:
         print(f"  problem: {problem}")
@@ -239,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", help="dataset directory to export (default: <out>/data)")
     export.add_argument("--name", default="raymm", help="dataset name in the exported files")
     export.set_defaults(handler=cmd_data_export)
+
+    extract = commands.add_parser(
+        "extract", parents=[common], help="encode items' text, images and audio with Ray Data actor pools"
+    )
+    extract.add_argument("--data", help="dataset directory (default: <out>/data)")
+    extract.add_argument("--incremental", action="store_true", help="encode only items without features")
+    extract.set_defaults(handler=cmd_extract)
 
     quickstart = commands.add_parser(
         "quickstart", parents=[common], help="run the main job end to end on the embedded defaults"

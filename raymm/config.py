@@ -137,6 +137,8 @@ class ExtractConfig(StrictModel):
     image: ImageEncoderConfig = Field(default_factory=ImageEncoderConfig)
     audio: AudioEncoderConfig = Field(default_factory=AudioEncoderConfig)
     modalities: list[Literal["text", "image", "audio"]] = ["text", "image", "audio"]
+    rows_per_file: int = Field(50_000, gt=0)
+    io_cpus: float = Field(0.25, gt=0)  # CPUs reserved per read/write task beside the actor pools
 
 
 class RayConfig(StrictModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -73,3 +74,16 @@ def items() -> pa.Table:
 @pytest.fixture
 def interactions() -> pa.Table:
     return make_interactions()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray instance (2 CPUs) shared by every test that needs Ray."""
+    import ray
+
+    from raymm.config import RayConfig
+    from raymm.runtime import init_ray
+
+    init_ray(RayConfig(num_cpus=2))
+    yield
+    ray.shutdown()

@@ -24,6 +24,7 @@ from raymm.data.schema import EVENT_KINDS
 from raymm.data.synth import synthesize
 from raymm.data.synth_media import FACETS
 from raymm.errors import ConfigError
+from tests.probes import ridge_probe_accuracy
 
 SEED = 7
 MISSING = 0.3
@@ -300,16 +301,6 @@ def _text_features(texts: list[str]) -> np.ndarray:
     return features
 
 
-def _ridge_probe_accuracy(features: np.ndarray, labels: np.ndarray, train: np.ndarray) -> float:
-    """One-vs-rest ridge regression on standardised features; accuracy on the rows outside ``train``."""
-    mean, std = features[train].mean(axis=0), features[train].std(axis=0) + 1e-6
-    x = np.hstack([(features - mean) / std, np.ones((len(features), 1))])
-    targets = np.eye(labels.max() + 1)[labels]
-    gram = x[train].T @ x[train] + 10.0 * np.eye(x.shape[1])
-    weights = np.linalg.solve(gram, x[train].T @ targets[train])
-    return float(np.mean(np.argmax(x[~train] @ weights, axis=1) == labels[~train]))
-
-
 PROBES = [
     ("audio", "genre", True),
     ("audio", "mood", True),
@@ -338,7 +329,7 @@ def test_a_linear_probe_reads_a_facet_only_from_the_modalities_that_show_it(
     # a hidden facet from the creator's visible ones: hidden facets are probed on held-out creators.
     group = np.arange(len(labels)) if visible else facets.column("creator").to_numpy()
     train = group % 3 != 0
-    accuracy = _ridge_probe_accuracy(features[modality], labels, train)
+    accuracy = ridge_probe_accuracy(features[modality], labels, train)
     majority = np.bincount(labels[~train]).max() / np.sum(~train)
     chance = max(1.0 / FACETS[FACET_NAMES.index(facet)].cardinality, majority)
     if visible:

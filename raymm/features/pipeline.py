@@ -1,0 +1,403 @@
+"""``raymm extract``: items -> per-modality vectors, as one streaming Ray Data job.
+
+The job reads ``items.parquet`` once and chains one ``map_batches`` stage per modality, each an
+actor pool (:class:`ModalityEncoderActor`, ``compute=ActorPoolStrategy``) that loads its model once
+per actor, replaces that modality's raw column by a ``fixed_size_list<float32>`` vector column
+(null where missing or failed) plus ``<modality>_error``, and hands the batch on. Output is a
+directory of parquet parts in the features contract (design.md) and ``features.json``:
+
+    features.json     encoders (id, revision, pooling, dim), counts encoded/missing/failed, items
+    part-*.parquet    item_id, <modality> vectors, <modality>_error; schema metadata names encoders
+    tfidf_idf.json    the fitted IDF, when the text encoder is TF-IDF (reused by incremental runs)
+
+The same code runs on this 2-core machine and on a GPU cluster: actor resources, pool sizes and
+batch sizes come from the config (``extract.<modality>``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from ray.data.datasource import FilenameProvider
+
+from raymm.config import EncoderResources, ExtractConfig, RaymmConfig
+from raymm.data import io
+from raymm.data.dataset import ITEMS
+from raymm.errors import ConfigError, DataError
+
+FEATURES_MANIFEST = "features.json"
+TFIDF_STATE = "tfidf_idf.json"
+METADATA_PREFIX = "raymm.encoder."
+FORMAT_VERSION = 1
+
+
+def _section(config: ExtractConfig, modality: str) -> EncoderResources:
+    section: EncoderResources = getattr(config, modality)
+    return section
+
+
+def _device_for(config: ExtractConfig, section: EncoderResources) -> str:
+    """``cuda`` for actors that reserve GPUs (unless device is cpu), else ``cpu``."""
+    if config.device == "cpu":
+        return "cpu"
+    if section.num_gpus > 0:
+        return "cuda"
+    if config.device == "cuda":
+        raise ConfigError("extract.device is cuda but no modality sets num_gpus > 0 for its actors")
+    return "cpu"
+
+
+class ModalityEncoderActor:
+    """A Ray Data callable class: one modality's encoder, loaded once per actor.
+
+    ``__call__`` takes a pyarrow batch holding ``item_id`` and the raw ``modality`` column and
+    returns it with the raw column replaced by the vector column and ``<modality>_error``.
+    """
+
+    def __init__(self, modality: str, section: dict[str, Any], device: str, tfidf_uri: str | None) -> None:
+        import torch
+
+        from raymm.features.registry import CONFIG_TYPES, build_encoder
+        from raymm.features.text import TfidfTextEncoder
+
+        parsed: Any = CONFIG_TYPES[modality].model_validate(section)
+        # One intra-op thread per reserved CPU: actors sharing a node must not oversubscribe it.
+        torch.set_num_threads(max(1, int(parsed.num_cpus)))
+        self.modality = modality
+        self.encoder = build_encoder(modality, parsed, device)
+        if isinstance(self.encoder, TfidfTextEncoder):
+            if tfidf_uri is None:
+                raise ConfigError("TF-IDF text encoder needs a fitted IDF state")
+            self.encoder.load(tfidf_uri)
+        self.metadata = {
+            f"{METADATA_PREFIX}{modality}".encode(): json.dumps(encoder_description(self.encoder)).encode()
+        }
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        encoded = self.encoder.encode(batch.column(self.modality).to_pylist())
+        dim = self.encoder.dim
+        values = pa.array(np.ascontiguousarray(encoded.vectors, dtype=np.float32).reshape(-1))
+        vectors = pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(~encoded.present))
+        errors = pa.array(encoded.errors, pa.string())
+        index = batch.column_names.index(self.modality)
+        batch = batch.set_column(index, pa.field(self.modality, pa.list_(pa.float32(), dim)), vectors)
+        batch = batch.append_column(f"{self.modality}_error", errors)
+        metadata = dict(batch.schema.metadata or {})
+        metadata.update(self.metadata)
+        return batch.replace_schema_metadata(metadata)
+
+
+def encoder_description(encoder: Any) -> dict[str, Any]:
+    """What the features record about an encoder: id, revision, pooling and dim."""
+    return {
+        "encoder_id": encoder.encoder_id,
+        "revision": encoder.revision,
+        "pooling": encoder.pooling,
+        "dim": int(encoder.dim),
+    }
+
+
+@dataclass
+class ExtractResult:
+    """What ``extract`` did: per-modality counts, the encoders used, where it wrote."""
+
+    out: str
+    manifest: dict[str, Any]
+    encoded_items: int
+    skipped: dict[str, str] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+def catalog_presence(items_uri: str, modalities: list[str]) -> dict[str, int]:
+    """Non-null count per modality column, from parquet statistics where present (no data read)."""
+    filesystem, path = io.resolve(items_uri)
+    try:
+        parquet = pq.ParquetFile(filesystem.open_input_file(path))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"items file {items_uri} is not a readable parquet file: {exc}") from exc
+    names = parquet.schema_arrow.names
+    metadata = parquet.metadata
+    present: dict[str, int] = {}
+    for modality in modalities:
+        if modality not in names:
+            present[modality] = 0
+            continue
+        column = names.index(modality)
+        nulls = 0
+        for group in range(metadata.num_row_groups):
+            stats = metadata.row_group(group).column(column).statistics
+            if stats is None or not stats.has_null_count:
+                table = pq.read_table(path, filesystem=filesystem, columns=[modality])
+                nulls = table.column(modality).null_count
+                break
+            nulls += stats.null_count
+        present[modality] = metadata.num_rows - nulls
+    return present
+
+
+def _feature_files(out: str) -> list[str]:
+    if not io.exists(out):
+        return []
+    filesystem, path = io.resolve(out)
+    from pyarrow.fs import FileSelector
+
+    infos = filesystem.get_file_info(FileSelector(path, recursive=False))
+    return sorted(info.path for info in infos if info.path.endswith(".parquet"))
+
+
+def load_features(path: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a features directory (or one features parquet file) into one table, sorted by item_id."""
+    filesystem, resolved = io.resolve(path)
+    if not io.exists(path):
+        raise DataError(f"features not found: {path} (run `raymm extract` first)")
+    if resolved.endswith(".parquet"):
+        table = pq.read_table(resolved, filesystem=filesystem, columns=columns)
+    else:
+        files = _feature_files(path)
+        if not files:
+            raise DataError(f"features directory {path} holds no parquet parts")
+        table = pads.dataset(files, filesystem=filesystem, format="parquet").to_table(columns=columns)
+    return table.sort_by("item_id")
+
+
+def _plan_modalities(config: ExtractConfig, presence: dict[str, int]) -> tuple[list[str], dict[str, str]]:
+    chosen: list[str] = []
+    skipped: dict[str, str] = {}
+    for modality in ("text", "image", "audio"):
+        if modality not in config.modalities:
+            skipped[modality] = "not in extract.modalities"
+        elif presence.get(modality, 0) == 0:
+            skipped[modality] = "absent from the whole catalog"
+        else:
+            chosen.append(modality)
+    return chosen, skipped
+
+
+# Ray Data's file listing task (read_parquet's first step) takes one whole CPU and cannot be
+# given less; it starts after the actor pools have reserved theirs, so leave room for it.
+_LISTING_CPUS = 1.0
+
+
+def _check_fits(config: ExtractConfig, modalities: list[str], total_cpus: float) -> None:
+    """Chained actor pools all hold their minimum actors at once: refuse plans that cannot start."""
+    actors = sum(_section(config, m).min_actors * _section(config, m).num_cpus for m in modalities)
+    needed = actors + max(_LISTING_CPUS, config.io_cpus)
+    if needed > total_cpus + 1e-6:
+        detail = ", ".join(
+            f"{m}: {_section(config, m).min_actors} x {_section(config, m).num_cpus} CPU" for m in modalities
+        )
+        raise ConfigError(
+            f"extract needs {needed:g} CPUs at minimum ({detail}, plus {_LISTING_CPUS:g} for Ray Data's "
+            f"file listing) but the Ray cluster has {total_cpus:g}; lower extract.<modality>.num_cpus "
+            "or min_actors"
+        )
+
+
+def _fit_tfidf(config: RaymmConfig, items_uri: str, out: str, incremental: bool) -> str:
+    from raymm.features.text import TfidfTextEncoder
+
+    state = io.join(out, TFIDF_STATE)
+    if incremental and io.exists(state):
+        return state  # keep the catalog IDF of the first run, so old and new vectors agree
+    texts = io.read_table(items_uri, "items file", columns=["text"]).column("text").to_pylist()
+    encoder = TfidfTextEncoder(config.extract.text, "cpu")
+    encoder.fit(texts)
+    encoder.save(state)
+    return state
+
+
+def _known_item_ids(out: str) -> pa.Array:
+    files = _feature_files(out)
+    if not files:
+        return pa.array([], pa.string())
+    return load_features(out, columns=["item_id"]).column("item_id").combine_chunks()
+
+
+def _drop_known(batch: pa.Table, known: pa.Array) -> pa.Table:
+    """Keeps rows whose item_id has no features yet (the incremental run's filter)."""
+    return batch.filter(pc.invert(pc.is_in(batch.column("item_id"), value_set=known)))
+
+
+def extract(
+    config: RaymmConfig,
+    data_dir: str,
+    out: str,
+    incremental: bool = False,
+    progress: bool = True,
+) -> ExtractResult:
+    """Encode every item of ``data_dir``'s items with the configured encoders into ``out``.
+
+    With ``incremental``, only items without features in ``out`` are encoded and appended (the
+    encoder settings must match the earlier run's, else :class:`ConfigError`). Bad media never
+    stop the job: such rows get a null vector and an error string. Returns counts per modality.
+    """
+    import ray
+    import ray.data
+
+    from raymm.runtime import init_ray
+
+    start = time.perf_counter()
+    extract_config = config.extract
+    items_uri = io.join(data_dir, ITEMS)
+    if not io.exists(items_uri):
+        raise DataError(f"items file not found: {items_uri}")
+    presence = catalog_presence(items_uri, ["text", "image", "audio"])
+    modalities, skipped = _plan_modalities(extract_config, presence)
+    if not modalities:
+        raise DataError(f"nothing to extract from {items_uri}: {skipped}")
+
+    previous = _previous_manifest(out) if incremental else None
+    if previous is not None:
+        _check_same_encoders(previous, extract_config, modalities)
+
+    init_ray(config.ray)
+    _check_fits(extract_config, modalities, float(ray.cluster_resources().get("CPU", 0)))
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+
+    io.makedirs(out)
+    tfidf_uri = None
+    if "text" in modalities and extract_config.text.kind == "tfidf":
+        tfidf_uri = _fit_tfidf(config, items_uri, out, incremental)
+
+    filesystem, items_path = io.resolve(items_uri)
+    dataset = ray.data.read_parquet(items_path, filesystem=filesystem, num_cpus=extract_config.io_cpus)
+    dataset = dataset.select_columns(["item_id", *modalities])
+    if previous is not None:
+        dataset = dataset.map_batches(
+            functools.partial(_drop_known, known=_known_item_ids(out)),
+            batch_format="pyarrow",
+            num_cpus=extract_config.io_cpus,
+        )
+    for modality in modalities:
+        section = _section(extract_config, modality)
+        dataset = dataset.map_batches(
+            ModalityEncoderActor,
+            fn_constructor_kwargs={
+                "modality": modality,
+                "section": section.model_dump(),
+                "device": _device_for(extract_config, section),
+                "tfidf_uri": tfidf_uri if modality == "text" else None,
+            },
+            compute=ray.data.ActorPoolStrategy(min_size=section.min_actors, max_size=section.max_actors),
+            batch_size=section.batch_size,
+            num_cpus=section.num_cpus,
+            num_gpus=section.num_gpus or None,
+            batch_format="pyarrow",
+        )
+    out_fs, out_path = io.resolve(out)
+    run_id = uuid.uuid4().hex[:8]
+    before = set(_feature_files(out))
+    try:
+        dataset.write_parquet(
+            out_path,
+            filesystem=out_fs,
+            # part-<run>_<write uuid>_<task>.parquet: runs never overwrite each other's parts.
+            filename_provider=FilenameProvider(dataset_uuid=f"part-{run_id}", file_format="parquet"),
+            min_rows_per_file=extract_config.rows_per_file,
+            ray_remote_args={"num_cpus": extract_config.io_cpus},
+        )
+    except BaseException:
+        # Nothing already stored is lost: drop this run's partial parts, keep the earlier ones.
+        for partial in set(_feature_files(out)) - before:
+            out_fs.delete_file(partial)
+        raise
+    if previous is None:
+        for stale in before:  # a full re-extract replaces the earlier parts only once it succeeded
+            out_fs.delete_file(stale)
+    new_files = sorted(set(_feature_files(out)) - before)
+    manifest = _write_manifest(out, config, modalities, skipped, previous, new_files)
+    encoded = sum(pq.ParquetFile(out_fs.open_input_file(f)).metadata.num_rows for f in new_files)
+    return ExtractResult(out, manifest, encoded, skipped, time.perf_counter() - start)
+
+
+def _previous_manifest(out: str) -> dict[str, Any] | None:
+    uri = io.join(out, FEATURES_MANIFEST)
+    if not io.exists(uri):
+        return None
+    manifest = io.read_json(uri, "features manifest")
+    if not isinstance(manifest, dict) or "encoders" not in manifest:
+        raise DataError(f"{uri} is not a raymm features manifest")
+    return manifest
+
+
+def _check_same_encoders(previous: dict[str, Any], config: ExtractConfig, modalities: list[str]) -> None:
+    for modality in modalities:
+        before = previous.get("config", {}).get(modality)
+        now = _output_settings(_section(config, modality))
+        if before is not None and before != now:
+            raise ConfigError(
+                f"--incremental: extract.{modality} differs from the run that wrote these features "
+                f"({before} vs {now}); re-extract without --incremental"
+            )
+
+
+def _output_settings(section: EncoderResources) -> dict[str, Any]:
+    """The settings of a section that change its vectors (resources and batch size do not)."""
+    ignore = set(EncoderResources.model_fields)
+    return {k: v for k, v in section.model_dump().items() if k not in ignore}
+
+
+def _write_manifest(
+    out: str,
+    config: RaymmConfig,
+    modalities: list[str],
+    skipped: dict[str, str],
+    previous: dict[str, Any] | None,
+    new_files: list[str],
+) -> dict[str, Any]:
+    filesystem, _ = io.resolve(out)
+    encoders: dict[str, Any] = dict(previous["encoders"]) if previous else {}
+    for file in new_files[:1]:
+        metadata = pq.read_schema(filesystem.open_input_file(file)).metadata or {}
+        for key, value in metadata.items():
+            if key.decode().startswith(METADATA_PREFIX):
+                modality = key.decode().removeprefix(METADATA_PREFIX)
+                description = json.loads(value)
+                old = encoders.get(modality)
+                if old is not None and old["revision"] != description["revision"]:
+                    for stale in new_files:
+                        filesystem.delete_file(stale)
+                    raise ConfigError(
+                        f"--incremental: the {modality} model changed since the features were written "
+                        f"(revision {old['revision']} -> {description['revision']}); re-extract in full"
+                    )
+                encoders[modality] = description
+    counts = _count(out, modalities)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "modalities": modalities,
+        "skipped": skipped,
+        "encoders": encoders,
+        "config": {m: _output_settings(_section(config.extract, m)) for m in modalities},
+        "counts": counts,
+        "items": counts["items"],
+    }
+    io.write_json(manifest, io.join(out, FEATURES_MANIFEST))
+    return manifest
+
+
+def _count(out: str, modalities: list[str]) -> dict[str, Any]:
+    """encoded / missing / failed per modality over all parts (missing: null value, no error)."""
+    table = load_features(out, columns=["item_id", *modalities, *(f"{m}_error" for m in modalities)])
+    counts: dict[str, Any] = {"items": table.num_rows}
+    for modality in modalities:
+        vectors = table.column(modality)
+        failed = table.column(f"{modality}_error").length() - table.column(f"{modality}_error").null_count
+        encoded = vectors.length() - vectors.null_count
+        counts[modality] = {
+            "encoded": encoded,
+            "failed": failed,
+            "missing": table.num_rows - encoded - failed,
+        }
+    return counts

@@ -1,0 +1,32 @@
+"""Starting or joining Ray, the one place the rest of raymm asks for a cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from raymm.config import RayConfig
+
+
+def init_ray(config: RayConfig) -> None:
+    """Join the cluster at ``config.address`` or start a local instance; no-op if Ray is up.
+
+    A local instance gets ``num_cpus``/``num_gpus`` from the config (None: what the machine has).
+    Progress bars of Ray Data follow the caller's terminal; the dashboard is not started locally.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Token auth prints a notice on every local start; it protects nothing on a private instance.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs: dict[str, object] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if config.address:
+        ray.init(address=config.address, **kwargs)  # type: ignore[arg-type]
+        return
+    ray.init(
+        num_cpus=config.num_cpus,
+        num_gpus=config.num_gpus,
+        include_dashboard=False,
+        **kwargs,  # type: ignore[arg-type]
+    )

