@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raymm.errors import ConfigError
+from raymm.models.config import ModelConfig
 
 SizeName = Literal["tiny", "small", "large"]
 
@@ -141,6 +142,42 @@ class ExtractConfig(StrictModel):
     io_cpus: float = Field(0.25, gt=0)  # CPUs reserved per read/write task beside the actor pools
 
 
+class TrainConfig(StrictModel):
+    """``raymm train``: the Ray Train run (workers, epochs, checkpoints, failure handling).
+
+    ``storage_path`` (default ``<out>/train``) holds checkpoints, a local path or any pyarrow
+    filesystem URI reachable from every worker. ``fail_at_step`` injects one worker failure at
+    that global step (fault-tolerance tests); never set it in production.
+    """
+
+    epochs: int = Field(8, gt=0)
+    batch_size: int = Field(256, gt=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    num_workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_history: int = Field(20, gt=0)
+    positive_events: list[str] = ["click", "like", "purchase", "play", "view"]
+    modalities: list[Literal["text", "image", "audio"]] | None = None
+    item_id_embeddings: bool = True
+    patience: int = Field(2, gt=0)
+    val_metric: str = "ndcg@20"
+    max_failures: int = Field(2, ge=0)
+    storage_path: str | None = None
+    max_steps_per_epoch: int | None = Field(None, gt=0)
+    fail_at_step: int | None = Field(None, ge=0)
+
+
+class EvaluateConfig(StrictModel):
+    """``raymm evaluate``: cut-offs, and which variants the ablation report trains and compares."""
+
+    ks: list[int] = [10, 20, 50]
+    ablation: list[str] = ["text", "image", "audio", "concat", "contrastive+gated", "popularity"]
+    missing_modality: Literal["text", "image", "audio"] | None = "image"
+    missing_rate: float = Field(0.5, ge=0.0, le=1.0)
+
+
 class RayConfig(StrictModel):
     """Where Ray runs: ``address`` None starts a local instance; ``auto`` joins a cluster."""
 
@@ -158,6 +195,9 @@ class RaymmConfig(StrictModel):
     import_: ImportConfig = Field(default_factory=ImportConfig, alias="import")
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     def stage_dir(self, stage: str) -> str:

@@ -12,7 +12,8 @@ def init_ray(config: RayConfig) -> None:
     """Join the cluster at ``config.address`` or start a local instance; no-op if Ray is up.
 
     A local instance gets ``num_cpus``/``num_gpus`` from the config (None: what the machine has).
-    Progress bars of Ray Data follow the caller's terminal; the dashboard is not started locally.
+    The dashboard process starts with a local instance: Ray Train's controller watches its workers
+    through the state API it serves, and its Prometheus exporter serves raymm's metrics.
     """
     import ray
 
@@ -27,6 +28,5 @@ def init_ray(config: RayConfig) -> None:
     ray.init(
         num_cpus=config.num_cpus,
         num_gpus=config.num_gpus,
-        include_dashboard=False,
         **kwargs,  # type: ignore[arg-type]
     )

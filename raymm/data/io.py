@@ -29,6 +29,15 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return filesystem, path
 
 
+def absolute(uri: str) -> str:
+    """``uri`` with a local relative path made absolute (Ray workers run in other directories)."""
+    if "://" in uri:
+        return uri
+    import os
+
+    return os.path.abspath(uri)
+
+
 def join(base: str, *parts: str) -> str:
     """Join path segments onto a path or URI (keeps the scheme)."""
     return posixpath.join(base.rstrip("/") if base != "/" else base, *parts)

@@ -32,6 +32,11 @@ class AlignConfig(_Section):
         description="Alignment method, a key of ALIGNERS: contrastive (CLIP InfoNCE), cca, linear "
         "(ridge maps into the anchor's PCA space), kg (tag-supervised contrastive), none (plain heads).",
     )
+    standardize: bool = Field(
+        True,
+        description="Centre and scale each raw feature dimension by catalog statistics (fitted by "
+        "TwoTower.fit_alignment, stored with the weights) before alignment.",
+    )
     shared_dim: int = Field(128, gt=0, description="Width of the shared space every modality is mapped to.")
     pca_dim: int | None = Field(
         None,

@@ -12,7 +12,7 @@ item *vectors*, serving can build a user from live history with no retraining.
 
 Scores are dot products of the two (cosine similarity). :meth:`TwoTower.save_pretrained` and
 :meth:`TwoTower.from_pretrained` round-trip the model through a directory holding
-``config.json`` and ``model.safetensors``.
+``config.json`` and ``weights.safetensors``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from raymm.models.losses import bpr_loss, sampled_softmax_loss
 MODEL_FORMAT = "raymm.two_tower"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = "weights.safetensors"
 
 
 @dataclass
@@ -97,6 +97,13 @@ class ItemTower(nn.Module):
         super().__init__()
         towers = config.towers
         self.aligner: Aligner = build_aligner(config.align, input_dims)
+        self.standardize = config.align.standardize
+        # Per-dimension centring and scaling of the raw features, fitted on the catalog: pretrained
+        # encoders' vectors share a large common direction (mean cosine ~0.6-0.96) that would
+        # otherwise make every item, and so every user, look alike at the start of training.
+        for modality, dim in input_dims.items():
+            self.register_buffer(f"input_mean_{modality}", torch.zeros(dim))
+            self.register_buffer(f"input_scale_{modality}", torch.ones(dim))
         self.fusion: Fusion = build_fusion(config.fusion, self.aligner.modalities, config.align.shared_dim)
         self.mlp = nn.Sequential(
             nn.Linear(self.fusion.out_dim, towers.item_hidden_dim),
@@ -116,7 +123,7 @@ class ItemTower(nn.Module):
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], item_index: Tensor | None = None
     ) -> ItemEncoding:
-        projected = self.aligner.project(features, present)
+        projected = self.aligner.project(self.standardized(features, present), present)
         mask = {m: present[m] for m in self.aligner.modalities}
         fused, weights = self.fusion(projected, mask)
         vectors = self.mlp(fused)
@@ -129,6 +136,30 @@ class ItemTower(nn.Module):
             gate = torch.sigmoid(self.id_gate(torch.cat([vectors, id_vectors], dim=1)))
             vectors = vectors + gate * known.unsqueeze(1).to(gate.dtype) * id_vectors
         return ItemEncoding(F.normalize(vectors, dim=-1), projected, mask, weights)
+
+    def standardized(
+        self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Features centred and scaled by the fitted statistics; absent rows stay zero."""
+        if not self.standardize:
+            return dict(features)
+        out = {}
+        for modality in self.aligner.modalities:
+            mean = getattr(self, f"input_mean_{modality}")
+            scale = getattr(self, f"input_scale_{modality}")
+            keep = present[modality].unsqueeze(-1).to(features[modality].dtype)
+            out[modality] = torch.nan_to_num((features[modality] - mean) * scale) * keep
+        return out
+
+    @torch.no_grad()
+    def fit_input_stats(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> None:
+        """Fit each modality's per-dimension mean and 1/std on its present rows."""
+        for modality in self.aligner.modalities:
+            rows = features[modality][present[modality]]
+            if rows.shape[0] < 2:
+                continue
+            getattr(self, f"input_mean_{modality}").copy_(rows.mean(dim=0))
+            getattr(self, f"input_scale_{modality}").copy_(1.0 / (rows.std(dim=0) + 1e-4))
 
 
 class UserTower(nn.Module):
@@ -236,11 +267,14 @@ class TwoTower(nn.Module):
     @property
     def requires_fit(self) -> bool:
         """Whether :meth:`fit_alignment` must run before the model is used."""
-        return self.aligner.requires_fit
+        return self.aligner.requires_fit or self.item_tower.standardize
 
     def fit_alignment(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> TwoTower:
-        """Fit the aligner's closed-form parts on the catalog (see :meth:`Aligner.fit`); returns self."""
-        self.aligner.fit(features, present)
+        """Fit input standardisation, then the aligner's closed-form parts, on the catalog; returns self."""
+        if self.item_tower.standardize:
+            self.item_tower.fit_input_stats(features, present)
+        if self.aligner.requires_fit:
+            self.aligner.fit(self.item_tower.standardized(features, present), present)
         return self
 
     def encode_items(
@@ -330,7 +364,7 @@ class TwoTower(nn.Module):
     # -- persistence --------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` (format, version, input dims in modality order, config) and
-        ``model.safetensors``.
+        ``weights.safetensors``.
 
         Creates ``directory`` if needed and returns it as a :class:`Path`.
         """
