@@ -35,5 +35,8 @@ test: lint
 quickstart: venv
 	$(BIN)/raymm quickstart --config configs/quickstart.yaml
 
+bench: venv
+	$(BIN)/python bench/extract_throughput.py
+
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -273,6 +273,9 @@ def extract(
     filesystem, items_path = io.resolve(items_uri)
     dataset = ray.data.read_parquet(items_path, filesystem=filesystem, num_cpus=extract_config.io_cpus)
     dataset = dataset.select_columns(["item_id", *modalities])
+    # A catalog file is read as one large block; split it so every actor of a pool gets work.
+    block_rows = max(_section(extract_config, m).batch_size for m in modalities)
+    dataset = dataset.repartition(target_num_rows_per_block=block_rows)
     if previous is not None:
         dataset = dataset.map_batches(
             functools.partial(_drop_known, known=_known_item_ids(out)),
