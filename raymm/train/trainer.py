@@ -128,7 +128,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         objective.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
     )
 
-    state: dict[str, Any] = {"epoch": -1, "best": -1.0, "bad_epochs": 0, "best_model": None, "step": 0}
+    state: dict[str, Any] = {
+        "epoch": -1,
+        "best": -1.0,
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "best_model": None,
+        "step": 0,
+        "history": [],
+    }
     resumed_from = -1
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -192,6 +200,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "resumed_from_epoch": resumed_from,
             **{f"val_{k}": v for k, v in validation.items()},
         }
+        state["history"].append({k: float(v) for k, v in metrics.items()})
         with tempfile.TemporaryDirectory() as directory:
             report_checkpoint = None
             if rank == 0:
@@ -280,27 +289,17 @@ def train(
     model = TwoTower(prepared.model_config, prepared.catalog.dims)
     model.load_state_dict(saved["state"]["best_model"] or saved["model"])
     vectors = catalog_vectors(model, prepared.catalog).numpy()
-    history = [dict(row) for row in _metrics_history(result)]
-    best = {k: v for k, v in (history[saved["state"].get("best_epoch", -1)] if history else {}).items()}
+    history = saved["state"]["history"]
+    best: dict[str, float] = next(
+        (row for row in history if row["epoch"] == saved["state"]["best_epoch"]), {}
+    )
     manifest = write_artifact(
         out,
         model,
         prepared.catalog.item_ids,
         vectors,
         config=config.model_dump(mode="json", by_alias=True),
-        metrics={"best_epoch": saved["state"].get("best_epoch"), "validation": best, "history": history},
+        metrics={"best_epoch": saved["state"]["best_epoch"], "validation": best, "history": history},
         data_fingerprint=prepared.fingerprint,
     )
     return TrainResult(out, manifest, history, time.perf_counter() - started)
-
-
-def _metrics_history(result: Any) -> list[dict[str, Any]]:
-    """Per-epoch metrics of the run, one dict per epoch, in order (latest report per epoch wins)."""
-    frame = getattr(result, "metrics_dataframe", None)
-    rows: dict[int, dict[str, Any]] = {}
-    if frame is not None and len(frame):
-        for record in frame.to_dict("records"):
-            rows[int(record["epoch"])] = {k: v for k, v in record.items() if not str(k).startswith("_")}
-    elif result.metrics:
-        rows[int(result.metrics["epoch"])] = dict(result.metrics)
-    return [rows[e] for e in sorted(rows)]
