@@ -194,6 +194,33 @@ def _extract_rows(result: Any) -> list[tuple[str, Any]]:
     return rows
 
 
+def cmd_train(args: argparse.Namespace, config: RaymmConfig) -> int:
+    from raymm.train.trainer import train
+
+    data = args.data or config.stage_dir("data")
+    features = args.features or config.stage_dir("features")
+    out = args.out or config.stage_dir("model")
+    cfg = config.train
+    plan = Plan("train")
+    plan.add(
+        f"Ray Train: {cfg.num_workers} worker(s), {cfg.epochs} epochs, "
+        f"{config.model.align.method} alignment + {config.model.fusion.method} fusion",
+        config.train.storage_path or config.stage_dir("train"),
+    )
+    plan.add("write the model artifact", out)
+    if args.dry_run:
+        print(plan.render(config))
+        return EXIT_OK
+    result = train(config, data, features, out)
+    rows: list[tuple[str, Any]] = [("dataset", data), ("features", features), ("model", out)]
+    rows.append(("model version", result.manifest["model_version"]))
+    best = result.manifest["metrics"]["validation"]
+    rows += [(f"best epoch {k}", f"{best[k]:.4f}") for k in ("val_recall@20", "val_ndcg@20") if k in best]
+    rows.append(("epochs run", len(result.history)))
+    print_summary("train", rows, result.elapsed_s)
+    return EXIT_OK
+
+
 def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
     from raymm.data.synth import synthesize
     from raymm.data.validate import validate_dataset
@@ -295,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--incremental", action="store_true", help="encode only items without features")
     extract.set_defaults(handler=cmd_extract)
 
+    train = commands.add_parser(
+        "train", parents=[common], help="align, fuse and train the two towers on Ray Train"
+    )
+    train.add_argument("--data", help="dataset directory (default: <out>/data)")
+    train.add_argument("--features", help="features directory (default: <out>/features)")
+    train.set_defaults(handler=cmd_train)
+
     quickstart = commands.add_parser(
         "quickstart", parents=[common], help="run the main job end to end on the embedded defaults"
     )
@@ -331,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("raymm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":
