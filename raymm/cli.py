@@ -35,6 +35,12 @@ class Plan:
     def add(self, step: str, target: str) -> None:
         self.steps.append((step, target))
 
+    def dry_run(self, args: argparse.Namespace, config: RaymmConfig) -> bool:
+        """With ``--dry-run``, print the plan and the resolved config and say so (the caller stops)."""
+        if args.dry_run:
+            print(self.render(config))
+        return bool(args.dry_run)
+
     def render(self, config: RaymmConfig) -> str:
         lines = [f"plan for `raymm {self.command}` (dry run: nothing is written)"]
         lines += [f"  {i}. {step:<34} -> {target}" for i, (step, target) in enumerate(self.steps, 1)]
@@ -69,8 +75,7 @@ def cmd_data_synth(args: argparse.Namespace, config: RaymmConfig) -> int:
     out = args.out or config.stage_dir("data")
     plan = Plan("data synth")
     plan.add(f"synthesize '{config.synth.size}' benchmark (seed {_synth_seed(config)})", out)
-    if args.dry_run:
-        print(plan.render(config))
+    if plan.dry_run(args, config):
         return EXIT_OK
     start = time.perf_counter()
     manifest = synthesize(config.synth, out, seed=config.seed, progress=not args.quiet)
@@ -89,8 +94,7 @@ def cmd_data_validate(args: argparse.Namespace, config: RaymmConfig) -> int:
     path = args.path or config.stage_dir("data")
     plan = Plan("data validate")
     plan.add("validate dataset (schemas, ids, timestamps, media)", path)
-    if args.dry_run:
-        print(plan.render(config))
+    if plan.dry_run(args, config):
         return EXIT_OK
     start = time.perf_counter()
     report = validate_dataset(path, config.validate_, progress=not args.quiet)
@@ -124,8 +128,7 @@ def cmd_data_import(args: argparse.Namespace, config: RaymmConfig) -> int:
     out = args.out or config.stage_dir("data")
     plan = Plan("data import")
     plan.add(f"import {cfg.format} from {cfg.source}", out)
-    if args.dry_run:
-        print(plan.render(config))
+    if plan.dry_run(args, config):
         return EXIT_OK
     start = time.perf_counter()
     manifest = import_dataset(cfg, out, progress=not args.quiet)
@@ -141,8 +144,7 @@ def cmd_data_export(args: argparse.Namespace, config: RaymmConfig) -> int:
     out = args.out or config.stage_dir("export")
     plan = Plan("data export")
     plan.add(f"export {data} as {args.format} ({args.name})", out)
-    if args.dry_run:
-        print(plan.render(config))
+    if plan.dry_run(args, config):
         return EXIT_OK
     start = time.perf_counter()
     summary = export_mmrec(data, out, name=args.name)
@@ -159,8 +161,7 @@ def cmd_extract(args: argparse.Namespace, config: RaymmConfig) -> int:
     out = args.out or config.stage_dir("features")
     plan = Plan("extract")
     _plan_extract(plan, config, data, out, args.incremental)
-    if args.dry_run:
-        print(plan.render(config))
+    if plan.dry_run(args, config):
         return EXIT_OK
     result = extract(config, data, out, incremental=args.incremental, progress=not args.quiet)
     rows: list[tuple[str, Any]] = [("dataset", data), ("features", out)]
@@ -208,8 +209,7 @@ def cmd_train(args: argparse.Namespace, config: RaymmConfig) -> int:
         config.train.storage_path or config.stage_dir("train"),
     )
     plan.add("write the model artifact", out)
-    if args.dry_run:
-        print(plan.render(config))
+    if plan.dry_run(args, config):
         return EXIT_OK
     result = train(config, data, features, out)
     rows: list[tuple[str, Any]] = [("dataset", data), ("features", features), ("model", out)]
@@ -234,8 +234,7 @@ def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
     plan.add(f"synthesize '{config.synth.size}' benchmark", data)
     plan.add("validate it", data)
     _plan_extract(plan, config, data, features, incremental=False)
-    if args.dry_run:
-        print(plan.render(config))
+    if plan.dry_run(args, config):
         return EXIT_OK
     start = time.perf_counter()
     progress = not args.quiet

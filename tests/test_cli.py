@@ -154,3 +154,20 @@ def test_console_script_reports_a_malformed_mmrec_row(tmp_path: Path) -> None:
     assert "toy.inter" in result.stderr and "line 3" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o" / "dataset.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["extract", "--incremental"], "encode image with efficientnet_lite0"),
+        (["train", "--set", "train.num_workers=2"], "Ray Train: 2 worker(s)"),
+        (["data", "export", "--data", "d"], "export d as mmrec"),
+    ],
+)
+def test_every_stage_has_a_dry_run(
+    argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main([*argv, "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "o"), "--dry-run"])
+    assert code == 0
+    assert expected in capsys.readouterr().out
+    assert not (tmp_path / "o").exists()
