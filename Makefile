@@ -37,6 +37,8 @@ quickstart: venv
 
 bench: venv
 	$(BIN)/python bench/extract_throughput.py
+	$(BIN)/python bench/train_scaling.py
+	$(BIN)/python bench/quality_synth.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

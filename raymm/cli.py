@@ -1,4 +1,5 @@
-"""The ``raymm`` command line: ``raymm data synth|validate|import|export`` and ``raymm quickstart``.
+"""The ``raymm`` command line: ``raymm data synth|validate|import|export``, ``extract``, ``train``,
+``evaluate`` and ``quickstart``.
 
 Every command takes ``--config FILE``, ``--set key=value`` (repeatable), ``--out DIR`` and
 ``--dry-run`` (validate the configuration, print the plan, run nothing). Errors caused by input
@@ -221,6 +222,76 @@ def cmd_train(args: argparse.Namespace, config: RaymmConfig) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args: argparse.Namespace, config: RaymmConfig) -> int:
+    data = args.data or config.stage_dir("data")
+    features = args.features or config.stage_dir("features")
+    if args.ablation:
+        return _run_ablation(args, config, data, features)
+    from raymm.eval.evaluate import evaluate
+
+    model = args.model or config.stage_dir("model")
+    plan = Plan("evaluate")
+    plan.add(f"rank {model} and popularity at K={config.evaluate.ks}: test, cold-start", model)
+    if args.out:
+        plan.add("write evaluation.json", args.out)
+    if plan.dry_run(args, config):
+        return EXIT_OK
+    start = time.perf_counter()
+    result = evaluate(config, data, features, model)
+    if args.out:
+        from raymm.data import io
+
+        io.write_json(result, io.join(args.out, "evaluation.json"))
+    rows: list[tuple[str, Any]] = [("dataset", data), ("features", features), ("model", model)]
+    rows.append(("model version", result["model"]["model_version"]))
+    k = 20 if 20 in config.evaluate.ks else max(config.evaluate.ks)
+    for protocol, about in result["protocols"].items():
+        model_metrics = result["model"]["metrics"][protocol]
+        popularity = result["popularity"]["metrics"][protocol]
+        rows.append((f"{protocol} users / candidates", f"{about['users']:,} / {about['candidates']:,}"))
+        rows += [
+            (
+                f"{protocol} {name}@{k}",
+                f"model {model_metrics[f'{name}@{k}']:.4f}   popularity {popularity[f'{name}@{k}']:.4f}",
+            )
+            for name in ("recall", "ndcg")
+        ]
+    rows += [(f"{protocol} skipped", why) for protocol, why in result["skipped"].items()]
+    if args.out:
+        rows.append(("written to", f"{args.out}/evaluation.json"))
+    print_summary("evaluate", rows, time.perf_counter() - start)
+    return EXIT_OK
+
+
+def _run_ablation(args: argparse.Namespace, config: RaymmConfig, data: str, features: str) -> int:
+    from raymm.eval.report import ablation, orderings_line, variant_overrides
+
+    out = args.out or config.stage_dir("report")
+    cfg = config.evaluate
+    plan = Plan("evaluate --ablation")
+    for variant in cfg.ablation:
+        overrides = variant_overrides(variant)
+        what = "popularity baseline (no training)" if not overrides else f"Ray Train {variant}"
+        plan.add(what, f"{out}/models/{variant}" if overrides else out)
+    if cfg.missing_modality is not None:
+        plan.add(f"hide {cfg.missing_rate:.0%} of {cfg.missing_modality} rows in a features copy", out)
+        plan.add(f"re-evaluate every variant, re-train {cfg.missing_retrain}", f"{out}/models")
+    plan.add("write report.md, report.json and plots", out)
+    if plan.dry_run(args, config):
+        return EXIT_OK
+    progress = None if args.quiet else (lambda message: print(f"[ablation] {message}", flush=True))
+    document = ablation(config, data, features, out, progress=progress)
+    k = document["k"]
+    rows: list[tuple[str, Any]] = [("dataset", data), ("features", features), ("report", document["report"])]
+    for row in document["rows"]:
+        metrics = row["metrics"]
+        cells = [f"{p} R@{k} {metrics[p][f'recall@{k}']:.4f}" for p in document["protocols"] if p in metrics]
+        rows.append((row["label"], "   ".join(cells)))
+    print_summary("evaluate --ablation", rows, document["elapsed_s"])
+    print(f"  orderings: {orderings_line(document['orderings'])}")
+    return EXIT_OK
+
+
 def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
     from raymm.data.synth import synthesize
     from raymm.data.validate import validate_dataset
@@ -327,6 +398,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="dataset directory (default: <out>/data)")
     train.add_argument("--features", help="features directory (default: <out>/features)")
     train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        parents=[common],
+        help="rank a model and popularity offline (test and cold-start protocols), or run the ablation",
+    )
+    evaluate.add_argument("--data", help="dataset directory (default: <out>/data)")
+    evaluate.add_argument("--features", help="features directory (default: <out>/features)")
+    evaluate.add_argument("--model", help="model artifact directory (default: <out>/model)")
+    evaluate.add_argument(
+        "--ablation",
+        action="store_true",
+        help="train and compare evaluate.ablation's variants; report into --out (default: <out>/report)",
+    )
+    evaluate.set_defaults(handler=cmd_evaluate)
 
     quickstart = commands.add_parser(
         "quickstart", parents=[common], help="run the main job end to end on the embedded defaults"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from raymm.errors import ConfigError
 from raymm.models.config import ModelConfig
@@ -170,12 +170,19 @@ class TrainConfig(StrictModel):
 
 
 class EvaluateConfig(StrictModel):
-    """``raymm evaluate``: cut-offs, and which variants the ablation report trains and compares."""
+    """``raymm evaluate``: cut-offs, and which variants the ablation report trains and compares.
 
-    ks: list[int] = [10, 20, 50]
+    ``ablation`` names variants (see :mod:`raymm.eval.report`). With ``missing_modality`` set, the
+    report hides ``missing_rate`` of that modality's present rows (a seeded subset of items) in a
+    copy of the features, re-evaluates every trained variant on it, and re-trains on it the
+    variants listed in ``missing_retrain`` that are also in ``ablation``.
+    """
+
+    ks: list[PositiveInt] = Field([10, 20, 50], min_length=1)
     ablation: list[str] = ["text", "image", "audio", "concat", "contrastive+gated", "popularity"]
     missing_modality: Literal["text", "image", "audio"] | None = "image"
     missing_rate: float = Field(0.5, ge=0.0, le=1.0)
+    missing_retrain: list[str] = ["concat", "contrastive+gated"]
 
 
 class RayConfig(StrictModel):

@@ -1,7 +1,7 @@
 """``raymm train`` on a real Ray instance: checkpoints, a killed worker, two gloo workers, the artifact.
 
-Features here are made from the synthetic catalog's true facets (noisy one-hots per modality), so
-the tests exercise the training machinery in seconds without loading encoders.
+Features here are made from the synthetic catalog's true facets (:mod:`tests.fixtures`), so the
+tests exercise the training machinery in seconds without loading encoders.
 """
 
 from __future__ import annotations
@@ -10,41 +10,21 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from raymm.config import RaymmConfig, load_config
 from raymm.data.dataset import load_dataset
-from raymm.data.synth import synthesize
 from raymm.models.artifact import MANIFEST, load_artifact
 from raymm.models.errors import ModelLoadError
 from raymm.train.data import build_examples
 from raymm.train.trainer import INJECTED_FAILURE_MARKER, prepare, train
-
-SHOWN = {"text": ("genre", "style", "topic"), "image": ("style", "palette"), "audio": ("genre", "mood")}
+from tests.fixtures import facet_dataset
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("train")
-    config = load_config(None, ["synth.size=tiny", "synth.missing.image=0.3"])
-    synthesize(config.synth, str(root / "data"), seed=5, progress=False)
-    facets = pq.read_table(root / "data" / "facets.parquet")
-    items = pq.read_table(root / "data" / "items.parquet")
-    rng = np.random.default_rng(0)
-    columns: dict[str, pa.Array] = {"item_id": facets.column("item_id").combine_chunks()}
-    for modality, names in SHOWN.items():
-        parts = [
-            np.eye(int(facets.column(n).to_numpy().max()) + 1)[facets.column(n).to_numpy()] for n in names
-        ]
-        matrix = np.concatenate(parts, axis=1).astype(np.float32)
-        matrix += rng.normal(0, 0.3, matrix.shape).astype(np.float32)
-        missing = pa.array(np.asarray(items.column(modality).is_null()))
-        values = pa.array(matrix.reshape(-1))
-        columns[modality] = pa.FixedSizeListArray.from_arrays(values, matrix.shape[1], mask=missing)
-    pq.write_table(pa.table(columns), root / "features.parquet")
-    return root / "data", root / "features.parquet"
+    return facet_dataset(tmp_path_factory.mktemp("train"))
 
 
 def _config(tmp_path: Path, *overrides: str) -> RaymmConfig:
