@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from raymm.errors import ConfigError
 from raymm.models.align.base import stack_modalities
 from raymm.models.config import FusionConfig
+from raymm.models.layers import linear, mlp
 
 
 def modality_dropout(present: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
@@ -47,12 +48,6 @@ def modality_dropout(present: Tensor, p: float, generator: torch.Generator | Non
     )
     rescue = torch.zeros_like(present).scatter_(1, survivor.argmax(dim=1, keepdim=True), True)
     return kept | (rescue & lost_all.unsqueeze(1))
-
-
-def _mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim)
-    )
 
 
 class Fusion(nn.Module):
@@ -119,7 +114,7 @@ class ConcatFusion(Fusion):
         super().__init__(config, modalities, in_dim)
         n = len(self.modalities)
         self.missing = nn.Parameter(torch.randn(n, in_dim) * 0.02)
-        self.mlp = _mlp(n * in_dim + n, config.hidden_dim, self.out_dim, config.dropout)
+        self.mlp = mlp(n * in_dim + n, config.hidden_dim, self.out_dim, config.dropout)
 
     def _fuse(self, vectors: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
         slots = torch.where(mask.unsqueeze(2), vectors, self.missing.expand_as(vectors))
@@ -145,7 +140,7 @@ class AttentionFusion(Fusion):
         self.type_embedding = nn.Parameter(torch.randn(len(self.modalities), in_dim) * 0.02)
         self.query = nn.Parameter(torch.randn(1, 1, in_dim) * 0.02)
         self.attention = nn.MultiheadAttention(in_dim, config.heads, dropout=config.dropout, batch_first=True)
-        self.out = nn.Linear(in_dim, self.out_dim)
+        self.out = linear(in_dim, self.out_dim)
 
     def _fuse(self, vectors: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
         tokens = vectors + self.type_embedding
@@ -172,8 +167,8 @@ class GatedFusion(Fusion):
     def __init__(self, config: FusionConfig, modalities: Sequence[str], in_dim: int) -> None:
         super().__init__(config, modalities, in_dim)
         n = len(self.modalities)
-        self.gate = _mlp(n * in_dim + n, config.hidden_dim, n, config.dropout)
-        self.out = nn.Linear(in_dim, self.out_dim)
+        self.gate = mlp(n * in_dim + n, config.hidden_dim, n, config.dropout)
+        self.out = linear(in_dim, self.out_dim)
 
     def _fuse(self, vectors: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
         logits = self.gate(torch.cat([vectors.flatten(1), mask.to(vectors.dtype)], dim=1))

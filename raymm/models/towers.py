@@ -10,7 +10,9 @@ under a padding mask (mean, attention with a learned query and recency embedding
 transformer layer then that attention), plus an optional user-id embedding. Because it reads
 item *vectors*, serving can build a user from live history with no retraining.
 
-Scores are dot products of the two (cosine similarity). :meth:`TwoTower.save_pretrained` and
+Scores are dot products of the two (cosine similarity); the recommendation loss divides them by a
+temperature learned from ``loss.temperature`` (see :class:`~raymm.models.config.LossConfig`). Linear
+layers start with zero biases (:mod:`raymm.models.layers`). :meth:`TwoTower.save_pretrained` and
 :meth:`TwoTower.from_pretrained` round-trip the model through a directory holding
 ``config.json`` and ``weights.safetensors``.
 """
@@ -18,6 +20,7 @@ Scores are dot products of the two (cosine similarity). :meth:`TwoTower.save_pre
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +38,12 @@ from raymm.models.align import Aligner, build_aligner
 from raymm.models.config import ModelConfig, TowersConfig
 from raymm.models.errors import ModelLoadError
 from raymm.models.fusion import Fusion, build_fusion
+from raymm.models.layers import linear, mlp
 from raymm.models.losses import bpr_loss, sampled_softmax_loss
 
 #: What ``config.json`` calls this model, and the layout version this code reads and writes.
 MODEL_FORMAT = "raymm.two_tower"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: learned loss temperature (log_temperature) joined the weights
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -105,12 +109,7 @@ class ItemTower(nn.Module):
             self.register_buffer(f"input_mean_{modality}", torch.zeros(dim))
             self.register_buffer(f"input_scale_{modality}", torch.ones(dim))
         self.fusion: Fusion = build_fusion(config.fusion, self.aligner.modalities, config.align.shared_dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(self.fusion.out_dim, towers.item_hidden_dim),
-            nn.GELU(),
-            nn.Dropout(towers.dropout),
-            nn.Linear(towers.item_hidden_dim, towers.embed_dim),
-        )
+        self.mlp = mlp(self.fusion.out_dim, towers.item_hidden_dim, towers.embed_dim, towers.dropout)
         self.n_item_ids = towers.n_item_ids
         self.item_id_dropout = towers.item_id_dropout
         if towers.n_item_ids:
@@ -118,7 +117,7 @@ class ItemTower(nn.Module):
             nn.init.normal_(self.item_ids.weight, std=0.02)
             with torch.no_grad():
                 self.item_ids.weight[0].zero_()
-            self.id_gate = nn.Linear(2 * towers.embed_dim, 1)
+            self.id_gate = linear(2 * towers.embed_dim, 1)
 
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], item_index: Tensor | None = None
@@ -185,7 +184,7 @@ class UserTower(nn.Module):
         self.pooling = config.user_pooling
         self.max_history = config.max_history
         self.empty = nn.Parameter(torch.randn(dim) * 0.02)
-        self.out = nn.Linear(dim, dim)
+        self.out = linear(dim, dim)
         if self.pooling != "mean":
             self.positions = nn.Embedding(config.max_history, dim)
             nn.init.normal_(self.positions.weight, std=0.02)
@@ -253,6 +252,11 @@ class TwoTower(nn.Module):
         self.input_dims: dict[str, int] = {m: int(d) for m, d in input_dims.items()}
         self.item_tower = ItemTower(config, self.input_dims)
         self.user_tower = UserTower(config.towers)
+        initial = torch.tensor(math.log(config.loss.temperature))
+        if config.loss.learn_temperature:
+            self.log_temperature = nn.Parameter(initial)
+        else:
+            self.register_buffer("log_temperature", initial)
 
     @property
     def modalities(self) -> list[str]:
@@ -263,6 +267,12 @@ class TwoTower(nn.Module):
     def aligner(self) -> Aligner:
         """The item tower's aligner."""
         return self.item_tower.aligner
+
+    @property
+    def temperature(self) -> Tensor:
+        """The recommendation loss's current temperature, clamped to [min_temperature, max_temperature]."""
+        low, high = math.log(self.config.loss.min_temperature), math.log(self.config.loss.max_temperature)
+        return self.log_temperature.clamp(low, high).exp()
 
     @property
     def requires_fit(self) -> bool:
@@ -342,7 +352,7 @@ class TwoTower(nn.Module):
             rec = sampled_softmax_loss(
                 user_vectors,
                 positive.vectors,
-                temperature=cfg.temperature,
+                temperature=self.temperature,
                 item_ids=item_ids,
                 log_q=log_q if cfg.logq_correction else None,
                 negative_vectors=negative_vectors,
@@ -353,7 +363,7 @@ class TwoTower(nn.Module):
             rec = bpr_loss(
                 user_vectors,
                 positive.vectors,
-                temperature=cfg.temperature,
+                temperature=self.temperature,
                 item_ids=item_ids,
                 negative_vectors=negative_vectors,
                 negative_ids=negative_ids,

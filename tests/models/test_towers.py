@@ -186,3 +186,36 @@ def test_two_tower_learns_a_toy_preference_far_above_random() -> None:
     chance = ranking_metrics(truth, scores=random_scores, seen=seen, ks=[10])
     assert learned["recall@10"] > 3 * chance["recall@10"], (learned, chance)
     assert learned["recall@10"] > 0.12
+
+
+def _mean_cosine(vectors: torch.Tensor) -> float:
+    similarity = vectors @ vectors.T
+    n = vectors.shape[0]
+    return float((similarity.sum() - similarity.diagonal().sum()) / (n * (n - 1)))
+
+
+def test_items_and_users_start_distinct_at_default_sizes() -> None:
+    # Default biases put every item (cosine ~0.95) and user (~0.999) on one direction at init,
+    # a point the recommendation loss cannot leave; see raymm.models.layers.
+    torch.manual_seed(0)
+    dims = {"text": 64, "image": 96, "audio": 80}
+    model = TwoTower(ModelConfig(), dims).eval()
+    features, present = random_batch(256, dims, p_present=0.9)
+    with torch.no_grad():
+        items = model.item_vectors(features, present)
+        histories = items[torch.randint(0, 256, (128, 10))]
+        users = model.user_vector(histories, torch.ones(128, 10, dtype=torch.bool))
+    assert abs(_mean_cosine(items)) < 0.3
+    assert abs(_mean_cosine(users)) < 0.6
+
+
+def test_recommendation_temperature_is_learned_and_clamped() -> None:
+    model = _model()
+    assert "log_temperature" in dict(model.named_parameters())
+    assert float(model.temperature.detach()) == pytest.approx(model.config.loss.temperature)
+    with torch.no_grad():
+        model.log_temperature.fill_(-10.0)
+    assert float(model.temperature.detach()) == pytest.approx(model.config.loss.min_temperature)
+    config = _config()
+    config.loss.learn_temperature = False
+    assert "log_temperature" not in dict(TwoTower(config, DIMS).named_parameters())

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from raymm.errors import ConfigError
 from raymm.models.config import AlignConfig
 from raymm.models.errors import NotFittedError
+from raymm.models.layers import linear, mlp
 
 #: The modality name whose ``mel_stats`` vectors the conv audio encoder reads.
 AUDIO = "audio"
@@ -136,13 +137,9 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
-        self.net: nn.Module
-        if hidden_dim > 0:
-            self.net = nn.Sequential(
-                nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim)
-            )
-        else:
-            self.net = nn.Linear(in_dim, out_dim)
+        self.net: nn.Module = (
+            mlp(in_dim, hidden_dim, out_dim, dropout) if hidden_dim > 0 else linear(in_dim, out_dim)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from raymm.models.align.base import AUDIO, Aligner
+from raymm.models.layers import linear
 
 
 class PlainAligner(Aligner):
@@ -26,7 +27,7 @@ class PlainAligner(Aligner):
     def _build_head(self, modality: str, in_dim: int) -> nn.Module:
         if self.conv_audio and modality == AUDIO:
             return super()._build_head(modality, in_dim)
-        return nn.Linear(in_dim, self.shared_dim)
+        return linear(in_dim, self.shared_dim)
 
     def loss(
         self, projected: Mapping[str, Tensor], present: Mapping[str, Tensor], item_tags: Tensor | None = None
