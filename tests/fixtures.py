@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raymm.config import load_config
+from raymm.config import RaymmConfig, load_config
 from raymm.data.synth import synthesize
 
 SHOWN = {"text": ("genre", "style", "topic"), "image": ("style", "palette"), "audio": ("genre", "mood")}
@@ -41,3 +41,18 @@ def facet_dataset(root: Path, seed: int = 5, missing_image: float = 0.3) -> tupl
         columns[modality] = pa.FixedSizeListArray.from_arrays(values, matrix.shape[1], mask=missing)
     pq.write_table(pa.table(columns), root / "features.parquet")
     return root / "data", root / "features.parquet"
+
+
+def small_model_config(out: Path, *overrides: str) -> RaymmConfig:
+    """A config for fast real training runs on the facet dataset: 32-d model, batches of 128."""
+    return load_config(
+        None,
+        [
+            f"out={out}",
+            "ray.num_cpus=2",
+            "train.batch_size=128",
+            "model.align.shared_dim=32",
+            "model.towers.embed_dim=32",
+            *overrides,
+        ],
+    )

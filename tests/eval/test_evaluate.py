@@ -13,28 +13,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from raymm.config import RaymmConfig, load_config
+from raymm.config import RaymmConfig
 from raymm.eval.evaluate import PROTOCOLS, eval_setup, evaluate, popularity_ranking, top_k_items
 from raymm.models.artifact import load_artifact
 from raymm.train.trainer import train
-from tests.fixtures import facet_dataset
+from tests.fixtures import facet_dataset, small_model_config
 
 POSITIVE = ["click", "like", "purchase", "play", "view"]
 
 
 def _config(out: Path) -> RaymmConfig:
-    return load_config(
-        None,
-        [
-            f"out={out}",
-            "ray.num_cpus=2",
-            "train.epochs=1",
-            "train.batch_size=128",
-            "model.align.shared_dim=32",
-            "model.towers.embed_dim=32",
-            "evaluate.ks=[5,10,20]",
-        ],
-    )
+    return small_model_config(out, "train.epochs=1", "evaluate.ks=[5,10,20]")
 
 
 @pytest.fixture(scope="module")

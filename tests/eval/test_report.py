@@ -13,31 +13,24 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raymm.config import RaymmConfig, load_config
+from raymm.config import RaymmConfig
 from raymm.errors import ConfigError
 from raymm.eval.report import ablation, drop_modality, quality_orderings, variant_config
-from tests.fixtures import facet_dataset
+from tests.fixtures import facet_dataset, small_model_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _config(out: Path, *overrides: str) -> RaymmConfig:
-    return load_config(
-        None,
-        [
-            f"out={out}",
-            "ray.num_cpus=2",
-            "train.epochs=1",
-            "train.batch_size=128",
-            "model.align.shared_dim=32",
-            "model.towers.embed_dim=32",
-            "evaluate.ks=[10,20]",
-            "evaluate.ablation=[text,concat,contrastive+gated,popularity]",
-            "evaluate.missing_modality=image",
-            "evaluate.missing_rate=0.5",
-            "evaluate.missing_retrain=[concat]",
-            *overrides,
-        ],
+    return small_model_config(
+        out,
+        "train.epochs=1",
+        "evaluate.ks=[10,20]",
+        "evaluate.ablation=[text,concat,contrastive+gated,popularity]",
+        "evaluate.missing_modality=image",
+        "evaluate.missing_rate=0.5",
+        "evaluate.missing_retrain=[concat]",
+        *overrides,
     )
 
 

@@ -13,13 +13,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raymm.config import RaymmConfig, load_config
+from raymm.config import RaymmConfig
 from raymm.data.dataset import load_dataset
 from raymm.models.artifact import MANIFEST, load_artifact
 from raymm.models.errors import ModelLoadError
 from raymm.train.data import build_examples
 from raymm.train.trainer import INJECTED_FAILURE_MARKER, prepare, train
-from tests.fixtures import facet_dataset
+from tests.fixtures import facet_dataset, small_model_config
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +28,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _config(tmp_path: Path, *overrides: str) -> RaymmConfig:
-    return load_config(
-        None,
-        [
-            f"out={tmp_path}",
-            "ray.num_cpus=2",
-            "train.epochs=3",
-            "train.batch_size=128",
-            "train.patience=5",
-            "model.align.shared_dim=32",
-            "model.towers.embed_dim=32",
-            *overrides,
-        ],
-    )
+    return small_model_config(tmp_path, "train.epochs=3", "train.patience=5", *overrides)
 
 
 def test_training_writes_a_loadable_artifact_with_every_item(
