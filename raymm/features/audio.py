@@ -43,7 +43,7 @@ from raymm.features.base import (
     describe_source,
     hf_revision,
     l2_normalize,
-    load_pretrained,
+    load_on_device,
     read_media,
     revision_hash,
     to_numpy,
@@ -190,13 +190,13 @@ class HFAudioEncoder(BatchEncoder):
     pooling = "time_mean"
 
     def __init__(self, config: AudioEncoderConfig, device: str = "cpu") -> None:
-        from transformers import AutoFeatureExtractor, AutoModel
+        from transformers import AutoFeatureExtractor
 
         if not config.model:
             raise ConfigError("extract.audio.kind 'hf' needs extract.audio.model (a directory or hub id)")
-        self.extractor, model = load_pretrained(config.model, "audio", AutoFeatureExtractor, AutoModel)
-        self.runtime = TorchRuntime(device, config.precision)
-        self.model = self.runtime.place(model)
+        self.extractor, self.model, self.runtime = load_on_device(
+            config.model, "audio", AutoFeatureExtractor, device, config.precision
+        )
         self.sample_rate = int(getattr(self.extractor, "sampling_rate", None) or config.sample_rate)
         self.n_samples = round(config.max_seconds * self.sample_rate)
         self.normalize = config.normalize
@@ -209,7 +209,7 @@ class HFAudioEncoder(BatchEncoder):
             "n_samples": self.n_samples,
             "normalize": self.normalize,
         }
-        self.revision = hf_revision(config.model, model, settings)
+        self.revision = hf_revision(config.model, self.model, settings)
 
     def decode(self, value: Any) -> torch.Tensor:
         return decode_audio(value, self.sample_rate, self.n_samples)

@@ -435,3 +435,18 @@ def load_pretrained(source: str, what: str, *auto_classes: Any) -> list[Any]:
         return [cls.from_pretrained(source, local_files_only=local) for cls in auto_classes]
     except (OSError, ValueError, KeyError) as exc:
         raise EncoderLoadError(f"cannot load {what} model {source!r}: {exc}") from exc
+
+
+def load_on_device(
+    source: str, what: str, preprocessor_class: Any, device: str, precision: Precision
+) -> tuple[Any, torch.nn.Module, TorchRuntime]:
+    """Load a ``transformers`` preprocessor + ``AutoModel`` and place the model on ``device``.
+
+    Returns (preprocessor, placed model, runtime); raises :class:`EncoderLoadError` like
+    :func:`load_pretrained`. Shared by the text, image and audio ``hf`` encoders.
+    """
+    from transformers import AutoModel
+
+    preprocessor, model = load_pretrained(source, what, preprocessor_class, AutoModel)
+    runtime = TorchRuntime(device, precision)
+    return preprocessor, runtime.place(model), runtime

@@ -38,7 +38,7 @@ from raymm.features.base import (
     describe_source,
     hf_revision,
     l2_normalize,
-    load_pretrained,
+    load_on_device,
     read_media,
     revision_hash,
     to_numpy,
@@ -152,19 +152,19 @@ class HFImageEncoder(BatchEncoder):
     modality = "image"
 
     def __init__(self, config: ImageEncoderConfig, device: str = "cpu") -> None:
-        from transformers import AutoImageProcessor, AutoModel
+        from transformers import AutoImageProcessor
 
         if not config.model:
             raise ConfigError("extract.image.kind 'hf' needs extract.image.model (a directory or hub id)")
-        self.processor, model = load_pretrained(config.model, "image", AutoImageProcessor, AutoModel)
-        self.runtime = TorchRuntime(device, config.precision)
-        self.model = self.runtime.place(model)
+        self.processor, self.model, self.runtime = load_on_device(
+            config.model, "image", AutoImageProcessor, device, config.precision
+        )
         self.normalize = config.normalize
         self.batch_size = config.batch_size
         self.encoder_id = f"hf:{config.model}"
         probe, self.pooling = self._forward([self.decode(_blank_png())])
         self.dim = int(probe.shape[1])
-        self.revision = hf_revision(config.model, model, {"kind": "hf", "normalize": self.normalize})
+        self.revision = hf_revision(config.model, self.model, {"kind": "hf", "normalize": self.normalize})
 
     def decode(self, value: Any) -> dict[str, torch.Tensor]:
         image = decode_image(value)

@@ -34,12 +34,11 @@ from raymm.features.base import (
     EncoderLoadError,
     InputDecodeError,
     NotFittedError,
-    TorchRuntime,
     first_token,
     hf_revision,
     l2_normalize,
     last_token,
-    load_pretrained,
+    load_on_device,
     masked_mean,
     revision_hash,
     to_numpy,
@@ -110,13 +109,13 @@ class HFTextEncoder(BatchEncoder):
     modality = "text"
 
     def __init__(self, config: TextEncoderConfig, device: str = "cpu") -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.source = resolve_text_model(config.model)
-        self.tokenizer, model = load_pretrained(self.source, "text", AutoTokenizer, AutoModel)
+        self.tokenizer, self.model, self.runtime = load_on_device(
+            self.source, "text", AutoTokenizer, device, config.precision
+        )
         _ensure_pad_token(self.tokenizer, self.source)
-        self.runtime = TorchRuntime(device, config.precision)
-        self.model = self.runtime.place(model)
         self.pooling = config.pooling
         self.normalize = config.normalize
         self.batch_size = config.batch_size
@@ -124,7 +123,7 @@ class HFTextEncoder(BatchEncoder):
         self.max_length = config.max_length
         if isinstance(model_limit, int) and 0 < model_limit < 1_000_000:
             self.max_length = min(self.max_length, model_limit)
-        parameters = inspect.signature(model.forward).parameters
+        parameters = inspect.signature(self.model.forward).parameters
         self._accepts_positions = "position_ids" in parameters
         self._accepts_use_cache = "use_cache" in parameters
         self.dim = int(self.embed(["dimension probe"]).shape[1])
@@ -135,7 +134,7 @@ class HFTextEncoder(BatchEncoder):
             "max_length": self.max_length,
             "normalize": self.normalize,
         }
-        self.revision = hf_revision(self.source, model, settings)
+        self.revision = hf_revision(self.source, self.model, settings)
 
     def decode(self, value: Any) -> str:
         return check_text(value)
