@@ -168,12 +168,11 @@ def _train_variant(
     """One Ray Train run of ``variant``; returns (artifact directory, seconds)."""
     from raymm.train.trainer import train
 
-    storage = io.join(out_dir, "train")
-    run = _run_name(label)
-    _remove_tree(io.join(storage, run))  # a re-run of the report trains afresh, never resumes
+    storage = io.join(out_dir, "train", _run_name(label))
+    _remove_tree(storage)  # a re-run of the report trains afresh, never resumes
     model_dir = io.join(out_dir, "models", label)
-    result = train(variant_config(config, variant, storage), data_dir, features_dir, model_dir, name=run)
-    _remove_tree(io.join(storage, run))  # the artifact holds the best weights; checkpoints are ~30 MB each
+    result = train(variant_config(config, variant, storage), data_dir, features_dir, model_dir)
+    _remove_tree(storage)  # the artifact holds the best weights; checkpoints are ~30 MB each
     return model_dir, result.elapsed_s
 
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from raymm.eval.metrics import ItemSets, ranking_metrics
 from raymm.models.align.kg import tag_incidence
+from raymm.models.losses import mixture_log_q
 from raymm.models.towers import LossBreakdown, TwoTower
 from raymm.train.data import Catalog, EvalUsers
 
@@ -34,6 +35,7 @@ class NextItemObjective(nn.Module):
         self.log_q = torch.from_numpy(log_q)
         self.use_tags = use_tags
         self.n_tags = max(len(catalog.tag_names), 1)
+        self.n_uniform = model.config.loss.mixed_negatives
 
     def to_device(self, device: torch.device) -> NextItemObjective:
         """Move the model and the catalog tensors to ``device``."""
@@ -45,9 +47,14 @@ class NextItemObjective(nn.Module):
         return self
 
     def forward(self, history: Tensor, target: Tensor) -> LossBreakdown:
-        """``history`` (B, L) long catalog rows, -1 padded, oldest first; ``target`` (B,) long."""
+        """``history`` (B, L) long catalog rows, -1 padded, oldest first; ``target`` (B,) long.
+
+        With ``loss.mixed_negatives`` = K > 0, K catalog rows drawn uniformly join the batch's
+        positives as negatives, and every candidate's logQ is the mixture's (:func:`mixture_log_q`).
+        """
         valid = history >= 0
-        rows, inverse = torch.unique(torch.cat([history[valid], target]), return_inverse=True)
+        uniform = torch.randint(0, self.catalog.n_items, (self.n_uniform,), device=target.device)
+        rows, inverse = torch.unique(torch.cat([history[valid], target, uniform]), return_inverse=True)
         encoding = self.model.encode_items(
             {m: v[rows] for m, v in self.catalog.features.items()},
             {m: v[rows] for m, v in self.catalog.present.items()},
@@ -57,12 +64,25 @@ class NextItemObjective(nn.Module):
         history_vectors = encoding.vectors.new_zeros((*history.shape, encoding.vectors.shape[1]))
         history_vectors[valid] = encoding.vectors[inverse[:n_history]]
         users = self.model.user_vector(history_vectors, valid)
-        positive = encoding.select(inverse[n_history:])
+        n_target = n_history + len(target)
+        positive = encoding.select(inverse[n_history:n_target])
         tags = None
         if self.use_tags:
             tag_lists = [self.catalog.tags[i] for i in target.tolist()]
             tags = tag_incidence(tag_lists, self.n_tags).to(target.device)
-        return self.model.loss(users, positive, item_ids=target, log_q=self.log_q[target], item_tags=tags)
+        if not self.n_uniform:
+            return self.model.loss(users, positive, item_ids=target, log_q=self.log_q[target], item_tags=tags)
+        log_q = mixture_log_q(self.log_q.exp(), len(target), self.n_uniform)
+        return self.model.loss(
+            users,
+            positive,
+            item_ids=target,
+            log_q=log_q[target],
+            negatives=encoding.select(inverse[n_target:]),
+            negative_ids=uniform,
+            negative_log_q=log_q[uniform],
+            item_tags=tags,
+        )
 
 
 @torch.no_grad()
