@@ -19,31 +19,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import torch
 
 from raymm.config import RaymmConfig
 from raymm.data import io
 from raymm.data.dataset import load_dataset
-from raymm.errors import ConfigError
-from raymm.eval.metrics import ranking_metrics
 from raymm.eval.pointwise import calibration_curve, classification_metrics, plot_calibration
 from raymm.models.artifact import read_manifest
-from raymm.models.ranker import RANKER_DIR, Ranker, RankerInputs
+from raymm.models.ranker import RANKER_DIR, Ranker
 from raymm.models.towers import TwoTower
-from raymm.train.data import EvalUsers, eval_users
-from raymm.train.loop import user_vectors
+from raymm.train.data import eval_users
 from raymm.train.rank_data import LOGGED
-from raymm.train.rank_loop import RankObjective, predict
+from raymm.train.rank_loop import RankObjective, held_out_recency, predict, retrieve_then_rank
 from raymm.train.rank_trainer import RankSetup, rank_setup, split_examples
-
-_MS_PER_HOUR = 3_600_000.0
 
 
 def has_ranker(model_dir: str) -> bool:
@@ -59,64 +50,6 @@ def load_ranker(model_dir: str, two_tower: TwoTower) -> Ranker:
         shared_dim=two_tower.config.align.shared_dim,
         embed_dim=two_tower.config.towers.embed_dim,
     )
-
-
-@torch.no_grad()
-def retrieve_then_rank(
-    two_tower: TwoTower,
-    ranker: Ranker,
-    inputs: RankerInputs,
-    users: EvalUsers,
-    recency: np.ndarray,
-    ks: Sequence[int],
-    top_n: int,
-    chunk: int = 256,
-) -> dict[str, dict[str, float]]:
-    """Ranking metrics of retrieval alone and of its top ``top_n`` re-ordered by the ranker.
-
-    ``recency`` (U,) raw log1p hours per user (NaN: unknown). Raises :class:`ConfigError` if
-    ``top_n`` is below the largest K (the two would then rank different candidate sets).
-    """
-    if top_n < max(ks):
-        raise ConfigError(f"rank.retriever_top_n={top_n} must be at least the largest K {max(ks)}")
-    ranker.eval()
-    items = inputs.vectors
-    people = user_vectors(two_tower, items, users.history)
-    retrieval = people @ items.T
-    owners = np.repeat(np.arange(users.seen.n_users), users.seen.sizes)
-    retrieval[torch.as_tensor(owners), torch.as_tensor(users.seen.indices)] = float("-inf")
-    top = torch.topk(retrieval, min(top_n, items.shape[0]), dim=1)
-    content = ranker.item_content(inputs.projected, inputs.present)
-    reranked = torch.full_like(retrieval, float("-inf"))
-    recency_t = torch.as_tensor(recency, dtype=torch.float32)
-    for start in range(0, people.shape[0], chunk):
-        rows = slice(start, start + chunk)
-        candidates = top.indices[rows]  # (C, n)
-        flat = candidates.reshape(-1)
-        per_user = candidates.shape[1]
-        context = torch.stack([recency_t[rows].repeat_interleave(per_user), inputs.popularity[flat]], dim=1)
-        logits = ranker.score(
-            content[flat], items[flat], people[rows].repeat_interleave(per_user, dim=0), context
-        )
-        real = top.values[rows] > float("-inf")  # fewer unseen items than top_n: keep them out
-        reranked[rows].scatter_(1, candidates, torch.where(real, logits.view_as(candidates), float("-inf")))
-    ks = tuple(ks)
-    return {
-        "retrieval": ranking_metrics(users.truth, scores=retrieval, ks=ks),
-        "retrieve_then_rank": ranking_metrics(users.truth, scores=reranked, ks=ks),
-    }
-
-
-def test_recency(context: pa.Table, test: pa.Table, user_ids: np.ndarray) -> np.ndarray:
-    """(U,) log1p hours from each user's last ``context`` event to the first ``test`` event (NaN if none)."""
-    last = context.group_by("user_id").aggregate([("ts", "max")])
-    position = np.asarray(
-        pc.fill_null(pc.index_in(pa.array(user_ids.astype(str)), value_set=last.column("user_id")), -1)
-    )
-    last_ms = last.column("ts_max").cast(pa.int64()).to_numpy()
-    start_ms = float(pc.min(test.column("ts")).cast(pa.int64()).as_py())
-    hours = (start_ms - last_ms[np.clip(position, 0, None)]) / _MS_PER_HOUR
-    return np.where(position >= 0, np.log1p(np.maximum(hours, 0.0)), np.nan).astype(np.float32)
 
 
 def evaluate_rank(
@@ -147,7 +80,7 @@ def evaluate_rank(
     users = eval_users(
         context, test_events, setup.catalog, config.train.positive_events, config.train.max_history
     )
-    recency = test_recency(context, test_events, users.user_ids)
+    recency = held_out_recency(context, test_events, users.user_ids)
     top_n = config.rank.retriever_top_n
     ks = config.evaluate.ks
     curve = calibration_curve(test.label, probabilities)

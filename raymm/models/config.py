@@ -277,11 +277,15 @@ class RankerConfig(_Section):
         4, ge=0, description="Sampled negatives (hard + uniform) drawn for each positive example."
     )
     hard_negative_share: float = Field(
-        0.5,
+        0.0,
         ge=0.0,
         le=1.0,
         description="Fraction of the sampled negatives drawn from the retriever's top-N for the "
-        "positive's user state (the rest are uniform over the catalog).",
+        "positive's user state (the rest are uniform over the catalog); only positives inside that "
+        "top-N get them. 0 by default: the retriever was fitted on the training split, so its top-N "
+        "there reflects memorised pairs, and on the quickstart data a share of 0.5 cut validation "
+        "retrieve-then-rank NDCG@20 of the ranker alone from 0.031 to 0.019 (tied once the "
+        "retrieval weight is chosen).",
     )
     retriever_top_n: PositiveInt = Field(
         200,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raymm.models.artifact import ITEM_VECTORS, read_manifest
+from raymm.models.artifact import load_artifact
 from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import RANKER_DIR, Ranker, read_item_inputs
 
@@ -27,17 +27,25 @@ class Reranker:
     """P(engage) for a user's candidates; build it with :meth:`from_artifact`.
 
     ``item_ids`` (N,) str in artifact row order; ``content`` (N, F) fused item content,
-    ``vectors`` (N, E) item vectors and ``popularity`` (N,) raw popularity, all precomputed.
+    ``vectors`` (N, E) the ranker's item (content) vectors, ``retrieval_vectors`` (N, E) the
+    retriever's item vectors and ``popularity`` (N,) raw popularity, all precomputed.
     """
 
     def __init__(
-        self, ranker: Ranker, item_ids: np.ndarray, content: Tensor, vectors: Tensor, popularity: Tensor
+        self,
+        ranker: Ranker,
+        item_ids: np.ndarray,
+        content: Tensor,
+        vectors: Tensor,
+        retrieval_vectors: Tensor,
+        popularity: Tensor,
     ) -> None:
         self.ranker = ranker.eval()
         self.item_ids = item_ids
         self.row_of = {str(item_id): row for row, item_id in enumerate(item_ids)}
         self.content = content
         self.vectors = vectors
+        self.retrieval_vectors = retrieval_vectors
         self.popularity = popularity
 
     @classmethod
@@ -47,26 +55,18 @@ class Reranker:
         Raises :class:`ModelLoadError` if the artifact has no ranker, or it does not fit the
         artifact's two-tower model (modalities, widths) or item table.
         """
-        import pyarrow.parquet as pq
-
         path = Path(directory)
-        manifest = read_manifest(path)
-        if "rank" not in manifest.get("stages", {}):
+        artifact = load_artifact(path)
+        if "rank" not in artifact.manifest.get("stages", {}):
             raise ModelLoadError(f"{path}: the artifact has no ranking stage; run `raymm train --stage rank`")
-        shared_dim = manifest.get("config", {}).get("model", {}).get("align", {}).get("shared_dim")
-        embed_dim = manifest.get("embed_dim")
-        if not isinstance(shared_dim, int) or not isinstance(embed_dim, int):
-            raise ModelLoadError(
-                f"{path}: the manifest lacks the two-tower widths (shared_dim {shared_dim!r}, "
-                f"embed_dim {embed_dim!r})"
-            )
+        two_tower = artifact.model
         ranker = Ranker.from_pretrained(
             path / RANKER_DIR,
-            modalities=list(manifest.get("input_dims", {})),
-            shared_dim=shared_dim,
-            embed_dim=embed_dim,
+            modalities=two_tower.modalities,
+            shared_dim=two_tower.config.align.shared_dim,
+            embed_dim=two_tower.config.towers.embed_dim,
         )
-        table = pq.read_table(path / ITEM_VECTORS)
+        table = artifact.item_vectors
         item_ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)
         width = table.schema.field("vector").type.list_size
         flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
@@ -74,7 +74,7 @@ class Reranker:
         inputs = read_item_inputs(path / RANKER_DIR, vectors, ranker.modalities)
         with torch.inference_mode():
             content = ranker.item_content(inputs.projected, inputs.present)
-        return cls(ranker, item_ids, content, vectors, inputs.popularity)
+        return cls(ranker, item_ids, content, inputs.content_vectors, vectors, inputs.popularity)
 
     def rows(self, candidates: Sequence[str] | np.ndarray) -> np.ndarray:
         """Artifact rows of candidate item ids (str) or rows (int); :class:`ValueError` for unknown ones."""
@@ -119,7 +119,8 @@ class Reranker:
         with torch.inference_mode():
             context = torch.stack([torch.full((rows.size,), raw_recency), self.popularity[index]], dim=1)
             users = user.unsqueeze(0).expand(rows.size, -1)
-            logits = self.ranker.score(self.content[index], self.vectors[index], users, context)
+            retrieval = self.retrieval_vectors[index] @ user
+            logits = self.ranker.score(self.content[index], self.vectors[index], users, context, retrieval)
             probabilities = torch.sigmoid(logits).numpy()
         order = np.argsort(-probabilities, kind="stable")
         return np.asarray(candidates)[order], probabilities[order]

@@ -39,13 +39,15 @@ _MS_PER_HOUR = 3_600_000.0
 @dataclass
 class RankExamples:
     """n labelled examples: ``history`` (n, L) catalog rows oldest first, -1 padded; ``item`` (n,)
-    rows; ``label``/``weight``/``recency`` (n,) float32; ``kind`` (n,) int8 (LOGGED, UNIFORM, HARD)."""
+    rows; ``label``/``weight``/``recency``/``popularity`` (n,) float32 (raw context features);
+    ``kind`` (n,) int8 (LOGGED, UNIFORM, HARD)."""
 
     history: np.ndarray
     item: np.ndarray
     label: np.ndarray
     weight: np.ndarray
     recency: np.ndarray
+    popularity: np.ndarray
     kind: np.ndarray
 
     def __len__(self) -> int:
@@ -59,6 +61,7 @@ class RankExamples:
             self.label[index],
             self.weight[index],
             self.recency[index],
+            self.popularity[index],
             self.kind[index],
         )
 
@@ -70,9 +73,15 @@ class RankExamples:
         )
 
     def to_columns(self) -> dict[str, np.ndarray]:
-        """Flat columns (``h0``.. ``h{L-1}``, item, label, weight, recency) for a Ray Dataset."""
+        """Flat columns (``h0``.. ``h{L-1}``, item, label, weight, recency, popularity) for a Ray Dataset."""
         columns = {f"h{k}": self.history[:, k] for k in range(self.history.shape[1])}
-        columns.update(item=self.item, label=self.label, weight=self.weight, recency=self.recency)
+        columns.update(
+            item=self.item,
+            label=self.label,
+            weight=self.weight,
+            recency=self.recency,
+            popularity=self.popularity,
+        )
         return columns
 
 
@@ -85,7 +94,7 @@ def ranker_inputs(model: TwoTower, catalog: Catalog, train: pa.Table, events: li
     was_training = model.training
     model.eval()
     projected: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
-    vectors = []
+    vectors, content_vectors = [], []
     for start in range(0, catalog.n_items, 4096):
         rows = slice(start, start + 4096)
         encoding = model.encode_items(
@@ -94,6 +103,12 @@ def ranker_inputs(model: TwoTower, catalog: Catalog, train: pa.Table, events: li
             catalog.id_index[rows],
         )
         vectors.append(encoding.vectors)
+        content_vectors.append(
+            model.item_vectors(
+                {m: catalog.features[m][rows] for m in model.modalities},
+                {m: catalog.present[m][rows] for m in model.modalities},
+            )
+        )
         for m in model.modalities:
             projected[m].append(encoding.projected[m])
     model.train(was_training)
@@ -102,8 +117,9 @@ def ranker_inputs(model: TwoTower, catalog: Catalog, train: pa.Table, events: li
     return RankerInputs(
         {m: torch.cat(parts) for m, parts in projected.items()},
         {m: catalog.present[m].clone() for m in model.modalities},
-        torch.cat(vectors),
+        torch.cat(content_vectors),
         popularity_feature(counts),
+        torch.cat(vectors),
     )
 
 
@@ -113,12 +129,17 @@ def build_rank_examples(
     catalog: Catalog,
     config: RaymmConfig,
     model: TwoTower,
-    item_vectors: torch.Tensor,
+    inputs: RankerInputs,
     seed: int,
+    counted: bool = False,
 ) -> RankExamples:
     """Labelled examples of ``split`` with histories from ``context`` (earlier events); see the module docstring.
 
-    ``item_vectors`` (N, E) are the two-tower's catalog vectors (the retriever of hard negatives).
+    ``inputs`` are the ranker's per-item inputs: their vectors retrieve the hard negatives, their
+    popularity is each example's popularity feature. ``counted`` says that the popularity counts
+    came from this split (the training split): an example of an event the count includes then
+    gets its item's count less one, so that a training positive never sees itself counted (a
+    validation or test event is not in the counts either).
     """
     rank = config.rank
     tables = [split] if context is None else [context.select(split.column_names), split]
@@ -158,18 +179,24 @@ def build_rank_examples(
     kinds = np.asarray(event.to_numpy(zero_copy_only=False), dtype=object)[keep]
     weights = np.array([rank.event_weights.get(str(k), 1.0) for k in np.unique(kinds)], dtype=np.float32)
     weight = weights[np.searchsorted(np.unique(kinds), kinds)] if kinds.size else np.zeros(0, np.float32)
+    popularity = inputs.popularity.numpy()[rows]
+    if counted:
+        popularity = np.where(
+            history_positive, np.log1p(np.maximum(np.expm1(popularity) - 1.0, 0.0)), popularity
+        ).astype(np.float32)
     logged = RankExamples(
         history[keep],
         rows[keep],
         is_positive[keep].astype(np.float32),
         weight,
         recency[keep],
+        popularity[keep],
         np.full(int(keep.sum()), LOGGED, dtype=np.int8),
     )
     interacted = np.unique(users * catalog.n_items + rows)
     example_users = users[keep]
     sampled = _sampled_negatives(
-        logged, example_users, interacted, catalog.n_items, config, model, item_vectors, seed
+        logged, example_users, interacted, catalog.n_items, config, model, inputs, seed
     )
     return RankExamples.concat([logged, *sampled])
 
@@ -181,7 +208,7 @@ def _sampled_negatives(
     n_items: int,
     config: RaymmConfig,
     model: TwoTower,
-    item_vectors: torch.Tensor,
+    inputs: RankerInputs,
     seed: int,
 ) -> list[RankExamples]:
     """Uniform and hard negatives for each positive of ``logged`` (see the module docstring)."""
@@ -195,13 +222,17 @@ def _sampled_negatives(
     if n_uniform:
         draws = np.repeat(positives, n_uniform)
         items = _draw_unseen(rng, np.repeat(owners, n_uniform), interacted, n_items)
-        parts.append(_negatives(logged, draws, items, UNIFORM))
+        parts.append(_negatives(logged, draws, items, inputs, UNIFORM))
     if n_hard and positives.size:
         top_n = min(rank.retriever_top_n, n_items)
-        retrieved = _retrieved(model, item_vectors, logged.history[positives], top_n)  # (P, top_n)
-        slot = np.repeat(np.arange(positives.size), n_hard)
+        retrieved = _retrieved(model, inputs.vectors, logged.history[positives], top_n)  # (P, top_n)
+        # Only positives the retriever itself puts in the top-N get hard negatives: elsewhere the
+        # top-N items would be the only high-score examples and all negative, teaching the ranker
+        # that a high retrieval score means "no" (on validation it then inverts retrieval).
+        candidate = (retrieved == logged.item[positives][:, None]).any(axis=1)
+        slot = np.repeat(np.flatnonzero(candidate), n_hard)
         items = _draw_unseen(rng, owners[slot], interacted, n_items, retrieved, slot)
-        parts.append(_negatives(logged, positives[slot], items, HARD))
+        parts.append(_negatives(logged, positives[slot], items, inputs, HARD))
     return parts
 
 
@@ -233,7 +264,9 @@ def _draw_unseen(
     return np.where(np.isin(owners * n_items + items, interacted), -1, items)
 
 
-def _negatives(logged: RankExamples, source: np.ndarray, items: np.ndarray, kind: int) -> RankExamples:
+def _negatives(
+    logged: RankExamples, source: np.ndarray, items: np.ndarray, inputs: RankerInputs, kind: int
+) -> RankExamples:
     """Negatives on ``items`` sharing the state of the examples ``source``; -1 items are dropped."""
     keep = items >= 0
     source, items = source[keep], items[keep]
@@ -243,6 +276,7 @@ def _negatives(logged: RankExamples, source: np.ndarray, items: np.ndarray, kind
         np.zeros(items.size, np.float32),
         np.ones(items.size, np.float32),
         logged.recency[source],
+        inputs.popularity.numpy()[items],
         np.full(items.size, kind, dtype=np.int8),
     )
 

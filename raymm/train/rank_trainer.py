@@ -11,9 +11,11 @@ training stops after ``rank.patience`` epochs without a better validation AUC. `
 restarts failed workers from the latest checkpoint (``train.max_failures``; the
 ``train.fail_at_step`` hook of the two-tower run injects a failure here too).
 
-At the end the driver takes the best epoch's weights, chooses the decision threshold on the
-validation examples (max F1), writes ``ranker/`` into the artifact and records the ``rank`` stage
-in its manifest.
+At the end the driver takes the best epoch's weights, chooses on the validation split the weight
+of the retriever's logit in the ranker's score (:data:`RETRIEVAL_WEIGHTS`, by retrieve-then-rank
+NDCG@20, or at the largest K when 20 is not in ``evaluate.ks``), then a Platt scaling of the
+final logit and the decision threshold (max F1), both on the validation examples, writes ``ranker/`` into the artifact and records the
+``rank`` stage in its manifest.
 """
 
 from __future__ import annotations
@@ -38,11 +40,21 @@ from raymm.models.artifact import load_artifact, record_stage
 from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import RANKER_DIR, Ranker, RankerInputs, write_item_inputs
 from raymm.models.towers import TwoTower
-from raymm.train.data import Catalog, build_catalog
+from raymm.train.data import Catalog, build_catalog, eval_users
 from raymm.train.loop import user_vectors
 from raymm.train.rank_data import LOGGED, RankExamples, build_rank_examples, ranker_inputs
-from raymm.train.rank_loop import RankObjective, context_matrix, predict
+from raymm.train.rank_loop import (
+    RankObjective,
+    context_matrix,
+    held_out_recency,
+    platt_scaling,
+    predict,
+    retrieve_then_rank,
+)
 from raymm.train.trainer import CHECKPOINT_FILE, TrainingError, maybe_inject_failure
+
+#: Candidate weights of the retriever's logit in the ranker's score, tried on validation.
+RETRIEVAL_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -94,8 +106,9 @@ def split_examples(
         setup.catalog,
         config,
         setup.two_tower,
-        setup.inputs.vectors,
+        setup.inputs,
         seed,
+        counted=split == "train",
     )
 
 
@@ -116,6 +129,26 @@ def build_ranker(
         ranker.context_mean.copy_(torch.tensor(context_stats["mean"]))
         ranker.context_scale.copy_(torch.tensor(context_stats["scale"]))
     return ranker
+
+
+def choose_retrieval_weight(
+    config: RaymmConfig, setup: RankSetup, ranker: Ranker, data_dir: str
+) -> dict[str, float]:
+    """Set ``ranker.retrieval_weight`` to the weight of :data:`RETRIEVAL_WEIGHTS` with the best
+    validation retrieve-then-rank NDCG (the smallest on ties); returns the NDCG of each weight."""
+    dataset = load_dataset(data_dir, tables=())
+    train, held_out = dataset.interactions("train"), dataset.interactions("validation")
+    users = eval_users(train, held_out, setup.catalog, config.train.positive_events, config.train.max_history)
+    recency = held_out_recency(train, held_out, users.user_ids)
+    k = 20 if 20 in config.evaluate.ks else max(config.evaluate.ks)
+    top_n = config.rank.retriever_top_n
+    scores = {}
+    for weight in RETRIEVAL_WEIGHTS:
+        ranker.retrieval_weight = weight
+        metrics = retrieve_then_rank(setup.two_tower, ranker, setup.inputs, users, recency, (k,), top_n)
+        scores[str(weight)] = metrics["retrieve_then_rank"][f"ndcg@{k}"]
+    ranker.retrieval_weight = float(max(scores, key=lambda w: (scores[w], -float(w))))
+    return scores
 
 
 def auc_of(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -175,7 +208,9 @@ def rank_loop_per_worker(loop_config: dict[str, Any]) -> None:
             maybe_inject_failure(config, loop_config["storage"], state["step"], rank)
             history = torch.stack([batch[c] for c in history_columns], dim=1).numpy()
             users = user_vectors(two_tower, objective.inputs.vectors, history)
-            logits = wrapped(batch["item"].to(device), users, batch["recency"].to(device))
+            logits = wrapped(
+                batch["item"].to(device), users, batch["recency"].to(device), batch["popularity"].to(device)
+            )
             loss = ranker.loss(logits, batch["label"].to(device), batch["weight"].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -259,7 +294,7 @@ def train_ranker(
     validation = split_examples(config, setup, data_dir, "validation", config.seed + 1)
     if len(train_examples) == 0 or train_examples.label.max(initial=0.0) == 0.0:
         raise TrainingError(f"no positive ranking examples in the training split of {data_dir}")
-    stats_ranker = build_ranker(config, setup).fit_context(context_matrix(train_examples, setup.inputs))
+    stats_ranker = build_ranker(config, setup).fit_context(context_matrix(train_examples))
     context_stats = {"mean": stats_ranker.context_mean.tolist(), "scale": stats_ranker.context_scale.tolist()}
     order = np.random.default_rng(config.seed).permutation(len(train_examples))
     dataset = ray.data.from_arrow(pa.table(train_examples.take(order).to_columns()))
@@ -301,11 +336,19 @@ def train_ranker(
         saved = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
     ranker = build_ranker(config, setup, context_stats)
     ranker.load_state_dict(saved["state"]["best_model"] or saved["model"])
+    ranker.retrieval_temperature = float(setup.two_tower.temperature)
+    weight_scores = choose_retrieval_weight(config, setup, ranker, data_dir)
     objective = RankObjective(ranker, setup.inputs)
+    ranker.calibration = platt_scaling(
+        validation.label, predict(objective, setup.two_tower, validation), validation.weight
+    )
     probabilities = predict(objective, setup.two_tower, validation)
     ranker.threshold = best_threshold(validation.label, probabilities)
     metrics = {
         "best_epoch": saved["state"]["best_epoch"],
+        "retrieval_weight": ranker.retrieval_weight,
+        "calibration": list(ranker.calibration),
+        "validation_ndcg_by_retrieval_weight": weight_scores,
         "validation": classification_metrics(validation.label, probabilities, ranker.threshold),
         "n_examples": {"train": len(train_examples), "validation": len(validation)},
     }
