@@ -308,6 +308,7 @@ class Ranker(nn.Module):
             float(threshold),
             float(blend["retrieval_weight"]),  # type: ignore[arg-type]
             float(blend["retrieval_temperature"]),
+            (float(calibration[0]), float(calibration[1])),
         )
         try:
             model.load_state_dict(_load_tensors(path / WEIGHTS_FILE), strict=True)

@@ -176,9 +176,11 @@ def build_rank_examples(
     is_positive = np.asarray(pc.is_in(event, value_set=pa.array(rank.positive_events)))
     is_negative = np.asarray(pc.is_in(event, value_set=pa.array(rank.negative_events or [""])))
     keep = np.asarray(marked.column("in_split")) & (is_positive | is_negative)
-    kinds = np.asarray(event.to_numpy(zero_copy_only=False), dtype=object)[keep]
-    weights = np.array([rank.event_weights.get(str(k), 1.0) for k in np.unique(kinds)], dtype=np.float32)
-    weight = weights[np.searchsorted(np.unique(kinds), kinds)] if kinds.size else np.zeros(0, np.float32)
+    # One weight per event kind, spread over the examples through the kinds' codes.
+    names, codes = np.unique(
+        np.asarray(event.to_numpy(zero_copy_only=False), dtype=str)[keep], return_inverse=True
+    )
+    weight = np.array([rank.event_weights.get(str(n), 1.0) for n in names], dtype=np.float32)[codes]
     popularity = inputs.popularity.numpy()[rows]
     if counted:
         popularity = np.where(

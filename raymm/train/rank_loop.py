@@ -120,8 +120,8 @@ def retrieve_then_rank(
     """Ranking metrics of retrieval alone and of its top ``top_n`` re-ordered by the ranker.
 
     The re-ranking score is the ranker's logit (its retrieval weight included). ``recency`` (U,)
-    raw log1p hours per user (NaN: unknown). ``ks`` must not exceed ``top_n``, lest the two rank
-    different candidate sets: raises :class:`ConfigError` if
+    raw log1p hours per user (NaN: unknown). Returns ``{"retrieval": {...}, "retrieve_then_rank":
+    {...}}`` (:func:`~raymm.eval.metrics.ranking_metrics`). Raises :class:`ConfigError` if
     ``top_n`` is below the largest K (the two would then rank different candidate sets).
     """
     if top_n < max(ks):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from raymm.eval.pointwise import log_loss
 from raymm.models.config import FusionConfig, RankerConfig
 from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import CONFIG_FILE, Ranker
+from raymm.train.rank_loop import platt_scaling
 
 MODALITIES = ["text", "image", "audio"]
 SHARED, EMBED = 16, 8
@@ -65,6 +68,7 @@ def test_items_missing_some_or_all_modalities_get_finite_scores() -> None:
 def test_save_and_load_round_trip_and_refuse_other_widths(tmp_path: Path) -> None:
     ranker = _ranker()
     ranker.threshold, ranker.retrieval_weight, ranker.retrieval_temperature = 0.3, 0.5, 0.2
+    ranker.calibration = (0.7, -0.4)
     ranker.fit_context(torch.tensor([[1.0, 0.0], [3.0, 2.0], [float("nan"), 4.0]]))
     ranker.save_pretrained(tmp_path)
     loaded = Ranker.from_pretrained(tmp_path, modalities=MODALITIES, shared_dim=SHARED, embed_dim=EMBED)
@@ -74,7 +78,7 @@ def test_save_and_load_round_trip_and_refuse_other_widths(tmp_path: Path) -> Non
         ranker(projected, present, items, users, context, retrieval),
         loaded(projected, present, items, users, context, retrieval),
     )
-    assert (loaded.threshold, loaded.retrieval_weight) == (0.3, 0.5)
+    assert (loaded.threshold, loaded.retrieval_weight, loaded.calibration) == (0.3, 0.5, (0.7, -0.4))
     with pytest.raises(ModelLoadError, match="embed_dim: ranker has 8, expected 64"):
         Ranker.from_pretrained(tmp_path, modalities=MODALITIES, shared_dim=SHARED, embed_dim=64)
     with pytest.raises(ModelLoadError, match="modalities"):
@@ -103,3 +107,14 @@ def test_focal_loss_with_gamma_zero_is_binary_cross_entropy() -> None:
     assert focal.loss(logits, labels, weights) == pytest.approx(bce.item())
     sharper = Ranker(RankerConfig(loss="focal", focal_gamma=2.0), MODALITIES, SHARED, EMBED)
     assert sharper.loss(logits, labels, weights) < bce  # easy examples are down-weighted
+
+
+def test_platt_scaling_calibrates_an_overconfident_scorer_without_reordering_it() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=4000)
+    labels = (rng.random(4000) < 1 / (1 + np.exp(-true_logits))).astype(np.float32)
+    overconfident = 1 / (1 + np.exp(-4 * true_logits))  # logits 4x too large
+    scale, bias = platt_scaling(labels, overconfident, np.ones(4000, dtype=np.float32))
+    assert scale == pytest.approx(0.25, abs=0.05) and bias == pytest.approx(0.0, abs=0.1)
+    calibrated = 1 / (1 + np.exp(-(scale * 4 * true_logits + bias)))
+    assert log_loss(labels, calibrated) < log_loss(labels, overconfident)
