@@ -70,7 +70,7 @@ class Reranker:
         item_ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)
         width = table.schema.field("vector").type.list_size
         flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        vectors = torch.from_numpy(np.asarray(flat, dtype=np.float32).reshape(-1, width))
+        vectors = torch.from_numpy(np.array(flat, dtype=np.float32).reshape(-1, width))  # writable copy
         inputs = read_item_inputs(path / RANKER_DIR, vectors, ranker.modalities)
         with torch.inference_mode():
             content = ranker.item_content(inputs.projected, inputs.present)

@@ -16,7 +16,7 @@ import pytest
 
 from raymm.cli import main
 from raymm.config import RaymmConfig
-from raymm.eval.rank import evaluate_rank, rank_markdown
+from raymm.eval.rank import rank_markdown
 from raymm.models.artifact import MANIFEST, read_manifest
 from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import CONFIG_FILE, RANKER_DIR
@@ -93,7 +93,10 @@ def test_rank_stage_is_written_into_the_artifact_and_evaluated(
     assert [row["epoch"] for row in rank_stage["history"]] == [0, 1, 2]
     assert (ranked / RANKER_DIR / "weights.safetensors").is_file()
     data, features = dataset
-    result = evaluate_rank(_config(tmp_path), str(data), str(features), str(ranked), out_dir=str(tmp_path))
+    argv = ["evaluate", "--data", str(data), "--features", str(features), "--model", str(ranked)]
+    overrides = [f"--set={o}" for o in (f"out={tmp_path}", "ray.num_cpus=2", *RANK)]
+    assert main([*argv, "--out", str(tmp_path), "--quiet", *overrides]) == 0
+    result = json.loads((tmp_path / "evaluation.json").read_text())["rank"]
     assert result["pointwise"]["auc"] > 0.6
     assert 0.0 < result["pointwise"]["log_loss"] < 1.0
     listwise = result["listwise"]
@@ -118,7 +121,9 @@ def test_reranker_orders_candidates_by_probability_and_rejects_bad_input(ranked:
         reranker.rank(user[:5], candidates)
 
 
-def test_a_ranker_of_other_widths_is_refused(ranked: Path, tmp_path: Path) -> None:
+def test_a_missing_or_mismatched_ranker_is_refused(retriever: Path, ranked: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no ranking stage"):
+        Reranker.from_artifact(retriever)
     copy = tmp_path / "model"
     shutil.copytree(ranked, copy)
     config_path = copy / RANKER_DIR / CONFIG_FILE
