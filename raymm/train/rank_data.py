@@ -159,7 +159,9 @@ def build_rank_examples(
     first = np.r_[True, users[1:] != users[:-1]]
 
     # History: the L previous history-positive rows of the same user (an exclusive running count).
-    history_positive = np.asarray(pc.is_in(event, value_set=pa.array(config.train.positive_events)))
+    history_positive = np.asarray(
+        pc.is_in(event, value_set=pa.array(config.train.positive_events, pa.string()))
+    )
     before = np.cumsum(history_positive) - history_positive
     user_start = np.maximum.accumulate(np.where(first, np.arange(len(users)), 0))
     lags = np.arange(config.train.max_history, 0, -1)
@@ -173,8 +175,8 @@ def build_rank_examples(
     gap_hours = np.r_[np.nan, np.diff(ts)] / _MS_PER_HOUR
     recency = np.where(first, np.nan, np.log1p(np.maximum(gap_hours, 0.0))).astype(np.float32)
 
-    is_positive = np.asarray(pc.is_in(event, value_set=pa.array(rank.positive_events)))
-    is_negative = np.asarray(pc.is_in(event, value_set=pa.array(rank.negative_events or [""])))
+    is_positive = np.asarray(pc.is_in(event, value_set=pa.array(rank.positive_events, pa.string())))
+    is_negative = np.asarray(pc.is_in(event, value_set=pa.array(rank.negative_events, pa.string())))
     keep = np.asarray(marked.column("in_split")) & (is_positive | is_negative)
     # One weight per event kind, spread over the examples through the kinds' codes.
     names, codes = np.unique(

@@ -64,7 +64,6 @@ class RankSetup:
     two_tower: TwoTower
     catalog: Catalog
     inputs: RankerInputs
-    manifest: dict[str, Any]
 
 
 def rank_setup(config: RaymmConfig, data_dir: str, features_dir: str, model_dir: str) -> RankSetup:
@@ -87,7 +86,7 @@ def rank_setup(config: RaymmConfig, data_dir: str, features_dir: str, model_dir:
         )
     two_tower = artifact.model.requires_grad_(False)
     inputs = ranker_inputs(two_tower, catalog, train, config.train.positive_events)
-    return RankSetup(two_tower, catalog, inputs, artifact.manifest)
+    return RankSetup(two_tower, catalog, inputs)
 
 
 def split_examples(
@@ -173,7 +172,10 @@ def rank_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ranker = build_ranker(config, setup, loop_config["context_stats"])
     objective = RankObjective(ranker, setup.inputs).to_device(device)
     two_tower = setup.two_tower.to(device)
-    wrapped = ray.train.torch.prepare_model(objective)
+    # A fusion's "empty item" vector gets no gradient in a batch where every item has a modality.
+    wrapped = ray.train.torch.prepare_model(
+        objective, parallel_strategy_kwargs={"find_unused_parameters": True}
+    )
     optimizer = torch.optim.AdamW(
         ranker.parameters(), lr=config.rank.lr, weight_decay=config.rank.weight_decay
     )
