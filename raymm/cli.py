@@ -197,11 +197,13 @@ def _extract_rows(result: Any) -> list[tuple[str, Any]]:
 
 
 def cmd_train(args: argparse.Namespace, config: RaymmConfig) -> int:
-    from raymm.train.trainer import train
-
     data = args.data or config.stage_dir("data")
     features = args.features or config.stage_dir("features")
     out = args.out or config.stage_dir("model")
+    if args.stage == "rank":
+        return _train_ranker(args, config, data, features, out)
+    from raymm.train.trainer import train
+
     cfg = config.train
     plan = Plan("train")
     plan.add(
@@ -222,6 +224,28 @@ def cmd_train(args: argparse.Namespace, config: RaymmConfig) -> int:
     return EXIT_OK
 
 
+def _train_ranker(args: argparse.Namespace, config: RaymmConfig, data: str, features: str, out: str) -> int:
+    from raymm.train.rank_trainer import train_ranker
+
+    rank = config.rank
+    plan = Plan("train --stage rank")
+    plan.add(
+        f"Ray Train: {config.train.num_workers} worker(s), up to {rank.epochs} epochs, {rank.loss} loss, "
+        f"{rank.negatives_per_positive} negatives/positive ({rank.hard_negative_share:.0%} hard)",
+        config.train.storage_path or config.stage_dir("train"),
+    )
+    plan.add("add ranker/ to the two-tower artifact", out)
+    if plan.dry_run(args, config):
+        return EXIT_OK
+    result = train_ranker(config, data, features, out)
+    validation = result.metrics["validation"]
+    rows: list[tuple[str, Any]] = [("dataset", data), ("features", features), ("model", out)]
+    rows += [(f"validation {k}", f"{validation[k]:.4f}") for k in ("auc", "log_loss", "f1", "threshold")]
+    rows.append(("best epoch / epochs run", f"{result.metrics['best_epoch']} / {len(result.history)}"))
+    print_summary("train --stage rank", rows, result.elapsed_s)
+    return EXIT_OK
+
+
 def cmd_evaluate(args: argparse.Namespace, config: RaymmConfig) -> int:
     data = args.data or config.stage_dir("data")
     features = args.features or config.stage_dir("features")
@@ -238,6 +262,10 @@ def cmd_evaluate(args: argparse.Namespace, config: RaymmConfig) -> int:
         return EXIT_OK
     start = time.perf_counter()
     result = evaluate(config, data, features, model)
+    from raymm.eval.rank import evaluate_rank, has_ranker
+
+    if has_ranker(model):
+        result["rank"] = evaluate_rank(config, data, features, model, out_dir=args.out)
     if args.out:
         from raymm.data import io
 
@@ -257,6 +285,22 @@ def cmd_evaluate(args: argparse.Namespace, config: RaymmConfig) -> int:
             for name in ("recall", "ndcg")
         ]
     rows += [(f"{protocol} skipped", why) for protocol, why in result["skipped"].items()]
+    if "rank" in result:
+        point, listwise = result["rank"]["pointwise"], result["rank"]["listwise"]
+        rows.append(
+            (
+                "rank test auc / log-loss / f1",
+                f"{point['auc']:.4f} / {point['log_loss']:.4f} / {point['f1']:.4f}",
+            )
+        )
+        rows += [
+            (
+                f"test {name}@{k}",
+                f"retrieval {listwise['retrieval'][f'{name}@{k}']:.4f}   "
+                f"retrieve-then-rank {listwise['retrieve_then_rank'][f'{name}@{k}']:.4f}",
+            )
+            for name in ("recall", "ndcg")
+        ]
     if args.out:
         rows.append(("written to", f"{args.out}/evaluation.json"))
     print_summary("evaluate", rows, time.perf_counter() - start)
@@ -397,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--data", help="dataset directory (default: <out>/data)")
     train.add_argument("--features", help="features directory (default: <out>/features)")
+    train.add_argument(
+        "--stage",
+        choices=["retrieval", "rank"],
+        default="retrieval",
+        help="retrieval: the two towers, written to --out (default <out>/model); rank: the ranker, added "
+        "to the two-tower artifact already at --out",
+    )
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser(

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from raymm.errors import ConfigError
-from raymm.models.config import ModelConfig
+from raymm.models.config import ModelConfig, RankerConfig
 
 SizeName = Literal["tiny", "small", "large"]
 
@@ -204,6 +204,7 @@ class RaymmConfig(StrictModel):
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    rank: RankerConfig = Field(default_factory=RankerConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 

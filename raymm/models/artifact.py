@@ -1,11 +1,14 @@
 """The model artifact of design.md: one directory that serving and evaluation load.
 
     manifest.json         format, raymm version, config, data fingerprint, metrics, created_at,
-                          input dims, embedding dim, item counts
+                          input dims, embedding dim, item counts, and ``stages``: one entry per
+                          trained stage (``retrieval``, then ``rank`` once a ranker is added)
     config.json           the TwoTower's own config (written by TwoTower.save_pretrained)
     weights.safetensors   its weights
     item_vectors.parquet  item_id, vector (fixed_size_list<float32>[embed_dim]) for every item,
                           cold-start items included
+    ranker/               optional, the ranking stage (raymm.models.ranker): config.json,
+                          weights.safetensors, items.safetensors
 
 :func:`load_artifact` validates the manifest before anything else is read and refuses another
 format, a newer format version, or features whose dimensions differ from the model's inputs.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,8 +81,32 @@ def write_artifact(
         "n_items": len(item_ids),
         "config": config,
         "metrics": metrics,
+        "stages": {"retrieval": {"created_at": created.isoformat(), "best_epoch": metrics.get("best_epoch")}},
     }
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=float) + "\n")
+    _write_manifest(path, manifest)
+    return manifest
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` atomically (a temporary file renamed over it): readers never see half."""
+    temporary = path / f".{MANIFEST}.tmp"
+    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=float) + "\n")
+    os.replace(temporary, path / MANIFEST)
+
+
+def record_stage(directory: str | Path, stage: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Add (or replace) ``stages[stage]`` in the artifact's manifest, rewriting it atomically.
+
+    ``entry`` gets a ``created_at`` stamp. Returns the new manifest; raises
+    :class:`ModelLoadError` if ``directory`` holds no valid manifest.
+    """
+    path = Path(directory)
+    manifest = read_manifest(path)
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    stages = manifest.setdefault("stages", {})
+    stages.setdefault("retrieval", {"created_at": manifest.get("created_at")})
+    stages[stage] = {"created_at": created, **entry}
+    _write_manifest(path, manifest)
     return manifest
 
 

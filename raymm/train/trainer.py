@@ -161,7 +161,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for step, batch in enumerate(batches):
             if config.train.max_steps_per_epoch is not None and step >= config.train.max_steps_per_epoch:
                 break
-            _maybe_inject_failure(config, loop_config["storage"], state["step"], rank)
+            maybe_inject_failure(config, loop_config["storage"], state["step"], rank)
             history = torch.stack([batch[c] for c in history_columns], dim=1).to(device)
             target = batch["target"].to(device)
             losses = wrapped(history, target)
@@ -213,7 +213,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             break
 
 
-def _maybe_inject_failure(config: RaymmConfig, storage: str, step: int, rank: int) -> None:
+def maybe_inject_failure(config: RaymmConfig, storage: str, step: int, rank: int) -> None:
     """Fault-injection hook: fail once at ``train.fail_at_step`` (a marker keeps the retry alive)."""
     if config.train.fail_at_step is None or step != config.train.fail_at_step or rank != 0:
         return

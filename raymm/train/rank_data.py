@@ -1,0 +1,295 @@
+"""What the ranker trains and is evaluated on: labelled (user state, item) examples, vectorised.
+
+Plain NumPy/PyTorch (no Ray). For one split (train, validation or test), read after the earlier
+splits that give each user's history (its ``context``):
+
+* every event of the split whose kind is in ``rank.positive_events`` (label 1) or
+  ``rank.negative_events`` (label 0; ``skip``: a logged impression turned down) is one example,
+  weighted by ``rank.event_weights``;
+* its user state is the user's previous ``train.max_history`` positive items by
+  ``train.positive_events`` (the two-tower's own definition of history), context included; its
+  recency is ``log1p`` hours since the user's previous event of any kind (NaN for the first);
+* each positive brings ``rank.negatives_per_positive`` sampled negatives sharing its state and
+  recency: a ``hard_negative_share`` from the retriever's top ``retriever_top_n`` for that state,
+  the rest uniform over the catalog; never an item the user interacted with in the context or
+  the split (draws that hit one are redrawn a few times, then dropped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from raymm.config import RaymmConfig
+from raymm.models.ranker import RankerInputs, popularity_feature
+from raymm.models.towers import TwoTower
+from raymm.train.data import Catalog, positive_events
+from raymm.train.loop import user_vectors
+
+#: ``RankExamples.kind`` codes.
+LOGGED, UNIFORM, HARD = 0, 1, 2
+_REDRAWS = 5
+_MS_PER_HOUR = 3_600_000.0
+
+
+@dataclass
+class RankExamples:
+    """n labelled examples: ``history`` (n, L) catalog rows oldest first, -1 padded; ``item`` (n,)
+    rows; ``label``/``weight``/``recency``/``popularity`` (n,) float32 (raw context features);
+    ``kind`` (n,) int8 (LOGGED, UNIFORM, HARD)."""
+
+    history: np.ndarray
+    item: np.ndarray
+    label: np.ndarray
+    weight: np.ndarray
+    recency: np.ndarray
+    popularity: np.ndarray
+    kind: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+    def take(self, index: np.ndarray) -> RankExamples:
+        """The examples at ``index`` (an int or bool array)."""
+        return RankExamples(
+            self.history[index],
+            self.item[index],
+            self.label[index],
+            self.weight[index],
+            self.recency[index],
+            self.popularity[index],
+            self.kind[index],
+        )
+
+    @staticmethod
+    def concat(parts: list[RankExamples]) -> RankExamples:
+        """The examples of every part, in order."""
+        return RankExamples(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in RankExamples.__dataclass_fields__)
+        )
+
+    def to_columns(self) -> dict[str, np.ndarray]:
+        """Flat columns (``h0``.. ``h{L-1}``, item, label, weight, recency, popularity) for a Ray Dataset."""
+        columns = {f"h{k}": self.history[:, k] for k in range(self.history.shape[1])}
+        columns.update(
+            item=self.item,
+            label=self.label,
+            weight=self.weight,
+            recency=self.recency,
+            popularity=self.popularity,
+        )
+        return columns
+
+
+@torch.no_grad()
+def ranker_inputs(model: TwoTower, catalog: Catalog, train: pa.Table, events: list[str]) -> RankerInputs:
+    """The frozen two-tower's per-item outputs the ranker reads, for every catalog row (eval mode).
+
+    ``catalog`` must hold the model's modalities; popularity counts ``events`` in ``train``.
+    """
+    was_training = model.training
+    model.eval()
+    projected: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
+    vectors, content_vectors = [], []
+    for start in range(0, catalog.n_items, 4096):
+        rows = slice(start, start + 4096)
+        encoding = model.encode_items(
+            {m: catalog.features[m][rows] for m in model.modalities},
+            {m: catalog.present[m][rows] for m in model.modalities},
+            catalog.id_index[rows],
+        )
+        vectors.append(encoding.vectors)
+        content_vectors.append(
+            model.item_vectors(
+                {m: catalog.features[m][rows] for m in model.modalities},
+                {m: catalog.present[m][rows] for m in model.modalities},
+            )
+        )
+        for m in model.modalities:
+            projected[m].append(encoding.projected[m])
+    model.train(was_training)
+    positions = catalog.positions(positive_events(train, events).column("item_id"))
+    counts = np.bincount(positions[positions >= 0], minlength=catalog.n_items)
+    return RankerInputs(
+        {m: torch.cat(parts) for m, parts in projected.items()},
+        {m: catalog.present[m].clone() for m in model.modalities},
+        torch.cat(content_vectors),
+        popularity_feature(counts),
+        torch.cat(vectors),
+    )
+
+
+def build_rank_examples(
+    context: pa.Table | None,
+    split: pa.Table,
+    catalog: Catalog,
+    config: RaymmConfig,
+    model: TwoTower,
+    inputs: RankerInputs,
+    seed: int,
+    counted: bool = False,
+) -> RankExamples:
+    """Labelled examples of ``split`` with histories from ``context`` (earlier events); see the module docstring.
+
+    ``inputs`` are the ranker's per-item inputs: their vectors retrieve the hard negatives, their
+    popularity is each example's popularity feature. ``counted`` says that the popularity counts
+    came from this split (the training split): an example of an event the count includes then
+    gets its item's count less one, so that a training positive never sees itself counted (a
+    validation or test event is not in the counts either).
+    """
+    rank = config.rank
+    tables = [split] if context is None else [context.select(split.column_names), split]
+    marked = pa.concat_tables(
+        [
+            t.append_column("in_split", pa.array(np.full(t.num_rows, k == len(tables) - 1)))
+            for k, t in enumerate(tables)
+        ]
+    ).sort_by([("user_id", "ascending"), ("ts", "ascending")])
+    rows = catalog.positions(marked.column("item_id"))
+    marked, rows = marked.filter(pa.array(rows >= 0)), rows[rows >= 0]
+    users = np.asarray(
+        pc.dictionary_encode(marked.column("user_id")).combine_chunks().indices, dtype=np.int64
+    )
+    ts = marked.column("ts").cast(pa.int64()).to_numpy().astype(np.float64)
+    event = marked.column("event")
+    first = np.r_[True, users[1:] != users[:-1]]
+
+    # History: the L previous history-positive rows of the same user (an exclusive running count).
+    history_positive = np.asarray(
+        pc.is_in(event, value_set=pa.array(config.train.positive_events, pa.string()))
+    )
+    before = np.cumsum(history_positive) - history_positive
+    user_start = np.maximum.accumulate(np.where(first, np.arange(len(users)), 0))
+    lags = np.arange(config.train.max_history, 0, -1)
+    source = before[:, None] - lags[None, :]
+    positive_rows = rows[history_positive]
+    history = np.where(
+        source >= before[user_start][:, None],
+        positive_rows[np.clip(source, 0, None)] if positive_rows.size else -1,
+        -1,
+    )
+    gap_hours = np.r_[np.nan, np.diff(ts)] / _MS_PER_HOUR
+    recency = np.where(first, np.nan, np.log1p(np.maximum(gap_hours, 0.0))).astype(np.float32)
+
+    is_positive = np.asarray(pc.is_in(event, value_set=pa.array(rank.positive_events, pa.string())))
+    is_negative = np.asarray(pc.is_in(event, value_set=pa.array(rank.negative_events, pa.string())))
+    keep = np.asarray(marked.column("in_split")) & (is_positive | is_negative)
+    # One weight per event kind, spread over the examples through the kinds' codes.
+    names, codes = np.unique(
+        np.asarray(event.to_numpy(zero_copy_only=False), dtype=str)[keep], return_inverse=True
+    )
+    weight = np.array([rank.event_weights.get(str(n), 1.0) for n in names], dtype=np.float32)[codes]
+    popularity = inputs.popularity.numpy()[rows]
+    if counted:
+        popularity = np.where(
+            history_positive, np.log1p(np.maximum(np.expm1(popularity) - 1.0, 0.0)), popularity
+        ).astype(np.float32)
+    logged = RankExamples(
+        history[keep],
+        rows[keep],
+        is_positive[keep].astype(np.float32),
+        weight,
+        recency[keep],
+        popularity[keep],
+        np.full(int(keep.sum()), LOGGED, dtype=np.int8),
+    )
+    interacted = np.unique(users * catalog.n_items + rows)
+    example_users = users[keep]
+    sampled = _sampled_negatives(
+        logged, example_users, interacted, catalog.n_items, config, model, inputs, seed
+    )
+    return RankExamples.concat([logged, *sampled])
+
+
+def _sampled_negatives(
+    logged: RankExamples,
+    example_users: np.ndarray,
+    interacted: np.ndarray,
+    n_items: int,
+    config: RaymmConfig,
+    model: TwoTower,
+    inputs: RankerInputs,
+    seed: int,
+) -> list[RankExamples]:
+    """Uniform and hard negatives for each positive of ``logged`` (see the module docstring)."""
+    rank = config.rank
+    rng = np.random.default_rng(seed)
+    positives = np.flatnonzero(logged.label == 1.0)
+    n_hard = round(rank.negatives_per_positive * rank.hard_negative_share)
+    n_uniform = rank.negatives_per_positive - n_hard
+    parts = []
+    owners = example_users[positives]
+    if n_uniform:
+        draws = np.repeat(positives, n_uniform)
+        items = _draw_unseen(rng, np.repeat(owners, n_uniform), interacted, n_items)
+        parts.append(_negatives(logged, draws, items, inputs, UNIFORM))
+    if n_hard and positives.size:
+        top_n = min(rank.retriever_top_n, n_items)
+        retrieved = _retrieved(model, inputs.vectors, logged.history[positives], top_n)  # (P, top_n)
+        # Only positives the retriever itself puts in the top-N get hard negatives: elsewhere the
+        # top-N items would be the only high-score examples and all negative, teaching the ranker
+        # that a high retrieval score means "no" (on validation it then inverts retrieval).
+        candidate = (retrieved == logged.item[positives][:, None]).any(axis=1)
+        slot = np.repeat(np.flatnonzero(candidate), n_hard)
+        items = _draw_unseen(rng, owners[slot], interacted, n_items, retrieved, slot)
+        parts.append(_negatives(logged, positives[slot], items, inputs, HARD))
+    return parts
+
+
+def _draw_unseen(
+    rng: np.random.Generator,
+    owners: np.ndarray,
+    interacted: np.ndarray,
+    n_items: int,
+    pool: np.ndarray | None = None,
+    pool_row: np.ndarray | None = None,
+) -> np.ndarray:
+    """One item per entry of ``owners`` that the owner never interacted with, or -1 if the redraws fail.
+
+    Uniform over the catalog, or (with ``pool`` (P, m) and ``pool_row`` (n,)) uniform over the
+    row ``pool_row[i]`` of the pool. ``interacted`` holds sorted ``user * n_items + item`` keys.
+    """
+
+    def sample(index: np.ndarray) -> np.ndarray:
+        if pool is None or pool_row is None:
+            return rng.integers(0, n_items, index.size)
+        return pool[pool_row[index], rng.integers(0, pool.shape[1], index.size)]
+
+    items = sample(np.arange(owners.size))
+    for _ in range(_REDRAWS):
+        clash = np.flatnonzero(np.isin(owners * n_items + items, interacted))
+        if clash.size == 0:
+            return items
+        items[clash] = sample(clash)
+    return np.where(np.isin(owners * n_items + items, interacted), -1, items)
+
+
+def _negatives(
+    logged: RankExamples, source: np.ndarray, items: np.ndarray, inputs: RankerInputs, kind: int
+) -> RankExamples:
+    """Negatives on ``items`` sharing the state of the examples ``source``; -1 items are dropped."""
+    keep = items >= 0
+    source, items = source[keep], items[keep]
+    return RankExamples(
+        logged.history[source],
+        items,
+        np.zeros(items.size, np.float32),
+        np.ones(items.size, np.float32),
+        logged.recency[source],
+        inputs.popularity.numpy()[items],
+        np.full(items.size, kind, dtype=np.int8),
+    )
+
+
+@torch.no_grad()
+def _retrieved(model: TwoTower, item_vectors: torch.Tensor, history: np.ndarray, top_n: int) -> np.ndarray:
+    """(P, top_n) catalog rows the retriever ranks highest for each history, in chunks."""
+    parts = []
+    for start in range(0, len(history), 2048):
+        people = user_vectors(model, item_vectors, history[start : start + 2048])
+        parts.append(torch.topk(people @ item_vectors.T, top_n, dim=1).indices.numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, top_n), dtype=np.int64)
