@@ -20,6 +20,8 @@ final logit and the decision threshold (max F1), both on the validation examples
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -51,7 +53,7 @@ from raymm.train.rank_loop import (
     predict,
     retrieve_then_rank,
 )
-from raymm.train.trainer import CHECKPOINT_FILE, TrainingError, maybe_inject_failure
+from raymm.train.trainer import CHECKPOINT_FILE, TrainingError, maybe_inject_failure, run_key
 
 #: Candidate weights of the retriever's logit in the ranker's score, tried on validation. Large
 #: weights tend to retrieval alone; on the quickstart data validation NDCG@20 peaked at 3.
@@ -201,8 +203,6 @@ def rank_loop_per_worker(loop_config: dict[str, Any]) -> None:
         objective.train()
         batches = shard.iter_torch_batches(
             batch_size=config.rank.batch_size,
-            local_shuffle_buffer_size=4 * config.rank.batch_size,
-            local_shuffle_seed=config.seed * 1000 + epoch * 10 + rank,
             drop_last=world > 1,
         )
         for step, batch in enumerate(batches):
@@ -299,8 +299,12 @@ def train_ranker(
         raise TrainingError(f"no positive ranking examples in the training split of {data_dir}")
     stats_ranker = build_ranker(config, setup).fit_context(context_matrix(train_examples))
     context_stats = {"mean": stats_ranker.context_mean.tolist(), "scale": stats_ranker.context_scale.tolist()}
-    order = np.random.default_rng(config.seed).permutation(len(train_examples))
-    dataset = ray.data.from_arrow(pa.table(train_examples.take(order).to_columns()))
+    # Re-shuffled every epoch with a seed derived from config.seed, as the two-tower run does.
+    shuffle = ray.data.RandomSeedConfig(seed=config.seed, reseed_after_execution=True)
+    dataset = ray.data.from_arrow(pa.table(train_examples.to_columns())).random_shuffle(seed=shuffle)
+    manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
+    rank_key = json.dumps({"rank": config.rank.model_dump(mode="json"), "model": manifest["model_version"]})
+    name = f"{name}-{run_key(config, hashlib.sha256(rank_key.encode()).hexdigest())}"
     storage = io.absolute(config.train.storage_path or config.stage_dir("train"))
     storage_fs, storage_path = io.resolve(storage)
     io.makedirs(storage)
