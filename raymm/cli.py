@@ -337,36 +337,74 @@ def _run_ablation(args: argparse.Namespace, config: RaymmConfig, data: str, feat
 
 
 def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
+    """synth -> validate -> extract -> train (two towers, then the ranker) -> ablation report."""
     from raymm.data.synth import synthesize
     from raymm.data.validate import validate_dataset
+    from raymm.eval.report import ablation, headline_variant, orderings_line, report_table
     from raymm.features.pipeline import extract
+    from raymm.train.rank_trainer import train_ranker
+    from raymm.train.trainer import train
 
     if args.out:
         config.out = args.out
-    data = config.stage_dir("data")
-    features = config.stage_dir("features")
+    data, features = config.stage_dir("data"), config.stage_dir("features")
+    model, report_dir = config.stage_dir("model"), config.stage_dir("report")
+    cfg = config.train
     plan = Plan("quickstart")
     plan.add(f"synthesize '{config.synth.size}' benchmark", data)
     plan.add("validate it", data)
     _plan_extract(plan, config, data, features, incremental=False)
+    plan.add(
+        f"Ray Train the two towers ({config.model.align.method} + {config.model.fusion.method}, "
+        f"{cfg.num_workers} worker(s), up to {cfg.epochs} epochs)",
+        model,
+    )
+    plan.add(f"Ray Train the ranker (up to {config.rank.epochs} epochs)", f"{model}/ranker")
+    plan.add(f"ablation {config.evaluate.ablation} + the ranking stage", report_dir)
     if plan.dry_run(args, config):
         return EXIT_OK
     start = time.perf_counter()
     progress = not args.quiet
-    print(f"[1/3] synthesizing the '{config.synth.size}' benchmark into {data}", flush=True)
+    print(f"[1/6] synthesizing the '{config.synth.size}' benchmark into {data}", flush=True)
     manifest = synthesize(config.synth, data, seed=config.seed, progress=progress)
-    print(f"[2/3] validating {data}", flush=True)
+    print(f"[2/6] validating {data}", flush=True)
     report = validate_dataset(data, config.validate_, progress=progress)
-    print(f"[3/3] extracting features into {features} (Ray Data actor pools)", flush=True)
+    if not report.ok:
+        for problem in report.problems:
+            print(f"  problem: {problem}")
+        return EXIT_FINDINGS
+    print(f"[3/6] extracting features into {features} (Ray Data actor pools)", flush=True)
     extracted = extract(config, data, features, progress=progress)
+    print(f"[4/6] training the two towers into {model} (Ray Train)", flush=True)
+    trained = train(config, data, features, model)
+    print(f"[5/6] training the ranker into {model}/ranker (Ray Train)", flush=True)
+    ranked = train_ranker(config, data, features, model)
+    print(f"[6/6] ablation and ranking report into {report_dir}", flush=True)
+    say = None if args.quiet else (lambda message: print(f"[ablation] {message}", flush=True))
+    headline = headline_variant(config, config.evaluate.ablation)
+    document = ablation(
+        config,
+        data,
+        features,
+        report_dir,
+        progress=say,
+        trained_models={headline: model} if headline else None,
+        ranked_model=model,
+    )
     rows: list[tuple[str, Any]] = [("output root", config.out), ("dataset", data), ("features", features)]
     rows += _counts_rows(manifest)
-    rows.append(("validation problems", len(report.problems)))
     rows += _extract_rows(extracted)
+    best = trained.manifest["metrics"]["validation"]
+    rows += [
+        ("model", model),
+        ("two-tower best val_ndcg@20", f"{best.get('val_ndcg@20', float('nan')):.4f}"),
+        ("ranker val auc", f"{ranked.metrics['validation']['auc']:.4f}"),
+        ("report", document["report"]),
+    ]
     print_summary("quickstart", rows, time.perf_counter() - start)
-    for problem in report.problems:
-        print(f"  problem: {problem}")
-    return EXIT_OK if report.ok else EXIT_FINDINGS
+    print(report_table(document))
+    print(f"  orderings: {orderings_line(document['orderings'])}")
+    return EXIT_OK
 
 
 # --- argument parsing -----------------------------------------------------------------------

@@ -157,6 +157,9 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(1, gt=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    #: torch threads per worker; None: cpus_per_worker rounded down (at least 1). Set it above the
+    #: reservation when Ray Data tasks need the remaining CPUs only between epochs.
+    torch_threads: int | None = Field(None, gt=0)
     max_history: int = Field(20, gt=0)
     positive_events: list[str] = ["click", "like", "purchase", "play", "view"]
     modalities: list[Literal["text", "image", "audio"]] | None = None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from io import BytesIO
 from typing import Any
@@ -51,8 +51,6 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("f1", "F1"),
     ("coverage", "Coverage"),
 )
-#: "matches concat": within this relative distance below it.
-MATCH_TOLERANCE = 0.05
 #: "beats popularity by a wide margin" on cold-start items: at least this many times its value.
 WIDE_MARGIN = 2.0
 FULL = "all features"
@@ -203,10 +201,16 @@ def ablation(
     features_dir: str,
     out_dir: str,
     progress: Callable[[str], None] | None = None,
+    trained_models: Mapping[str, str] | None = None,
+    ranked_model: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every variant of ``config.evaluate.ablation`` on one split; write the report.
 
-    One Ray Train run per trained variant (and per re-trained missing-modality variant). Writes
+    One Ray Train run per trained variant (and per re-trained missing-modality variant), except
+    the variants ``trained_models`` maps to an artifact already trained with exactly that
+    variant's config (the quickstart passes the model ``raymm train`` just wrote): those are
+    evaluated as they are. ``ranked_model``, an artifact with a ranking stage, adds the ranker's
+    pointwise and retrieve-then-rank section (:mod:`raymm.eval.rank`) and its calibration plot. Writes
     ``out_dir/report.md``, ``out_dir/report.json`` and the PNG plots; returns the JSON document:
     ``{"created_at", "config", "ks", "k", "headline", "protocols", "skipped", "missing",
     "rows": [{"variant", "setting", "label", "metrics": {protocol: {...}}, ...}], "orderings",
@@ -227,6 +231,11 @@ def ablation(
     for variant in cfg.ablation:
         if variant == POPULARITY:
             rows.append(Row(variant, FULL, popularity_metrics(setup, ks)))
+            continue
+        reused = (trained_models or {}).get(variant)
+        if reused is not None:
+            say(f"evaluating {variant} as trained in {reused}")
+            rows.append(_model_row(variant, FULL, io.absolute(reused), setup, ks, None))
             continue
         say(f"training {variant}")
         model_dir, seconds = _train_variant(config, variant, data_dir, features_dir, out_dir, variant)
@@ -255,8 +264,16 @@ def ablation(
     }
     document["orderings"] = quality_orderings(document)
     document["plots"] = write_plots(document, out_dir)
+    markdown = render_markdown(document)
+    if ranked_model is not None:
+        from raymm.eval.rank import evaluate_rank, rank_markdown
+
+        say(f"evaluating the ranking stage of {ranked_model}")
+        document["rank"] = evaluate_rank(config, data_dir, features_dir, io.absolute(ranked_model), out_dir)
+        document["plots"].update(document["rank"]["plots"])
+        markdown = markdown.rstrip("\n") + "\n\n" + rank_markdown(document["rank"]).rstrip("\n") + "\n"
     document["report"] = io.join(out_dir, "report.md")
-    io.write_bytes(render_markdown(document).encode(), document["report"])
+    io.write_bytes(markdown.encode(), document["report"])
     io.write_json(document, io.join(out_dir, "report.json"))
     return document
 
@@ -376,8 +393,9 @@ def _missing_pair(
 def quality_orderings(document: dict[str, Any]) -> list[dict[str, Any]]:
     """The quality targets of design.md section 4 as checks on the report's rows, at K = ``document["k"]``.
 
-    Each ``{"name", "left", "right", "holds": bool | None, ...}``; None when not run. "Matches"
-    means within ``MATCH_TOLERANCE`` (relative) below; "wide margin" means ``WIDE_MARGIN`` times.
+    Each ``{"name", "left", "right", "holds": bool | None, ...}``; None when not run.
+    design.md's "matches concat" is read as the issue's "at least as good as" (no tolerance below
+    it); "wide margin" means ``WIDE_MARGIN`` times.
     """
     k, headline = document["k"], document["headline"]
     label = headline or "aligned+fused"
@@ -396,10 +414,10 @@ def quality_orderings(document: dict[str, Any]) -> list[dict[str, Any]]:
             k,
         ),
         _check(
-            f"{label} matches concat (within {MATCH_TOLERANCE:.0%}), all modalities, test",
+            f"{label} >= concat, all modalities, test",
             (label, _values(mine, "test", k)),
             ("concat", _values(concat, "test", k)),
-            lambda a, b: a >= (1 - MATCH_TOLERANCE) * b,
+            lambda a, b: a >= b,
             k,
         ),
         _check(
@@ -438,6 +456,33 @@ def _table(document: dict[str, Any], protocol: str, k: int) -> list[str]:
         cells = [f"{metrics[f'{name}@{k}']:.4f}" for name, _ in METRICS]
         lines.append("| " + " | ".join([row["label"], *cells]) + " |")
     return lines
+
+
+def report_table(document: dict[str, Any]) -> str:
+    """The ablation as a plain-text table for the terminal: Recall and NDCG at K per protocol.
+
+    With a ranking section, two more lines compare retrieval alone and retrieve-then-rank (test).
+    """
+    k, protocols = document["k"], document["protocols"]
+    width = max([len(row["label"]) for row in document["rows"]] + [len("retrieve-then-rank (test)")])
+    columns = [f"{p} {m}@{k}" for p in protocols for m in ("R", "NDCG")]
+    lines = [f"  {'variant':<{width}}  " + "  ".join(f"{c:>17}" for c in columns)]
+    for row in document["rows"]:
+        cells = []
+        for protocol in protocols:
+            metrics = row["metrics"].get(protocol)
+            for name in ("recall", "ndcg"):
+                cells.append(f"{metrics[f'{name}@{k}']:17.4f}" if metrics else f"{'-':>17}")
+        lines.append(f"  {row['label']:<{width}}  " + "  ".join(cells))
+    if "rank" in document and k in document["rank"]["ks"]:
+        listwise = document["rank"]["listwise"]
+        for label, key in (
+            ("retrieval (test)", "retrieval"),
+            ("retrieve-then-rank (test)", "retrieve_then_rank"),
+        ):
+            cells = [f"{listwise[key][f'{name}@{k}']:17.4f}" for name in ("recall", "ndcg")]
+            lines.append(f"  {label:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
 
 
 def render_markdown(document: dict[str, Any]) -> str:
@@ -562,8 +607,8 @@ def _plot_fusion_weights(document: dict[str, Any]) -> Any:
 
 
 def _plot_training_curves(document: dict[str, Any]) -> Any:
-    # Rows with train_s are the training runs; "same model" rows repeat another row's history.
-    rows = [r for r in document["rows"] if r["history"] and r["train_s"] is not None]
+    # "same model" rows repeat the history of the row they re-evaluate.
+    rows = [r for r in document["rows"] if r["history"] and "same model" not in r["setting"]]
     if not rows:
         return None
     import matplotlib.pyplot as plt

@@ -32,7 +32,7 @@ class NextItemObjective(nn.Module):
         super().__init__()
         self.model = model
         self.catalog = catalog
-        self.log_q = torch.from_numpy(log_q)
+        self.log_q = torch.tensor(log_q)  # a copy: Ray hands workers read-only arrays
         self.use_tags = use_tags
         self.n_tags = max(len(catalog.tag_names), 1)
         self.n_uniform = model.config.loss.mixed_negatives

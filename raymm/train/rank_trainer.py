@@ -170,7 +170,7 @@ def rank_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
+    torch.set_num_threads(config.train.torch_threads or max(1, int(config.train.cpus_per_worker)))
     setup = rank_setup(config, loop_config["data_dir"], loop_config["features_dir"], loop_config["model_dir"])
     ranker = build_ranker(config, setup, loop_config["context_stats"])
     objective = RankObjective(ranker, setup.inputs).to_device(device)

@@ -120,7 +120,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
+    torch.set_num_threads(config.train.torch_threads or max(1, int(config.train.cpus_per_worker)))
     prepared = prepare(config, loop_config["data_dir"], loop_config["features_dir"])
     model = build_model(prepared, config.seed)
     use_tags = prepared.model_config.align.method == "kg"
