@@ -78,6 +78,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     assert code == 0
     printed = capsys.readouterr().out
     assert "plan for `raymm quickstart`" in printed and f"{out}/data" in printed
+    assert f"{out}/model" in printed and f"{out}/report" in printed  # trains, then the ablation
     assert "size: tiny" in printed
     assert not out.exists()
 
