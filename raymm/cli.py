@@ -532,6 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, RaymmConfig], int] = args.handler
     try:
         config = load_config(args.config, _overrides(args))
+        if getattr(args, "quiet", False):
+            config.ray.log_to_driver = False
         return handler(args, config)
     except RaymmError as exc:
         print(f"raymm: error: {exc}", file=sys.stderr)

@@ -194,6 +194,9 @@ class RayConfig(StrictModel):
     address: str | None = None
     num_cpus: int | None = Field(None, gt=0)
     num_gpus: int | None = Field(None, ge=0)
+    #: Forward Ray workers' stdout/stderr (progress bars, worker logs) to the driver; ``--quiet``
+    #: turns it off. Worker errors still reach the driver in the exceptions Ray raises.
+    log_to_driver: bool = True
 
 
 class RaymmConfig(StrictModel):

@@ -21,7 +21,7 @@ def init_ray(config: RayConfig) -> None:
         return
     # Token auth prints a notice on every local start; it protects nothing on a private instance.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs: dict[str, object] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    kwargs: dict[str, object] = {"logging_level": logging.WARNING, "log_to_driver": config.log_to_driver}
     if config.address:
         ray.init(address=config.address, **kwargs)  # type: ignore[arg-type]
         return

@@ -174,3 +174,11 @@ def test_every_stage_has_a_dry_run(
     assert code == 0
     assert expected in capsys.readouterr().out
     assert not (tmp_path / "o").exists()
+
+
+def test_quiet_stops_forwarding_ray_worker_logs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--config", "configs/quickstart.yaml", "--out", str(tmp_path), "--dry-run"]
+    assert main(args) == 0
+    assert "log_to_driver: true" in capsys.readouterr().out
+    assert main([*args, "--quiet"]) == 0
+    assert "log_to_driver: false" in capsys.readouterr().out
