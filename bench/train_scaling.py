@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log(BENCH, f"Ray Train, {workers} worker(s) x {cpus} CPU")
             config = base.model_copy(deep=True)
             config.train.num_workers, config.train.cpus_per_worker = workers, cpus
+            config.train.torch_threads = 1  # one thread per worker, as the docstring says
             runs[name] = ray_run(config, data, features, work, name)
         import ray
 

@@ -28,8 +28,8 @@ from raymm.config import RaymmConfig
 from raymm.data import io
 from raymm.data.dataset import load_dataset
 from raymm.eval.pointwise import calibration_curve, classification_metrics, plot_calibration
-from raymm.models.artifact import read_manifest
-from raymm.models.ranker import RANKER_DIR, Ranker
+from raymm.models.artifact import RANKER_DIR, read_manifest
+from raymm.models.ranker import Ranker
 from raymm.models.towers import TwoTower
 from raymm.train.data import eval_users
 from raymm.train.rank_data import LOGGED

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ ARTIFACT_FORMAT = "raymm.model"
 ARTIFACT_VERSION = 1
 MANIFEST = "manifest.json"
 ITEM_VECTORS = "item_vectors.parquet"
+#: The ranking stage's sub-directory (written by :mod:`raymm.models.ranker`).
+RANKER_DIR = "ranker"
 
 
 @dataclass
@@ -61,8 +64,13 @@ def write_artifact(
     metrics: dict[str, Any],
     data_fingerprint: str,
 ) -> dict[str, Any]:
-    """Write the artifact directory; returns the manifest. ``item_vectors`` (N, E) float32."""
+    """Write the artifact directory; returns the manifest. ``item_vectors`` (N, E) float32.
+
+    A ranker left in ``directory`` by an earlier model is removed: it was fitted on that model's
+    vectors and would not fit these.
+    """
     path = Path(directory)
+    shutil.rmtree(path / RANKER_DIR, ignore_errors=True)
     model.save_pretrained(path)
     vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])

@@ -55,7 +55,6 @@ from raymm.models.layers import linear
 
 RANKER_FORMAT = "raymm.ranker"
 RANKER_VERSION = 1
-RANKER_DIR = "ranker"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 ITEM_INPUTS_FILE = "items.safetensors"

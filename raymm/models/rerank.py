@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raymm.models.artifact import load_artifact
+from raymm.models.artifact import RANKER_DIR, load_artifact
 from raymm.models.errors import ModelLoadError
-from raymm.models.ranker import RANKER_DIR, Ranker, read_item_inputs
+from raymm.models.ranker import Ranker, read_item_inputs
 
 
 class Reranker:

@@ -38,9 +38,9 @@ from raymm.data.dataset import load_dataset
 from raymm.errors import DataError
 from raymm.eval.pointwise import best_threshold, classification_metrics, roc_auc
 from raymm.features.pipeline import load_features
-from raymm.models.artifact import load_artifact, record_stage
+from raymm.models.artifact import RANKER_DIR, load_artifact, record_stage
 from raymm.models.errors import ModelLoadError
-from raymm.models.ranker import RANKER_DIR, Ranker, RankerInputs, write_item_inputs
+from raymm.models.ranker import Ranker, RankerInputs, write_item_inputs
 from raymm.models.towers import TwoTower
 from raymm.train.data import Catalog, build_catalog, eval_users
 from raymm.train.loop import user_vectors

@@ -17,9 +17,9 @@ import pytest
 from raymm.cli import main
 from raymm.config import RaymmConfig
 from raymm.eval.rank import rank_markdown
-from raymm.models.artifact import MANIFEST, read_manifest
+from raymm.models.artifact import MANIFEST, RANKER_DIR, load_artifact, read_manifest, write_artifact
 from raymm.models.errors import ModelLoadError
-from raymm.models.ranker import CONFIG_FILE, RANKER_DIR
+from raymm.models.ranker import CONFIG_FILE
 from raymm.models.rerank import Reranker
 from raymm.train.rank_data import HARD, LOGGED, UNIFORM
 from raymm.train.rank_trainer import rank_setup, split_examples, train_ranker
@@ -147,3 +147,22 @@ def test_a_killed_ranker_worker_resumes_from_the_last_checkpoint(
     assert result.history[0]["resumed_from_epoch"] == -1
     assert result.history[-1]["resumed_from_epoch"] == 0
     assert "rank" in json.loads((tmp_path / "model" / MANIFEST).read_text())["stages"]
+
+
+def test_writing_a_new_two_tower_model_removes_the_old_ranker(ranked: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(ranked, copy)
+    artifact = load_artifact(copy)
+    assert (copy / RANKER_DIR).is_dir()
+    vectors = np.stack(artifact.item_vectors.column("vector").to_numpy(zero_copy_only=False))
+    manifest = write_artifact(
+        copy,
+        artifact.model,
+        np.asarray(artifact.item_vectors.column("item_id").to_pylist()),
+        vectors,
+        config=artifact.manifest["config"],
+        metrics={},
+        data_fingerprint=artifact.manifest["data_fingerprint"],
+    )
+    assert not (copy / RANKER_DIR).exists()  # fitted on the old vectors: it would not fit these
+    assert set(manifest["stages"]) == {"retrieval"}
