@@ -53,7 +53,13 @@ from raymm.train.rank_loop import (
     predict,
     retrieve_then_rank,
 )
-from raymm.train.trainer import CHECKPOINT_FILE, TrainingError, maybe_inject_failure, run_key
+from raymm.train.trainer import (
+    CHECKPOINT_FILE,
+    TrainingError,
+    maybe_inject_failure,
+    run_key,
+    shuffled_examples,
+)
 
 #: Candidate weights of the retriever's logit in the ranker's score, tried on validation. Large
 #: weights tend to retrieval alone; on the quickstart data validation NDCG@20 peaked at 3.
@@ -299,9 +305,7 @@ def train_ranker(
         raise TrainingError(f"no positive ranking examples in the training split of {data_dir}")
     stats_ranker = build_ranker(config, setup).fit_context(context_matrix(train_examples))
     context_stats = {"mean": stats_ranker.context_mean.tolist(), "scale": stats_ranker.context_scale.tolist()}
-    # Re-shuffled every epoch with a seed derived from config.seed, as the two-tower run does.
-    shuffle = ray.data.RandomSeedConfig(seed=config.seed, reseed_after_execution=True)
-    dataset = ray.data.from_arrow(pa.table(train_examples.to_columns())).random_shuffle(seed=shuffle)
+    dataset = shuffled_examples(pa.table(train_examples.to_columns()), config.seed)
     manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
     rank_key = json.dumps({"rank": config.rank.model_dump(mode="json"), "model": manifest["model_version"]})
     name = f"{name}-{run_key(config, hashlib.sha256(rank_key.encode()).hexdigest())}"
