@@ -93,7 +93,6 @@ def build_model(prepared: Prepared, seed: int) -> TwoTower:
 
 
 def _examples_dataset(config: RaymmConfig, prepared: Prepared, data_dir: str) -> tuple[Any, np.ndarray]:
-
     train = load_dataset(data_dir, tables=()).interactions("train")
     examples = build_examples(train, prepared.catalog, config.train.positive_events, config.train.max_history)
     if len(examples) == 0:

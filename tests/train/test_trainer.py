@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from raymm.config import RaymmConfig
 from raymm.data.dataset import load_dataset
 from raymm.models.artifact import MANIFEST, load_artifact
 from raymm.models.errors import ModelLoadError
-from raymm.train.data import build_examples
-from raymm.train.trainer import INJECTED_FAILURE_MARKER, prepare, train
+from raymm.train.data import build_examples, target_log_q
+from raymm.train.loop import NextItemObjective
+from raymm.train.trainer import INJECTED_FAILURE_MARKER, build_model, prepare, train
 from tests.fixtures import facet_dataset, small_model_config
 
 
@@ -103,3 +105,26 @@ def test_two_workers_train_with_gloo_on_cpu(
     result = train(config, str(data), str(features), str(tmp_path / "model"))
     assert [row["epoch"] for row in result.history] == [0, 1]
     assert load_artifact(tmp_path / "model").item_vectors.num_rows == 240
+
+
+def test_mixed_negatives_are_drawn_into_the_loss(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    """With loss.mixed_negatives = K the objective scores K uniform catalog items as extra negatives."""
+    data, features = dataset
+    losses = {}
+    for k in (0, 64):
+        config = _config(tmp_path, f"model.loss.mixed_negatives={k}")
+        prepared = prepare(config, str(data), str(features))
+        train_table = load_dataset(str(data), tables=()).interactions("train")
+        examples = build_examples(
+            train_table, prepared.catalog, config.train.positive_events, config.train.max_history
+        )
+        log_q = target_log_q(examples, prepared.catalog.n_items)
+        objective = NextItemObjective(build_model(prepared, config.seed), prepared.catalog, log_q, False)
+        torch.manual_seed(0)
+        batch = slice(0, 32)
+        losses[k] = objective(
+            torch.from_numpy(examples.history[batch]), torch.from_numpy(examples.target[batch])
+        )
+    assert torch.isfinite(losses[64].rec)
+    # 32 in-batch candidates vs 32 + 64: the softmax has more negatives to push down
+    assert float(losses[64].rec) > float(losses[0].rec)
