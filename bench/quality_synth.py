@@ -12,8 +12,7 @@ extracted when absent), variants :data:`VARIANTS`, ``missing_modality=image`` at
 ``concat`` and ``contrastive+gated`` re-trained on the degraded features. The report (report.md,
 report.json, plots, model artifacts) goes to ``--report`` (default ``out/quality_synth``); the
 headline numbers to ``bench/results/quality_synth.json`` and one JSON line on stdout.
-The committed result ran six variants (text, image, audio, concat, contrastive+gated,
-popularity) plus the two re-trained ones in 7 minutes on 2 CPUs; all nine, an estimated 11.
+The nine default variants plus the two re-trained ones took 8.7 minutes on 2 CPUs.
 
     .venv/bin/python bench/quality_synth.py [--epochs 4] [--variants text,concat,...] [--report DIR]
 """
