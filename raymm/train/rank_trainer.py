@@ -56,6 +56,7 @@ from raymm.train.rank_loop import (
 from raymm.train.trainer import (
     CHECKPOINT_FILE,
     TrainingError,
+    fit_run,
     maybe_inject_failure,
     run_key,
     shuffled_examples,
@@ -288,9 +289,6 @@ def train_ranker(
     Raises :class:`TrainingError` if the run fails beyond ``train.max_failures`` restarts,
     :class:`~raymm.models.errors.ModelLoadError` for a missing or mismatched artifact.
     """
-    import ray.data
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     from raymm.runtime import init_ray
 
@@ -308,43 +306,15 @@ def train_ranker(
     dataset = shuffled_examples(pa.table(train_examples.to_columns()), config.seed)
     manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
     rank_key = json.dumps({"rank": config.rank.model_dump(mode="json"), "model": manifest["model_version"]})
-    name = f"{name}-{run_key(config, hashlib.sha256(rank_key.encode()).hexdigest())}"
-    storage = io.absolute(config.train.storage_path or config.stage_dir("train"))
-    storage_fs, storage_path = io.resolve(storage)
-    io.makedirs(storage)
-    trainer = TorchTrainer(
-        rank_loop_per_worker,
-        train_loop_config={
-            "config": config.model_dump(mode="json", by_alias=True),
-            "data_dir": data_dir,
-            "features_dir": features_dir,
-            "model_dir": model_dir,
-            "context_stats": context_stats,
-            "validation": vars(validation),
-            "storage": io.join(storage, name),
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.train.num_workers,
-            use_gpu=config.train.use_gpu,
-            resources_per_worker={"CPU": config.train.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-        datasets={"train": dataset},
-    )
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors in its own types; surface one clear error
-        raise TrainingError(f"ranker training run {name!r} failed: {exc}") from exc
-    if result.checkpoint is None:
-        raise TrainingError(f"ranker training run {name!r} produced no checkpoint")
-    with result.checkpoint.as_directory() as directory:
-        saved = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    run = f"{name}-{run_key(config, hashlib.sha256(rank_key.encode()).hexdigest())}"
+    loop_config = {
+        "data_dir": data_dir,
+        "features_dir": features_dir,
+        "model_dir": model_dir,
+        "context_stats": context_stats,
+        "validation": vars(validation),
+    }
+    saved = fit_run(rank_loop_per_worker, loop_config, config, run, dataset, "ranker training run")
     ranker = build_ranker(config, setup, context_stats)
     ranker.load_state_dict(saved["state"]["best_model"] or saved["model"])
     ranker.retrieval_temperature = float(setup.two_tower.temperature)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,9 +283,6 @@ def train(
     Checkpoints go to ``<train.storage_path>/<name>-<run_key>`` (see :func:`run_key`).
     Raises :class:`TrainingError` if the run fails beyond ``train.max_failures`` restarts.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from raymm.runtime import init_ray
 
     started = time.perf_counter()
@@ -292,41 +290,9 @@ def train(
     init_ray(config.ray)
     prepared = prepare(config, data_dir, features_dir)
     examples, log_q = _examples_dataset(config, prepared, data_dir)
-    name = f"{name}-{run_key(config, prepared.fingerprint)}"
-    storage = io.absolute(config.train.storage_path or config.stage_dir("train"))
-    storage_fs, storage_path = io.resolve(storage)
-    io.makedirs(storage)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": config.model_dump(mode="json", by_alias=True),
-            "data_dir": data_dir,
-            "features_dir": features_dir,
-            "log_q": log_q,
-            "storage": io.join(storage, name),
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.train.num_workers,
-            use_gpu=config.train.use_gpu,
-            resources_per_worker={"CPU": config.train.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-        datasets={"train": examples},
-    )
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors in its own types; surface one clear error
-        raise TrainingError(f"training run {name!r} failed: {exc}") from exc
-    if result.checkpoint is None:
-        raise TrainingError(f"training run {name!r} produced no checkpoint")
-    with result.checkpoint.as_directory() as directory:
-        saved = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    loop_config = {"data_dir": data_dir, "features_dir": features_dir, "log_q": log_q}
+    run = f"{name}-{run_key(config, prepared.fingerprint)}"
+    saved = fit_run(train_loop_per_worker, loop_config, config, run, examples, "training run")
     model = TwoTower(prepared.model_config, prepared.catalog.dims)
     model.load_state_dict(saved["state"]["best_model"] or saved["model"])
     vectors = catalog_vectors(model, prepared.catalog).numpy()
@@ -344,3 +310,59 @@ def train(
         data_fingerprint=prepared.fingerprint,
     )
     return TrainResult(out, manifest, history, time.perf_counter() - started)
+
+
+def fit_run(
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    config: RaymmConfig,
+    name: str,
+    dataset: Any,
+    what: str,
+) -> dict[str, Any]:
+    """Run ``loop`` with Ray Train as run ``name`` under ``train.storage_path``; return its last checkpoint.
+
+    The run's scaling (``train.num_workers``, ``use_gpu``, ``cpus_per_worker``), failure handling
+    (``max_failures``) and checkpoint retention are the same for every stage. ``loop_config`` gains
+    ``config`` (the whole config, as JSON) and ``storage`` (the run's directory). ``dataset`` is
+    sharded to the workers as ``"train"``. Raises :class:`TrainingError` naming ``what`` if the run
+    fails beyond its restarts or leaves no checkpoint.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    storage = io.absolute(config.train.storage_path or config.stage_dir("train"))
+    storage_fs, storage_path = io.resolve(storage)
+    io.makedirs(storage)
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={
+            **loop_config,
+            "config": config.model_dump(mode="json", by_alias=True),
+            "storage": io.join(storage, name),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.train.num_workers,
+            use_gpu=config.train.use_gpu,
+            resources_per_worker={"CPU": config.train.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": dataset},
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors in its own types; surface one clear error
+        raise TrainingError(f"{what} {name!r} failed: {exc}") from exc
+    if result.checkpoint is None:
+        raise TrainingError(f"{what} {name!r} produced no checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        saved: dict[str, Any] = torch.load(
+            Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False
+        )
+    return saved
