@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +57,7 @@ from raymm.train.trainer import (
     TrainingError,
     fit_run,
     maybe_inject_failure,
+    report_epoch,
     run_key,
     shuffled_examples,
 )
@@ -257,15 +257,7 @@ def rank_loop_per_worker(loop_config: dict[str, Any]) -> None:
             **scores,
         }
         state["history"].append({k: float(v) for k, v in metrics.items()})
-        with tempfile.TemporaryDirectory() as directory:
-            report_checkpoint = None
-            if rank == 0:
-                torch.save(
-                    {"model": ranker.state_dict(), "optimizer": optimizer.state_dict(), "state": state},
-                    Path(directory) / CHECKPOINT_FILE,
-                )
-                report_checkpoint = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(metrics, checkpoint=report_checkpoint)
+        report_epoch(metrics, ranker, optimizer, state, rank)
         if state["bad_epochs"] >= config.rank.patience:
             break
 

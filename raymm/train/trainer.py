@@ -212,17 +212,34 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             **{f"val_{k}": v for k, v in validation.items()},
         }
         state["history"].append({k: float(v) for k, v in metrics.items()})
-        with tempfile.TemporaryDirectory() as directory:
-            report_checkpoint = None
-            if rank == 0:
-                torch.save(
-                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state},
-                    Path(directory) / CHECKPOINT_FILE,
-                )
-                report_checkpoint = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(metrics, checkpoint=report_checkpoint)
+        report_epoch(metrics, model, optimizer, state, rank)
         if state["bad_epochs"] >= config.train.patience:
             break
+
+
+def report_epoch(
+    metrics: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    rank: int,
+) -> None:
+    """Report one epoch's metrics from every rank; rank 0 attaches the checkpoint.
+
+    The checkpoint (:data:`CHECKPOINT_FILE`) holds model, optimizer and loop state (epoch,
+    early-stopping counters, best weights, history), everything a restarted worker resumes from.
+    """
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            torch.save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state},
+                Path(directory) / CHECKPOINT_FILE,
+            )
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def maybe_inject_failure(config: RaymmConfig, storage: str, step: int, rank: int) -> None:
