@@ -255,7 +255,7 @@ def cmd_evaluate(args: argparse.Namespace, config: RaymmConfig) -> int:
 
     model = args.model or config.stage_dir("model")
     plan = Plan("evaluate")
-    plan.add(f"rank {model} and popularity at K={config.evaluate.ks}: test, cold-start", model)
+    plan.add(f"rank {model}, popularity and content at K={config.evaluate.ks}: test, cold-start", model)
     if args.out:
         plan.add("write evaluation.json", args.out)
     if plan.dry_run(args, config):
@@ -276,11 +276,13 @@ def cmd_evaluate(args: argparse.Namespace, config: RaymmConfig) -> int:
     for protocol, about in result["protocols"].items():
         model_metrics = result["model"]["metrics"][protocol]
         popularity = result["popularity"]["metrics"][protocol]
+        content = result["content"]["metrics"][protocol]
         rows.append((f"{protocol} users / candidates", f"{about['users']:,} / {about['candidates']:,}"))
         rows += [
             (
                 f"{protocol} {name}@{k}",
-                f"model {model_metrics[f'{name}@{k}']:.4f}   popularity {popularity[f'{name}@{k}']:.4f}",
+                f"model {model_metrics[f'{name}@{k}']:.4f}   popularity {popularity[f'{name}@{k}']:.4f}   "
+                f"content {content[f'{name}@{k}']:.4f}",
             )
             for name in ("recall", "ndcg")
         ]
@@ -308,15 +310,16 @@ def cmd_evaluate(args: argparse.Namespace, config: RaymmConfig) -> int:
 
 
 def _run_ablation(args: argparse.Namespace, config: RaymmConfig, data: str, features: str) -> int:
-    from raymm.eval.report import ablation, orderings_line, variant_overrides
+    from raymm.eval.report import orderings_line
+    from raymm.workflows.ablation import ablation, variant
 
     out = args.out or config.stage_dir("report")
     cfg = config.evaluate
     plan = Plan("evaluate --ablation")
-    for variant in cfg.ablation:
-        overrides = variant_overrides(variant)
-        what = "popularity baseline (no training)" if not overrides else f"Ray Train {variant}"
-        plan.add(what, f"{out}/models/{variant}" if overrides else out)
+    for name in cfg.ablation:
+        entry = variant(name)
+        what = f"Ray Train {name}" if entry.trained else f"{name} baseline (no training)"
+        plan.add(what, f"{out}/models/{name}" if entry.trained else out)
     if cfg.missing_modality is not None:
         plan.add(f"hide {cfg.missing_rate:.0%} of {cfg.missing_modality} rows in a features copy", out)
         plan.add(f"re-evaluate every variant, re-train {cfg.missing_retrain}", f"{out}/models")
@@ -338,12 +341,8 @@ def _run_ablation(args: argparse.Namespace, config: RaymmConfig, data: str, feat
 
 def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
     """synth -> validate -> extract -> train (two towers, then the ranker) -> ablation report."""
-    from raymm.data.synth import synthesize
-    from raymm.data.validate import validate_dataset
-    from raymm.eval.report import ablation, headline_variant, orderings_line, report_table
-    from raymm.features.pipeline import extract
-    from raymm.train.rank_trainer import train_ranker
-    from raymm.train.trainer import train
+    from raymm.eval.report import orderings_line, report_table
+    from raymm.workflows.quickstart import STAGES, quickstart
 
     if args.out:
         config.out = args.out
@@ -363,45 +362,29 @@ def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
     plan.add(f"ablation {config.evaluate.ablation} + the ranking stage", report_dir)
     if plan.dry_run(args, config):
         return EXIT_OK
-    start = time.perf_counter()
-    progress = not args.quiet
-    print(f"[1/6] synthesizing the '{config.synth.size}' benchmark into {data}", flush=True)
-    manifest = synthesize(config.synth, data, seed=config.seed, progress=progress)
-    print(f"[2/6] validating {data}", flush=True)
-    report = validate_dataset(data, config.validate_, progress=progress)
-    if not report.ok:
-        for problem in report.problems:
+
+    def stage(index: int, message: str) -> None:
+        print(f"[{index + 1}/{len(STAGES)}] {message}", flush=True)
+
+    say = None if args.quiet else (lambda message: print(f"[ablation] {message}", flush=True))
+    result = quickstart(config, progress=not args.quiet, stage=stage, say=say)
+    if result.report is None:
+        for problem in result.problems:
             print(f"  problem: {problem}")
         return EXIT_FINDINGS
-    print(f"[3/6] extracting features into {features} (Ray Data actor pools)", flush=True)
-    extracted = extract(config, data, features, progress=progress)
-    print(f"[4/6] training the two towers into {model} (Ray Train)", flush=True)
-    trained = train(config, data, features, model)
-    print(f"[5/6] training the ranker into {model}/ranker (Ray Train)", flush=True)
-    ranked = train_ranker(config, data, features, model)
-    print(f"[6/6] ablation and ranking report into {report_dir}", flush=True)
-    say = None if args.quiet else (lambda message: print(f"[ablation] {message}", flush=True))
-    headline = headline_variant(config, config.evaluate.ablation)
-    document = ablation(
-        config,
-        data,
-        features,
-        report_dir,
-        progress=say,
-        trained_models={headline: model} if headline else None,
-        ranked_model=model,
-    )
+    document = result.report
     rows: list[tuple[str, Any]] = [("output root", config.out), ("dataset", data), ("features", features)]
-    rows += _counts_rows(manifest)
-    rows += _extract_rows(extracted)
-    best = trained.manifest["metrics"]["validation"]
+    rows += _counts_rows(result.dataset)
+    rows += _extract_rows(result.extracted)
+    best = result.trained.manifest["metrics"]["validation"]
     rows += [
         ("model", model),
         ("two-tower best val_ndcg@20", f"{best.get('val_ndcg@20', float('nan')):.4f}"),
-        ("ranker val auc", f"{ranked.metrics['validation']['auc']:.4f}"),
+        ("fallback shrinkage", result.trained.manifest["metrics"]["fallback_shrinkage"]),
+        ("ranker val auc", f"{result.ranked.metrics['validation']['auc']:.4f}"),
         ("report", document["report"]),
     ]
-    print_summary("quickstart", rows, time.perf_counter() - start)
+    print_summary("quickstart", rows, result.elapsed_s)
     print(report_table(document))
     print(f"  orderings: {orderings_line(document['orderings'])}")
     return EXIT_OK

@@ -17,6 +17,8 @@ from raymm.errors import ConfigError
 from raymm.models.config import ModelConfig, RankerConfig
 
 SizeName = Literal["tiny", "small", "large"]
+#: Metrics early stopping can follow (computed by raymm.eval.metrics at every K of evaluate.ks).
+VALIDATION_METRICS: tuple[str, ...] = ("recall", "ndcg", "hit_rate", "mrr", "precision", "f1", "coverage")
 
 
 class StrictModel(BaseModel):
@@ -146,8 +148,9 @@ class TrainConfig(StrictModel):
     """``raymm train``: the Ray Train run (workers, epochs, checkpoints, failure handling).
 
     ``storage_path`` (default ``<out>/train``) holds checkpoints, a local path or any pyarrow
-    filesystem URI reachable from every worker. ``fail_at_step`` injects one worker failure at
-    that global step (fault-tolerance tests); never set it in production.
+    filesystem URI reachable from every worker. What a user is (history window, events that
+    count) is the model's ``model.user_state``. ``val_metric`` is ``<metric>@<K>`` with K one of
+    ``evaluate.ks``.
     """
 
     epochs: int = Field(8, gt=0)
@@ -160,16 +163,12 @@ class TrainConfig(StrictModel):
     #: torch threads per worker; None: cpus_per_worker rounded down (at least 1). Set it above the
     #: reservation when Ray Data tasks need the remaining CPUs only between epochs.
     torch_threads: int | None = Field(None, gt=0)
-    max_history: int = Field(20, gt=0)
-    positive_events: list[str] = ["click", "like", "purchase", "play", "view"]
     modalities: list[Literal["text", "image", "audio"]] | None = None
     item_id_embeddings: bool = True
     patience: int = Field(2, gt=0)
     val_metric: str = "ndcg@20"
     max_failures: int = Field(2, ge=0)
     storage_path: str | None = None
-    max_steps_per_epoch: int | None = Field(None, gt=0)
-    fail_at_step: int | None = Field(None, ge=0)
 
 
 class EvaluateConfig(StrictModel):
@@ -213,6 +212,26 @@ class RaymmConfig(StrictModel):
     rank: RankerConfig = Field(default_factory=RankerConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _cross_section_checks(self) -> RaymmConfig:
+        name, _, k = self.train.val_metric.partition("@")
+        if name not in VALIDATION_METRICS or not k.isdigit() or int(k) not in self.evaluate.ks:
+            raise ValueError(
+                f"train.val_metric {self.train.val_metric!r} must be <metric>@<K> with metric in "
+                f"{'|'.join(VALIDATION_METRICS)} and K in evaluate.ks {self.evaluate.ks}"
+            )
+        events = set(self.model.user_state.events)
+        unknown = sorted(set(self.rank.event_weights) - events - set(self.rank.negative_events))
+        if unknown:
+            raise ValueError(
+                f"rank.event_weights names {unknown}, which are neither model.user_state.events nor "
+                "rank.negative_events"
+            )
+        both = sorted(events & set(self.rank.negative_events))
+        if both:
+            raise ValueError(f"events {both} are both model.user_state.events and rank.negative_events")
+        return self
 
     def stage_dir(self, stage: str) -> str:
         """Where ``stage`` (data, features, model, ...) reads and writes under ``out``."""

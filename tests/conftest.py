@@ -5,11 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+
+from raymm.config import RaymmConfig
 
 # No test may reach a model hub: models come from PyPI packages or are built by the test.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,6 +81,13 @@ def interactions() -> pa.Table:
     return make_interactions()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the session's Ray instance, directly or through a fixture."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray instance (2 CPUs) shared by every test that needs Ray."""
@@ -87,3 +99,58 @@ def ray_session() -> Iterator[None]:
     init_ray(RayConfig(num_cpus=2))
     yield
     ray.shutdown()
+
+
+# --- one dataset and one trained model per test session ------------------------------------------
+
+#: Ranker settings small enough for the tiny facet dataset.
+RANK_OVERRIDES = ("rank.epochs=3", "rank.batch_size=256", "rank.hidden_dims=[64]", "rank.retriever_top_n=60")
+
+
+@dataclass
+class Trained:
+    """The session's facet dataset, its config, a two-tower artifact and a copy with a ranker."""
+
+    root: Path
+    data: Path
+    features: Path
+    config: RaymmConfig
+    model: Path
+    ranked: Path
+
+
+def shared_config(out: Path, *overrides: str) -> RaymmConfig:
+    """The config the session's model was trained with (``out`` for its outputs), plus ``overrides``."""
+    from tests.fixtures import small_model_config
+
+    return small_model_config(
+        out, "train.epochs=3", "train.patience=5", "evaluate.ks=[5,10,20]", *RANK_OVERRIDES, *overrides
+    )
+
+
+@pytest.fixture(scope="session")
+def facet_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny synthetic dataset and facet features (:func:`tests.fixtures.facet_dataset`)."""
+    from tests.fixtures import facet_dataset
+
+    return facet_dataset(tmp_path_factory.mktemp("facets"))
+
+
+@pytest.fixture(scope="session")
+def trained(
+    facet_data: tuple[Path, Path], ray_session: None, tmp_path_factory: pytest.TempPathFactory
+) -> Trained:
+    """One two-tower artifact (3 epochs) and one copy with a ranker, shared by the whole session.
+
+    Tests that change an artifact copy it first.
+    """
+    from raymm.train.rank_trainer import train_ranker
+    from raymm.train.trainer import train
+
+    root = tmp_path_factory.mktemp("trained")
+    data, features = facet_data
+    config = shared_config(root)
+    train(config, str(data), str(features), str(root / "model"))
+    shutil.copytree(root / "model", root / "ranked")
+    train_ranker(config, str(data), str(features), str(root / "ranked"))
+    return Trained(root, data, features, config, root / "model", root / "ranked")

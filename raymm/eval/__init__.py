@@ -1,13 +1,4 @@
-"""Offline evaluation: full-ranking top-K metrics and baselines (``metrics``, plain NumPy/PyTorch),
-the test and cold-start protocols on a model artifact (``evaluate``), and the ablation report
-that trains each variant with Ray Train and writes it up (``report``).
-
-Only ``metrics`` is imported here: ``evaluate`` and ``report`` read the train stage, which itself
-imports ``metrics``.
+"""Offline evaluation: top-K metrics (``metrics``), the test and cold-start protocols over any
+scorer (``evaluate``), the ranking stage (``rank``, ``pointwise``) and the ablation report's
+rendering (``report``). Nothing here imports ``raymm.train``.
 """
-
-from __future__ import annotations
-
-from raymm.eval.metrics import DEFAULT_KS, ItemSets, popularity_scores, ranking_metrics
-
-__all__ = ["DEFAULT_KS", "ItemSets", "popularity_scores", "ranking_metrics"]

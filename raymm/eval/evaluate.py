@@ -1,7 +1,7 @@
-"""``raymm evaluate``: the offline protocols of design.md on one trained model artifact.
+"""``raymm evaluate``: the offline protocols of design.md, one evaluator over any list of scorers.
 
 Two protocols, each a set of users with held-out truth, a history and the items they may be
-recommended; the model and the popularity baseline are ranked on both:
+recommended:
 
 * ``test`` (temporal): users with positive events in the test split; their history and seen items
   come from train + validation (everything before the test period); full ranking over every
@@ -11,10 +11,12 @@ recommended; the model and the popularity baseline are ranked on both:
   from train + validation. Skipped, with the reason in ``skipped``, when the dataset has no cold
   items (imported datasets usually have none).
 
-The popularity baseline scores each item by its positive events in train + validation. Cold
-items have none by construction, so on the cold-start protocol it ranks them in a fixed random
-order (seeded by ``config.seed``): that is what popularity knows about new items, reported as is.
-Ties between equally popular warm items are broken by the same seeded order.
+:func:`evaluate_scorer` ranks one :class:`~raymm.recommend.scorers.Scorer` on a protocol, users
+in chunks, so no users x items matrix is ever built. :func:`evaluate` runs the artifact's
+recommender (two-tower with its popularity fallback for users with little history, as serving
+answers), the two-tower alone, retrieve-then-rank when the artifact has a ranker, and the
+popularity and content baselines. Popularity knows nothing of cold items (no events), so on the
+cold-start protocol it is a fixed seeded order: what popularity knows about new items.
 """
 
 from __future__ import annotations
@@ -30,14 +32,27 @@ import torch
 from raymm.config import RaymmConfig
 from raymm.data import io
 from raymm.data.dataset import Dataset, load_dataset
-from raymm.eval.metrics import ItemSets, popularity_scores, ranking_metrics
+from raymm.eval.metrics import RankingMetrics
 from raymm.features.pipeline import load_features
-from raymm.models.artifact import load_artifact
+from raymm.models.artifact import Artifact, load_artifact
+from raymm.models.config import UserStateConfig
 from raymm.models.towers import TwoTower
-from raymm.train.data import Catalog, EvalUsers, build_catalog, eval_users, positive_events
-from raymm.train.loop import catalog_vectors, evaluate_ranking, restrict, user_vectors
+from raymm.recommend.catalog import Catalog, build_catalog
+from raymm.recommend.history import EvalUsers, eval_users, held_out_recency
+from raymm.recommend.scorers import (
+    ContentScorer,
+    FallbackScorer,
+    FitContext,
+    PopularityScorer,
+    Scorer,
+    TwoTowerScorer,
+    choose_shrinkage,
+)
+from raymm.recommend.vectors import encode_catalog
 
 PROTOCOLS: tuple[str, ...] = ("test", "cold_start")
+#: Users ranked per call of a scorer: bounds memory at any user count.
+USER_CHUNK = 4096
 
 
 @dataclass
@@ -48,38 +63,47 @@ class Protocol:
     description: str
     users: EvalUsers
     candidates: np.ndarray | None  # catalog rows; None ranks the whole catalog
+    recency: np.ndarray | None = None  # (U,) raw log1p hours to the period's start
 
 
 @dataclass
 class EvalSetup:
-    """What every model evaluated on one (dataset, features) pair shares.
+    """What every scorer evaluated on one (dataset, features) pair shares.
 
-    ``catalog`` holds every modality of the features (a model sees its own subset);
-    ``popularity`` (N,) float32 scores, distinct per item (ties broken by the seeded order).
+    ``catalog`` holds every modality of the features (a model sees its own subset); ``context``
+    the interactions before the evaluated period (what baselines are fitted on); ``validation``
+    users of the validation split (history from train) for choices made on validation.
     """
 
     catalog: Catalog
     protocols: dict[str, Protocol]
     skipped: dict[str, str]
-    popularity: np.ndarray
+    context: FitContext
+    validation: EvalUsers
+    train_context: FitContext
 
 
 def eval_setup(config: RaymmConfig, data_dir: str, features_dir: str) -> EvalSetup:
-    """Load the dataset and features once and build both protocols' users and the popularity scores.
+    """Load the dataset and features once and build both protocols' users.
 
     Raises :class:`~raymm.errors.DataError` for a missing dataset, split or features directory.
     """
     dataset = load_dataset(data_dir, tables=("cold_items", "cold_start"))
     train = dataset.interactions("train")
-    context = pa.concat_tables([train, dataset.interactions("validation")])
+    validation = dataset.interactions("validation")
+    context = pa.concat_tables([train, validation])
     catalog = build_catalog(load_features(features_dir), dataset.items, train)
-    events, history = config.train.positive_events, config.train.max_history
+    spec: UserStateConfig = config.model.user_state
+    events, history = spec.events, spec.max_history
+    test = dataset.interactions("test")
+    test_users = eval_users(context, test, catalog, events, history)
     protocols = {
         "test": Protocol(
             "test",
             "temporal: test-period positives, full ranking, train+validation items excluded",
-            eval_users(context, dataset.interactions("test"), catalog, events, history),
+            test_users,
             None,
+            held_out_recency(context, test, test_users.user_ids),
         )
     }
     skipped: dict[str, str] = {}
@@ -87,14 +111,23 @@ def eval_setup(config: RaymmConfig, data_dir: str, features_dir: str) -> EvalSet
     if isinstance(cold, str):
         skipped["cold_start"] = cold
     else:
+        cold_events = dataset.interactions("cold_start")
+        cold_users = eval_users(context, cold_events, catalog, events, history)
         protocols["cold_start"] = Protocol(
             "cold_start",
             f"cold-start: positives on the {len(cold)} cold items, ranked among them only",
-            eval_users(context, dataset.interactions("cold_start"), catalog, events, history),
+            cold_users,
             cold,
+            held_out_recency(context, cold_events, cold_users.user_ids),
         )
-    popularity = popularity_ranking(popularity_counts(context, catalog, events), config.seed)
-    return EvalSetup(catalog, protocols, skipped, popularity)
+    return EvalSetup(
+        catalog,
+        protocols,
+        skipped,
+        FitContext(catalog, context, events, config.seed),
+        eval_users(train, validation, catalog, events, history),
+        FitContext(catalog, train, events, config.seed),
+    )
 
 
 def _cold_rows(dataset: Dataset, catalog: Catalog) -> np.ndarray | str:
@@ -108,127 +141,122 @@ def _cold_rows(dataset: Dataset, catalog: Catalog) -> np.ndarray | str:
     return rows
 
 
-def popularity_counts(context: pa.Table, catalog: Catalog, events: Sequence[str]) -> np.ndarray:
-    """(N,) positive events per catalog item in ``context`` (what the popularity baseline knows)."""
-    rows = catalog.positions(positive_events(context, events).column("item_id"))
-    return np.bincount(rows[rows >= 0], minlength=catalog.n_items)
+def evaluate_scorer(
+    scorer: Scorer,
+    users: EvalUsers,
+    ks: Sequence[int],
+    n_items: int,
+    candidates: np.ndarray | None = None,
+    recency: np.ndarray | None = None,
+    user_chunk: int = USER_CHUNK,
+) -> dict[str, float]:
+    """Ranking metrics (:class:`~raymm.eval.metrics.RankingMetrics`) of ``scorer`` on ``users``.
 
-
-def popularity_ranking(counts: np.ndarray, seed: int) -> np.ndarray:
-    """(N,) float32 popularity scores from (N,) counts, ties broken in a fixed order drawn from ``seed``.
-
-    The scores are the items' ranks (0 = least popular): every item has its own score, and items
-    with equal counts are ordered by ``np.random.default_rng(seed).permutation(N)``.
+    Users go to the scorer ``user_chunk`` at a time with their seen items excluded; with
+    ``candidates`` (catalog rows) only those may be recommended and the truth is restricted to
+    them. Memory is bounded by the chunk, whatever the user count.
     """
-    counts = popularity_scores(counts)
-    tie_break = np.random.default_rng(seed).permutation(counts.size)
-    order = np.lexsort((tie_break, counts))  # ascending by count, then by the seeded order
-    scores = np.empty(counts.size, dtype=np.float32)
-    scores[order] = np.arange(counts.size, dtype=np.float32)
-    return scores
+    truth = users.truth
+    position: np.ndarray | None = None
+    n_ranked = n_items
+    if candidates is not None:
+        truth = truth.restrict(candidates, n_items)
+        position = np.full(n_items, -1, dtype=np.int64)
+        position[candidates] = np.arange(len(candidates))
+        n_ranked = len(candidates)
+    metrics = RankingMetrics(ks, n_ranked)
+    depth = min(max(metrics.ks), n_ranked)
+    active = np.flatnonzero(truth.sizes > 0)
+    for start in range(0, active.size, user_chunk):
+        chunk = active[start : start + user_chunk]
+        top = scorer.recommend(
+            users.history[chunk],
+            depth,
+            exclude=users.seen.take(chunk),
+            candidates=candidates,
+            recency=None if recency is None else recency[chunk],
+        )
+        rows = top.rows
+        if position is not None:
+            rows = torch.where(rows >= 0, torch.from_numpy(position)[rows.clamp(min=0)], -1)
+        metrics.add(truth.take(chunk), rows)
+    return metrics.result()
 
 
-def _ranked_sets(protocol: Protocol, n_items: int) -> tuple[ItemSets, ItemSets]:
-    """(truth, seen) of a protocol, re-indexed onto its candidates when it has them."""
-    truth, seen = protocol.users.truth, protocol.users.seen
-    if protocol.candidates is None:
-        return truth, seen
-    return restrict(truth, protocol.candidates, n_items), restrict(seen, protocol.candidates, n_items)
-
-
-def popularity_metrics(setup: EvalSetup, ks: Sequence[int]) -> dict[str, dict[str, float]]:
-    """The popularity baseline's metrics on every protocol of ``setup``."""
-    results = {}
-    for name, protocol in setup.protocols.items():
-        truth, seen = _ranked_sets(protocol, setup.catalog.n_items)
-        scores = setup.popularity if protocol.candidates is None else setup.popularity[protocol.candidates]
-        results[name] = ranking_metrics(truth, scores=scores, seen=seen, ks=tuple(ks))
-    return results
-
-
-def model_catalog(model: TwoTower, catalog: Catalog) -> Catalog:
-    """The catalog as ``model`` reads it: its modalities, in its order."""
-    return catalog.subset(model.modalities)
-
-
-def model_metrics(model: TwoTower, setup: EvalSetup, ks: Sequence[int]) -> dict[str, dict[str, float]]:
-    """The model's metrics on every protocol of ``setup`` (via :func:`evaluate_ranking`)."""
-    catalog = model_catalog(model, setup.catalog)
+def protocol_metrics(scorer: Scorer, setup: EvalSetup, ks: Sequence[int]) -> dict[str, dict[str, float]]:
+    """``scorer``'s metrics on every protocol of ``setup``."""
     return {
-        name: evaluate_ranking(model, catalog, protocol.users, ks, candidates=protocol.candidates)
+        name: evaluate_scorer(
+            scorer, protocol.users, ks, setup.catalog.n_items, protocol.candidates, protocol.recency
+        )
         for name, protocol in setup.protocols.items()
     }
 
 
-@torch.no_grad()
-def mean_fusion_weights(model: TwoTower, catalog: Catalog, chunk: int = 4096) -> dict[str, float] | None:
-    """Mean fusion weight per modality over items with any modality present; None if the fusion has none.
+def validation_ndcg(scorer: Scorer, setup: EvalSetup, ks: Sequence[int]) -> float:
+    """NDCG at 20 (or the largest K) of ``scorer`` on the validation users (history from train)."""
+    k = 20 if 20 in ks else max(ks)
+    return evaluate_scorer(scorer, setup.validation, (k,), setup.catalog.n_items)[f"ndcg@{k}"]
 
-    Gated and attention fusion weigh modalities (weights sum to 1 over an item's present ones);
-    concat does not.
-    """
-    catalog = model_catalog(model, catalog)
-    was_training = model.training
-    model.eval()
-    totals, n_items = torch.zeros(len(model.modalities), dtype=torch.float64), 0
-    try:
-        for start in range(0, catalog.n_items, chunk):
-            rows = slice(start, start + chunk)
-            encoding = model.encode_items(
-                {m: v[rows] for m, v in catalog.features.items()},
-                {m: v[rows] for m, v in catalog.present.items()},
-                catalog.id_index[rows],
-            )
-            if encoding.fusion_weights is None:
-                return None
-            weights = encoding.fusion_weights.to(torch.float64)
-            any_present = weights.sum(dim=1) > 0
-            totals += weights[any_present].sum(dim=0)
-            n_items += int(any_present.sum())
-    finally:
-        model.train(was_training)
-    means = totals / max(n_items, 1)
+
+@torch.no_grad()
+def mean_fusion_weights(model: TwoTower, catalog: Catalog) -> dict[str, float] | None:
+    """Mean fusion weight per modality over items with any modality present; None if the fusion has none."""
+    weights = encode_catalog(model, catalog).fusion_weights
+    if weights is None:
+        return None
+    weights = weights.to(torch.float64)
+    any_present = weights.sum(dim=1) > 0
+    means = weights[any_present].sum(dim=0) / max(int(any_present.sum()), 1)
     return {m: float(means[k]) for k, m in enumerate(model.modalities)}
 
 
-def top_k_items(
-    model: TwoTower, catalog: Catalog, users: EvalUsers, k: int, candidates: np.ndarray | None = None
-) -> np.ndarray:
-    """(U, k) catalog rows each user is recommended, best first; their seen items are never among them.
+def served_scorer(artifact: Artifact, setup: EvalSetup, ks: Sequence[int]) -> tuple[FallbackScorer, float]:
+    """The artifact's recommender as serving answers: two-tower + popularity fallback.
 
-    ``catalog`` must hold the model's modalities; ``candidates`` (catalog rows) limits what may be
-    recommended. Slots beyond a user's unseen candidates hold -1.
+    The fallback's shrinkage is the one training chose on validation (recorded in the manifest);
+    an artifact without one gets it chosen here on the same validation users. Popularity is
+    fitted on ``setup``'s context (the interactions before the evaluated period).
     """
-    catalog = model_catalog(model, catalog)
-    items = catalog_vectors(model, catalog)
-    people = user_vectors(model, items, users.history)
-    rows = np.arange(catalog.n_items) if candidates is None else np.asarray(candidates, dtype=np.int64)
-    seen = restrict(users.seen, rows, catalog.n_items)
-    scores = people @ items[torch.as_tensor(rows)].T
-    owners = np.repeat(np.arange(seen.n_users), seen.sizes)
-    scores[torch.as_tensor(owners), torch.as_tensor(seen.indices)] = float("-inf")
-    top = torch.topk(scores, min(k, rows.size), dim=1)
-    ranked = np.where(top.values.numpy() > float("-inf"), rows[top.indices.numpy()], -1)
-    return np.pad(ranked, ((0, 0), (0, k - ranked.shape[1])), constant_values=-1)
+    two_tower = TwoTowerScorer(artifact.model, setup.catalog.subset(artifact.model.modalities))
+    popularity = PopularityScorer().fit(setup.context)
+    shrinkage = artifact.manifest.get("metrics", {}).get("fallback_shrinkage")
+    if shrinkage is None:
+        train_popularity = PopularityScorer().fit(setup.train_context)
+        shrinkage, _ = choose_shrinkage(
+            lambda scorer: validation_ndcg(scorer, setup, ks), two_tower, train_popularity
+        )
+    return FallbackScorer(two_tower, popularity, float(shrinkage)), float(shrinkage)
 
 
 def evaluate_model(model_dir: str, setup: EvalSetup, ks: Sequence[int]) -> dict[str, Any]:
     """Load the artifact at ``model_dir`` (validated against the features) and rank it on ``setup``.
 
     Returns ``{"model_dir", "model_version", "modalities", "metrics": {protocol: {...}},
-    "fusion_weights", "history"}``. Raises :class:`~raymm.models.errors.ModelLoadError` for an
-    artifact that does not fit the features.
+    "two_tower_metrics", "fallback_shrinkage", "fusion_weights", "history"}``: ``metrics`` are
+    the served recommender's (with the popularity fallback), ``two_tower_metrics`` the model
+    alone. Raises :class:`~raymm.models.errors.ModelLoadError` for an artifact that does not fit.
     """
     artifact = load_artifact(model_dir, expected_dims=setup.catalog.dims)
-    model = artifact.model
+    served, shrinkage = served_scorer(artifact, setup, ks)
     return {
         "model_dir": model_dir,
         "model_version": artifact.version,
-        "modalities": model.modalities,
-        "metrics": model_metrics(model, setup, ks),
-        "fusion_weights": mean_fusion_weights(model, setup.catalog),
+        "modalities": artifact.model.modalities,
+        "metrics": protocol_metrics(served, setup, ks),
+        "two_tower_metrics": protocol_metrics(served.primary, setup, ks),
+        "fallback_shrinkage": shrinkage,
+        "fusion_weights": mean_fusion_weights(
+            artifact.model, setup.catalog.subset(artifact.model.modalities)
+        ),
         "history": artifact.manifest.get("metrics", {}).get("history", []),
     }
+
+
+def baseline_metrics(setup: EvalSetup, ks: Sequence[int]) -> dict[str, dict[str, dict[str, float]]]:
+    """The training-free baselines on every protocol: popularity and the content baseline."""
+    baselines: list[Scorer] = [PopularityScorer(), ContentScorer()]
+    return {b.name: protocol_metrics(b.fit(setup.context), setup, ks) for b in baselines}
 
 
 def describe(setup: EvalSetup) -> dict[str, Any]:
@@ -237,6 +265,9 @@ def describe(setup: EvalSetup) -> dict[str, Any]:
         name: {
             "description": protocol.description,
             "users": int((protocol.users.truth.sizes > 0).sum()),
+            "users_without_history": int(
+                ((protocol.users.truth.sizes > 0) & (protocol.users.history_length == 0)).sum()
+            ),
             "candidates": setup.catalog.n_items if protocol.candidates is None else len(protocol.candidates),
         }
         for name, protocol in setup.protocols.items()
@@ -245,22 +276,23 @@ def describe(setup: EvalSetup) -> dict[str, Any]:
 
 
 def evaluate(config: RaymmConfig, data_dir: str, features_dir: str, model_dir: str) -> dict[str, Any]:
-    """Evaluate the model artifact at ``model_dir`` and the popularity baseline on both protocols.
+    """Evaluate the model artifact at ``model_dir`` and the baselines on both protocols.
 
     Metrics at ``config.evaluate.ks`` (see :mod:`raymm.eval.metrics`). Returns::
 
-        {"ks", "n_items", "protocols": {name: {"description", "users", "candidates"}},
-         "skipped": {name: why}, "model": {... see evaluate_model ...},
-         "popularity": {"metrics": {protocol: {...}}}}
+        {"ks", "n_items", "protocols": {name: {"description", "users", "users_without_history",
+         "candidates"}}, "skipped": {name: why}, "model": {... see evaluate_model ...},
+         "popularity": {"metrics": {protocol: {...}}}, "content": {"metrics": ...}}
 
     Raises :class:`~raymm.errors.DataError` for missing inputs and
     :class:`~raymm.models.errors.ModelLoadError` for an artifact that does not fit the features.
     """
     ks = config.evaluate.ks
     setup = eval_setup(config, io.absolute(data_dir), io.absolute(features_dir))
+    baselines = baseline_metrics(setup, ks)
     return {
         "ks": list(ks),
         **describe(setup),
         "model": evaluate_model(model_dir, setup, ks),
-        "popularity": {"metrics": popularity_metrics(setup, ks)},
+        **{name: {"metrics": metrics} for name, metrics in baselines.items()},
     }

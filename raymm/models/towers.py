@@ -7,7 +7,7 @@ reserved for "unknown") are carried by content alone. Vectors are L2-normalised.
 
 User tower: the vectors of a user's recent items (as the item tower computes them) are pooled
 under a padding mask (mean, attention with a learned query and recency embeddings, or one
-transformer layer then that attention), plus an optional user-id embedding. Because it reads
+transformer layer then that attention), as ``model.user_state`` says. Because it reads
 item *vectors*, serving can build a user from live history with no retraining.
 
 Scores are dot products of the two (cosine similarity); the recommendation loss divides them by a
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 import raymm
 from raymm.models.align import Aligner, build_aligner
-from raymm.models.config import ModelConfig, TowersConfig
+from raymm.models.config import ModelConfig, TowersConfig, UserStateConfig
 from raymm.models.errors import ModelLoadError
 from raymm.models.fusion import Fusion, build_fusion
 from raymm.models.layers import linear, mlp
@@ -162,11 +162,11 @@ class ItemTower(nn.Module):
 
 
 class UserTower(nn.Module):
-    """Pooling over a user's recent item vectors (+ user-id embedding) -> (B, embed_dim), normalised.
+    """Pooling over a user's recent item vectors -> (B, embed_dim), normalised.
 
     History is ordered oldest to newest along L; ``mask`` marks real entries (padding may sit
     anywhere). The recency position of an entry is the number of real entries after it (0 =
-    most recent), clamped to ``max_history - 1``. Pooling, by ``user_pooling``:
+    most recent), clamped to ``max_history - 1``. Pooling, by ``user_state.pooling``:
 
     * ``mean``: masked mean (the YouTube DNN average of watch vectors; Covington et al., "Deep
       Neural Networks for YouTube Recommendations", RecSys 2016);
@@ -174,19 +174,19 @@ class UserTower(nn.Module):
     * ``transformer``: one transformer encoder layer over those tokens first (SASRec-like;
       Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018), then the attention.
 
-    A user with no history gets a learned ``empty`` vector before the output layer, so users
-    known only by id (or neither) still get a vector.
+    A user with no history gets a learned ``empty`` vector before the output layer; the
+    recommendation core answers such users with its popularity fallback instead.
     """
 
-    def __init__(self, config: TowersConfig) -> None:
+    def __init__(self, config: TowersConfig, user_state: UserStateConfig) -> None:
         super().__init__()
         dim = config.embed_dim
-        self.pooling = config.user_pooling
-        self.max_history = config.max_history
+        self.pooling = user_state.pooling
+        self.max_history = user_state.max_history
         self.empty = nn.Parameter(torch.randn(dim) * 0.02)
         self.out = linear(dim, dim)
         if self.pooling != "mean":
-            self.positions = nn.Embedding(config.max_history, dim)
+            self.positions = nn.Embedding(user_state.max_history, dim)
             nn.init.normal_(self.positions.weight, std=0.02)
             self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
             self.attention = nn.MultiheadAttention(
@@ -196,16 +196,8 @@ class UserTower(nn.Module):
             self.encoder = nn.TransformerEncoderLayer(
                 dim, config.user_heads, dim_feedforward=2 * dim, dropout=config.dropout, batch_first=True
             )
-        self.n_user_ids = config.n_user_ids
-        if config.n_user_ids:
-            self.user_ids = nn.Embedding(config.n_user_ids + 1, dim, padding_idx=0)
-            nn.init.normal_(self.user_ids.weight, std=0.02)
-            with torch.no_grad():
-                self.user_ids.weight[0].zero_()
 
-    def forward(
-        self, history_vectors: Tensor, history_mask: Tensor, user_index: Tensor | None = None
-    ) -> Tensor:
+    def forward(self, history_vectors: Tensor, history_mask: Tensor) -> Tensor:
         if history_vectors.ndim != 3 or history_mask.shape != history_vectors.shape[:2]:
             raise ValueError(
                 f"history_vectors must be (B, L, E) with history_mask (B, L); got "
@@ -230,11 +222,7 @@ class UserTower(nn.Module):
                 :, 0
             ]
         pooled = torch.where(has_history, pooled, self.empty.expand_as(pooled))
-        vectors = self.out(pooled)
-        if self.n_user_ids and user_index is not None:
-            index = _check_index(user_index, vectors.shape[0], self.n_user_ids, "user_index")
-            vectors = vectors + self.user_ids(index)
-        return F.normalize(vectors, dim=-1)
+        return F.normalize(self.out(pooled), dim=-1)
 
 
 class TwoTower(nn.Module):
@@ -251,7 +239,7 @@ class TwoTower(nn.Module):
         self.config = config
         self.input_dims: dict[str, int] = {m: int(d) for m, d in input_dims.items()}
         self.item_tower = ItemTower(config, self.input_dims)
-        self.user_tower = UserTower(config.towers)
+        self.user_tower = UserTower(config.towers, config.user_state)
         initial = torch.tensor(math.log(config.loss.temperature))
         if config.loss.learn_temperature:
             self.log_temperature = nn.Parameter(initial)
@@ -304,17 +292,14 @@ class TwoTower(nn.Module):
         """(B, embed_dim) L2-normalised item vectors; arguments as in :meth:`encode_items`."""
         return self.encode_items(features, present, item_index).vectors
 
-    def user_vector(
-        self, history_vectors: Tensor, history_mask: Tensor, user_index: Tensor | None = None
-    ) -> Tensor:
+    def user_vector(self, history_vectors: Tensor, history_mask: Tensor) -> Tensor:
         """(B, embed_dim) L2-normalised user vectors from their recent items' vectors.
 
         ``history_vectors`` (B, L, embed_dim) from :meth:`item_vectors`, oldest first;
-        ``history_mask`` (B, L) bool, True for real entries; ``user_index`` (B,) int in
-        [0, n_user_ids], 0 for unknown users (None: all unknown). Raises :class:`ValueError` for
-        mismatched shapes or an index out of range.
+        ``history_mask`` (B, L) bool, True for real entries. Raises :class:`ValueError` for
+        mismatched shapes.
         """
-        return self.user_tower(history_vectors, history_mask, user_index)
+        return self.user_tower(history_vectors, history_mask)
 
     @staticmethod
     def score(user_vectors: Tensor, item_vectors: Tensor) -> Tensor:

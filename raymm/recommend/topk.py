@@ -67,7 +67,9 @@ def top_k(
             f"and {tuple(items.shape)}"
         )
     if k < 1 or user_chunk < 1 or item_chunk < 1:
-        raise ValueError(f"k, user_chunk and item_chunk must be positive, got {k}, {user_chunk}, {item_chunk}")
+        raise ValueError(
+            f"k, user_chunk and item_chunk must be positive, got {k}, {user_chunk}, {item_chunk}"
+        )
     n_users, n_catalog = users.shape[0], items.shape[0]
     if exclude is not None and exclude.n_users != n_users:
         raise ValueError(f"exclude holds {exclude.n_users} users, user_vectors {n_users}")

@@ -1,149 +1,153 @@
-"""The training step and validation, plain PyTorch: read top to bottom in one sitting.
+"""The one training loop, plain PyTorch: epochs, steps, validation, early stopping, best weights.
 
-:class:`NextItemObjective` is the module Ray Train wraps in DDP: its ``forward`` takes a batch of
-(history, target) catalog rows, runs the item tower once over the batch's unique items, pools
-each history into a user vector and returns the loss. :func:`evaluate_ranking` scores every
-catalog item for each evaluation user (full ranking, seen items excluded).
+Both stages (two-tower, ranker) and the benchmarks run :func:`fit`; Ray Train wraps it
+(:mod:`raymm.train.ray_runner`) by passing the batches of its dataset shard, a validation that
+runs on rank 0 and is broadcast, and an ``on_epoch`` that reports and checkpoints. Everything
+the loop carries from epoch to epoch is in :class:`LoopState`, so a run resumes from a
+checkpoint (model, optimizer, state) exactly where it stopped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from raymm.eval.metrics import ItemSets, ranking_metrics
-from raymm.models.align.kg import tag_incidence
-from raymm.models.losses import mixture_log_q
-from raymm.models.towers import LossBreakdown, TwoTower
-from raymm.train.data import Catalog, EvalUsers
+
+@dataclass
+class StepOutput:
+    """What one training step returns: the ``loss`` to back-propagate, the batch's example count
+    ``n``, and scalars to average over the epoch (``logs``, e.g. the loss's parts)."""
+
+    loss: Tensor
+    n: int
+    logs: dict[str, float] = field(default_factory=dict)
 
 
-class NextItemObjective(nn.Module):
-    """Wraps :class:`TwoTower` with the catalog so that ``forward(history, target)`` is the loss.
+@dataclass
+class LoopState:
+    """The loop's state between epochs: the last finished ``epoch`` (-1 before the first), global
+    ``step``, the best validation score, its epoch and weights, epochs without improvement, and
+    one row of metrics per epoch. ``resumed_from`` is the epoch a restored run continued after."""
 
-    The catalog tensors are plain attributes, not buffers: DDP would otherwise broadcast the
-    whole feature matrix every step.
+    epoch: int = -1
+    step: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_weights: dict[str, Tensor] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = -1
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds: model and optimizer state dicts and the loop state."""
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    state: LoopState
+
+    def save(self, path: str) -> None:
+        """Write the checkpoint to the local file ``path``."""
+        torch.save({"model": self.model, "optimizer": self.optimizer, "state": vars(self.state)}, path)
+
+    @classmethod
+    def load(cls, path: str, device: torch.device | str = "cpu") -> Checkpoint:
+        """Read a checkpoint written by :meth:`save`."""
+        saved = torch.load(path, map_location=device, weights_only=False)
+        return cls(saved["model"], saved["optimizer"], LoopState(**saved["state"]))
+
+
+@dataclass
+class RunHooks:
+    """Test hooks, never production settings: fail once at a global ``fail_at_step`` (fault
+    tolerance tests; ``fail`` decides whether to raise, e.g. once per run), and cut epochs to
+    ``max_steps_per_epoch`` steps."""
+
+    fail_at_step: int | None = None
+    max_steps_per_epoch: int | None = None
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the fault-injection hook (tests only)."""
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_step: Callable[[Any], StepOutput],
+    batches: Callable[[int], Iterable[Any]],
+    validate: Callable[[], dict[str, float]],
+    *,
+    epochs: int,
+    patience: int,
+    metric: str,
+    state: LoopState | None = None,
+    on_epoch: Callable[[dict[str, float], LoopState], None] | None = None,
+    before_step: Callable[[LoopState], None] | None = None,
+    max_steps_per_epoch: int | None = None,
+    world_size: int = 1,
+) -> LoopState:
+    """Train ``model`` for up to ``epochs`` epochs, stopping after ``patience`` epochs whose
+    ``validate()[metric]`` did not beat the best; returns the final :class:`LoopState`.
+
+    Each epoch: ``model.train()``, then for every batch of ``batches(epoch)`` one
+    ``train_step(batch)``, zero_grad, backward, optimizer step; then ``validate()`` (its metrics
+    join the epoch's row with a ``val_`` prefix), the best weights kept on CPU, and ``on_epoch``
+    (report, checkpoint). ``state`` resumes a run after its last finished epoch. Raises
+    :class:`KeyError` naming the metrics there are if ``metric`` is not among them.
     """
-
-    def __init__(self, model: TwoTower, catalog: Catalog, log_q: np.ndarray, use_tags: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.catalog = catalog
-        self.log_q = torch.tensor(log_q)  # a copy: Ray hands workers read-only arrays
-        self.use_tags = use_tags
-        self.n_tags = max(len(catalog.tag_names), 1)
-        self.n_uniform = model.config.loss.mixed_negatives
-
-    def to_device(self, device: torch.device) -> NextItemObjective:
-        """Move the model and the catalog tensors to ``device``."""
-        self.to(device)
-        self.catalog.features = {m: v.to(device) for m, v in self.catalog.features.items()}
-        self.catalog.present = {m: v.to(device) for m, v in self.catalog.present.items()}
-        self.catalog.id_index = self.catalog.id_index.to(device)
-        self.log_q = self.log_q.to(device)
-        return self
-
-    def forward(self, history: Tensor, target: Tensor) -> LossBreakdown:
-        """``history`` (B, L) long catalog rows, -1 padded, oldest first; ``target`` (B,) long.
-
-        With ``loss.mixed_negatives`` = K > 0, K catalog rows drawn uniformly join the batch's
-        positives as negatives, and every candidate's logQ is the mixture's (:func:`mixture_log_q`).
-        """
-        valid = history >= 0
-        uniform = torch.randint(0, self.catalog.n_items, (self.n_uniform,), device=target.device)
-        rows, inverse = torch.unique(torch.cat([history[valid], target, uniform]), return_inverse=True)
-        encoding = self.model.encode_items(
-            {m: v[rows] for m, v in self.catalog.features.items()},
-            {m: v[rows] for m, v in self.catalog.present.items()},
-            self.catalog.id_index[rows],
-        )
-        n_history = int(valid.sum())
-        history_vectors = encoding.vectors.new_zeros((*history.shape, encoding.vectors.shape[1]))
-        history_vectors[valid] = encoding.vectors[inverse[:n_history]]
-        users = self.model.user_vector(history_vectors, valid)
-        n_target = n_history + len(target)
-        positive = encoding.select(inverse[n_history:n_target])
-        tags = None
-        if self.use_tags:
-            tag_lists = [self.catalog.tags[i] for i in target.tolist()]
-            tags = tag_incidence(tag_lists, self.n_tags).to(target.device)
-        if not self.n_uniform:
-            return self.model.loss(users, positive, item_ids=target, log_q=self.log_q[target], item_tags=tags)
-        log_q = mixture_log_q(self.log_q.exp(), len(target), self.n_uniform)
-        return self.model.loss(
-            users,
-            positive,
-            item_ids=target,
-            log_q=log_q[target],
-            negatives=encoding.select(inverse[n_target:]),
-            negative_ids=uniform,
-            negative_log_q=log_q[uniform],
-            item_tags=tags,
-        )
+    state = state or LoopState()
+    for epoch in range(state.epoch + 1, epochs):
+        started, seen, n_steps = time.perf_counter(), 0, 0
+        sums: dict[str, float] = {}
+        model.train()
+        for batch in batches(epoch):
+            if max_steps_per_epoch is not None and n_steps >= max_steps_per_epoch:
+                break
+            if before_step is not None:
+                before_step(state)
+            output = train_step(batch)
+            optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            optimizer.step()
+            state.step += 1
+            n_steps += 1
+            seen += output.n
+            for key, value in {"train_loss": float(output.loss.detach()), **output.logs}.items():
+                sums[key] = sums.get(key, 0.0) + value
+        elapsed = time.perf_counter() - started
+        validation = validate()
+        if metric not in validation:
+            raise KeyError(f"validation metric {metric!r} is not computed; there are {sorted(validation)}")
+        score = float(validation[metric])
+        if score > state.best_score:
+            state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
+            state.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch
+        row = {
+            "epoch": float(epoch),
+            **{key: total / max(n_steps, 1) for key, total in sums.items()},
+            "samples_per_s": seen * world_size / max(elapsed, 1e-9),
+            "resumed_from_epoch": float(state.resumed_from),
+            **{f"val_{k}": float(v) for k, v in validation.items()},
+        }
+        state.history.append(row)
+        if on_epoch is not None:
+            on_epoch(row, state)
+        if state.bad_epochs >= patience:
+            break
+    return state
 
 
-@torch.no_grad()
-def catalog_vectors(model: TwoTower, catalog: Catalog, chunk: int = 4096) -> Tensor:
-    """(N, E) item vectors of every catalog item, in eval mode, computed in chunks."""
-    was_training = model.training
-    model.eval()
-    parts = []
-    for start in range(0, catalog.n_items, chunk):
-        rows = slice(start, start + chunk)
-        parts.append(
-            model.item_vectors(
-                {m: v[rows] for m, v in catalog.features.items()},
-                {m: v[rows] for m, v in catalog.present.items()},
-                catalog.id_index[rows],
-            )
-        )
-    model.train(was_training)
-    return torch.cat(parts)
-
-
-@torch.no_grad()
-def user_vectors(model: TwoTower, item_vectors: Tensor, history: np.ndarray) -> Tensor:
-    """(U, E) user vectors from (U, L) history rows (-1 padded) over precomputed item vectors."""
-    was_training = model.training
-    model.eval()
-    rows = torch.as_tensor(history, device=item_vectors.device)
-    valid = rows >= 0
-    vectors = item_vectors[rows.clamp(min=0)] * valid.unsqueeze(-1)
-    users = model.user_vector(vectors, valid)
-    model.train(was_training)
-    return users
-
-
-def evaluate_ranking(
-    model: TwoTower,
-    catalog: Catalog,
-    users: EvalUsers,
-    ks: Sequence[int],
-    candidates: np.ndarray | None = None,
-) -> dict[str, float]:
-    """Full-ranking metrics for ``users`` (seen items excluded); ``candidates`` limits the ranked items.
-
-    With ``candidates`` (catalog rows, e.g. the cold-start items) truth and seen sets are mapped
-    onto those rows; items outside them cannot be recommended.
-    """
-    items = catalog_vectors(model, catalog)
-    people = user_vectors(model, items, users.history)
-    truth, seen = users.truth, users.seen
-    if candidates is not None:
-        items = items[torch.as_tensor(candidates, device=items.device)]
-        truth = restrict(truth, candidates, catalog.n_items)
-        seen = restrict(seen, candidates, catalog.n_items)
-    return ranking_metrics(truth, user_vectors=people, item_vectors=items, seen=seen, ks=tuple(ks))
-
-
-def restrict(sets: ItemSets, candidates: np.ndarray, n_items: int) -> ItemSets:
-    """Re-index item sets onto the candidate rows, dropping items outside them."""
-    position = np.full(n_items, -1, dtype=np.int64)
-    position[candidates] = np.arange(len(candidates))
-    users = np.repeat(np.arange(len(sets.indptr) - 1), np.diff(sets.indptr))
-    mapped = position[sets.indices]
-    keep = mapped >= 0
-    return ItemSets.from_pairs(users[keep], mapped[keep], len(sets.indptr) - 1)
+def best_row(state: LoopState) -> dict[str, float]:
+    """The history row of the best epoch ({} if none)."""
+    return next((row for row in state.history if int(row["epoch"]) == state.best_epoch), {})

@@ -1,47 +1,45 @@
 """``raymm train``: align -> fuse -> two towers, distributed with Ray Train.
 
-The driver builds next-item examples from the training split and hands them to a
-``TorchTrainer`` as a Ray Dataset; each worker loads the catalog (features + items) from storage,
-builds the model, wraps :class:`~raymm.train.loop.NextItemObjective` with ``prepare_model`` (DDP;
-gloo on CPU, NCCL on GPU), and runs the loop below. Every epoch rank 0 validates (full ranking on
-the validation split), checkpoints model + optimizer + early-stopping state, and all ranks report.
-``FailureConfig`` restarts failed workers from the latest checkpoint, not from scratch. At the end
-the driver writes the model artifact (:mod:`raymm.models.artifact`) from the best epoch's weights.
+The driver builds next-item examples from the training split (:mod:`raymm.train.examples`) and
+hands them to Ray Train as a Ray Dataset (:mod:`raymm.train.ray_runner`); each worker loads the
+catalog from storage, builds the model, wraps :class:`~raymm.train.objective.NextItemObjective`
+in DDP and runs the one training loop, :func:`raymm.train.loop.fit`: every epoch rank 0
+validates with the evaluator of :mod:`raymm.eval.evaluate` (full ranking on the validation split),
+rank 0 checkpoints model + optimizer + loop state, all ranks report. ``FailureConfig`` restarts
+failed workers from the latest checkpoint. At the end the driver chooses on validation the
+shrinkage of the popularity fallback for users with little history
+(:func:`~raymm.recommend.scorers.choose_shrinkage`) and writes the model artifact from the best
+epoch's weights.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from raymm.config import RaymmConfig
 from raymm.data import io
 from raymm.data.dataset import MANIFEST as DATASET_MANIFEST
 from raymm.data.dataset import load_dataset
-from raymm.errors import RaymmError
+from raymm.eval.evaluate import evaluate_scorer
 from raymm.features.pipeline import FEATURES_MANIFEST, load_features
 from raymm.models.artifact import write_artifact
 from raymm.models.config import ModelConfig
 from raymm.models.towers import TwoTower
-from raymm.train.data import Catalog, EvalUsers, build_catalog, build_examples, eval_users, target_log_q
-from raymm.train.loop import NextItemObjective, catalog_vectors, evaluate_ranking
-
-CHECKPOINT_FILE = "state.pt"
-INJECTED_FAILURE_MARKER = ".injected-failure-done"
-
-
-class TrainingError(RaymmError):
-    """The Ray Train run failed (after its allowed restarts)."""
+from raymm.recommend.catalog import Catalog, build_catalog
+from raymm.recommend.history import EvalUsers, eval_users, item_counts
+from raymm.recommend.scorers import PopularityScorer, Scorer, TwoTowerScorer, choose_shrinkage
+from raymm.recommend.vectors import encode_catalog
+from raymm.train.examples import build_examples, target_log_q
+from raymm.train.loop import RunHooks, StepOutput, best_row, fit
+from raymm.train.objective import NextItemObjective
+from raymm.train.ray_runner import TrainingError, WorkerRun, run_on_ray, shuffled_examples
 
 
 @dataclass
@@ -60,13 +58,8 @@ def prepare(config: RaymmConfig, data_dir: str, features_dir: str) -> Prepared:
     train = dataset.interactions("train")
     features = load_features(features_dir)
     catalog = build_catalog(features, dataset.items, train, config.train.modalities)
-    validation = eval_users(
-        train,
-        dataset.interactions("validation"),
-        catalog,
-        config.train.positive_events,
-        config.train.max_history,
-    )
+    spec = config.model.user_state
+    validation = eval_users(train, dataset.interactions("validation"), catalog, spec.events, spec.max_history)
     model_config = config.model.model_copy(deep=True)
     if config.train.item_id_embeddings:
         model_config.towers.n_item_ids = int(catalog.id_index.max())
@@ -93,175 +86,66 @@ def build_model(prepared: Prepared, seed: int) -> TwoTower:
     return model
 
 
-def _examples_dataset(config: RaymmConfig, prepared: Prepared, data_dir: str) -> tuple[Any, np.ndarray]:
-    train = load_dataset(data_dir, tables=()).interactions("train")
-    examples = build_examples(train, prepared.catalog, config.train.positive_events, config.train.max_history)
-    if len(examples) == 0:
-        raise TrainingError(f"no training examples in {data_dir}: no user has two positive events")
-    columns = {f"h{k}": examples.history[:, k] for k in range(examples.history.shape[1])}
-    columns["target"] = examples.target
-    log_q = target_log_q(examples, prepared.catalog.n_items)
-    return shuffled_examples(pa.table(columns), config.seed), log_q
+def validation_metrics(
+    scorer: Scorer, users: EvalUsers, config: RaymmConfig, n_items: int
+) -> dict[str, float]:
+    """The evaluator's metrics of ``scorer`` on validation ``users`` at ``evaluate.ks``."""
+    return evaluate_scorer(scorer, users, config.evaluate.ks, n_items)
 
 
-def shuffled_examples(table: pa.Table, seed: int) -> Any:
-    """``table`` as a Ray Dataset that every epoch reads in a new order, reproducible from ``seed``.
+def two_tower_step(objective: torch.nn.Module, history_columns: list[str], device: torch.device) -> Any:
+    """The step :func:`fit` runs on a batch of the examples table: the objective's loss and its parts."""
 
-    A global shuffle that Ray Data re-runs each epoch with a seed derived from ``seed`` and the
-    epoch. One fixed permutation with a local shuffle buffer repeats nearly the same order every
-    epoch, and the model overfits to it: validation recall@20 peaked at 0.047 instead of 0.060 on
-    the small benchmark. The dataset's own progress bars and execution notices are off: they
-    would print for every epoch from inside the workers.
-    """
-    import ray.data
+    def step(batch: dict[str, torch.Tensor]) -> StepOutput:
+        history = torch.stack([batch[c] for c in history_columns], dim=1).to(device)
+        target = batch["target"].to(device)
+        losses = objective(history, target)
+        return StepOutput(
+            losses.total, len(target), {"rec_loss": float(losses.rec), "align_loss": float(losses.align)}
+        )
 
-    shuffle = ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True)
-    dataset = ray.data.from_arrow(table).random_shuffle(seed=shuffle)
-    dataset.context.enable_progress_bars = False
-    dataset.context.print_on_execution_start = False
-    return dataset
+    return step
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """The loop each Ray Train worker runs; see the module docstring."""
-    import ray.train
-    import ray.train.torch
-    import torch.distributed as dist
-
-    config = RaymmConfig.model_validate(loop_config["config"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(config.train.torch_threads or max(1, int(config.train.cpus_per_worker)))
+    """The function each Ray Train worker runs; see the module docstring."""
+    run = WorkerRun(loop_config)
+    config = run.config
     prepared = prepare(config, loop_config["data_dir"], loop_config["features_dir"])
     model = build_model(prepared, config.seed)
     use_tags = prepared.model_config.align.method == "kg"
-    objective = NextItemObjective(model, prepared.catalog, loop_config["log_q"], use_tags).to_device(device)
-    wrapped = ray.train.torch.prepare_model(
-        objective, parallel_strategy_kwargs={"find_unused_parameters": True}
+    objective = NextItemObjective(model, prepared.catalog, loop_config["log_q"], use_tags).to_device(
+        run.device
     )
     optimizer = torch.optim.AdamW(
         objective.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
     )
-
-    state: dict[str, Any] = {
-        "epoch": -1,
-        "best": -1.0,
-        "best_epoch": -1,
-        "bad_epochs": 0,
-        "best_model": None,
-        "step": 0,
-        "history": [],
-    }
-    resumed_from = -1
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            saved = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
-        resumed_from = state["epoch"]
-
-    shard = ray.train.get_dataset_shard("train")
-    history_columns = [f"h{k}" for k in range(config.train.max_history)]
-    metric = config.train.val_metric
-    for epoch in range(state["epoch"] + 1, config.train.epochs):
-        started, seen, totals = time.perf_counter(), 0, np.zeros(3)
-        objective.train()
-        batches = shard.iter_torch_batches(batch_size=config.train.batch_size, drop_last=world > 1)
-        for step, batch in enumerate(batches):
-            if config.train.max_steps_per_epoch is not None and step >= config.train.max_steps_per_epoch:
-                break
-            maybe_inject_failure(config, loop_config["storage"], state["step"], rank)
-            history = torch.stack([batch[c] for c in history_columns], dim=1).to(device)
-            target = batch["target"].to(device)
-            losses = wrapped(history, target)
-            optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()
-            optimizer.step()
-            state["step"] += 1
-            seen += len(target)
-            totals += [losses.total.item(), losses.rec.item(), losses.align.item()]
-            n_steps = step + 1
-        elapsed = time.perf_counter() - started
-
-        validation = (
-            evaluate_ranking(model, prepared.catalog, prepared.validation, config.evaluate.ks)
-            if rank == 0
-            else {}
-        )
-        if world > 1:
-            shared = [validation]
-            dist.broadcast_object_list(shared, src=0)
-            validation = shared[0]
-        score = float(validation.get(metric, 0.0))
-        if score > state["best"]:
-            state.update(best=score, bad_epochs=0, best_epoch=epoch)
-            state["best_model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        metrics = {
-            "epoch": epoch,
-            "train_loss": totals[0] / max(n_steps, 1),
-            "rec_loss": totals[1] / max(n_steps, 1),
-            "align_loss": totals[2] / max(n_steps, 1),
-            "samples_per_s": seen * world / max(elapsed, 1e-9),
-            "resumed_from_epoch": resumed_from,
-            **{f"val_{k}": v for k, v in validation.items()},
-        }
-        state["history"].append({k: float(v) for k, v in metrics.items()})
-        report_epoch(metrics, model, optimizer, state, rank)
-        if state["bad_epochs"] >= config.train.patience:
-            break
-
-
-def report_epoch(
-    metrics: dict[str, Any],
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: dict[str, Any],
-    rank: int,
-) -> None:
-    """Report one epoch's metrics from every rank; rank 0 attaches the checkpoint.
-
-    The checkpoint (:data:`CHECKPOINT_FILE`) holds model, optimizer and loop state (epoch,
-    early-stopping counters, best weights, history), everything a restarted worker resumes from.
-    """
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as directory:
-        checkpoint = None
-        if rank == 0:
-            torch.save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state},
-                Path(directory) / CHECKPOINT_FILE,
+    state = run.restore(model, optimizer)
+    columns = [f"h{k}" for k in range(config.model.user_state.max_history)]
+    n_items = prepared.catalog.n_items
+    fit(
+        model,
+        optimizer,
+        two_tower_step(run.prepare(objective), columns, run.device),
+        run.batches(config.train.batch_size),
+        run.on_rank0(
+            lambda: validation_metrics(
+                TwoTowerScorer(model, prepared.catalog), prepared.validation, config, n_items
             )
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def maybe_inject_failure(config: RaymmConfig, storage: str, step: int, rank: int) -> None:
-    """Fault-injection hook: fail once at ``train.fail_at_step`` (a marker keeps the retry alive)."""
-    if config.train.fail_at_step is None or step != config.train.fail_at_step or rank != 0:
-        return
-    marker = io.join(storage, INJECTED_FAILURE_MARKER)
-    if io.exists(marker):
-        return
-    io.write_json({"step": step}, marker)
-    raise RuntimeError(f"injected worker failure at step {step} (train.fail_at_step)")
+        ),
+        epochs=config.train.epochs,
+        patience=config.train.patience,
+        metric=config.train.val_metric,
+        state=state,
+        on_epoch=run.reporter(model, optimizer),
+        before_step=run.before_step,
+        max_steps_per_epoch=run.hooks.max_steps_per_epoch,
+        world_size=run.world,
+    )
 
 
 #: Settings that change how a run is executed but not what it learns: a run resumes across them.
-OPERATIONAL_TRAIN_FIELDS = (
-    "num_workers",
-    "use_gpu",
-    "cpus_per_worker",
-    "max_failures",
-    "storage_path",
-    "fail_at_step",
-)
+OPERATIONAL_TRAIN_FIELDS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "storage_path")
 
 
 def run_key(config: RaymmConfig, data_fingerprint: str) -> str:
@@ -292,13 +176,32 @@ class TrainResult:
     elapsed_s: float = 0.0
 
 
+def choose_fallback(
+    model: TwoTower, prepared: Prepared, train_counts: np.ndarray, config: RaymmConfig
+) -> tuple[float, dict[str, float]]:
+    """The popularity fallback's shrinkage with the best validation NDCG (see :func:`choose_shrinkage`)."""
+    k = 20 if 20 in config.evaluate.ks else max(config.evaluate.ks)
+    n_items = prepared.catalog.n_items
+    return choose_shrinkage(
+        lambda scorer: evaluate_scorer(scorer, prepared.validation, (k,), n_items)[f"ndcg@{k}"],
+        TwoTowerScorer(model, prepared.catalog),
+        PopularityScorer(train_counts, config.seed),
+    )
+
+
 def train(
-    config: RaymmConfig, data_dir: str, features_dir: str, out: str, name: str = "train"
+    config: RaymmConfig,
+    data_dir: str,
+    features_dir: str,
+    out: str,
+    name: str = "train",
+    hooks: RunHooks | None = None,
 ) -> TrainResult:
     """Train with Ray Train and write the model artifact to ``out``; see the module docstring.
 
-    Checkpoints go to ``<train.storage_path>/<name>-<run_key>`` (see :func:`run_key`).
-    Raises :class:`TrainingError` if the run fails beyond ``train.max_failures`` restarts.
+    Checkpoints go to ``<train.storage_path>/<name>-<run_key>`` (see :func:`run_key`). ``hooks``
+    are for tests (fault injection, short epochs). Raises :class:`TrainingError` if the run fails
+    beyond ``train.max_failures`` restarts.
     """
     from raymm.runtime import init_ray
 
@@ -306,80 +209,38 @@ def train(
     data_dir, features_dir = io.absolute(data_dir), io.absolute(features_dir)
     init_ray(config.ray)
     prepared = prepare(config, data_dir, features_dir)
-    examples, log_q = _examples_dataset(config, prepared, data_dir)
-    loop_config = {"data_dir": data_dir, "features_dir": features_dir, "log_q": log_q}
+    train_split = load_dataset(data_dir, tables=()).interactions("train")
+    spec = config.model.user_state
+    examples = build_examples(train_split, prepared.catalog, spec.events, spec.max_history)
+    if len(examples) == 0:
+        raise TrainingError(f"no training examples in {data_dir}: no user has two positive events")
+    loop_config = {
+        "data_dir": data_dir,
+        "features_dir": features_dir,
+        "log_q": target_log_q(examples, prepared.catalog.n_items),
+    }
     run = f"{name}-{run_key(config, prepared.fingerprint)}"
-    saved = fit_run(train_loop_per_worker, loop_config, config, run, examples, "training run")
+    dataset = shuffled_examples(examples.to_table(), config.seed)
+    saved = run_on_ray(train_loop_per_worker, loop_config, config, run, dataset, "training run", hooks)
     model = TwoTower(prepared.model_config, prepared.catalog.dims)
-    model.load_state_dict(saved["state"]["best_model"] or saved["model"])
-    vectors = catalog_vectors(model, prepared.catalog).numpy()
-    history = saved["state"]["history"]
-    best: dict[str, float] = next(
-        (row for row in history if row["epoch"] == saved["state"]["best_epoch"]), {}
-    )
+    model.load_state_dict(saved.state.best_weights or saved.model)
+    train_counts = item_counts(train_split, prepared.catalog, spec.events)
+    shrinkage, by_shrinkage = choose_fallback(model, prepared, train_counts, config)
+    vectors = encode_catalog(model, prepared.catalog).vectors.numpy()
+    history = saved.state.history
     manifest = write_artifact(
         out,
         model,
         prepared.catalog.item_ids,
         vectors,
         config=config.model_dump(mode="json", by_alias=True),
-        metrics={"best_epoch": saved["state"]["best_epoch"], "validation": best, "history": history},
+        metrics={
+            "best_epoch": saved.state.best_epoch,
+            "validation": best_row(saved.state),
+            "history": history,
+            "fallback_shrinkage": shrinkage,
+            "validation_ndcg_by_fallback_shrinkage": by_shrinkage,
+        },
         data_fingerprint=prepared.fingerprint,
     )
     return TrainResult(out, manifest, history, time.perf_counter() - started)
-
-
-def fit_run(
-    loop: Callable[[dict[str, Any]], None],
-    loop_config: dict[str, Any],
-    config: RaymmConfig,
-    name: str,
-    dataset: Any,
-    what: str,
-) -> dict[str, Any]:
-    """Run ``loop`` with Ray Train as run ``name`` under ``train.storage_path``; return its last checkpoint.
-
-    The run's scaling (``train.num_workers``, ``use_gpu``, ``cpus_per_worker``), failure handling
-    (``max_failures``) and checkpoint retention are the same for every stage. ``loop_config`` gains
-    ``config`` (the whole config, as JSON) and ``storage`` (the run's directory). ``dataset`` is
-    sharded to the workers as ``"train"``. Raises :class:`TrainingError` naming ``what`` if the run
-    fails beyond its restarts or leaves no checkpoint.
-    """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    storage = io.absolute(config.train.storage_path or config.stage_dir("train"))
-    storage_fs, storage_path = io.resolve(storage)
-    io.makedirs(storage)
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config={
-            **loop_config,
-            "config": config.model_dump(mode="json", by_alias=True),
-            "storage": io.join(storage, name),
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.train.num_workers,
-            use_gpu=config.train.use_gpu,
-            resources_per_worker={"CPU": config.train.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-        datasets={"train": dataset},
-    )
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors in its own types; surface one clear error
-        raise TrainingError(f"{what} {name!r} failed: {exc}") from exc
-    if result.checkpoint is None:
-        raise TrainingError(f"{what} {name!r} produced no checkpoint")
-    with result.checkpoint.as_directory() as directory:
-        saved: dict[str, Any] = torch.load(
-            Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False
-        )
-    return saved

@@ -33,7 +33,7 @@ def test_cross_field_checks_name_the_values() -> None:
             {"align": {"shared_dim": 64}, "fusion": {"method": "attention", "heads": 3}}
         )
     with pytest.raises(ValidationError, match=r"towers\.user_heads=5 must divide towers\.embed_dim=64"):
-        ModelConfig.model_validate({"towers": {"user_pooling": "attention", "user_heads": 5}})
+        ModelConfig.model_validate({"user_state": {"pooling": "attention"}, "towers": {"user_heads": 5}})
     with pytest.raises(ValidationError, match=r"temperature 2\.0 must lie within"):
         ModelConfig.model_validate({"align": {"temperature": 2.0}})
     with pytest.raises(ValidationError, match=r"loss temperature 0\.01 must lie within"):

@@ -19,19 +19,20 @@ from .conftest import paired_views, random_batch
 DIMS = {"text": 12, "image": 10, "audio": 4 * 3}
 
 
-def _config(**towers: object) -> ModelConfig:
+def _config(pooling: str = "mean", **towers: object) -> ModelConfig:
     return ModelConfig.model_validate(
         {
             "align": {"method": "contrastive", "shared_dim": 8, "hidden_dim": 16},
             "fusion": {"method": "gated", "hidden_dim": 16},
             "towers": {"embed_dim": 8, "item_hidden_dim": 16, "user_heads": 2, **towers},
+            "user_state": {"pooling": pooling},
         }
     )
 
 
-def _model(**towers: object) -> TwoTower:
+def _model(pooling: str = "mean", **towers: object) -> TwoTower:
     torch.manual_seed(0)
-    return TwoTower(_config(**towers), DIMS).eval()
+    return TwoTower(_config(pooling, **towers), DIMS).eval()
 
 
 def test_cold_item_gets_a_vector_from_content_alone() -> None:
@@ -50,7 +51,7 @@ def test_cold_item_gets_a_vector_from_content_alone() -> None:
 
 @pytest.mark.parametrize("pooling", ["mean", "attention", "transformer"])
 def test_user_vector_follows_live_history(pooling: str) -> None:
-    model = _model(user_pooling=pooling)
+    model = _model(pooling)
     features, present = random_batch(6, DIMS, p_present=0.8)
     with torch.no_grad():
         items = model.item_vectors(features, present)
@@ -66,17 +67,8 @@ def test_user_vector_follows_live_history(pooling: str) -> None:
     assert torch.isfinite(empty).all() and float(empty.norm()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_user_id_embedding_is_optional_per_user() -> None:
-    model = _model(n_user_ids=3)
-    history, mask = torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)
-    anonymous = model.user_vector(history, mask)
-    assert torch.equal(anonymous, model.user_vector(history, mask, torch.tensor([0, 0])))
-    known = model.user_vector(history, mask, torch.tensor([0, 2]))
-    assert torch.equal(known[0], anonymous[0]) and not torch.allclose(known[1], anonymous[1])
-
-
 def test_save_and_load_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
-    config = _config(n_item_ids=4, user_pooling="transformer")
+    config = _config("transformer", n_item_ids=4)
     config.align.pca_dim = 6
     torch.manual_seed(0)
     model = TwoTower(config, DIMS)
@@ -155,7 +147,7 @@ def _toy_problem(
 def test_two_tower_learns_a_toy_preference_far_above_random() -> None:
     torch.manual_seed(0)
     features, present, _, train, test = _toy_problem()
-    config = _config(user_pooling="attention")
+    config = _config("attention")
     config.loss.logq_correction = False
     model = TwoTower(config, DIMS)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)

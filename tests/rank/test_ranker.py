@@ -13,7 +13,7 @@ from raymm.eval.pointwise import log_loss
 from raymm.models.config import FusionConfig, RankerConfig
 from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import CONFIG_FILE, Ranker
-from raymm.train.rank_loop import platt_scaling
+from raymm.train.rank_objective import platt_scaling
 
 MODALITIES = ["text", "image", "audio"]
 SHARED, EMBED = 16, 8
@@ -118,3 +118,7 @@ def test_platt_scaling_calibrates_an_overconfident_scorer_without_reordering_it(
     assert scale == pytest.approx(0.25, abs=0.05) and bias == pytest.approx(0.0, abs=0.1)
     calibrated = 1 / (1 + np.exp(-(scale * 4 * true_logits + bias)))
     assert log_loss(labels, calibrated) < log_loss(labels, overconfident)
+    # a monotone map: the order of the examples, and so any ranking by them, is unchanged
+    np.testing.assert_array_equal(
+        np.argsort(calibrated, kind="stable"), np.argsort(overconfident, kind="stable")
+    )

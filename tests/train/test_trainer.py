@@ -1,12 +1,14 @@
-"""``raymm train`` on a real Ray instance: checkpoints, a killed worker, two gloo workers, the artifact.
+"""``raymm train`` on a real Ray instance: the artifact, resume by run key, a killed worker, two
+gloo workers, reproducibility, and the objective's mixed negatives.
 
-Features here are made from the synthetic catalog's true facets (:mod:`tests.fixtures`), so the
-tests exercise the training machinery in seconds without loading encoders.
+Features are made from the synthetic catalog's true facets (:mod:`tests.fixtures`); the session
+shares one trained model (``trained`` in tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,110 +16,115 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raymm.config import RaymmConfig
 from raymm.data.dataset import load_dataset
+from raymm.eval.evaluate import evaluate_scorer
 from raymm.models.artifact import MANIFEST, load_artifact
 from raymm.models.errors import ModelLoadError
-from raymm.train.data import build_examples, target_log_q
-from raymm.train.loop import NextItemObjective
-from raymm.train.trainer import INJECTED_FAILURE_MARKER, build_model, prepare, train
-from tests.fixtures import facet_dataset, small_model_config
+from raymm.recommend.scorers import TwoTowerScorer
+from raymm.train.examples import build_examples, target_log_q
+from raymm.train.loop import RunHooks
+from raymm.train.objective import NextItemObjective
+from raymm.train.ray_runner import INJECTED_FAILURE_MARKER
+from raymm.train.trainer import build_model, prepare, run_key, train
+from tests.conftest import Trained, shared_config
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return facet_dataset(tmp_path_factory.mktemp("train"))
-
-
-def _config(tmp_path: Path, *overrides: str) -> RaymmConfig:
-    return small_model_config(tmp_path, "train.epochs=3", "train.patience=5", *overrides)
-
-
-def test_training_writes_a_loadable_artifact_with_every_item(
-    dataset: tuple[Path, Path], ray_session: None, tmp_path: Path
-) -> None:
-    data, features = dataset
-    result = train(_config(tmp_path), str(data), str(features), str(tmp_path / "model"))
-    assert [row["epoch"] for row in result.history] == [0, 1, 2]
-    artifact = load_artifact(tmp_path / "model", expected_dims={"text": 22, "image": 12, "audio": 13})
-    items = pq.read_table(data / "items.parquet")
-    cold = set(pq.read_table(data / "cold_items.parquet").column("item_id").to_pylist())
+def test_the_artifact_holds_every_item_and_a_model_better_than_untrained(trained: Trained) -> None:
+    artifact = load_artifact(trained.model, expected_dims={"text": 22, "image": 12, "audio": 13})
+    items = pq.read_table(trained.data / "items.parquet")
+    cold = set(pq.read_table(trained.data / "cold_items.parquet").column("item_id").to_pylist())
     vector_ids = set(artifact.item_vectors.column("item_id").to_pylist())
     assert vector_ids == set(items.column("item_id").to_pylist()) and cold <= vector_ids
-    assert artifact.manifest["metrics"]["validation"]["val_recall@20"] >= 0
+    history = artifact.manifest["metrics"]["history"]
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    prepared = prepare(trained.config, str(trained.data), str(trained.features))
+    untrained = evaluate_scorer(
+        TwoTowerScorer(build_model(prepared, seed=1), prepared.catalog),
+        prepared.validation,
+        [20],
+        prepared.catalog.n_items,
+    )
+    best = artifact.manifest["metrics"]["validation"]
+    assert best["val_recall@20"] > 1.5 * untrained["recall@20"], (best, untrained)
+    assert artifact.manifest["metrics"]["fallback_shrinkage"] in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
     with pytest.raises(ModelLoadError, match="text vectors of dimension 22 but the features have 384"):
-        load_artifact(tmp_path / "model", expected_dims={"text": 384})
+        load_artifact(trained.model, expected_dims={"text": 384})
 
 
-def test_a_newer_artifact_version_is_refused(
-    dataset: tuple[Path, Path], ray_session: None, tmp_path: Path
-) -> None:
-    data, features = dataset
-    train(_config(tmp_path, "train.epochs=1"), str(data), str(features), str(tmp_path / "model"))
+def test_a_newer_artifact_version_is_refused(trained: Trained, tmp_path: Path) -> None:
+    shutil.copytree(trained.model, tmp_path / "model")
     manifest_path = tmp_path / "model" / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     manifest["format_version"] = 99
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ModelLoadError, match="format_version 99 is not supported"):
+    with pytest.raises(ModelLoadError, match="format_version 99"):
         load_artifact(tmp_path / "model")
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint(
-    dataset: tuple[Path, Path], ray_session: None, tmp_path: Path
+def test_the_run_key_follows_what_a_run_learns(trained: Trained) -> None:
+    config = trained.config
+    key = run_key(config, "data")
+    operational = config.model_copy(deep=True)
+    operational.train.num_workers, operational.train.max_failures = 4, 7
+    assert run_key(operational, "data") == key  # how a run executes does not change what it learns
+    changed = config.model_copy(deep=True)
+    changed.model.fusion.method = "concat"
+    assert run_key(changed, "data") != key and run_key(config, "other data") != key
+
+
+def test_rerunning_a_finished_run_resumes_it_instead_of_training_again(
+    trained: Trained, tmp_path: Path
 ) -> None:
-    data, features = dataset
-    config = _config(tmp_path / "b", "train.max_failures=1")
-    prepared = prepare(config, str(data), str(features))
-    train_table = load_dataset(str(data), tables=()).interactions("train")
-    examples = build_examples(
-        train_table, prepared.catalog, config.train.positive_events, config.train.max_history
-    )
+    """Same config, same storage: Ray Train resumes the run directory named by the run key."""
+    again = train(trained.config, str(trained.data), str(trained.features), str(tmp_path / "model"))
+    first = load_artifact(trained.model).manifest["metrics"]["history"]
+    assert again.history == first  # no epoch ran again: the history is the checkpoint's
+    runs = list((trained.root / "train").glob("train-*"))
+    assert len(runs) == 1
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(trained: Trained, tmp_path: Path) -> None:
+    config = shared_config(tmp_path, "train.max_failures=1")
+    prepared = prepare(config, str(trained.data), str(trained.features))
+    train_table = load_dataset(str(trained.data), tables=()).interactions("train")
+    spec = config.model.user_state
+    examples = build_examples(train_table, prepared.catalog, spec.events, spec.max_history)
     steps_per_epoch = int(np.ceil(len(examples) / config.train.batch_size))
-    config.train.fail_at_step = steps_per_epoch + 2  # in the second epoch, after one checkpoint
-    result = train(config, str(data), str(features), str(tmp_path / "model"), name="faulty")
-    assert len(list((tmp_path / "b" / "train").glob(f"faulty-*/{INJECTED_FAILURE_MARKER}"))) == 1
+    hooks = RunHooks(fail_at_step=steps_per_epoch + 2)  # in the second epoch, after one checkpoint
+    result = train(config, str(trained.data), str(trained.features), str(tmp_path / "model"), "faulty", hooks)
+    assert len(list((tmp_path / "train").glob(f"faulty-*/{INJECTED_FAILURE_MARKER}"))) == 1
     assert [row["epoch"] for row in result.history] == [0, 1, 2]
     # epoch 0 ran before the failure; the restarted worker began from its checkpoint, not from scratch
     assert result.history[0]["resumed_from_epoch"] == -1
     assert result.history[-1]["resumed_from_epoch"] == 0
 
 
-def test_same_config_and_seed_give_the_same_metrics(
-    dataset: tuple[Path, Path], ray_session: None, tmp_path: Path
-) -> None:
-    data, features = dataset
-    runs = [
-        train(
-            _config(tmp_path / name, "train.epochs=2"), str(data), str(features), str(tmp_path / name / "m")
-        )
-        for name in ("a", "b")
-    ]
-    first, second = (run.manifest["metrics"]["validation"] for run in runs)
+def test_same_config_and_seed_give_the_same_metrics(trained: Trained, tmp_path: Path) -> None:
+    config = shared_config(trained.root, f"train.storage_path={tmp_path / 'train'}")  # same key, fresh run
+    run = train(config, str(trained.data), str(trained.features), str(tmp_path / "m"))
+    first = load_artifact(trained.model).manifest["metrics"]["validation"]
+    second = run.manifest["metrics"]["validation"]
     for key in ("val_recall@20", "val_ndcg@20", "train_loss"):
         assert first[key] == pytest.approx(second[key], abs=1e-6), key
 
 
-def test_two_workers_train_with_gloo_on_cpu(
-    dataset: tuple[Path, Path], ray_session: None, tmp_path: Path
-) -> None:
-    data, features = dataset
-    config = _config(tmp_path, "train.epochs=2", "train.num_workers=2", "train.cpus_per_worker=0.5")
-    result = train(config, str(data), str(features), str(tmp_path / "model"))
-    assert [row["epoch"] for row in result.history] == [0, 1]
+def test_two_workers_train_with_gloo_on_cpu(trained: Trained, tmp_path: Path) -> None:
+    config = shared_config(tmp_path, "train.epochs=1", "train.num_workers=2", "train.cpus_per_worker=0.5")
+    result = train(config, str(trained.data), str(trained.features), str(tmp_path / "model"))
+    assert [row["epoch"] for row in result.history] == [0]
     assert load_artifact(tmp_path / "model").item_vectors.num_rows == 240
 
 
-def test_mixed_negatives_are_drawn_into_the_loss(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+def test_mixed_negatives_are_drawn_into_the_loss(facet_data: tuple[Path, Path], tmp_path: Path) -> None:
     """With loss.mixed_negatives = K the objective scores K uniform catalog items as extra negatives."""
-    data, features = dataset
+    data, features = facet_data
     losses = {}
     for k in (0, 64):
-        config = _config(tmp_path, f"model.loss.mixed_negatives={k}")
+        config = shared_config(tmp_path, f"model.loss.mixed_negatives={k}")
         prepared = prepare(config, str(data), str(features))
         train_table = load_dataset(str(data), tables=()).interactions("train")
-        examples = build_examples(
-            train_table, prepared.catalog, config.train.positive_events, config.train.max_history
-        )
+        spec = config.model.user_state
+        examples = build_examples(train_table, prepared.catalog, spec.events, spec.max_history)
         log_q = target_log_q(examples, prepared.catalog.n_items)
         objective = NextItemObjective(build_model(prepared, config.seed), prepared.catalog, log_q, False)
         torch.manual_seed(0)

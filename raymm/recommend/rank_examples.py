@@ -1,14 +1,15 @@
 """What the ranker trains and is evaluated on: labelled (user state, item) examples, vectorised.
 
-Plain NumPy/PyTorch (no Ray). For one split (train, validation or test), read after the earlier
-splits that give each user's history (its ``context``):
+Plain NumPy/PyTorch (no Ray); training, validation and the test-split evaluation build them the
+same way. For one split (train, validation or test), read after the earlier splits that give
+each user's history (its ``context``):
 
-* every event of the split whose kind is in ``rank.positive_events`` (label 1) or
+* every event of the split whose kind is in ``model.user_state.events`` (label 1) or
   ``rank.negative_events`` (label 0; ``skip``: a logged impression turned down) is one example,
   weighted by ``rank.event_weights``;
-* its user state is the user's previous ``train.max_history`` positive items by
-  ``train.positive_events`` (the two-tower's own definition of history), context included; its
-  recency is ``log1p`` hours since the user's previous event of any kind (NaN for the first);
+* its user state is the user's previous ``user_state.max_history`` positive items
+  (:func:`~raymm.recommend.history.history_before`), context included; its recency is ``log1p``
+  hours since the user's previous event of any kind (NaN for the first);
 * each positive brings ``rank.negatives_per_positive`` sampled negatives sharing its state and
   recency: a ``hard_negative_share`` from the retriever's top ``retriever_top_n`` for that state,
   the rest uniform over the catalog; never an item the user interacted with in the context or
@@ -24,11 +25,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from raymm.config import RaymmConfig
-from raymm.models.ranker import RankerInputs, popularity_feature
+from raymm.data.dataset import load_dataset
+from raymm.errors import DataError
+from raymm.features.pipeline import load_features
+from raymm.models.artifact import load_artifact
+from raymm.models.config import RankerConfig, UserStateConfig
+from raymm.models.errors import ModelLoadError
+from raymm.models.ranker import RankerInputs
 from raymm.models.towers import TwoTower
-from raymm.train.data import Catalog, positive_events
-from raymm.train.loop import user_vectors
+from raymm.recommend.catalog import Catalog, build_catalog
+from raymm.recommend.history import by_user_and_time, counts_event, history_before, item_counts, user_codes
+from raymm.recommend.rerank import Reranker, ranker_inputs
+from raymm.recommend.topk import top_k
+from raymm.recommend.vectors import user_vectors
 
 #: ``RankExamples.kind`` codes.
 LOGGED, UNIFORM, HARD = 0, 1, 2
@@ -85,49 +94,12 @@ class RankExamples:
         return columns
 
 
-@torch.no_grad()
-def ranker_inputs(model: TwoTower, catalog: Catalog, train: pa.Table, events: list[str]) -> RankerInputs:
-    """The frozen two-tower's per-item outputs the ranker reads, for every catalog row (eval mode).
-
-    ``catalog`` must hold the model's modalities; popularity counts ``events`` in ``train``.
-    """
-    was_training = model.training
-    model.eval()
-    projected: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
-    vectors, content_vectors = [], []
-    for start in range(0, catalog.n_items, 4096):
-        rows = slice(start, start + 4096)
-        encoding = model.encode_items(
-            {m: catalog.features[m][rows] for m in model.modalities},
-            {m: catalog.present[m][rows] for m in model.modalities},
-            catalog.id_index[rows],
-        )
-        vectors.append(encoding.vectors)
-        content_vectors.append(
-            model.item_vectors(
-                {m: catalog.features[m][rows] for m in model.modalities},
-                {m: catalog.present[m][rows] for m in model.modalities},
-            )
-        )
-        for m in model.modalities:
-            projected[m].append(encoding.projected[m])
-    model.train(was_training)
-    positions = catalog.positions(positive_events(train, events).column("item_id"))
-    counts = np.bincount(positions[positions >= 0], minlength=catalog.n_items)
-    return RankerInputs(
-        {m: torch.cat(parts) for m, parts in projected.items()},
-        {m: catalog.present[m].clone() for m in model.modalities},
-        torch.cat(content_vectors),
-        popularity_feature(counts),
-        torch.cat(vectors),
-    )
-
-
 def build_rank_examples(
     context: pa.Table | None,
     split: pa.Table,
     catalog: Catalog,
-    config: RaymmConfig,
+    spec: UserStateConfig,
+    rank: RankerConfig,
     model: TwoTower,
     inputs: RankerInputs,
     seed: int,
@@ -141,41 +113,27 @@ def build_rank_examples(
     gets its item's count less one, so that a training positive never sees itself counted (a
     validation or test event is not in the counts either).
     """
-    rank = config.rank
     tables = [split] if context is None else [context.select(split.column_names), split]
-    marked = pa.concat_tables(
-        [
-            t.append_column("in_split", pa.array(np.full(t.num_rows, k == len(tables) - 1)))
-            for k, t in enumerate(tables)
-        ]
-    ).sort_by([("user_id", "ascending"), ("ts", "ascending")])
+    marked = by_user_and_time(
+        pa.concat_tables(
+            [
+                t.append_column("in_split", pa.array(np.full(t.num_rows, k == len(tables) - 1)))
+                for k, t in enumerate(tables)
+            ]
+        )
+    )
     rows = catalog.positions(marked.column("item_id"))
     marked, rows = marked.filter(pa.array(rows >= 0)), rows[rows >= 0]
-    users = np.asarray(
-        pc.dictionary_encode(marked.column("user_id")).combine_chunks().indices, dtype=np.int64
-    )
+    users = user_codes(marked)
     ts = marked.column("ts").cast(pa.int64()).to_numpy().astype(np.float64)
     event = marked.column("event")
     first = np.r_[True, users[1:] != users[:-1]]
-
-    # History: the L previous history-positive rows of the same user (an exclusive running count).
-    history_positive = np.asarray(
-        pc.is_in(event, value_set=pa.array(config.train.positive_events, pa.string()))
-    )
-    before = np.cumsum(history_positive) - history_positive
-    user_start = np.maximum.accumulate(np.where(first, np.arange(len(users)), 0))
-    lags = np.arange(config.train.max_history, 0, -1)
-    source = before[:, None] - lags[None, :]
-    positive_rows = rows[history_positive]
-    history = np.where(
-        source >= before[user_start][:, None],
-        positive_rows[np.clip(source, 0, None)] if positive_rows.size else -1,
-        -1,
-    )
+    history_positive = counts_event(marked, spec.events)
+    history = history_before(users, rows, history_positive, spec.max_history)
     gap_hours = np.r_[np.nan, np.diff(ts)] / _MS_PER_HOUR
     recency = np.where(first, np.nan, np.log1p(np.maximum(gap_hours, 0.0))).astype(np.float32)
 
-    is_positive = np.asarray(pc.is_in(event, value_set=pa.array(rank.positive_events, pa.string())))
+    is_positive = history_positive
     is_negative = np.asarray(pc.is_in(event, value_set=pa.array(rank.negative_events, pa.string())))
     keep = np.asarray(marked.column("in_split")) & (is_positive | is_negative)
     # One weight per event kind, spread over the examples through the kinds' codes.
@@ -200,7 +158,7 @@ def build_rank_examples(
     interacted = np.unique(users * catalog.n_items + rows)
     example_users = users[keep]
     sampled = _sampled_negatives(
-        logged, example_users, interacted, catalog.n_items, config, model, inputs, seed
+        logged, example_users, interacted, catalog.n_items, rank, model, inputs, seed
     )
     return RankExamples.concat([logged, *sampled])
 
@@ -210,13 +168,12 @@ def _sampled_negatives(
     example_users: np.ndarray,
     interacted: np.ndarray,
     n_items: int,
-    config: RaymmConfig,
+    rank: RankerConfig,
     model: TwoTower,
     inputs: RankerInputs,
     seed: int,
 ) -> list[RankExamples]:
     """Uniform and hard negatives for each positive of ``logged`` (see the module docstring)."""
-    rank = config.rank
     rng = np.random.default_rng(seed)
     positives = np.flatnonzero(logged.label == 1.0)
     n_hard = round(rank.negatives_per_positive * rank.hard_negative_share)
@@ -287,9 +244,82 @@ def _negatives(
 
 @torch.no_grad()
 def _retrieved(model: TwoTower, item_vectors: torch.Tensor, history: np.ndarray, top_n: int) -> np.ndarray:
-    """(P, top_n) catalog rows the retriever ranks highest for each history, in chunks."""
+    """(P, top_n) catalog rows the retriever ranks highest for each history (the one top-k scorer)."""
+    return top_k(user_vectors(model, item_vectors, history), item_vectors, top_n).rows.numpy()
+
+
+@dataclass
+class RankSetup:
+    """The frozen retriever, the catalog it reads and the ranker's per-item inputs."""
+
+    two_tower: TwoTower
+    catalog: Catalog
+    inputs: RankerInputs
+
+
+def rank_setup(
+    data_dir: str, features_dir: str, model_dir: str, spec: UserStateConfig | None = None
+) -> RankSetup:
+    """Load the two-tower artifact and the catalog it reads, and compute the per-item ranker inputs.
+
+    Popularity counts the training split's events of the artifact's user-state spec (or
+    ``spec``). Raises :class:`~raymm.models.errors.ModelLoadError` if the artifact is missing,
+    does not fit the features, or was trained on another catalog.
+    """
+    dataset = load_dataset(data_dir, tables=())
+    train = dataset.interactions("train")
+    artifact = load_artifact(model_dir)
+    catalog = build_catalog(load_features(features_dir), dataset.items, train, artifact.model.modalities)
+    artifact = load_artifact(model_dir, expected_dims=catalog.dims)
+    saved_ids = np.asarray(artifact.item_vectors.column("item_id").to_pylist(), dtype=object)
+    if saved_ids.shape != catalog.item_ids.shape or not np.array_equal(saved_ids, catalog.item_ids):
+        raise ModelLoadError(
+            f"{model_dir}: the artifact's {saved_ids.size} item vectors are not the {catalog.n_items} "
+            f"catalog items of {data_dir}; train the two-tower stage on this dataset first"
+        )
+    two_tower = artifact.model.requires_grad_(False)
+    spec = spec or two_tower.config.user_state
+    inputs = ranker_inputs(two_tower, catalog, item_counts(train, catalog, spec.events))
+    return RankSetup(two_tower, catalog, inputs)
+
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+
+def split_examples(
+    setup: RankSetup, rank: RankerConfig, data_dir: str, split: str, seed: int
+) -> RankExamples:
+    """Labelled examples of ``split`` (train, validation or test), histories from the splits before it."""
+    if split not in SPLITS:
+        raise DataError(f"rank examples come from {', '.join(SPLITS)}, not {split!r}")
+    dataset = load_dataset(data_dir, tables=())
+    earlier = [dataset.interactions(s) for s in SPLITS[: SPLITS.index(split)]]
+    return build_rank_examples(
+        pa.concat_tables(earlier) if earlier else None,
+        dataset.interactions(split),
+        setup.catalog,
+        setup.two_tower.config.user_state,
+        rank,
+        setup.two_tower,
+        setup.inputs,
+        seed,
+        counted=split == "train",
+    )
+
+
+@torch.no_grad()
+def predict(reranker: Reranker, two_tower: TwoTower, examples: RankExamples, chunk: int = 8192) -> np.ndarray:
+    """(n,) P(engage) of every example, scored as serving scores it (:meth:`Reranker.score_rows`).
+
+    The item's popularity is the reranker's (not the example's leave-one-out count): use it on
+    validation and test examples, whose events the counts never include.
+    """
     parts = []
-    for start in range(0, len(history), 2048):
-        people = user_vectors(model, item_vectors, history[start : start + 2048])
-        parts.append(torch.topk(people @ item_vectors.T, top_n, dim=1).indices.numpy())
-    return np.concatenate(parts) if parts else np.zeros((0, top_n), dtype=np.int64)
+    for start in range(0, len(examples), chunk):
+        part = examples.take(np.arange(start, min(start + chunk, len(examples))))
+        users = user_vectors(two_tower, reranker.inputs.vectors, part.history)
+        logits = reranker.score_rows(
+            users, torch.from_numpy(part.item).unsqueeze(1), torch.from_numpy(part.recency)
+        )
+        parts.append(torch.sigmoid(logits[:, 0]).numpy())
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)

@@ -1,0 +1,144 @@
+"""User state from an interaction log, by the model's user-state spec (``model.user_state``).
+
+A user is their ``max_history`` most recent items whose event counts (``user_state.events``),
+oldest first, -1 padded on the left, plus every item they interacted with (seen, never
+recommended again). One windowing function, :func:`history_before`, gives the history in front
+of every event of a log (training examples, ranker examples) and :func:`eval_users` the state
+after a whole log (evaluation and validation users); both are vectorised over all users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raymm.recommend.catalog import Catalog
+from raymm.recommend.itemsets import ItemSets
+
+_MS_PER_HOUR = 3_600_000.0
+
+
+def by_user_and_time(interactions: pa.Table) -> pa.Table:
+    """The interactions sorted by user, then time (the order every window assumes)."""
+    return interactions.sort_by([("user_id", "ascending"), ("ts", "ascending")])
+
+
+def positive_events(interactions: pa.Table, events: Sequence[str]) -> pa.Table:
+    """Interactions whose event is one of ``events``, sorted by user then time."""
+    keep = pc.is_in(interactions.column("event"), value_set=pa.array(list(events), pa.string()))
+    return by_user_and_time(interactions.filter(keep))
+
+
+def counts_event(interactions: pa.Table, events: Sequence[str]) -> np.ndarray:
+    """(n,) bool: which rows' event is one of ``events``."""
+    return np.asarray(pc.is_in(interactions.column("event"), value_set=pa.array(list(events), pa.string())))
+
+
+def user_codes(interactions: pa.Table) -> np.ndarray:
+    """(n,) int64 dense user codes of a table sorted by user (equal ids, equal codes)."""
+    return np.asarray(
+        pc.dictionary_encode(interactions.column("user_id")).combine_chunks().indices, dtype=np.int64
+    )
+
+
+def history_before(users: np.ndarray, rows: np.ndarray, counts: np.ndarray, max_history: int) -> np.ndarray:
+    """(n, max_history) for each event: the rows of its user's last ``max_history`` counting events
+    strictly before it, oldest first, -1 padded on the left.
+
+    ``users`` (n,) user codes and ``rows`` (n,) catalog rows of a log sorted by user then time;
+    ``counts`` (n,) bool marks the events that enter a history.
+    """
+    n = len(users)
+    counts = np.asarray(counts, dtype=bool)
+    before = np.cumsum(counts) - counts  # counting events before each position, over the whole log
+    first = np.r_[True, users[1:] != users[:-1]] if n else np.zeros(0, dtype=bool)
+    user_start = np.maximum.accumulate(np.where(first, np.arange(n), 0)) if n else np.zeros(0, np.int64)
+    counted_rows = rows[counts]
+    lags = np.arange(max_history, 0, -1)  # oldest (lag L) first, newest (lag 1) last
+    source = before[:, None] - lags[None, :]
+    valid = source >= before[user_start][:, None]
+    if counted_rows.size == 0:
+        return np.full((n, max_history), -1, dtype=np.int64)
+    return np.where(valid, counted_rows[np.clip(source, 0, None)], -1).astype(np.int64)
+
+
+def history_after(users: np.ndarray, rows: np.ndarray, counts: np.ndarray, max_history: int) -> np.ndarray:
+    """(n_users, max_history): each user's history after all of their events (codes 0..n_users-1)."""
+    n_users = int(users.max()) + 1 if len(users) else 0
+    history = np.full((n_users, max_history), -1, dtype=np.int64)
+    if not len(users):
+        return history
+    window = history_before(users, rows, counts, max_history)
+    last = np.r_[np.flatnonzero(np.diff(users)), len(users) - 1]
+    shifted = np.concatenate([window[last][:, 1:], rows[last][:, None]], axis=1)
+    history[users[last]] = np.where(np.asarray(counts, bool)[last][:, None], shifted, window[last])
+    return history
+
+
+@dataclass
+class EvalUsers:
+    """Users to score: recent ``history`` (U, L) catalog rows, what they had ``seen``, held-out ``truth``."""
+
+    user_ids: np.ndarray
+    history: np.ndarray
+    seen: ItemSets
+    truth: ItemSets
+
+    @property
+    def history_length(self) -> np.ndarray:
+        """(U,) number of real entries in each history."""
+        return (self.history >= 0).sum(axis=1)
+
+
+def eval_users(
+    context: pa.Table, held_out: pa.Table, catalog: Catalog, events: Sequence[str], max_history: int
+) -> EvalUsers:
+    """Users with positives in ``held_out``: history from ``context`` (earlier events), truth from ``held_out``.
+
+    Seen items are every item of the user in ``context`` (any event), excluded from ranking.
+    Users without a single counting event in ``context`` get an all-padding history.
+    """
+    truth_events = positive_events(held_out, events)
+    truth_rows = catalog.positions(truth_events.column("item_id"))
+    truth_users = np.asarray(truth_events.column("user_id").to_pylist(), dtype=object)
+    user_ids = np.unique(truth_users[truth_rows >= 0].astype(str))
+    lookup = pa.array(user_ids, pa.string())
+
+    ordered = by_user_and_time(context)
+    codes = np.asarray(pc.fill_null(pc.index_in(ordered.column("user_id"), value_set=lookup), -1))
+    rows = catalog.positions(ordered.column("item_id"))
+    keep = (codes >= 0) & (rows >= 0)
+    history = np.full((len(user_ids), max_history), -1, dtype=np.int64)
+    counted = counts_event(ordered, events)[keep] if ordered.num_rows else np.zeros(0, bool)
+    state = history_after(codes[keep], rows[keep], counted, max_history)
+    history[: len(state)] = state
+    seen = ItemSets.from_pairs(codes[keep], rows[keep], len(user_ids))
+    t_users = np.asarray(pc.index_in(pa.array(truth_users.astype(str)), value_set=lookup))
+    t_keep = truth_rows >= 0
+    truth = ItemSets.from_pairs(t_users[t_keep], truth_rows[t_keep], len(user_ids))
+    return EvalUsers(user_ids, history, seen, truth)
+
+
+def held_out_recency(context: pa.Table, held_out: pa.Table, user_ids: np.ndarray) -> np.ndarray:
+    """(U,) log1p hours from each user's last ``context`` event to the first ``held_out`` event (NaN if none).
+
+    The serving-time analogue of the ranker's recency for users scored at the start of a period.
+    """
+    last = context.group_by("user_id").aggregate([("ts", "max")])
+    position = np.asarray(
+        pc.fill_null(pc.index_in(pa.array(user_ids.astype(str)), value_set=last.column("user_id")), -1)
+    )
+    last_ms = last.column("ts_max").cast(pa.int64()).to_numpy()
+    start_ms = float(pc.min(held_out.column("ts")).cast(pa.int64()).as_py())
+    hours = (start_ms - last_ms[np.clip(position, 0, None)]) / _MS_PER_HOUR
+    return np.where(position >= 0, np.log1p(np.maximum(hours, 0.0)), np.nan).astype(np.float32)
+
+
+def item_counts(interactions: pa.Table, catalog: Catalog, events: Sequence[str]) -> np.ndarray:
+    """(N,) counting events per catalog item in ``interactions`` (what popularity knows)."""
+    rows = catalog.positions(positive_events(interactions, events).column("item_id"))
+    return np.bincount(rows[rows >= 0], minlength=catalog.n_items)

@@ -1,0 +1,118 @@
+"""A trained artifact as a recommender: item ids in, item ids and scores out, as serving answers.
+
+:func:`load_model` reads the artifact (two-tower model, item vectors, the popularity the
+fallback uses and its shrinkage, and the ranker when there is one) into a :class:`Recommender`.
+:meth:`Recommender.recommend` builds the user from their recent item ids with the artifact's
+user-state spec, blends in popularity for short histories (:class:`FallbackScorer`: an unknown
+user gets the popular items, not an untrained vector), excludes what they have seen, and
+re-ranks the retriever's top-N with the ranker when the artifact has one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raymm.models.artifact import Artifact, load_artifact
+from raymm.recommend.itemsets import ItemSets
+from raymm.recommend.rerank import Reranker
+from raymm.recommend.scorers import FallbackScorer, PopularityScorer, RetrieveThenRank, Scorer, TwoTowerScorer
+
+
+@dataclass
+class Recommendation:
+    """One recommended item and its score (the ranker's logit, or the blended retrieval score)."""
+
+    item_id: str
+    score: float
+
+
+class Recommender:
+    """The artifact's recommender; build it with :func:`load_model`."""
+
+    def __init__(self, artifact: Artifact, reranker: Reranker | None, top_n: int) -> None:
+        self.artifact = artifact
+        self.spec = artifact.model.config.user_state
+        table = artifact.item_vectors
+        self.item_ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)
+        self.row_of = {str(item_id): row for row, item_id in enumerate(self.item_ids)}
+        width = table.schema.field("vector").type.list_size
+        flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        vectors = torch.from_numpy(np.array(flat, dtype=np.float32).reshape(-1, width))
+        counts = (
+            np.asarray(table.column("popularity").to_numpy(), dtype=np.float64)
+            if "popularity" in table.column_names
+            else np.zeros(len(self.item_ids))
+        )
+        metrics = artifact.manifest.get("metrics", {})
+        self.two_tower = TwoTowerScorer(artifact.model, item_vectors=vectors)
+        self.retriever = FallbackScorer(
+            self.two_tower, PopularityScorer(counts), float(metrics.get("fallback_shrinkage", 0.0))
+        )
+        self.scorer: Scorer = (
+            self.retriever
+            if reranker is None
+            else RetrieveThenRank(self.retriever, self.two_tower, reranker, top_n)
+        )
+
+    @property
+    def version(self) -> str:
+        """The model version serving reports with each recommendation."""
+        return self.artifact.version
+
+    def rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Catalog rows of ``item_ids``; :class:`KeyError` naming the unknown ones."""
+        unknown = [i for i in item_ids if str(i) not in self.row_of]
+        if unknown:
+            raise KeyError(f"unknown item ids {unknown[:5]} ({len(unknown)} of {len(item_ids)})")
+        return np.fromiter((self.row_of[str(i)] for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+    def history_rows(self, recent: Sequence[str]) -> np.ndarray:
+        """(1, max_history) the user's history window from recent item ids (oldest first)."""
+        rows = self.rows(list(recent)[-self.spec.max_history :])
+        history = np.full((1, self.spec.max_history), -1, dtype=np.int64)
+        if rows.size:
+            history[0, -rows.size :] = rows
+        return history
+
+    def recommend(
+        self,
+        recent: Sequence[str],
+        k: int = 10,
+        *,
+        seen: Sequence[str] = (),
+        recency_hours: float | None = None,
+    ) -> list[Recommendation]:
+        """The top ``k`` items for a user whose recent positive items are ``recent`` (oldest first).
+
+        ``seen`` items (and ``recent`` ones) are never recommended; ``recency_hours`` since the
+        user's last event feeds the ranker (None: unknown). Raises :class:`KeyError` for an
+        unknown item id and :class:`ValueError` for k < 1.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        history = self.history_rows(recent)
+        excluded = np.unique(np.concatenate([self.rows(list(seen)), history[history >= 0]]))
+        recency = np.array([np.nan if recency_hours is None else np.log1p(recency_hours)], np.float32)
+        top = self.scorer.recommend(history, k, exclude=ItemSets.from_lists([excluded]), recency=recency)
+        return [
+            Recommendation(str(self.item_ids[row]), float(score))
+            for row, score in zip(top.rows[0].tolist(), top.scores[0].tolist(), strict=True)
+            if row >= 0
+        ]
+
+
+def load_model(directory: str | Path, top_n: int | None = None) -> Recommender:
+    """The artifact at ``directory`` as a :class:`Recommender` (with its ranker when it has one).
+
+    ``top_n`` candidates go to the ranker (default: the artifact's ``rank.retriever_top_n``).
+    Raises :class:`~raymm.models.errors.ModelLoadError` for a missing or invalid artifact.
+    """
+    artifact = load_artifact(directory)
+    reranker = Reranker.from_artifact(directory) if "rank" in artifact.manifest.get("stages", {}) else None
+    configured = artifact.manifest.get("config", {}).get("rank", {}).get("retriever_top_n", 200)
+    return Recommender(artifact, reranker, int(top_n or configured))

@@ -1,0 +1,302 @@
+"""Every recommender behind one interface: ``fit`` on a training context, ``recommend`` top k.
+
+Like Cornac's ``Recommender`` (``fit`` / ``score``), but answering with the top k instead of a
+full score row, so that memory stays bounded at any catalog size: each scorer ranks through the
+one seen-masked :func:`~raymm.recommend.topk.top_k` (dot products, chunked) and, for
+retrieve-then-rank, :class:`~raymm.recommend.rerank.Reranker`. One evaluator
+(:mod:`raymm.eval.evaluate`) takes a list of these objects.
+
+* :class:`TwoTowerScorer`: the trained two-tower model (user tower over the history's item
+  vectors);
+* :class:`PopularityScorer`: most popular items first (counts of counting events in the fit
+  context; ties in a fixed seeded order);
+* :class:`ContentScorer`: training-free content baseline: cosine between an item's raw feature
+  vectors (standardised, normalised per modality, concatenated) and the mean of the user's
+  history items' vectors;
+* :class:`FallbackScorer`: a scorer blended with popularity by history length, so users with
+  little or no history get a real answer: score = a(h) * primary + (1 - a(h)) * popularity with
+  a(h) = h / (h + shrinkage), h the number of history items (a(0) = 0: popularity alone). The
+  shrinkage is chosen on validation (:func:`choose_shrinkage`) and serving applies the same rule;
+* :class:`RetrieveThenRank`: a retriever's top ``top_n`` re-ordered by the ranker.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from raymm.models.towers import TwoTower
+from raymm.recommend.catalog import Catalog
+from raymm.recommend.history import item_counts
+from raymm.recommend.itemsets import ItemSets
+from raymm.recommend.rerank import Reranker
+from raymm.recommend.topk import TopK, top_k
+from raymm.recommend.vectors import encode_catalog, user_vectors
+
+#: Shrinkage values :func:`choose_shrinkage` tries (0: popularity only for users with no history).
+SHRINKAGE_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: Users per chunk when a scorer does more than a dot product per user (re-ranking).
+USER_CHUNK = 256
+
+
+@dataclass
+class FitContext:
+    """What a scorer may learn from: the catalog, the interactions before the evaluated period,
+    the events that count as positives, and the seed for tie-breaking."""
+
+    catalog: Catalog
+    interactions: pa.Table
+    events: Sequence[str]
+    seed: int = 0
+
+
+class Scorer(ABC):
+    """One recommender: ``fit`` then ``recommend``. Subclasses set ``name``."""
+
+    name: str = "scorer"
+
+    def fit(self, context: FitContext) -> Scorer:
+        """Learn what the scorer needs from ``context``; pre-trained scorers need nothing. Returns self."""
+        return self
+
+    @abstractmethod
+    def recommend(
+        self,
+        history: np.ndarray,
+        k: int,
+        *,
+        exclude: ItemSets | None = None,
+        candidates: np.ndarray | None = None,
+        recency: np.ndarray | None = None,
+    ) -> TopK:
+        """The top ``k`` catalog rows for each of U users, best first.
+
+        ``history`` (U, L) catalog rows, oldest first, -1 padded; ``exclude`` per user rows never
+        returned (seen items); ``candidates`` the rows that may be returned (None: all);
+        ``recency`` (U,) raw log1p hours since each user's last event (NaN: unknown), used by
+        scorers that read it.
+        """
+
+
+class DotProductScorer(Scorer):
+    """A scorer whose score is ``user_vector . item_vector``: ranks through :func:`top_k`."""
+
+    @abstractmethod
+    def item_vectors(self) -> Tensor:
+        """(N, E) one vector per catalog row."""
+
+    @abstractmethod
+    def user_vectors(self, history: np.ndarray) -> Tensor:
+        """(U, E) one vector per history row."""
+
+    def recommend(
+        self,
+        history: np.ndarray,
+        k: int,
+        *,
+        exclude: ItemSets | None = None,
+        candidates: np.ndarray | None = None,
+        recency: np.ndarray | None = None,
+    ) -> TopK:
+        return top_k(
+            self.user_vectors(history), self.item_vectors(), k, exclude=exclude, candidates=candidates
+        )
+
+
+class TwoTowerScorer(DotProductScorer):
+    """The trained two-tower model: item vectors computed from ``catalog`` (which must hold the
+    model's modalities) on first use, or given as ``item_vectors`` (an artifact's, serving)."""
+
+    def __init__(
+        self,
+        model: TwoTower,
+        catalog: Catalog | None = None,
+        name: str = "two-tower",
+        item_vectors: Tensor | None = None,
+    ) -> None:
+        if catalog is None and item_vectors is None:
+            raise ValueError("TwoTowerScorer needs a catalog or precomputed item_vectors")
+        self.model = model
+        self.catalog = catalog
+        self.name = name
+        self._items = item_vectors
+
+    def item_vectors(self) -> Tensor:
+        if self._items is None:
+            assert self.catalog is not None
+            self._items = encode_catalog(self.model, self.catalog).vectors
+        return self._items
+
+    def user_vectors(self, history: np.ndarray) -> Tensor:
+        return user_vectors(self.model, self.item_vectors(), history)
+
+
+class PopularityScorer(DotProductScorer):
+    """Most popular first: counting events per item in the fit context, ties in a seeded order.
+
+    The item score is ``log1p(count) / log1p(max count)`` in [0, 1] plus a tie-breaking term below
+    any count difference, so it also serves as the popularity half of :class:`FallbackScorer`.
+    """
+
+    name = "popularity"
+
+    def __init__(self, counts: np.ndarray | None = None, seed: int = 0) -> None:
+        self.seed = seed
+        self._items = None if counts is None else self._scores(np.asarray(counts))
+
+    def fit(self, context: FitContext) -> PopularityScorer:
+        self.seed = context.seed
+        self._items = self._scores(item_counts(context.interactions, context.catalog, context.events))
+        return self
+
+    def _scores(self, counts: np.ndarray) -> Tensor:
+        if counts.ndim != 1 or (counts.size and counts.min() < 0):
+            raise ValueError(
+                f"popularity counts must be a non-negative (N,) vector, got shape {counts.shape}"
+            )
+        logs = np.log1p(counts.astype(np.float64))
+        scale = logs.max() if counts.size and logs.max() > 0 else 1.0
+        tie_break = np.random.default_rng(self.seed).permutation(counts.size) / max(counts.size, 1)
+        # log1p of counts differs by >= log1p(1/max) ~ 1/max between distinct counts; stay below it.
+        gap = 0.5 / (max(float(counts.max(initial=0)), 1.0) + 1.0) / scale
+        return torch.from_numpy((logs / scale + gap * tie_break).astype(np.float32)).unsqueeze(1)
+
+    def item_vectors(self) -> Tensor:
+        if self._items is None:
+            raise RuntimeError("PopularityScorer: call fit() or pass counts first")
+        return self._items
+
+    def user_vectors(self, history: np.ndarray) -> Tensor:
+        return torch.ones(len(history), 1)
+
+
+class ContentScorer(DotProductScorer):
+    """Training-free content baseline: nearest items to the user's history by raw feature vectors.
+
+    Each modality's raw features are standardised over the catalog's present rows and
+    L2-normalised; an item's vector concatenates them (absent modalities zero) scaled by
+    1/sqrt(modalities present), and a user's vector is the mean of their history items' vectors.
+    The item-item score is then the mean per-modality cosine over shared modalities.
+    """
+
+    name = "content"
+
+    def __init__(self, modalities: Sequence[str] | None = None) -> None:
+        self.modalities = None if modalities is None else list(modalities)
+        self._items: Tensor | None = None
+
+    def fit(self, context: FitContext) -> ContentScorer:
+        catalog = context.catalog
+        names = self.modalities or list(catalog.features)
+        parts, present = [], []
+        for modality in names:
+            features, mask = catalog.features[modality], catalog.present[modality]
+            rows = features[mask]
+            mean = rows.mean(dim=0) if rows.shape[0] else torch.zeros(features.shape[1])
+            std = rows.std(dim=0) + 1e-4 if rows.shape[0] > 1 else torch.ones(features.shape[1])
+            parts.append(F.normalize((features - mean) / std, dim=1) * mask.unsqueeze(1))
+            present.append(mask)
+        n_present = torch.stack(present, dim=1).sum(dim=1, keepdim=True).clamp(min=1)
+        self._items = torch.cat(parts, dim=1) / n_present.sqrt()
+        return self
+
+    def item_vectors(self) -> Tensor:
+        if self._items is None:
+            raise RuntimeError("ContentScorer: call fit() first")
+        return self._items
+
+    def user_vectors(self, history: np.ndarray) -> Tensor:
+        items = self.item_vectors()
+        rows = torch.as_tensor(history)
+        valid = (rows >= 0).unsqueeze(-1)
+        total = (items[rows.clamp(min=0)] * valid).sum(dim=1)
+        return total / valid.sum(dim=1).clamp(min=1)
+
+
+def history_weight(history: np.ndarray, shrinkage: float) -> Tensor:
+    """(U,) weight a(h) = h / (h + shrinkage) of the personal score, h the real history entries (a(0) = 0)."""
+    length = torch.as_tensor((np.asarray(history) >= 0).sum(axis=1), dtype=torch.float32)
+    return torch.where(length > 0, length / (length + shrinkage), torch.zeros_like(length))
+
+
+class FallbackScorer(DotProductScorer):
+    """``primary`` blended with ``popularity`` by history length (see the module docstring)."""
+
+    def __init__(self, primary: DotProductScorer, popularity: PopularityScorer, shrinkage: float) -> None:
+        if shrinkage < 0:
+            raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
+        self.primary, self.popularity, self.shrinkage = primary, popularity, shrinkage
+        self.name = f"{primary.name} + popularity fallback"
+
+    def fit(self, context: FitContext) -> FallbackScorer:
+        self.primary.fit(context)
+        self.popularity.fit(context)
+        return self
+
+    def item_vectors(self) -> Tensor:
+        return torch.cat([self.primary.item_vectors(), self.popularity.item_vectors()], dim=1)
+
+    def user_vectors(self, history: np.ndarray) -> Tensor:
+        weight = history_weight(history, self.shrinkage).unsqueeze(1)
+        return torch.cat([weight * self.primary.user_vectors(history), 1.0 - weight], dim=1)
+
+
+class RetrieveThenRank(Scorer):
+    """The top ``top_n`` of ``retriever`` for each user, re-ordered by ``reranker``'s logit.
+
+    The ranker reads the two-tower user vector (``user_model``'s), so a user's candidates and
+    their re-ordering come from the same state.
+    """
+
+    def __init__(
+        self, retriever: DotProductScorer, user_model: TwoTowerScorer, reranker: Reranker, top_n: int
+    ) -> None:
+        if top_n < 1:
+            raise ValueError(f"top_n must be positive, got {top_n}")
+        self.retriever, self.user_model, self.reranker, self.top_n = retriever, user_model, reranker, top_n
+        self.name = f"{retriever.name} -> ranker"
+
+    def recommend(
+        self,
+        history: np.ndarray,
+        k: int,
+        *,
+        exclude: ItemSets | None = None,
+        candidates: np.ndarray | None = None,
+        recency: np.ndarray | None = None,
+    ) -> TopK:
+        if k > self.top_n:
+            raise ValueError(f"k={k} exceeds the retriever's top_n={self.top_n}: the ranker sees only those")
+        raw_recency = np.full(len(history), np.nan, np.float32) if recency is None else recency
+        parts = []
+        for start in range(0, len(history), USER_CHUNK):
+            rows = slice(start, start + USER_CHUNK)
+            chunk_exclude = None if exclude is None else exclude.take(np.arange(len(history))[rows])
+            retrieved = self.retriever.recommend(
+                history[rows], self.top_n, exclude=chunk_exclude, candidates=candidates
+            )
+            users = self.user_model.user_vectors(history[rows])
+            parts.append(self.reranker.rerank(retrieved, users, torch.as_tensor(raw_recency[rows]), k))
+        if not parts:
+            return TopK(torch.zeros((0, k), dtype=torch.long), torch.zeros((0, k)))
+        return TopK(torch.cat([p.rows for p in parts]), torch.cat([p.scores for p in parts]))
+
+
+def choose_shrinkage(
+    evaluate: Callable[[Scorer], float],
+    primary: DotProductScorer,
+    popularity: PopularityScorer,
+    grid: Sequence[float] = SHRINKAGE_GRID,
+) -> tuple[float, dict[str, float]]:
+    """The shrinkage of ``grid`` whose :class:`FallbackScorer` scores best by ``evaluate`` (on
+    validation; the smallest on ties), and every value's score."""
+    scores = {str(value): evaluate(FallbackScorer(primary, popularity, value)) for value in grid}
+    best = max(grid, key=lambda value: (scores[str(value)], -value))
+    return float(best), scores

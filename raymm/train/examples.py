@@ -1,0 +1,57 @@
+"""Next-item training examples: for each positive event, the user's history before it and the item.
+
+Plain NumPy (no Ray). The history is the recommendation core's window
+(:func:`~raymm.recommend.history.history_before`), so a training example sees exactly the state
+evaluation and serving build for that user at that moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from raymm.models.losses import log_sampling_probs
+from raymm.recommend.catalog import Catalog
+from raymm.recommend.history import history_before, positive_events, user_codes
+
+
+@dataclass
+class Examples:
+    """Next-item training examples: ``history`` (n, L) catalog rows, oldest first, -1 padded."""
+
+    user: np.ndarray
+    history: np.ndarray
+    target: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def to_table(self) -> pa.Table:
+        """Flat columns ``h0..h{L-1}`` and ``target`` (what the Ray Dataset and the loop read)."""
+        columns = {f"h{k}": self.history[:, k] for k in range(self.history.shape[1])}
+        columns["target"] = self.target
+        return pa.table(columns)
+
+
+def build_examples(
+    interactions: pa.Table, catalog: Catalog, events: Sequence[str], max_history: int
+) -> Examples:
+    """One example per positive event that has at least one earlier positive event of its user."""
+    positives = positive_events(interactions, events)
+    rows = catalog.positions(positives.column("item_id"))
+    users = user_codes(positives)
+    keep = rows >= 0
+    rows, users = rows[keep], users[keep]
+    history = history_before(users, rows, np.ones(len(rows), dtype=bool), max_history)
+    has_history = history[:, -1] >= 0
+    return Examples(users[has_history], history[has_history], rows[has_history])
+
+
+def target_log_q(examples: Examples, n_items: int) -> np.ndarray:
+    """(N,) log P(item is a batch target), for the logQ correction (:func:`log_sampling_probs`)."""
+    counts = torch.from_numpy(np.bincount(examples.target, minlength=n_items).astype(np.float64))
+    return log_sampling_probs(counts).numpy()

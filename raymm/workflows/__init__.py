@@ -1,0 +1,1 @@
+"""Orchestration above the stages: the quickstart pipeline and the ablation experiment."""

@@ -1,0 +1,61 @@
+"""User state from a log: history windows against a hand-built log, evaluation users."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+
+from raymm.recommend.catalog import build_catalog
+from raymm.recommend.history import eval_users, history_after, history_before
+from tests.conftest import make_items
+
+EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def test_history_windows_match_a_hand_built_log() -> None:
+    # user 0: rows 5, 6 (skip), 7; user 1: rows 8, 9. Only counted events enter a history.
+    users = np.array([0, 0, 0, 1, 1])
+    rows = np.array([5, 6, 7, 8, 9])
+    counts = np.array([True, False, True, True, True])
+    assert history_before(users, rows, counts, 2).tolist() == [[-1, -1], [-1, 5], [-1, 5], [-1, -1], [-1, 8]]
+    assert history_before(users, rows, counts, 1).tolist() == [[-1], [5], [5], [-1], [8]]
+    assert history_after(users, rows, counts, 2).tolist() == [[5, 7], [8, 9]]
+    # a user whose last event does not count keeps the window before it
+    assert history_after(np.array([0, 0]), np.array([1, 2]), np.array([True, False]), 3).tolist() == [
+        [-1, -1, 1]
+    ]
+
+
+def _log(rows: list[tuple[str, str, str, int]]) -> pa.Table:
+    return pa.table(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "event": [r[2] for r in rows],
+            "ts": pa.array([EPOCH + dt.timedelta(hours=r[3]) for r in rows], pa.timestamp("ms", tz="UTC")),
+        }
+    )
+
+
+def test_eval_users_take_recent_positives_as_history_and_every_event_as_seen() -> None:
+    items = make_items(6)
+    features = pa.table({"item_id": items.column("item_id")})
+    features = features.append_column(
+        "text", pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(12, np.float32)), 2)
+    )
+    context = _log(
+        [("u1", "i3", "view", 2), ("u1", "i1", "click", 1), ("u1", "i2", "skip", 3), ("u2", "i4", "like", 1)]
+    )
+    held_out = _log([("u1", "i5", "purchase", 9), ("u3", "i0", "play", 9), ("u2", "i0", "skip", 9)])
+    catalog = build_catalog(features, items, context)
+    users = eval_users(context, held_out, catalog, ["view", "click", "like", "purchase", "play"], 3)
+    assert users.user_ids.tolist() == ["u1", "u3"]  # u2's held-out event is a skip: nothing to find
+    row = {item: k for k, item in enumerate(catalog.item_ids)}
+    assert users.history.tolist() == [[-1, row["i1"], row["i3"]], [-1, -1, -1]]  # time order, skip left out
+    assert sorted(users.seen.take(np.array([0])).indices.tolist()) == sorted(
+        [row["i1"], row["i2"], row["i3"]]
+    )
+    assert users.truth.take(np.array([1])).indices.tolist() == [row["i0"]]
+    assert users.history_length.tolist() == [2, 0]

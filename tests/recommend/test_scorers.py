@@ -1,0 +1,90 @@
+"""The scorers behind one interface: popularity, the content baseline, the fallback blend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raymm.recommend.catalog import Catalog
+from raymm.recommend.scorers import (
+    ContentScorer,
+    DotProductScorer,
+    FallbackScorer,
+    FitContext,
+    PopularityScorer,
+    choose_shrinkage,
+    history_weight,
+)
+
+
+def _catalog(features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> Catalog:
+    n = len(next(iter(features.values())))
+    return Catalog(
+        np.array([f"i{k}" for k in range(n)], dtype=object),
+        {m: torch.from_numpy(v.astype(np.float32)) for m, v in features.items()},
+        {m: torch.from_numpy(v) for m, v in present.items()},
+        torch.zeros(n, dtype=torch.long),
+        [[] for _ in range(n)],
+        [],
+    )
+
+
+def test_popularity_ranks_by_count_with_seeded_ties() -> None:
+    counts = np.array([3, 0, 7, 3, 1])
+    history = np.full((2, 4), -1)
+    first = PopularityScorer(counts, seed=0).recommend(history, 5).rows
+    assert (
+        first[0].tolist()[0] == 2
+        and set(first[0].tolist()[1:3]) == {0, 3}
+        and first[0].tolist()[3:] == [4, 1]
+    )
+    assert first[0].tolist() == first[1].tolist()  # every user alike
+    assert PopularityScorer(counts, seed=0).recommend(history, 5).rows.tolist() == first.tolist()  # seeded
+    with pytest.raises(ValueError, match="non-negative"):
+        PopularityScorer(np.array([1, -1]))
+
+
+def test_content_baseline_finds_the_item_like_the_history() -> None:
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(50, 8))
+    image = rng.normal(size=(50, 6))
+    text[7] = text[3] + 0.01  # item 7 is item 3's near twin in text; item 3 has no image
+    present = {"text": np.ones(50, bool), "image": np.arange(50) != 3}
+    catalog = _catalog({"text": text, "image": image}, present)
+    scorer = ContentScorer().fit(FitContext(catalog, None, []))  # type: ignore[arg-type]
+    top = scorer.recommend(np.array([[-1, 3]]), 3, exclude=None)
+    assert top.rows[0, 0] == 3 and top.rows[0, 1] == 7
+
+
+class _Fixed(DotProductScorer):
+    """Scores fixed per item, the same for every user with a history."""
+
+    name = "fixed"
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = torch.tensor(scores).unsqueeze(1)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.scores
+
+    def user_vectors(self, history: np.ndarray) -> torch.Tensor:
+        return torch.ones(len(history), 1)
+
+
+def test_fallback_gives_popularity_to_empty_histories_and_blends_by_length() -> None:
+    primary = _Fixed([0.0, 1.0, 0.5, 0.2])
+    popularity = PopularityScorer(np.array([9, 0, 1, 4]))
+    history = np.array([[-1, -1, -1], [-1, -1, 2], [0, 1, 3]])
+    assert history_weight(history, 1.0).tolist() == [0.0, 0.5, 0.75]
+    blended = FallbackScorer(primary, popularity, shrinkage=1.0).recommend(history, 4).rows
+    assert blended[0].tolist() == popularity.recommend(history[:1], 4).rows[0].tolist()
+    personal_only = FallbackScorer(primary, popularity, shrinkage=0.0).recommend(history, 4).rows
+    assert personal_only[2].tolist() == [1, 2, 3, 0] and personal_only[0].tolist() == blended[0].tolist()
+
+
+def test_the_shrinkage_chosen_is_the_best_on_the_given_evaluation() -> None:
+    primary, popularity = _Fixed([0.0, 1.0]), PopularityScorer(np.array([5, 1]))
+    wanted = 4.0
+    best, scores = choose_shrinkage(lambda s: -abs(s.shrinkage - wanted), primary, popularity)  # type: ignore[attr-defined]
+    assert best == wanted and len(scores) == 6
