@@ -5,26 +5,60 @@ from __future__ import annotations
 import logging
 import os
 
+from raymm import console
 from raymm.config import RayConfig
 
+# Ray Train's preemption watcher polls the drain state of the nodes running workers (spot instances,
+# KubeRay scale-down). A local instance is one node that is never drained, so the watcher is an idle
+# actor, and creating it prints an ``E ... core_worker.cc`` line (it has max_restarts=-1 and an
+# argument in the object store, ray-project/ray#53727).
+_LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
-def init_ray(config: RayConfig) -> None:
+
+def init_ray(config: RayConfig, *, log_dir: str | None = None, verbose: bool = False) -> None:
     """Join the cluster at ``config.address`` or start a local instance; no-op if Ray is up.
 
     A local instance gets ``num_cpus``/``num_gpus`` from the config (None: what the machine has).
     The dashboard process starts with a local instance: Ray Train's controller watches its workers
     through the state API it serves, and its Prometheus exporter serves raymm's metrics.
+
+    Where output goes: with ``log_dir``, or after the CLI called :func:`raymm.console.configure_logging`
+    (``log_dir`` None reuses that), and not ``verbose``:
+
+    - the driver's Ray logs (INFO and up) and its native stderr go to ``<log_dir>/raymm.log``; only
+      Ray's WARNING and up reach the console;
+    - workers' and actors' stdout/stderr (Ray Data encoders, Train workers and controller) are not
+      forwarded (``log_to_driver=False``); Ray keeps them in ``<ray temp dir>/session_latest/logs/``
+      (``worker-*.out``/``.err``, ``ray-data/``); their exceptions still raise in the driver.
+
+    Without either (tests, benchmarks, a notebook), or with ``verbose``: Ray's own console output,
+    forwarded worker output as ``config.log_to_driver`` says, ``ray`` logger at WARNING (no banner).
     """
     import ray
 
+    if log_dir is not None:
+        console.configure_logging(os.path.join(log_dir, "raymm.log"), verbose)
+    routing = console.current()
+    quiet = routing is not None and not routing.verbose
     if ray.is_initialized():
         return
     # Token auth prints a notice on every local start; it protects nothing on a private instance.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs: dict[str, object] = {"logging_level": logging.WARNING, "log_to_driver": config.log_to_driver}
+    if quiet:
+        import ray.data  # its import replaces the ray.data logger's handlers: route after it
+
+        assert routing is not None
+        routing.route_ray_loggers()
+    kwargs: dict[str, object] = {
+        # Routed: INFO reaches the log file, the console handler is capped at WARNING.
+        "logging_level": logging.INFO if quiet else logging.WARNING,
+        "log_to_driver": config.log_to_driver and not quiet,
+    }
     if config.address:
         ray.init(address=config.address, **kwargs)  # type: ignore[arg-type]
         return
+    for name, value in _LOCAL_ENV.items():
+        os.environ.setdefault(name, value)  # local processes inherit the driver's environment
     ray.init(
         num_cpus=config.num_cpus,
         num_gpus=config.num_gpus,
