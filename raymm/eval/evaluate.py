@@ -33,7 +33,7 @@ from raymm.config import RaymmConfig
 from raymm.data import io
 from raymm.data.dataset import Dataset, load_dataset
 from raymm.eval.metrics import RankingMetrics
-from raymm.features.pipeline import load_features
+from raymm.features.store import load_features
 from raymm.models.artifact import Artifact, load_artifact
 from raymm.models.config import UserStateConfig
 from raymm.models.towers import TwoTower

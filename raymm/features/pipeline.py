@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from ray.data.datasource import FilenameProvider
 
@@ -34,8 +33,8 @@ from raymm.config import EncoderResources, ExtractConfig, RaymmConfig
 from raymm.data import io
 from raymm.data.dataset import ITEMS
 from raymm.errors import ConfigError, DataError
+from raymm.features.store import FEATURES_MANIFEST, feature_files, load_features
 
-FEATURES_MANIFEST = "features.json"
 TFIDF_STATE = "tfidf_idf.json"
 METADATA_PREFIX = "raymm.encoder."
 FORMAT_VERSION = 1
@@ -145,31 +144,6 @@ def catalog_presence(items_uri: str, modalities: list[str]) -> dict[str, int]:
     return present
 
 
-def _feature_files(out: str) -> list[str]:
-    if not io.exists(out):
-        return []
-    filesystem, path = io.resolve(out)
-    from pyarrow.fs import FileSelector
-
-    infos = filesystem.get_file_info(FileSelector(path, recursive=False))
-    return sorted(info.path for info in infos if info.path.endswith(".parquet"))
-
-
-def load_features(path: str, columns: list[str] | None = None) -> pa.Table:
-    """Read a features directory (or one features parquet file) into one table, sorted by item_id."""
-    filesystem, resolved = io.resolve(path)
-    if not io.exists(path):
-        raise DataError(f"features not found: {path} (run `raymm extract` first)")
-    if resolved.endswith(".parquet"):
-        table = pq.read_table(resolved, filesystem=filesystem, columns=columns)
-    else:
-        files = _feature_files(path)
-        if not files:
-            raise DataError(f"features directory {path} holds no parquet parts")
-        table = pads.dataset(files, filesystem=filesystem, format="parquet").to_table(columns=columns)
-    return table.sort_by("item_id")
-
-
 def _plan_modalities(config: ExtractConfig, presence: dict[str, int]) -> tuple[list[str], dict[str, str]]:
     chosen: list[str] = []
     skipped: dict[str, str] = {}
@@ -217,7 +191,7 @@ def _fit_tfidf(config: RaymmConfig, items_uri: str, out: str, incremental: bool)
 
 
 def _known_item_ids(out: str) -> pa.Array:
-    files = _feature_files(out)
+    files = feature_files(out)
     if not files:
         return pa.array([], pa.string())
     return load_features(out, columns=["item_id"]).column("item_id").combine_chunks()
@@ -300,7 +274,7 @@ def extract(
         )
     out_fs, out_path = io.resolve(out)
     run_id = uuid.uuid4().hex[:8]
-    before = set(_feature_files(out))
+    before = set(feature_files(out))
     try:
         dataset.write_parquet(
             out_path,
@@ -312,13 +286,13 @@ def extract(
         )
     except BaseException:
         # Nothing already stored is lost: drop this run's partial parts, keep the earlier ones.
-        for partial in set(_feature_files(out)) - before:
+        for partial in set(feature_files(out)) - before:
             out_fs.delete_file(partial)
         raise
     if previous is None:
         for stale in before:  # a full re-extract replaces the earlier parts only once it succeeded
             out_fs.delete_file(stale)
-    new_files = sorted(set(_feature_files(out)) - before)
+    new_files = sorted(set(feature_files(out)) - before)
     manifest = _write_manifest(out, config, modalities, skipped, previous, new_files)
     encoded = sum(pq.ParquetFile(out_fs.open_input_file(f)).metadata.num_rows for f in new_files)
     return ExtractResult(out, manifest, encoded, skipped, time.perf_counter() - start)

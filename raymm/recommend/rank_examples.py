@@ -27,7 +27,7 @@ import torch
 
 from raymm.data.dataset import load_dataset
 from raymm.errors import DataError
-from raymm.features.pipeline import load_features
+from raymm.features.store import load_features
 from raymm.models.artifact import load_artifact
 from raymm.models.config import RankerConfig, UserStateConfig
 from raymm.models.errors import ModelLoadError

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ from raymm.data import io
 from raymm.data.dataset import MANIFEST as DATASET_MANIFEST
 from raymm.data.dataset import load_dataset
 from raymm.eval.evaluate import evaluate_scorer
-from raymm.features.pipeline import FEATURES_MANIFEST, load_features
+from raymm.features.store import FEATURES_MANIFEST, load_features
 from raymm.models.artifact import write_artifact
 from raymm.models.config import ModelConfig
 from raymm.models.towers import TwoTower
@@ -36,8 +37,8 @@ from raymm.recommend.catalog import Catalog, build_catalog
 from raymm.recommend.history import EvalUsers, eval_users, item_counts
 from raymm.recommend.scorers import PopularityScorer, Scorer, TwoTowerScorer, choose_shrinkage
 from raymm.recommend.vectors import encode_catalog
-from raymm.train.examples import build_examples, target_log_q
-from raymm.train.loop import RunHooks, StepOutput, best_row, fit
+from raymm.train.examples import Examples, build_examples, target_log_q
+from raymm.train.loop import LoopState, RunHooks, StepOutput, best_row, fit
 from raymm.train.objective import NextItemObjective
 from raymm.train.ray_runner import TrainingError, WorkerRun, run_on_ray, shuffled_examples
 
@@ -244,3 +245,58 @@ def train(
         data_fingerprint=prepared.fingerprint,
     )
     return TrainResult(out, manifest, history, time.perf_counter() - started)
+
+
+def shuffled_batches(
+    examples: Examples, batch_size: int, seed: int
+) -> Callable[[int], Iterator[dict[str, torch.Tensor]]]:
+    """Epoch -> batches of ``examples`` in a fresh order drawn from ``(seed, epoch)``, as dicts of
+    the example table's columns (what :func:`two_tower_step` reads): the in-process twin of the
+    Ray Dataset's per-epoch shuffle."""
+    table = {
+        name: torch.from_numpy(column.to_numpy())
+        for name, column in zip(examples.to_table().column_names, examples.to_table().columns, strict=True)
+    }
+
+    def epoch_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(examples)))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            yield {name: column[rows] for name, column in table.items()}
+
+    return epoch_batches
+
+
+def train_in_process(
+    config: RaymmConfig, data_dir: str, features_dir: str, threads: int = 1
+) -> tuple[TwoTower, LoopState]:
+    """The two-tower run without Ray: the same examples, objective, step, validation and loop
+    (:func:`fit`) in this process, on ``threads`` torch threads. For benchmarks and debugging;
+    ``raymm train`` is :func:`train`."""
+    torch.set_num_threads(threads)
+    prepared = prepare(config, data_dir, features_dir)
+    spec = config.model.user_state
+    train_split = load_dataset(data_dir, tables=()).interactions("train")
+    examples = build_examples(train_split, prepared.catalog, spec.events, spec.max_history)
+    model = build_model(prepared, config.seed)
+    use_tags = prepared.model_config.align.method == "kg"
+    log_q = target_log_q(examples, prepared.catalog.n_items)
+    objective = NextItemObjective(model, prepared.catalog, log_q, use_tags)
+    optimizer = torch.optim.AdamW(
+        objective.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
+    )
+    columns = [f"h{k}" for k in range(spec.max_history)]
+    n_items = prepared.catalog.n_items
+    state = fit(
+        model,
+        optimizer,
+        two_tower_step(objective, columns, torch.device("cpu")),
+        shuffled_batches(examples, config.train.batch_size, config.seed),
+        lambda: validation_metrics(
+            TwoTowerScorer(model, prepared.catalog), prepared.validation, config, n_items
+        ),
+        epochs=config.train.epochs,
+        patience=config.train.patience,
+        metric=config.train.val_metric,
+    )
+    return model, state

@@ -36,7 +36,7 @@ from raymm.data.schema import MODALITIES
 from raymm.errors import ConfigError, DataError
 from raymm.eval.evaluate import EvalSetup, describe, eval_setup, evaluate_model, protocol_metrics
 from raymm.eval.report import FULL, quality_orderings, render_markdown, write_plots
-from raymm.features.pipeline import FEATURES_MANIFEST, load_features
+from raymm.features.store import FEATURES_MANIFEST, load_features
 from raymm.models.align import ALIGNERS
 from raymm.models.fusion import FUSIONS
 from raymm.recommend.scorers import ContentScorer, PopularityScorer, Scorer
