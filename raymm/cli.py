@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from raymm import __version__
+from raymm import __version__, console
 from raymm.config import RaymmConfig, load_config
 from raymm.errors import RaymmError
 
@@ -50,16 +50,8 @@ class Plan:
 
 
 def print_summary(title: str, rows: Sequence[tuple[str, Any]], elapsed_s: float | None = None) -> None:
-    """Print a one-screen summary block: counts and where outputs went."""
-    width = max([len(k) for k, _ in rows] + [10])
-    bar = "=" * 72
-    print(bar)
-    heading = f"raymm {title}" + (f"  ({elapsed_s:.1f} s)" if elapsed_s is not None else "")
-    print(heading)
-    print("-" * 72)
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
-    print(bar)
+    """Print a one-screen summary block: counts and where outputs went (:func:`raymm.console.summary`)."""
+    console.summary(title, rows, elapsed_s)
 
 
 def _counts_rows(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -363,8 +355,8 @@ def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
     if plan.dry_run(args, config):
         return EXIT_OK
 
-    def stage(index: int, message: str) -> None:
-        print(f"[{index + 1}/{len(STAGES)}] {message}", flush=True)
+    def stage(index: int, message: str) -> console.Stage:
+        return console.Stage(index + 1, len(STAGES), message)
 
     say = None if args.quiet else (lambda message: print(f"[ablation] {message}", flush=True))
     result = quickstart(config, progress=not args.quiet, stage=stage, say=say)
@@ -410,6 +402,11 @@ def _common_options() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="validate the config, print the plan, run nothing"
     )
     group.add_argument("--quiet", action="store_true", help="no progress bars")
+    group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's own logs and worker output on the console (default: <out>/logs/raymm.log)",
+    )
     return common
 
 
@@ -513,13 +510,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace, RaymmConfig], int] = args.handler
+    routing: console.ConsoleRouting | None = None
     try:
         config = load_config(args.config, _overrides(args))
         if getattr(args, "quiet", False):
             config.ray.log_to_driver = False
+        if not getattr(args, "dry_run", False):
+            routing = console.configure_logging(console.log_file_for(args.out or config.out), args.verbose)
         return handler(args, config)
     except RaymmError as exc:
         print(f"raymm: error: {exc}", file=sys.stderr)
+        if routing is not None and routing.log_file:
+            print(f"raymm: Ray's logs of this run: {routing.log_file}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         print("raymm: interrupted", file=sys.stderr)
@@ -527,6 +529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         sys.stderr.close()
         return EXIT_OK
+    finally:
+        if routing is not None:  # called in-process (tests, notebooks): give the console back
+            routing.close()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +37,11 @@ def quickstart(
     config: RaymmConfig,
     *,
     progress: bool = True,
-    stage: Callable[[int, str], None] | None = None,
+    stage: Callable[[int, str], AbstractContextManager[Any]] | None = None,
     say: Callable[[str], None] | None = None,
 ) -> QuickstartResult:
-    """Run the whole job under ``config.out``; ``stage(i, message)`` announces each stage.
+    """Run the whole job under ``config.out``; each stage runs inside ``stage(i, message)`` (a
+    context manager, e.g. :class:`raymm.console.Stage`, that shows it to people).
 
     Raises what the stages raise (:class:`~raymm.errors.RaymmError` for bad input).
     """
@@ -50,33 +52,33 @@ def quickstart(
     from raymm.train.trainer import train
     from raymm.workflows.ablation import ablation, headline_variant
 
-    announce = stage or (lambda _i, _message: None)
+    announce = stage or (lambda _i, _message: nullcontext())
     started = time.perf_counter()
     data, features = config.stage_dir("data"), config.stage_dir("features")
     model, report_dir = config.stage_dir("model"), config.stage_dir("report")
-    announce(0, f"synthesizing the '{config.synth.size}' benchmark into {data}")
-    manifest = synthesize(config.synth, data, seed=config.seed, progress=progress)
-    announce(1, f"validating {data}")
-    report = validate_dataset(data, config.validate_, progress=progress)
+    with announce(0, f"synthesizing the '{config.synth.size}' benchmark into {data}"):
+        manifest = synthesize(config.synth, data, seed=config.seed, progress=progress)
+    with announce(1, f"validating {data}"):
+        report = validate_dataset(data, config.validate_, progress=progress)
     result = QuickstartResult(manifest, [str(p) for p in report.problems])
     if not report.ok:
         return result
-    announce(2, f"extracting features into {features} (Ray Data actor pools)")
-    result.extracted = extract(config, data, features, progress=progress)
-    announce(3, f"training the two towers into {model} (Ray Train)")
-    result.trained = train(config, data, features, model)
-    announce(4, f"training the ranker into {model}/ranker (Ray Train)")
-    result.ranked = train_ranker(config, data, features, model)
-    announce(5, f"ablation and ranking report into {report_dir}")
+    with announce(2, f"extracting features into {features} (Ray Data actor pools)"):
+        result.extracted = extract(config, data, features, progress=progress)
+    with announce(3, f"training the two towers into {model} (Ray Train)"):
+        result.trained = train(config, data, features, model)
+    with announce(4, f"training the ranker into {model}/ranker (Ray Train)"):
+        result.ranked = train_ranker(config, data, features, model)
     headline = headline_variant(config, list(config.evaluate.ablation))
-    result.report = ablation(
-        config,
-        data,
-        features,
-        report_dir,
-        progress=say,
-        trained_models={headline: model} if headline else None,
-        ranked_model=model,
-    )
+    with announce(5, f"ablation and ranking report into {report_dir}"):
+        result.report = ablation(
+            config,
+            data,
+            features,
+            report_dir,
+            progress=say,
+            trained_models={headline: model} if headline else None,
+            ranked_model=model,
+        )
     result.elapsed_s = time.perf_counter() - started
     return result
