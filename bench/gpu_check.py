@@ -55,10 +55,14 @@ from raymm.config import (  # noqa: E402
 from raymm.data.synth_media import CARDINALITIES, render_audio, render_image, render_text  # noqa: E402
 from raymm.features.base import Encoder  # noqa: E402
 from raymm.features.registry import build_encoder  # noqa: E402
-from raymm.models.config import ModelConfig  # noqa: E402
+from raymm.models.config import ModelConfig, UserStateConfig  # noqa: E402
 from raymm.models.towers import TwoTower  # noqa: E402
-from raymm.train.data import Catalog, Examples, target_log_q  # noqa: E402
-from raymm.train.loop import NextItemObjective, catalog_vectors, user_vectors  # noqa: E402
+from raymm.recommend.catalog import Catalog  # noqa: E402
+from raymm.recommend.vectors import encode_catalog, user_vectors  # noqa: E402
+from raymm.train.examples import Examples, target_log_q  # noqa: E402
+from raymm.train.loop import StepOutput, fit  # noqa: E402
+from raymm.train.objective import NextItemObjective  # noqa: E402
+from raymm.train.trainer import two_tower_step  # noqa: E402
 
 BENCH = "gpu_check"
 #: Feature widths of the default encoders: MiniLM text, EfficientNet-Lite0 image, 64 mels x 16 frames audio.
@@ -362,31 +366,46 @@ def time_training(
     log_q = target_log_q(examples, catalog.n_items)
     objective = NextItemObjective(model, catalog, log_q, use_tags=False).to_device(device)
     optimizer = torch.optim.AdamW(objective.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    objective.train()
-    history = torch.from_numpy(examples.history)
-    target = torch.from_numpy(examples.target)
+    columns = [f"h{k}" for k in range(examples.history.shape[1])]
+    table = {f"h{k}": torch.from_numpy(examples.history[:, k]) for k in range(examples.history.shape[1])}
+    table["target"] = torch.from_numpy(examples.target)
+    step = two_tower_step(objective, columns, device)  # the step the Ray Train worker runs
     losses: list[float] = []
 
-    def step(k: int) -> None:
-        rows = slice(k * sizes.batch, (k + 1) * sizes.batch)
-        # The worker gets host batches from Ray Data and copies them over, as here.
-        loss = objective(history[rows].to(device), target[rows].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()
-        optimizer.step()
-        losses.append(loss.total.item())  # the worker logs it every step, which syncs the device
+    def logged_step(batch: dict[str, torch.Tensor]) -> StepOutput:
+        output = step(batch)
+        losses.append(output.loss.item())  # the worker logs it every step, which syncs the device
+        return output
 
-    for k in range(warmup):
-        step(k)
+    def batches(first: int, count: int, deadline: float | None) -> Any:
+        # The worker gets host batches from Ray Data and copies them over, as the step does here.
+        def epoch_batches(_epoch: int) -> Any:
+            for k in range(first, first + count):
+                # A slow host must not eat the GPU machine's few minutes: stop early, report what ran.
+                if deadline is not None and k - first >= 2 and time.perf_counter() > deadline:
+                    return
+                rows = slice(k * sizes.batch, (k + 1) * sizes.batch)
+                yield {name: column[rows] for name, column in table.items()}
+
+        return epoch_batches
+
+    def run(first: int, count: int, deadline: float | None) -> int:
+        state = fit(  # the one training loop, one epoch of ``count`` steps, no validation to speak of
+            model,
+            optimizer,
+            logged_step,
+            batches(first, count, deadline),
+            lambda: {"none": 0.0},
+            epochs=1,
+            patience=1,
+            metric="none",
+        )
+        return state.step
+
+    run(0, warmup, None)
     synchronize(device)
     started = time.perf_counter()
-    done = 0
-    while done < steps:
-        step(warmup + done)
-        done += 1
-        # A slow host must not eat the GPU machine's few minutes: stop early, report what ran.
-        if done >= 2 and time.perf_counter() - started > budget_s:
-            break
+    done = run(warmup, steps, started + budget_s)
     synchronize(device)
     elapsed = time.perf_counter() - started
     if not all(math.isfinite(v) for v in losses):
@@ -407,11 +426,11 @@ def time_scoring(model: TwoTower, catalog: Catalog, sizes: Sizes, device: torch.
     ``catalog`` must already be on ``device`` (``NextItemObjective.to_device`` moved it).
     """
     rng = np.random.default_rng(2)
-    users = random_walk_examples(catalog.n_items, sizes.scoring_users, TrainConfig().max_history, seed=3)
+    users = random_walk_examples(catalog.n_items, sizes.scoring_users, UserStateConfig().max_history, seed=3)
     history = users.history[rng.permutation(len(users))]
 
     def score_all() -> tuple[Any, ...]:
-        items = catalog_vectors(model, catalog)
+        items = encode_catalog(model, catalog).vectors
         people = user_vectors(model, items, history)
         scores = model.score(people, items)
         top = torch.topk(scores, 20, dim=1)
@@ -434,7 +453,7 @@ def check_training(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Training step samples/s and full-ranking scoring time on ``device`` and on the CPU."""
     n_examples = (sizes.warmup_steps + max(sizes.device_steps, sizes.cpu_steps)) * sizes.batch
-    examples = random_walk_examples(sizes.catalog_items, n_examples, TrainConfig().max_history, seed=4)
+    examples = random_walk_examples(sizes.catalog_items, n_examples, UserStateConfig().max_history, seed=4)
     results: dict[str, dict[str, Any]] = {}
     scoring: dict[str, dict[str, Any]] = {}
     runs = {"device": (device, sizes.device_steps), "cpu": (torch.device("cpu"), sizes.cpu_steps)}

@@ -32,7 +32,7 @@ import torch
 from _shared import ROOT, finish, log
 
 from raymm.models.artifact import load_artifact
-from raymm.models.rerank import Reranker
+from raymm.recommend.rerank import Reranker
 
 BENCH = "rank_latency"
 N_CANDIDATES = 200
@@ -53,7 +53,7 @@ def requests(model: Path, n_users: int, seed: int) -> tuple[Reranker, list[tuple
     """The reranker and (user vector, top-200 item ids) per sampled user."""
     reranker = Reranker.from_artifact(model)
     artifact = load_artifact(model)
-    vectors = reranker.retrieval_vectors
+    vectors = reranker.inputs.vectors
     rng = np.random.default_rng(seed)
     histories = rng.integers(0, vectors.shape[0], size=(n_users, 20))
     with torch.inference_mode():
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not (args.model / "ranker").is_dir():
         parser.error(f"{args.model} holds no ranker; run bench/rank_quality.py first (or pass --model)")
     reranker, work = requests(args.model, args.users, seed=0)
-    retrieval = reranker.retrieval_vectors.numpy()
+    retrieval = reranker.inputs.vectors.numpy()
     rows = [reranker.rows(ids) for _, ids in work]
 
     def batched(k: int) -> None:
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(BENCH, f"{name}: p50 {runs[name]['p50_ms']:.3f} ms, p99 {runs[name]['p99_ms']:.3f} ms")
     report = {
         "question": "candidates/s and p99 of Reranker.rank() on 200 candidates vs one-at-a-time scoring",
-        "model": str(args.model),
+        "model": args.model.name,
         "n_candidates": N_CANDIDATES,
         "torch_threads": 1,
         "ratios": {

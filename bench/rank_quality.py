@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     report = {
         "question": "does retrieve-then-rank beat retrieval alone on NDCG@20 (test split, top 200 re-ranked)?",
-        "data": str(data),
+        "data": data.name,
         "ratios": {
             "ndcg@20_ratio": listwise["retrieve_then_rank"]["ndcg@20"] / listwise["retrieval"]["ndcg@20"],
             "recall@20_ratio": listwise["retrieve_then_rank"]["recall@20"]

@@ -42,63 +42,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from _shared import BASE_CONFIG, QUICKSTART, ensure_quickstart, finish, log
 
 from raymm.config import RaymmConfig, load_config
-from raymm.data.dataset import load_dataset
 from raymm.runtime import init_ray
-from raymm.train.data import build_examples, target_log_q
-from raymm.train.loop import NextItemObjective, evaluate_ranking
-from raymm.train.trainer import build_model, prepare, train
+from raymm.train.trainer import train, train_in_process
 
 BENCH = "train_scaling"
 
 
 def single_process(config: RaymmConfig, data: Path, features: Path, threads: int) -> dict[str, Any]:
-    """(a): the training loop in this process, no Ray; validation each epoch as the Ray loop does."""
-    torch.set_num_threads(threads)
+    """(a): the same training loop (:func:`raymm.train.trainer.train_in_process`: examples,
+    objective, step, per-epoch validation, :func:`raymm.train.loop.fit`) in this process, no Ray."""
     started = time.perf_counter()
-    prepared = prepare(config, str(data), str(features))
-    train_table = load_dataset(str(data), tables=()).interactions("train")
-    examples = build_examples(
-        train_table, prepared.catalog, config.train.positive_events, config.train.max_history
-    )
-    model = build_model(prepared, config.seed)
-    use_tags = prepared.model_config.align.method == "kg"
-    log_q = target_log_q(examples, prepared.catalog.n_items)
-    objective = NextItemObjective(model, prepared.catalog, log_q, use_tags)
-    optimizer = torch.optim.AdamW(
-        objective.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
-    )
-    rng = np.random.default_rng(config.seed)
-    batch = config.train.batch_size
-    epochs = []
-    for epoch in range(config.train.epochs):
-        order = rng.permutation(len(examples))
-        objective.train()
-        loop_started, losses = time.perf_counter(), []
-        for start in range(0, len(order), batch):
-            rows = order[start : start + batch]
-            loss = objective(
-                torch.from_numpy(examples.history[rows]), torch.from_numpy(examples.target[rows])
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
-            optimizer.step()
-            losses.append(loss.total.item())
-        loop_s = time.perf_counter() - loop_started
-        log(BENCH, f"single, {threads} thread(s), epoch {epoch}: {len(order) / loop_s:.0f} samples/s")
-        validation = evaluate_ranking(model, prepared.catalog, prepared.validation, config.evaluate.ks)
-        epochs.append(
-            {
-                "epoch": epoch,
-                "samples_per_s": len(order) / loop_s,
-                "train_loss": float(np.mean(losses)),
-                "val_ndcg@20": validation.get("ndcg@20"),
-            }
+    _, state = train_in_process(config, str(data), str(features), threads=threads)
+    epochs = [
+        {k: row.get(k) for k in ("epoch", "samples_per_s", "train_loss", "val_ndcg@20")}
+        for row in state.history
+    ]
+    for row in epochs:
+        log(
+            BENCH,
+            f"single, {threads} thread(s), epoch {row['epoch']:.0f}: {row['samples_per_s']:.0f} samples/s",
         )
-    return _summary(epochs, time.perf_counter() - started, len(examples), threads=threads)
+    return _summary(epochs, time.perf_counter() - started, None, threads=threads)
 
 
 def ray_run(config: RaymmConfig, data: Path, features: Path, work: Path, name: str) -> dict[str, Any]:
@@ -175,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     report = {
         "question": "Ray Train samples/s vs a plain single-process loop, and 2 workers vs 1 (not judged)",
-        "data": str(data),
+        "data": data.name,
         "epochs": args.epochs,
         "batch_size": base.train.batch_size,
         "ratios": {
