@@ -385,7 +385,20 @@ def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
 # --- argument parsing -----------------------------------------------------------------------
 
 
-def _common_options() -> argparse.ArgumentParser:
+#: What ``--out`` names for each command: one flag, one meaning per command, said in its help.
+OUT_MEANING = {
+    "synth": "the dataset directory to write (default: <out>/data)",
+    "validate": "a directory for validation.json (default: none)",
+    "import": "the dataset directory to write (default: <out>/data)",
+    "export": "the export directory (default: <out>/export)",
+    "extract": "the features directory (default: <out>/features)",
+    "train": "the model artifact directory (default: <out>/model)",
+    "evaluate": "where evaluation.json or the ablation report goes (default: none, or <out>/report)",
+    "quickstart": "the output root, replacing the config's `out`",
+}
+
+
+def _common_options(command: str) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("common options")
     group.add_argument("--config", metavar="FILE", help="YAML configuration file (configs/*.yaml)")
@@ -397,7 +410,7 @@ def _common_options() -> argparse.ArgumentParser:
         default=[],
         help="override a config key, dotted (repeatable), e.g. --set synth.size=tiny",
     )
-    group.add_argument("--out", metavar="DIR", help="where this command writes (path or URI)")
+    group.add_argument("--out", metavar="DIR", help=f"{OUT_MEANING[command]}; a path or URI")
     group.add_argument(
         "--dry-run", action="store_true", help="validate the config, print the plan, run nothing"
     )
@@ -412,7 +425,6 @@ def _common_options() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``raymm`` console script."""
-    common = _common_options()
     parser = argparse.ArgumentParser(
         prog="raymm", description="Distributed, streaming, multimodal recommender on Ray."
     )
@@ -422,18 +434,24 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="make, check, import and export datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
 
-    synth = data_commands.add_parser("synth", parents=[common], help="generate the synthetic benchmark")
+    synth = data_commands.add_parser(
+        "synth", parents=[_common_options("synth")], help="generate the synthetic benchmark"
+    )
     synth.add_argument("--size", choices=["tiny", "small", "large"], help="preset (synth.size)")
     synth.add_argument("--seed", type=int, help="random seed (seed)")
     synth.set_defaults(handler=cmd_data_synth)
 
     validate = data_commands.add_parser(
-        "validate", parents=[common], help="check a dataset and report every problem with row numbers"
+        "validate",
+        parents=[_common_options("validate")],
+        help="check a dataset and report every problem with row numbers",
     )
     validate.add_argument("path", nargs="?", help="dataset directory (default: <out>/data)")
     validate.set_defaults(handler=cmd_data_validate)
 
-    imp = data_commands.add_parser("import", parents=[common], help="import a public dataset")
+    imp = data_commands.add_parser(
+        "import", parents=[_common_options("import")], help="import a public dataset"
+    )
     imp.add_argument(
         "--format", choices=["movielens", "recbole", "amazon2023", "mmrec"], help="import.format"
     )
@@ -441,21 +459,25 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--name", help="dataset name inside the source, for recbole/mmrec (import.name)")
     imp.set_defaults(handler=cmd_data_import)
 
-    export = data_commands.add_parser("export", parents=[common], help="export a dataset for peer libraries")
+    export = data_commands.add_parser(
+        "export", parents=[_common_options("export")], help="export a dataset for peer libraries"
+    )
     export.add_argument("--format", choices=["mmrec"], default="mmrec")
     export.add_argument("--data", help="dataset directory to export (default: <out>/data)")
     export.add_argument("--name", default="raymm", help="dataset name in the exported files")
     export.set_defaults(handler=cmd_data_export)
 
     extract = commands.add_parser(
-        "extract", parents=[common], help="encode items' text, images and audio with Ray Data actor pools"
+        "extract",
+        parents=[_common_options("extract")],
+        help="encode items' text, images and audio with Ray Data actor pools",
     )
     extract.add_argument("--data", help="dataset directory (default: <out>/data)")
     extract.add_argument("--incremental", action="store_true", help="encode only items without features")
     extract.set_defaults(handler=cmd_extract)
 
     train = commands.add_parser(
-        "train", parents=[common], help="align, fuse and train the two towers on Ray Train"
+        "train", parents=[_common_options("train")], help="align, fuse and train the two towers on Ray Train"
     )
     train.add_argument("--data", help="dataset directory (default: <out>/data)")
     train.add_argument("--features", help="features directory (default: <out>/features)")
@@ -470,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        parents=[common],
+        parents=[_common_options("evaluate")],
         help="rank a model and popularity offline (test and cold-start protocols), or run the ablation",
     )
     evaluate.add_argument("--data", help="dataset directory (default: <out>/data)")
@@ -484,7 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_evaluate)
 
     quickstart = commands.add_parser(
-        "quickstart", parents=[common], help="run the main job end to end on the embedded defaults"
+        "quickstart",
+        parents=[_common_options("quickstart")],
+        help="run the main job end to end on the embedded defaults",
     )
     quickstart.set_defaults(handler=cmd_quickstart)
     return parser

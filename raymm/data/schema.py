@@ -40,7 +40,6 @@ REQUIRED_ITEM_COLUMNS: tuple[str, ...] = ("item_id",)
 REQUIRED_INTERACTION_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event", "ts")
 
 # Types a column may arrive in and still be cast losslessly to the contract type.
-_ACCEPTED_MEDIA_TYPES = (pa.binary(), pa.large_binary(), pa.string(), pa.large_string())
 
 
 def _media_type(column: pa.ChunkedArray | pa.Array, name: str, table_name: str) -> pa.DataType:

@@ -12,10 +12,10 @@ Timeline (ms, UTC): warm items exist before ``timeline_start`` (2026-01-01); eve
 validation and test (fractions :data:`SPLIT_FRACTIONS`; each event at or after a boundary is in the
 later split). Cold items are created between ``validation_from`` and ``stream_from``, never appear in
 train/validation/test, and their events before ``stream_from`` form ``cold_start``. Every event from
-``stream_from`` on, warm or cold, is in ``stream``. New items draw as much attention as catalogue items,
+``stream_from`` on, warm or cold, is in ``stream``. New items draw as much attention as synthetic_items items,
 compressed into their shorter life.
 
-Determinism: all randomness comes from ``np.random.SeedSequence([seed, stream, ...])``; catalogue and
+Determinism: all randomness comes from ``np.random.SeedSequence([seed, stream, ...])``; synthetic_items and
 users are drawn vectorised from their own streams, each item's media from per-item, per-modality
 streams, so chunk sizes and missing-modality rates never change other values. Same config and seed
 give byte-identical parquet files.
@@ -120,7 +120,7 @@ class Timeline:
 
 
 @dataclass(frozen=True)
-class Catalogue:
+class SyntheticItems:
     """The latent truth of every item; arrays are indexed by item position (= sorted item_id)."""
 
     facets: np.ndarray  # (n_items, n_facets) int64 value codes
@@ -165,13 +165,13 @@ def synthesize(config: SynthConfig, out: str, seed: int, progress: bool = True) 
         raise ConfigError(f"synth seed must be a non-negative integer, got {seed}")
     n_items, n_users, events_per_user = resolve_sizes(config)
     timeline = Timeline.from_stream_fraction(config.stream_fraction)
-    catalogue = _draw_catalogue(n_items, config, seed, timeline)
-    events = _sample_events(catalogue, n_users, events_per_user, config, seed, timeline, progress)
+    synthetic_items = _draw_items(n_items, config, seed, timeline)
+    events = _sample_events(synthetic_items, n_users, events_per_user, config, seed, timeline, progress)
 
     item_ids = _ids("i", n_items)
-    tables = _interaction_tables(events, catalogue, timeline, item_ids, _ids("u", n_users))
-    tables["cold_items"] = pa.table({"item_id": item_ids.filter(pa.array(catalogue.cold))})
-    tables["facets"] = _facets_table(catalogue, item_ids)
+    tables = _interaction_tables(events, synthetic_items, timeline, item_ids, _ids("u", n_users))
+    tables["cold_items"] = pa.table({"item_id": item_ids.filter(pa.array(synthetic_items.cold))})
+    tables["facets"] = _facets_table(synthetic_items, item_ids)
     manifest = {
         "name": "synthetic",
         "source": "raymm data synth",
@@ -189,12 +189,12 @@ def synthesize(config: SynthConfig, out: str, seed: int, progress: bool = True) 
             }
             for facet in FACETS
         },
-        "creators": catalogue.n_creators,
+        "creators": synthetic_items.n_creators,
         "tags": ["genre/<value>", "style/<value>", "creator/<id>"],
         "splits": timeline.as_manifest(),
-        "missing": {m: int(catalogue.missing[m].sum()) for m in MODALITIES},
+        "missing": {m: int(synthetic_items.missing[m].sum()) for m in MODALITIES},
     }
-    chunks = _item_chunks(catalogue, item_ids, config, seed, progress)
+    chunks = _item_chunks(synthetic_items, item_ids, config, seed, progress)
     per_item = config.image_size**2 * 3 + 4 * config.audio_sample_rate  # raw pixels + 2 s of int16
     if n_items * per_item <= _IN_MEMORY_ITEMS_BYTES:
         return write_dataset(out, pa.concat_tables(list(chunks)).combine_chunks(), tables, manifest)
@@ -208,7 +208,7 @@ def _ids(prefix: str, count: int) -> pa.Array:
     return pc.binary_join_element_wise(prefix, digits, "")
 
 
-def _draw_catalogue(n_items: int, config: SynthConfig, seed: int, timeline: Timeline) -> Catalogue:
+def _draw_items(n_items: int, config: SynthConfig, seed: int, timeline: Timeline) -> SyntheticItems:
     rng = _rng(seed, _CATALOGUE_STREAM)
     n_facets = len(FACETS)
     n_creators = max(1, round(n_items / ITEMS_PER_CREATOR))
@@ -223,7 +223,7 @@ def _draw_catalogue(n_items: int, config: SynthConfig, seed: int, timeline: Time
     warm_created = rng.integers(timeline.start - CATALOGUE_HISTORY_DAYS * DAY_MS, timeline.start, n_items)
     cold_created = rng.integers(timeline.validation_from, timeline.stream_from, n_items)
     missing = {m: rng.random(n_items) < getattr(config.missing, m) for m in MODALITIES}
-    return Catalogue(
+    return SyntheticItems(
         facets=facets,
         n_creators=n_creators,
         creator=creator,
@@ -266,7 +266,7 @@ def _event_kinds(z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _sample_events(
-    catalogue: Catalogue,
+    synthetic_items: SyntheticItems,
     n_users: int,
     events_per_user: int,
     config: SynthConfig,
@@ -275,14 +275,14 @@ def _sample_events(
     progress: bool,
 ) -> Events:
     """Each user's items (Gumbel-top-k without replacement), event kinds and times, for blocks of users."""
-    n_items = len(catalogue.creator)
+    n_items = len(synthetic_items.creator)
     rng = _rng(seed, _USERS_STREAM)
     preferences = _user_preferences(n_users, rng)
     spread = rng.lognormal(-0.08, 0.4, n_users)  # mean ~1: users differ in activity
     counts = np.clip(np.round(events_per_user * spread), 1, n_items).astype(np.int64)
-    codes = catalogue.facets + _FACET_OFFSETS  # (n_items, n_facets) columns of `preferences`
-    popularity = config.popularity_bias * catalogue.log_popularity
-    available_from = np.where(catalogue.cold, catalogue.created_ms, timeline.start)
+    codes = synthetic_items.facets + _FACET_OFFSETS  # (n_items, n_facets) columns of `preferences`
+    popularity = config.popularity_bias * synthetic_items.log_popularity
+    available_from = np.where(synthetic_items.cold, synthetic_items.created_ms, timeline.start)
     block = max(1, _BLOCK_CELLS // max(n_items, 1))
     parts: list[tuple[np.ndarray, ...]] = []
     starts = range(0, n_users, block)
@@ -312,10 +312,14 @@ def _sample_events(
 
 
 def _interaction_tables(
-    events: Events, catalogue: Catalogue, timeline: Timeline, item_ids: pa.Array, user_ids: pa.Array
+    events: Events,
+    synthetic_items: SyntheticItems,
+    timeline: Timeline,
+    item_ids: pa.Array,
+    user_ids: pa.Array,
 ) -> dict[str, pa.Table]:
     """Route every event to exactly one of train/validation/test/cold_start/stream, keeping time order."""
-    cold = catalogue.cold[events.item]
+    cold = synthetic_items.cold[events.item]
     streamed = events.ts >= timeline.stream_from
     masks = {
         "train": ~cold & (events.ts < timeline.validation_from),
@@ -341,31 +345,35 @@ def _interaction_tables(
     return tables
 
 
-def _facets_table(catalogue: Catalogue, item_ids: pa.Array) -> pa.Table:
+def _facets_table(synthetic_items: SyntheticItems, item_ids: pa.Array) -> pa.Table:
     columns: dict[str, pa.Array] = {"item_id": item_ids}
     for position, facet in enumerate(FACETS):
-        columns[facet.name] = pa.array(catalogue.facets[:, position].astype(np.int32))
-    columns["creator"] = pa.array(catalogue.creator.astype(np.int32))
+        columns[facet.name] = pa.array(synthetic_items.facets[:, position].astype(np.int32))
+    columns["creator"] = pa.array(synthetic_items.creator.astype(np.int32))
     return pa.table(columns)
 
 
-def _tags(catalogue: Catalogue) -> pa.Array:
+def _tags(synthetic_items: SyntheticItems) -> pa.Array:
     """list<string> per item of its present genre/style/creator tags; null when it has none."""
     genre = np.array([f"genre/{v}" for v in FACETS[GENRE].values], dtype=object)
     style = np.array([f"style/{v}" for v in FACETS[STYLE].values], dtype=object)
-    creator = np.array(_ids("creator/c", catalogue.n_creators).to_pylist(), dtype=object)
+    creator = np.array(_ids("creator/c", synthetic_items.n_creators).to_pylist(), dtype=object)
     candidates = np.stack(
-        [genre[catalogue.facets[:, GENRE]], style[catalogue.facets[:, STYLE]], creator[catalogue.creator]],
+        [
+            genre[synthetic_items.facets[:, GENRE]],
+            style[synthetic_items.facets[:, STYLE]],
+            creator[synthetic_items.creator],
+        ],
         axis=1,
     )
-    per_item = catalogue.tagged.sum(axis=1)
+    per_item = synthetic_items.tagged.sum(axis=1)
     offsets = np.concatenate([[0], np.cumsum(per_item)]).astype(np.int32)
-    values = pa.array(candidates[catalogue.tagged], pa.string())
+    values = pa.array(candidates[synthetic_items.tagged], pa.string())
     return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(per_item == 0))
 
 
 def _item_chunks(
-    catalogue: Catalogue, item_ids: pa.Array, config: SynthConfig, seed: int, progress: bool
+    synthetic_items: SyntheticItems, item_ids: pa.Array, config: SynthConfig, seed: int, progress: bool
 ) -> Iterator[pa.Table]:
     """Items tables of :data:`CHUNK_ITEMS` rows each, in item order, conforming to ITEMS_SCHEMA."""
     renderers: dict[str, Callable[[np.ndarray, np.random.Generator], str | bytes]] = {
@@ -373,16 +381,18 @@ def _item_chunks(
         "image": lambda facets, rng: render_image(facets, rng, config.noise, config.image_size),
         "audio": lambda facets, rng: render_audio(facets, rng, config.noise, config.audio_sample_rate),
     }
-    tags = _tags(catalogue)
-    n_items = len(catalogue.creator)
+    tags = _tags(synthetic_items)
+    n_items = len(synthetic_items.creator)
     starts = range(0, n_items, CHUNK_ITEMS)
     for start in tqdm(starts, desc="synth items", unit="chunk", disable=not progress):
         stop = min(start + CHUNK_ITEMS, n_items)
         media = {
             modality: [
                 None
-                if catalogue.missing[modality][i]
-                else render(catalogue.facets[i], _rng(seed, _ITEM_STREAM, i, MODALITIES.index(modality)))
+                if synthetic_items.missing[modality][i]
+                else render(
+                    synthetic_items.facets[i], _rng(seed, _ITEM_STREAM, i, MODALITIES.index(modality))
+                )
                 for i in range(start, stop)
             ]
             for modality, render in renderers.items()
@@ -392,7 +402,7 @@ def _item_chunks(
                 "item_id": item_ids[start:stop],
                 **media,
                 "tags": tags[start:stop],
-                "created_at": pa.array(catalogue.created_ms[start:stop], TIMESTAMP),
+                "created_at": pa.array(synthetic_items.created_ms[start:stop], TIMESTAMP),
             },
             schema=ITEMS_SCHEMA,
         )
