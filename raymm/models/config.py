@@ -24,6 +24,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class TemperatureConfig(_Section):
+    """A softmax temperature: starts at ``initial`` and, with ``learn``, is learned as
+    log(temperature) (as CLIP's logit scale), clamped to [``min``, ``max``]. The alignment and
+    the recommendation losses each have one."""
+
+    initial: float = Field(gt=0.0, description="Initial temperature.")
+    learn: bool = Field(True, description="Learn the temperature (log-parametrised) or keep it fixed.")
+    min: float = Field(gt=0.0, description="Lower clamp of a learned temperature.")
+    max: float = Field(gt=0.0, description="Upper clamp of a learned temperature.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TemperatureConfig:
+        if not self.min <= self.initial <= self.max:
+            raise ValueError(
+                f"temperature {self.initial} must lie within [min, max] = [{self.min}, {self.max}]"
+            )
+        return self
+
+
 class AlignConfig(_Section):
     """How each modality's features are mapped into one shared space (see ``raymm.models.align``)."""
 
@@ -59,14 +78,10 @@ class AlignConfig(_Section):
         description="Anchor modality (contrastive mode=anchor, cca/linear target space). If absent "
         "from the features, the first modality is the anchor.",
     )
-    temperature: float = Field(
-        0.07, gt=0.0, description="Initial softmax temperature of the contrastive losses."
+    temperature: TemperatureConfig = Field(
+        default_factory=lambda: TemperatureConfig(initial=0.07, min=0.01, max=1.0),
+        description="The contrastive alignment losses' softmax temperature.",
     )
-    learn_temperature: bool = Field(
-        True, description="Learn the temperature (log-parametrised) or keep it fixed."
-    )
-    min_temperature: float = Field(0.01, gt=0.0, description="Lower clamp of a learned temperature.")
-    max_temperature: float = Field(1.0, gt=0.0, description="Upper clamp of a learned temperature.")
     ridge: float = Field(
         1e-3,
         ge=0.0,
@@ -89,15 +104,6 @@ class AlignConfig(_Section):
     audio_pool: Literal["meanmax", "gru"] = Field(
         "meanmax", description="conv audio encoder: pool over time by mean+max or by a GRU's last state."
     )
-
-    @model_validator(mode="after")
-    def _temperatures_ordered(self) -> AlignConfig:
-        if not self.min_temperature <= self.temperature <= self.max_temperature:
-            raise ValueError(
-                f"temperature {self.temperature} must lie within [min_temperature, max_temperature] = "
-                f"[{self.min_temperature}, {self.max_temperature}]"
-            )
-        return self
 
 
 class FusionConfig(_Section):
@@ -185,21 +191,14 @@ class LossConfig(_Section):
         description="softmax: sampled softmax over in-batch (+ mixed) negatives; bpr: pairwise BPR "
         "against the same negatives.",
     )
-    temperature: float = Field(
-        0.2,
-        gt=0.0,
-        description="Initial temperature dividing user.item cosine scores in the loss. At initialisation "
+    temperature: TemperatureConfig = Field(
+        default_factory=lambda: TemperatureConfig(initial=0.2, min=0.02, max=1.0),
+        description="The temperature dividing user.item cosine scores in the loss. At initialisation "
         "those scores are noise of std ~1/sqrt(embed_dim); divided by a small temperature they give "
         "random logits of std > 1, which the loss first removes by collapsing every vector onto one "
-        "direction (loss = log(batch)) where it has no gradient left to personalise.",
+        "direction (loss = log(batch)) where it has no gradient left to personalise; learned, it can "
+        "sharpen once scores carry signal.",
     )
-    learn_temperature: bool = Field(
-        True,
-        description="Learn the temperature (log-parametrised, as CLIP's logit scale) so it can sharpen "
-        "once scores carry signal, or keep it fixed.",
-    )
-    min_temperature: float = Field(0.02, gt=0.0, description="Lower clamp of a learned temperature.")
-    max_temperature: float = Field(1.0, gt=0.0, description="Upper clamp of a learned temperature.")
     logq_correction: bool = Field(
         True, description="Subtract log(sampling probability) from each candidate's logit (Yi et al. 2019)."
     )
@@ -212,15 +211,6 @@ class LossConfig(_Section):
     align_weight: float = Field(
         0.1, ge=0.0, description="total loss = rec loss + align_weight * alignment loss."
     )
-
-    @model_validator(mode="after")
-    def _temperatures_ordered(self) -> LossConfig:
-        if not self.min_temperature <= self.temperature <= self.max_temperature:
-            raise ValueError(
-                f"loss temperature {self.temperature} must lie within [min_temperature, max_temperature] = "
-                f"[{self.min_temperature}, {self.max_temperature}]"
-            )
-        return self
 
 
 class ModelConfig(_Section):

@@ -11,7 +11,12 @@ BERT's and GPT-2's inits), so at initialisation each layer is a random linear ma
 
 from __future__ import annotations
 
-from torch import nn
+import math
+
+import torch
+from torch import Tensor, nn
+
+from raymm.models.config import TemperatureConfig
 
 
 def linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Linear:
@@ -27,3 +32,18 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float = 0.0) -> nn.
     return nn.Sequential(
         linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), linear(hidden_dim, out_dim)
     )
+
+
+def register_temperature(module: nn.Module, config: TemperatureConfig, learn: bool = True) -> None:
+    """Give ``module`` a ``log_temperature`` from ``config``: a parameter when it is learned (and
+    ``learn``), else a buffer. Read it back with :func:`clamped_temperature`."""
+    initial = torch.tensor(math.log(config.initial))
+    if config.learn and learn:
+        module.register_parameter("log_temperature", nn.Parameter(initial))
+    else:
+        module.register_buffer("log_temperature", initial)
+
+
+def clamped_temperature(log_temperature: Tensor, config: TemperatureConfig) -> Tensor:
+    """The temperature ``exp(log_temperature)`` clamped to [``config.min``, ``config.max``]."""
+    return log_temperature.clamp(math.log(config.min), math.log(config.max)).exp()

@@ -20,7 +20,6 @@ layers start with zero biases (:mod:`raymm.models.layers`). :meth:`TwoTower.save
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from raymm.models.align import Aligner, build_aligner
 from raymm.models.config import ModelConfig, TowersConfig, UserStateConfig
 from raymm.models.errors import ModelLoadError
 from raymm.models.fusion import Fusion, build_fusion
-from raymm.models.layers import linear, mlp
+from raymm.models.layers import clamped_temperature, linear, mlp, register_temperature
 from raymm.models.losses import bpr_loss, sampled_softmax_loss
 
 #: What ``config.json`` calls this model, and the layout version this code reads and writes.
@@ -234,17 +233,15 @@ class TwoTower(nn.Module):
     input cannot take (e.g. the conv audio encoder on audio of the wrong width).
     """
 
+    log_temperature: Tensor  # registered by register_temperature: a parameter or a buffer
+
     def __init__(self, config: ModelConfig, input_dims: Mapping[str, int]) -> None:
         super().__init__()
         self.config = config
         self.input_dims: dict[str, int] = {m: int(d) for m, d in input_dims.items()}
         self.item_tower = ItemTower(config, self.input_dims)
         self.user_tower = UserTower(config.towers, config.user_state)
-        initial = torch.tensor(math.log(config.loss.temperature))
-        if config.loss.learn_temperature:
-            self.log_temperature = nn.Parameter(initial)
-        else:
-            self.register_buffer("log_temperature", initial)
+        register_temperature(self, config.loss.temperature)
 
     @property
     def modalities(self) -> list[str]:
@@ -258,9 +255,8 @@ class TwoTower(nn.Module):
 
     @property
     def temperature(self) -> Tensor:
-        """The recommendation loss's current temperature, clamped to [min_temperature, max_temperature]."""
-        low, high = math.log(self.config.loss.min_temperature), math.log(self.config.loss.max_temperature)
-        return self.log_temperature.clamp(low, high).exp()
+        """The recommendation loss's current temperature, clamped to ``loss.temperature``'s [min, max]."""
+        return clamped_temperature(self.log_temperature, self.config.loss.temperature)
 
     @property
     def requires_fit(self) -> bool:

@@ -18,7 +18,7 @@ from raymm.models.align import (
     shares_tag,
     tag_incidence,
 )
-from raymm.models.config import AlignConfig
+from raymm.models.config import AlignConfig, TemperatureConfig
 from raymm.models.errors import NotFittedError
 
 from .conftest import paired_views, random_batch
@@ -85,11 +85,13 @@ def test_anchor_mode_pairs_every_modality_with_the_anchor() -> None:
 
 
 def test_learned_temperature_stays_clamped() -> None:
-    aligner = build_aligner(AlignConfig(temperature=0.05, min_temperature=0.02, max_temperature=0.5), DIMS)
+    aligner = build_aligner(AlignConfig(temperature=TemperatureConfig(initial=0.05, min=0.02, max=0.5)), DIMS)
     with torch.no_grad():
         aligner.log_temperature.fill_(10.0)
     assert float(aligner.temperature.detach()) == pytest.approx(0.5)
-    fixed = build_aligner(AlignConfig(learn_temperature=False), DIMS)
+    fixed = build_aligner(
+        AlignConfig(temperature=TemperatureConfig(initial=0.1, learn=False, min=0.01, max=1)), DIMS
+    )
     assert "log_temperature" not in dict(fixed.named_parameters())
 
 

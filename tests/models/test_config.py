@@ -34,7 +34,10 @@ def test_cross_field_checks_name_the_values() -> None:
         )
     with pytest.raises(ValidationError, match=r"towers\.user_heads=5 must divide towers\.embed_dim=64"):
         ModelConfig.model_validate({"user_state": {"pooling": "attention"}, "towers": {"user_heads": 5}})
-    with pytest.raises(ValidationError, match=r"temperature 2\.0 must lie within"):
-        ModelConfig.model_validate({"align": {"temperature": 2.0}})
-    with pytest.raises(ValidationError, match=r"loss temperature 0\.01 must lie within"):
-        ModelConfig.model_validate({"loss": {"temperature": 0.01}})
+    with pytest.raises(
+        ValidationError,
+        match=r"align\.temperature[\s\S]*temperature 2\.0 must lie within \[min, max\] = \[0\.01, 1\.0\]",
+    ):
+        ModelConfig.model_validate({"align": {"temperature": {"initial": 2.0, "min": 0.01, "max": 1.0}}})
+    with pytest.raises(ValidationError, match=r"loss\.temperature[\s\S]*temperature 0\.01 must lie within"):
+        ModelConfig.model_validate({"loss": {"temperature": {"initial": 0.01, "min": 0.02, "max": 1.0}}})

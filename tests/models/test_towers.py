@@ -204,10 +204,10 @@ def test_items_and_users_start_distinct_at_default_sizes() -> None:
 def test_recommendation_temperature_is_learned_and_clamped() -> None:
     model = _model()
     assert "log_temperature" in dict(model.named_parameters())
-    assert float(model.temperature.detach()) == pytest.approx(model.config.loss.temperature)
+    assert float(model.temperature.detach()) == pytest.approx(model.config.loss.temperature.initial)
     with torch.no_grad():
         model.log_temperature.fill_(-10.0)
-    assert float(model.temperature.detach()) == pytest.approx(model.config.loss.min_temperature)
+    assert float(model.temperature.detach()) == pytest.approx(model.config.loss.temperature.min)
     config = _config()
-    config.loss.learn_temperature = False
+    config.loss.temperature.learn = False
     assert "log_temperature" not in dict(TwoTower(config, DIMS).named_parameters())

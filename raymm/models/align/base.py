@@ -18,7 +18,6 @@ audio with ``audio_encoder: conv``, the trainable :class:`MelAudioEncoder`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 from raymm.errors import ConfigError
 from raymm.models.config import AlignConfig
 from raymm.models.errors import NotFittedError
-from raymm.models.layers import linear, mlp
+from raymm.models.layers import clamped_temperature, linear, mlp, register_temperature
 
 #: The modality name whose ``mel_stats`` vectors the conv audio encoder reads.
 AUDIO = "audio"
@@ -208,6 +207,8 @@ class Aligner(nn.Module):
     :meth:`fit`. Modalities keep the order of ``input_dims``.
     """
 
+    log_temperature: Tensor  # registered by register_temperature: a parameter or a buffer
+
     name: ClassVar[str] = ""
     closed_form: ClassVar[bool] = False
     #: Whether :meth:`loss` uses the temperature (a learnable one is only a parameter if so).
@@ -243,16 +244,12 @@ class Aligner(nn.Module):
                 head_dims[modality] = dim
         self.head_dims = head_dims
         self.heads = nn.ModuleDict({m: self._build_head(m, d) for m, d in head_dims.items()})
-        initial = torch.tensor(math.log(config.temperature))
-        if self._learns_temperature():
-            self.log_temperature = nn.Parameter(initial)
-        else:
-            self.register_buffer("log_temperature", initial)
+        register_temperature(self, config.temperature, learn=self._learns_temperature())
 
     # -- construction -------------------------------------------------------------------------
     def _learns_temperature(self) -> bool:
         """Whether the temperature is a parameter (learned) rather than a fixed buffer."""
-        return self.config.learn_temperature and self.uses_temperature
+        return self.uses_temperature
 
     def _build_head(self, modality: str, in_dim: int) -> nn.Module:
         """The head of one modality: the conv audio encoder for mel_stats audio, else an MLP."""
@@ -332,9 +329,8 @@ class Aligner(nn.Module):
     # -- losses -------------------------------------------------------------------------------
     @property
     def temperature(self) -> Tensor:
-        """The current temperature, clamped to [min_temperature, max_temperature]."""
-        low, high = math.log(self.config.min_temperature), math.log(self.config.max_temperature)
-        return self.log_temperature.clamp(low, high).exp()
+        """The current temperature, clamped to [``temperature.min``, ``temperature.max``]."""
+        return clamped_temperature(self.log_temperature, self.config.temperature)
 
     def pairs(self) -> list[tuple[str, str]]:
         """Modality pairs the loss ties together: all pairs, or each modality with the anchor."""

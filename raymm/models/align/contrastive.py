@@ -14,8 +14,8 @@ class ContrastiveAligner(Aligner):
     ``audio_encoder: conv``) into ``shared_dim``. The loss is the symmetric InfoNCE between two
     modalities of the same item, on the rows where both are present, averaged over the pairs
     that ``mode`` selects (``pairs``: every pair; ``anchor``: each modality with ``anchor``).
-    The temperature is learned as ``log(temperature)`` (``learn_temperature``), clamped to
-    [``min_temperature``, ``max_temperature``], starting at ``temperature``. ``pca_dim``
+    The temperature (``temperature``: initial, learn, min, max) is learned as its log, clamped to
+    [``min``, ``max``]. ``pca_dim``
     optionally reduces raw features first (then :meth:`fit` must run once on the catalog).
     """
 
