@@ -181,7 +181,7 @@ class EvaluateConfig(StrictModel):
     """
 
     ks: list[PositiveInt] = Field([10, 20, 50], min_length=1)
-    ablation: list[str] = ["text", "image", "audio", "concat", "contrastive+gated", "popularity"]
+    ablation: list[str] = ["text", "image", "audio", "concat", "contrastive+gated", "popularity", "content"]
     missing_modality: Literal["text", "image", "audio"] | None = "image"
     missing_rate: float = Field(0.5, ge=0.0, le=1.0)
     missing_retrain: list[str] = ["concat", "contrastive+gated"]
