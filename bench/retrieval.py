@@ -39,7 +39,7 @@ with the lowest mean single-query CPU time. Ratios against exact measured in the
 judges the wall-clock p99, ``met.cpu_p99`` the CPU-time p99; ``loadavg_1m_after`` in each latency
 run says how shared the machine was (2 cores: above 2, other work was waiting for them).
 
-    .venv/bin/python bench/retrieval.py               # 1M items, ~5 min on 2 cores
+    .venv/bin/python bench/retrieval.py               # 1M items, ~2 min on 2 quiet cores, ~5 min shared
     .venv/bin/python bench/retrieval.py --quick       # smoke run, 50k items, retrieval.quick.json
 """
 
