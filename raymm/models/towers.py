@@ -19,7 +19,6 @@ layers start with zero biases (:mod:`raymm.models.layers`). :meth:`TwoTower.save
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,17 +28,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import raymm
+from raymm.data import io
 from raymm.models.align import Aligner, build_aligner
 from raymm.models.config import ModelConfig, TowersConfig
 from raymm.models.errors import ModelLoadError
 from raymm.models.fusion import Fusion, build_fusion
 from raymm.models.layers import linear, mlp
 from raymm.models.losses import bpr_loss, sampled_softmax_loss
+from raymm.models.persist import Directory, as_uri, load_weights, read_document, write_weights
 
 #: What ``config.json`` calls this model, and the layout version this code reads and writes.
 MODEL_FORMAT = "raymm.two_tower"
@@ -372,14 +371,13 @@ class TwoTower(nn.Module):
         return LossBreakdown(total=rec + cfg.align_weight * align, rec=rec, align=align)
 
     # -- persistence --------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: Directory) -> Directory:
         """Write ``config.json`` (format, version, input dims in modality order, config) and
-        ``weights.safetensors``.
+        ``weights.safetensors`` into ``directory`` (a local path or any :mod:`raymm.data.io` URI).
 
-        Creates ``directory`` if needed and returns it as a :class:`Path`.
+        Returns ``directory`` as given.
         """
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+        uri = as_uri(directory)
         document = {
             "format": MODEL_FORMAT,
             "format_version": FORMAT_VERSION,
@@ -388,14 +386,10 @@ class TwoTower(nn.Module):
             "config": self.config.model_dump(mode="json"),
         }
         # Unsorted: the order of input_dims is the order of the fusion's modality slots.
-        (path / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
-        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
-        save_file(
-            tensors,
-            str(path / WEIGHTS_FILE),
-            metadata={"format": MODEL_FORMAT, "format_version": str(FORMAT_VERSION)},
-        )
-        return path
+        io.write_json(document, io.join(uri, CONFIG_FILE), sort_keys=False)
+        metadata = {"format": MODEL_FORMAT, "format_version": str(FORMAT_VERSION)}
+        write_weights(self, io.join(uri, WEIGHTS_FILE), metadata)
+        return directory
 
     @classmethod
     def from_pretrained(
@@ -411,67 +405,39 @@ class TwoTower(nn.Module):
         another format or format version, an invalid config, a modality set or dimension that
         differs from ``expected_dims`` (naming both), or weights that do not fit the config.
         """
-        path = Path(directory)
-        document = _read_config(path / CONFIG_FILE)
-        input_dims = _saved_dims(document, path)
+        uri = as_uri(directory)
+        config_uri = io.join(uri, CONFIG_FILE)
+        document = read_document(
+            config_uri,
+            expected_format=MODEL_FORMAT,
+            versions=range(FORMAT_VERSION, FORMAT_VERSION + 1),
+            what="two-tower",
+            missing="not a directory written by TwoTower.save_pretrained",
+        )
+        input_dims = _saved_dims(document, config_uri)
         if expected_dims is not None:
-            _compare_dims(input_dims, expected_dims, path)
+            _compare_dims(input_dims, expected_dims, uri)
         try:
             config = ModelConfig.model_validate(document.get("config"))
         except ValidationError as exc:
-            raise ModelLoadError(f"{path / CONFIG_FILE}: the saved model config is invalid: {exc}") from None
+            raise ModelLoadError(f"{config_uri}: the saved model config is invalid: {exc}") from None
         model = cls(config, input_dims)
-        weights = path / WEIGHTS_FILE
-        if not weights.is_file():
-            raise ModelLoadError(
-                f"{path}: no {WEIGHTS_FILE}; not a directory written by TwoTower.save_pretrained"
-            )
-        try:
-            state = load_file(str(weights), device=str(device))
-        except (SafetensorError, OSError) as exc:
-            raise ModelLoadError(f"{weights}: cannot read the weights: {exc}") from None
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ModelLoadError(f"{weights}: weights do not fit the saved config: {exc}") from None
+        load_weights(model, io.join(uri, WEIGHTS_FILE), "two-tower weights")
         return model.to(device).eval()
 
 
-def _read_config(file: Path) -> dict[str, Any]:
-    if not file.is_file():
-        raise ModelLoadError(
-            f"{file.parent}: no {CONFIG_FILE}; not a directory written by TwoTower.save_pretrained"
-        )
-    try:
-        document = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{file}: cannot read it as JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise ModelLoadError(f"{file}: expected a JSON object, got {type(document).__name__}")
-    if document.get("format") != MODEL_FORMAT:
-        raise ModelLoadError(f"{file}: format {document.get('format')!r}, expected {MODEL_FORMAT!r}")
-    if document.get("format_version") != FORMAT_VERSION:
-        raise ModelLoadError(
-            f"{file}: format version {document.get('format_version')!r}, this raymm "
-            f"{raymm.__version__} reads version {FORMAT_VERSION}"
-        )
-    return document
-
-
-def _saved_dims(document: dict[str, Any], path: Path) -> dict[str, int]:
+def _saved_dims(document: dict[str, Any], config_uri: str) -> dict[str, int]:
     dims = document.get("input_dims")
     if (
         not isinstance(dims, dict)
         or not dims
         or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims.values())
     ):
-        raise ModelLoadError(
-            f"{path / CONFIG_FILE}: input_dims must map modalities to positive ints, got {dims!r}"
-        )
+        raise ModelLoadError(f"{config_uri}: input_dims must map modalities to positive ints, got {dims!r}")
     return {str(m): int(d) for m, d in dims.items()}
 
 
-def _compare_dims(saved: Mapping[str, int], expected: Mapping[str, int], path: Path) -> None:
+def _compare_dims(saved: Mapping[str, int], expected: Mapping[str, int], path: str) -> None:
     if set(saved) != set(expected):
         raise ModelLoadError(
             f"{path}: the saved model reads modalities {sorted(saved)}, the features have {sorted(expected)}"
