@@ -108,9 +108,18 @@ def ranker_dir(directory: str | Path) -> str:
     return io.join(as_uri(directory), RANKER_DIR)
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()  # np.int64 stays an int, np.float32 becomes a float
+    raise TypeError(f"{type(value).__name__} is not JSON serializable: {value!r}")
+
+
 def _json_safe(document: Mapping[str, Any]) -> dict[str, Any]:
-    """``document`` with NumPy scalars made plain numbers (training metrics often hold them)."""
-    return dict(json.loads(json.dumps(document, default=float)))
+    """``document`` with NumPy scalars made plain numbers (training metrics often hold them).
+
+    Raises :class:`TypeError` naming any other value JSON cannot hold.
+    """
+    return dict(json.loads(json.dumps(document, default=_plain)))
 
 
 def write_artifact(
@@ -138,6 +147,7 @@ def write_artifact(
     if vectors.ndim != 2 or len(item_ids) != vectors.shape[0]:
         raise ValueError(f"item_vectors must be (N, E) for N={len(item_ids)} item ids, got {vectors.shape}")
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    metrics = _json_safe(metrics)
     try:
         manifest = Manifest(
             raymm_version=raymm.__version__,
@@ -148,7 +158,7 @@ def write_artifact(
             embed_dim=int(vectors.shape[1]),
             n_items=len(item_ids),
             config=_json_safe(config),
-            metrics=_json_safe(metrics),
+            metrics=metrics,
             stages={
                 "retrieval": {"created_at": created.isoformat(), "best_epoch": metrics.get("best_epoch")}
             },
