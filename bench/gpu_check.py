@@ -344,9 +344,8 @@ def build_two_tower(catalog: Catalog, seed: int) -> TwoTower:
     default), and the closed-form standardisation fitted on the catalog.
     """
     config = ModelConfig()
-    config.towers.n_item_ids = int(catalog.id_index.max())
     torch.manual_seed(seed)
-    model = TwoTower(config, catalog.dims)
+    model = TwoTower(config, catalog.dims, int(catalog.id_index.max()))
     if model.requires_fit:
         model.fit_alignment(catalog.features, catalog.present)
     return model

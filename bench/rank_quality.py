@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "validation": {
             "ranker": ranked.metrics["validation"],
             "ndcg@20_by_retrieval_weight": ranked.metrics["validation_ndcg_by_retrieval_weight"],
-            "two_tower_best": retrieval.manifest["metrics"]["validation"],
+            "two_tower_best": retrieval.manifest.metrics["validation"],
         },
         "test": {k: v for k, v in result.items() if k != "plots"},
         "ranker_history": ranked.history,

@@ -208,8 +208,8 @@ def cmd_train(args: argparse.Namespace, config: RaymmConfig) -> int:
         return EXIT_OK
     result = train(config, data, features, out)
     rows: list[tuple[str, Any]] = [("dataset", data), ("features", features), ("model", out)]
-    rows.append(("model version", result.manifest["model_version"]))
-    best = result.manifest["metrics"]["validation"]
+    rows.append(("model version", result.manifest.model_version))
+    best = result.manifest.metrics["validation"]
     rows += [(f"best epoch {k}", f"{best[k]:.4f}") for k in ("val_recall@20", "val_ndcg@20") if k in best]
     rows.append(("epochs run", len(result.history)))
     print_summary("train", rows, result.elapsed_s)
@@ -368,11 +368,11 @@ def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
     rows: list[tuple[str, Any]] = [("output root", config.out), ("dataset", data), ("features", features)]
     rows += _counts_rows(result.dataset)
     rows += _extract_rows(result.extracted)
-    best = result.trained.manifest["metrics"]["validation"]
+    best = result.trained.manifest.metrics["validation"]
     rows += [
         ("model", model),
         ("two-tower best val_ndcg@20", f"{best.get('val_ndcg@20', float('nan')):.4f}"),
-        ("fallback shrinkage", result.trained.manifest["metrics"]["fallback_shrinkage"]),
+        ("fallback shrinkage", result.trained.manifest.metrics["fallback_shrinkage"]),
         ("ranker val auc", f"{result.ranked.metrics['validation']['auc']:.4f}"),
         ("report", document["report"]),
     ]

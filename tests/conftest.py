@@ -6,6 +6,8 @@ import datetime as dt
 import io
 import os
 import shutil
+import socket
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,3 +156,59 @@ def trained(
     shutil.copytree(root / "model", root / "ranked")
     train_ranker(config, str(data), str(features), str(root / "ranked"))
     return Trained(root, data, features, config, root / "model", root / "ranked")
+
+
+S3_BUCKET = "raymm-test"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API on loopback (moto's server mode) with bucket :data:`S3_BUCKET`; yields its URL.
+
+    pyarrow's ``FileSystem.from_uri`` (what :func:`raymm.data.io.resolve` calls) reads the endpoint
+    from ``AWS_ENDPOINT_URL`` (``http://`` selects plain HTTP), so ``s3://`` URIs reach this server
+    with dummy credentials; the variables stay set until the session ends. Nothing leaves 127.0.0.1:
+    ``AWS_EC2_METADATA_DISABLED`` stops the SDK from asking the instance metadata service.
+    """
+    import logging
+
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request otherwise
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "NO_PROXY": "127.0.0.1",
+            "no_proxy": "127.0.0.1",
+        }.items():
+            patch.setenv(name, value)
+        admin = pafs.S3FileSystem(
+            access_key="testing",
+            secret_key="testing",
+            region="us-east-1",
+            endpoint_override=endpoint,
+            allow_bucket_creation=True,
+        )
+        admin.create_dir(S3_BUCKET)
+        try:
+            yield endpoint
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_dir(s3_endpoint: str) -> str:
+    """A fresh ``s3://`` prefix in the loopback bucket for one test."""
+    return f"s3://{S3_BUCKET}/{uuid.uuid4().hex}"

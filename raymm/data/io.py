@@ -1,15 +1,22 @@
-"""Parquet and JSON I/O on local paths or any pyarrow filesystem URI (``s3://``, ``gs://``, ...).
+"""Parquet, JSON, bytes and tensor I/O on local paths or any pyarrow filesystem URI (``s3://``, ...).
 
 Writes go to a temporary name first and are renamed into place where the filesystem allows, so a
-crash never leaves a half-written file under the final name.
+crash never leaves a half-written file under the final name. On object stores (S3) the "rename" is
+a copy and a delete, but a reader still never sees a partly uploaded object under the final name.
+
+URIs are plain ``str``: ``pathlib.Path("s3://bucket/x")`` collapses the ``//`` into ``s3:/bucket/x``,
+which :func:`resolve` refuses instead of treating it as a local folder named ``s3:``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import re
 import uuid
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -17,14 +24,29 @@ import pyarrow.parquet as pq
 
 from raymm.errors import DataError
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# A scheme followed by a single slash ("s3:/bucket/key"): a URI that went through pathlib.Path.
+_MANGLED_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Split ``uri`` into a pyarrow filesystem and a path on it; plain paths are local."""
+    """Split ``uri`` into a pyarrow filesystem and a path on it; plain paths are local.
+
+    S3 URIs follow the AWS environment (``AWS_ENDPOINT_URL``, ``AWS_REGION``, credentials).
+    Raises :class:`DataError` for a scheme pyarrow cannot open, or a URI with one slash after its
+    scheme (``s3:/bucket``, what ``pathlib.Path`` makes of ``s3://bucket``): writing that as a local
+    path would silently put the data in a folder named ``s3:``.
+    """
     try:
         filesystem, path = pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, ValueError):
-        import os
-
+    except (pa.ArrowInvalid, ValueError) as exc:
+        if _MANGLED_URI.match(uri):
+            raise DataError(
+                f"{uri!r} looks like a URI but cannot be opened ({exc}); a URI passed through "
+                f"pathlib.Path loses a slash (s3:/ for s3://), pass URIs as str"
+            ) from None
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     return filesystem, path
 
@@ -33,8 +55,6 @@ def absolute(uri: str) -> str:
     """``uri`` with a local relative path made absolute (Ray workers run in other directories)."""
     if "://" in uri:
         return uri
-    import os
-
     return os.path.abspath(uri)
 
 
@@ -111,9 +131,10 @@ def write_bytes(data: bytes, uri: str) -> None:
     filesystem.move(tmp, path)
 
 
-def write_json(document: Any, uri: str) -> None:
-    """Write ``document`` as indented, key-sorted JSON (stable bytes for stable input)."""
-    write_bytes((json.dumps(document, indent=2, sort_keys=True) + "\n").encode(), uri)
+def write_json(document: Any, uri: str, sort_keys: bool = True) -> None:
+    """Write ``document`` as indented JSON, keys sorted unless ``sort_keys`` is False (when the
+    order of a mapping means something); stable bytes for stable input."""
+    write_bytes((json.dumps(document, indent=2, sort_keys=sort_keys) + "\n").encode(), uri)
 
 
 def read_bytes(uri: str, what: str = "file") -> bytes:
@@ -121,3 +142,62 @@ def read_bytes(uri: str, what: str = "file") -> bytes:
     filesystem, path = _require_file(uri, what)
     with filesystem.open_input_stream(path) as stream:
         return bytes(stream.read())
+
+
+def list_dir(uri: str) -> list[str]:
+    """Sorted names (not paths) of the files and directories directly under directory ``uri``.
+
+    Raises :class:`DataError` if ``uri`` does not exist or is a file.
+    """
+    filesystem, path = resolve(uri)
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"directory not found: {uri}")
+    if info.type != pafs.FileType.Directory:
+        raise DataError(f"{uri} is a file, expected a directory")
+    entries = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(posixpath.basename(entry.path.rstrip("/")) for entry in entries)
+
+
+def remove(uri: str) -> bool:
+    """Delete the file or the whole directory tree at ``uri``; False if there was nothing there.
+
+    On S3 a "directory" is a key prefix: every object under it is deleted.
+    """
+    filesystem, path = resolve(uri)
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return False
+    if info.type == pafs.FileType.Directory:
+        filesystem.delete_dir(path)
+    else:
+        filesystem.delete_file(path)
+    return True
+
+
+def write_tensors(tensors: Mapping[str, Tensor], uri: str, metadata: Mapping[str, str] | None = None) -> None:
+    """Write named tensors as one safetensors file (atomically, see :func:`write_bytes`).
+
+    Tensors are moved to the CPU and made contiguous; ``metadata`` goes into the file's header.
+    Tensors that share memory (tied weights) must be passed once: safetensors refuses aliases.
+    """
+    from safetensors.torch import save
+
+    plain = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+    write_bytes(save(plain, metadata=dict(metadata) if metadata is not None else None), uri)
+
+
+def read_tensors(uri: str, what: str = "safetensors file") -> dict[str, Tensor]:
+    """Read a safetensors file written by :func:`write_tensors` into CPU tensors.
+
+    The whole file is read into memory (object stores have no mmap). Raises :class:`DataError`
+    naming ``what`` and ``uri`` if the file is missing or not safetensors.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    data = read_bytes(uri, what)
+    try:
+        return load(data)
+    except SafetensorError as exc:
+        raise DataError(f"{what} {uri} is not a readable safetensors file: {exc}") from None

@@ -220,7 +220,7 @@ def served_scorer(artifact: Artifact, setup: EvalSetup, ks: Sequence[int]) -> tu
     """
     two_tower = TwoTowerScorer(artifact.model, setup.catalog.subset(artifact.model.modalities))
     popularity = PopularityScorer().fit(setup.context)
-    shrinkage = artifact.manifest.get("metrics", {}).get("fallback_shrinkage")
+    shrinkage = artifact.manifest.metrics.get("fallback_shrinkage")
     if shrinkage is None:
         train_popularity = PopularityScorer().fit(setup.train_context)
         shrinkage, _ = choose_shrinkage(
@@ -249,7 +249,7 @@ def evaluate_model(model_dir: str, setup: EvalSetup, ks: Sequence[int]) -> dict[
         "fusion_weights": mean_fusion_weights(
             artifact.model, setup.catalog.subset(artifact.model.modalities)
         ),
-        "history": artifact.manifest.get("metrics", {}).get("history", []),
+        "history": artifact.manifest.metrics.get("history", []),
     }
 
 

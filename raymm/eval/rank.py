@@ -25,7 +25,7 @@ from raymm.config import RaymmConfig
 from raymm.data import io
 from raymm.eval.evaluate import EvalSetup, eval_setup, evaluate_scorer
 from raymm.eval.pointwise import calibration_curve, classification_metrics, plot_calibration
-from raymm.models.artifact import RANKER_DIR, read_manifest
+from raymm.models.artifact import ranker_dir, read_manifest
 from raymm.models.ranker import Ranker
 from raymm.recommend.rank_examples import LOGGED, RankSetup, predict, rank_setup, split_examples
 from raymm.recommend.rerank import Reranker
@@ -34,7 +34,7 @@ from raymm.recommend.scorers import RetrieveThenRank, TwoTowerScorer
 
 def has_ranker(model_dir: str) -> bool:
     """Whether the artifact at ``model_dir`` records a trained ranking stage in its manifest."""
-    return "rank" in read_manifest(model_dir).get("stages", {})
+    return "rank" in read_manifest(model_dir).stages
 
 
 def evaluate_rank(
@@ -58,7 +58,7 @@ def evaluate_rank(
     setup = setup or rank_setup(data_dir, features_dir, model_dir)
     protocols = protocols or eval_setup(config, data_dir, features_dir)
     ranker = Ranker.from_pretrained(
-        io.join(model_dir, RANKER_DIR),
+        ranker_dir(model_dir),
         modalities=setup.two_tower.modalities,
         shared_dim=setup.two_tower.config.align.shared_dim,
         embed_dim=setup.two_tower.config.towers.embed_dim,

@@ -134,12 +134,6 @@ class TowersConfig(_Section):
 
     embed_dim: int = Field(64, gt=0, description="Width of item and user vectors (L2-normalised).")
     item_hidden_dim: int = Field(256, gt=0, description="Hidden width of the item tower's MLP.")
-    n_item_ids: int = Field(
-        0,
-        ge=0,
-        description="Known item ids for the optional id embedding (rows 1..n; index 0 = unknown/cold); "
-        "0 disables item-id embeddings.",
-    )
     item_id_dropout: float = Field(
         0.2,
         ge=0.0,

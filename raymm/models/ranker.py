@@ -27,13 +27,13 @@ on the validation examples afterwards (monotone: the order is unchanged) keeps P
 and each request runs :meth:`Ranker.score` only. :meth:`save_pretrained` / :meth:`from_pretrained`
 round-trip the ranker through ``config.json`` + ``weights.safetensors`` (by default the
 ``ranker/`` folder of the two-tower artifact, next to ``items.safetensors``, the per-item inputs
-written by :func:`write_item_inputs`).
+written by :func:`write_item_inputs`), on a local path or any :mod:`raymm.data.io` URI;
+``config.json`` alone rebuilds the ranker (:meth:`Ranker.from_pretrained` needs only the path).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,15 +43,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import raymm
+from raymm.data import io
 from raymm.models.config import RankerConfig
 from raymm.models.errors import ModelLoadError
 from raymm.models.fusion import Fusion, build_fusion
 from raymm.models.layers import linear
+from raymm.models.persist import Directory, as_uri, load_weights, read_document, read_tensors, write_weights
 
 RANKER_FORMAT = "raymm.ranker"
 RANKER_VERSION = 1
@@ -207,10 +207,10 @@ class Ranker(nn.Module):
         return (per_example * weights).sum() / weights.sum().clamp_min(1e-12)
 
     # -- persistence --------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` (format, version, widths, threshold, config) and ``weights.safetensors``."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+    def save_pretrained(self, directory: Directory) -> Directory:
+        """Write ``config.json`` (format, version, widths, threshold, config) and ``weights.safetensors``
+        into ``directory`` (a local path or any :mod:`raymm.data.io` URI); returns it as given."""
+        uri = as_uri(directory)
         document = {
             "format": RANKER_FORMAT,
             "format_version": RANKER_VERSION,
@@ -225,69 +225,67 @@ class Ranker(nn.Module):
             "calibration": list(self.calibration),
             "config": self.config.model_dump(mode="json"),
         }
-        (path / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
-        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
-        save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": RANKER_FORMAT})
-        return path
+        # Unsorted like the two-tower's: the order of modalities is the fusion's slot order.
+        io.write_json(document, io.join(uri, CONFIG_FILE), sort_keys=False)
+        write_weights(self, io.join(uri, WEIGHTS_FILE), {"format": RANKER_FORMAT})
+        return directory
 
     @classmethod
     def from_pretrained(
         cls,
         directory: str | Path,
         *,
-        modalities: Sequence[str],
-        shared_dim: int,
-        embed_dim: int,
+        modalities: Sequence[str] | None = None,
+        shared_dim: int | None = None,
+        embed_dim: int | None = None,
         device: str | torch.device = "cpu",
     ) -> Ranker:
-        """Load a ranker written by :meth:`save_pretrained`, in eval mode, checked against the two-tower.
+        """Load a ranker written by :meth:`save_pretrained`, in eval mode, on ``device``.
 
-        ``modalities``, ``shared_dim`` and ``embed_dim`` are what the two-tower model it will read
-        produces. Raises :class:`ModelLoadError` for missing or unreadable files, another format or
-        version, an invalid config, widths or modalities that differ (naming both), or weights that
-        do not fit.
+        ``config.json`` records everything needed to rebuild it. ``modalities``, ``shared_dim`` and
+        ``embed_dim``, when given, are what the two-tower model it will read produces and are
+        compared with the saved ones. Raises :class:`ModelLoadError` for missing or unreadable
+        files, another format or version, an invalid config, widths or modalities that differ from
+        the given ones (naming both), or weights that do not fit.
         """
-        path = Path(directory)
-        document = _read_json(path / CONFIG_FILE)
-        if document.get("format") != RANKER_FORMAT:
-            raise ModelLoadError(
-                f"{path / CONFIG_FILE}: format {document.get('format')!r}, expected {RANKER_FORMAT!r}"
-            )
-        if document.get("format_version") != RANKER_VERSION:
-            raise ModelLoadError(
-                f"{path / CONFIG_FILE}: ranker format version {document.get('format_version')!r}, this "
-                f"raymm {raymm.__version__} reads version {RANKER_VERSION}"
-            )
-        saved = {k: document.get(k) for k in ("modalities", "shared_dim", "embed_dim", "context_features")}
-        expected = {
-            "modalities": list(modalities),
-            "shared_dim": int(shared_dim),
-            "embed_dim": int(embed_dim),
-            "context_features": list(CONTEXT_FEATURES),
-        }
+        uri = as_uri(directory)
+        config_uri = io.join(uri, CONFIG_FILE)
+        document = read_document(
+            config_uri,
+            expected_format=RANKER_FORMAT,
+            versions=range(RANKER_VERSION, RANKER_VERSION + 1),
+            what="ranker",
+            missing="no ranker was written there",
+        )
+        saved = _saved_shape(document, config_uri)
+        expected: dict[str, Any] = {"context_features": list(CONTEXT_FEATURES)}
+        if modalities is not None:
+            expected["modalities"] = list(modalities)
+        if shared_dim is not None:
+            expected["shared_dim"] = int(shared_dim)
+        if embed_dim is not None:
+            expected["embed_dim"] = int(embed_dim)
         wrong = [
-            f"{k}: ranker has {saved[k]!r}, expected {expected[k]!r}"
-            for k in saved
-            if saved[k] != expected[k]
+            f"{k}: ranker has {saved[k]!r}, expected {value!r}"
+            for k, value in expected.items()
+            if saved[k] != value
         ]
         if wrong:
-            raise ModelLoadError(f"{path}: the ranker does not fit the two-tower model ({'; '.join(wrong)})")
+            raise ModelLoadError(f"{uri}: the ranker does not fit the two-tower model ({'; '.join(wrong)})")
         try:
             config = RankerConfig.model_validate(document.get("config"))
         except ValidationError as exc:
-            raise ModelLoadError(f"{path / CONFIG_FILE}: the saved ranker config is invalid: {exc}") from None
+            raise ModelLoadError(f"{config_uri}: the saved ranker config is invalid: {exc}") from None
         threshold = document.get("threshold", 0.5)
         if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
-            raise ModelLoadError(
-                f"{path / CONFIG_FILE}: threshold must be a number in [0, 1], got {threshold!r}"
-            )
+            raise ModelLoadError(f"{config_uri}: threshold must be a number in [0, 1], got {threshold!r}")
         blend = {k: document.get(k) for k in ("retrieval_weight", "retrieval_temperature")}
         if (
             not all(isinstance(v, int | float) and v >= 0 for v in blend.values())
             or not blend["retrieval_temperature"]
         ):
             raise ModelLoadError(
-                f"{path / CONFIG_FILE}: retrieval weight/temperature must be >= 0 / > 0, got {blend}"
+                f"{config_uri}: retrieval weight/temperature must be >= 0 / > 0, got {blend}"
             )
         calibration = document.get("calibration", [1.0, 0.0])
         if (
@@ -296,76 +294,65 @@ class Ranker(nn.Module):
             or not all(isinstance(v, int | float) for v in calibration)
             or calibration[0] <= 0
         ):
-            raise ModelLoadError(
-                f"{path / CONFIG_FILE}: calibration must be [scale > 0, bias], got {calibration!r}"
-            )
+            raise ModelLoadError(f"{config_uri}: calibration must be [scale > 0, bias], got {calibration!r}")
         model = cls(
             config,
-            modalities,
-            shared_dim,
-            embed_dim,
+            saved["modalities"],
+            saved["shared_dim"],
+            saved["embed_dim"],
             float(threshold),
             float(blend["retrieval_weight"]),  # type: ignore[arg-type]
             float(blend["retrieval_temperature"]),
             (float(calibration[0]), float(calibration[1])),
         )
-        try:
-            model.load_state_dict(_load_tensors(path / WEIGHTS_FILE), strict=True)
-        except RuntimeError as exc:
-            raise ModelLoadError(
-                f"{path / WEIGHTS_FILE}: weights do not fit the saved config: {exc}"
-            ) from None
+        load_weights(model, io.join(uri, WEIGHTS_FILE), "ranker weights")
         return model.to(device).eval()
 
 
-def _read_json(file: Path) -> dict[str, Any]:
-    if not file.is_file():
-        raise ModelLoadError(f"{file.parent}: no {file.name}; no ranker was written there")
-    try:
-        document = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{file}: cannot read it as JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise ModelLoadError(f"{file}: expected a JSON object, got {type(document).__name__}")
-    return document
+def _saved_shape(document: dict[str, Any], config_uri: str) -> dict[str, Any]:
+    """The saved modalities, widths and context features, validated: they rebuild the ranker."""
+    modalities = document.get("modalities")
+    if not isinstance(modalities, list) or not modalities or not all(isinstance(m, str) for m in modalities):
+        raise ModelLoadError(
+            f"{config_uri}: modalities must be a non-empty list of names, got {modalities!r}"
+        )
+    widths = {k: document.get(k) for k in ("shared_dim", "embed_dim")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in widths.values()):
+        raise ModelLoadError(f"{config_uri}: shared_dim and embed_dim must be positive ints, got {widths}")
+    return {"modalities": modalities, **widths, "context_features": document.get("context_features")}
 
 
-def _load_tensors(file: Path) -> dict[str, Tensor]:
-    if not file.is_file():
-        raise ModelLoadError(f"{file.parent}: no {file.name}")
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError) as exc:
-        raise ModelLoadError(f"{file}: cannot read the tensors: {exc}") from None
-
-
-def write_item_inputs(directory: str | Path, inputs: RankerInputs) -> Path:
+def write_item_inputs(directory: str | Path, inputs: RankerInputs) -> str:
     """Write ``items.safetensors``: each catalog row's aligned vectors, presence, content vector and popularity.
 
     Rows follow the artifact's ``item_vectors.parquet``; serving reads them instead of the features.
+    ``directory`` is a local path or any :mod:`raymm.data.io` URI; returns the file's URI.
     """
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = {f"projected.{m}": v.detach().cpu().contiguous() for m, v in inputs.projected.items()}
-    tensors.update({f"present.{m}": v.detach().cpu().contiguous() for m, v in inputs.present.items()})
-    tensors["content_vectors"] = inputs.content_vectors.detach().cpu().contiguous()
-    tensors["popularity"] = inputs.popularity.detach().cpu().contiguous()
-    save_file(tensors, str(path / ITEM_INPUTS_FILE), metadata={"format": RANKER_FORMAT})
-    return path / ITEM_INPUTS_FILE
+    uri = io.join(as_uri(directory), ITEM_INPUTS_FILE)
+    tensors = {f"projected.{m}": v for m, v in inputs.projected.items()}
+    tensors.update({f"present.{m}": v for m, v in inputs.present.items()})
+    tensors["content_vectors"] = inputs.content_vectors
+    tensors["popularity"] = inputs.popularity
+    io.write_tensors(tensors, uri, {"format": RANKER_FORMAT})
+    return uri
 
 
 def read_item_inputs(directory: str | Path, vectors: Tensor, modalities: Sequence[str]) -> RankerInputs:
-    """Read ``items.safetensors`` next to the artifact's item ``vectors`` (N, E), checking their rows agree."""
-    file = Path(directory) / ITEM_INPUTS_FILE
-    tensors = _load_tensors(file)
+    """Read ``items.safetensors`` next to the artifact's item ``vectors`` (N, E), checking their rows agree.
+
+    Raises :class:`ModelLoadError` naming the file if it is missing or unreadable, lacks a
+    modality's inputs, or holds another number of rows than ``vectors``.
+    """
+    uri = io.join(as_uri(directory), ITEM_INPUTS_FILE)
+    tensors = read_tensors(uri, "ranker item inputs")
     missing = [m for m in modalities if f"projected.{m}" not in tensors or f"present.{m}" not in tensors]
     missing += [k for k in ("content_vectors", "popularity") if k not in tensors]
     if missing:
-        raise ModelLoadError(f"{file}: lacks the inputs {missing}")
+        raise ModelLoadError(f"{uri}: lacks the inputs {missing}")
     rows = {int(t.shape[0]) for t in tensors.values()}
     if rows != {vectors.shape[0]}:
         raise ModelLoadError(
-            f"{file}: holds {sorted(rows)} rows, the artifact's item_vectors.parquet {vectors.shape[0]}"
+            f"{uri}: holds {sorted(rows)} rows, the artifact's item_vectors.parquet {vectors.shape[0]}"
         )
     return RankerInputs(
         {m: tensors[f"projected.{m}"] for m in modalities},

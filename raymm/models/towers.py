@@ -19,7 +19,6 @@ layers start with zero biases (:mod:`raymm.models.layers`). :meth:`TwoTower.save
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +27,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import raymm
+from raymm.data import io
 from raymm.models.align import Aligner, build_aligner
 from raymm.models.config import ModelConfig, TowersConfig, UserStateConfig
 from raymm.models.errors import ModelLoadError
 from raymm.models.fusion import Fusion, build_fusion
 from raymm.models.layers import clamped_temperature, linear, mlp, register_temperature
 from raymm.models.losses import bpr_loss, sampled_softmax_loss
+from raymm.models.persist import Directory, as_uri, load_weights, read_document, write_weights
 
 #: What ``config.json`` calls this model, and the layout version this code reads and writes.
 MODEL_FORMAT = "raymm.two_tower"
@@ -96,7 +95,7 @@ def _check_index(index: Tensor, batch: int, n_ids: int, what: str) -> Tensor:
 class ItemTower(nn.Module):
     """Aligner + fusion + MLP (+ gated item-id embedding) -> (B, embed_dim), L2-normalised."""
 
-    def __init__(self, config: ModelConfig, input_dims: Mapping[str, int]) -> None:
+    def __init__(self, config: ModelConfig, input_dims: Mapping[str, int], n_item_ids: int = 0) -> None:
         super().__init__()
         towers = config.towers
         self.aligner: Aligner = build_aligner(config.align, input_dims)
@@ -109,10 +108,10 @@ class ItemTower(nn.Module):
             self.register_buffer(f"input_scale_{modality}", torch.ones(dim))
         self.fusion: Fusion = build_fusion(config.fusion, self.aligner.modalities, config.align.shared_dim)
         self.mlp = mlp(self.fusion.out_dim, towers.item_hidden_dim, towers.embed_dim, towers.dropout)
-        self.n_item_ids = towers.n_item_ids
+        self.n_item_ids = n_item_ids
         self.item_id_dropout = towers.item_id_dropout
-        if towers.n_item_ids:
-            self.item_ids = nn.Embedding(towers.n_item_ids + 1, towers.embed_dim, padding_idx=0)
+        if n_item_ids:
+            self.item_ids = nn.Embedding(n_item_ids + 1, towers.embed_dim, padding_idx=0)
             nn.init.normal_(self.item_ids.weight, std=0.02)
             with torch.no_grad():
                 self.item_ids.weight[0].zero_()
@@ -228,18 +227,20 @@ class TwoTower(nn.Module):
     """Item tower + user tower with their losses and a ``save_pretrained``/``from_pretrained`` pair.
 
     ``input_dims`` maps each modality to its feature width (the order fixes the fusion weights'
-    columns). If the aligner has closed-form parts (``requires_fit``), call :meth:`fit_alignment`
+    columns); ``n_item_ids`` warm items get an id embedding (rows 1..n; 0 = unknown/cold; 0
+    disables it). Both come from the data, not the config, and ``config.json`` records them. If the aligner has closed-form parts (``requires_fit``), call :meth:`fit_alignment`
     on the catalog before training. Raises :class:`~raymm.errors.ConfigError` for settings the
     input cannot take (e.g. the conv audio encoder on audio of the wrong width).
     """
 
     log_temperature: Tensor  # registered by register_temperature: a parameter or a buffer
 
-    def __init__(self, config: ModelConfig, input_dims: Mapping[str, int]) -> None:
+    def __init__(self, config: ModelConfig, input_dims: Mapping[str, int], n_item_ids: int = 0) -> None:
         super().__init__()
         self.config = config
         self.input_dims: dict[str, int] = {m: int(d) for m, d in input_dims.items()}
-        self.item_tower = ItemTower(config, self.input_dims)
+        self.n_item_ids = int(n_item_ids)
+        self.item_tower = ItemTower(config, self.input_dims, self.n_item_ids)
         self.user_tower = UserTower(config.towers, config.user_state)
         register_temperature(self, config.loss.temperature)
 
@@ -353,30 +354,26 @@ class TwoTower(nn.Module):
         return LossBreakdown(total=rec + cfg.align_weight * align, rec=rec, align=align)
 
     # -- persistence --------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: Directory) -> Directory:
         """Write ``config.json`` (format, version, input dims in modality order, config) and
-        ``weights.safetensors``.
+        ``weights.safetensors`` into ``directory`` (a local path or any :mod:`raymm.data.io` URI).
 
-        Creates ``directory`` if needed and returns it as a :class:`Path`.
+        Returns ``directory`` as given.
         """
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+        uri = as_uri(directory)
         document = {
             "format": MODEL_FORMAT,
             "format_version": FORMAT_VERSION,
             "raymm_version": raymm.__version__,
             "input_dims": self.input_dims,
+            "n_item_ids": self.n_item_ids,
             "config": self.config.model_dump(mode="json"),
         }
         # Unsorted: the order of input_dims is the order of the fusion's modality slots.
-        (path / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
-        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
-        save_file(
-            tensors,
-            str(path / WEIGHTS_FILE),
-            metadata={"format": MODEL_FORMAT, "format_version": str(FORMAT_VERSION)},
-        )
-        return path
+        io.write_json(document, io.join(uri, CONFIG_FILE), sort_keys=False)
+        metadata = {"format": MODEL_FORMAT, "format_version": str(FORMAT_VERSION)}
+        write_weights(self, io.join(uri, WEIGHTS_FILE), metadata)
+        return directory
 
     @classmethod
     def from_pretrained(
@@ -392,67 +389,42 @@ class TwoTower(nn.Module):
         another format or format version, an invalid config, a modality set or dimension that
         differs from ``expected_dims`` (naming both), or weights that do not fit the config.
         """
-        path = Path(directory)
-        document = _read_config(path / CONFIG_FILE)
-        input_dims = _saved_dims(document, path)
+        uri = as_uri(directory)
+        config_uri = io.join(uri, CONFIG_FILE)
+        document = read_document(
+            config_uri,
+            expected_format=MODEL_FORMAT,
+            versions=range(FORMAT_VERSION, FORMAT_VERSION + 1),
+            what="two-tower",
+            missing="not a directory written by TwoTower.save_pretrained",
+        )
+        input_dims = _saved_dims(document, config_uri)
         if expected_dims is not None:
-            _compare_dims(input_dims, expected_dims, path)
+            _compare_dims(input_dims, expected_dims, uri)
         try:
             config = ModelConfig.model_validate(document.get("config"))
         except ValidationError as exc:
-            raise ModelLoadError(f"{path / CONFIG_FILE}: the saved model config is invalid: {exc}") from None
-        model = cls(config, input_dims)
-        weights = path / WEIGHTS_FILE
-        if not weights.is_file():
-            raise ModelLoadError(
-                f"{path}: no {WEIGHTS_FILE}; not a directory written by TwoTower.save_pretrained"
-            )
-        try:
-            state = load_file(str(weights), device=str(device))
-        except (SafetensorError, OSError) as exc:
-            raise ModelLoadError(f"{weights}: cannot read the weights: {exc}") from None
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ModelLoadError(f"{weights}: weights do not fit the saved config: {exc}") from None
+            raise ModelLoadError(f"{config_uri}: the saved model config is invalid: {exc}") from None
+        n_item_ids = document.get("n_item_ids", 0)
+        if not isinstance(n_item_ids, int) or n_item_ids < 0:
+            raise ModelLoadError(f"{config_uri}: n_item_ids must be an integer >= 0, got {n_item_ids!r}")
+        model = cls(config, input_dims, n_item_ids)
+        load_weights(model, io.join(uri, WEIGHTS_FILE), "two-tower weights")
         return model.to(device).eval()
 
 
-def _read_config(file: Path) -> dict[str, Any]:
-    if not file.is_file():
-        raise ModelLoadError(
-            f"{file.parent}: no {CONFIG_FILE}; not a directory written by TwoTower.save_pretrained"
-        )
-    try:
-        document = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{file}: cannot read it as JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise ModelLoadError(f"{file}: expected a JSON object, got {type(document).__name__}")
-    if document.get("format") != MODEL_FORMAT:
-        raise ModelLoadError(f"{file}: format {document.get('format')!r}, expected {MODEL_FORMAT!r}")
-    if document.get("format_version") != FORMAT_VERSION:
-        raise ModelLoadError(
-            f"{file}: format version {document.get('format_version')!r}, this raymm "
-            f"{raymm.__version__} reads version {FORMAT_VERSION}"
-        )
-    return document
-
-
-def _saved_dims(document: dict[str, Any], path: Path) -> dict[str, int]:
+def _saved_dims(document: dict[str, Any], config_uri: str) -> dict[str, int]:
     dims = document.get("input_dims")
     if (
         not isinstance(dims, dict)
         or not dims
         or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims.values())
     ):
-        raise ModelLoadError(
-            f"{path / CONFIG_FILE}: input_dims must map modalities to positive ints, got {dims!r}"
-        )
+        raise ModelLoadError(f"{config_uri}: input_dims must map modalities to positive ints, got {dims!r}")
     return {str(m): int(d) for m, d in dims.items()}
 
 
-def _compare_dims(saved: Mapping[str, int], expected: Mapping[str, int], path: Path) -> None:
+def _compare_dims(saved: Mapping[str, int], expected: Mapping[str, int], path: str) -> None:
     if set(saved) != set(expected):
         raise ModelLoadError(
             f"{path}: the saved model reads modalities {sorted(saved)}, the features have {sorted(expected)}"

@@ -48,7 +48,7 @@ class Recommender:
             if "popularity" in table.column_names
             else np.zeros(len(self.item_ids))
         )
-        metrics = artifact.manifest.get("metrics", {})
+        metrics = artifact.manifest.metrics
         self.two_tower = TwoTowerScorer(artifact.model, item_vectors=vectors)
         self.retriever = FallbackScorer(
             self.two_tower, PopularityScorer(counts), float(metrics.get("fallback_shrinkage", 0.0))
@@ -113,6 +113,6 @@ def load_model(directory: str | Path, top_n: int | None = None) -> Recommender:
     Raises :class:`~raymm.models.errors.ModelLoadError` for a missing or invalid artifact.
     """
     artifact = load_artifact(directory)
-    reranker = Reranker.from_artifact(directory) if "rank" in artifact.manifest.get("stages", {}) else None
-    configured = artifact.manifest.get("config", {}).get("rank", {}).get("retriever_top_n", 200)
+    reranker = Reranker.from_artifact(directory) if "rank" in artifact.manifest.stages else None
+    configured = artifact.manifest.config.get("rank", {}).get("retriever_top_n", 200)
     return Recommender(artifact, reranker, int(top_n or configured))

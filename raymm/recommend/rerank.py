@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raymm.models.artifact import RANKER_DIR, load_artifact
+from raymm.models.artifact import load_artifact, ranker_dir
 from raymm.models.errors import ModelLoadError
+from raymm.models.persist import as_uri
 from raymm.models.ranker import Ranker, RankerInputs, popularity_feature, read_item_inputs
 from raymm.models.towers import TwoTower
 from raymm.recommend.catalog import Catalog
@@ -73,13 +74,13 @@ class Reranker:
         Raises :class:`ModelLoadError` if the artifact has no ranker, or it does not fit the
         artifact's two-tower model (modalities, widths) or item table.
         """
-        path = Path(directory)
+        path = as_uri(directory)
         artifact = load_artifact(path)
-        if "rank" not in artifact.manifest.get("stages", {}):
+        if "rank" not in artifact.manifest.stages:
             raise ModelLoadError(f"{path}: the artifact has no ranking stage; run `raymm train --stage rank`")
         two_tower = artifact.model
         ranker = Ranker.from_pretrained(
-            path / RANKER_DIR,
+            ranker_dir(path),
             modalities=two_tower.modalities,
             shared_dim=two_tower.config.align.shared_dim,
             embed_dim=two_tower.config.towers.embed_dim,
@@ -89,7 +90,7 @@ class Reranker:
         width = table.schema.field("vector").type.list_size
         flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         vectors = torch.from_numpy(np.array(flat, dtype=np.float32).reshape(-1, width))  # writable copy
-        return cls(ranker, item_ids, read_item_inputs(path / RANKER_DIR, vectors, ranker.modalities))
+        return cls(ranker, item_ids, read_item_inputs(ranker_dir(path), vectors, ranker.modalities))
 
     @property
     def n_items(self) -> int:

@@ -22,7 +22,6 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,7 @@ from raymm.data import io
 from raymm.data.dataset import load_dataset
 from raymm.eval.evaluate import evaluate_scorer
 from raymm.eval.pointwise import best_threshold, classification_metrics, roc_auc
-from raymm.models.artifact import RANKER_DIR, read_manifest, record_stage
+from raymm.models.artifact import ranker_dir, read_manifest, record_stage
 from raymm.models.ranker import Ranker, write_item_inputs
 from raymm.recommend.history import eval_users, held_out_recency
 from raymm.recommend.rank_examples import LOGGED, RankExamples, RankSetup, predict, rank_setup, split_examples
@@ -195,7 +194,7 @@ def train_ranker(
 
     started = time.perf_counter()
     data_dir, features_dir = io.absolute(data_dir), io.absolute(features_dir)
-    model_dir = str(Path(model_dir).absolute()) if "://" not in model_dir else model_dir
+    model_dir = io.absolute(model_dir)
     init_ray(config.ray)
     setup = rank_setup(data_dir, features_dir, model_dir)
     train_examples = split_examples(setup, config.rank, data_dir, "train", config.seed)
@@ -206,7 +205,7 @@ def train_ranker(
     context_stats = {"mean": stats_ranker.context_mean.tolist(), "scale": stats_ranker.context_scale.tolist()}
     dataset = shuffled_examples(pa.table(train_examples.to_columns()), config.seed)
     manifest = read_manifest(model_dir)
-    rank_key = json.dumps({"rank": config.rank.model_dump(mode="json"), "model": manifest["model_version"]})
+    rank_key = json.dumps({"rank": config.rank.model_dump(mode="json"), "model": manifest.model_version})
     run = f"{name}-{run_key(config, hashlib.sha256(rank_key.encode()).hexdigest())}"
     loop_config = {
         "data_dir": data_dir,
@@ -237,8 +236,8 @@ def train_ranker(
         "validation": classification_metrics(validation.label, probabilities, ranker.threshold),
         "n_examples": {"train": len(train_examples), "validation": len(validation)},
     }
-    ranker.save_pretrained(io.join(model_dir, RANKER_DIR))
-    write_item_inputs(io.join(model_dir, RANKER_DIR), setup.inputs)
+    ranker.save_pretrained(ranker_dir(model_dir))
+    write_item_inputs(ranker_dir(model_dir), setup.inputs)
     history = saved.state.history
     record_stage(model_dir, "rank", {"metrics": metrics, "history": history})
     return RankTrainResult(model_dir, metrics, history, time.perf_counter() - started)

@@ -29,8 +29,8 @@ from raymm.data import io
 from raymm.data.dataset import MANIFEST as DATASET_MANIFEST
 from raymm.data.dataset import load_dataset
 from raymm.eval.evaluate import evaluate_scorer
-from raymm.features.store import FEATURES_MANIFEST, load_features
-from raymm.models.artifact import write_artifact
+from raymm.features.store import FEATURES_MANIFEST, load_features, read_encoders
+from raymm.models.artifact import Manifest, write_artifact
 from raymm.models.config import ModelConfig
 from raymm.models.towers import TwoTower
 from raymm.recommend.catalog import Catalog, build_catalog
@@ -51,6 +51,7 @@ class Prepared:
     validation: EvalUsers
     model_config: ModelConfig
     fingerprint: str
+    n_item_ids: int
 
 
 def prepare(config: RaymmConfig, data_dir: str, features_dir: str) -> Prepared:
@@ -61,10 +62,9 @@ def prepare(config: RaymmConfig, data_dir: str, features_dir: str) -> Prepared:
     catalog = build_catalog(features, dataset.items, train, config.train.modalities)
     spec = config.model.user_state
     validation = eval_users(train, dataset.interactions("validation"), catalog, spec.events, spec.max_history)
-    model_config = config.model.model_copy(deep=True)
-    if config.train.item_id_embeddings:
-        model_config.towers.n_item_ids = int(catalog.id_index.max())
-    return Prepared(catalog, validation, model_config, _fingerprint(data_dir, features_dir, catalog))
+    n_item_ids = int(catalog.id_index.max()) if config.train.item_id_embeddings else 0
+    fingerprint = _fingerprint(data_dir, features_dir, catalog)
+    return Prepared(catalog, validation, config.model.model_copy(deep=True), fingerprint, n_item_ids)
 
 
 def _fingerprint(data_dir: str, features_dir: str, catalog: Catalog) -> str:
@@ -81,7 +81,7 @@ def _fingerprint(data_dir: str, features_dir: str, catalog: Catalog) -> str:
 def build_model(prepared: Prepared, seed: int) -> TwoTower:
     """A fresh model for this catalog, with its closed-form alignment fitted (same on every rank)."""
     torch.manual_seed(seed)
-    model = TwoTower(prepared.model_config, prepared.catalog.dims)
+    model = TwoTower(prepared.model_config, prepared.catalog.dims, prepared.n_item_ids)
     if model.requires_fit:
         model.fit_alignment(prepared.catalog.features, prepared.catalog.present)
     return model
@@ -172,7 +172,7 @@ class TrainResult:
     """Where the artifact went, the per-epoch metrics and the best validation score."""
 
     out: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     history: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -223,7 +223,7 @@ def train(
     run = f"{name}-{run_key(config, prepared.fingerprint)}"
     dataset = shuffled_examples(examples.to_table(), config.seed)
     saved = run_on_ray(train_loop_per_worker, loop_config, config, run, dataset, "training run", hooks)
-    model = TwoTower(prepared.model_config, prepared.catalog.dims)
+    model = TwoTower(prepared.model_config, prepared.catalog.dims, prepared.n_item_ids)
     model.load_state_dict(saved.state.best_weights or saved.model)
     train_counts = item_counts(train_split, prepared.catalog, spec.events)
     shrinkage, by_shrinkage = choose_fallback(model, prepared, train_counts, config)
@@ -243,6 +243,8 @@ def train(
             "validation_ndcg_by_fallback_shrinkage": by_shrinkage,
         },
         data_fingerprint=prepared.fingerprint,
+        encoders=read_encoders(features_dir),
+        popularity=train_counts,
     )
     return TrainResult(out, manifest, history, time.perf_counter() - started)
 

@@ -131,8 +131,8 @@ def test_rank_stage_is_written_into_the_artifact_and_evaluated(trained: Trained,
     assert main([*argv, "--out", str(tmp_path / "model"), *overrides]) == 0
     ranked = tmp_path / "model"
     manifest = read_manifest(ranked)
-    assert set(manifest["stages"]) == {"retrieval", "rank"}
-    rank_stage = manifest["stages"]["rank"]
+    assert set(manifest.stages) == {"retrieval", "rank"}
+    rank_stage = manifest.stages["rank"]
     assert rank_stage["metrics"]["validation"]["auc"] > 0.6
     assert [row["epoch"] for row in rank_stage["history"]] == [0, 1, 2]
     argv = [
@@ -209,9 +209,9 @@ def test_writing_a_new_two_tower_model_removes_the_old_ranker(trained: Trained, 
         artifact.model,
         np.asarray(artifact.item_vectors.column("item_id").to_pylist()),
         vectors,
-        config=artifact.manifest["config"],
+        config=artifact.manifest.config,
         metrics={},
-        data_fingerprint=artifact.manifest["data_fingerprint"],
+        data_fingerprint=artifact.manifest.data_fingerprint,
     )
     assert not (copy / RANKER_DIR).exists()  # fitted on the old vectors: it would not fit these
-    assert set(manifest["stages"]) == {"retrieval"}
+    assert set(manifest.stages) == {"retrieval"}

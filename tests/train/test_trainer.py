@@ -35,7 +35,7 @@ def test_the_artifact_holds_every_item_and_a_model_better_than_untrained(trained
     cold = set(pq.read_table(trained.data / "cold_items.parquet").column("item_id").to_pylist())
     vector_ids = set(artifact.item_vectors.column("item_id").to_pylist())
     assert vector_ids == set(items.column("item_id").to_pylist()) and cold <= vector_ids
-    history = artifact.manifest["metrics"]["history"]
+    history = artifact.manifest.metrics["history"]
     assert [row["epoch"] for row in history] == [0, 1, 2]
     prepared = prepare(trained.config, str(trained.data), str(trained.features))
     untrained = evaluate_scorer(
@@ -44,9 +44,13 @@ def test_the_artifact_holds_every_item_and_a_model_better_than_untrained(trained
         [20],
         prepared.catalog.n_items,
     )
-    best = artifact.manifest["metrics"]["validation"]
+    best = artifact.manifest.metrics["validation"]
     assert best["val_recall@20"] > 1.5 * untrained["recall@20"], (best, untrained)
-    assert artifact.manifest["metrics"]["fallback_shrinkage"] in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+    assert artifact.manifest.metrics["fallback_shrinkage"] in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+    # what serving needs beside the vectors: each item's popularity and the encoders of the features
+    popularity = artifact.item_vectors.column("popularity").to_numpy()
+    assert popularity.sum() > 0 and popularity.min() >= 0
+    assert artifact.model.n_item_ids > 0
     with pytest.raises(ModelLoadError, match="text vectors of dimension 22 but the features have 384"):
         load_artifact(trained.model, expected_dims={"text": 384})
 
@@ -57,7 +61,7 @@ def test_a_newer_artifact_version_is_refused(trained: Trained, tmp_path: Path) -
     manifest = json.loads(manifest_path.read_text())
     manifest["format_version"] = 99
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ModelLoadError, match="format_version 99"):
+    with pytest.raises(ModelLoadError, match="format version 99 is not supported"):
         load_artifact(tmp_path / "model")
 
 
@@ -77,7 +81,7 @@ def test_rerunning_a_finished_run_resumes_it_instead_of_training_again(
 ) -> None:
     """Same config, same storage: Ray Train resumes the run directory named by the run key."""
     again = train(trained.config, str(trained.data), str(trained.features), str(tmp_path / "model"))
-    first = load_artifact(trained.model).manifest["metrics"]["history"]
+    first = load_artifact(trained.model).manifest.metrics["history"]
     assert again.history == first  # no epoch ran again: the history is the checkpoint's
     runs = list((trained.root / "train").glob("train-*"))
     assert len(runs) == 1
@@ -102,8 +106,8 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(trained: Trained, tmp_
 def test_same_config_and_seed_give_the_same_metrics(trained: Trained, tmp_path: Path) -> None:
     config = shared_config(trained.root, f"train.storage_path={tmp_path / 'train'}")  # same key, fresh run
     run = train(config, str(trained.data), str(trained.features), str(tmp_path / "m"))
-    first = load_artifact(trained.model).manifest["metrics"]["validation"]
-    second = run.manifest["metrics"]["validation"]
+    first = load_artifact(trained.model).manifest.metrics["validation"]
+    second = run.manifest.metrics["validation"]
     for key in ("val_recall@20", "val_ndcg@20", "train_loss"):
         assert first[key] == pytest.approx(second[key], abs=1e-6), key
 
