@@ -97,13 +97,17 @@ class ModalityEncoderActor:
 
 
 def encoder_description(encoder: Any) -> dict[str, Any]:
-    """What the features record about an encoder: id, revision, pooling and dim."""
-    return {
+    """What the features record about an encoder: id, revision, pooling and dim, and for
+    ``mel_stats`` audio its mel bands (``mel_bands``: the vector is bands x time segments)."""
+    description: dict[str, Any] = {
         "encoder_id": encoder.encoder_id,
         "revision": encoder.revision,
         "pooling": encoder.pooling,
         "dim": int(encoder.dim),
     }
+    if isinstance(getattr(encoder, "n_mels", None), int):
+        description["mel_bands"] = int(encoder.n_mels)
+    return description
 
 
 @dataclass

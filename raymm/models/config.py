@@ -96,10 +96,9 @@ class AlignConfig(_Section):
     audio_encoder: Literal["mlp", "conv"] = Field(
         "mlp",
         description="How audio is read: mlp (a projection head on the flat vector) or conv "
-        "(MelAudioEncoder over the mel_stats spectrogram; needs a learned aligner).",
+        "(MelAudioEncoder over the mel_stats spectrogram, whose mel bands the features' manifest "
+        "records; needs a learned aligner).",
     )
-    n_mels: int = Field(64, gt=0, description="conv audio encoder: mel bands of the mel_stats vectors.")
-    frames: int = Field(16, gt=0, description="conv audio encoder: time segments of the mel_stats vectors.")
     audio_channels: int = Field(64, gt=0, description="conv audio encoder: channels of its 1-D convolutions.")
     audio_pool: Literal["meanmax", "gru"] = Field(
         "meanmax", description="conv audio encoder: pool over time by mean+max or by a GRU's last state."

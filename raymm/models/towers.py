@@ -95,10 +95,16 @@ def _check_index(index: Tensor, batch: int, n_ids: int, what: str) -> Tensor:
 class ItemTower(nn.Module):
     """Aligner + fusion + MLP (+ gated item-id embedding) -> (B, embed_dim), L2-normalised."""
 
-    def __init__(self, config: ModelConfig, input_dims: Mapping[str, int], n_item_ids: int = 0) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        input_dims: Mapping[str, int],
+        n_item_ids: int = 0,
+        audio_bands: int | None = None,
+    ) -> None:
         super().__init__()
         towers = config.towers
-        self.aligner: Aligner = build_aligner(config.align, input_dims)
+        self.aligner: Aligner = build_aligner(config.align, input_dims, audio_bands)
         self.standardize = config.align.standardize
         # Per-dimension centring and scaling of the raw features, fitted on the catalog: pretrained
         # encoders' vectors share a large common direction (mean cosine ~0.6-0.96) that would
@@ -228,19 +234,28 @@ class TwoTower(nn.Module):
 
     ``input_dims`` maps each modality to its feature width (the order fixes the fusion weights'
     columns); ``n_item_ids`` warm items get an id embedding (rows 1..n; 0 = unknown/cold; 0
-    disables it). Both come from the data, not the config, and ``config.json`` records them. If the aligner has closed-form parts (``requires_fit``), call :meth:`fit_alignment`
+    disables it); ``audio_bands`` the mel bands of ``mel_stats`` audio features (their manifest
+    records them; the conv audio encoder needs them). These come from the data, not the config,
+    and ``config.json`` records them. If the aligner has closed-form parts (``requires_fit``), call :meth:`fit_alignment`
     on the catalog before training. Raises :class:`~raymm.errors.ConfigError` for settings the
     input cannot take (e.g. the conv audio encoder on audio of the wrong width).
     """
 
     log_temperature: Tensor  # registered by register_temperature: a parameter or a buffer
 
-    def __init__(self, config: ModelConfig, input_dims: Mapping[str, int], n_item_ids: int = 0) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        input_dims: Mapping[str, int],
+        n_item_ids: int = 0,
+        audio_bands: int | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.input_dims: dict[str, int] = {m: int(d) for m, d in input_dims.items()}
         self.n_item_ids = int(n_item_ids)
-        self.item_tower = ItemTower(config, self.input_dims, self.n_item_ids)
+        self.audio_bands = audio_bands
+        self.item_tower = ItemTower(config, self.input_dims, self.n_item_ids, audio_bands)
         self.user_tower = UserTower(config.towers, config.user_state)
         register_temperature(self, config.loss.temperature)
 
@@ -367,6 +382,7 @@ class TwoTower(nn.Module):
             "raymm_version": raymm.__version__,
             "input_dims": self.input_dims,
             "n_item_ids": self.n_item_ids,
+            "audio_bands": self.audio_bands,
             "config": self.config.model_dump(mode="json"),
         }
         # Unsorted: the order of input_dims is the order of the fusion's modality slots.
@@ -408,7 +424,12 @@ class TwoTower(nn.Module):
         n_item_ids = document.get("n_item_ids", 0)
         if not isinstance(n_item_ids, int) or n_item_ids < 0:
             raise ModelLoadError(f"{config_uri}: n_item_ids must be an integer >= 0, got {n_item_ids!r}")
-        model = cls(config, input_dims, n_item_ids)
+        audio_bands = document.get("audio_bands")
+        if audio_bands is not None and (not isinstance(audio_bands, int) or audio_bands <= 0):
+            raise ModelLoadError(
+                f"{config_uri}: audio_bands must be a positive integer or null, got {audio_bands!r}"
+            )
+        model = cls(config, input_dims, n_item_ids, audio_bands)
         load_weights(model, io.join(uri, WEIGHTS_FILE), "two-tower weights")
         return model.to(device).eval()
 

@@ -52,6 +52,7 @@ class Prepared:
     model_config: ModelConfig
     fingerprint: str
     n_item_ids: int
+    audio_bands: int | None
 
 
 def prepare(config: RaymmConfig, data_dir: str, features_dir: str) -> Prepared:
@@ -64,7 +65,8 @@ def prepare(config: RaymmConfig, data_dir: str, features_dir: str) -> Prepared:
     validation = eval_users(train, dataset.interactions("validation"), catalog, spec.events, spec.max_history)
     n_item_ids = int(catalog.id_index.max()) if config.train.item_id_embeddings else 0
     fingerprint = _fingerprint(data_dir, features_dir, catalog)
-    return Prepared(catalog, validation, config.model.model_copy(deep=True), fingerprint, n_item_ids)
+    bands = read_encoders(features_dir).get("audio", {}).get("mel_bands")
+    return Prepared(catalog, validation, config.model.model_copy(deep=True), fingerprint, n_item_ids, bands)
 
 
 def _fingerprint(data_dir: str, features_dir: str, catalog: Catalog) -> str:
@@ -81,7 +83,7 @@ def _fingerprint(data_dir: str, features_dir: str, catalog: Catalog) -> str:
 def build_model(prepared: Prepared, seed: int) -> TwoTower:
     """A fresh model for this catalog, with its closed-form alignment fitted (same on every rank)."""
     torch.manual_seed(seed)
-    model = TwoTower(prepared.model_config, prepared.catalog.dims, prepared.n_item_ids)
+    model = TwoTower(prepared.model_config, prepared.catalog.dims, prepared.n_item_ids, prepared.audio_bands)
     if model.requires_fit:
         model.fit_alignment(prepared.catalog.features, prepared.catalog.present)
     return model
@@ -223,7 +225,7 @@ def train(
     run = f"{name}-{run_key(config, prepared.fingerprint)}"
     dataset = shuffled_examples(examples.to_table(), config.seed)
     saved = run_on_ray(train_loop_per_worker, loop_config, config, run, dataset, "training run", hooks)
-    model = TwoTower(prepared.model_config, prepared.catalog.dims, prepared.n_item_ids)
+    model = TwoTower(prepared.model_config, prepared.catalog.dims, prepared.n_item_ids, prepared.audio_bands)
     model.load_state_dict(saved.state.best_weights or saved.model)
     train_counts = item_counts(train_split, prepared.catalog, spec.events)
     shrinkage, by_shrinkage = choose_fallback(model, prepared, train_counts, config)

@@ -218,19 +218,22 @@ def test_pca_reduction_is_fitted_before_projection() -> None:
 
 def test_conv_audio_encoder_reads_mel_frames() -> None:
     dims = {"text": 8, "audio": 4 * 6}
-    config = AlignConfig(shared_dim=8, audio_encoder="conv", n_mels=4, frames=6, audio_channels=8)
-    aligner = build_aligner(config, dims)
+    config = AlignConfig(shared_dim=8, audio_encoder="conv", audio_channels=8)
+    aligner = build_aligner(config, dims, audio_bands=4)  # 4 mel bands x 6 time segments
     assert isinstance(aligner.heads["audio"], MelAudioEncoder)
+    assert (aligner.heads["audio"].n_mels, aligner.heads["audio"].frames) == (4, 6)
     features, present = random_batch(5, dims, p_present=1.0)
     loss = aligner.loss(aligner.project(features, present), present)
     loss.backward()
     assert aligner.heads["audio"].convs[0].weight.grad is not None
     gru = MelAudioEncoder(n_mels=4, frames=6, out_dim=3, channels=8, pool="gru")
     assert gru(torch.randn(2, 24)).shape == (2, 3)
-    with pytest.raises(ConfigError, match="4\\*5 = 20 values, but audio features have 24"):
-        build_aligner(config.model_copy(update={"frames": 5}), dims)
+    with pytest.raises(ConfigError, match=r"audio features \(24 values\) record mel bands 5"):
+        build_aligner(config, dims, audio_bands=5)
+    with pytest.raises(ConfigError, match="record mel bands None"):
+        build_aligner(config, dims)
     with pytest.raises(ConfigError, match="closed form"):
-        build_aligner(config.model_copy(update={"method": "cca"}), dims)
+        build_aligner(config.model_copy(update={"method": "cca"}), dims, audio_bands=4)
 
 
 def test_malformed_batches_name_the_problem() -> None:

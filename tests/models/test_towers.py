@@ -30,9 +30,9 @@ def _config(pooling: str = "mean", **towers: object) -> ModelConfig:
     )
 
 
-def _model(pooling: str = "mean", **towers: object) -> TwoTower:
+def _model(pooling: str = "mean", n_item_ids: int = 0, **towers: object) -> TwoTower:
     torch.manual_seed(0)
-    return TwoTower(_config(pooling, **towers), DIMS).eval()
+    return TwoTower(_config(pooling, **towers), DIMS, n_item_ids).eval()
 
 
 def test_cold_item_gets_a_vector_from_content_alone() -> None:
@@ -68,10 +68,10 @@ def test_user_vector_follows_live_history(pooling: str) -> None:
 
 
 def test_save_and_load_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
-    config = _config("transformer", n_item_ids=4)
+    config = _config("transformer")
     config.align.pca_dim = 6
     torch.manual_seed(0)
-    model = TwoTower(config, DIMS)
+    model = TwoTower(config, DIMS, n_item_ids=4)
     features, present = paired_views(20, DIMS)
     model.fit_alignment(features, present).eval()
     index = torch.arange(20) % 5
@@ -81,6 +81,7 @@ def test_save_and_load_round_trip_gives_identical_outputs(tmp_path: Path) -> Non
     model.save_pretrained(tmp_path / "model")
     loaded = TwoTower.from_pretrained(tmp_path / "model", expected_dims=DIMS)
     assert loaded.config == config and loaded.modalities == list(DIMS) and not loaded.training
+    assert loaded.n_item_ids == 4  # from the data, recorded beside the config
     assert torch.equal(loaded.item_vectors(features, present, index), items)
     assert torch.equal(
         loaded.user_vector(items[:6].reshape(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)), users

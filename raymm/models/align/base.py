@@ -214,7 +214,9 @@ class Aligner(nn.Module):
     #: Whether :meth:`loss` uses the temperature (a learnable one is only a parameter if so).
     uses_temperature: ClassVar[bool] = True
 
-    def __init__(self, config: AlignConfig, input_dims: Mapping[str, int]) -> None:
+    def __init__(
+        self, config: AlignConfig, input_dims: Mapping[str, int], audio_bands: int | None = None
+    ) -> None:
         super().__init__()
         if not input_dims:
             raise ConfigError("an aligner needs at least one modality, got input_dims={}")
@@ -227,11 +229,12 @@ class Aligner(nn.Module):
         self.anchor = config.anchor if config.anchor in self.input_dims else self.modalities[0]
         self.shared_dim = config.shared_dim
         self.conv_audio = config.audio_encoder == "conv" and AUDIO in self.input_dims
-        if self.conv_audio and self.input_dims[AUDIO] != config.n_mels * config.frames:
+        self.audio_bands = audio_bands
+        if self.conv_audio and (audio_bands is None or self.input_dims[AUDIO] % audio_bands):
             raise ConfigError(
-                f"audio_encoder='conv' reads mel_stats vectors of n_mels*frames = {config.n_mels}*"
-                f"{config.frames} = {config.n_mels * config.frames} values, but audio features have "
-                f"{self.input_dims[AUDIO]}"
+                f"audio_encoder='conv' reads mel_stats spectrograms of n_mels bands x frames, but the "
+                f"audio features ({self.input_dims[AUDIO]} values) record mel bands {audio_bands!r}; "
+                "extract audio with kind: mel_stats (its manifest records the bands)"
             )
         self.reducers = nn.ModuleDict()
         head_dims: dict[str, int] = {}
@@ -254,8 +257,9 @@ class Aligner(nn.Module):
     def _build_head(self, modality: str, in_dim: int) -> nn.Module:
         """The head of one modality: the conv audio encoder for mel_stats audio, else an MLP."""
         if self.conv_audio and modality == AUDIO:
-            cfg = self.config
-            return MelAudioEncoder(cfg.n_mels, cfg.frames, cfg.shared_dim, cfg.audio_channels, cfg.audio_pool)
+            cfg, bands = self.config, int(self.audio_bands or 1)
+            frames = self.input_dims[AUDIO] // bands
+            return MelAudioEncoder(bands, frames, cfg.shared_dim, cfg.audio_channels, cfg.audio_pool)
         return ProjectionHead(in_dim, self.shared_dim, self.config.hidden_dim, self.config.dropout)
 
     # -- closed-form fitting ------------------------------------------------------------------

@@ -32,10 +32,12 @@ class CCAAligner(ClosedFormAligner):
 
     name = "cca"
 
-    def __init__(self, config: AlignConfig, input_dims: Mapping[str, int]) -> None:
+    def __init__(
+        self, config: AlignConfig, input_dims: Mapping[str, int], audio_bands: int | None = None
+    ) -> None:
         if len(input_dims) < 2:
             raise ConfigError(f"align.method='cca' needs at least two modalities, got {list(input_dims)}")
-        super().__init__(config, input_dims)
+        super().__init__(config, input_dims, audio_bands)
         self.register_buffer("canonical_correlations", torch.zeros(config.shared_dim))
         self.canonical_correlations: Tensor
 

@@ -26,13 +26,15 @@ class ClosedFormAligner(Aligner):
 
     closed_form = True
 
-    def __init__(self, config: AlignConfig, input_dims: Mapping[str, int]) -> None:
+    def __init__(
+        self, config: AlignConfig, input_dims: Mapping[str, int], audio_bands: int | None = None
+    ) -> None:
         if config.audio_encoder == "conv" and AUDIO in input_dims:
             raise ConfigError(
                 f"align.method={self.name!r} fits linear maps in closed form and cannot drive "
                 "audio_encoder='conv'; use audio_encoder='mlp' or a learned method (contrastive, kg, none)"
             )
-        super().__init__(config, input_dims)
+        super().__init__(config, input_dims, audio_bands)
         self.register_buffer("heads_fitted", torch.tensor(False))
         self.heads_fitted: Tensor
         for parameter in self.heads.parameters():

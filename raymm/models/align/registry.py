@@ -33,8 +33,13 @@ ALIGNERS: dict[str, type[Aligner]] = {
 }
 
 
-def build_aligner(config: AlignConfig, input_dims: Mapping[str, int]) -> Aligner:
+def build_aligner(
+    config: AlignConfig, input_dims: Mapping[str, int], audio_bands: int | None = None
+) -> Aligner:
     """The aligner ``config.method`` names, for modalities of widths ``input_dims`` (name -> d_m).
+
+    ``audio_bands``: the mel bands of ``mel_stats`` audio features (from their manifest), which
+    the conv audio encoder needs to read the vector as a spectrogram.
 
     Closed-form parts (``pca_dim``, cca, linear) come back unfitted: call ``fit`` on the catalog
     before ``project`` (``aligner.requires_fit`` says whether). Raises :class:`ConfigError` for
@@ -44,4 +49,4 @@ def build_aligner(config: AlignConfig, input_dims: Mapping[str, int]) -> Aligner
         method = ALIGNERS[config.method]
     except KeyError:
         raise ConfigError(f"unknown align.method {config.method!r}; known: {', '.join(ALIGNERS)}") from None
-    return method(config, input_dims)
+    return method(config, input_dims, audio_bands)
