@@ -30,15 +30,17 @@ format: venv
 	$(BIN)/ruff format raymm tests bench
 
 test: lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=15
 
 quickstart: venv
 	$(BIN)/raymm quickstart --config configs/quickstart.yaml
 
 bench: venv
+	$(BIN)/python bench/quickstart.py
 	$(BIN)/python bench/extract_throughput.py
 	$(BIN)/python bench/train_scaling.py
 	$(BIN)/python bench/quality_synth.py
+	$(BIN)/python bench/retrieval.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
