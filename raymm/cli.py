@@ -14,10 +14,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from raymm import __version__, console
-from raymm.config import RaymmConfig, load_config
+from raymm.config import ImportFormat, RaymmConfig, SizeName, load_config
 from raymm.errors import RaymmError
 
 if TYPE_CHECKING:
@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth = data_commands.add_parser(
         "synth", parents=[_common_options("synth")], help="generate the synthetic benchmark"
     )
-    synth.add_argument("--size", choices=["tiny", "small", "large"], help="preset (synth.size)")
+    synth.add_argument("--size", choices=get_args(SizeName), help="preset (synth.size)")
     synth.add_argument("--seed", type=int, help="random seed (seed)")
     synth.set_defaults(handler=cmd_data_synth)
 
@@ -452,9 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp = data_commands.add_parser(
         "import", parents=[_common_options("import")], help="import a public dataset"
     )
-    imp.add_argument(
-        "--format", choices=["movielens", "recbole", "amazon2023", "mmrec"], help="import.format"
-    )
+    imp.add_argument("--format", choices=get_args(ImportFormat), help="import.format")
     imp.add_argument("--source", help="source directory or file (import.source)")
     imp.add_argument("--name", help="dataset name inside the source, for recbole/mmrec (import.name)")
     imp.set_defaults(handler=cmd_data_import)

@@ -57,12 +57,14 @@ class SynthConfig(StrictModel):
 
 
 SplitFractions = tuple[float, float, float]
+#: The importers' names (raymm.data.importers.IMPORTERS; a test keeps the two in step).
+ImportFormat = Literal["movielens", "recbole", "amazon2023", "mmrec"]
 
 
 class ImportConfig(StrictModel):
     """``raymm data import``: which format, where its files are, how to split by time."""
 
-    format: Literal["movielens", "recbole", "amazon2023", "mmrec"] | None = None
+    format: ImportFormat | None = None
     source: str | None = None
     name: str | None = None
     like_threshold: float = 4.0

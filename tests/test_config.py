@@ -97,3 +97,42 @@ def test_missing_file_and_malformed_override() -> None:
 def test_yaml_round_trip_is_lossless() -> None:
     config = load_config(ROOT / "configs" / "cluster-gpu.yaml", ["synth.size=tiny"])
     assert config_from_dict(yaml.safe_load(config.to_yaml())) == config
+
+
+def test_name_lists_follow_the_registries() -> None:
+    from typing import get_args
+
+    from raymm.config import ImportFormat, SizeName
+    from raymm.data.importers import IMPORTERS
+    from raymm.data.synth import SIZES
+
+    assert set(get_args(ImportFormat)) == set(IMPORTERS)
+    assert set(get_args(SizeName)) == set(SIZES)
+
+
+def test_the_validation_metric_must_be_computed() -> None:
+    from raymm.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError,
+        match=r"train.val_metric 'ndcg@100' must be <metric>@<K> .* K in evaluate.ks \[10, 20, 50\]",
+    ):
+        load_config(None, ["train.val_metric=ndcg@100"])
+    with pytest.raises(ConfigError, match=r"train\.val_metric 'auc@20'"):
+        load_config(None, ["train.val_metric=auc@20"])
+    assert load_config(None, ["train.val_metric=recall@50"]).train.val_metric == "recall@50"
+
+
+def test_test_hooks_and_twin_knobs_are_gone_from_the_config() -> None:
+    from raymm.errors import ConfigError
+
+    for key in (
+        "train.fail_at_step=3",
+        "train.max_history=5",
+        "train.positive_events=[view]",
+        "model.towers.n_item_ids=4",
+        "model.align.n_mels=8",
+        "rank.positive_events=[view]",
+    ):
+        with pytest.raises(ConfigError, match="unknown key"):
+            load_config(None, [key])
