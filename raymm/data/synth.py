@@ -33,9 +33,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from raymm.config import SynthConfig
+from raymm.console import progress as progress_bar
 from raymm.data import io
 from raymm.data.dataset import ITEMS, MANIFEST, _iso_ms, write_dataset
 from raymm.data.schema import EVENT_KINDS, ITEMS_SCHEMA, MODALITIES, TIMESTAMP
@@ -286,7 +286,7 @@ def _sample_events(
     block = max(1, _BLOCK_CELLS // max(n_items, 1))
     parts: list[tuple[np.ndarray, ...]] = []
     starts = range(0, n_users, block)
-    for index, start in enumerate(tqdm(starts, desc="synth users", unit="block", disable=not progress)):
+    for index, start in enumerate(progress_bar(starts, desc="synth users", unit="block", enabled=progress)):
         block_rng = _rng(seed, _USER_BLOCK_STREAM, index)
         users = np.arange(start, min(start + block, n_users))
         affinity = preferences[users][:, codes].sum(axis=2, dtype=np.float64)  # (users, items)
@@ -384,7 +384,7 @@ def _item_chunks(
     tags = _tags(synthetic_items)
     n_items = len(synthetic_items.creator)
     starts = range(0, n_items, CHUNK_ITEMS)
-    for start in tqdm(starts, desc="synth items", unit="chunk", disable=not progress):
+    for start in progress_bar(starts, desc="synth items", unit="chunk", enabled=progress):
         stop = min(start + CHUNK_ITEMS, n_items)
         media = {
             modality: [

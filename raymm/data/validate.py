@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from raymm.config import ValidateConfig
+from raymm.console import progress as progress_bar
 from raymm.data import io
 from raymm.data.dataset import INTERACTION_FILES, ITEMS, MANIFEST, SPLITS
 from raymm.data.schema import (
@@ -116,7 +116,7 @@ def _check_media(
         return  # URIs are resolved by extraction; fetching them here would be slow and remote.
     decode = _DECODERS[column]
     failures: dict[str, list[int]] = {}
-    for row, value in enumerate(tqdm(values.to_pylist(), desc=f"decode {column}", disable=not progress)):
+    for row, value in enumerate(progress_bar(values.to_pylist(), desc=f"decode {column}", enabled=progress)):
         if value is None:
             continue
         try:

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
-from tqdm import tqdm
 
+from raymm.console import progress as progress_bar
 from raymm.data import io
 from raymm.data.schema import TIMESTAMP
 from raymm.errors import DataError, ImportFormatError
@@ -335,7 +335,7 @@ def iter_json_lines(uri: str, progress: bool = False) -> Iterator[tuple[int, dic
     """
     name = posixpath.basename(uri)
     with _open_binary(uri) as stream:
-        lines = tqdm(stream, desc=name, unit=" lines", disable=not progress, mininterval=1.0)
+        lines = progress_bar(stream, desc=name, unit=" lines", enabled=progress)
         for number, raw in enumerate(lines, start=1):
             if not raw.strip():
                 continue
