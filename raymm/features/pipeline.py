@@ -32,7 +32,7 @@ from ray.data.datasource import FilenameProvider
 from raymm.config import EncoderResources, ExtractConfig, RaymmConfig
 from raymm.data import io
 from raymm.data.dataset import ITEMS
-from raymm.errors import ConfigError, DataError
+from raymm.errors import ConfigError, DataError, RaymmError
 from raymm.features.store import FEATURES_MANIFEST, feature_files, load_features
 
 TFIDF_STATE = "tfidf_idf.json"
@@ -119,6 +119,17 @@ class ExtractResult:
     encoded_items: int
     skipped: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
+
+
+class ExtractionError(RaymmError):
+    """Feature extraction failed (an encoder could not load or a Ray Data task died)."""
+
+
+def _root_cause(error: Exception) -> str:
+    """The most telling line of a Ray error: the last raymm error it quotes, else its first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    quoted = [line for line in lines if line.startswith("raymm.") and "Error" in line.split(":", 1)[0]]
+    return (quoted[-1] if quoted else lines[0] if lines else type(error).__name__)[:500]
 
 
 def catalog_presence(items_uri: str, modalities: list[str]) -> dict[str, int]:
@@ -288,10 +299,13 @@ def extract(
             min_rows_per_file=extract_config.rows_per_file,
             ray_remote_args={"num_cpus": extract_config.io_cpus},
         )
-    except BaseException:
+    except BaseException as exc:
         # Nothing already stored is lost: drop this run's partial parts, keep the earlier ones.
         for partial in set(feature_files(out)) - before:
             out_fs.delete_file(partial)
+        if isinstance(exc, Exception) and not isinstance(exc, RaymmError):
+            # Ray Data wraps an encoder's failure (e.g. ActorDiedError) and keeps only its text.
+            raise ExtractionError(f"feature extraction into {out} failed: {_root_cause(exc)}") from exc
         raise
     if previous is None:
         for stale in before:  # a full re-extract replaces the earlier parts only once it succeeded

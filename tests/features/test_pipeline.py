@@ -137,3 +137,17 @@ def test_a_plan_that_cannot_start_on_the_cluster_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=r"extract needs .* CPUs at minimum"):
         extract(_config("extract.text.num_cpus=2"), str(catalog), str(tmp_path / "f"), progress=False)
+
+
+def test_the_root_cause_of_a_ray_error_is_the_raymm_error_it_quotes() -> None:
+    from raymm.features.pipeline import _root_cause
+
+    wrapped = RuntimeError(
+        "ActorDiedError: The actor died because of an error raised in its creation task\n"
+        "  File ...\n"
+        "raymm.features.base.EncoderLoadError: text encoder 'no-such-model' could not be loaded: not found\n"
+    )
+    assert _root_cause(wrapped) == (
+        "raymm.features.base.EncoderLoadError: text encoder 'no-such-model' could not be loaded: not found"
+    )
+    assert _root_cause(RuntimeError("disk full\nmore")) == "disk full"
