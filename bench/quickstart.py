@@ -32,6 +32,9 @@ BENCH = "quickstart"
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="result JSON path")
+    parser.add_argument(
+        "--console-log", type=Path, default=None, help="also save what the console showed here"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="raymm-quickstart-") as tmp:
         out = Path(tmp) / "quickstart"
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sys.stderr.write(run.stdout[-4000:] + run.stderr[-4000:])
             raise SystemExit(f"quickstart failed with exit code {run.returncode}")
         console_lines = run.stdout.count("\n") + run.stderr.count("\n")
+        if args.console_log is not None:
+            args.console_log.write_text(run.stdout + "\n--- stderr ---\n" + run.stderr)
         document = json.loads((out / "report" / "report.json").read_text())
     k = document["k"]
     rows = {
