@@ -41,7 +41,8 @@ from raymm.recommend.topk import TopK, top_k
 from raymm.recommend.vectors import encode_catalog, user_vectors
 
 #: Shrinkage values :func:`choose_shrinkage` tries (0: popularity only for users with no history).
-SHRINKAGE_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: On MovieLens-100k validation NDCG@20 still rose at 8 and peaked near 64 (bench/cold_users.py).
+SHRINKAGE_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 #: Users per chunk when a scorer does more than a dot product per user (re-ranking).
 USER_CHUNK = 256
 

@@ -8,6 +8,7 @@ import torch
 
 from raymm.recommend.catalog import Catalog
 from raymm.recommend.scorers import (
+    SHRINKAGE_GRID,
     ContentScorer,
     DotProductScorer,
     FallbackScorer,
@@ -87,4 +88,4 @@ def test_the_shrinkage_chosen_is_the_best_on_the_given_evaluation() -> None:
     primary, popularity = _Fixed([0.0, 1.0]), PopularityScorer(np.array([5, 1]))
     wanted = 4.0
     best, scores = choose_shrinkage(lambda s: -abs(s.shrinkage - wanted), primary, popularity)  # type: ignore[attr-defined]
-    assert best == wanted and len(scores) == 6
+    assert best == wanted and len(scores) == len(SHRINKAGE_GRID)
