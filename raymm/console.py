@@ -64,6 +64,16 @@ def log_file_for(out: str) -> str:
     return os.path.join(os.path.abspath(out.removeprefix("file://")), "logs", "raymm.log")
 
 
+#: Ray loggers whose warnings are advice for operators (e.g. Ray Data's issue detector asking for
+#: per-operator memory reservations): kept in the log file, not shown to people on the console.
+ADVISORY_LOGGERS: tuple[str, ...] = ("ray.data._internal.issue_detection",)
+
+
+def _advisory_only_in_file(record: logging.LogRecord) -> bool:
+    """Console filter: drop the advisory loggers' records below ERROR (the file keeps them)."""
+    return record.levelno >= logging.ERROR or not record.name.startswith(ADVISORY_LOGGERS)
+
+
 @dataclass
 class ConsoleRouting:
     """Where Ray's output goes for this process; made by :func:`configure_logging`, undone by :meth:`close`."""
@@ -94,6 +104,7 @@ class ConsoleRouting:
                 if _writes_to_console(handler) and id(handler) not in self._capped:
                     self._capped[id(handler)] = (handler, handler.level)
                     handler.setLevel(max(handler.level, RAY_CONSOLE_LEVEL))
+                    handler.addFilter(_advisory_only_in_file)
             # A propagating child (ray.train) reaches the file through its parent's handler.
             owns_file = not logger.propagate or name in ("ray", "py.warnings")
             if owns_file and self._file_handler not in logger.handlers:
@@ -113,6 +124,7 @@ class ConsoleRouting:
                     logger.setLevel(self._levels[name])
             for handler, level in self._capped.values():
                 handler.setLevel(level)
+                handler.removeFilter(_advisory_only_in_file)
             logging.getLogger("py.warnings").propagate = self._propagate.get("py.warnings", True)
             logging.captureWarnings(False)
             self._file_handler.close()

@@ -194,3 +194,27 @@ def test_local_instance_runs_without_the_preemption_watcher(ray_session: None) -
         return os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
 
     assert ray.get(watcher_setting.remote()) == "0"
+
+
+def test_ray_data_issue_detector_advice_stays_in_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from raymm.console import _advisory_only_in_file
+
+    advice = logging.LogRecord(
+        "ray.data._internal.issue_detection.issue_detector_manager",
+        logging.WARNING,
+        "",
+        0,
+        "uses 800MiB",
+        None,
+        None,
+    )
+    failure = logging.LogRecord(
+        "ray.data._internal.issue_detection.x", logging.ERROR, "", 0, "broken", None, None
+    )
+    other = logging.LogRecord("ray.data", logging.WARNING, "", 0, "a real warning", None, None)
+    assert not _advisory_only_in_file(advice)
+    assert _advisory_only_in_file(failure) and _advisory_only_in_file(other)
