@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from raymm.models.towers import TwoTower
@@ -196,16 +195,23 @@ class ContentScorer(DotProductScorer):
     def fit(self, context: FitContext) -> ContentScorer:
         catalog = context.catalog
         names = self.modalities or list(catalog.features)
-        parts, present = [], []
-        for modality in names:
+        widths = [catalog.features[m].shape[1] for m in names]
+        # One (N, sum of widths) buffer, each modality standardised and normalised in place in its
+        # slice: the catalog is copied once, whatever its size.
+        items = torch.empty(catalog.n_items, sum(widths))
+        n_present = torch.zeros(catalog.n_items, 1)
+        start = 0
+        for modality, width in zip(names, widths, strict=True):
+            block = items[:, start : start + width]
             features, mask = catalog.features[modality], catalog.present[modality]
+            block.copy_(features)
             rows = features[mask]
-            mean = rows.mean(dim=0) if rows.shape[0] else torch.zeros(features.shape[1])
-            std = rows.std(dim=0) + 1e-4 if rows.shape[0] > 1 else torch.ones(features.shape[1])
-            parts.append(F.normalize((features - mean) / std, dim=1) * mask.unsqueeze(1))
-            present.append(mask)
-        n_present = torch.stack(present, dim=1).sum(dim=1, keepdim=True).clamp(min=1)
-        self._items = torch.cat(parts, dim=1) / n_present.sqrt()
+            if rows.shape[0] > 1:
+                block.sub_(rows.mean(dim=0)).div_(rows.std(dim=0) + 1e-4)
+            block.div_(block.norm(dim=1, keepdim=True).clamp_min(1e-12)).mul_(mask.unsqueeze(1))
+            n_present += mask.unsqueeze(1)
+            start += width
+        self._items = items.div_(n_present.clamp(min=1).sqrt())
         return self
 
     def item_vectors(self) -> Tensor:
