@@ -41,7 +41,9 @@ from raymm.models.persist import Directory, as_uri, load_weights, read_document,
 
 #: What ``config.json`` calls this model, and the layout version this code reads and writes.
 MODEL_FORMAT = "raymm.two_tower"
-FORMAT_VERSION = 2  # 2: learned loss temperature (log_temperature) joined the weights
+#: 2: learned loss temperature (log_temperature) joined the weights; 3: n_item_ids and audio_bands
+#: beside the config (data-derived, no longer config keys), model.user_state, TemperatureConfig.
+FORMAT_VERSION = 3
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 
