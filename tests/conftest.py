@@ -120,6 +120,10 @@ class Trained:
     model: Path
     ranked: Path
 
+    def evaluate_argv(self, model: Path) -> list[str]:
+        """``raymm evaluate`` arguments for ``model`` on the session's data and features."""
+        return ["evaluate", "--data", str(self.data), "--features", str(self.features), "--model", str(model)]
+
 
 def shared_config(out: Path, *overrides: str) -> RaymmConfig:
     """The config the session's model was trained with (``out`` for its outputs), plus ``overrides``."""

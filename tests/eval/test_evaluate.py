@@ -159,15 +159,7 @@ def test_the_command_prints_the_headline_numbers_and_writes_json(
 ) -> None:
     from raymm.cli import main
 
-    argv = [
-        "evaluate",
-        "--data",
-        str(trained.data),
-        "--features",
-        str(trained.features),
-        "--model",
-        str(trained.model),
-    ]
+    argv = trained.evaluate_argv(trained.model)
     assert main([*argv, "--out", str(tmp_path), "--set", "evaluate.ks=[10,20]", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "raymm evaluate" in printed and "cold_start recall@20" in printed and "content" in printed

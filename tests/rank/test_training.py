@@ -135,15 +135,7 @@ def test_rank_stage_is_written_into_the_artifact_and_evaluated(trained: Trained,
     rank_stage = manifest.stages["rank"]
     assert rank_stage["metrics"]["validation"]["auc"] > 0.6
     assert [row["epoch"] for row in rank_stage["history"]] == [0, 1, 2]
-    argv = [
-        "evaluate",
-        "--data",
-        str(trained.data),
-        "--features",
-        str(trained.features),
-        "--model",
-        str(ranked),
-    ]
+    argv = trained.evaluate_argv(ranked)
     assert main([*argv, "--out", str(tmp_path / "eval"), "--quiet", *overrides]) == 0
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["rank"]
     assert result["pointwise"]["auc"] > 0.6
