@@ -113,6 +113,6 @@ def load_model(directory: str | Path, top_n: int | None = None) -> Recommender:
     Raises :class:`~raymm.models.errors.ModelLoadError` for a missing or invalid artifact.
     """
     artifact = load_artifact(directory)
-    reranker = Reranker.from_artifact(directory) if "rank" in artifact.manifest.stages else None
+    reranker = Reranker.from_artifact(directory, artifact) if "rank" in artifact.manifest.stages else None
     configured = artifact.manifest.config.get("rank", {}).get("retriever_top_n", 200)
     return Recommender(artifact, reranker, int(top_n or configured))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raymm.models.artifact import load_artifact, ranker_dir
+from raymm.models.artifact import Artifact, load_artifact, ranker_dir
 from raymm.models.errors import ModelLoadError
 from raymm.models.persist import as_uri
 from raymm.models.ranker import Ranker, RankerInputs, popularity_feature, read_item_inputs
@@ -68,14 +68,15 @@ class Reranker:
         return cls(ranker, item_ids, inputs)
 
     @classmethod
-    def from_artifact(cls, directory: str | Path) -> Reranker:
+    def from_artifact(cls, directory: str | Path, artifact: Artifact | None = None) -> Reranker:
         """Load the ranker of the artifact at ``directory`` and precompute every item's inputs.
 
-        Raises :class:`ModelLoadError` if the artifact has no ranker, or it does not fit the
-        artifact's two-tower model (modalities, widths) or item table.
+        ``artifact`` is that directory's artifact when the caller has loaded it already (it is not
+        read twice). Raises :class:`ModelLoadError` if the artifact has no ranker, or it does not
+        fit the artifact's two-tower model (modalities, widths) or item table.
         """
         path = as_uri(directory)
-        artifact = load_artifact(path)
+        artifact = artifact or load_artifact(path)
         if "rank" not in artifact.manifest.stages:
             raise ModelLoadError(f"{path}: the artifact has no ranking stage; run `raymm train --stage rank`")
         two_tower = artifact.model

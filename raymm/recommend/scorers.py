@@ -241,14 +241,19 @@ class FallbackScorer(DotProductScorer):
             raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
         self.primary, self.popularity, self.shrinkage = primary, popularity, shrinkage
         self.name = f"{primary.name} + popularity fallback"
+        self._items: Tensor | None = None
 
     def fit(self, context: FitContext) -> FallbackScorer:
         self.primary.fit(context)
         self.popularity.fit(context)
+        self._items = None
         return self
 
     def item_vectors(self) -> Tensor:
-        return torch.cat([self.primary.item_vectors(), self.popularity.item_vectors()], dim=1)
+        # Built once: every request and every evaluation chunk ranks against the same (N, E + 1).
+        if self._items is None:
+            self._items = torch.cat([self.primary.item_vectors(), self.popularity.item_vectors()], dim=1)
+        return self._items
 
     def user_vectors(self, history: np.ndarray) -> Tensor:
         weight = history_weight(history, self.shrinkage).unsqueeze(1)

@@ -258,9 +258,10 @@ def shuffled_batches(
     the example table's columns (what :func:`two_tower_step` reads): the in-process twin of the
     Ray Dataset's per-epoch shuffle."""
     table = {
-        name: torch.from_numpy(column.to_numpy())
-        for name, column in zip(examples.to_table().column_names, examples.to_table().columns, strict=True)
+        f"h{k}": torch.from_numpy(np.ascontiguousarray(examples.history[:, k]))
+        for k in range(examples.history.shape[1])
     }
+    table["target"] = torch.from_numpy(examples.target)
 
     def epoch_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(examples)))
