@@ -28,7 +28,7 @@ import torch
 from raymm.data.dataset import load_dataset
 from raymm.errors import DataError
 from raymm.features.store import load_features
-from raymm.models.artifact import load_artifact
+from raymm.models.artifact import load_artifact, read_manifest
 from raymm.models.config import RankerConfig, UserStateConfig
 from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import RankerInputs
@@ -268,8 +268,8 @@ def rank_setup(
     """
     dataset = load_dataset(data_dir, tables=())
     train = dataset.interactions("train")
-    artifact = load_artifact(model_dir)
-    catalog = build_catalog(load_features(features_dir), dataset.items, train, artifact.model.modalities)
+    modalities = list(read_manifest(model_dir).input_dims)  # the manifest alone: the model is read once
+    catalog = build_catalog(load_features(features_dir), dataset.items, train, modalities)
     artifact = load_artifact(model_dir, expected_dims=catalog.dims)
     saved_ids = np.asarray(artifact.item_vectors.column("item_id").to_pylist(), dtype=object)
     if saved_ids.shape != catalog.item_ids.shape or not np.array_equal(saved_ids, catalog.item_ids):
