@@ -104,7 +104,9 @@ def two_tower_step(objective: torch.nn.Module, history_columns: list[str], devic
         target = batch["target"].to(device)
         losses = objective(history, target)
         return StepOutput(
-            losses.total, len(target), {"rec_loss": float(losses.rec), "align_loss": float(losses.align)}
+            losses.total,
+            len(target),
+            {"rec_loss": float(losses.rec.detach()), "align_loss": float(losses.align.detach())},
         )
 
     return step
