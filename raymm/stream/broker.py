@@ -38,20 +38,16 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from raymm.errors import RaymmError
-from raymm.stream.events import EVENTS_TOPIC
+from raymm.stream.settings import BrokerKind, KafkaSettings
 
 log = logging.getLogger(__name__)
 
-BrokerKind = Literal["tansu", "noida"]
-SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
-SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"]
 
 _LOOPBACK = "127.0.0.1"
 # A port picked free can be taken by someone else before the broker binds it; pick again this often.
@@ -69,72 +65,6 @@ class BrokerStartError(BrokerError):
 
 class TopicMismatchError(RaymmError):
     """An existing topic has a different partition count than the one asked for."""
-
-
-class KafkaSettings(BaseModel):
-    """Where raymm's Kafka is and how to reach it; ``bootstrap_servers=None`` starts an embedded one.
-
-    :meth:`client_options` gives the security keyword arguments every kafka-python client takes
-    (producer, consumer, admin), so SASL and TLS pass through unchanged. Inconsistent settings
-    (a SASL mechanism on a non-SASL protocol, PLAIN/SCRAM without credentials, a client
-    certificate without its key) raise ``ValidationError`` naming the fields.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    bootstrap_servers: str | None = None
-    #: The broker started when ``bootstrap_servers`` is None; noida joins consumer groups in ~0.4 s
-    #: (Tansu takes ~23 s) and keeps its data across restarts.
-    embedded_broker: BrokerKind = "noida"
-    security_protocol: SecurityProtocol = "PLAINTEXT"
-    sasl_mechanism: SaslMechanism | None = None
-    sasl_plain_username: str | None = None
-    sasl_plain_password: SecretStr | None = None
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    client_id: str = "raymm"
-    #: Partitions of ``raymm.events``: the most consumer replicas that can share the stream.
-    partitions: int = Field(8, gt=0)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> KafkaSettings:
-        sasl = self.security_protocol.startswith("SASL_")
-        if sasl and self.sasl_mechanism is None:
-            raise ValueError(f"security_protocol {self.security_protocol} needs a sasl_mechanism")
-        if not sasl and self.sasl_mechanism is not None:
-            raise ValueError(
-                f"sasl_mechanism {self.sasl_mechanism} needs security_protocol SASL_PLAINTEXT or "
-                f"SASL_SSL, got {self.security_protocol}"
-            )
-        if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and (
-            self.sasl_plain_username is None or self.sasl_plain_password is None
-        ):
-            raise ValueError(
-                f"sasl_mechanism {self.sasl_mechanism} needs sasl_plain_username and sasl_plain_password"
-            )
-        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
-            raise ValueError("ssl_certfile and ssl_keyfile go together: set both or neither")
-        return self
-
-    def client_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``KafkaProducer``/``KafkaConsumer``/``KafkaAdminClient``: the
-        client id and the security settings that are set (never ``bootstrap_servers``)."""
-        options: dict[str, Any] = {"client_id": self.client_id, "security_protocol": self.security_protocol}
-        if self.sasl_mechanism is not None:
-            options["sasl_mechanism"] = self.sasl_mechanism
-        if self.sasl_plain_username is not None:
-            options["sasl_plain_username"] = self.sasl_plain_username
-        if self.sasl_plain_password is not None:
-            options["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            if getattr(self, name) is not None:
-                options[name] = getattr(self, name)
-        return options
-
-    def topics(self) -> dict[str, int]:
-        """The topics raymm produces to, with their partition counts, for :func:`ensure_topics`."""
-        return {EVENTS_TOPIC: self.partitions}
 
 
 @contextlib.contextmanager

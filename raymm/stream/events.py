@@ -3,6 +3,9 @@
 * ``raymm.events``: key = ``user_id`` (UTF-8), value = JSON ``{"event_id", "user_id", "item_id",
   "event", "ts"}`` (:class:`UserEvent`); ``ts`` is epoch milliseconds or an ISO-8601 time with a
   zone. Unknown fields are ignored, so producers may add their own.
+* ``raymm.items``: key = ``item_id``, value = JSON :class:`ItemMessage`: a new or updated item
+  with its text, an image and audio (each a URI or inline base64) and tags, as in the items
+  contract. Serving encodes it with the artifact's encoders and adds it to the index.
 * ``raymm.events.dlq``: every message the decoder refuses, as :class:`DeadLetter`: the original
   key and value bytes (base64), the reason code and its detail, and the source topic, partition
   and offset. The stream never stops for a bad message.
@@ -19,13 +22,14 @@ import base64
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raymm.data.schema import EVENT_KINDS
 
 EVENTS_TOPIC = "raymm.events"
+ITEMS_TOPIC = "raymm.items"
 DEAD_LETTER_TOPIC = "raymm.events.dlq"
 
 Reason = Literal[
@@ -39,10 +43,12 @@ Reason = Literal[
     "unknown_event",
     "ts_out_of_range",
     "key_mismatch",
+    "no_content",
 ]
 #: Why a message went to the dead-letter topic.
 REASONS: tuple[str, ...] = get_args(Reason)
 MAX_ID_LENGTH = 256
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class EventLimits(BaseModel):
@@ -70,21 +76,8 @@ class UserEvent(BaseModel):
 
     @field_validator("ts", mode="before")
     @classmethod
-    def _timestamp(cls, value: Any) -> dt.datetime:
-        if isinstance(value, dt.datetime):
-            if value.tzinfo is None:
-                raise ValueError("ts has no time zone")
-            return value.astimezone(dt.UTC)
-        if isinstance(value, bool):
-            raise ValueError("ts must be epoch milliseconds or an ISO-8601 time, not a boolean")
-        if isinstance(value, int):
-            return dt.datetime.fromtimestamp(value / 1000, tz=dt.UTC)
-        if isinstance(value, str):
-            parsed = dt.datetime.fromisoformat(value)
-            if parsed.tzinfo is None:
-                raise ValueError(f"ts {value!r} has no time zone")
-            return parsed.astimezone(dt.UTC)
-        raise ValueError(f"ts must be epoch milliseconds or an ISO-8601 time, got {type(value).__name__}")
+    def _timestamp(cls, value: Any) -> Any:
+        return _utc(value)
 
     def encode(self) -> tuple[bytes, bytes]:
         """(key, value) as they go on the topic: the user id, and the JSON with ``ts`` in epoch ms."""
@@ -109,21 +102,39 @@ class Rejected(Exception):
         return f"{self.reason}: {self.detail}"
 
 
-def decode_event(
-    key: bytes | None, value: bytes | None, limits: EventLimits, now: dt.datetime | None = None
-) -> UserEvent:
-    """The :class:`UserEvent` in a ``raymm.events`` message; :class:`Rejected` naming why not.
+def _utc(value: Any) -> Any:
+    """A time with a zone, in UTC, from epoch milliseconds or ISO-8601 text (None passes)."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ValueError("the time has no time zone")
+        return value.astimezone(dt.UTC)
+    if isinstance(value, bool):
+        raise ValueError("a time is epoch milliseconds or ISO-8601 text, not a boolean")
+    if isinstance(value, int):
+        try:
+            return dt.datetime.fromtimestamp(value / 1000, tz=dt.UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ValueError(f"epoch milliseconds {value} are not a time ({exc})") from None
+    if isinstance(value, str):
+        parsed = dt.datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            raise ValueError(f"time {value!r} has no time zone")
+        return parsed.astimezone(dt.UTC)
+    raise ValueError(f"a time is epoch milliseconds or ISO-8601 text, got {type(value).__name__}")
 
-    ``now`` is the consumer's clock for the future bound (default: the current UTC time).
-    """
-    if key is not None and len(key) > limits.max_key_bytes:
-        raise Rejected("oversized_key", f"key of {len(key)} bytes, the limit is {limits.max_key_bytes}")
+
+def _json_object(
+    key: bytes | None, value: bytes | None, max_key_bytes: int, max_value_bytes: int
+) -> tuple[dict[str, Any], str | None]:
+    """The message's value as a JSON object and its key as text; :class:`Rejected` if not."""
+    if key is not None and len(key) > max_key_bytes:
+        raise Rejected("oversized_key", f"key of {len(key)} bytes, the limit is {max_key_bytes}")
     if value is None:
         raise Rejected("missing_field", "the message has no value (a tombstone)")
-    if len(value) > limits.max_value_bytes:
-        raise Rejected(
-            "oversized_value", f"value of {len(value)} bytes, the limit is {limits.max_value_bytes}"
-        )
+    if len(value) > max_value_bytes:
+        raise Rejected("oversized_value", f"value of {len(value)} bytes, the limit is {max_value_bytes}")
     try:
         text = value.decode("utf-8")
         key_text = key.decode("utf-8") if key is not None else None
@@ -133,15 +144,47 @@ def decode_event(
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise Rejected("bad_json", str(exc)) from None
+    except RecursionError:
+        raise Rejected("bad_json", "nested too deeply") from None
     if not isinstance(document, dict):
         raise Rejected("not_an_object", f"expected a JSON object, got {type(document).__name__}")
+    return document, key_text
+
+
+def _validated(model: type[_Model], document: dict[str, Any]) -> _Model:
     try:
-        event = UserEvent.model_validate(document)
+        return model.model_validate(document)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(value)"
         reason: Reason = "missing_field" if first["type"] == "missing" else "wrong_type"
         raise Rejected(reason, f"{field}: {first['msg']}") from None
+
+
+def decode_event(
+    key: bytes | None, value: bytes | None, limits: EventLimits, now: dt.datetime | None = None
+) -> UserEvent:
+    """The :class:`UserEvent` in a ``raymm.events`` message; :class:`Rejected` naming why not.
+
+    ``now`` is the consumer's clock for the future bound (default: the current UTC time).
+    """
+    event: UserEvent | None = None
+    key_text: str | None = None
+    # The fast path: pydantic parses and validates the bytes in one go. Anything it refuses takes
+    # the slow path below, which finds the reason to report.
+    if (
+        value is not None
+        and len(value) <= limits.max_value_bytes
+        and (key is None or len(key) <= limits.max_key_bytes)
+    ):
+        try:
+            event = UserEvent.model_validate_json(value)
+            key_text = key.decode("utf-8") if key is not None else None
+        except (ValidationError, UnicodeDecodeError):
+            event = None
+    if event is None:
+        document, key_text = _json_object(key, value, limits.max_key_bytes, limits.max_value_bytes)
+        event = _validated(UserEvent, document)
     if event.event not in EVENT_KINDS:
         raise Rejected("unknown_event", f"event {event.event!r} is none of {', '.join(EVENT_KINDS)}")
     clock = now or dt.datetime.now(dt.UTC)
@@ -154,6 +197,84 @@ def decode_event(
     if key_text is not None and key_text != event.user_id:
         raise Rejected("key_mismatch", f"key {key_text!r} is not the event's user_id {event.user_id!r}")
     return event
+
+
+class ItemLimits(BaseModel):
+    """What an item consumer accepts: key and value sizes in bytes (inline media makes values big)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_key_bytes: int = Field(512, gt=0)
+    max_value_bytes: int = Field(16 * 1024 * 1024, gt=0)
+
+
+class Media(BaseModel):
+    """An image or a clip: a ``uri`` (any pyarrow filesystem or local path) or inline ``base64``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    uri: str | None = Field(None, min_length=1)
+    base64: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Media:
+        if (self.uri is None) == (self.base64 is None):
+            raise ValueError("give exactly one of uri and base64")
+        return self
+
+    def content(self) -> str | bytes:
+        """The URI as a string, or the decoded bytes; ``ValueError`` for base64 that is not."""
+        if self.uri is not None:
+            return self.uri
+        assert self.base64 is not None
+        return base64.b64decode(self.base64, validate=True)
+
+
+class ItemMessage(BaseModel):
+    """A new or updated item on ``raymm.items``; the items contract of design.md, one row.
+
+    A missing modality is null (or absent), never an empty placeholder; an item needs at least one.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    item_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    text: str | None = Field(None, min_length=1)
+    image: Media | None = None
+    audio: Media | None = None
+    tags: list[str] | None = None
+    created_at: dt.datetime | None = None
+
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _created(cls, value: Any) -> Any:
+        return _utc(value)
+
+    def encode(self) -> tuple[bytes, bytes]:
+        """(key, value) as they go on the topic: the item id, and the JSON without null fields."""
+        return self.item_id.encode(), self.model_dump_json(exclude_none=True).encode()
+
+
+def decode_item(key: bytes | None, value: bytes | None, limits: ItemLimits) -> ItemMessage:
+    """The :class:`ItemMessage` in a ``raymm.items`` message; :class:`Rejected` naming why not.
+
+    Base64 media that does not decode are ``wrong_type``; an item with no text, image or audio
+    is ``no_content``; a key other than the item id is ``key_mismatch``.
+    """
+    document, key_text = _json_object(key, value, limits.max_key_bytes, limits.max_value_bytes)
+    item = _validated(ItemMessage, document)
+    if item.text is None and item.image is None and item.audio is None:
+        raise Rejected("no_content", f"item {item.item_id!r} has none of text, image, audio")
+    for name in ("image", "audio"):
+        media = getattr(item, name)
+        if media is not None and media.base64 is not None:
+            try:
+                base64.b64decode(media.base64, validate=True)
+            except ValueError as exc:
+                raise Rejected("wrong_type", f"{name}.base64 is not base64: {exc}") from None
+    if key_text is not None and key_text != item.item_id:
+        raise Rejected("key_mismatch", f"key {key_text!r} is not the item's item_id {item.item_id!r}")
+    return item
 
 
 class DeadLetter(BaseModel):

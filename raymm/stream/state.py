@@ -1,0 +1,414 @@
+"""Live user state from ``raymm.events``, by the model's user-state spec, applied exactly once.
+
+A user's state lives in the partition of their key (Kafka's default partitioner on ``user_id``),
+and a consumer owns whole partitions. So the state is kept per partition, together with the offset
+applied last in it: :meth:`UserStateStore.apply_batch` skips anything at or below that offset,
+which makes re-delivery after a restart harmless, and a snapshot of one partition (its users and
+its offset, :mod:`raymm.stream.snapshot`) is all a new owner needs to take it over.
+
+Per user, by :class:`StateSpec` (the artifact's ``model.user_state``):
+
+* ``history``: the ``max_history`` most recent items whose event counts (``events``), oldest
+  first, the window the user tower pools (``raymm.recommend.history`` offline);
+* ``seen``: every item the user had any event on, with its count (never recommended again);
+* ``recent_ids``: the last ``dedupe_window`` event ids, so an event sent twice (a producer retry,
+  a client posting again) is applied once.
+
+Memory is bounded by ``max_users_in_memory`` across all partitions: the users whose last event is
+the oldest move to a spill file (SQLite on local disk) and come back when an event needs them;
+readers find them there too. Snapshots include spilled users.
+
+Threads: one consumer thread writes (apply, add and drop partitions, spill); any thread reads
+(:meth:`UserStateStore.get`). A lock guards every structure for as long as one batch or one
+lookup takes; a snapshot is collected by the writer thread itself, so it never holds the lock
+for long, and nothing here holds it while waiting on I/O other than the local spill file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raymm.data import io
+from raymm.errors import DataError
+from raymm.models.config import UserStateConfig
+from raymm.stream.events import EVENTS_TOPIC, UserEvent
+
+_SPILL_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """What a user's live state keeps: the model's user-state spec and the dedupe window."""
+
+    max_history: int
+    events: frozenset[str]
+    dedupe_window: int = 32
+
+    def __post_init__(self) -> None:
+        if self.max_history < 1:
+            raise ValueError(f"max_history must be at least 1, got {self.max_history}")
+        if not self.events:
+            raise ValueError("events must name at least one event kind")
+        if self.dedupe_window < 0:
+            raise ValueError(f"dedupe_window must be >= 0, got {self.dedupe_window}")
+
+    @classmethod
+    def of(cls, user_state: UserStateConfig, dedupe_window: int = 32) -> StateSpec:
+        """The spec of a model's ``user_state`` section."""
+        return cls(user_state.max_history, frozenset(user_state.events), dedupe_window)
+
+    @classmethod
+    def from_artifact(cls, directory: str | Path, dedupe_window: int = 32) -> StateSpec:
+        """The spec recorded in a model artifact's manifest (local path or URI)."""
+        uri = io.join(str(directory), "manifest.json")
+        manifest = io.read_json(uri, "model manifest")
+        try:
+            section = manifest["config"]["model"]["user_state"]
+        except (KeyError, TypeError):
+            raise DataError(f"{uri} records no model.user_state: not a raymm model artifact") from None
+        return cls.of(UserStateConfig.model_validate(section), dedupe_window)
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as recorded in a snapshot."""
+        return {
+            "max_history": self.max_history,
+            "events": sorted(self.events),
+            "dedupe_window": self.dedupe_window,
+        }
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> StateSpec:
+        """The spec recorded by :meth:`to_json`."""
+        return cls(
+            int(document["max_history"]), frozenset(document["events"]), int(document["dedupe_window"])
+        )
+
+
+@dataclass(slots=True)
+class UserRecord:
+    """One user's live state (mutable; only the consumer thread changes it)."""
+
+    history: list[str] = field(default_factory=list)
+    seen: dict[str, int] = field(default_factory=dict)
+    n_events: int = 0
+    last_ts_ms: int = 0
+    recent_ids: list[str] = field(default_factory=list)
+
+    def apply(self, event: UserEvent, spec: StateSpec) -> bool:
+        """Apply one event; False (and no change) when its id is among the recent ones."""
+        if spec.dedupe_window:
+            if event.event_id in self.recent_ids:
+                return False
+            self.recent_ids.append(event.event_id)
+            if len(self.recent_ids) > spec.dedupe_window:
+                del self.recent_ids[0]
+        self.seen[event.item_id] = self.seen.get(event.item_id, 0) + 1
+        self.n_events += 1
+        self.last_ts_ms = max(self.last_ts_ms, int(event.ts.timestamp() * 1000))
+        if event.event in spec.events:
+            self.history.append(event.item_id)
+            if len(self.history) > spec.max_history:
+                del self.history[0]
+        return True
+
+    def copy(self) -> UserRecord:
+        return UserRecord(
+            list(self.history), dict(self.seen), self.n_events, self.last_ts_ms, list(self.recent_ids)
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            [
+                self.history,
+                list(self.seen),
+                list(self.seen.values()),
+                self.n_events,
+                self.last_ts_ms,
+                self.recent_ids,
+            ],
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> UserRecord:
+        history, items, counts, n_events, last_ts_ms, recent_ids = json.loads(text)
+        return cls(history, dict(zip(items, counts, strict=True)), n_events, last_ts_ms, recent_ids)
+
+
+@dataclass(frozen=True)
+class UserState:
+    """What a reader gets: a copy of one user's state, safe to keep while the stream goes on."""
+
+    user_id: str
+    partition: int
+    history: tuple[str, ...]
+    seen: Mapping[str, int]
+    n_events: int
+    last_ts_ms: int
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one :meth:`UserStateStore.apply_batch` did with its messages."""
+
+    applied: int = 0
+    #: At or below the partition's applied offset: delivered again after a restart.
+    replayed: int = 0
+    #: An event id the user had recently: sent twice.
+    duplicates: int = 0
+    #: Refused by the decoder (``None`` in the batch): the offset moves on, nothing else.
+    rejected: int = 0
+
+
+class UserStateStore:
+    """The live state of the users in the partitions one consumer owns; see the module docstring."""
+
+    def __init__(
+        self,
+        spec: StateSpec,
+        *,
+        topic: str = EVENTS_TOPIC,
+        max_users_in_memory: int | None = None,
+        spill_dir: str | Path | None = None,
+    ) -> None:
+        if max_users_in_memory is not None and max_users_in_memory < 1:
+            raise ValueError(f"max_users_in_memory must be positive or None, got {max_users_in_memory}")
+        self.spec = spec
+        self.topic = topic
+        self.max_users_in_memory = max_users_in_memory
+        self._lock = threading.Lock()
+        self._offsets: dict[int, int] = {}
+        self._hot: dict[int, dict[str, UserRecord]] = {}
+        self._lru: OrderedDict[tuple[int, str], None] = OrderedDict()
+        self._spill: _Spill | None = None
+        self._spill_dir = Path(spill_dir) if spill_dir is not None else None
+
+    # -- partitions ---------------------------------------------------------------------------
+
+    def partitions(self) -> list[int]:
+        """The partitions this store holds, sorted."""
+        with self._lock:
+            return sorted(self._offsets)
+
+    def applied_offset(self, partition: int) -> int:
+        """The offset applied last in ``partition`` (-1: none); ``KeyError`` if not held."""
+        with self._lock:
+            return self._offsets[partition]
+
+    def offsets(self) -> dict[int, int]:
+        """Every held partition's applied offset."""
+        with self._lock:
+            return dict(self._offsets)
+
+    def add_partition(
+        self, partition: int, applied_offset: int = -1, users: Mapping[str, UserRecord] | None = None
+    ) -> None:
+        """Start holding ``partition`` at ``applied_offset`` with ``users`` (a restored snapshot).
+
+        ``ValueError`` if it is held already (drop it first: its state would be replaced).
+        """
+        with self._lock:
+            if partition in self._offsets:
+                raise ValueError(f"partition {partition} of {self.topic} is held already")
+            self._offsets[partition] = applied_offset
+            self._hot[partition] = {}
+            for user_id, record in (users or {}).items():
+                self._hot[partition][user_id] = record
+                self._lru[(partition, user_id)] = None
+            self._evict()
+
+    def drop_partition(self, partition: int) -> None:
+        """Forget ``partition`` and its users (its new owner restores them from a snapshot)."""
+        with self._lock:
+            self._offsets.pop(partition, None)
+            for user_id in self._hot.pop(partition, {}):
+                self._lru.pop((partition, user_id), None)
+            if self._spill is not None:
+                self._spill.drop_partition(partition)
+
+    # -- writing (the consumer thread) ---------------------------------------------------------
+
+    def apply(self, partition: int, offset: int, event: UserEvent | None) -> bool:
+        """Apply one message; True if it changed a user. See :meth:`apply_batch`."""
+        return self.apply_batch(partition, [(offset, event)]).applied == 1
+
+    def apply_batch(self, partition: int, messages: Sequence[tuple[int, UserEvent | None]]) -> BatchResult:
+        """Apply ``(offset, event)`` messages of ``partition`` in offset order, exactly once each.
+
+        A message at or below the applied offset is skipped; ``event=None`` (a message the decoder
+        refused) only moves the offset on. ``KeyError`` if the partition is not held; ``ValueError``
+        if the offsets go backwards within the batch.
+        """
+        applied = replayed = duplicates = rejected = 0
+        with self._lock:
+            last = self._offsets[partition]
+            users = self._hot[partition]
+            for offset, event in messages:
+                if offset <= last:
+                    if offset < 0:
+                        raise ValueError(f"offset {offset} of partition {partition} is negative")
+                    replayed += 1
+                    continue
+                last = offset
+                if event is None:
+                    rejected += 1
+                    continue
+                key = (partition, event.user_id)
+                record = users.get(event.user_id)
+                if record is None:
+                    record = self._spill.pop(partition, event.user_id) if self._spill is not None else None
+                    if record is None:
+                        record = UserRecord()
+                    users[event.user_id] = record
+                    self._lru[key] = None
+                else:
+                    self._lru.move_to_end(key)
+                if record.apply(event, self.spec):
+                    applied += 1
+                else:
+                    duplicates += 1
+            self._offsets[partition] = last
+            self._evict()
+        return BatchResult(applied, replayed, duplicates, rejected)
+
+    def _evict(self) -> None:
+        """Move the least recently written users beyond the bound to the spill file (lock held)."""
+        if self.max_users_in_memory is None or len(self._lru) <= self.max_users_in_memory:
+            return
+        if self._spill is None:
+            self._spill = _Spill(self._spill_dir)
+        batch: list[tuple[int, str, UserRecord]] = []
+        while len(self._lru) > self.max_users_in_memory:
+            (partition, user_id), _ = self._lru.popitem(last=False)
+            batch.append((partition, user_id, self._hot[partition].pop(user_id)))
+        self._spill.put(batch)
+
+    # -- reading (any thread) ----------------------------------------------------------------
+
+    def get(self, user_id: str) -> UserState | None:
+        """A copy of ``user_id``'s state, from memory or the spill file; None for a user this
+        store has no event of (unknown, or in a partition another consumer owns)."""
+        with self._lock:
+            for partition, users in self._hot.items():
+                record = users.get(user_id)
+                if record is not None:
+                    return self._view(user_id, partition, record)
+            if self._spill is not None:
+                found = self._spill.get(user_id, list(self._offsets))
+                if found is not None:
+                    return self._view(user_id, found[0], found[1])
+        return None
+
+    @staticmethod
+    def _view(user_id: str, partition: int, record: UserRecord) -> UserState:
+        return UserState(
+            user_id, partition, tuple(record.history), dict(record.seen), record.n_events, record.last_ts_ms
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Users in memory and in the spill file."""
+        with self._lock:
+            return {"in_memory": len(self._lru), "spilled": self._spill.count() if self._spill else 0}
+
+    def partition_users(self, partition: int) -> Iterator[tuple[str, UserRecord]]:
+        """Every user of ``partition`` (in memory, then spilled), for a snapshot.
+
+        Call it from the writer thread: the records are not copied, and stay unchanged only while
+        that thread does not apply events. The lock is taken per chunk, never for the whole walk.
+        """
+        with self._lock:
+            hot = list(self._hot[partition].items())
+            spill = self._spill
+        yield from hot
+        if spill is not None:
+            after = ""
+            while True:
+                with self._lock:
+                    chunk = spill.chunk(partition, after, _SPILL_CHUNK)
+                yield from chunk
+                if len(chunk) < _SPILL_CHUNK:
+                    break
+                after = chunk[-1][0]
+
+    def export(self) -> dict[int, tuple[int, dict[str, UserRecord]]]:
+        """The whole state, ``{partition: (applied offset, {user: record})}``, as copies: what
+        two stores are compared by (a recovered one against one clean pass)."""
+        return {
+            partition: (
+                self.applied_offset(partition),
+                {u: r.copy() for u, r in self.partition_users(partition)},
+            )
+            for partition in self.partitions()
+        }
+
+    def close(self) -> None:
+        """Remove the spill file (the state itself lives on in snapshots)."""
+        with self._lock:
+            if self._spill is not None:
+                self._spill.close()
+                self._spill = None
+
+
+class _Spill:
+    """Users moved out of memory: one SQLite table on local disk, keyed by (partition, user)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self._owned = directory is None
+        self.directory = Path(tempfile.mkdtemp(prefix="raymm-spill-")) if directory is None else directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / f"users-{id(self):x}.sqlite"
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(
+            "CREATE TABLE users (partition INTEGER, user_id TEXT, record TEXT, PRIMARY KEY (partition, user_id))"
+        )
+        self._db.execute("CREATE INDEX users_by_id ON users (user_id)")
+
+    def put(self, rows: Sequence[tuple[int, str, UserRecord]]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO users VALUES (?, ?, ?)", [(p, u, r.to_json()) for p, u, r in rows]
+        )
+
+    def pop(self, partition: int, user_id: str) -> UserRecord | None:
+        row = self._db.execute(
+            "SELECT record FROM users WHERE partition = ? AND user_id = ?", (partition, user_id)
+        ).fetchone()
+        if row is None:
+            return None
+        self._db.execute("DELETE FROM users WHERE partition = ? AND user_id = ?", (partition, user_id))
+        return UserRecord.from_json(row[0])
+
+    def get(self, user_id: str, partitions: Sequence[int]) -> tuple[int, UserRecord] | None:
+        row = self._db.execute("SELECT partition, record FROM users WHERE user_id = ?", (user_id,)).fetchone()
+        if row is None or row[0] not in partitions:
+            return None
+        return int(row[0]), UserRecord.from_json(row[1])
+
+    def chunk(self, partition: int, after: str, size: int) -> list[tuple[str, UserRecord]]:
+        rows = self._db.execute(
+            "SELECT user_id, record FROM users WHERE partition = ? AND user_id > ? ORDER BY user_id LIMIT ?",
+            (partition, after, size),
+        ).fetchall()
+        return [(user_id, UserRecord.from_json(record)) for user_id, record in rows]
+
+    def drop_partition(self, partition: int) -> None:
+        self._db.execute("DELETE FROM users WHERE partition = ?", (partition,))
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+        self.path.unlink(missing_ok=True)
+        if self._owned:
+            shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,222 @@
+"""User state and its snapshots without a broker: the spec's windows, exactly-once apply by offset,
+dedupe by event id, the spill file, and snapshots that round-trip, fall back when corrupt, and live
+on S3 as well as on a local disk."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import random
+from pathlib import Path
+
+import pytest
+
+from raymm.models.config import UserStateConfig
+from raymm.stream.events import UserEvent
+from raymm.stream.snapshot import SnapshotCorrupt, SnapshotStore, decode_snapshot, encode_snapshot
+from raymm.stream.state import StateSpec, UserRecord, UserStateStore
+
+EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+SPEC = StateSpec(max_history=3, events=frozenset({"click", "like"}), dedupe_window=4)
+
+
+def event(
+    i: int, user: str = "u", item: str | None = None, kind: str = "click", event_id: str | None = None
+) -> UserEvent:
+    return UserEvent(
+        event_id=event_id or f"e{i}",
+        user_id=user,
+        item_id=item or f"i{i}",
+        event=kind,
+        ts=EPOCH + dt.timedelta(seconds=i),
+    )
+
+
+def random_events(n: int, users: int, seed: int) -> list[UserEvent]:
+    """Mixed kinds, repeated items, and one event in 20 sent again (a producer retry)."""
+    rng = random.Random(seed)
+    events: list[UserEvent] = []
+    for i in range(n):
+        if events and rng.random() < 0.05:
+            events.append(rng.choice(events[-10:]))
+            continue
+        events.append(
+            event(
+                i,
+                f"u{rng.randrange(users)}",
+                f"i{rng.randrange(40)}",
+                rng.choice(["view", "click", "like", "skip"]),
+            )
+        )
+    return events
+
+
+def test_the_spec_keeps_a_bounded_window_of_counting_events_and_every_seen_item() -> None:
+    store = UserStateStore(SPEC)
+    store.add_partition(0)
+    kinds = ["click", "view", "like", "click", "skip", "like"]
+    for i, kind in enumerate(kinds):
+        store.apply(0, i, event(i, item=f"i{i % 4}", kind=kind))
+    state = store.get("u")
+    assert state is not None
+    # counting events: i0 click, i2 like, i3 click, i1(5) like -> the last three, oldest first
+    assert state.history == ("i2", "i3", "i1")
+    assert state.seen == {"i0": 2, "i1": 2, "i2": 1, "i3": 1}
+    assert state.n_events == 6
+    assert state.last_ts_ms == int((EPOCH + dt.timedelta(seconds=5)).timestamp() * 1000)
+    assert store.get("someone-else") is None
+
+
+def test_apply_is_idempotent_by_offset_and_by_event_id() -> None:
+    store = UserStateStore(SPEC)
+    store.add_partition(0)
+    first = store.apply_batch(0, [(0, event(0)), (1, event(1)), (2, None)])
+    assert (first.applied, first.rejected) == (2, 1)
+    again = store.apply_batch(0, [(0, event(0)), (1, event(1)), (2, None), (3, event(3))])
+    assert (again.applied, again.replayed) == (1, 3)
+    retry = store.apply_batch(0, [(4, event(3))])  # the same event id at a new offset
+    assert (retry.applied, retry.duplicates) == (0, 1)
+    assert store.applied_offset(0) == 4
+    state = store.get("u")
+    assert state is not None and state.n_events == 3 and state.history == ("i0", "i1", "i3")
+    with pytest.raises(KeyError):
+        store.apply(1, 0, event(9))
+
+
+def test_a_partition_cannot_be_added_twice_and_dropping_forgets_its_users() -> None:
+    store = UserStateStore(SPEC)
+    store.add_partition(2, applied_offset=10, users={"u": UserRecord(history=["a"])})
+    with pytest.raises(ValueError, match=r"partition 2 .* held already"):
+        store.add_partition(2)
+    assert store.get("u") is not None and store.applied_offset(2) == 10
+    store.drop_partition(2)
+    assert store.get("u") is None and store.partitions() == []
+
+
+def test_the_spill_file_bounds_memory_and_changes_nothing(tmp_path: Path) -> None:
+    events = random_events(3000, users=120, seed=1)
+    unbounded = UserStateStore(SPEC)
+    bounded = UserStateStore(SPEC, max_users_in_memory=7, spill_dir=tmp_path)
+    for store in (unbounded, bounded):
+        for partition in range(3):
+            store.add_partition(partition)
+        for offset, e in enumerate(events):
+            store.apply(hash(e.user_id) % 3, offset, e)
+    assert bounded.counts()["in_memory"] == 7 and bounded.counts()["spilled"] == 113
+    assert bounded.export() == unbounded.export()
+    for user in ("u0", "u77", "u119"):
+        assert bounded.get(user) == unbounded.get(user)
+    bounded.drop_partition(0)
+    assert bounded.counts()["in_memory"] + bounded.counts()["spilled"] == sum(
+        len(users) for p, (_, users) in unbounded.export().items() if p != 0
+    )
+    bounded.close()
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_spec_comes_from_the_model_config_and_the_artifact(tmp_path: Path) -> None:
+    config = UserStateConfig(max_history=7, events=["like"])
+    assert StateSpec.of(config, dedupe_window=0) == StateSpec(7, frozenset({"like"}), 0)
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"config": {"model": {"user_state": config.model_dump()}}})
+    )
+    assert StateSpec.from_artifact(tmp_path).max_history == 7
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {}}))
+    with pytest.raises(Exception, match=r"records no model\.user_state"):
+        StateSpec.from_artifact(tmp_path)
+
+
+def _store_with(events: list[UserEvent]) -> UserStateStore:
+    store = UserStateStore(SPEC)
+    store.add_partition(5)
+    store.apply_batch(5, list(enumerate(events)))
+    return store
+
+
+def test_a_snapshot_round_trips_state_and_offset() -> None:
+    store = _store_with(random_events(500, users=30, seed=2))
+    data = encode_snapshot("raymm.events", 5, store.applied_offset(5), SPEC, store.partition_users(5))
+    snapshot = decode_snapshot(data, "memory")
+    assert (snapshot.topic, snapshot.partition, snapshot.applied_offset, snapshot.spec) == (
+        "raymm.events",
+        5,
+        499,
+        SPEC,
+    )
+    assert snapshot.users == store.export()[5][1]
+    empty = decode_snapshot(encode_snapshot("t", 0, -1, SPEC, []), "memory")
+    assert empty.users == {} and empty.applied_offset == -1
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b[:-10], "payload bytes"),
+        (lambda b: b[:-1] + bytes([b[-1] ^ 1]), "SHA-256"),
+        (lambda b: b"garbage", "not a raymm state snapshot"),
+        (lambda b: b[:20], "header is cut off"),
+        (lambda b: b.replace(b'"format_version":1', b'"format_version":9', 1), "version 9"),
+    ],
+)
+def test_a_damaged_snapshot_is_refused_naming_why(damage, message: str) -> None:  # type: ignore[no-untyped-def]
+    data = encode_snapshot("t", 0, 3, SPEC, [("u", UserRecord(history=["a"]))])
+    with pytest.raises(SnapshotCorrupt, match=message):
+        decode_snapshot(damage(data), "snap-x")
+
+
+def test_restore_falls_back_past_corrupt_snapshots_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    snapshots = SnapshotStore(str(tmp_path), keep=3)
+    events = random_events(90, users=5, seed=3)
+    for end in (30, 60, 90):
+        store = _store_with(events[:end])
+        data = encode_snapshot("raymm.events", 5, end - 1, SPEC, store.partition_users(5))
+        snapshots.save(data, "raymm.events", 5, end - 1)
+    newest, middle, oldest = snapshots.list("raymm.events", 5)
+    assert snapshots.restore("raymm.events", 5).snapshot.applied_offset == 89  # type: ignore[union-attr]
+
+    raw = bytearray(Path(newest).read_bytes())
+    raw[-5] ^= 0xFF
+    Path(newest).write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING, logger="raymm.stream.snapshot"):
+        restored = snapshots.restore("raymm.events", 5)
+    assert restored.uri == middle and restored.snapshot is not None and restored.snapshot.applied_offset == 59
+    assert restored.snapshot.users == _store_with(events[:60]).export()[5][1]
+    assert any("SHA-256" in r.message for r in caplog.records)
+    assert any(
+        "previous good snapshot" in r.message and "replaying from offset 60" in r.message
+        for r in caplog.records
+    )
+
+    for uri in (middle, oldest):
+        Path(uri).write_bytes(b"RAYMM-STATE\n{")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="raymm.stream.snapshot"):
+        nothing = snapshots.restore("raymm.events", 5)
+    assert nothing.snapshot is None and len(nothing.skipped) == 3
+    assert any("from the start of the log" in r.message for r in caplog.records)
+
+
+def test_old_snapshots_are_pruned_and_temporary_files_ignored(tmp_path: Path) -> None:
+    snapshots = SnapshotStore(str(tmp_path), keep=2)
+    for offset in range(5):
+        snapshots.save(encode_snapshot("t", 1, offset, SPEC, []), "t", 1, offset)
+    (Path(snapshots.directory("t", 1)) / "x.snap.tmp-123").write_bytes(b"half")
+    kept = snapshots.list("t", 1)
+    assert [Path(uri).name[:20] for uri in kept] == [f"{5:020d}", f"{4:020d}"]
+    with pytest.raises(ValueError, match="keep must be at least 2"):
+        SnapshotStore(str(tmp_path), keep=1)
+
+
+def test_snapshots_live_on_s3(s3_dir: str) -> None:
+    snapshots = SnapshotStore(s3_dir)
+    store = _store_with(random_events(200, users=10, seed=4))
+    uri = snapshots.save(
+        encode_snapshot("raymm.events", 5, 199, SPEC, store.partition_users(5)), "raymm.events", 5, 199
+    )
+    assert uri.startswith("s3://")
+    restored = snapshots.restore("raymm.events", 5)
+    assert restored.uri == uri and restored.snapshot is not None
+    assert restored.snapshot.users == store.export()[5][1]
