@@ -1,5 +1,5 @@
 """The ``raymm`` command line: ``raymm data synth|validate|import|export``, ``extract``, ``train``,
-``evaluate`` and ``quickstart``.
+``evaluate``, ``quickstart``, and the stream: ``broker``, ``produce`` and ``consume``.
 
 Every command takes ``--config FILE``, ``--set key=value`` (repeatable), ``--out DIR`` and
 ``--dry-run`` (validate the configuration, print the plan, run nothing). Errors caused by input
@@ -382,6 +382,153 @@ def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
     return EXIT_OK
 
 
+# --- the stream ---------------------------------------------------------------------------------
+
+
+def _bootstrap(args: argparse.Namespace, config: RaymmConfig, command: str) -> str:
+    """The Kafka to use: ``--bootstrap``, else ``kafka.bootstrap_servers``; an error naming both."""
+    bootstrap = getattr(args, "bootstrap", None) or config.kafka.bootstrap_servers
+    if bootstrap is None:
+        raise RaymmError(
+            f"raymm {command} needs a Kafka: pass --bootstrap HOST:PORT or set kafka.bootstrap_servers "
+            "(`raymm broker` starts an embedded one on this machine and prints its address)"
+        )
+    return str(bootstrap)
+
+
+def cmd_broker(args: argparse.Namespace, config: RaymmConfig) -> int:
+    """Start an embedded Kafka-protocol broker, create raymm's topics, and serve until Ctrl-C."""
+    from raymm.stream.broker import EmbeddedBroker, ensure_topics
+
+    kind = args.kind or config.kafka.embedded_broker
+    plan = Plan("broker")
+    plan.add(f"start the embedded {kind} broker on loopback", f"port {args.port or 'free'}")
+    plan.add("create the topics", ", ".join(f"{t} ({n})" for t, n in config.kafka.topics().items()))
+    if plan.dry_run(args, config):
+        return EXIT_OK
+    with EmbeddedBroker(kind, port=args.port, data_dir=args.data_dir) as broker:
+        ensure_topics(broker.bootstrap_servers, config.kafka.topics())
+        print_summary(
+            "broker",
+            [
+                ("broker", f"{kind} (embedded, {'in memory' if kind == 'tansu' else 'on disk'})"),
+                ("bootstrap servers", broker.bootstrap_servers),
+                ("topics", ", ".join(f"{t} x{n}" for t, n in config.kafka.topics().items())),
+                ("use it with", f"--set kafka.bootstrap_servers={broker.bootstrap_servers}"),
+                ("stop", "Ctrl-C"),
+            ],
+        )
+        while broker.running:
+            time.sleep(0.5)
+        print(f"raymm: the broker stopped on its own; its last output:\n{broker.log_tail()}", file=sys.stderr)
+        return EXIT_FINDINGS
+
+
+def cmd_produce(args: argparse.Namespace, config: RaymmConfig) -> int:
+    """Replay a dataset's ``stream.parquet`` onto ``raymm.events`` at a steady rate."""
+    from raymm.stream.broker import ensure_topics
+    from raymm.stream.events import EVENTS_TOPIC
+    from raymm.stream.producer import replay
+
+    if args.out:
+        config.out = args.out
+
+    events = args.events or f"{config.stage_dir('data')}/stream.parquet"
+    rate = "as fast as it goes" if args.rate is None else f"{args.rate:g} events/s"
+    plan = Plan("produce")
+    plan.add(f"replay {events} ({rate}, {args.limit or 'all'} events)", EVENTS_TOPIC)
+    if plan.dry_run(args, config):
+        return EXIT_OK
+    bootstrap = _bootstrap(args, config, "produce")
+    options = config.kafka.client_options()
+    ensure_topics(bootstrap, config.kafka.topics(), **options)
+    result = replay(events, bootstrap, rate=args.rate, limit=args.limit, progress=not args.quiet, **options)
+    print_summary(
+        "produce",
+        [
+            ("events", events),
+            ("sent", f"{result.sent:,} to {EVENTS_TOPIC} on {bootstrap}"),
+            ("rate", f"{result.rate:,.0f} events/s"),
+            ("per partition", ", ".join(f"{p}: {n:,}" for p, n in result.partitions.items())),
+        ],
+        result.elapsed_s,
+    )
+    return EXIT_OK
+
+
+def cmd_consume(args: argparse.Namespace, config: RaymmConfig) -> int:
+    """Keep user state from ``raymm.events`` by a model's user-state spec, with snapshots."""
+    from raymm.stream.consumer import EventConsumer
+    from raymm.stream.snapshot import SnapshotStore
+    from raymm.stream.state import StateSpec, UserStateStore
+
+    if args.out:
+        config.out = args.out
+
+    model = args.model or config.stage_dir("model")
+    settings = config.stream
+    snapshots = config.snapshot_uri()
+    plan = Plan("consume")
+    plan.add(f"user state by the spec of {model}", f"rank {args.rank} of {args.world_size}")
+    plan.add("snapshots", snapshots)
+    if plan.dry_run(args, config):
+        return EXIT_OK
+    if not 0 <= args.rank < args.world_size:
+        raise RaymmError(f"--rank must be in [0, --world-size), got {args.rank} of {args.world_size}")
+    bootstrap = _bootstrap(args, config, "consume")
+    state = UserStateStore(
+        StateSpec.from_artifact(model, settings.dedupe_window),
+        max_users_in_memory=settings.max_users_in_memory,
+        spill_dir=settings.spill_dir,
+    )
+    consumer = EventConsumer(
+        bootstrap,
+        state,
+        SnapshotStore(snapshots, settings.keep_snapshots),
+        rank=args.rank,
+        world_size=args.world_size,
+        limits=settings.limits,
+        snapshot_every_events=settings.snapshot_every_events,
+        snapshot_interval_s=settings.snapshot_interval_s,
+        poll_max_records=settings.poll_max_records,
+        poll_timeout_ms=settings.poll_timeout_ms,
+        liveness_timeout_s=settings.liveness_timeout_s,
+        client_options=config.kafka.client_options(),
+    )
+    start = time.monotonic()
+    consumer.open()
+    try:
+        if args.drain:
+            consumer.drain(timeout_s=args.timeout)
+        else:
+            consumer.start()
+            while True:  # until Ctrl-C; the snapshot on the way out is in `finally`
+                time.sleep(10)
+                m = consumer.metrics()
+                health = "" if consumer.alive() else " (NOT ALIVE: see the log)"
+                print(
+                    f"[consume] {m.applied:,} applied, {m.events_per_s:,.0f} events/s, lag {m.total_lag:,}, "
+                    f"dead letters {m.dead_letters:,}{health}",
+                    flush=True,
+                )
+    finally:
+        consumer.stop()
+        state.close()
+    m = consumer.metrics()
+    print_summary(
+        "consume",
+        [
+            ("partitions", ", ".join(map(str, m.partitions)) or "none"),
+            ("events applied", f"{m.applied:,} ({m.duplicates:,} duplicates skipped)"),
+            ("dead letters", f"{m.dead_letters:,} {dict(m.dead_letters_by_reason) or ''}"),
+            ("users", f"{m.users_in_memory:,} in memory, {m.users_spilled:,} spilled"),
+            ("snapshots", f"{m.snapshots} written to {snapshots} ({m.snapshot_failures} failed)"),
+        ],
+        time.monotonic() - start,
+    )
+    return EXIT_OK if m.snapshot_failures == 0 else EXIT_FINDINGS
+
+
 # --- argument parsing -----------------------------------------------------------------------
 
 
@@ -395,6 +542,9 @@ OUT_MEANING = {
     "train": "the model artifact directory (default: <out>/model)",
     "evaluate": "where evaluation.json or the ablation report goes (default: none, or <out>/report)",
     "quickstart": "the output root, replacing the config's `out`",
+    "broker": "the output root (unused: the broker writes nothing there)",
+    "produce": "the output root whose data/stream.parquet is replayed by default",
+    "consume": "the output root; snapshots go to stream.snapshot_uri or <out>/state",
 }
 
 
@@ -509,7 +659,59 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the main job end to end on the embedded defaults",
     )
     quickstart.set_defaults(handler=cmd_quickstart)
+
+    broker = commands.add_parser(
+        "broker",
+        parents=[_common_options("broker")],
+        help="run an embedded Kafka-protocol broker on loopback (for a laptop; production brings its Kafka)",
+    )
+    broker.add_argument("--kind", choices=["noida", "tansu"], help="kafka.embedded_broker")
+    broker.add_argument("--port", type=int, help="listen port (default: a free one)")
+    broker.add_argument("--data-dir", help="noida's data directory (kept across restarts)")
+    broker.set_defaults(handler=cmd_broker)
+
+    produce = commands.add_parser(
+        "produce", parents=[_common_options("produce")], help="replay stream.parquet onto raymm.events"
+    )
+    produce.add_argument("--events", help="interactions parquet (default: <out>/data/stream.parquet)")
+    produce.add_argument(
+        "--rate", type=_positive_float, help="events per second (default: as fast as it goes)"
+    )
+    produce.add_argument("--limit", type=_positive_int, help="send only the first LIMIT events")
+    produce.add_argument("--bootstrap", help="Kafka bootstrap servers (kafka.bootstrap_servers)")
+    produce.set_defaults(handler=cmd_produce)
+
+    consume = commands.add_parser(
+        "consume",
+        parents=[_common_options("consume")],
+        help="keep user state from raymm.events with exactly-once effect and snapshots",
+    )
+    consume.add_argument(
+        "--model", help="model artifact whose user-state spec to keep (default: <out>/model)"
+    )
+    consume.add_argument(
+        "--rank", type=int, default=0, help="this consumer's rank (owns partition %% world == rank)"
+    )
+    consume.add_argument("--world-size", type=_positive_int, default=1, help="number of consumers")
+    consume.add_argument("--bootstrap", help="Kafka bootstrap servers (kafka.bootstrap_servers)")
+    consume.add_argument("--drain", action="store_true", help="stop once caught up with the end of the log")
+    consume.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds --drain may take")
+    consume.set_defaults(handler=cmd_consume)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 # Command-line flags that are shorthands for config keys.

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from raymm.errors import ConfigError
 from raymm.models.config import ModelConfig, RankerConfig
+from raymm.stream.settings import KafkaSettings, StreamSettings
 
 SizeName = Literal["tiny", "small", "large"]
 #: Metrics early stopping can follow (computed by raymm.eval.metrics at every K of evaluate.ks).
@@ -214,6 +215,8 @@ class RaymmConfig(StrictModel):
     rank: RankerConfig = Field(default_factory=RankerConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
 
     @model_validator(mode="after")
     def _cross_section_checks(self) -> RaymmConfig:
@@ -234,6 +237,10 @@ class RaymmConfig(StrictModel):
         if both:
             raise ValueError(f"events {both} are both model.user_state.events and rank.negative_events")
         return self
+
+    def snapshot_uri(self) -> str:
+        """Where user-state snapshots go: ``stream.snapshot_uri``, else ``<out>/state``."""
+        return self.stream.snapshot_uri or self.stage_dir("state")
 
     def stage_dir(self, stage: str) -> str:
         """Where ``stage`` (data, features, model, ...) reads and writes under ``out``."""

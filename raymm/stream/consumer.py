@@ -513,7 +513,7 @@ class EventConsumer:
         latencies = np.array(list(self._latencies)) if self._latencies else None
         counts = self.state.counts()
         return ConsumerMetrics(
-            partitions=tuple(sorted(self._owned)),
+            partitions=tuple(self.state.partitions()),
             applied=self._applied,
             replayed=self._replayed,
             duplicates=self._duplicates,

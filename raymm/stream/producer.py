@@ -8,6 +8,7 @@ partition, so serving can route a user's request to the consumer that owns that 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -21,8 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from kafka import KafkaProducer
 from kafka.partitioner import murmur2
-from tqdm import tqdm
 
+from raymm import console
 from raymm.data.schema import conform_interactions
 from raymm.errors import RaymmError
 from raymm.stream.events import EVENTS_TOPIC, UserEvent
@@ -112,7 +113,10 @@ def replay(
     bucket = _TokenBucket(rate) if rate is not None else None
     start = time.monotonic()
     try:
-        with tqdm(total=table.num_rows, disable=not progress, unit="event", desc=f"replay -> {topic}") as bar:
+        bar: console.ProgressBar[Any] = console.progress(
+            total=table.num_rows, desc=f"replay -> {topic}", unit="event", enabled=progress
+        )
+        with contextlib.closing(bar):
             row = 0
             for batch in table.to_batches(max_chunksize=_BATCH_ROWS):
                 for event in _events(batch, row):

@@ -262,7 +262,11 @@ def test_kafka_settings_pass_sasl_and_tls_through() -> None:
     }
     assert "s3cret" not in repr(settings)
     assert KafkaSettings().client_options() == {"client_id": "raymm", "security_protocol": "PLAINTEXT"}
-    assert KafkaSettings(partitions=12).topics() == {"raymm.events": 12, "raymm.items": 1, "raymm.events.dlq": 1}
+    assert KafkaSettings(partitions=12).topics() == {
+        "raymm.events": 12,
+        "raymm.items": 1,
+        "raymm.events.dlq": 1,
+    }
 
 
 @pytest.mark.parametrize(
