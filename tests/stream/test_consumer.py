@@ -78,14 +78,16 @@ def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, byte
 def _consumer(
     broker: EmbeddedBroker, topic: str, snapshots: SnapshotStore | None, **options: object
 ) -> EventConsumer:
+    settings: dict[str, object] = {
+        "dead_letter_topic": f"{topic}.dlq",
+        "snapshot_every_events": SNAPSHOT_EVERY,
+        "poll_max_records": 100,
+    }
     return EventConsumer(
         broker.bootstrap_servers,
         UserStateStore(SPEC, topic=topic),
         snapshots,
-        dead_letter_topic=f"{topic}.dlq",
-        snapshot_every_events=SNAPSHOT_EVERY,
-        poll_max_records=100,
-        **options,  # type: ignore[arg-type]
+        **{**settings, **options},  # type: ignore[arg-type]
     )
 
 
@@ -403,3 +405,24 @@ def test_the_items_contract_refuses_what_cannot_be_encoded() -> None:
         assert refused.value.reason == reason, value
     with pytest.raises(Rejected, match="key_mismatch"):
         decode_item(b"other", item.encode()[1], limits)
+
+
+def test_a_running_consumer_snapshots_on_its_interval_and_reports_itself_alive(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    topic = _topic(broker)
+    events = _events(120, seed=6)
+    _produce(broker.bootstrap_servers, topic, [e.encode() for e in events])
+    snapshots = SnapshotStore(str(tmp_path / "state"))
+    consumer = _consumer(broker, topic, snapshots, snapshot_every_events=10**9, snapshot_interval_s=0.3)
+    consumer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_snapshotted(snapshots, topic)) < PARTITIONS:
+            time.sleep(0.05)
+        assert consumer.alive()
+        # Taken on the interval, while running: neither the event count nor a shutdown asked for them.
+        assert sum(offset + 1 for offset in _snapshotted(snapshots, topic).values()) == len(events)
+    finally:
+        consumer.stop()
+    assert not consumer.alive()
