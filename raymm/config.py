@@ -201,6 +201,32 @@ class RayConfig(StrictModel):
     log_to_driver: bool = True
 
 
+class ServeConfig(StrictModel):
+    """The live application (``raymm serve``): where it listens, how it is sized, its limits."""
+
+    #: The model artifact to serve (local path or URI); None: ``<out>/model``.
+    model: str | None = None
+    app_name: str = "raymm"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    route_prefix: str = "/"
+    #: State shards (event consumers), each owning ``partition % state_shards == rank``; at most
+    #: ``kafka.partitions``.
+    state_shards: int = Field(1, gt=0)
+    recommender_replicas: int = Field(1, gt=0)
+    ingress_replicas: int = Field(1, gt=0)
+    shard_num_cpus: float = Field(0.25, ge=0)
+    recommender_num_cpus: float = Field(0.5, ge=0)
+    ingress_num_cpus: float = Field(0.25, ge=0)
+    #: The largest ``k`` a request may ask for (also capped by the ranker's ``retriever_top_n``).
+    max_k: int = Field(100, gt=0)
+    max_body_bytes: int = Field(65_536, gt=0)
+    #: How long a request waits for its user's state before the fallback answers.
+    state_timeout_s: float = Field(0.5, gt=0)
+    #: An event hits when its item was served to the user within this many seconds.
+    hit_window_s: float = Field(600.0, gt=0)
+
+
 class RaymmConfig(StrictModel):
     """The whole configuration. ``out`` is the root under which stages write (data/, features/...)."""
 
@@ -217,6 +243,7 @@ class RaymmConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="after")
     def _cross_section_checks(self) -> RaymmConfig:

@@ -44,6 +44,9 @@ def init_ray(config: RayConfig, *, log_dir: str | None = None, verbose: bool = F
         return
     # Token auth prints a notice on every local start; it protects nothing on a private instance.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Serve recreates a dead state shard (a deployment-scoped actor) after failed health checks,
+    # 10 s apart by default; every second shortens an ownership move on a local instance.
+    os.environ.setdefault("RAY_SERVE_DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S", "1")
     if quiet:
         import ray.data  # its import replaces the ray.data logger's handlers: route after it
 

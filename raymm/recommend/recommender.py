@@ -21,6 +21,7 @@ from raymm.models.artifact import Artifact, load_artifact
 from raymm.recommend.itemsets import ItemSets
 from raymm.recommend.rerank import Reranker
 from raymm.recommend.scorers import FallbackScorer, PopularityScorer, RetrieveThenRank, Scorer, TwoTowerScorer
+from raymm.recommend.topk import top_k
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Recommender:
 
     def __init__(self, artifact: Artifact, reranker: Reranker | None, top_n: int) -> None:
         self.artifact = artifact
+        self.top_n = top_n
         self.spec = artifact.model.config.user_state
         table = artifact.item_vectors
         self.item_ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)
@@ -79,6 +81,31 @@ class Recommender:
             history[0, -rows.size :] = rows
         return history
 
+    @property
+    def max_k(self) -> int:
+        """The most items one answer can hold: the ranker's candidates, or the catalog."""
+        return self.top_n if isinstance(self.scorer, RetrieveThenRank) else len(self.item_ids)
+
+    def similar(self, item_id: str, k: int = 10) -> list[Recommendation]:
+        """The ``k`` items whose item-tower vectors are closest to ``item_id``'s (itself excluded).
+
+        Raises :class:`KeyError` for an unknown item and :class:`ValueError` for k < 1.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        row = self.rows([item_id])
+        vectors = self.two_tower.item_vectors()
+        top = top_k(vectors[row], vectors, k, exclude=ItemSets.from_lists([row]))
+        return [
+            Recommendation(str(self.item_ids[r]), float(score))
+            for r, score in zip(top.rows[0].tolist(), top.scores[0].tolist(), strict=True)
+            if r >= 0
+        ]
+
+    def known(self, item_ids: Sequence[str]) -> list[str]:
+        """``item_ids`` this catalog has, in order (live state may name items the model predates)."""
+        return [str(i) for i in item_ids if str(i) in self.row_of]
+
     def recommend(
         self,
         recent: Sequence[str],
@@ -93,16 +120,47 @@ class Recommender:
         user's last event feeds the ranker (None: unknown). Raises :class:`KeyError` for an
         unknown item id and :class:`ValueError` for k < 1.
         """
+        return self.recommend_many([recent], k, seen=[seen], recency_hours=[recency_hours])[0]
+
+    def recommend_many(
+        self,
+        recent: Sequence[Sequence[str]],
+        k: int = 10,
+        *,
+        seen: Sequence[Sequence[str]] | None = None,
+        recency_hours: Sequence[float | None] | None = None,
+    ) -> list[list[Recommendation]]:
+        """:meth:`recommend` for U users in one pass (one matrix product for the batch).
+
+        ``recent``, ``seen`` and ``recency_hours`` have one entry per user; every user gets up to
+        ``k`` items. Raises :class:`KeyError` for an unknown item id and :class:`ValueError` for
+        k < 1 or lists of different lengths.
+        """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        history = self.history_rows(recent)
-        excluded = np.unique(np.concatenate([self.rows(list(seen)), history[history >= 0]]))
-        recency = np.array([np.nan if recency_hours is None else np.log1p(recency_hours)], np.float32)
-        top = self.scorer.recommend(history, k, exclude=ItemSets.from_lists([excluded]), recency=recency)
+        n = len(recent)
+        seen = seen if seen is not None else [()] * n
+        hours = recency_hours if recency_hours is not None else [None] * n
+        if not len(seen) == len(hours) == n:
+            raise ValueError(
+                f"recent, seen and recency_hours differ in length: {n}, {len(seen)}, {len(hours)}"
+            )
+        if n == 0:
+            return []
+        history = np.concatenate([self.history_rows(r) for r in recent])
+        excluded = [
+            np.unique(np.concatenate([self.rows(list(s)), h[h >= 0]]))
+            for s, h in zip(seen, history, strict=True)
+        ]
+        recency = np.array([np.nan if h is None else np.log1p(h) for h in hours], np.float32)
+        top = self.scorer.recommend(history, k, exclude=ItemSets.from_lists(excluded), recency=recency)
         return [
-            Recommendation(str(self.item_ids[row]), float(score))
-            for row, score in zip(top.rows[0].tolist(), top.scores[0].tolist(), strict=True)
-            if row >= 0
+            [
+                Recommendation(str(self.item_ids[row]), float(score))
+                for row, score in zip(rows, scores, strict=True)
+                if row >= 0
+            ]
+            for rows, scores in zip(top.rows.tolist(), top.scores.tolist(), strict=True)
         ]
 
 

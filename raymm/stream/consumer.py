@@ -115,6 +115,8 @@ class _Partition:
 class EventConsumer:
     """Consume ``topic`` into ``state``; see the module docstring.
 
+    ``observer`` (optional) sees every batch's newly delivered events after they are applied, in the
+    consumer thread (serving counts online hits with it); it must be quick and must not raise.
     ``snapshots=None`` keeps no snapshots (a restart then replays every owned partition from the
     start of the log). ``client_options`` go to kafka-python's consumer and producer (security
     settings: :meth:`raymm.stream.settings.KafkaSettings.client_options`).
@@ -138,6 +140,7 @@ class EventConsumer:
         poll_timeout_ms: int = 200,
         liveness_timeout_s: float = 30.0,
         client_options: dict[str, Any] | None = None,
+        observer: Callable[[Sequence[UserEvent]], None] | None = None,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
@@ -159,6 +162,7 @@ class EventConsumer:
         self.poll_timeout_ms = poll_timeout_ms
         self.liveness_timeout_s = liveness_timeout_s
         self.client_options = dict(client_options or {})
+        self.observer = observer
 
         self._consumer: KafkaConsumer | None = None
         self._dlq: KafkaProducer | None = None
@@ -290,7 +294,10 @@ class EventConsumer:
                 messages.append((record.offset, event))
                 if record.timestamp_type == 0 and record.timestamp > 0:
                     self._latencies.append(now_ms - record.timestamp)
+            before = self.state.applied_offset(tp.partition)
             result = self.state.apply_batch(tp.partition, messages)
+            if self.observer is not None:
+                self.observer([e for offset, e in messages if e is not None and offset > before])
             self._applied += result.applied
             self._replayed += result.replayed
             self._duplicates += result.duplicates

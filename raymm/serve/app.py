@@ -1,0 +1,495 @@
+"""The Ray Serve application: HTTP in, live recommendations out.
+
+One graph, built by :func:`build_app` for ``serve run``, ``serve build`` and ``raymm serve`` alike::
+
+    Ingress (FastAPI, OpenAPI at /docs)
+      -> Recommender (the artifact's model; @serve.batch; user_config rolls models out)
+           <-> state-0 .. state-{W-1}  (deployment-scoped actors: one EventConsumer each)
+      -> Kafka (POST /v1/events)
+
+**Routing to the state owner.** A user's state lives with the consumer that applies the user's
+partition. The recommender asks the shard of rank ``partition_for(user_id) % W``: the partition
+Kafka's default partitioner (murmur2 of the key) gives the user, and the rank whose consumer
+``assign()``s itself that partition (``partition % W == rank``). Serve's own routing (power of two
+choices, or the experimental consistent-hash router) hashes differently, so requests are not
+routed *to* the owner; the recommender calls the owner. Shards are Serve *deployment-scoped
+actors*: Serve creates them with the deployment, health-checks them, recreates one that dies and
+removes them with the app, and a recreated shard restores its partitions from their snapshots.
+While a shard is missing or slow (``serve.state_timeout_s``), the request is answered with the
+popularity fallback and ``"fallback": "state_unavailable"``, never with an error.
+
+**Model roll-out.** The recommender's ``user_config`` holds the artifact URI; Serve calls
+:meth:`Recommender.reconfigure` on each running replica, which loads the new model beside the old
+one and swaps them in one assignment, so in-flight and new requests are all answered.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+from ray.serve.config import DeploymentActorConfig
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import raymm
+from raymm.config import RaymmConfig
+from raymm.data import io
+from raymm.recommend.recommender import Recommendation, Recommender, load_model
+from raymm.serve.shard import StateShard, owner_rank, shard_name
+from raymm.stream.events import EVENTS_TOPIC, UserEvent
+from raymm.stream.state import StateSpec
+
+log = logging.getLogger(__name__)
+
+api = FastAPI(
+    title="raymm",
+    version=raymm.__version__,
+    description="Live multimodal recommendations: users' events from Kafka, items' text, images and audio.",
+)
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": code, "detail": ...}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, detail: Any) -> None:
+        super().__init__(status, code, detail)
+        self.status, self.code, self.detail = status, code, detail
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.detail}"
+
+    def answer(self) -> dict[str, Any]:
+        """The error as a recommender answer (crossing the handle as a value, not an exception:
+        Ray would log every 4xx as a replica error)."""
+        return {ERROR_KEY: {"status": self.status, "code": self.code, "detail": self.detail}}
+
+
+#: The key of an error in a recommender answer; see :meth:`ApiError.answer`.
+ERROR_KEY = "__raymm_error__"
+
+
+@api.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"error": "invalid_request", "detail": errors}, status_code=422)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse({"error": code, "detail": exc.detail}, status_code=exc.status_code)
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("%s %s failed", request.method, request.url.path)
+    return JSONResponse({"error": "internal", "detail": type(exc).__name__}, status_code=500)
+
+
+# -- request and response bodies --------------------------------------------------------------
+
+
+class ItemScore(BaseModel):
+    item_id: str
+    score: float
+
+
+class Recommendations(BaseModel):
+    """Recommended items, best first, with the model version that ranked them. ``fallback`` says
+    why the popularity fallback answered (``unknown_user``, ``state_unavailable``), or null."""
+
+    user_id: str | None
+    items: list[ItemScore]
+    model_version: str
+    fallback: str | None = None
+
+
+class SessionRequest(BaseModel):
+    """A guest or session: recent item ids, oldest first, and no user id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_ids: list[str] = Field(min_length=1, max_length=1000)
+    k: int = Field(10, ge=1)
+
+
+class Accepted(BaseModel):
+    event_id: str
+    topic: str
+    partition: int
+    offset: int
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str | None
+    shards: list[dict[str, Any]]
+
+
+# -- settings passed to the deployments ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeArgs:
+    """What the deployments need, resolved once by :func:`build_app` (plain values: it is pickled)."""
+
+    bootstrap_servers: str
+    client_options: dict[str, Any]
+    partitions: int
+    world_size: int
+    max_k: int
+    max_body_bytes: int
+    state_timeout_s: float
+    events_topic: str = EVENTS_TOPIC
+
+
+# -- the recommender -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    recent: list[str]
+    seen: list[str]
+    k: int
+
+
+class RecommenderDeployment:
+    """Holds the model; scores batches of users; asks the state shards for live user state."""
+
+    def __init__(self, args: ServeArgs) -> None:
+        from ray.serve import metrics
+
+        self.args = args
+        self.model: Recommender | None = None
+        self.model_uri: str | None = None
+        self._shards: dict[int, Any] = {}
+        self.latency = metrics.Histogram(
+            "raymm_recommend_latency_ms",
+            "time to answer a recommendation, ms",
+            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+            tag_keys=("endpoint",),
+        )
+        self.fallbacks = metrics.Counter(
+            "raymm_fallback_total", "answers by the fallback", tag_keys=("reason",)
+        )
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load the artifact ``user_config["model"]`` and swap it in (a no-op for the same URI)."""
+        uri = str(user_config["model"])
+        key = f"{uri}#{user_config.get('version', '')}"
+        if key == self.model_uri and self.model is not None:
+            return
+        model = await asyncio.to_thread(load_model, uri)
+        self.model, self.model_uri = model, key  # one assignment: a request sees the old or the new
+        log.info("serving model %s from %s", model.version, uri)
+
+    def _require_model(self) -> Recommender:
+        if self.model is None:
+            raise ApiError(503, "no_model", "the model is still loading")
+        return self.model
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _shard(self, rank: int, refresh: bool = False) -> Any:
+        if refresh or rank not in self._shards:
+            self._shards[rank] = serve.get_deployment_actor(shard_name(rank))
+        return self._shards[rank]
+
+    async def _call_shard(self, rank: int, method: str, *args: Any) -> Any:
+        """``method(*args)`` on shard ``rank``; one retry with a fresh handle (a recreated shard)."""
+        for attempt in range(2):
+            try:
+                handle = self._shard(rank, refresh=attempt > 0)
+                ref = getattr(handle, method).remote(*args)
+                return await asyncio.wait_for(ref, timeout=self.args.state_timeout_s)
+            except (ray.exceptions.RayActorError, ValueError):
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def user_state(self, user_id: str) -> tuple[dict[str, Any] | None, str | None]:
+        """(the user's live state or None, why not: ``unknown_user`` / ``state_unavailable``)."""
+        rank = owner_rank(user_id, self.args.partitions, self.args.world_size)
+        try:
+            state = await self._call_shard(rank, "get_user", user_id)
+        except (TimeoutError, ray.exceptions.RayActorError, ValueError) as exc:
+            log.warning("state shard %d unavailable for %r: %s", rank, user_id, type(exc).__name__)
+            return None, "state_unavailable"
+        return state, None if state is not None else "unknown_user"
+
+    # -- answers -------------------------------------------------------------------------------
+
+    async def recommend_user(self, user_id: str, k: int) -> dict[str, Any]:
+        try:
+            return await self._recommend_user(user_id, k)
+        except ApiError as exc:
+            return exc.answer()
+
+    async def recommend_session(self, item_ids: list[str], k: int) -> dict[str, Any]:
+        try:
+            return await self._recommend_session(item_ids, k)
+        except ApiError as exc:
+            return exc.answer()
+
+    async def similar(self, item_id: str, k: int) -> dict[str, Any]:
+        try:
+            return self._similar(item_id, k)
+        except ApiError as exc:
+            return exc.answer()
+
+    async def _recommend_user(self, user_id: str, k: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        model = self._require_model()
+        self._check_k(k, model)
+        state, fallback = await self.user_state(user_id)
+        recent = model.known(state["history"]) if state else []
+        seen = model.known(state["seen"]) if state else []
+        if state is not None and not recent:
+            fallback = "no_history"
+        items = await self._score(_Job(recent, seen, k))
+        if fallback:
+            self.fallbacks.inc(tags={"reason": fallback})
+        if state is not None and items:
+            rank = owner_rank(user_id, self.args.partitions, self.args.world_size)
+            # If the shard is away, the online hit rate misses one serve; the answer does not.
+            with contextlib.suppress(ValueError, ray.exceptions.RayActorError):
+                self._shard(rank).record_served.remote(user_id, [r.item_id for r in items])
+        self.latency.observe((time.perf_counter() - start) * 1000, tags={"endpoint": "user"})
+        return _answer(user_id, items, model, fallback)
+
+    async def _recommend_session(self, item_ids: list[str], k: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        model = self._require_model()
+        self._check_k(k, model)
+        unknown = [i for i in item_ids if i not in model.row_of]
+        if unknown:
+            raise ApiError(422, "unknown_items", f"unknown item ids: {unknown[:10]} ({len(unknown)} in all)")
+        items = await self._score(_Job(item_ids, [], k))
+        self.latency.observe((time.perf_counter() - start) * 1000, tags={"endpoint": "session"})
+        return _answer(None, items, model, None)
+
+    def _similar(self, item_id: str, k: int) -> dict[str, Any]:
+        model = self._require_model()
+        self._check_k(k, model)
+        if item_id not in model.row_of:
+            raise ApiError(404, "unknown_item", f"item {item_id!r} is not in the catalog")
+        items = model.similar(item_id, k)
+        return {
+            "item_id": item_id,
+            "items": [{"item_id": r.item_id, "score": r.score} for r in items],
+            "model_version": model.version,
+        }
+
+    def _check_k(self, k: int, model: Recommender) -> None:
+        limit = min(self.args.max_k, model.max_k)
+        if not 1 <= k <= limit:
+            raise ApiError(422, "k_out_of_range", f"k must be in [1, {limit}], got {k}")
+
+    async def _score(self, job: _Job) -> list[Recommendation]:
+        return await self._batched(job)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.003)
+    async def _batched(self, jobs: list[_Job]) -> list[list[Recommendation]]:
+        model = self._require_model()  # one model for the whole batch, even mid roll-out
+        k = max(job.k for job in jobs)
+        answers = await asyncio.to_thread(
+            model.recommend_many, [j.recent for j in jobs], k, seen=[j.seen for j in jobs]
+        )
+        return [answer[: job.k] for answer, job in zip(answers, jobs, strict=True)]
+
+    async def health(self) -> dict[str, Any]:
+        shards = []
+        for rank in range(self.args.world_size):
+            try:
+                shards.append(await self._call_shard(rank, "health"))
+            except (TimeoutError, ray.exceptions.RayActorError, ValueError) as exc:
+                shards.append({"rank": rank, "alive": False, "error": type(exc).__name__})
+        ok = self.model is not None and all(s.get("alive") for s in shards)
+        return {
+            "status": "ok" if ok else "degraded",
+            "model_version": None if self.model is None else self.model.version,
+            "shards": shards,
+        }
+
+    async def shard_call(self, rank: int, method: str, *args: Any) -> Any:
+        """Call a shard method (for operators and tests: ``export``, ``metrics``, ``offsets``)."""
+        return await self._call_shard(rank, method, *args)
+
+
+def _answer(
+    user_id: str | None, items: Sequence[Recommendation], model: Recommender, fallback: str | None
+) -> dict[str, Any]:
+    return {
+        "user_id": user_id,
+        "items": [{"item_id": r.item_id, "score": r.score} for r in items],
+        "model_version": model.version,
+        "fallback": fallback,
+    }
+
+
+# -- the ingress -----------------------------------------------------------------------------------
+
+
+@serve.ingress(api)
+class IngressDeployment:
+    """The HTTP API (FastAPI through ``@serve.ingress``); see the module docstring."""
+
+    def __init__(self, recommender: DeploymentHandle, args: ServeArgs) -> None:
+        self.recommender = recommender
+        self.args = args
+        self._producer: Any = None
+
+    async def _body(self, request: Request, model: type[BaseModel]) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.args.max_body_bytes:
+            raise ApiError(
+                413, "body_too_large", f"{declared} bytes, the limit is {self.args.max_body_bytes}"
+            )
+        body = await request.body()
+        if len(body) > self.args.max_body_bytes:
+            raise ApiError(
+                413, "body_too_large", f"{len(body)} bytes, the limit is {self.args.max_body_bytes}"
+            )
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as exc:
+            errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+            code = "malformed_json" if any(e["type"] == "json_invalid" for e in errors) else "invalid_request"
+            raise ApiError(422 if code == "invalid_request" else 400, code, errors) from None
+
+    @api.get("/healthz", response_model=Health)
+    async def healthz(self) -> JSONResponse:
+        report = await self.recommender.health.remote()
+        return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
+
+    @api.get("/v1/recommendations/{user_id}", response_model=Recommendations)
+    async def recommendations(self, user_id: str, k: int = Query(10)) -> dict[str, Any]:
+        return await self._call(self.recommender.recommend_user.remote(user_id, k))
+
+    @api.post("/v1/recommendations", response_model=Recommendations)
+    async def session(self, request: Request) -> dict[str, Any]:
+        body: SessionRequest = await self._body(request, SessionRequest)
+        return await self._call(self.recommender.recommend_session.remote(body.item_ids, body.k))
+
+    @api.get("/v1/items/{item_id}/similar")
+    async def similar(self, item_id: str, k: int = Query(10)) -> dict[str, Any]:
+        return await self._call(self.recommender.similar.remote(item_id, k))
+
+    @api.post("/v1/events", status_code=202, response_model=Accepted)
+    async def events(self, request: Request) -> dict[str, Any]:
+        event: UserEvent = await self._body(request, UserEvent)
+        from raymm.data.schema import EVENT_KINDS
+
+        if event.event not in EVENT_KINDS:
+            raise ApiError(422, "unknown_event", f"event {event.event!r} is none of {', '.join(EVENT_KINDS)}")
+        key, value = event.encode()
+        future = self._kafka().send(self.args.events_topic, key=key, value=value)
+        metadata = await asyncio.to_thread(future.get, 10)
+        return {
+            "event_id": event.event_id,
+            "topic": metadata.topic,
+            "partition": metadata.partition,
+            "offset": metadata.offset,
+        }
+
+    def _kafka(self) -> Any:
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.args.bootstrap_servers,
+                acks="all",
+                linger_ms=1,
+                **self.args.client_options,
+            )
+        return self._producer
+
+    async def _call(self, response: Any) -> dict[str, Any]:
+        answer = dict(await response)
+        error = answer.get(ERROR_KEY)
+        if error is not None:
+            raise ApiError(error["status"], error["code"], error["detail"])
+        return answer
+
+
+# -- building the graph ---------------------------------------------------------------------------
+
+
+def build_app(
+    config: RaymmConfig, *, bootstrap_servers: str, model: str | None = None, version: str | None = None
+) -> serve.Application:
+    """The raymm Serve application for ``config``, reading events from ``bootstrap_servers``.
+
+    ``model`` is the artifact (default ``serve.model``, else ``<out>/model``); its user-state spec
+    is what the shards keep. ``version`` tags the ``user_config`` (default: a fresh one), so a
+    redeploy with a new artifact URI rolls out through :meth:`RecommenderDeployment.reconfigure`.
+    """
+    settings = config.serve
+    uri = io.absolute(model or settings.model or config.stage_dir("model"))
+    spec = StateSpec.from_artifact(uri, config.stream.dedupe_window)
+    if settings.state_shards > config.kafka.partitions:
+        raise ValueError(
+            f"serve.state_shards={settings.state_shards} exceeds kafka.partitions={config.kafka.partitions}: "
+            "some shards would own no partition"
+        )
+    args = ServeArgs(
+        bootstrap_servers=bootstrap_servers,
+        client_options=config.kafka.client_options(),
+        partitions=config.kafka.partitions,
+        world_size=settings.state_shards,
+        max_k=settings.max_k,
+        max_body_bytes=settings.max_body_bytes,
+        state_timeout_s=settings.state_timeout_s,
+    )
+    shards: list[dict[Any, Any] | DeploymentActorConfig] = [
+        DeploymentActorConfig(
+            name=shard_name(rank),
+            actor_class=ray.remote(StateShard),
+            init_kwargs={
+                "rank": rank,
+                "world_size": settings.state_shards,
+                "bootstrap_servers": bootstrap_servers,
+                "spec": spec.to_json(),
+                "snapshot_uri": io.absolute(config.snapshot_uri()),
+                "stream": config.stream.model_dump(mode="json"),
+                "client_options": config.kafka.client_options(),
+                "hit_window_s": settings.hit_window_s,
+            },
+            actor_options={"num_cpus": settings.shard_num_cpus, "max_concurrency": 32},
+        )
+        for rank in range(settings.state_shards)
+    ]
+    recommender = serve.deployment(
+        name="Recommender",
+        num_replicas=settings.recommender_replicas,
+        ray_actor_options={"num_cpus": settings.recommender_num_cpus},
+        deployment_actors=shards,
+        user_config={"model": uri, "version": version or uuid.uuid4().hex[:8]},
+        max_ongoing_requests=256,
+    )(RecommenderDeployment).bind(args)
+    ingress = serve.deployment(
+        name="Ingress",
+        num_replicas=settings.ingress_replicas,
+        ray_actor_options={"num_cpus": settings.ingress_num_cpus},
+        max_ongoing_requests=256,
+    )(IngressDeployment)
+    return ingress.bind(recommender, args)

@@ -1,0 +1,218 @@
+"""A state shard: one event consumer (rank ``r`` of ``world_size``) and the user state it keeps.
+
+Serving runs one shard per rank as a Serve *deployment-scoped actor* of the recommender
+deployment (Ray 2.60, ``DeploymentActorConfig``): Serve creates them with the deployment, health
+checks them, recreates one that dies and removes them with the application. A recreated shard
+restores its partitions from their snapshots and replays the rest from Kafka (the stream layer's
+exactly-once recovery), so a shard killed mid-stream ends in the state of one clean pass.
+
+A request for a user goes to the shard that owns the user's partition: ``owner_rank(user_id)``
+is ``partition_for(user_id) % world_size``, the rule the shard's consumer assigns itself by, on
+the partition Kafka's default partitioner gives the key. So the three hashes agree by
+construction.
+
+The shard also keeps the **online hit rate**: the recommender tells it what it served a user
+(:meth:`StateShard.record_served`), and each applied event whose item was served to that user
+within ``hit_window_s`` counts as a hit.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from raymm.stream.consumer import EventConsumer, owner_rank
+from raymm.stream.events import UserEvent
+from raymm.stream.settings import StreamSettings
+from raymm.stream.snapshot import SnapshotStore
+from raymm.stream.state import StateSpec, UserStateStore
+
+__all__ = ["StateShard", "owner_rank", "shard_name"]
+
+log = logging.getLogger(__name__)
+
+
+def shard_name(rank: int) -> str:
+    """The deployment-scoped actor name of rank ``rank``'s shard."""
+    return f"state-{rank}"
+
+
+class StateShard:
+    """Rank ``rank`` of ``world_size``: an :class:`EventConsumer` in its own thread, and reads."""
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        bootstrap_servers: str,
+        spec: dict[str, Any],
+        snapshot_uri: str,
+        stream: dict[str, Any] | None = None,
+        client_options: dict[str, Any] | None = None,
+        topic: str | None = None,
+        hit_window_s: float = 600.0,
+    ) -> None:
+        settings = StreamSettings.model_validate(stream or {})
+        self.rank, self.world_size = rank, world_size
+        self.state = UserStateStore(
+            StateSpec.from_json(spec),
+            max_users_in_memory=settings.max_users_in_memory,
+            spill_dir=settings.spill_dir,
+            **({"topic": topic} if topic else {}),
+        )
+        self.consumer = EventConsumer(
+            bootstrap_servers,
+            self.state,
+            SnapshotStore(snapshot_uri, settings.keep_snapshots),
+            rank=rank,
+            world_size=world_size,
+            limits=settings.limits,
+            snapshot_every_events=settings.snapshot_every_events,
+            snapshot_interval_s=settings.snapshot_interval_s,
+            poll_max_records=settings.poll_max_records,
+            poll_timeout_ms=settings.poll_timeout_ms,
+            liveness_timeout_s=settings.liveness_timeout_s,
+            client_options=client_options,
+            observer=self._observe,
+        )
+        self.hit_window_s = hit_window_s
+        self._served: dict[str, collections.deque[tuple[float, frozenset[str]]]] = {}
+        self._served_lock = threading.Lock()
+        self._hits = self._checked = 0
+        self.consumer.start()
+        self._metrics = _ShardMetrics(self)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get_user(self, user_id: str) -> dict[str, Any] | None:
+        """The user's live state (history oldest first, seen items), or None if unknown here."""
+        state = self.state.get(user_id)
+        if state is None:
+            return None
+        return {
+            "history": list(state.history),
+            "seen": list(state.seen),
+            "n_events": state.n_events,
+            "last_ts_ms": state.last_ts_ms,
+        }
+
+    def partitions(self) -> list[int]:
+        return self.state.partitions()
+
+    def offsets(self) -> dict[int, int]:
+        return self.state.offsets()
+
+    def export(self) -> dict[int, tuple[int, dict[str, Any]]]:
+        """The whole state (tests compare it with one clean pass)."""
+        return self.state.export()
+
+    def health(self) -> dict[str, Any]:
+        metrics = self.consumer.metrics()
+        return {
+            "rank": self.rank,
+            "alive": self.consumer.alive(),
+            "partitions": list(metrics.partitions),
+            # None until every owned partition's end is known (right after a start or a move)
+            "lag": metrics.total_lag if set(metrics.lag) == set(metrics.partitions) else None,
+            "applied": metrics.applied,
+            "dead_letters": metrics.dead_letters,
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        m = self.consumer.metrics()
+        return {
+            "rank": self.rank,
+            "partitions": list(m.partitions),
+            "applied": m.applied,
+            "events_per_s": m.events_per_s,
+            "lag": m.lag,
+            "dead_letters": m.dead_letters,
+            "dead_letters_by_reason": m.dead_letters_by_reason,
+            "latency_ms_p50": m.latency_ms_p50,
+            "latency_ms_p99": m.latency_ms_p99,
+            "snapshots": m.snapshots,
+            "hit_rate": self.hit_rate(),
+            "hits": self._hits,
+            "hit_checked": self._checked,
+        }
+
+    # -- online hit rate ------------------------------------------------------------------------
+
+    def record_served(self, user_id: str, item_ids: Sequence[str]) -> None:
+        """Remember that ``item_ids`` were just served to ``user_id``."""
+        now = time.monotonic()
+        with self._served_lock:
+            served = self._served.setdefault(user_id, collections.deque(maxlen=32))
+            served.append((now, frozenset(item_ids)))
+
+    def hit_rate(self) -> float | None:
+        """Of the events by users served in the window before them, how many hit a served item."""
+        return self._hits / self._checked if self._checked else None
+
+    def _observe(self, events: Sequence[UserEvent]) -> None:
+        now = time.monotonic()
+        with self._served_lock:
+            for event in events:
+                served = self._served.get(event.user_id)
+                if not served:
+                    continue
+                while served and now - served[0][0] > self.hit_window_s:
+                    served.popleft()
+                if not served:
+                    del self._served[event.user_id]
+                    continue
+                self._checked += 1
+                self._hits += any(event.item_id in items for _, items in served)
+
+    def stop(self) -> None:
+        """Stop consuming with a final snapshot (Serve kills the actor otherwise)."""
+        self._metrics.stop()
+        self.consumer.stop()
+        self.state.close()
+
+
+class _ShardMetrics:
+    """Exports a shard's stream metrics to Prometheus (``ray.util.metrics``) every 2 s."""
+
+    def __init__(self, shard: StateShard) -> None:
+        from ray.util import metrics
+
+        tags = ("rank",)
+        self.shard = shard
+        self.events = metrics.Gauge("raymm_stream_events_per_s", "events applied per second", tags)
+        self.lag = metrics.Gauge(
+            "raymm_stream_lag", "messages behind the end of the log", ("rank", "partition")
+        )
+        self.dead = metrics.Gauge("raymm_stream_dead_letters", "messages sent to the dead-letter topic", tags)
+        self.latency = metrics.Gauge(
+            "raymm_stream_event_to_state_ms", "Kafka timestamp to applied, ms", ("rank", "quantile")
+        )
+        self.hit_rate = metrics.Gauge("raymm_online_hit_rate", "next events that hit a served item", tags)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="raymm-shard-metrics", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(2.0):
+            try:
+                m = self.shard.consumer.metrics()
+                rank = {"rank": str(self.shard.rank)}
+                self.events.set(m.events_per_s, rank)
+                self.dead.set(m.dead_letters, rank)
+                for partition, lag in m.lag.items():
+                    self.lag.set(lag, {**rank, "partition": str(partition)})
+                for quantile, value in (("0.5", m.latency_ms_p50), ("0.99", m.latency_ms_p99)):
+                    if value is not None:
+                        self.latency.set(value, {**rank, "quantile": quantile})
+                rate = self.shard.hit_rate()
+                if rate is not None:
+                    self.hit_rate.set(rate, rank)
+            except Exception:  # metrics never take the shard down
+                log.exception("exporting shard %d metrics failed", self.shard.rank)
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,337 @@
+"""The Serve application end to end: a real Ray Serve app over the session's trained model, a real
+noida broker, HTTP requests. An event changes the user's next answer, seen items never come back,
+guests get recommendations, bad input gets 4xx JSON, a killed state shard recovers into the state
+of one clean pass, and a model roll-out under load fails no request."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+import requests
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from ray import serve
+
+from raymm.serve.app import build_app
+from raymm.stream.broker import EmbeddedBroker, ensure_topics
+from raymm.stream.consumer import EventConsumer
+from raymm.stream.events import UserEvent
+from raymm.stream.state import StateSpec, UserStateStore
+from tests.conftest import Trained
+
+PARTITIONS = 4
+SHARDS = 2
+
+
+@dataclass
+class Live:
+    url: str
+    broker: EmbeddedBroker
+    trained: Trained
+    items: list[str]
+    handle: serve.handle.DeploymentHandle
+    spec: StateSpec
+    state_dir: Path
+
+    def get(self, path: str, **params: object) -> requests.Response:
+        return requests.get(f"{self.url}{path}", params=params, timeout=30)  # type: ignore[arg-type]
+
+    def post(self, path: str, body: object) -> requests.Response:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return requests.post(
+            f"{self.url}{path}", data=data, headers={"content-type": "application/json"}, timeout=30
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _deploy(
+    trained: Trained, bootstrap: str, state_dir: Path, model: Path, version: str
+) -> serve.handle.DeploymentHandle:
+    config = trained.config.model_copy(deep=True)
+    config.kafka = config.kafka.model_copy(update={"bootstrap_servers": bootstrap, "partitions": PARTITIONS})
+    config.stream = config.stream.model_copy(
+        update={"snapshot_uri": str(state_dir), "snapshot_every_events": 200, "snapshot_interval_s": 1.0}
+    )
+    config.serve = config.serve.model_copy(update={"state_shards": SHARDS, "state_timeout_s": 2.0})
+    app = build_app(config, bootstrap_servers=bootstrap, model=str(model), version=version)
+    return serve.run(app, name="raymm", route_prefix="/")
+
+
+@pytest.fixture(scope="module")
+def live(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    root = tmp_path_factory.mktemp("serve")
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with EmbeddedBroker("noida") as broker:
+        ensure_topics(broker.bootstrap_servers, {"raymm.events": PARTITIONS, "raymm.events.dlq": 1})
+        handle = _deploy(trained, broker.bootstrap_servers, root / "state", trained.ranked, "v1")
+        items = (
+            pq.read_table(trained.data / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
+        )
+        live = Live(
+            f"http://127.0.0.1:{port}",
+            broker,
+            trained,
+            items,
+            handle,
+            StateSpec.from_artifact(trained.ranked),
+            root / "state",
+        )
+        _wait_healthy(live)
+        try:
+            yield live
+        finally:
+            serve.delete("raymm")
+            serve.shutdown()
+
+
+def _wait_healthy(live: Live, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            response = live.get("/healthz")
+            if response.status_code == 200:
+                return response.json()
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the app did not become healthy: {response.status_code} {response.text}")
+        time.sleep(0.5)
+
+
+def _event(user: str, item: str, kind: str = "like") -> dict:
+    return {
+        "event_id": uuid.uuid4().hex,
+        "user_id": user,
+        "item_id": item,
+        "event": kind,
+        "ts": int(time.time() * 1000),
+    }
+
+
+def _until(check, timeout_s: float = 20.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.1)
+
+
+def test_the_app_is_healthy_and_documents_itself(live: Live) -> None:
+    health = _wait_healthy(live)
+    assert health["status"] == "ok" and len(health["shards"]) == SHARDS
+    assert sorted(p for shard in health["shards"] for p in shard["partitions"]) == list(range(PARTITIONS))
+    paths = live.get("/openapi.json").json()["paths"]
+    assert {"/v1/recommendations/{user_id}", "/v1/recommendations", "/v1/events", "/healthz"} <= set(paths)
+    assert live.get("/docs").status_code == 200
+
+
+def test_an_unknown_user_gets_the_fallback_with_the_flag(live: Live) -> None:
+    body = live.get("/v1/recommendations/nobody-" + uuid.uuid4().hex, k=5).json()
+    assert body["fallback"] == "unknown_user" and len(body["items"]) == 5 and body["model_version"]
+
+
+def test_an_event_changes_the_next_recommendation_and_seen_items_stay_out(live: Live) -> None:
+    user = "live-" + uuid.uuid4().hex[:8]
+    rng = random.Random(0)
+    liked = rng.sample(live.items, 3)
+    before = live.get(f"/v1/recommendations/{user}", k=10).json()
+    for item in liked:
+        accepted = live.post("/v1/events", _event(user, item))
+        assert accepted.status_code == 202, accepted.text
+    after = _until(
+        lambda: (b := live.get(f"/v1/recommendations/{user}", k=10).json())["fallback"] is None and b
+    )
+    assert after, "the events never reached the user's state"
+    assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in before["items"]]
+    assert not set(liked) & {i["item_id"] for i in after["items"]}
+    # a skip still marks the item seen
+    skipped = after["items"][0]["item_id"]
+    assert live.post("/v1/events", _event(user, skipped, "skip")).status_code == 202
+    assert _until(
+        lambda: (
+            skipped
+            not in {i["item_id"] for i in live.get(f"/v1/recommendations/{user}", k=10).json()["items"]}
+        )
+    )
+
+
+def test_a_guest_session_gets_recommendations_without_its_items(live: Live) -> None:
+    recent = live.items[:3]
+    body = live.post("/v1/recommendations", {"item_ids": recent, "k": 7}).json()
+    assert body["user_id"] is None and len(body["items"]) == 7 and body["fallback"] is None
+    assert not set(recent) & {i["item_id"] for i in body["items"]}
+    similar = live.get(f"/v1/items/{live.items[0]}/similar", k=4).json()
+    assert len(similar["items"]) == 4 and live.items[0] not in {i["item_id"] for i in similar["items"]}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "payload", "status", "error"),
+    [
+        ("get", "/v1/recommendations/u1", {"k": 0}, 422, "k_out_of_range"),
+        ("get", "/v1/recommendations/u1", {"k": 100_000}, 422, "k_out_of_range"),
+        ("get", "/v1/recommendations/u1", {"k": "ten"}, 422, "invalid_request"),
+        ("post", "/v1/recommendations", b'{"item_ids": [', 400, "malformed_json"),
+        ("post", "/v1/recommendations", {"item_ids": []}, 422, "invalid_request"),
+        ("post", "/v1/recommendations", {"item_ids": ["no-such-item"]}, 422, "unknown_items"),
+        ("post", "/v1/recommendations", {"item_ids": ["x" * 70_000]}, 413, "body_too_large"),
+        (
+            "post",
+            "/v1/events",
+            {"event_id": "e", "user_id": "u", "item_id": "i", "event": "teleport", "ts": 1},
+            422,
+            "unknown_event",
+        ),
+        ("post", "/v1/events", {"user_id": "u"}, 422, "invalid_request"),
+        ("get", "/v1/items/no-such-item/similar", {}, 404, "unknown_item"),
+        ("get", "/v1/nothing-here", {}, 404, "not_found"),
+    ],
+)
+def test_bad_input_gets_a_4xx_json_error(
+    live: Live, method: str, path: str, payload: object, status: int, error: str
+) -> None:
+    response = live.get(path, **payload) if method == "get" else live.post(path, payload)  # type: ignore[arg-type]
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error and response.json()["detail"]
+
+
+def _named_shard(rank: int) -> ray.actor.ActorHandle:
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if (
+            entry["name"].endswith(f"state-{rank}")
+            or f"state-{rank}::" in entry["name"]
+            or entry["name"].endswith(f"::state-{rank}")
+        ):
+            return ray.get_actor(entry["name"], namespace=entry["namespace"])
+    raise AssertionError(f"no state-{rank} actor among {ray.util.list_named_actors(all_namespaces=True)}")
+
+
+def _clean_pass(live: Live) -> dict:
+    store = UserStateStore(live.spec)
+    consumer = EventConsumer(live.broker.bootstrap_servers, store, None)
+    consumer.open()
+    try:
+        consumer.drain()
+        return store.export()
+    finally:
+        consumer.close()
+
+
+def _end_offsets(live: Live) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=live.broker.bootstrap_servers)
+    try:
+        tps = [TopicPartition("raymm.events", p) for p in range(PARTITIONS)]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+
+
+def test_a_killed_state_shard_recovers_into_the_clean_pass_state(live: Live) -> None:
+    rng = random.Random(1)
+    users = [f"kill-{i}" for i in range(40)]
+    producer = KafkaProducer(bootstrap_servers=live.broker.bootstrap_servers, linger_ms=2)
+    t0 = dt.datetime.now(dt.UTC)
+
+    def produce(n: int, offset: int) -> None:
+        for i in range(n):
+            event = UserEvent(
+                event_id=f"k{offset + i}",
+                user_id=rng.choice(users),
+                item_id=rng.choice(live.items),
+                event=rng.choice(["view", "click", "like", "skip"]),
+                ts=t0,
+            )
+            key, value = event.encode()
+            producer.send("raymm.events", key=key, value=value)
+            if i % 50 == 0:
+                time.sleep(0.01)
+        producer.flush()
+
+    writer = threading.Thread(target=produce, args=(3000, 0))
+    writer.start()
+    time.sleep(0.5)
+    victim = _named_shard(0)
+    ray.kill(victim)  # mid-stream: no final snapshot
+    # While the shard is away, its users still get answers (the fallback flag says why).
+    during = live.get(f"/v1/recommendations/{users[0]}", k=5)
+    assert during.status_code == 200 and len(during.json()["items"]) == 5
+    writer.join()
+    produce(500, 3000)
+    producer.close()
+
+    recommender = serve.get_deployment_handle("Recommender", app_name="raymm")
+    ends = _end_offsets(live)
+
+    def caught_up() -> bool:
+        offsets: dict[int, int] = {}
+        for rank in range(SHARDS):
+            try:
+                offsets.update(recommender.shard_call.remote(rank, "offsets").result())
+            except Exception:  # the shard is still being recreated
+                return False
+        return offsets == {p: end - 1 for p, end in ends.items()}
+
+    assert _until(caught_up, 90), live.get("/healthz").text
+    assert live.get("/healthz").json()["status"] == "ok"
+    clean = _clean_pass(live)
+    live_state: dict = {}
+    for rank in range(SHARDS):
+        live_state.update(recommender.shard_call.remote(rank, "export").result())
+    assert sorted(live_state) == list(range(PARTITIONS))
+    assert live_state == clean
+
+
+def test_a_model_roll_out_under_load_fails_no_request(live: Live, tmp_path: Path) -> None:
+    rolled = tmp_path / "rolled"
+    shutil.copytree(live.trained.model, rolled)
+    manifest = json.loads((rolled / "manifest.json").read_text())
+    manifest["model_version"] = "rolled-" + uuid.uuid4().hex[:6]
+    (rolled / "manifest.json").write_text(json.dumps(manifest))
+
+    failures: list[str] = []
+    versions: set[str] = set()
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                response = live.get("/v1/recommendations/roll-user", k=5)
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text[:200]}")
+                else:
+                    versions.add(response.json()["model_version"])
+            except requests.RequestException as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        _deploy(live.trained, live.broker.bootstrap_servers, live.state_dir, rolled, "v2")
+        assert _until(lambda: manifest["model_version"] in versions, 60)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures[:5]
+    assert manifest["model_version"] in versions and len(versions) == 2
