@@ -1,5 +1,5 @@
 """The ``raymm`` command line: ``raymm data synth|validate|import|export``, ``extract``, ``train``,
-``evaluate``, ``quickstart``, and the stream: ``broker``, ``produce`` and ``consume``.
+``evaluate``, ``quickstart``, ``serve``, and the stream: ``broker``, ``produce`` and ``consume``.
 
 Every command takes ``--config FILE``, ``--set key=value`` (repeatable), ``--out DIR`` and
 ``--dry-run`` (validate the configuration, print the plan, run nothing). Errors caused by input
@@ -9,6 +9,7 @@ print one clear message and exit 2; validation findings exit 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
@@ -352,6 +353,10 @@ def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
     )
     plan.add(f"Ray Train the ranker (up to {config.rank.epochs} epochs)", f"{model}/ranker")
     plan.add(f"ablation {config.evaluate.ablation} + the ranking stage", report_dir)
+    plan.add(
+        "serve it live (broker, Ray Serve app, replayed stream.parquet, freshness)",
+        f"http://{config.serve.host}:{config.serve.port}",
+    )
     if plan.dry_run(args, config):
         return EXIT_OK
 
@@ -359,7 +364,20 @@ def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
         return console.Stage(index + 1, len(STAGES), message)
 
     say = None if args.quiet else (lambda message: print(f"[ablation] {message}", flush=True))
-    result = quickstart(config, progress=not args.quiet, stage=stage, say=say)
+
+    def keep_running(app: Any) -> None:
+        print(f"\nthe live app stays up at {app.url} (docs: {app.docs_url}); Ctrl-C stops it", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(1)
+
+    result = quickstart(
+        config,
+        progress=not args.quiet,
+        stage=stage,
+        say=say,
+        keep_running=keep_running if args.keep_running else None,
+    )
     if result.report is None:
         for problem in result.problems:
             print(f"  problem: {problem}")
@@ -379,7 +397,37 @@ def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
     print_summary("quickstart", rows, result.elapsed_s)
     print(report_table(document))
     print(f"  orderings: {orderings_line(document['orderings'])}")
+    if result.live is not None:
+        print(live_lines(result.live))
     return EXIT_OK
+
+
+def live_lines(demo: Any) -> str:
+    """The quickstart's live part for people: one user before and after, freshness, a search."""
+
+    def items(answer: dict[str, Any]) -> str:
+        flag = f"  [fallback: {answer['fallback']}]" if answer.get("fallback") else ""
+        return ", ".join(i["item_id"] for i in answer["items"][:10]) + flag
+
+    lines = [
+        "",
+        f"live: {demo.url} (docs {demo.docs_url}); Kafka {demo.bootstrap_servers}",
+        f"  replayed {demo.replayed:,} events of stream.parquet at {demo.replay_rate:,.0f} events/s",
+        f"  user {demo.user}: {len(demo.user_events)} events, e.g. "
+        + ", ".join(f"{e['event']} {e['item_id']}" for e in demo.user_events[:4]),
+        f"    before: {items(demo.before)}",
+        f"    after:  {items(demo.after)}",
+        f"  freshness (event posted -> reflected in a recommendation), {len(demo.freshness_s)} users: "
+        f"p50 {demo.freshness_p50_ms:.0f} ms, p99 {demo.freshness_p99_ms:.0f} ms (target p99 < 1000 ms)",
+    ]
+    if demo.search is not None:
+        rank = demo.search["rank"]
+        lines.append(
+            f"  search {demo.search['query']!r}: text-less item {demo.search['item_id']} "
+            + (f"ranks #{rank}" if rank else "is not in the top 10")
+            + f" of: {items(demo.search['answer'])}"
+        )
+    return "\n".join(lines)
 
 
 # --- the stream ---------------------------------------------------------------------------------
@@ -529,6 +577,43 @@ def cmd_consume(args: argparse.Namespace, config: RaymmConfig) -> int:
     return EXIT_OK if m.snapshot_failures == 0 else EXIT_FINDINGS
 
 
+def cmd_serve(args: argparse.Namespace, config: RaymmConfig) -> int:
+    """Deploy the live application and keep it up until Ctrl-C."""
+    from raymm.serve.runner import running_app
+
+    if args.out:
+        config.out = args.out
+    if args.port is not None:
+        config.serve.port = args.port
+    if args.host is not None:
+        config.serve.host = args.host
+    model = args.model or config.serve.model or config.stage_dir("model")
+    plan = Plan("serve")
+    plan.add("start or join Ray", config.ray.address or "a local instance")
+    plan.add("Kafka", config.kafka.bootstrap_servers or f"an embedded {config.kafka.embedded_broker} broker")
+    plan.add(
+        f"deploy {model} with {config.serve.state_shards} state shard(s)",
+        f"{config.serve.host}:{config.serve.port}",
+    )
+    if plan.dry_run(args, config):
+        return EXIT_OK
+    with running_app(config, model) as app:
+        print_summary(
+            "serve",
+            [
+                ("url", app.url),
+                ("docs", app.docs_url),
+                ("kafka", app.bootstrap_servers + (" (embedded)" if app.embedded_broker else "")),
+                ("model", app.model),
+                ("state shards", f"{app.state_shards}, snapshots in {config.snapshot_uri()}"),
+                ("try", f"curl '{app.url}/v1/recommendations/some-user?k=5'"),
+                ("stop", "Ctrl-C (each shard writes a final snapshot)"),
+            ],
+        )
+        while True:
+            time.sleep(1)
+
+
 # --- argument parsing -----------------------------------------------------------------------
 
 
@@ -545,6 +630,7 @@ OUT_MEANING = {
     "broker": "the output root (unused: the broker writes nothing there)",
     "produce": "the output root whose data/stream.parquet is replayed by default",
     "consume": "the output root; snapshots go to stream.snapshot_uri or <out>/state",
+    "serve": "the output root: the model at <out>/model, snapshots in <out>/state",
 }
 
 
@@ -658,7 +744,20 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_common_options("quickstart")],
         help="run the main job end to end on the embedded defaults",
     )
+    quickstart.add_argument(
+        "--keep-running", action="store_true", help="leave the live app up at the end, until Ctrl-C"
+    )
     quickstart.set_defaults(handler=cmd_quickstart)
+
+    serve_cmd = commands.add_parser(
+        "serve",
+        parents=[_common_options("serve")],
+        help="deploy the live app on Ray Serve (an embedded broker when kafka.bootstrap_servers is unset)",
+    )
+    serve_cmd.add_argument("--model", help="model artifact (default: serve.model, else <out>/model)")
+    serve_cmd.add_argument("--host", help="serve.host")
+    serve_cmd.add_argument("--port", type=int, help="serve.port")
+    serve_cmd.set_defaults(handler=cmd_serve)
 
     broker = commands.add_parser(
         "broker",

@@ -1,4 +1,5 @@
-"""The quickstart pipeline: synth -> validate -> extract -> train (two towers, then the ranker) -> ablation.
+"""The quickstart pipeline: synth -> validate -> extract -> train (two towers, then the ranker) -> ablation
+-> live (the Serve app over Kafka, :mod:`raymm.workflows.live`).
 
 What ``make quickstart`` runs on the embedded defaults (``configs/quickstart.yaml``); the CLI's
 ``raymm quickstart`` only prints what :func:`quickstart` returns.
@@ -15,7 +16,7 @@ from typing import Any
 from raymm.config import RaymmConfig
 
 #: The stages, in order, as the console numbers them.
-STAGES: tuple[str, ...] = ("synthesize", "validate", "extract", "train", "rank", "report")
+STAGES: tuple[str, ...] = ("synthesize", "validate", "extract", "train", "rank", "report", "live")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class QuickstartResult:
     trained: Any = None
     ranked: Any = None
     report: dict[str, Any] | None = None
+    live: Any = None
     elapsed_s: float = 0.0
 
 
@@ -39,6 +41,7 @@ def quickstart(
     progress: bool = True,
     stage: Callable[[int, str], AbstractContextManager[Any]] | None = None,
     say: Callable[[str], None] | None = None,
+    keep_running: Callable[[Any], None] | None = None,
 ) -> QuickstartResult:
     """Run the whole job under ``config.out``; each stage runs inside ``stage(i, message)`` (a
     context manager, e.g. :class:`raymm.console.Stage`, that shows it to people).
@@ -51,6 +54,7 @@ def quickstart(
     from raymm.train.rank_trainer import train_ranker
     from raymm.train.trainer import train
     from raymm.workflows.ablation import ablation, headline_variant
+    from raymm.workflows.live import live_demo
 
     announce = stage or (lambda _i, _message: nullcontext())
     started = time.perf_counter()
@@ -80,5 +84,7 @@ def quickstart(
             trained_models={headline: model} if headline else None,
             ranked_model=model,
         )
+    with announce(6, "serving it live: broker, Ray Serve app, replayed events, freshness"):
+        result.live = live_demo(config, model, progress=progress, keep_running=keep_running)
     result.elapsed_s = time.perf_counter() - started
     return result

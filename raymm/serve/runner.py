@@ -1,0 +1,181 @@
+"""Run the live application: Ray, a broker, Serve and the app, together, for ``raymm serve`` and
+the quickstart.
+
+:func:`running_app` starts (or joins) Ray, starts the embedded broker when ``kafka.bootstrap_servers``
+is not set, creates the topics, deploys :func:`~raymm.serve.app.build_app` and waits until
+``/healthz`` says ok. On the way out it asks every state shard for its final snapshot, then
+deletes the application (and the broker it started). :class:`LiveClient` is a small HTTP client
+of the API that the quickstart and the benchmarks use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from raymm.config import RaymmConfig
+from raymm.data import io
+from raymm.errors import RaymmError
+
+
+class ServeError(RaymmError):
+    """The application did not come up healthy; the message says what ``/healthz`` answered."""
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    """A deployed application: where it answers, and the Kafka it reads."""
+
+    url: str
+    bootstrap_servers: str
+    embedded_broker: bool
+    model: str
+    state_shards: int
+
+    @property
+    def docs_url(self) -> str:
+        return f"{self.url}/docs"
+
+    def client(self) -> LiveClient:
+        return LiveClient(self.url)
+
+
+@contextlib.contextmanager
+def running_app(
+    config: RaymmConfig, model: str | None = None, *, timeout_s: float = 180.0
+) -> Iterator[RunningApp]:
+    """Deploy the app for ``config`` (see the module docstring) for the duration of the block."""
+    from ray import serve
+
+    from raymm.runtime import init_ray
+    from raymm.serve.app import build_app
+    from raymm.stream.broker import ensure_topics, kafka_bootstrap
+
+    settings = config.serve
+    model_uri = io.absolute(model or settings.model or config.stage_dir("model"))
+    init_ray(config.ray)
+    broker_dir = config.stage_dir("broker") if "://" not in config.out else None
+    with kafka_bootstrap(config.kafka, data_dir=broker_dir) as bootstrap:
+        ensure_topics(bootstrap, config.kafka.topics(), **config.kafka.client_options())
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        app = build_app(config, bootstrap_servers=bootstrap, model=model_uri)
+        serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix)
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        prefix = settings.route_prefix.rstrip("/")
+        running = RunningApp(
+            f"http://{host}:{settings.port}{prefix}",
+            bootstrap,
+            config.kafka.bootstrap_servers is None,
+            model_uri,
+            settings.state_shards,
+        )
+        try:
+            wait_healthy(running.client(), timeout_s)
+            yield running
+        finally:
+            _stop(settings.app_name, settings.state_shards)
+
+
+def _stop(app_name: str, shards: int) -> None:
+    """Final snapshots from every shard, then the app goes (Serve kills deployment actors)."""
+    from ray import serve
+
+    try:
+        recommender = serve.get_deployment_handle("Recommender", app_name=app_name)
+        for rank in range(shards):
+            with contextlib.suppress(Exception):  # a shard that is gone has nothing to save
+                recommender.shard_call.remote(rank, "stop").result(timeout_s=60)
+    finally:
+        serve.delete(app_name)
+
+
+def wait_healthy(client: LiveClient, timeout_s: float) -> dict[str, Any]:
+    """Poll ``/healthz`` until it says ok; :class:`ServeError` with its last answer if not in time."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            status, body = client.request("GET", "/healthz")
+            if status == 200:
+                return dict(body)
+            last = body
+        except OSError as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    raise ServeError(f"the app was not healthy within {timeout_s:.0f} s; /healthz said: {last}")
+
+
+class LiveClient:
+    """A minimal JSON client of the raymm HTTP API (standard library only)."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def request(self, method: str, path: str, body: Any = None, **params: Any) -> tuple[int, Any]:
+        """(status, decoded JSON body) of one request; HTTP errors are returned, not raised."""
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.url}{path}{query}", data=data, method=method, headers={"content-type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            payload = error.read()
+            try:
+                return error.code, json.loads(payload)
+            except ValueError:
+                return error.code, payload.decode(errors="replace")
+
+    def recommendations(self, user_id: str, k: int = 10) -> dict[str, Any]:
+        status, body = self.request("GET", f"/v1/recommendations/{urllib.parse.quote(user_id)}", k=k)
+        if status != 200:
+            raise ServeError(f"GET recommendations for {user_id!r}: {status} {body}")
+        return dict(body)
+
+    def post_event(self, user_id: str, item_id: str, event: str = "like") -> dict[str, Any]:
+        status, body = self.request(
+            "POST",
+            "/v1/events",
+            {
+                "event_id": uuid.uuid4().hex,
+                "user_id": user_id,
+                "item_id": item_id,
+                "event": event,
+                "ts": int(time.time() * 1000),
+            },
+        )
+        if status != 202:
+            raise ServeError(f"POST event: {status} {body}")
+        return dict(body)
+
+    def search(self, query: str, k: int = 10, modality: str = "fused") -> dict[str, Any]:
+        status, body = self.request("GET", "/v1/search", q=query, k=k, modality=modality)
+        if status != 200:
+            raise ServeError(f"GET search {query!r}: {status} {body}")
+        return dict(body)
+
+
+def freshness(client: LiveClient, user_id: str, item_id: str, timeout_s: float = 10.0) -> float:
+    """Seconds from posting ``user_id``'s like of ``item_id`` until a recommendation reflects it
+    (the item is then seen, so it is out of the answer and the user is no longer unknown)."""
+    start = time.perf_counter()
+    client.post_event(user_id, item_id)
+    while time.perf_counter() - start < timeout_s:
+        answer = client.recommendations(user_id, k=10)
+        if answer["fallback"] in (None, "no_history") and item_id not in {
+            i["item_id"] for i in answer["items"]
+        }:
+            return time.perf_counter() - start
+        time.sleep(0.005)
+    raise ServeError(f"user {user_id!r}'s event did not show within {timeout_s} s")
