@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from raymm.stream.consumer import EventConsumer, owner_rank
-from raymm.stream.events import UserEvent
+from raymm.stream.events import Event
 from raymm.stream.settings import StreamSettings
 from raymm.stream.snapshot import SnapshotStore
 from raymm.stream.state import StateSpec, UserStateStore
@@ -153,7 +153,7 @@ class StateShard:
         """Of the events by users served in the window before them, how many hit a served item."""
         return self._hits / self._checked if self._checked else None
 
-    def _observe(self, events: Sequence[UserEvent]) -> None:
+    def _observe(self, events: Sequence[Event]) -> None:
         now = time.monotonic()
         with self._served_lock:
             for event in events:

@@ -42,7 +42,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
 from raymm.errors import RaymmError
-from raymm.stream.events import DEAD_LETTER_TOPIC, DeadLetter, EventLimits, Rejected, UserEvent, decode_event
+from raymm.stream.events import DEAD_LETTER_TOPIC, DeadLetter, Event, EventDecoder, EventLimits, Rejected
 from raymm.stream.producer import partition_for
 from raymm.stream.snapshot import SnapshotStore, encode_snapshot
 from raymm.stream.state import UserStateStore
@@ -74,8 +74,8 @@ class ConsumerMetrics:
     """A consumer's counters and gauges, as of its last loop.
 
     ``lag`` is per partition: the high watermark minus the next offset to read. Event-to-state
-    latency is from the record's Kafka timestamp (set by the producer) to its apply, over the
-    last 8,192 events.
+    latency is from the record's Kafka timestamp (set by the producer) to its apply, sampled on
+    the last record of each partition's batch, over the last 8,192 samples.
     """
 
     partitions: tuple[int, ...]
@@ -140,7 +140,7 @@ class EventConsumer:
         poll_timeout_ms: int = 200,
         liveness_timeout_s: float = 30.0,
         client_options: dict[str, Any] | None = None,
-        observer: Callable[[Sequence[UserEvent]], None] | None = None,
+        observer: Callable[[Sequence[Event]], None] | None = None,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
@@ -156,6 +156,7 @@ class EventConsumer:
         self.group_instance_id = group_instance_id
         self.dead_letter_topic = dead_letter_topic
         self.limits = limits or EventLimits()
+        self._decode = EventDecoder(self.limits)
         self.snapshot_every_events = snapshot_every_events
         self.snapshot_interval_s = snapshot_interval_s
         self.poll_max_records = poll_max_records
@@ -281,19 +282,22 @@ class EventConsumer:
         batches = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.poll_max_records)
         handled = 0
         now_ms = time.time() * 1000.0
+        decode = self._decode
+        decode.window()  # the future bound moves with the clock, once per poll
         for tp, records in batches.items():
             if tp.partition not in self._owned:
                 continue  # revoked while the fetch was in flight
-            messages: list[tuple[int, UserEvent | None]] = []
+            messages: list[tuple[int, Event | None]] = []
             for record in records:
                 try:
-                    event: UserEvent | None = decode_event(record.key, record.value, self.limits)
+                    event: Event | None = decode(record.key, record.value)
                 except Rejected as rejected:
                     event = None
                     self._dead_letter(rejected, record)
                 messages.append((record.offset, event))
-                if record.timestamp_type == 0 and record.timestamp > 0:
-                    self._latencies.append(now_ms - record.timestamp)
+            last = records[-1]
+            if last.timestamp_type == 0 and last.timestamp > 0:  # CreateTime, one sample per batch
+                self._latencies.append(now_ms - last.timestamp)
             before = self.state.applied_offset(tp.partition)
             result = self.state.apply_batch(tp.partition, messages)
             if self.observer is not None:

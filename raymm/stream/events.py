@@ -22,7 +22,7 @@ import base64
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, NamedTuple, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -197,6 +197,86 @@ def decode_event(
     if key_text is not None and key_text != event.user_id:
         raise Rejected("key_mismatch", f"key {key_text!r} is not the event's user_id {event.user_id!r}")
     return event
+
+
+class Event(NamedTuple):
+    """A decoded, valid event as state applies it: plain values, ``ts`` in epoch milliseconds.
+
+    :class:`UserEvent` is the contract; this is its hot-path form (a pydantic object per message
+    would cost as much as the JSON parse).
+    """
+
+    event_id: str
+    user_id: str
+    item_id: str
+    event: str
+    ts_ms: int
+
+    @classmethod
+    def of(cls, event: UserEvent) -> Event:
+        """The plain form of a validated :class:`UserEvent`."""
+        return cls(event.event_id, event.user_id, event.item_id, event.event, _epoch_ms(event.ts))
+
+
+def _epoch_ms(ts: dt.datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+_KINDS = frozenset(EVENT_KINDS)
+
+
+class EventDecoder:
+    """:func:`decode_event` for a stream of messages, with the time window fixed per :meth:`window`.
+
+    The common case (UTF-8 JSON object, string ids of 1..256 characters, a known event kind, ``ts``
+    in epoch milliseconds inside the window, the key equal to the user id) is checked with plain
+    type tests and returns an :class:`Event` without building a pydantic object. Anything else
+    goes through :func:`decode_event`, which accepts exactly the same messages and names the reason
+    for the rest, so both paths agree (a test checks it on every kind of poison message).
+    """
+
+    def __init__(self, limits: EventLimits, now: dt.datetime | None = None) -> None:
+        self.limits = limits
+        self.window(now)
+
+    def window(self, now: dt.datetime | None = None) -> None:
+        """Fix the accepted ``ts`` range at ``now`` (default: the current UTC time)."""
+        self.now = now or dt.datetime.now(dt.UTC)
+        self._earliest_ms = _epoch_ms(self.limits.earliest)
+        self._latest_ms = _epoch_ms(self.now + dt.timedelta(seconds=self.limits.max_future_s))
+
+    def __call__(self, key: bytes | None, value: bytes | None) -> Event:
+        """The message's :class:`Event`; :class:`Rejected` naming why not."""
+        limits = self.limits
+        if (
+            value is not None
+            and len(value) <= limits.max_value_bytes
+            and (key is None or len(key) <= limits.max_key_bytes)
+        ):
+            try:
+                document = json.loads(value.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                document = None
+            if type(document) is dict:
+                event_id = document.get("event_id")
+                user_id = document.get("user_id")
+                item_id = document.get("item_id")
+                kind = document.get("event")
+                ts = document.get("ts")
+                if (
+                    type(event_id) is str
+                    and type(user_id) is str
+                    and type(item_id) is str
+                    and type(ts) is int
+                    and 0 < len(event_id) <= MAX_ID_LENGTH
+                    and 0 < len(user_id) <= MAX_ID_LENGTH
+                    and 0 < len(item_id) <= MAX_ID_LENGTH
+                    and kind in _KINDS
+                    and self._earliest_ms <= ts <= self._latest_ms
+                    and (key is None or key == user_id.encode("utf-8"))
+                ):
+                    return Event(event_id, user_id, item_id, kind, ts)
+        return Event.of(decode_event(key, value, limits, self.now))
 
 
 class ItemLimits(BaseModel):

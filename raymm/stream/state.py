@@ -40,7 +40,7 @@ from typing import Any
 from raymm.data import io
 from raymm.errors import DataError
 from raymm.models.config import UserStateConfig
-from raymm.stream.events import EVENTS_TOPIC, UserEvent
+from raymm.stream.events import EVENTS_TOPIC, Event
 
 _SPILL_CHUNK = 10_000
 
@@ -103,7 +103,7 @@ class UserRecord:
     last_ts_ms: int = 0
     recent_ids: list[str] = field(default_factory=list)
 
-    def apply(self, event: UserEvent, spec: StateSpec) -> bool:
+    def apply(self, event: Event, spec: StateSpec) -> bool:
         """Apply one event; False (and no change) when its id is among the recent ones."""
         if spec.dedupe_window:
             if event.event_id in self.recent_ids:
@@ -113,7 +113,8 @@ class UserRecord:
                 del self.recent_ids[0]
         self.seen[event.item_id] = self.seen.get(event.item_id, 0) + 1
         self.n_events += 1
-        self.last_ts_ms = max(self.last_ts_ms, int(event.ts.timestamp() * 1000))
+        if event.ts_ms > self.last_ts_ms:
+            self.last_ts_ms = event.ts_ms
         if event.event in spec.events:
             self.history.append(event.item_id)
             if len(self.history) > spec.max_history:
@@ -237,11 +238,11 @@ class UserStateStore:
 
     # -- writing (the consumer thread) ---------------------------------------------------------
 
-    def apply(self, partition: int, offset: int, event: UserEvent | None) -> bool:
+    def apply(self, partition: int, offset: int, event: Event | None) -> bool:
         """Apply one message; True if it changed a user. See :meth:`apply_batch`."""
         return self.apply_batch(partition, [(offset, event)]).applied == 1
 
-    def apply_batch(self, partition: int, messages: Sequence[tuple[int, UserEvent | None]]) -> BatchResult:
+    def apply_batch(self, partition: int, messages: Sequence[tuple[int, Event | None]]) -> BatchResult:
         """Apply ``(offset, event)`` messages of ``partition`` in offset order, exactly once each.
 
         A message at or below the applied offset is skipped; ``event=None`` (a message the decoder

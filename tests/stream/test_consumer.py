@@ -25,7 +25,15 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from raymm.stream.broker import EmbeddedBroker, ensure_topics
 from raymm.stream.consumer import EventConsumer, owned_partitions, owner_rank
-from raymm.stream.events import DeadLetter, UserEvent
+from raymm.stream.events import (
+    DeadLetter,
+    Event,
+    EventDecoder,
+    EventLimits,
+    Rejected,
+    UserEvent,
+    decode_event,
+)
 from raymm.stream.producer import partition_for
 from raymm.stream.snapshot import SnapshotStore
 from raymm.stream.state import StateSpec, UserRecord, UserStateStore
@@ -105,7 +113,7 @@ def _oracle(events: list[UserEvent]) -> dict[str, UserRecord]:
     """Every user's record from the good events applied in order, without Kafka or offsets."""
     users: dict[str, UserRecord] = {}
     for event in events:
-        users.setdefault(event.user_id, UserRecord()).apply(event, SPEC)
+        users.setdefault(event.user_id, UserRecord()).apply(Event.of(event), SPEC)
     return users
 
 
@@ -426,3 +434,24 @@ def test_a_running_consumer_snapshots_on_its_interval_and_reports_itself_alive(
     finally:
         consumer.stop()
     assert not consumer.alive()
+
+
+def test_the_fast_decoder_accepts_and_refuses_exactly_what_decode_event_does() -> None:
+    limits = EventLimits()
+    decoder = EventDecoder(limits)
+    good = _events(50, seed=7)
+    messages = [e.encode() for e in good]
+    messages += [(key, value) for _, key, value in _poison(good[0])]
+    iso = json.loads(good[1].encode()[1]) | {"ts": "2026-01-01T00:00:00+01:00"}
+    messages += [(None, good[2].encode()[1]), (good[3].encode()[0], json.dumps(iso).encode())]
+    messages += [(b"u", b'{"event_id": "e", "user_id": "u", "item_id": "i", "event": "view", "ts": true}')]
+    for key, value in messages:
+        try:
+            expected: Event | str = Event.of(decode_event(key, value, limits, decoder.now))
+        except Rejected as exc:
+            expected = exc.reason
+        try:
+            got: Event | str = decoder(key, value)
+        except Rejected as exc:
+            got = exc.reason
+        assert got == expected, (key, value)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from raymm.models.config import UserStateConfig
-from raymm.stream.events import UserEvent
+from raymm.stream.events import Event, UserEvent
 from raymm.stream.snapshot import SnapshotCorrupt, SnapshotStore, decode_snapshot, encode_snapshot
 from raymm.stream.state import StateSpec, UserRecord, UserStateStore
 
@@ -23,20 +23,22 @@ SPEC = StateSpec(max_history=3, events=frozenset({"click", "like"}), dedupe_wind
 
 def event(
     i: int, user: str = "u", item: str | None = None, kind: str = "click", event_id: str | None = None
-) -> UserEvent:
-    return UserEvent(
-        event_id=event_id or f"e{i}",
-        user_id=user,
-        item_id=item or f"i{i}",
-        event=kind,
-        ts=EPOCH + dt.timedelta(seconds=i),
+) -> Event:
+    return Event.of(
+        UserEvent(
+            event_id=event_id or f"e{i}",
+            user_id=user,
+            item_id=item or f"i{i}",
+            event=kind,
+            ts=EPOCH + dt.timedelta(seconds=i),
+        )
     )
 
 
-def random_events(n: int, users: int, seed: int) -> list[UserEvent]:
+def random_events(n: int, users: int, seed: int) -> list[Event]:
     """Mixed kinds, repeated items, and one event in 20 sent again (a producer retry)."""
     rng = random.Random(seed)
-    events: list[UserEvent] = []
+    events: list[Event] = []
     for i in range(n):
         if events and rng.random() < 0.05:
             events.append(rng.choice(events[-10:]))
@@ -127,7 +129,7 @@ def test_the_spec_comes_from_the_model_config_and_the_artifact(tmp_path: Path) -
         StateSpec.from_artifact(tmp_path)
 
 
-def _store_with(events: list[UserEvent]) -> UserStateStore:
+def _store_with(events: list[Event]) -> UserStateStore:
     store = UserStateStore(SPEC)
     store.add_partition(5)
     store.apply_batch(5, list(enumerate(events)))
