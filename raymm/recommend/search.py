@@ -69,9 +69,9 @@ class _Space:
             self.index.replace(rows[gone], np.zeros((int(gone.sum()), self.index.dim), dtype=np.float32))
             self.blank.update(rows[gone].tolist())
         if new.any():
-            added = self.index.add(vectors[new])
             new_ids = [item_ids[i] for i in np.flatnonzero(new).tolist()]
-            self.item_ids.extend(new_ids)
+            self.item_ids.extend(new_ids)  # before the vectors: every row a search finds has its id
+            added = self.index.add(vectors[new])
             self.row_of.update(zip(new_ids, added.tolist(), strict=True))
 
     def search(self, query: np.ndarray, k: int) -> list[SearchHit]:
@@ -91,8 +91,9 @@ class SearchIndex:
     """Items searchable by a text query in each of ``modalities`` (the model's) and ``fused``.
 
     ``shared_dim`` is the aligned vectors' width, ``embed_dim`` the item-tower vectors'. Build it
-    from an artifact with :meth:`from_artifact`; :meth:`add` live items; :meth:`search`.
-    Raises ValueError for a modality raymm does not know.
+    from an artifact with :meth:`from_artifact`; :meth:`add` live items; :meth:`search`. Not
+    thread-safe: call :meth:`add` and :meth:`search` from one thread (a Serve replica's event
+    loop) or under a lock. Raises ValueError for a modality raymm does not know.
     """
 
     def __init__(self, modalities: Sequence[str], shared_dim: int, embed_dim: int) -> None:
