@@ -33,9 +33,14 @@ from raymm.config import EncoderResources, ExtractConfig, RaymmConfig
 from raymm.data import io
 from raymm.data.dataset import ITEMS
 from raymm.errors import ConfigError, DataError, RaymmError
-from raymm.features.store import FEATURES_MANIFEST, feature_files, load_features
+from raymm.features.store import (
+    FEATURES_MANIFEST,
+    TFIDF_STATE,
+    encoder_description,
+    feature_files,
+    load_features,
+)
 
-TFIDF_STATE = "tfidf_idf.json"
 METADATA_PREFIX = "raymm.encoder."
 FORMAT_VERSION = 1
 
@@ -94,20 +99,6 @@ class ModalityEncoderActor:
         metadata = dict(batch.schema.metadata or {})
         metadata.update(self.metadata)
         return batch.replace_schema_metadata(metadata)
-
-
-def encoder_description(encoder: Any) -> dict[str, Any]:
-    """What the features record about an encoder: id, revision, pooling and dim, and for
-    ``mel_stats`` audio its mel bands (``mel_bands``: the vector is bands x time segments)."""
-    description: dict[str, Any] = {
-        "encoder_id": encoder.encoder_id,
-        "revision": encoder.revision,
-        "pooling": encoder.pooling,
-        "dim": int(encoder.dim),
-    }
-    if isinstance(getattr(encoder, "n_mels", None), int):
-        description["mel_bands"] = int(encoder.n_mels)
-    return description
 
 
 @dataclass

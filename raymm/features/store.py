@@ -2,7 +2,9 @@
 
 ``raymm extract`` (:mod:`raymm.features.pipeline`, on Ray Data) writes a features directory:
 ``features.json`` (the encoders that made each modality's vectors, counts) and parquet parts.
-This module only reads it, so the recommendation core can load features without importing Ray.
+This module only reads it, so the recommendation core can load features without importing Ray;
+it also names what the pipeline records about an encoder (:func:`encoder_description`), which
+serving compares with the encoders it builds for new items.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from raymm.data import io
 from raymm.errors import DataError
 
 FEATURES_MANIFEST = "features.json"
+#: The fitted IDF of a TF-IDF text encoder, beside the parts (reused by incremental runs and copied
+#: into the model artifact so serving encodes new text with the same IDF).
+TFIDF_STATE = "tfidf_idf.json"
 
 
 def feature_files(out: str) -> list[str]:
@@ -55,3 +60,20 @@ def read_encoders(path: str) -> dict[str, Any]:
     document = io.read_json(manifest, "features manifest")
     encoders = document.get("encoders", {}) if isinstance(document, dict) else {}
     return dict(encoders) if isinstance(encoders, dict) else {}
+
+
+def encoder_description(encoder: Any) -> dict[str, Any]:
+    """What the features record about an encoder: id, revision, pooling and dim, and for
+    ``mel_stats`` audio its mel bands (``mel_bands``: the vector is bands x time segments).
+
+    The model artifact keeps these records; serving compares them with the encoders it builds.
+    """
+    description: dict[str, Any] = {
+        "encoder_id": encoder.encoder_id,
+        "revision": encoder.revision,
+        "pooling": encoder.pooling,
+        "dim": int(encoder.dim),
+    }
+    if isinstance(getattr(encoder, "n_mels", None), int):
+        description["mel_bands"] = int(encoder.n_mels)
+    return description

@@ -8,7 +8,11 @@
     config.json           the TwoTower's own config (written by TwoTower.save_pretrained)
     weights.safetensors   its weights
     item_vectors.parquet  item_id, vector (fixed_size_list<float32>[embed_dim]) for every item,
-                          cold-start items included
+                          cold-start items included; popularity; and for cross-media search
+                          ``aligned_<modality>`` (fixed_size_list<float32>[shared_dim], null where
+                          the item lacks the modality) for every modality the model reads
+    encoders/             optional, fitted state an encoder needs to encode new content the way
+                          the features were made (``<modality>.json``: the TF-IDF IDF)
     ranker/               optional, the ranking stage (raymm.models.ranker): config.json,
                           weights.safetensors, items.safetensors
 
@@ -18,6 +22,8 @@ temporary name and moved into place, and ``manifest.json`` is removed first and 
 reader never finds a manifest beside half of a model. :func:`load_artifact` validates the manifest
 before anything else is read and refuses another format, a newer format version, features whose
 dimensions differ from the model's inputs, or encoders other than the ones the model was trained on.
+An artifact written before the aligned columns existed still loads; only
+:meth:`Artifact.aligned_vectors` (what search needs) refuses it, with :class:`NoAlignedVectorsError`.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 import raymm
 from raymm.data import io
 from raymm.errors import DataError
-from raymm.models.errors import ModelLoadError
+from raymm.models.errors import ModelLoadError, NoAlignedVectorsError
 from raymm.models.persist import as_uri, read_document
 from raymm.models.towers import TwoTower
 
@@ -46,6 +53,12 @@ MANIFEST = "manifest.json"
 ITEM_VECTORS = "item_vectors.parquet"
 #: The ranking stage's sub-directory (written by :mod:`raymm.models.ranker`); see :func:`ranker_dir`.
 RANKER_DIR = "ranker"
+#: Column name prefix of the per-modality aligned vectors in ``item_vectors.parquet``.
+ALIGNED_PREFIX = "aligned_"
+#: Sub-directory of fitted encoder state (see :func:`encoder_state_uri`).
+ENCODER_STATE_DIR = "encoders"
+#: The fields of an encoder record that must agree for two encoders to give the same vectors.
+ENCODER_FIELDS = ("encoder_id", "revision", "pooling", "dim")
 
 
 class EncoderRecord(BaseModel):
@@ -90,22 +103,136 @@ class Manifest(BaseModel):
 
 
 @dataclass
+class AlignedVectors:
+    """Every catalog item's aligned vectors, row ``i`` for the item table's row ``i``.
+
+    ``vectors`` modality -> (N, shared_dim) float32: the item tower's projection of that modality
+    into the shared space (L2-normalised; zero rows where absent); ``present`` modality -> (N,)
+    bool. Cross-media search compares a text query with these.
+    """
+
+    vectors: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]
+
+
+@dataclass
 class Artifact:
-    """A loaded artifact: the model (eval mode), its manifest and the item vectors table."""
+    """A loaded artifact: the model (eval mode), its manifest and the item vectors table.
+
+    ``directory`` is where it was loaded from (None when built in memory).
+    """
 
     model: TwoTower
     manifest: Manifest
     item_vectors: pa.Table
+    directory: str | None = None
 
     @property
     def version(self) -> str:
         """The model version serving reports with each recommendation."""
         return self.manifest.model_version
 
+    @property
+    def item_ids(self) -> np.ndarray:
+        """(N,) the item ids as str objects, in the item table's order."""
+        return np.asarray(self.item_vectors.column("item_id").to_pylist(), dtype=object)
+
+    def vectors(self) -> np.ndarray:
+        """(N, embed_dim) float32 item vectors (the retrieval vectors, item-id embedding included)."""
+        return vector_matrix(self.item_vectors.column("vector"))[0]
+
+    @property
+    def has_aligned_vectors(self) -> bool:
+        """Whether the item table holds the aligned vectors search needs."""
+        return any(name.startswith(ALIGNED_PREFIX) for name in self.item_vectors.column_names)
+
+    def aligned_vectors(self) -> AlignedVectors:
+        """Each modality's aligned vectors of every item, as written by :func:`write_artifact`.
+
+        Raises :class:`NoAlignedVectorsError` for an artifact written before they were recorded.
+        """
+        if not self.has_aligned_vectors:
+            where = self.directory or "this artifact"
+            raise NoAlignedVectorsError(
+                f"{where} predates cross-media search: its {ITEM_VECTORS} has no {ALIGNED_PREFIX}<modality> "
+                f"columns (per-modality aligned vectors); re-train with this raymm to write them "
+                f"(recommendations from it still work)"
+            )
+        vectors, present = {}, {}
+        for modality in self.model.modalities:
+            vectors[modality], present[modality] = vector_matrix(
+                self.item_vectors.column(ALIGNED_PREFIX + modality)
+            )
+        return AlignedVectors(vectors, present)
+
+
+def vector_matrix(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A ``fixed_size_list<float32>[D]`` column as (N, D) float32 (zero rows where null) and its
+    (N,) bool validity."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    width = array.type.list_size
+    valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    flat = np.asarray(array.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    matrix = np.zeros((len(array), width), dtype=np.float32)
+    # flatten() may or may not drop the slots of null rows, depending on how the array was built.
+    if flat.size == len(array) * width:
+        matrix[valid] = flat.reshape(-1, width)[valid]
+    else:
+        matrix[valid] = flat.reshape(-1, width)
+    return matrix, valid
+
+
+def _vector_column(matrix: np.ndarray, present: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    values = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1))
+    mask = None if present is None else pa.array(~present)
+    return pa.FixedSizeListArray.from_arrays(values, matrix.shape[1], mask=mask)
+
+
+def _as_numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _aligned_columns(
+    model: TwoTower,
+    n_items: int,
+    aligned: Mapping[str, np.ndarray | torch.Tensor],
+    present: Mapping[str, np.ndarray | torch.Tensor] | None,
+) -> dict[str, pa.FixedSizeListArray]:
+    """``aligned_<modality>`` columns; ValueError unless they cover the model's modalities with
+    (N, shared_dim) vectors and (N,) bool presence."""
+    if present is None:
+        raise ValueError("aligned vectors need aligned_present (modality -> (N,) bool) beside them")
+    expected = set(model.modalities)
+    if set(aligned) != expected or set(present) != expected:
+        raise ValueError(
+            f"aligned vectors must cover the model's modalities {sorted(expected)}, got "
+            f"{sorted(aligned)} (vectors) and {sorted(present)} (presence)"
+        )
+    width = model.config.align.shared_dim
+    columns = {}
+    for modality in model.modalities:
+        matrix = _as_numpy(aligned[modality]).astype(np.float32, copy=False)
+        mask = _as_numpy(present[modality]).astype(bool, copy=False)
+        if matrix.shape != (n_items, width) or mask.shape != (n_items,):
+            raise ValueError(
+                f"aligned {modality} vectors must be ({n_items}, {width}) with ({n_items},) presence, "
+                f"got {matrix.shape} and {mask.shape}"
+            )
+        columns[ALIGNED_PREFIX + modality] = _vector_column(matrix, mask)
+    return columns
+
 
 def ranker_dir(directory: str | Path) -> str:
     """The URI of the artifact's ranking stage (``<directory>/ranker``), for local paths and URIs alike."""
     return io.join(as_uri(directory), RANKER_DIR)
+
+
+def encoder_state_uri(directory: str | Path, modality: str) -> str:
+    """Where the artifact keeps the fitted state of ``modality``'s encoder (``encoders/<modality>.json``).
+
+    Only encoders that are fitted on the catalog (TF-IDF) have one; the file may not exist.
+    """
+    return io.join(as_uri(directory), ENCODER_STATE_DIR, f"{modality}.json")
 
 
 def _plain(value: Any) -> Any:
@@ -133,6 +260,9 @@ def write_artifact(
     data_fingerprint: str,
     encoders: Mapping[str, Mapping[str, Any]] | None = None,
     popularity: np.ndarray | None = None,
+    aligned: Mapping[str, np.ndarray | torch.Tensor] | None = None,
+    aligned_present: Mapping[str, np.ndarray | torch.Tensor] | None = None,
+    encoder_state: Mapping[str, str] | None = None,
 ) -> Manifest:
     """Write the artifact directory (local path or URI); returns its manifest.
 
@@ -140,10 +270,15 @@ def write_artifact(
     the ``encoders`` section of the ``features.json`` the model was trained on (modality ->
     encoder_id, revision, pooling, dim); ``None`` records none. ``popularity`` (N,) counts of each
     item's positive training events join the item table (serving's popularity fallback reads
-    them). A ranker left in ``directory`` by
-    an earlier model is removed: it was fitted on that model's vectors and would not fit these.
-    Raises :class:`ValueError` if the ids and vectors differ in length, or an encoder record lacks
-    a field.
+    them). ``aligned`` modality -> (N, shared_dim) and ``aligned_present`` modality -> (N,) bool,
+    for every modality the model reads, are the item tower's aligned vectors (``ItemEncoding
+    .projected`` / ``.present`` of the same pass); they become the ``aligned_<modality>`` columns
+    cross-media search reads (None: an artifact without search). ``encoder_state`` modality -> URI
+    of a fitted encoder's state file (the features' TF-IDF IDF) is copied to
+    :func:`encoder_state_uri`. A ranker or encoder state left in ``directory`` by an earlier model
+    is removed: the ranker was fitted on that model's vectors and would not fit these.
+    Raises :class:`ValueError` if the ids and vectors differ in length, the aligned vectors do not
+    cover the model's modalities with (N, shared_dim) rows, or an encoder record lacks a field.
     """
     uri = as_uri(directory)
     vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
@@ -169,17 +304,30 @@ def write_artifact(
         )
     except ValidationError as exc:
         raise ValueError(f"the manifest of {uri} does not validate: {exc}") from None
-    # The old manifest goes first: until the new one is written the directory is no artifact.
-    io.remove(io.join(uri, MANIFEST))
-    io.remove(ranker_dir(uri))
-    model.save_pretrained(uri)
-    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
-    table = pa.table({"item_id": pa.array(np.asarray(item_ids).astype(str), pa.string()), "vector": column})
+    table = pa.table(
+        {
+            "item_id": pa.array(np.asarray(item_ids).astype(str), pa.string()),
+            "vector": _vector_column(vectors),
+        }
+    )
     if popularity is not None:
         counts = np.asarray(popularity)
         if counts.shape != (len(item_ids),):
             raise ValueError(f"popularity must be ({len(item_ids)},) counts, got shape {counts.shape}")
         table = table.append_column("popularity", pa.array(counts.astype(np.int64)))
+    if aligned is not None:
+        for name, column in _aligned_columns(model, len(item_ids), aligned, aligned_present).items():
+            table = table.append_column(name, column)
+    state = {
+        m: io.read_bytes(source, what=f"{m} encoder state") for m, source in (encoder_state or {}).items()
+    }
+    # The old manifest goes first: until the new one is written the directory is no artifact.
+    io.remove(io.join(uri, MANIFEST))
+    io.remove(ranker_dir(uri))
+    io.remove(io.join(uri, ENCODER_STATE_DIR))
+    model.save_pretrained(uri)
+    for modality, data in state.items():
+        io.write_bytes(data, encoder_state_uri(uri, modality))
     io.write_table(table, io.join(uri, ITEM_VECTORS))
     _write_manifest(uri, manifest)
     return manifest
@@ -226,6 +374,17 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise ModelLoadError(f"{uri}: the manifest is invalid: {exc}") from None
 
 
+def encoder_differences(record: EncoderRecord, description: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Field -> (recorded value, ``description``'s value) for each of :data:`ENCODER_FIELDS` that
+    differs; empty when the two encoders give the same vectors."""
+    saved = record.model_dump()
+    return {
+        key: (saved[key], description.get(key))
+        for key in ENCODER_FIELDS
+        if saved[key] != description.get(key)
+    }
+
+
 def check_encoders(manifest: Manifest, encoders: Mapping[str, Mapping[str, Any]], where: str) -> None:
     """Refuse features made by other encoders than the ones the model was trained on.
 
@@ -234,16 +393,12 @@ def check_encoders(manifest: Manifest, encoders: Mapping[str, Mapping[str, Any]]
     encoders were recorded has none). Raises :class:`ModelLoadError` naming each differing field,
     with the model's value and the features'.
     """
-    wrong = []
-    for modality, record in manifest.encoders.items():
-        if modality not in encoders:
-            continue
-        saved = record.model_dump()
-        for key in ("encoder_id", "revision", "pooling", "dim"):
-            if saved[key] != encoders[modality].get(key):
-                wrong.append(
-                    f"{modality}.{key}: model has {saved[key]!r}, features have {encoders[modality].get(key)!r}"
-                )
+    wrong = [
+        f"{modality}.{key}: model has {saved!r}, features have {given!r}"
+        for modality, record in manifest.encoders.items()
+        if modality in encoders
+        for key, (saved, given) in encoder_differences(record, encoders[modality]).items()
+    ]
     if wrong:
         raise ModelLoadError(
             f"{where}: the features were made by other encoders than the model's ({'; '.join(wrong)}); "
@@ -291,4 +446,25 @@ def load_artifact(
         )
     if table.num_rows != manifest.n_items:
         raise ModelLoadError(f"{vectors_uri}: holds {table.num_rows} items, manifest says {manifest.n_items}")
-    return Artifact(model, manifest, table)
+    _check_aligned_columns(table, model, vectors_uri)
+    return Artifact(model, manifest, table, uri)
+
+
+def _check_aligned_columns(table: pa.Table, model: TwoTower, vectors_uri: str) -> None:
+    """Refuse aligned columns that do not match the model's modalities and shared width (none at all
+    is an artifact that predates search, which loads)."""
+    found = {n.removeprefix(ALIGNED_PREFIX) for n in table.column_names if n.startswith(ALIGNED_PREFIX)}
+    if not found:
+        return
+    if found != set(model.modalities):
+        raise ModelLoadError(
+            f"{vectors_uri}: aligned vectors for {sorted(found)}, the model reads {sorted(model.modalities)}"
+        )
+    width = model.config.align.shared_dim
+    for modality in model.modalities:
+        column_type = table.schema.field(ALIGNED_PREFIX + modality).type
+        if getattr(column_type, "list_size", None) != width:
+            raise ModelLoadError(
+                f"{vectors_uri}: {ALIGNED_PREFIX}{modality} has type {column_type}, expected "
+                f"fixed_size_list<float32>[{width}] (the model's align.shared_dim)"
+            )

@@ -15,5 +15,12 @@ class ModelLoadError(RaymmError):
     not validate, or input dimensions that differ from the features it is asked to serve."""
 
 
+class NoAlignedVectorsError(ModelLoadError):
+    """The artifact predates cross-media search: its item table has no per-modality aligned vectors.
+
+    Everything else in such an artifact loads and serves; only search needs a re-trained artifact.
+    """
+
+
 class NotFittedError(RuntimeError):
     """A closed-form stage (PCA, CCA, ridge maps) was used before ``fit`` was called on it."""

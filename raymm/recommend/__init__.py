@@ -4,7 +4,9 @@ Plain NumPy/PyTorch, no Ray: the item catalog as tensors (:mod:`.catalog`), user
 log by the model's user-state spec (:mod:`.history`), item and user vectors (:mod:`.vectors`),
 the one seen-masked top-k scorer (:mod:`.topk`) and the item index for serving-scale retrieval
 (:mod:`.index`), retrieve-then-rank (:mod:`.rerank`), and every recommender behind one
-interface (:mod:`.scorers`).
+interface (:mod:`.scorers`). New content (live items, text queries) is encoded with the artifact's
+own encoders and item tower by :mod:`.content` and searched across media by :mod:`.search`; they
+are not imported here because they load the encoders' packages (PIL, soundfile, torchaudio).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ query. Both sit behind one :class:`ItemIndex` interface, keyed by name in :data:
 serving and the ``bench/retrieval.py`` benchmark swap them by a config string:
 
 * ``"exact"``: :class:`ExactIndex`, every item scored by :func:`raymm.recommend.topk.top_k`. The
-  reference for recall and the right choice for small catalogs.
+  reference for recall and the right choice for small catalogs; it can also replace an item's
+  vector in place (an updated item).
 * ``"faiss"``: :class:`FaissIndex`, faiss IVF-Flat on inner product, approximate.
 
 Plain NumPy/PyTorch/faiss; no Ray, so the index is tested and benchmarked without a cluster.
@@ -148,6 +149,23 @@ class ExactIndex(ItemIndex):
     def vectors(self) -> np.ndarray:
         """(n_items, E) float32 view of the stored vectors (do not write to it)."""
         return self._buffer[: self._count]
+
+    def replace(self, rows: ArrayLike, vectors: ArrayLike) -> None:
+        """Overwrite the vectors of existing ``rows`` (M,) with (M, E) ``vectors``: an updated item
+        keeps its row. (Exact only: an IVF index would have to move the item between lists.)
+
+        ValueError for rows outside 0..n_items-1, a count other than M, another width than ``dim``
+        or NaN/infinite values (nothing changes then).
+        """
+        matrix = _as_matrix(vectors, self._dim, "vectors")
+        index = np.asarray(rows.detach().cpu().numpy() if isinstance(rows, Tensor) else rows, dtype=np.int64)
+        if index.shape != (matrix.shape[0],):
+            raise ValueError(
+                f"rows must be ({matrix.shape[0]},) for {matrix.shape[0]} vectors, got {index.shape}"
+            )
+        if index.size and (index.min() < 0 or index.max() >= self._count):
+            raise ValueError(f"rows must lie in [0, {self._count}), got min {index.min()} max {index.max()}")
+        self._buffer[index] = matrix
 
     def _add(self, vectors: np.ndarray) -> None:
         needed = self._count + vectors.shape[0]

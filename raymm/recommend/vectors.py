@@ -38,12 +38,20 @@ def encode_catalog(
 
     ``catalog`` may hold more modalities than the model reads; the model's own are used.
     ``with_ids`` False leaves the item-id embedding out (the content vector a cold item gets).
+    Each chunk is moved to the model's device; the output stays there.
     """
     parts: list[ItemEncoding] = []
+    device = next(model.parameters()).device
     with evaluating(model):
         for rows in catalog.chunks(chunk):
             features, present, id_index = catalog.rows(rows, model.modalities)
-            parts.append(model.encode_items(features, present, id_index if with_ids else None))
+            parts.append(
+                model.encode_items(
+                    {m: v.to(device) for m, v in features.items()},
+                    {m: v.to(device) for m, v in present.items()},
+                    id_index.to(device) if with_ids else None,
+                )
+            )
     weights = [p.fusion_weights for p in parts if p.fusion_weights is not None]
     return ItemEncoding(
         torch.cat([p.vectors for p in parts]),

@@ -29,7 +29,7 @@ from raymm.data import io
 from raymm.data.dataset import MANIFEST as DATASET_MANIFEST
 from raymm.data.dataset import load_dataset
 from raymm.eval.evaluate import evaluate_scorer
-from raymm.features.store import FEATURES_MANIFEST, load_features, read_encoders
+from raymm.features.store import FEATURES_MANIFEST, TFIDF_STATE, load_features, read_encoders
 from raymm.models.artifact import Manifest, write_artifact
 from raymm.models.config import ModelConfig
 from raymm.models.towers import TwoTower
@@ -231,13 +231,15 @@ def train(
     model.load_state_dict(saved.state.best_weights or saved.model)
     train_counts = item_counts(train_split, prepared.catalog, spec.events)
     shrinkage, by_shrinkage = choose_fallback(model, prepared, train_counts, config)
-    vectors = encode_catalog(model, prepared.catalog).vectors.numpy()
+    # One pass gives the retrieval vectors and the aligned vectors cross-media search ranks by.
+    encoding = encode_catalog(model, prepared.catalog)
     history = saved.state.history
+    tfidf_state = io.join(features_dir, TFIDF_STATE)
     manifest = write_artifact(
         out,
         model,
         prepared.catalog.item_ids,
-        vectors,
+        encoding.vectors.numpy(),
         config=config.model_dump(mode="json", by_alias=True),
         metrics={
             "best_epoch": saved.state.best_epoch,
@@ -249,6 +251,10 @@ def train(
         data_fingerprint=prepared.fingerprint,
         encoders=read_encoders(features_dir),
         popularity=train_counts,
+        aligned=encoding.projected,
+        aligned_present=encoding.present,
+        # Serving encodes new text with the IDF the catalog's features were made with.
+        encoder_state={"text": tfidf_state} if io.exists(tfidf_state) else None,
     )
     return TrainResult(out, manifest, history, time.perf_counter() - started)
 

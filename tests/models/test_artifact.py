@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from raymm.models.artifact import (
     MANIFEST,
     RANKER_DIR,
     Manifest,
+    encoder_state_uri,
     load_artifact,
     ranker_dir,
     read_manifest,
@@ -25,7 +27,7 @@ from raymm.models.artifact import (
     write_artifact,
 )
 from raymm.models.config import FusionConfig, ModelConfig, RankerConfig
-from raymm.models.errors import ModelLoadError
+from raymm.models.errors import ModelLoadError, NoAlignedVectorsError
 from raymm.models.ranker import Ranker, RankerInputs, read_item_inputs, write_item_inputs
 from raymm.models.towers import TwoTower
 
@@ -175,6 +177,78 @@ def test_mismatched_dimensions_and_encoders_are_refused(tmp_path: Path) -> None:
     _edit_manifest(directory, embed_dim=16)
     with pytest.raises(ModelLoadError, match=rf"{ITEM_VECTORS}: vectors have dimension 8, manifest says 16"):
         load_artifact(directory)
+
+
+def test_aligned_vectors_round_trip_with_nulls_where_a_modality_is_absent(tmp_path: Path) -> None:
+    model = _model()
+    features, present = random_batch(N_ITEMS, DIMS, seed=3)
+    with torch.no_grad():
+        encoding = model.encode_items(features, present)
+    directory = tmp_path / "model"
+    write_artifact(
+        directory,
+        model,
+        np.array([f"i{k}" for k in range(N_ITEMS)]),
+        encoding.vectors.numpy(),
+        config={},
+        metrics={},
+        data_fingerprint="0123456789abcdef",
+        aligned=encoding.projected,
+        aligned_present=encoding.present,
+    )
+    artifact = load_artifact(directory)
+    assert artifact.has_aligned_vectors and artifact.directory == str(directory)
+    aligned = artifact.aligned_vectors()
+    for modality in DIMS:
+        assert np.array_equal(aligned.present[modality], present[modality].numpy())
+        assert np.array_equal(aligned.vectors[modality], encoding.projected[modality].numpy())
+        column = artifact.item_vectors.column(f"aligned_{modality}")
+        assert column.type == pa.list_(pa.float32(), 8)
+        assert column.null_count == int((~present[modality]).sum()) > 0  # null, never a zero placeholder
+    assert np.array_equal(artifact.vectors(), encoding.vectors.numpy())
+
+    with pytest.raises(ValueError, match=r"must cover the model's modalities \['audio', 'image', 'text'\]"):
+        write_artifact(
+            directory,
+            model,
+            np.array([f"i{k}" for k in range(N_ITEMS)]),
+            encoding.vectors.numpy(),
+            config={},
+            metrics={},
+            data_fingerprint="0123456789abcdef",
+            aligned={"text": encoding.projected["text"]},
+            aligned_present={"text": encoding.present["text"]},
+        )
+    assert load_artifact(directory).has_aligned_vectors  # a refused write leaves the artifact as it was
+
+
+def test_an_artifact_without_aligned_vectors_loads_and_says_it_predates_search(tmp_path: Path) -> None:
+    directory = tmp_path / "model"
+    model, vectors, _ = _write(directory)
+    artifact = load_artifact(directory)
+    _assert_same_model(artifact.model, model)
+    assert np.array_equal(artifact.vectors(), vectors) and not artifact.has_aligned_vectors
+    with pytest.raises(
+        NoAlignedVectorsError, match=rf"{re.escape(str(directory))} predates cross-media search"
+    ):
+        artifact.aligned_vectors()
+
+
+def test_encoder_state_is_copied_into_the_artifact_and_a_new_model_replaces_it(tmp_path: Path) -> None:
+    state = tmp_path / "tfidf_idf.json"
+    state.write_text('{"idf": [1.0]}')
+    directory = str(tmp_path / "model")
+    model = _model()
+    arguments: dict[str, Any] = {
+        "config": {},
+        "metrics": {},
+        "data_fingerprint": "0123456789abcdef",
+    }
+    ids, vectors = np.array(["a"]), np.zeros((1, 8), np.float32)
+    write_artifact(directory, model, ids, vectors, encoder_state={"text": str(state)}, **arguments)
+    assert Path(encoder_state_uri(directory, "text")).read_text() == '{"idf": [1.0]}'
+    write_artifact(directory, model, ids, vectors, **arguments)
+    assert not Path(encoder_state_uri(directory, "text")).exists()
 
 
 def test_ranker_round_trip_needs_only_the_path_and_a_new_model_removes_it(tmp_path: Path) -> None:

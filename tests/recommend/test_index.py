@@ -89,6 +89,22 @@ def test_exact_buffer_grows_amortised() -> None:
     assert index.n_items == 101 and len(capacities) <= 8  # doubling: log2(101) re-allocations
 
 
+def test_exact_replace_updates_an_item_in_place_and_refuses_bad_rows() -> None:
+    rng = np.random.default_rng(6)
+    index = ExactIndex(unit_rows(rng, 50, 8))
+    updated = unit_rows(rng, 2, 8)
+    index.replace(np.array([7, 30]), updated)
+    assert index.n_items == 50
+    result = index.search(updated, 1)
+    np.testing.assert_array_equal(result.rows[:, 0].numpy(), [7, 30])
+    np.testing.assert_allclose(result.scores[:, 0].numpy(), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 50\), got min 7 max 50"):
+        index.replace(np.array([7, 50]), updated)
+    with pytest.raises(ValueError, match=r"rows must be \(2,\) for 2 vectors"):
+        index.replace(np.array([7]), updated)
+    np.testing.assert_array_equal(index.vectors[[7, 30]], updated)  # a refused call changes nothing
+
+
 def test_faiss_recall_against_exact_on_clustered_items() -> None:
     rng = np.random.default_rng(5)
     items = clustered(rng, 20_000, 32, 200)
