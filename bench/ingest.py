@@ -10,7 +10,7 @@ rate" (raymm / raw >= 0.5). Both read the same messages from the same embedded b
 * **raymm**: ``raymm.stream.consumer.EventConsumer`` (rank 0 of 1: every partition, by
   ``assign()``) into a fresh ``UserStateStore`` with a ``SnapshotStore`` on a fresh temporary
   directory, ``open()`` then ``drain()`` until all N are applied: decode and validate
-  (``decode_event``), the latency sample, apply (history, seen counts, dedupe window) and any
+  (``EventDecoder``, its fast path and ``decode_event`` behind it), the latency sample, apply (history, seen counts, dedupe window) and any
   snapshot that falls due. Settings are ``StreamSettings()``'s defaults (``poll_max_records``
   2000, ``snapshot_every_events`` 50,000 per partition, ``snapshot_interval_s`` 30) with the spec
   ``StateSpec(max_history=20, events={click, like, purchase, play}, dedupe_window=32)``.
