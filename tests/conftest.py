@@ -216,3 +216,33 @@ def s3_endpoint() -> Iterator[str]:
 def s3_dir(s3_endpoint: str) -> str:
     """A fresh ``s3://`` prefix in the loopback bucket for one test."""
     return f"s3://{S3_BUCKET}/{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="session")
+def encoded_model(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A two-tower artifact trained on features from the real encoders (MiniLM text,
+    EfficientNet-Lite0 images at 64 px, log-mel statistics) of a tiny synthetic dataset, so that
+    serving can encode new items and text queries exactly as the catalog's were."""
+    from raymm.config import load_config
+    from raymm.data.synth import synthesize
+    from raymm.features.pipeline import extract
+    from raymm.train.trainer import train
+
+    root = tmp_path_factory.mktemp("encoded")
+    config = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml",
+        [
+            f"out={root}",
+            "synth.size=tiny",
+            "extract.image.image_size=64",
+            "train.epochs=4",
+            "train.batch_size=128",
+            "model.align.shared_dim=32",
+            "model.towers.embed_dim=32",
+        ],
+    )
+    data, features, model = root / "data", root / "features", root / "model"
+    synthesize(config.synth, str(data), seed=0, progress=False)
+    extract(config, str(data), str(features), progress=False)
+    train(config, str(data), str(features), str(model))
+    return Trained(root, data, features, config, model, model)

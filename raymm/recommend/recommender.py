@@ -16,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from raymm.models.artifact import Artifact, load_artifact
+from raymm.models.ranker import RankerInputs, popularity_feature
+from raymm.recommend.content import EncodedItems
 from raymm.recommend.itemsets import ItemSets
 from raymm.recommend.rerank import Reranker
 from raymm.recommend.scorers import FallbackScorer, PopularityScorer, RetrieveThenRank, Scorer, TwoTowerScorer
@@ -35,30 +38,85 @@ class Recommendation:
 class Recommender:
     """The artifact's recommender; build it with :func:`load_model`."""
 
-    def __init__(self, artifact: Artifact, reranker: Reranker | None, top_n: int) -> None:
+    def __init__(
+        self,
+        artifact: Artifact,
+        reranker: Reranker | None,
+        top_n: int,
+        catalog: tuple[np.ndarray, Tensor, np.ndarray] | None = None,
+    ) -> None:
+        """``catalog`` (item ids, item vectors, popularity counts) replaces the artifact's own
+        (:meth:`with_items` passes the catalog with live items added)."""
         self.artifact = artifact
         self.top_n = top_n
         self.spec = artifact.model.config.user_state
-        table = artifact.item_vectors
-        self.item_ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)
+        self.reranker = reranker
+        if catalog is None:
+            table = artifact.item_vectors
+            width = table.schema.field("vector").type.list_size
+            flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            catalog = (
+                np.asarray(table.column("item_id").to_pylist(), dtype=object),
+                torch.from_numpy(np.array(flat, dtype=np.float32).reshape(-1, width)),
+                np.asarray(table.column("popularity").to_numpy(), dtype=np.float64)
+                if "popularity" in table.column_names
+                else np.zeros(table.num_rows),
+            )
+        self.item_ids, vectors, self.counts = catalog
         self.row_of = {str(item_id): row for row, item_id in enumerate(self.item_ids)}
-        width = table.schema.field("vector").type.list_size
-        flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        vectors = torch.from_numpy(np.array(flat, dtype=np.float32).reshape(-1, width))
-        counts = (
-            np.asarray(table.column("popularity").to_numpy(), dtype=np.float64)
-            if "popularity" in table.column_names
-            else np.zeros(len(self.item_ids))
-        )
         metrics = artifact.manifest.metrics
         self.two_tower = TwoTowerScorer(artifact.model, item_vectors=vectors)
         self.retriever = FallbackScorer(
-            self.two_tower, PopularityScorer(counts), float(metrics.get("fallback_shrinkage", 0.0))
+            self.two_tower, PopularityScorer(self.counts), float(metrics.get("fallback_shrinkage", 0.0))
         )
         self.scorer: Scorer = (
             self.retriever
             if reranker is None
             else RetrieveThenRank(self.retriever, self.two_tower, reranker, top_n)
+        )
+
+    def with_items(self, items: EncodedItems) -> Recommender:
+        """A recommender whose catalog also holds ``items`` (live items, encoded by
+        :class:`~raymm.recommend.content.ContentEncoder`): new ids are appended as cold items (no
+        popularity yet), known ids get their new vectors in place and keep their popularity. Items
+        with no content at all are left out. This recommender is not changed, so readers keep a
+        consistent catalog while the next one is built."""
+        items = items.select(items.has_content)
+        ids = list(self.item_ids)
+        rows = []
+        for item_id in items.item_ids:
+            row = self.row_of.get(item_id)
+            if row is None:
+                row = len(ids)
+                ids.append(item_id)
+            rows.append(row)
+        grow = len(ids) - len(self.item_ids)
+        index = torch.as_tensor(rows, dtype=torch.long)
+        new_vectors = torch.from_numpy(np.ascontiguousarray(items.vectors, dtype=np.float32))
+
+        def grown(base: Tensor, values: Tensor) -> Tensor:
+            out = torch.cat([base, base.new_zeros((grow, *base.shape[1:]))])
+            out[index] = values.to(base.dtype)
+            return out
+
+        vectors = grown(self.two_tower.item_vectors(), new_vectors)
+        counts = np.concatenate([self.counts, np.zeros(grow)])
+        reranker = None
+        if self.reranker is not None:
+            inputs = self.reranker.inputs
+            reranker = Reranker.from_inputs(
+                self.reranker.ranker,
+                np.asarray(ids, dtype=object),
+                RankerInputs(
+                    {m: grown(v, torch.from_numpy(items.aligned[m])) for m, v in inputs.projected.items()},
+                    {m: grown(v, torch.from_numpy(items.present[m])) for m, v in inputs.present.items()},
+                    grown(inputs.content_vectors, new_vectors),
+                    torch.cat([inputs.popularity, popularity_feature(np.zeros(grow))]),
+                    grown(inputs.vectors, new_vectors),
+                ),
+            )
+        return Recommender(
+            self.artifact, reranker, self.top_n, (np.asarray(ids, dtype=object), vectors, counts)
         )
 
     @property

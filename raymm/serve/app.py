@@ -26,6 +26,7 @@ one and swaps them in one assignment, so in-flight and new requests are all answ
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -45,9 +46,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import raymm
 from raymm.config import RaymmConfig
 from raymm.data import io
+from raymm.errors import RaymmError
+from raymm.recommend.content import ContentEncoder
 from raymm.recommend.recommender import Recommendation, Recommender, load_model
+from raymm.recommend.search import SEARCH_MODALITIES, SearchIndex
 from raymm.serve.shard import StateShard, owner_rank, shard_name
-from raymm.stream.events import EVENTS_TOPIC, UserEvent
+from raymm.stream.events import (
+    DEAD_LETTER_TOPIC,
+    EVENTS_TOPIC,
+    ITEMS_TOPIC,
+    DeadLetter,
+    ItemLimits,
+    ItemMessage,
+    Rejected,
+    UserEvent,
+    decode_item,
+)
 from raymm.stream.state import StateSpec
 
 log = logging.getLogger(__name__)
@@ -143,6 +157,9 @@ class Health(BaseModel):
     status: str
     model_version: str | None
     shards: list[dict[str, Any]]
+    items: int | None = None
+    live_items: int | None = None
+    search: str | None = None
 
 
 # -- settings passed to the deployments ---------------------------------------------------------
@@ -159,7 +176,10 @@ class ServeArgs:
     max_k: int
     max_body_bytes: int
     state_timeout_s: float
+    max_item_bytes: int = 16 * 1024 * 1024
     events_topic: str = EVENTS_TOPIC
+    items_topic: str = ITEMS_TOPIC
+    dead_letter_topic: str = DEAD_LETTER_TOPIC
 
 
 # -- the recommender -----------------------------------------------------------------------------
@@ -172,16 +192,44 @@ class _Job:
     k: int
 
 
+@dataclass
+class _Served:
+    """One artifact as served: the recommender (replaced, never changed, as live items arrive),
+    the content encoder and the search index (None, with ``unavailable`` saying why, for an
+    artifact without recorded encoders or aligned vectors)."""
+
+    key: str
+    model: Recommender
+    encoder: ContentEncoder | None
+    search: SearchIndex | None
+    unavailable: str | None
+    items_added: int = 0
+
+
+def _load(uri: str, key: str) -> _Served:
+    model = load_model(uri)
+    try:
+        encoder = ContentEncoder.from_artifact(uri, model.artifact)
+        search = SearchIndex.from_artifact(model.artifact)
+    except RaymmError as exc:  # a model without encoders or aligned vectors still recommends
+        log.warning("search and live items are off for %s: %s", uri, exc)
+        return _Served(key, model, None, None, str(exc))
+    return _Served(key, model, encoder, search, None)
+
+
 class RecommenderDeployment:
-    """Holds the model; scores batches of users; asks the state shards for live user state."""
+    """Holds the model; scores batches of users; asks the state shards for live user state;
+    consumes ``raymm.items`` into the catalog and the search index (a thread of its own)."""
 
     def __init__(self, args: ServeArgs) -> None:
         from ray.serve import metrics
 
         self.args = args
-        self.model: Recommender | None = None
-        self.model_uri: str | None = None
+        self.served: _Served | None = None
+        self._lock = threading.Lock()  # the search index and the swap of a grown catalog
         self._shards: dict[int, Any] = {}
+        self._stop = threading.Event()
+        self._items_thread: threading.Thread | None = None
         self.latency = metrics.Histogram(
             "raymm_recommend_latency_ms",
             "time to answer a recommendation, ms",
@@ -191,21 +239,111 @@ class RecommenderDeployment:
         self.fallbacks = metrics.Counter(
             "raymm_fallback_total", "answers by the fallback", tag_keys=("reason",)
         )
+        self.live_items = metrics.Counter("raymm_live_items_total", "items added or updated from raymm.items")
+
+    @property
+    def model(self) -> Recommender | None:
+        return None if self.served is None else self.served.model
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Load the artifact ``user_config["model"]`` and swap it in (a no-op for the same URI)."""
+        """Load the artifact ``user_config["model"]`` and swap it in (a no-op for the same URI and
+        version). Live items are then read again from the start of ``raymm.items`` into it."""
         uri = str(user_config["model"])
         key = f"{uri}#{user_config.get('version', '')}"
-        if key == self.model_uri and self.model is not None:
+        if self.served is not None and self.served.key == key:
             return
-        model = await asyncio.to_thread(load_model, uri)
-        self.model, self.model_uri = model, key  # one assignment: a request sees the old or the new
-        log.info("serving model %s from %s", model.version, uri)
+        served = await asyncio.to_thread(_load, uri, key)
+        self.served = served  # one assignment: a request sees the old model or the new
+        log.info("serving model %s from %s", served.model.version, uri)
+        if self._items_thread is None:
+            self._items_thread = threading.Thread(target=self._consume_items, name="raymm-items", daemon=True)
+            self._items_thread.start()
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+    # -- live items ------------------------------------------------------------------------------
+
+    def _consume_items(self) -> None:
+        """Read ``raymm.items`` from its start (every replica needs every item), encode new and
+        updated items with the artifact's encoders, and add them to the catalog and the index.
+        A roll-out starts the topic over for the new model. Bad messages go to the dead-letter
+        topic; nothing here stops the thread."""
+        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+        common = {"bootstrap_servers": self.args.bootstrap_servers, **self.args.client_options}
+        consumer = KafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **common)
+        dlq = KafkaProducer(acks="all", linger_ms=20, **common)
+        limits = ItemLimits()
+        applied_to: str | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if not consumer.assignment():
+                        partitions = consumer.partitions_for_topic(self.args.items_topic)
+                        if not partitions:
+                            self._stop.wait(2.0)
+                            continue
+                        consumer.assign(
+                            [TopicPartition(self.args.items_topic, p) for p in sorted(partitions)]
+                        )
+                    served = self.served
+                    if served is None:
+                        self._stop.wait(0.5)
+                        continue
+                    if served.key != applied_to:
+                        consumer.seek_to_beginning()
+                        applied_to = served.key
+                    batch = consumer.poll(timeout_ms=500, max_records=256)
+                    items: list[ItemMessage] = []
+                    for records in batch.values():
+                        for record in records:
+                            try:
+                                items.append(decode_item(record.key, record.value, limits))
+                            except Rejected as rejected:
+                                letter = DeadLetter.of(
+                                    rejected,
+                                    record.key,
+                                    record.value,
+                                    record.topic,
+                                    record.partition,
+                                    record.offset,
+                                )
+                                key, value = letter.encode()
+                                dlq.send(self.args.dead_letter_topic, key=key, value=value)
+                    if items:
+                        self._add_items(served, items)
+                except Exception:  # the items stream never stops serving; the log says why
+                    log.exception("consuming %s failed; retrying in 2 s", self.args.items_topic)
+                    self._stop.wait(2.0)
+        finally:
+            consumer.close()
+            dlq.close(timeout=5)
+
+    def _add_items(self, served: _Served, items: Sequence[ItemMessage]) -> None:
+        if served.encoder is None or served.search is None:
+            log.warning("%d live items ignored: %s", len(items), served.unavailable)
+            return
+        encoded = served.encoder.encode_items(items)
+        kept = encoded.select(encoded.has_content)
+        for item_id, errors in zip(encoded.item_ids, zip(*encoded.errors.values(), strict=True), strict=True):
+            failed = [e for e in errors if e]
+            if failed:
+                log.warning("live item %s: %s", item_id, "; ".join(failed))
+        if not len(kept):
+            return
+        grown = served.model.with_items(kept)
+        with self._lock:
+            served.search.add(kept)
+            served.model = grown
+            served.items_added += len(kept)
+        self.live_items.inc(len(kept))
 
     def _require_model(self) -> Recommender:
-        if self.model is None:
+        model = self.model
+        if model is None:
             raise ApiError(503, "no_model", "the model is still loading")
-        return self.model
+        return model
 
     # -- state -------------------------------------------------------------------------------
 
@@ -255,6 +393,46 @@ class RecommenderDeployment:
             return self._similar(item_id, k)
         except ApiError as exc:
             return exc.answer()
+
+    async def search(self, query: str, k: int, modality: str) -> dict[str, Any]:
+        try:
+            return await self._search(query, k, modality)
+        except ApiError as exc:
+            return exc.answer()
+
+    async def _search(self, query: str, k: int, modality: str) -> dict[str, Any]:
+        start = time.perf_counter()
+        served = self.served
+        if served is None:
+            raise ApiError(503, "no_model", "the model is still loading")
+        if modality not in SEARCH_MODALITIES:
+            raise ApiError(
+                422, "unknown_modality", f"modality {modality!r} is none of {', '.join(SEARCH_MODALITIES)}"
+            )
+        self._check_k(k, served.model)
+        if served.encoder is None or served.search is None:
+            raise ApiError(503, "search_unavailable", served.unavailable)
+        if modality not in served.search.modalities:
+            raise ApiError(
+                422,
+                "unknown_modality",
+                f"the model was not trained with {modality!r}; try {served.search.modalities}",
+            )
+        encoder, index = served.encoder, served.search
+
+        def run() -> list[Any]:
+            vectors = encoder.encode_query(query)
+            with self._lock:
+                return index.search(vectors, k, modality)
+
+        hits = await asyncio.to_thread(run)
+        self.latency.observe((time.perf_counter() - start) * 1000, tags={"endpoint": "search"})
+        return {
+            "query": query,
+            "modality": modality,
+            "items": [{"item_id": h.item_id, "score": h.score} for h in hits],
+            "model_version": served.model.version,
+        }
 
     async def _recommend_user(self, user_id: str, k: int) -> dict[str, Any]:
         start = time.perf_counter()
@@ -323,11 +501,15 @@ class RecommenderDeployment:
                 shards.append(await self._call_shard(rank, "health"))
             except (TimeoutError, ray.exceptions.RayActorError, ValueError) as exc:
                 shards.append({"rank": rank, "alive": False, "error": type(exc).__name__})
-        ok = self.model is not None and all(s.get("alive") for s in shards)
+        served = self.served
+        ok = served is not None and all(s.get("alive") for s in shards)
         return {
             "status": "ok" if ok else "degraded",
-            "model_version": None if self.model is None else self.model.version,
+            "model_version": None if served is None else served.model.version,
             "shards": shards,
+            "items": None if served is None else len(served.model.item_ids),
+            "live_items": None if served is None else served.items_added,
+            "search": None if served is None else (served.unavailable or "ok"),
         }
 
     async def shard_call(self, rank: int, method: str, *args: Any) -> Any:
@@ -358,17 +540,14 @@ class IngressDeployment:
         self.args = args
         self._producer: Any = None
 
-    async def _body(self, request: Request, model: type[BaseModel]) -> Any:
+    async def _body(self, request: Request, model: type[BaseModel], limit: int | None = None) -> Any:
+        limit = limit or self.args.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.args.max_body_bytes:
-            raise ApiError(
-                413, "body_too_large", f"{declared} bytes, the limit is {self.args.max_body_bytes}"
-            )
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, "body_too_large", f"{declared} bytes, the limit is {limit}")
         body = await request.body()
-        if len(body) > self.args.max_body_bytes:
-            raise ApiError(
-                413, "body_too_large", f"{len(body)} bytes, the limit is {self.args.max_body_bytes}"
-            )
+        if len(body) > limit:
+            raise ApiError(413, "body_too_large", f"{len(body)} bytes, the limit is {limit}")
         try:
             return model.model_validate_json(body)
         except ValidationError as exc:
@@ -393,6 +572,29 @@ class IngressDeployment:
     @api.get("/v1/items/{item_id}/similar")
     async def similar(self, item_id: str, k: int = Query(10)) -> dict[str, Any]:
         return await self._call(self.recommender.similar.remote(item_id, k))
+
+    @api.get("/v1/search")
+    async def search(
+        self, q: str = Query(min_length=1, max_length=512), k: int = Query(10), modality: str = Query("fused")
+    ) -> dict[str, Any]:
+        """Cross-media search: the text ``q`` against items' image, audio, text or fused vectors."""
+        return await self._call(self.recommender.search.remote(q, k, modality))
+
+    @api.post("/v1/items", status_code=202)
+    async def items(self, request: Request) -> dict[str, Any]:
+        """A new or updated item (the ``raymm.items`` contract), written to Kafka."""
+        item: ItemMessage = await self._body(request, ItemMessage, self.args.max_item_bytes)
+        if item.text is None and item.image is None and item.audio is None:
+            raise ApiError(422, "no_content", f"item {item.item_id!r} has none of text, image, audio")
+        key, value = item.encode()
+        future = self._kafka().send(self.args.items_topic, key=key, value=value)
+        metadata = await asyncio.to_thread(future.get, 10)
+        return {
+            "item_id": item.item_id,
+            "topic": metadata.topic,
+            "partition": metadata.partition,
+            "offset": metadata.offset,
+        }
 
     @api.post("/v1/events", status_code=202, response_model=Accepted)
     async def events(self, request: Request) -> dict[str, Any]:
