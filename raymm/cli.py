@@ -423,7 +423,8 @@ def live_lines(demo: Any) -> str:
     if demo.search is not None:
         rank = demo.search["rank"]
         lines.append(
-            f"  search {demo.search['query']!r}: text-less item {demo.search['item_id']} "
+            f"  search (by image) {demo.search['query'][:70]!r}...: the text-less item {demo.search['item_id']}, "
+            f"posted live with {demo.search['source']}'s image and audio, "
             + (f"ranks #{rank}" if rank else "is not in the top 10")
             + f" of: {items(demo.search['answer'])}"
         )

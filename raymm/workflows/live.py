@@ -4,11 +4,13 @@
 dataset's ``stream.parquet`` onto ``raymm.events`` at a steady rate, shows one user's
 recommendations before and after their events arrived, measures freshness (from posting an event
 to the first recommendation that reflects it) over fresh users, and, when the artifact supports
-it, answers a text query that finds an item with no text.
+search, posts an item with no text (a catalog item's image and audio) live and searches its
+source's description by image.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Callable
@@ -89,9 +91,7 @@ def live_demo(
             after=after,
             freshness_s=fresh,
         )
-        status, paths = client.request("GET", "/openapi.json")
-        if status == 200 and "/v1/search" in paths.get("paths", {}):
-            demo.search = _text_less_search(client, config)
+        demo.search = _text_less_search(client, config)
         if keep_running is not None:
             keep_running(app)
     return demo
@@ -127,18 +127,39 @@ def _until_applied(client: LiveClient, user: str, expected: int, timeout_s: floa
 
 
 def _text_less_search(client: LiveClient, config: RaymmConfig) -> dict[str, Any] | None:
-    """A text query built from a text-less item's tags, answered by image and audio vectors."""
-    items = pq.read_table(f"{config.stage_dir('data')}/items.parquet", columns=["item_id", "text", "tags"])
-    textless = items.filter(pc.is_null(items.column("text")))
-    for row in textless.to_pylist():
-        if row["tags"]:
-            query = " ".join(row["tags"])
-            answer = client.search(query, k=10, modality="fused")
-            ids = [i["item_id"] for i in answer["items"]]
-            return {
-                "query": query,
-                "item_id": row["item_id"],
-                "rank": ids.index(row["item_id"]) + 1 if row["item_id"] in ids else None,
-                "answer": answer,
-            }
-    return None
+    """Post a text-less item live (a catalog item's image and audio, no text), then search its
+    source's description by image: the answer shows the new item found by a text query."""
+    items = pq.read_table(
+        f"{config.stage_dir('data')}/items.parquet", columns=["item_id", "text", "image", "audio"]
+    )
+    usable = items.filter(
+        pc.and_(
+            pc.is_valid(items.column("text")),
+            pc.and_(pc.is_valid(items.column("image")), pc.is_valid(items.column("audio"))),
+        )
+    )
+    if usable.num_rows == 0:
+        return None
+    source = usable.slice(0, 1).to_pylist()[0]
+    status, health = client.request("GET", "/healthz")
+    if status != 200 or health.get("search") != "ok":
+        return None
+    twin = f"live-textless-{uuid.uuid4().hex[:6]}"
+    media = {m: {"base64": base64.b64encode(source[m]).decode()} for m in ("image", "audio")}
+    client.request("POST", "/v1/items", {"item_id": twin, **media})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status, now = client.request("GET", "/healthz")
+        if status == 200 and now["live_items"] > health["live_items"]:
+            break
+        time.sleep(0.2)
+    query = source["text"]
+    answer = client.search(query, k=10, modality="image")
+    ids = [i["item_id"] for i in answer["items"]]
+    return {
+        "query": query,
+        "item_id": twin,
+        "source": source["item_id"],
+        "rank": ids.index(twin) + 1 if twin in ids else None,
+        "answer": answer,
+    }
