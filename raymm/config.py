@@ -260,6 +260,11 @@ class RaymmConfig(StrictModel):
                 f"rank.event_weights names {unknown}, which are neither model.user_state.events nor "
                 "rank.negative_events"
             )
+        if self.serve.state_shards > self.kafka.partitions:
+            raise ValueError(
+                f"serve.state_shards={self.serve.state_shards} exceeds kafka.partitions={self.kafka.partitions}: "
+                "a shard owns whole partitions, so some shards would own none"
+            )
         both = sorted(events & set(self.rank.negative_events))
         if both:
             raise ValueError(f"events {both} are both model.user_state.events and rank.negative_events")

@@ -648,11 +648,6 @@ def build_app(
     settings = config.serve
     uri = io.absolute(model or settings.model or config.stage_dir("model"))
     spec = StateSpec.from_artifact(uri, config.stream.dedupe_window)
-    if settings.state_shards > config.kafka.partitions:
-        raise ValueError(
-            f"serve.state_shards={settings.state_shards} exceeds kafka.partitions={config.kafka.partitions}: "
-            "some shards would own no partition"
-        )
     args = ServeArgs(
         bootstrap_servers=bootstrap_servers,
         client_options=config.kafka.client_options(),
@@ -695,3 +690,25 @@ def build_app(
         max_ongoing_requests=256,
     )(IngressDeployment)
     return ingress.bind(recommender, args)
+
+
+def app_builder(args: dict[str, str]) -> serve.Application:
+    """The app for ``serve run`` / ``serve build`` (Serve's application-builder convention)::
+
+        serve run raymm.serve.app:app_builder config=configs/quickstart.yaml \\
+            bootstrap_servers=broker:9092 [model=s3://bucket/model] [set=serve.state_shards=2,...]
+
+    ``config`` is a raymm YAML file (default: the embedded defaults), ``set`` comma-separated
+    overrides as ``--set`` takes them. Kafka must be reachable (``bootstrap_servers`` or
+    ``kafka.bootstrap_servers``): ``serve run`` starts no embedded broker (``raymm serve`` does).
+    """
+    from raymm.config import load_config
+
+    overrides = [o for o in args.get("set", "").split(",") if o]
+    config = load_config(args.get("config"), overrides)
+    bootstrap = args.get("bootstrap_servers") or config.kafka.bootstrap_servers
+    if not bootstrap:
+        raise RaymmError(
+            "serve run needs Kafka: pass bootstrap_servers=HOST:PORT or set kafka.bootstrap_servers"
+        )
+    return build_app(config, bootstrap_servers=bootstrap, model=args.get("model"))
