@@ -26,7 +26,7 @@ from ray import serve
 
 from raymm.serve.app import build_app
 from raymm.stream.broker import EmbeddedBroker, ensure_topics
-from raymm.stream.consumer import EventConsumer
+from raymm.stream.consumer import EventConsumer, owner_rank
 from raymm.stream.events import UserEvent
 from raymm.stream.state import StateSpec, UserStateStore
 from tests.conftest import Trained
@@ -171,6 +171,20 @@ def test_an_event_changes_the_next_recommendation_and_seen_items_stay_out(live: 
             skipped
             not in {i["item_id"] for i in live.get(f"/v1/recommendations/{user}", k=10).json()["items"]}
         )
+    )
+    # The online hit rate: the skip and the next like hit items served to the user just before.
+    recommender = serve.get_deployment_handle("Recommender", app_name="raymm")
+    rank = owner_rank(user, PARTITIONS, SHARDS)
+    before_hits = recommender.shard_call.remote(rank, "metrics").result()
+    served = live.get(f"/v1/recommendations/{user}", k=10).json()["items"][0]["item_id"]
+    live.post("/v1/events", _event(user, served, "like"))
+    after_hits = _until(
+        lambda: (
+            (m := recommender.shard_call.remote(rank, "metrics").result())["hits"] > before_hits["hits"] and m
+        )
+    )
+    assert (
+        after_hits and after_hits["hit_checked"] > before_hits["hit_checked"] and after_hits["hit_rate"] > 0
     )
 
 
