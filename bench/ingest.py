@@ -218,16 +218,11 @@ def run_raymm(
             max_users_in_memory=max_users_in_memory,
             spill_dir=Path(work) / "spill",
         )
-        consumer = EventConsumer(
+        consumer = EventConsumer.from_settings(
             bootstrap,
             state,
             SnapshotStore(str(Path(work) / "snapshots"), keep=settings.keep_snapshots),
-            limits=settings.limits,
-            snapshot_every_events=settings.snapshot_every_events,
-            snapshot_interval_s=settings.snapshot_interval_s,
-            poll_max_records=settings.poll_max_records,
-            poll_timeout_ms=settings.poll_timeout_ms,
-            liveness_timeout_s=settings.liveness_timeout_s,
+            settings,
         )
         try:
             cpu0, started = time.process_time(), time.perf_counter()

@@ -530,18 +530,13 @@ def cmd_consume(args: argparse.Namespace, config: RaymmConfig) -> int:
         max_users_in_memory=settings.max_users_in_memory,
         spill_dir=settings.spill_dir,
     )
-    consumer = EventConsumer(
+    consumer = EventConsumer.from_settings(
         bootstrap,
         state,
         SnapshotStore(snapshots, settings.keep_snapshots),
+        settings,
         rank=args.rank,
         world_size=args.world_size,
-        limits=settings.limits,
-        snapshot_every_events=settings.snapshot_every_events,
-        snapshot_interval_s=settings.snapshot_interval_s,
-        poll_max_records=settings.poll_max_records,
-        poll_timeout_ms=settings.poll_timeout_ms,
-        liveness_timeout_s=settings.liveness_timeout_s,
         client_options=config.kafka.client_options(),
     )
     start = time.monotonic()

@@ -586,15 +586,7 @@ class IngressDeployment:
         item: ItemMessage = await self._body(request, ItemMessage, self.args.max_item_bytes)
         if item.text is None and item.image is None and item.audio is None:
             raise ApiError(422, "no_content", f"item {item.item_id!r} has none of text, image, audio")
-        key, value = item.encode()
-        future = self._kafka().send(self.args.items_topic, key=key, value=value)
-        metadata = await asyncio.to_thread(future.get, 10)
-        return {
-            "item_id": item.item_id,
-            "topic": metadata.topic,
-            "partition": metadata.partition,
-            "offset": metadata.offset,
-        }
+        return {"item_id": item.item_id, **await self._send(self.args.items_topic, *item.encode())}
 
     @api.post("/v1/events", status_code=202, response_model=Accepted)
     async def events(self, request: Request) -> dict[str, Any]:
@@ -603,15 +595,12 @@ class IngressDeployment:
 
         if event.event not in EVENT_KINDS:
             raise ApiError(422, "unknown_event", f"event {event.event!r} is none of {', '.join(EVENT_KINDS)}")
-        key, value = event.encode()
-        future = self._kafka().send(self.args.events_topic, key=key, value=value)
-        metadata = await asyncio.to_thread(future.get, 10)
-        return {
-            "event_id": event.event_id,
-            "topic": metadata.topic,
-            "partition": metadata.partition,
-            "offset": metadata.offset,
-        }
+        return {"event_id": event.event_id, **await self._send(self.args.events_topic, *event.encode())}
+
+    async def _send(self, topic: str, key: bytes, value: bytes) -> dict[str, Any]:
+        """Write one message and wait for the broker's acknowledgement (in a thread)."""
+        metadata = await asyncio.to_thread(self._kafka().send(topic, key=key, value=value).get, 10)
+        return {"topic": metadata.topic, "partition": metadata.partition, "offset": metadata.offset}
 
     def _kafka(self) -> Any:
         if self._producer is None:

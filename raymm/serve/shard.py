@@ -64,18 +64,13 @@ class StateShard:
             spill_dir=settings.spill_dir,
             **({"topic": topic} if topic else {}),
         )
-        self.consumer = EventConsumer(
+        self.consumer = EventConsumer.from_settings(
             bootstrap_servers,
             self.state,
             SnapshotStore(snapshot_uri, settings.keep_snapshots),
+            settings,
             rank=rank,
             world_size=world_size,
-            limits=settings.limits,
-            snapshot_every_events=settings.snapshot_every_events,
-            snapshot_interval_s=settings.snapshot_interval_s,
-            poll_max_records=settings.poll_max_records,
-            poll_timeout_ms=settings.poll_timeout_ms,
-            liveness_timeout_s=settings.liveness_timeout_s,
             client_options=client_options,
             observer=self._observe,
         )

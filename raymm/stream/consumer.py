@@ -44,6 +44,7 @@ from kafka.structs import OffsetAndMetadata
 from raymm.errors import RaymmError
 from raymm.stream.events import DEAD_LETTER_TOPIC, DeadLetter, Event, EventDecoder, EventLimits, Rejected
 from raymm.stream.producer import partition_for
+from raymm.stream.settings import StreamSettings
 from raymm.stream.snapshot import SnapshotStore, encode_snapshot
 from raymm.stream.state import UserStateStore
 
@@ -183,6 +184,30 @@ class EventConsumer:
         self._latencies: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
         self._lag: dict[int, int] = {}
+
+    @classmethod
+    def from_settings(
+        cls,
+        bootstrap_servers: str,
+        state: UserStateStore,
+        snapshots: SnapshotStore | None,
+        settings: StreamSettings,
+        **options: Any,
+    ) -> EventConsumer:
+        """A consumer configured by the ``stream:`` section; ``options`` as the constructor takes
+        them (rank, world_size, group_id, client_options, observer, ...)."""
+        return cls(
+            bootstrap_servers,
+            state,
+            snapshots,
+            limits=settings.limits,
+            snapshot_every_events=settings.snapshot_every_events,
+            snapshot_interval_s=settings.snapshot_interval_s,
+            poll_max_records=settings.poll_max_records,
+            poll_timeout_ms=settings.poll_timeout_ms,
+            liveness_timeout_s=settings.liveness_timeout_s,
+            **options,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
