@@ -174,7 +174,8 @@ class EmbeddedBroker:
                 f"timeouts must be positive, got startup {startup_timeout_s} s, stop {stop_timeout_s} s"
             )
         self.kind: BrokerKind = kind
-        self.data_dir = Path(data_dir) if data_dir is not None else None
+        # Absolute: the broker process runs in a working directory of its own.
+        self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
         self.requested_port = port
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s

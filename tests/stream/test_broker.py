@@ -282,3 +282,8 @@ def test_kafka_settings_pass_sasl_and_tls_through() -> None:
 def test_kafka_settings_refuse_inconsistent_security(fields: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         KafkaSettings.model_validate(fields)
+
+
+def test_a_relative_data_dir_is_made_absolute() -> None:
+    """The broker runs in a working directory of its own: a relative data_dir would land there."""
+    assert EmbeddedBroker("noida", data_dir="out/broker").data_dir == Path("out/broker").resolve()
