@@ -294,7 +294,12 @@ class RecommenderDeployment:
                     if served.key != applied_to:
                         consumer.seek_to_beginning()
                         applied_to = served.key
-                    batch = consumer.poll(timeout_ms=500, max_records=256)
+                    # Non-blocking poll and a sleep when idle: a blocking poll spins on brokers
+                    # that answer fetches at once (see EventConsumer._run).
+                    batch = consumer.poll(timeout_ms=0, max_records=256)
+                    if not batch:
+                        self._stop.wait(0.1)
+                        continue
                     items: list[ItemMessage] = []
                     for records in batch.values():
                         for record in records:
