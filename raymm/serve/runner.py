@@ -65,6 +65,7 @@ def running_app(
     broker_dir = config.stage_dir("broker") if "://" not in config.out else None
     with kafka_bootstrap(config.kafka, data_dir=broker_dir) as bootstrap:
         ensure_topics(bootstrap, config.kafka.topics(), **config.kafka.client_options())
+        # An already running Serve keeps the HTTP options it was started with.
         serve.start(http_options={"host": settings.host, "port": settings.port})
         app = build_app(config, bootstrap_servers=bootstrap, model=model_uri)
         serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix)

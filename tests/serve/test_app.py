@@ -78,7 +78,7 @@ def _deploy(
 def live(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("serve")
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     with EmbeddedBroker("noida") as broker:
         ensure_topics(broker.bootstrap_servers, {"raymm.events": PARTITIONS, "raymm.events.dlq": 1})
         handle = _deploy(trained, broker.bootstrap_servers, root / "state", trained.ranked, "v1")

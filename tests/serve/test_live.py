@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from ray import serve
 
 from raymm.cli import main
 from raymm.stream.events import EVENTS_TOPIC
@@ -28,7 +29,11 @@ def test_the_live_demo_shows_events_changing_answers(trained: Trained, tmp_path:
     config.out = str(tmp_path)
     config.serve.port = _free_port()
     config.kafka = config.kafka.model_copy(update={"partitions": 2})
-    demo = live_demo(config, str(trained.ranked), events=600, rate=2000, samples=5, progress=False)
+    try:
+        demo = live_demo(config, str(trained.ranked), events=600, rate=2000, samples=5, progress=False)
+    finally:
+        # Serve keeps its HTTP options for as long as it runs: the next module starts its own.
+        serve.shutdown()
     assert demo.replayed == 600 and demo.user_events
     assert demo.before["fallback"] == "unknown_user" and demo.after["fallback"] is None
     assert demo.before["items"] != demo.after["items"]
