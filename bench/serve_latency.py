@@ -1,0 +1,972 @@
+"""Serving latency: p99 of ``GET /v1/recommendations/{user}`` at fixed request rates, 100k items.
+
+design.md's target: p99 under 50 ms at 100 requests/s with 100,000 items, here (2 CPU cores,
+no GPU). What runs, in a temporary work directory (deleted after unless ``--keep``):
+
+1. **model** (``--work`` with a kept directory reuses it): the two-tower model is trained (``raymm.train.trainer.train``, Ray Train, ``--epochs``
+   2) on the ``tiny`` synthetic benchmark with facet features made as ``tests/fixtures.py::
+   facet_dataset`` makes them (noisy one-hots of the true facets: text 22-d, image 12-d, audio
+   13-d, 30% of images missing), at the model's default widths (``ModelConfig()``: 64-d item and
+   user vectors, 128-d shared space). Then 100,000 items are given features the same way (the
+   tiny catalog's 240 items, with their trained id embeddings, plus 99,760 items whose facet
+   codes are drawn uniformly and whose modalities are missing at the tiny catalog's rates) and
+   run through the trained item tower (``encode_catalog``): the served item vectors are the
+   model's, not random. ``write_artifact`` writes them with popularity counts (the positive
+   events of the synthetic log below) and the trained manifest's shrinkage and spec. With
+   ``--ranker`` the ranker (``train_ranker``, 3 epochs, default widths, top 200 candidates) is
+   trained on the tiny artifact and added to a copy of the 100k artifact with its item inputs
+   recomputed for the 100k items (``ranker_inputs``).
+2. **deploy**: ``raymm.serve.runner.running_app`` (Ray started with 2 CPUs, Serve on a free port,
+   ``kafka.partitions`` 4, ``serve.state_shards`` 2, one ingress and one recommender replica: the
+   defaults otherwise), once per embedded broker in ``--brokers``: noida (the default broker; the
+   headline), then Tansu. With noida every idle state shard spins (kafka-python's fetch loop
+   against a broker that answers an empty fetch at once: ~0.7 core per shard with no event and
+   no request); Tansu holds the fetch, so its run shows the app without that cost.
+3. **live state**: a seeded log of ``--users`` (2,000) users, 10-30 events each (view/click/like/
+   purchase/play/skip at 50/20/10/5/10/5%; items Zipf 0.8 over the 100k), is replayed onto
+   ``raymm.events`` (``raymm.stream.producer.replay``); the run waits until the shards have
+   applied every event (``/healthz``: applied counts, lag 0). The users whose state holds a
+   history (all of them, in practice) are the ones requested.
+4. **idle**: ``--idle-s`` (10 s) with no request: the CPU each component uses anyway.
+5. **open-loop load**: for each rate in ``--rates`` (10, 25, 50, 100, 200 /s), requests are
+   scheduled on a clock (request i at t0 + i / rate, fixed spacing, whether or not earlier ones
+   returned) by one asyncio client (aiohttp, keep-alive connections, no connection limit) in the
+   driver, ``--warmup-s`` (5 s) not counted, then ``--duration-s`` (25 s) counted; users in a
+   seeded random order, ``k=10``. Latency runs from the *scheduled* send time to the body read,
+   so a client or server that falls behind is counted (no coordinated omission); a request not
+   answered in 20 s is an error. Per rate: the send rate, throughput (answers / time from the
+   first counted send to the last answer), p50/p90/p99/max, errors (non-200, another user,
+   ``fallback`` not null, fewer than k items: must be 0), how late the client sent, and **CPU ms
+   per request by component** (``/proc`` CPU time of this process and every process it started:
+   the Serve proxy, the ingress and recommender replicas, the state shards, the broker, Ray's own
+   processes, the driver with the client; less each one's idle use, over every request of the
+   run). After each rate the run waits until single requests answer in under 200 ms again
+   (``settle_s``). Once a rate saturates the app (p50 > 1 s), higher rates than 100 /s are
+   skipped (reported as such).
+6. **where the time goes**, at ``--breakdown-rate`` (25 /s, below saturation) the same way: (a)
+   the Recommender deployment's ``recommend_user`` called through a ``DeploymentHandle`` from the
+   driver (no HTTP proxy, no ingress: the shard call, batching and scoring), (b) its
+   ``shard_call(rank, "get_user")`` (the recommender hop plus the shard hop, no scoring).
+7. **in-process**: the same artifact through ``raymm.load_model`` in the driver on one torch
+   thread (the recommender replica gets one: 0.5 CPU), for the same users' live histories and
+   seen items (read from the shards): ``recommend_many`` of one user per call (what the replica
+   runs for a batch of one: ``recommend`` is that call) and in batches of 32 (Serve's
+   ``max_batch_size``), p50/p99 per call.
+
+With ``--ranker`` the ranker artifact is deployed on the first broker too, at 100 /s only.
+
+Ratio: ``serve_vs_in_process_p99`` = Serve's p99 at 100 /s / in-process p99 per call. The
+machine's 1-minute load average is recorded before and after each phase: about 2-4 is this
+benchmark alone (Ray, the broker, the client and Serve share the 2 cores, and a saturated app
+keeps many threads runnable), much more means other work shared them and the run should be
+repeated.
+
+    .venv/bin/python bench/serve_latency.py --ranker        # ~15 min on 2 cores (the committed run)
+    .venv/bin/python bench/serve_latency.py --brokers tansu --rates 10,25,100 --work /tmp/sb --keep
+    .venv/bin/python bench/serve_latency.py --quick         # smoke run, 10k items, serve_latency.quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from _shared import RESULTS, finish, log
+
+from raymm.config import RaymmConfig, load_config
+
+BENCH = "serve_latency"
+TARGET_P99_MS = 50.0
+TARGET_RATE = 100.0
+K = 10
+#: The facets each modality shows (tests/fixtures.py), and the share of images it leaves out.
+SHOWN = {"text": ("genre", "style", "topic"), "image": ("style", "palette"), "audio": ("genre", "mood")}
+NOISE = 0.3
+MISSING_IMAGE = 0.3
+KINDS = ("view", "click", "like", "purchase", "play", "skip")
+KIND_WEIGHTS = (0.5, 0.2, 0.1, 0.05, 0.1, 0.05)
+ZIPF = 0.8
+PARTITIONS = 4
+SHARDS = 2
+BATCH = 32  # the recommender's @serve.batch max_batch_size
+DAY_MS = 86_400_000
+#: A request not answered in this long is an error (and its latency this long).
+REQUEST_TIMEOUT_S = 20.0
+#: A rate whose p50 is above this saturated the app: the rates above it (but the target's) are skipped.
+SATURATED_P50_MS = 1000.0
+
+
+def loadavg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def quiet_logs(log_file: Path) -> None:
+    """Ray's, Serve's and kafka-python's INFO go to ``log_file``; the console keeps the stages."""
+    import ray.serve  # noqa: F401  its import adds a console handler to "ray.serve": route after it
+
+    from raymm import console
+
+    console.configure_logging(str(log_file), verbose=False)
+    for name in ("kafka", "aiohttp"):
+        logger = logging.getLogger(name)
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+
+
+@functools.cache
+def serve_port() -> int:
+    """A free port, chosen once per process: Serve's HTTP proxy keeps the port it started with
+    for every later deployment in the same Ray instance."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def percentiles(values_ms: np.ndarray | list[float]) -> dict[str, float | int | None]:
+    values = np.asarray(values_ms, dtype=np.float64)
+    if values.size == 0:
+        return {"n": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
+    return {
+        "n": int(values.size),
+        "p50_ms": round(float(np.percentile(values, 50)), 3),
+        "p90_ms": round(float(np.percentile(values, 90)), 3),
+        "p99_ms": round(float(np.percentile(values, 99)), 3),
+        "max_ms": round(float(values.max()), 3),
+        "mean_ms": round(float(values.mean()), 3),
+    }
+
+
+# -- CPU time by component ------------------------------------------------------------------------
+
+#: Process title (``/proc/<pid>/cmdline``) prefixes -> component; the first match wins.
+COMPONENTS = (
+    ("ray::ProxyActor", "serve_proxy"),
+    ("ray::ServeController", "serve_controller"),
+    ("ray::ServeReplica", "replica"),  # + its deployment's name, below
+    ("ray::StateShard", "state_shards"),
+    ("ray::", "ray_other_actors"),
+)
+
+
+def _processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, title, CPU seconds) of every process we may read."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                title = cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        found[int(entry)] = (int(fields[1]), title, (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
+def _component(pid: int, title: str) -> str:
+    if pid == os.getpid():
+        return "driver_and_load_client"
+    if "noida" in title or "tansu" in title:
+        return "broker"
+    for prefix, name in COMPONENTS:
+        if title.startswith(prefix):
+            if name == "replica":  # ray::ServeReplica:<app>:<deployment>[.<method running>]
+                return f"replica_{title.split()[0].rsplit(':', 1)[-1].split('.')[0].lower()}"
+            return name
+    return "ray_core"  # raylet, gcs_server, dashboard and agents
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (``/proc/stat``: all but idle and iowait)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_component() -> dict[str, float]:
+    """CPU seconds so far of this process and its descendants (the Ray instance it started, the
+    broker), summed by component. Other work on the machine is not counted."""
+    processes = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in processes.items():
+        children.setdefault(parent, []).append(pid)
+    totals: dict[str, float] = {}
+    stack = [os.getpid()]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        if pid in processes:
+            _, title, cpu = processes[pid]
+            name = _component(pid, title)
+            totals[name] = totals.get(name, 0.0) + cpu
+    return totals
+
+
+def idle_cores(seconds: float) -> dict[str, float]:
+    """Cores each component uses with no request (the stream consumers' polls, Serve's own
+    loops), and ``other_work`` (not a component: other jobs on the machine meanwhile)."""
+    before, busy, started = cpu_by_component(), machine_busy_s(), time.perf_counter()
+    time.sleep(seconds)
+    after, wall = cpu_by_component(), time.perf_counter() - started
+    cores = {name: round((after[name] - before.get(name, 0.0)) / wall, 4) for name in sorted(after)}
+    ours = sum(after[name] - before.get(name, 0.0) for name in after)
+    return {**cores, "other_work": other_work_cores(busy, machine_busy_s(), ours, wall)}
+
+
+def other_work_cores(busy_before: float, busy_after: float, ours: float, wall: float) -> float:
+    """Cores the machine spent on work outside this benchmark's processes over ``wall`` seconds
+    (``ours`` = CPU seconds of this process and its descendants meanwhile)."""
+    return round(max(0.0, busy_after - busy_before - ours) / wall, 2)
+
+
+def cpu_ms_per_request(
+    before: dict[str, float], after: dict[str, float], requests: int, wall: float, idle: dict[str, float]
+) -> dict[str, float]:
+    """CPU ms per request by component over a run of ``wall`` seconds, less what the component
+    spends idle in that time (``idle`` cores)."""
+    spent = {name: after[name] - before.get(name, 0.0) - idle.get(name, 0.0) * wall for name in after}
+    per = {name: round(1000 * seconds / requests, 3) for name, seconds in sorted(spent.items())}
+    return {**per, "total": round(1000 * sum(spent.values()) / requests, 3)}
+
+
+# -- the model: trained on the tiny facet dataset, item tower over 100k items -------------------
+
+
+def tiny_facet_dataset(root: Path, seed: int) -> tuple[Path, Path]:
+    """(data directory, features file): the ``tiny`` benchmark and its facet features, as
+    ``tests/fixtures.py::facet_dataset`` makes them."""
+    from raymm.data.synth import synthesize
+
+    config = load_config(None, ["synth.size=tiny", f"synth.missing.image={MISSING_IMAGE}"])
+    synthesize(config.synth, str(root / "data"), seed=seed, progress=False)
+    facets = pq.read_table(root / "data" / "facets.parquet")
+    items = pq.read_table(root / "data" / "items.parquet")
+    rng = np.random.default_rng(0)
+    columns: dict[str, pa.Array] = {"item_id": facets.column("item_id").combine_chunks()}
+    for modality, names in SHOWN.items():
+        codes = [facets.column(n).to_numpy() for n in names]
+        matrix = np.concatenate([np.eye(int(c.max()) + 1)[c] for c in codes], axis=1).astype(np.float32)
+        matrix += rng.normal(0, NOISE, matrix.shape).astype(np.float32)
+        missing = pa.array(np.asarray(items.column(modality).is_null()))
+        values = pa.array(matrix.reshape(-1))
+        columns[modality] = pa.FixedSizeListArray.from_arrays(values, matrix.shape[1], mask=missing)
+    pq.write_table(pa.table(columns), root / "features.parquet")
+    return root / "data", root / "features.parquet"
+
+
+def train_config(out: Path, epochs: int) -> RaymmConfig:
+    """The model's default widths; the Ray and batch settings of ``small_model_config``."""
+    return load_config(
+        None,
+        [
+            f"out={out}",
+            "ray.num_cpus=2",
+            "train.batch_size=128",
+            f"train.epochs={epochs}",
+            "train.patience=5",
+            "rank.epochs=3",
+            "rank.batch_size=256",
+        ],
+    )
+
+
+def item_ids(n_items: int, tiny_ids: list[str]) -> list[str]:
+    """The tiny catalog's ids, then ``bench-NNNNNN`` up to ``n_items``."""
+    return tiny_ids + [f"bench-{k:06d}" for k in range(n_items - len(tiny_ids))]
+
+
+def event_log(ids: list[str], n_users: int, seed: int, prefix: str = "user") -> pa.Table:
+    """A time-ordered interactions table: ``n_users`` users with 10-30 events each over ``ids``."""
+    rng = np.random.default_rng(seed)
+    per_user = rng.integers(10, 31, size=n_users)
+    users = np.repeat(np.arange(n_users), per_user)
+    rng.shuffle(users)
+    n = users.size
+    weights = 1.0 / np.arange(1, len(ids) + 1) ** ZIPF
+    items = rng.permutation(len(ids))[rng.choice(len(ids), size=n, p=weights / weights.sum())]
+    kinds = rng.choice(len(KINDS), size=n, p=KIND_WEIGHTS)
+    now_ms = int(time.time() * 1000)
+    ts = np.sort(now_ms - rng.integers(60_000, DAY_MS, size=n))
+    id_array = np.asarray(ids, dtype=object)
+    return pa.table(
+        {
+            "user_id": pa.array([f"{prefix}-{u:05d}" for u in users.tolist()]),
+            "item_id": pa.array(id_array[items].tolist()),
+            "event": pa.array([KINDS[k] for k in kinds.tolist()]),
+            "ts": pa.array(ts, pa.timestamp("ms", tz="UTC")),
+            "event_id": pa.array([f"{prefix}-e{seed}-{i}" for i in range(n)]),
+        }
+    )
+
+
+def positive_counts(events: pa.Table, ids: list[str], positive: list[str]) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    kept = events.filter(pc.is_in(events.column("event"), value_set=pa.array(positive)))
+    rows = pc.index_in(kept.column("item_id"), value_set=pa.array(ids)).to_numpy(zero_copy_only=False)
+    return np.bincount(rows.astype(np.int64), minlength=len(ids))
+
+
+@dataclass
+class Built:
+    """The artifacts and what went into them."""
+
+    model: Path
+    ranked: Path | None
+    ids: list[str]
+    events: pa.Table
+    info: dict[str, Any]
+
+
+def build_artifact(
+    work: Path, n_items: int, n_users: int, epochs: int, seed: int, ranker: bool = False
+) -> Built:
+    """Train on the tiny facet dataset, encode ``n_items`` items with its item tower and write the
+    artifact (and a copy with the ranker); see the module docstring, step 1."""
+    from raymm.models.artifact import load_artifact, ranker_dir, record_stage, write_artifact
+    from raymm.models.ranker import write_item_inputs
+    from raymm.recommend.catalog import Catalog
+    from raymm.recommend.rerank import ranker_inputs
+    from raymm.recommend.vectors import encode_catalog
+    from raymm.train.rank_trainer import train_ranker
+    from raymm.train.trainer import prepare, train
+
+    saved = work / "built.json"
+    if saved.is_file() and (work / "model" / "manifest.json").is_file():
+        document = json.loads(saved.read_text())
+        if document["key"] == [n_items, n_users, epochs, seed] and (not ranker or document["ranked"]):
+            log(BENCH, f"reusing the artifact built in {work} before")
+            ranked = work / "ranked" if ranker else None
+            events = pq.read_table(work / "events.parquet")
+            return Built(
+                work / "model", ranked, document["ids"], events, {**document["info"], "reused": True}
+            )
+    shutil.rmtree(work / "tiny", ignore_errors=True)
+    started = time.perf_counter()
+    data, features_file = tiny_facet_dataset(work / "tiny", seed)
+    config = train_config(work / "tiny", epochs)
+    train(config, str(data), str(features_file), str(work / "tiny" / "model"))
+    train_s = time.perf_counter() - started
+    log(BENCH, f"trained the two-tower model on the tiny facet dataset in {train_s:.0f}s")
+    if ranker:
+        shutil.copytree(work / "tiny" / "model", work / "tiny" / "ranked")
+        train_ranker(config, str(data), str(features_file), str(work / "tiny" / "ranked"))
+        log(BENCH, f"trained the ranker in {time.perf_counter() - started - train_s:.0f}s")
+
+    encode_started = time.perf_counter()
+    artifact = load_artifact(work / "tiny" / "model")
+    model = artifact.model
+    tiny = prepare(config, str(data), str(features_file)).catalog
+    rng = np.random.default_rng(seed + 1)
+    extra = n_items - tiny.n_items
+    facets = pq.read_table(data / "facets.parquet")
+    cardinality = {
+        name: int(facets.column(name).to_numpy().max()) + 1 for names in SHOWN.values() for name in names
+    }
+    codes = {name: rng.integers(0, size, size=extra) for name, size in cardinality.items()}
+    features, present = {}, {}
+    for modality, names in SHOWN.items():
+        matrix = np.concatenate([np.eye(cardinality[n], dtype=np.float32)[codes[n]] for n in names], axis=1)
+        matrix += rng.normal(0, NOISE, matrix.shape).astype(np.float32)
+        missing_rate = 1.0 - float(tiny.present[modality].float().mean())
+        mask = rng.random(extra) >= missing_rate
+        matrix[~mask] = 0.0
+        features[modality] = torch.cat([tiny.features[modality], torch.from_numpy(matrix)])
+        present[modality] = torch.cat([tiny.present[modality], torch.from_numpy(mask)])
+    ids = item_ids(n_items, [str(i) for i in tiny.item_ids])
+    catalog = Catalog(
+        np.asarray(ids, dtype=object),
+        features,
+        present,
+        torch.cat([tiny.id_index, torch.zeros(extra, dtype=torch.long)]),
+        [[] for _ in ids],
+        [],
+    )
+    torch.set_num_threads(2)
+    encoding = encode_catalog(model, catalog)
+    events = event_log(ids, n_users, seed)
+    counts = positive_counts(events, ids, list(model.config.user_state.events))
+    manifest = artifact.manifest
+    write_artifact(
+        work / "model",
+        model,
+        catalog.item_ids,
+        encoding.vectors.numpy(),
+        config=manifest.config,
+        metrics=manifest.metrics,
+        data_fingerprint="servebench",
+        encoders={m: e.model_dump() for m, e in manifest.encoders.items()},
+        popularity=counts,
+        aligned=encoding.projected,
+        aligned_present=encoding.present,
+    )
+    ranked = None
+    if ranker:
+        ranked = work / "ranked"
+        shutil.copytree(work / "model", ranked)
+        source = Path(ranker_dir(work / "tiny" / "ranked"))
+        target = Path(ranker_dir(ranked))
+        target.mkdir(exist_ok=True)
+        for name in ("config.json", "weights.safetensors"):
+            shutil.copy2(source / name, target / name)
+        write_item_inputs(target, ranker_inputs(model, catalog, counts))
+        tiny_manifest = load_artifact(work / "tiny" / "ranked").manifest
+        record_stage(ranked, "rank", dict(tiny_manifest.stages["rank"]))
+    info = {
+        "trained_on": "tiny synthetic benchmark (240 items, 120 users), facet features",
+        "epochs": epochs,
+        "train_s": round(train_s, 1),
+        "encode_and_write_s": round(time.perf_counter() - encode_started, 1),
+        "embed_dim": int(encoding.vectors.shape[1]),
+        "shared_dim": int(model.config.align.shared_dim),
+        "align": model.config.align.method,
+        "fusion": model.config.fusion.method,
+        "user_pooling": model.config.user_state.pooling,
+        "max_history": model.config.user_state.max_history,
+        "n_items": n_items,
+        "trained_items_with_id_embedding": int((tiny.id_index > 0).sum()),
+        "fallback_shrinkage": manifest.metrics.get("fallback_shrinkage"),
+        "validation": manifest.metrics.get("validation"),
+    }
+    pq.write_table(events, work / "events.parquet")
+    saved.write_text(
+        json.dumps({"key": [n_items, n_users, epochs, seed], "ranked": ranker, "ids": ids, "info": info})
+    )
+    log(
+        BENCH,
+        f"{n_items} items through the item tower ({info['embed_dim']}-d) and written in "
+        f"{info['encode_and_write_s']:.0f}s",
+    )
+    return Built(work / "model", ranked, ids, events, info)
+
+
+# -- the deployment -------------------------------------------------------------------------------
+
+
+def serve_config(work: Path, broker: str = "noida") -> RaymmConfig:
+    """Serving under ``work/serve`` (broker data, snapshots) with the embedded ``broker``: emptied
+    first, so a reused work directory starts with an empty topic and no state."""
+    shutil.rmtree(work / "serve", ignore_errors=True)
+    config = load_config(None, [f"out={work / 'serve'}", "ray.num_cpus=2"])
+    config.serve.port = serve_port()
+    config.serve.state_shards = SHARDS
+    config.kafka = config.kafka.model_copy(update={"partitions": PARTITIONS, "embedded_broker": broker})
+    return config
+
+
+def serve_settings(config: RaymmConfig) -> dict[str, Any]:
+    s = config.serve
+    return {
+        "partitions": config.kafka.partitions,
+        "state_shards": s.state_shards,
+        "recommender_replicas": s.recommender_replicas,
+        "ingress_replicas": s.ingress_replicas,
+        "recommender_num_cpus": s.recommender_num_cpus,
+        "ingress_num_cpus": s.ingress_num_cpus,
+        "shard_num_cpus": s.shard_num_cpus,
+        "broker": config.kafka.embedded_broker,
+        "ray_num_cpus": config.ray.num_cpus,
+        "batch": {"max_batch_size": BATCH, "batch_wait_timeout_s": 0.003},
+    }
+
+
+def shard_totals(client: Any) -> tuple[int, int | None, list[dict[str, Any]]]:
+    """(events applied, total lag or None, the shards' reports) from ``/healthz``."""
+    _, body = client.request("GET", "/healthz")
+    shards = body.get("shards", []) if isinstance(body, dict) else []
+    applied = sum(int(s.get("applied", 0)) for s in shards)
+    lags = [s.get("lag") for s in shards]
+    lag = None if any(v is None for v in lags) else sum(lags)
+    return applied, lag, shards
+
+
+def wait_applied(client: Any, expected: int, timeout_s: float = 300.0) -> float:
+    """Seconds until the shards have applied ``expected`` events (TimeoutError otherwise)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        applied, lag, _ = shard_totals(client)
+        if applied >= expected and lag == 0:
+            return time.perf_counter() - started
+        time.sleep(0.25)
+    raise TimeoutError(f"shards applied {applied} of {expected} events in {timeout_s:.0f}s")
+
+
+@contextlib.contextmanager
+def deployed(config: RaymmConfig, model: Path) -> Iterator[Any]:
+    from raymm.serve.runner import running_app
+
+    with running_app(config, str(model)) as app:
+        yield app
+
+
+def replay_state(app: Any, events: pa.Table, config: RaymmConfig) -> dict[str, Any]:
+    """Replay ``events`` as fast as the producer goes and wait until every one is applied."""
+    from raymm.stream.producer import replay
+
+    client = app.client()
+    before, _, _ = shard_totals(client)
+    result = replay(events, app.bootstrap_servers, **config.kafka.client_options())
+    wait_s = wait_applied(client, before + result.sent)
+    return {"events": result.sent, "replay_rate": round(result.rate, 1), "applied_after_s": round(wait_s, 2)}
+
+
+# -- open-loop load -------------------------------------------------------------------------------
+
+
+async def open_loop(
+    call: Callable[[int], Awaitable[str | None]],
+    rate: float,
+    warmup_s: float,
+    duration_s: float,
+    idle: dict[str, float],
+) -> dict[str, Any]:
+    """Call ``call(i)`` at t0 + i / rate for warmup + duration seconds; ``call`` returns an error
+    string or None. Latency from the scheduled time; the warm-up's calls are not counted."""
+    n_warm = round(warmup_s * rate)
+    n = n_warm + round(duration_s * rate)
+    latencies = np.full(n, np.nan)
+    send_lag = np.full(n, np.nan)
+    errors: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    sent_at, answered_at = np.full(n, np.nan), np.full(n, np.nan)
+
+    async def one(i: int, scheduled: float) -> None:
+        sent_at[i] = loop.time()
+        send_lag[i] = sent_at[i] - scheduled
+        try:
+            error = await asyncio.wait_for(call(i), timeout=REQUEST_TIMEOUT_S)
+        except Exception as exc:  # counted, never raised: one failure must not stop the clock
+            error = f"{type(exc).__name__}: {exc}"[:200]
+        latencies[i] = loop.time() - scheduled
+        if error is None:
+            answered_at[i] = loop.time()
+        elif i >= n_warm:
+            errors.append(error)
+
+    tasks = []
+    cpu0, components0, busy0, wall0 = (
+        time.process_time(),
+        cpu_by_component(),
+        machine_busy_s(),
+        time.perf_counter(),
+    )
+    t0 = loop.time() + 0.05
+    for i in range(n):
+        scheduled = t0 + i / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - sent_at[n_warm]
+    cpu = time.process_time() - cpu0
+    components, busy1, wall = cpu_by_component(), machine_busy_s(), time.perf_counter() - wall0
+    ours = sum(components[k] - components0.get(k, 0.0) for k in components)
+    counted = latencies[n_warm:] * 1000
+    # the counted requests answered without error, over the time from the first one's send to
+    # the last such answer
+    answered = answered_at[n_warm:][np.isfinite(answered_at[n_warm:])]
+    throughput = round(answered.size / (answered.max() - sent_at[n_warm]), 2) if answered.size else 0.0
+    return {
+        "rate": rate,
+        "requests": n - n_warm,
+        "sent_rate": round(
+            (n - n_warm - 1) / max(float(np.nanmax(sent_at[n_warm:]) - sent_at[n_warm]), 1e-9), 2
+        ),
+        "throughput": throughput,
+        "completed_within_s": round(elapsed, 2),
+        **percentiles(counted),
+        "errors": len(errors),
+        "first_errors": sorted(set(errors))[:5],
+        "client_send_lag_p99_ms": round(float(np.percentile(send_lag[n_warm:] * 1000, 99)), 3),
+        "client_cpu_s": round(cpu, 2),
+        # warm-up included: every request of the run, over the run's wall time, less idle
+        "cpu_ms_per_request": cpu_ms_per_request(components0, components, n, wall, idle),
+        "cpu_ms_per_request_gross": cpu_ms_per_request(components0, components, n, wall, {}),
+        "cores_used": round(ours / wall, 2),
+        # the machine's busy CPU less ours: other jobs sharing the cores (should be ~0)
+        "other_work_cores": other_work_cores(busy0, busy1, ours, wall),
+    }
+
+
+class HttpLoad:
+    """GET /v1/recommendations/{user}?k=10 over keep-alive connections (aiohttp)."""
+
+    def __init__(self, url: str, users: list[str]) -> None:
+        self.url, self.users = url.rstrip("/"), users
+        self.session: Any = None
+
+    async def __aenter__(self) -> HttpLoad:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=60)
+        self.session = aiohttp.ClientSession(connector=connector)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    async def call(self, i: int) -> str | None:
+        user = self.users[i % len(self.users)]
+        async with self.session.get(f"{self.url}/v1/recommendations/{user}", params={"k": K}) as response:
+            body = await response.json(content_type=None)
+            if response.status != 200:
+                return f"HTTP {response.status}: {str(body)[:100]}"
+        if body.get("user_id") != user or body.get("fallback") is not None or len(body["items"]) != K:
+            return f"unexpected answer: fallback {body.get('fallback')}, {len(body.get('items', []))} items"
+        return None
+
+
+async def http_rates(
+    url: str, users: list[str], rates: list[float], args: argparse.Namespace, idle: dict[str, float]
+) -> list[Any]:
+    results: list[dict[str, Any]] = []
+    async with HttpLoad(url, users) as load:
+        for rate in rates:
+            saturated = next((r["rate"] for r in results if r.get("p50_ms", 0) > SATURATED_P50_MS), None)
+            if saturated is not None and rate > TARGET_RATE:
+                results.append({"rate": rate, "skipped": f"{saturated:g}/s saturated the app already"})
+                log(BENCH, f"HTTP {rate:g}/s: skipped, {saturated:g}/s saturated the app already")
+                continue
+            before = loadavg()
+            result = await open_loop(load.call, rate, args.warmup_s, args.duration_s, idle)
+            result.update(loadavg_1m_before=before, loadavg_1m_after=loadavg())
+            result["settle_s"] = await settle(load)
+            results.append(result)
+            log(
+                BENCH,
+                f"HTTP {rate:g}/s: throughput {result['throughput']:g}/s, p50 {result['p50_ms']:.1f} ms, "
+                f"p90 {result['p90_ms']:.1f}, p99 {result['p99_ms']:.1f}, max {result['max_ms']:.1f}, "
+                f"errors {result['errors']}; {result['cpu_ms_per_request_gross']['total']:.1f} CPU ms per "
+                f"request, {result['cores_used']} cores; other work {result['other_work_cores']} cores",
+            )
+    return results
+
+
+async def settle(load: HttpLoad, fast_ms: float = 200.0, timeout_s: float = 120.0) -> float:
+    """Seconds until the app answers one request at a time in under ``fast_ms`` three times in a
+    row: a saturating rate leaves requests queued in Serve after the client gave up on them."""
+    started = time.perf_counter()
+    fast = 0
+    while fast < 3 and time.perf_counter() - started < timeout_s:
+        sent = time.perf_counter()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(load.call(0), timeout=REQUEST_TIMEOUT_S)
+        fast = fast + 1 if (time.perf_counter() - sent) * 1000 < fast_ms else 0
+        await asyncio.sleep(0.2)
+    return round(time.perf_counter() - started, 1)
+
+
+async def handle_load(
+    app_name: str, users: list[str], rate: float, args: argparse.Namespace, what: str, idle: dict[str, float]
+) -> dict[str, Any]:
+    """The Recommender deployment called through a DeploymentHandle at ``rate`` (no proxy, no ingress)."""
+    from ray import serve
+
+    from raymm.serve.shard import owner_rank
+
+    handle = serve.get_deployment_handle("Recommender", app_name=app_name)
+
+    async def call(i: int) -> str | None:
+        user = users[i % len(users)]
+        if what == "recommend_user":
+            answer = await handle.recommend_user.remote(user, K)
+            if answer.get("fallback") is not None or len(answer.get("items", [])) != K:
+                return f"unexpected answer: {str(answer)[:100]}"
+        else:
+            state = await handle.shard_call.remote(owner_rank(user, PARTITIONS, SHARDS), "get_user", user)
+            if state is None:
+                return "no state"
+        return None
+
+    await call(0)
+    before = loadavg()
+    result = await open_loop(call, rate, args.warmup_s, args.duration_s, idle)
+    result.update(loadavg_1m_before=before, loadavg_1m_after=loadavg())
+    log(
+        BENCH,
+        f"handle {what} {rate:g}/s: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f}, "
+        f"max {result['max_ms']:.1f}, errors {result['errors']}; other work {result['other_work_cores']} cores",
+    )
+    return result
+
+
+def user_states(app_name: str, users: list[str]) -> dict[str, dict[str, Any]]:
+    """Every user's live state, read from the shard that owns them."""
+    from ray import serve
+
+    from raymm.serve.shard import owner_rank
+
+    handle = serve.get_deployment_handle("Recommender", app_name=app_name)
+    states: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(users), 16):  # a few at a time: each call waits 0.5 s at most
+        chunk = users[start : start + 16]
+        for attempt in range(5):
+            try:
+                responses = [
+                    handle.shard_call.remote(owner_rank(u, PARTITIONS, SHARDS), "get_user", u) for u in chunk
+                ]
+                states.update(zip(chunk, (r.result(timeout_s=60) for r in responses), strict=True))
+                break
+            except Exception:
+                if attempt == 4:
+                    raise
+                time.sleep(1.0)
+    return states
+
+
+# -- in-process -----------------------------------------------------------------------------------
+
+
+def in_process(model_dir: Path, states: dict[str, dict[str, Any]], users: list[str]) -> dict[str, Any]:
+    """``recommend`` one user per call and ``recommend_many`` in batches of 32, one torch thread."""
+    import raymm
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = raymm.load_model(model_dir)
+        recent = [model.known(states[u]["history"]) for u in users]
+        seen = [model.known(states[u]["seen"]) for u in users]
+        for r, s in zip(recent[:20], seen[:20], strict=True):  # warm-up
+            model.recommend_many([r], K, seen=[s])
+        single, single_cpu = [], []
+        for r, s in zip(recent, seen, strict=True):
+            wall, cpu = time.perf_counter(), time.thread_time()
+            answer = model.recommend_many([r], K, seen=[s])  # what the replica calls for a batch of one
+            single.append((time.perf_counter() - wall) * 1000)
+            single_cpu.append((time.thread_time() - cpu) * 1000)
+            assert len(answer[0]) == K
+        batched, per_user = [], []
+        for start in range(0, len(users) - BATCH + 1, BATCH):
+            wall = time.perf_counter()
+            model.recommend_many(recent[start : start + BATCH], K, seen=seen[start : start + BATCH])
+            batched.append((time.perf_counter() - wall) * 1000)
+            per_user.append(batched[-1] / BATCH)
+        return {
+            "torch_threads": 1,
+            "recommend": {
+                **percentiles(single),
+                "cpu_p99_ms": round(float(np.percentile(single_cpu, 99)), 3),
+            },
+            f"recommend_many_batch_{BATCH}": percentiles(batched),
+            f"recommend_many_batch_{BATCH}_per_user_mean_ms": round(float(np.mean(per_user)), 3),
+            "history_length_mean": round(float(np.mean([len(r) for r in recent])), 2),
+            "seen_mean": round(float(np.mean([len(s) for s in seen])), 2),
+        }
+    finally:
+        torch.set_num_threads(threads)
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+def measure_app(
+    built: Built,
+    model: Path,
+    args: argparse.Namespace,
+    rates: list[float],
+    work: Path,
+    label: str,
+    broker: str = "noida",
+) -> dict[str, Any]:
+    """Deploy ``model``, give the users state, run the HTTP rates, the breakdown and in-process."""
+    config = serve_config(work / label, broker)
+    phases: dict[str, Any] = {}
+    deploy_started = time.perf_counter()
+    before = loadavg()
+    with deployed(config, model) as app:
+        phases["deploy"] = {
+            "seconds": round(time.perf_counter() - deploy_started, 1),
+            "loadavg_1m_before": before,
+            "loadavg_1m_after": loadavg(),
+        }
+        log(BENCH, f"[{label}] deployed in {phases['deploy']['seconds']:.0f}s at {app.url}")
+        before = loadavg()
+        phases["state"] = replay_state(app, built.events, config)
+        phases["state"].update(loadavg_1m_before=before, loadavg_1m_after=loadavg())
+        users = sorted(set(built.events.column("user_id").to_pylist()))
+        states = user_states(config.serve.app_name, users)
+        with_history = [u for u in users if states[u] is not None and states[u]["history"]]
+        phases["state"]["users"] = len(users)
+        phases["state"]["users_with_history"] = len(with_history)
+        log(
+            BENCH,
+            f"[{label}] {phases['state']['events']} events of {len(users)} users applied "
+            f"{phases['state']['applied_after_s']:.1f}s after the replay; {len(with_history)} have a history",
+        )
+        order = [with_history[i] for i in np.random.default_rng(args.seed).permutation(len(with_history))]
+        idle = idle_cores(args.idle_s)
+        other = idle.pop("other_work")
+        phases["idle_cores"] = {**idle, "total": round(sum(idle.values()), 3), "other_work": other}
+        log(
+            BENCH,
+            f"[{label}] idle: {phases['idle_cores']['total']:.2f} cores with no request "
+            f"(state shards {idle.get('state_shards', 0):.2f}); other work {other} cores",
+        )
+        http = asyncio.run(http_rates(app.url, order, rates, args, idle))
+        breakdown = None
+        if args.breakdown_rate:
+            breakdown = {
+                "rate": args.breakdown_rate,
+                "handle_recommend_user": asyncio.run(
+                    handle_load(
+                        config.serve.app_name, order, args.breakdown_rate, args, "recommend_user", idle
+                    )
+                ),
+                "handle_shard_get_user": asyncio.run(
+                    handle_load(config.serve.app_name, order, args.breakdown_rate, args, "get_user", idle)
+                ),
+            }
+        health = shard_totals(app.client())[2]
+    before, ours, busy, started = loadavg(), cpu_by_component(), machine_busy_s(), time.perf_counter()
+    local = in_process(model, states, order)
+    spent = sum(cpu_by_component().values()) - sum(ours.values())
+    local.update(
+        loadavg_1m_before=before,
+        loadavg_1m_after=loadavg(),
+        other_work_cores=other_work_cores(busy, machine_busy_s(), spent, time.perf_counter() - started),
+    )
+    log(
+        BENCH,
+        f"[{label}] in-process recommend p50 {local['recommend']['p50_ms']:.2f} ms, p99 "
+        f"{local['recommend']['p99_ms']:.2f}; recommend_many x{BATCH} p99 "
+        f"{local[f'recommend_many_batch_{BATCH}']['p99_ms']:.2f} ms per batch",
+    )
+    return {
+        "serve": serve_settings(config),
+        "phases": phases,
+        "http": http,
+        "breakdown": breakdown,
+        "in_process": local,
+        "shards_at_end": health,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=None, help="catalog size (default 100_000)")
+    parser.add_argument("--users", type=int, default=2000, help="users given live state")
+    parser.add_argument("--rates", default="10,25,50,100,200", help="requests/s, comma separated")
+    parser.add_argument("--duration-s", type=float, default=25.0)
+    parser.add_argument("--warmup-s", type=float, default=5.0)
+    parser.add_argument("--idle-s", type=float, default=10.0, help="CPU baseline with no request")
+    parser.add_argument(
+        "--breakdown-rate", type=float, default=25.0, help="rate of the handle runs (0: skip them)"
+    )
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--brokers", default="noida,tansu", help="embedded brokers; the first is the headline"
+    )
+    parser.add_argument("--ranker", action="store_true", help="also the two-tower + ranker artifact at 100/s")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 10k items, 300 users, short rates")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    n_items = args.items or (10_000 if args.quick else 100_000)
+    if args.quick:
+        args.users, args.duration_s, args.warmup_s, args.epochs = min(args.users, 300), 4.0, 1.0, 1
+        args.rates, args.idle_s = "25,100", 3.0
+    rates = [float(r) for r in args.rates.split(",")]
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    if TARGET_RATE not in rates:
+        parser.error(f"--rates must include {TARGET_RATE:g} (the target's rate)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import ray
+
+    started = time.perf_counter()
+    work = args.work or Path(tempfile.mkdtemp(prefix="raymm-servebench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    quiet_logs(work / "logs" / "raymm.log")
+    loads: dict[str, Any] = {"start": loadavg()}
+    try:
+        built = build_artifact(work, n_items, args.users, args.epochs, args.seed, ranker=args.ranker)
+        loads["after_build"] = loadavg()
+        runs = {
+            f"two_tower_{broker}": measure_app(
+                built, built.model, args, rates, work, f"two_tower_{broker}", broker
+            )
+            for broker in brokers
+        }
+        if built.ranked is not None:
+            runs[f"ranker_{brokers[0]}"] = measure_app(
+                built, built.ranked, args, [TARGET_RATE], work, f"ranker_{brokers[0]}", brokers[0]
+            )
+    finally:
+        ray.shutdown()
+        if not args.keep and args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    summary = {}
+    for name, run in runs.items():
+        at_rate = next(r for r in run["http"] if r["rate"] == TARGET_RATE)
+        local_p99 = run["in_process"]["recommend"]["p99_ms"]
+        summary[name] = {
+            "p99_ms_at_100_rps": at_rate["p99_ms"],
+            "p50_ms_at_100_rps": at_rate["p50_ms"],
+            "errors_at_100_rps": at_rate["errors"],
+            "in_process_p99_ms": local_p99,
+            "serve_vs_in_process_p99": round(at_rate["p99_ms"] / local_p99, 2),
+            "idle_cores": run["phases"]["idle_cores"]["total"],
+            "meets_target": bool(at_rate["p99_ms"] < TARGET_P99_MS and at_rate["errors"] == 0),
+        }
+    headline_name = f"two_tower_{brokers[0]}"
+    headline = runs[headline_name]
+    report = {
+        "question": "p99 of GET /v1/recommendations at 100 requests/s with 100k items, 2 CPUs, no GPU",
+        "quick": args.quick,
+        "n_items": n_items,
+        "embed_dim": built.info["embed_dim"],
+        "k": K,
+        "users_with_state": headline["phases"]["state"]["users_with_history"],
+        "shards": SHARDS,
+        "partitions": PARTITIONS,
+        "replicas": {"recommender": 1, "ingress": 1},
+        "model": built.info,
+        "load": "open loop: request i sent at t0 + i/rate (fixed spacing), latency from the scheduled time",
+        "warmup_s": args.warmup_s,
+        "duration_s": args.duration_s,
+        "target_p99_ms": TARGET_P99_MS,
+        "headline": headline_name,
+        "p99_ms_at_100_rps": summary[headline_name]["p99_ms_at_100_rps"],
+        "in_process_p99_ms": summary[headline_name]["in_process_p99_ms"],
+        "serve_vs_in_process_p99": summary[headline_name]["serve_vs_in_process_p99"],
+        "meets_target": summary[headline_name]["meets_target"],
+        "summary": summary,
+        "runs": runs,
+        "loadavg_1m": {**loads, "end": loadavg()},
+        "seconds": round(time.perf_counter() - started, 1),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    out = args.out or RESULTS / (f"{BENCH}.quick.json" if args.quick else f"{BENCH}.json")
+    return finish(BENCH, report, out)
+
+
+if __name__ == "__main__":
+    main()
