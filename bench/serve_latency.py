@@ -19,9 +19,9 @@ no GPU). What runs, in a temporary work directory (deleted after unless ``--keep
 2. **deploy**: ``raymm.serve.runner.running_app`` (Ray started with 2 CPUs, Serve on a free port,
    ``kafka.partitions`` 4, ``serve.state_shards`` 2, one ingress and one recommender replica: the
    defaults otherwise), once per embedded broker in ``--brokers``: noida (the default broker; the
-   headline), then Tansu. With noida every idle state shard spins (kafka-python's fetch loop
-   against a broker that answers an empty fetch at once: ~0.7 core per shard with no event and
-   no request); Tansu holds the fetch, so its run shows the app without that cost.
+   headline), then Tansu. noida answers an empty fetch at once instead of holding it, so before
+   the consumer slept between idle polls (``EventConsumer._run``) every idle state shard spun at
+   ~0.7 of a core; ``idle_cores`` in the JSON shows what each component costs now.
 3. **live state**: a seeded log of ``--users`` (2,000) users, 10-30 events each (view/click/like/
    purchase/play/skip at 50/20/10/5/10/5%; items Zipf 0.8 over the 100k), is replayed onto
    ``raymm.events`` (``raymm.stream.producer.replay``); the run waits until the shards have
