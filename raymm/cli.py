@@ -489,6 +489,10 @@ def cmd_produce(args: argparse.Namespace, config: RaymmConfig) -> int:
     if plan.dry_run(args, config):
         return EXIT_OK
     bootstrap = _bootstrap(args, config, "produce")
+    from raymm.data import io
+
+    if not io.exists(events):
+        raise RaymmError(f"no events to replay: {events} does not exist (--events FILE)")
     options = config.kafka.client_options()
     ensure_topics(bootstrap, config.kafka.topics(), **options)
     result = replay(events, bootstrap, rate=args.rate, limit=args.limit, progress=not args.quiet, **options)
@@ -848,6 +852,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         sys.stderr.close()
         return EXIT_OK
+    except Exception as exc:
+        if not type(exc).__module__.startswith("kafka."):
+            raise
+        # kafka-python's errors (an unreachable or refusing broker) are input, not a crash.
+        print(f"raymm: error: Kafka: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
     finally:
         if routing is not None:  # called in-process (tests, notebooks): give the console back
             routing.close()

@@ -19,11 +19,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from kafka import KafkaProducer
 from kafka.partitioner import murmur2
 
 from raymm import console
+from raymm.data import io
 from raymm.data.schema import conform_interactions
 from raymm.errors import RaymmError
 from raymm.stream.events import EVENTS_TOPIC, UserEvent
@@ -92,7 +92,7 @@ def replay(
         raise ValueError(f"rate must be positive events/s or None, got {rate}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be a non-negative number of events or None, got {limit}")
-    table = pq.read_table(events) if isinstance(events, str | Path) else events
+    table = io.read_table(str(events), "events parquet") if isinstance(events, str | Path) else events
     table = conform_interactions(table)
     if limit is not None:
         table = table.slice(0, limit)

@@ -100,3 +100,15 @@ def test_stream_commands_say_what_is_missing(tmp_path: Path, capsys: pytest.Capt
     assert "manifest" in capsys.readouterr().err
     assert main(["broker", "--dry-run", "--set", f"kafka.partitions={uuid.uuid4().int % 5 + 1}"]) == 0
     assert "raymm.events" in capsys.readouterr().out
+
+
+def test_a_missing_file_or_an_unreachable_kafka_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--out", str(tmp_path), "--quiet", "--bootstrap", "127.0.0.1:9"]
+    assert main(["produce", "--events", str(tmp_path / "nope.parquet"), *common]) == 2
+    assert "nope.parquet does not exist" in capsys.readouterr().err
+    _stream(tmp_path / "stream.parquet", 5)
+    # Nothing listens on port 9: kafka-python's bootstrap error becomes one line, exit 2.
+    assert main(["produce", "--events", str(tmp_path / "stream.parquet"), *common]) == 2
+    assert "raymm: error: Kafka:" in capsys.readouterr().err
