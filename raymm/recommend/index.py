@@ -20,6 +20,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -302,6 +303,43 @@ class FaissIndex(ItemIndex):
             return int(codes)
         return int(codes + self.n_items * np.dtype(np.int64).itemsize + self.nlist * self._dim * 4)
 
+    def updated(self, rows: ArrayLike, vectors: ArrayLike) -> FaissIndex:
+        """A copy of this index in which ``rows`` (M,) hold ``vectors`` (M, E): rows below
+        ``n_items`` are replaced (an updated item), the others must continue the rows from
+        ``n_items`` on (new items). The trained lists are kept (no k-means): an item goes into the
+        list of its nearest centroid. This index is not changed, so searches running on it stay
+        consistent while the copy is made. ValueError for rows that leave a gap or repeat, another
+        width, or NaN/infinite values.
+        """
+        matrix = _as_matrix(vectors, self._dim, "vectors")
+        index = np.asarray(rows.detach().cpu().numpy() if isinstance(rows, Tensor) else rows, dtype=np.int64)
+        if index.shape != (matrix.shape[0],):
+            raise ValueError(
+                f"rows must be ({matrix.shape[0]},) for {matrix.shape[0]} vectors, got {index.shape}"
+            )
+        old, new = index[index < self.n_items], np.sort(index[index >= self.n_items])
+        if (index.size and index.min() < 0) or np.unique(index).size != index.size:
+            raise ValueError("rows must be distinct and non-negative")
+        if not np.array_equal(new, np.arange(self.n_items, self.n_items + new.size)):
+            raise ValueError(
+                f"new rows must continue from {self.n_items} without gaps, got {new[:5].tolist()}..."
+            )
+        copy = object.__new__(FaissIndex)
+        copy.__dict__.update(self.__dict__)
+        self._apply_threads()
+        if not self.nlist:  # the exact fallback numbers rows by position: rebuild it
+            stored = self._index.reconstruct_n(0, self.n_items) if self.n_items else np.zeros((0, self._dim))
+            grown = np.concatenate([stored, np.zeros((new.size, self._dim))]).astype(np.float32)
+            grown[index] = matrix
+            copy._index = self._faiss.IndexFlatIP(self._dim)
+            copy._index.add(grown)
+            return copy
+        copy._index = self._faiss.clone_index(self._index)
+        if old.size:
+            copy._index.remove_ids(old)
+        copy._index.add_with_ids(matrix, index)
+        return copy
+
     def _apply_threads(self) -> None:
         if self._threads is not None:
             self._faiss.omp_set_num_threads(self._threads)
@@ -329,6 +367,31 @@ class FaissIndex(ItemIndex):
 
 
 IndexKind = Literal["exact", "faiss"]
+
+#: From this many items ``auto`` picks faiss: bench/serve_latency.py measured exact search at ~3.4
+#: ms of one core per single-user request over 100k items (memory-bound), most of the request.
+FAISS_MIN_ITEMS = 50_000
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    """Which index a recommender ranks its catalog with (serving's ``serve.index`` settings).
+
+    ``kind``: ``exact`` (:func:`top_k` over every item), ``faiss`` (:class:`FaissIndex`), or
+    ``auto``: faiss from ``faiss_min_items`` items on, exact below. ``nprobe``: faiss's lists
+    scored per query.
+    """
+
+    kind: Literal["auto", "exact", "faiss"] = "exact"
+    faiss_min_items: int = FAISS_MIN_ITEMS
+    nprobe: int = DEFAULT_NPROBE
+
+    def resolve(self, n_items: int) -> IndexKind:
+        """The kind to use for a catalog of ``n_items``."""
+        if self.kind == "auto":
+            return "faiss" if n_items >= self.faiss_min_items else "exact"
+        return self.kind
+
 
 INDEXES: dict[str, Callable[..., ItemIndex]] = {"exact": ExactIndex, "faiss": FaissIndex}
 """Index kinds by the name serving's config and the benchmark use."""

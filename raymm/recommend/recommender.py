@@ -21,6 +21,7 @@ from torch import Tensor
 from raymm.models.artifact import Artifact, load_artifact
 from raymm.models.ranker import RankerInputs, popularity_feature
 from raymm.recommend.content import EncodedItems
+from raymm.recommend.index import FaissIndex, IndexChoice, ItemIndex
 from raymm.recommend.itemsets import ItemSets
 from raymm.recommend.rerank import Reranker
 from raymm.recommend.scorers import FallbackScorer, PopularityScorer, RetrieveThenRank, Scorer, TwoTowerScorer
@@ -44,12 +45,17 @@ class Recommender:
         reranker: Reranker | None,
         top_n: int,
         catalog: tuple[np.ndarray, Tensor, np.ndarray] | None = None,
+        index: IndexChoice | ItemIndex | None = None,
+        popularity: Tensor | None = None,
     ) -> None:
         """``catalog`` (item ids, item vectors, popularity counts) replaces the artifact's own
-        (:meth:`with_items` passes the catalog with live items added)."""
+        (:meth:`with_items` passes the catalog with live items added, with ``popularity``, the
+        scores its items had, and the ``index`` over them). ``index``: how the retriever ranks
+        the catalog (:class:`IndexChoice`; None: exact), or a built index of its item vectors."""
         self.artifact = artifact
         self.top_n = top_n
         self.spec = artifact.model.config.user_state
+        artifact.model.eval()  # only ever evaluated here; switching modes per request cost ~0.9 ms
         self.reranker = reranker
         if catalog is None:
             table = artifact.item_vectors
@@ -66,9 +72,17 @@ class Recommender:
         self.row_of = {str(item_id): row for row, item_id in enumerate(self.item_ids)}
         metrics = artifact.manifest.metrics
         self.two_tower = TwoTowerScorer(artifact.model, item_vectors=vectors)
+        self.popularity = PopularityScorer(self.counts, scores=popularity)
         self.retriever = FallbackScorer(
-            self.two_tower, PopularityScorer(self.counts), float(metrics.get("fallback_shrinkage", 0.0))
+            self.two_tower, self.popularity, float(metrics.get("fallback_shrinkage", 0.0))
         )
+        self.index_choice = index if isinstance(index, IndexChoice) else IndexChoice()
+        if isinstance(index, ItemIndex):
+            self.retriever.use_index(index)
+        elif self.index_choice.resolve(len(self.item_ids)) == "faiss":
+            self.retriever.use_index(
+                FaissIndex(self.retriever.item_vectors(), nprobe=self.index_choice.nprobe)
+            )
         self.scorer: Scorer = (
             self.retriever
             if reranker is None
@@ -82,6 +96,9 @@ class Recommender:
         with no content at all are left out. This recommender is not changed, so readers keep a
         consistent catalog while the next one is built."""
         items = items.select(items.has_content)
+        last = {item_id: position for position, item_id in enumerate(items.item_ids)}
+        if len(last) < len(items.item_ids):  # an id twice in one batch: its last message wins
+            items = items.select(np.array(sorted(last.values()), dtype=np.int64))
         ids = list(self.item_ids)
         rows = []
         for item_id in items.item_ids:
@@ -91,16 +108,23 @@ class Recommender:
                 ids.append(item_id)
             rows.append(row)
         grow = len(ids) - len(self.item_ids)
-        index = torch.as_tensor(rows, dtype=torch.long)
+        changed_rows = torch.as_tensor(rows, dtype=torch.long)
         new_vectors = torch.from_numpy(np.ascontiguousarray(items.vectors, dtype=np.float32))
 
         def grown(base: Tensor, values: Tensor) -> Tensor:
             out = torch.cat([base, base.new_zeros((grow, *base.shape[1:]))])
-            out[index] = values.to(base.dtype)
+            out[changed_rows] = values.to(base.dtype)
             return out
 
         vectors = grown(self.two_tower.item_vectors(), new_vectors)
         counts = np.concatenate([self.counts, np.zeros(grow)])
+        # Known items keep their popularity scores (tie-breaks included); new ones score 0.
+        popularity = torch.cat([self.popularity.item_vectors(), torch.zeros(grow, 1)])
+        index: IndexChoice | ItemIndex = self.index_choice
+        if isinstance(self.retriever.index, FaissIndex):
+            # The retriever's (N, E + 1) vectors of the changed rows: two-tower, then popularity.
+            changed = torch.cat([vectors[changed_rows], popularity[changed_rows]], dim=1)
+            index = self.retriever.index.updated(changed_rows.numpy(), changed)
         reranker = None
         if self.reranker is not None:
             inputs = self.reranker.inputs
@@ -116,7 +140,12 @@ class Recommender:
                 ),
             )
         return Recommender(
-            self.artifact, reranker, self.top_n, (np.asarray(ids, dtype=object), vectors, counts)
+            self.artifact,
+            reranker,
+            self.top_n,
+            (np.asarray(ids, dtype=object), vectors, counts),
+            index=index,
+            popularity=popularity,
         )
 
     @property
@@ -222,13 +251,16 @@ class Recommender:
         ]
 
 
-def load_model(directory: str | Path, top_n: int | None = None) -> Recommender:
+def load_model(
+    directory: str | Path, top_n: int | None = None, index: IndexChoice | None = None
+) -> Recommender:
     """The artifact at ``directory`` as a :class:`Recommender` (with its ranker when it has one).
 
-    ``top_n`` candidates go to the ranker (default: the artifact's ``rank.retriever_top_n``).
+    ``top_n`` candidates go to the ranker (default: the artifact's ``rank.retriever_top_n``);
+    ``index`` says how the catalog is searched (default exact; serving passes ``serve.index``).
     Raises :class:`~raymm.models.errors.ModelLoadError` for a missing or invalid artifact.
     """
     artifact = load_artifact(directory)
     reranker = Reranker.from_artifact(directory, artifact) if "rank" in artifact.manifest.stages else None
     configured = artifact.manifest.config.get("rank", {}).get("retriever_top_n", 200)
-    return Recommender(artifact, reranker, int(top_n or configured))
+    return Recommender(artifact, reranker, int(top_n or configured), index=index)

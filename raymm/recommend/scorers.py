@@ -34,6 +34,7 @@ from torch import Tensor
 from raymm.models.towers import TwoTower
 from raymm.recommend.catalog import Catalog
 from raymm.recommend.history import item_counts
+from raymm.recommend.index import ItemIndex
 from raymm.recommend.itemsets import ItemSets
 from raymm.recommend.rerank import Reranker
 from raymm.recommend.topk import TopK, top_k
@@ -86,7 +87,12 @@ class Scorer(ABC):
 
 
 class DotProductScorer(Scorer):
-    """A scorer whose score is ``user_vector . item_vector``: ranks through :func:`top_k`."""
+    """A scorer whose score is ``user_vector . item_vector``: ranks through :func:`top_k`, or
+    through an :class:`~raymm.recommend.index.ItemIndex` over its item vectors once
+    :meth:`use_index` gave it one (serving's large catalogs: faiss IVF instead of reading every
+    item vector per request)."""
+
+    index: ItemIndex | None = None
 
     @abstractmethod
     def item_vectors(self) -> Tensor:
@@ -95,6 +101,19 @@ class DotProductScorer(Scorer):
     @abstractmethod
     def user_vectors(self, history: np.ndarray) -> Tensor:
         """(U, E) one vector per history row."""
+
+    def use_index(self, index: ItemIndex | None) -> DotProductScorer:
+        """Rank through ``index`` (None: exact :func:`top_k` again). The index must hold this
+        scorer's item vectors, row for row; ValueError if its size or width differs. Returns self."""
+        if index is not None:
+            items = self.item_vectors()
+            if (index.n_items, index.dim) != tuple(items.shape):
+                raise ValueError(
+                    f"the index holds {index.n_items} x {index.dim} vectors, the scorer "
+                    f"{items.shape[0]} x {items.shape[1]}"
+                )
+        self.index = index
+        return self
 
     def recommend(
         self,
@@ -105,6 +124,8 @@ class DotProductScorer(Scorer):
         candidates: np.ndarray | None = None,
         recency: np.ndarray | None = None,
     ) -> TopK:
+        if self.index is not None and candidates is None:
+            return self.index.search(self.user_vectors(history), k, exclude=exclude)
         return top_k(
             self.user_vectors(history), self.item_vectors(), k, exclude=exclude, candidates=candidates
         )
@@ -147,9 +168,15 @@ class PopularityScorer(DotProductScorer):
 
     name = "popularity"
 
-    def __init__(self, counts: np.ndarray | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, counts: np.ndarray | None = None, seed: int = 0, *, scores: Tensor | None = None
+    ) -> None:
+        """``counts`` (N,) per item, or ``scores`` (N, 1) as :meth:`item_vectors` gave them (a
+        catalog grown by live items keeps its items' scores, tie-breaks included)."""
         self.seed = seed
-        self._items = None if counts is None else self._scores(np.asarray(counts))
+        self._items = (
+            scores if scores is not None else None if counts is None else self._scores(np.asarray(counts))
+        )
 
     def fit(self, context: FitContext) -> PopularityScorer:
         self.seed = context.seed

@@ -23,6 +23,9 @@ from raymm.recommend.catalog import CHUNK, Catalog
 def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` in eval mode for the block, its former mode restored after."""
     was_training = model.training
+    if not was_training:  # already in eval mode (a served model): skip the walk over submodules
+        yield model
+        return
     model.eval()
     try:
         yield model

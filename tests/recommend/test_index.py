@@ -159,3 +159,31 @@ def test_bad_options_raise_value_error() -> None:
         FaissIndex(items, nprobe=0)
     with pytest.raises(ValueError, match="nlist must be positive, got -1"):
         FaissIndex(items, nlist=-1)
+
+
+@pytest.mark.parametrize("n_items", [400, 60])  # an IVF, and the exact IndexFlatIP fallback
+def test_faiss_updated_replaces_and_appends_without_touching_the_original(n_items: int) -> None:
+    rng = np.random.default_rng(11)
+    items = unit_rows(rng, n_items, 16)
+    index = FaissIndex(items, nlist=8 if n_items >= 312 else None, nprobe=8, threads=1)
+    assert (index.fallback_reason is None) == (n_items >= 312)
+    changed = unit_rows(rng, 3, 16)
+    rows = np.array([5, n_items, n_items + 1])  # one updated item, two new ones
+    copy = index.updated(rows, changed)
+    assert (copy.n_items, index.n_items) == (n_items + 2, n_items)
+    expected = np.concatenate([items, changed[1:]])
+    expected[5] = changed[0]
+    queries = np.concatenate([changed, unit_rows(rng, 5, 16)])
+    # Every list probed: the copy must answer as exact search over the updated vectors does.
+    want = ExactIndex(expected).search(queries, 10)
+    got = copy.search(queries, 10)
+    np.testing.assert_array_equal(got.rows.numpy(), want.rows.numpy())
+    np.testing.assert_allclose(got.scores.numpy(), want.scores.numpy(), rtol=1e-5)
+    assert got.rows[:3, 0].tolist() == rows.tolist()  # each changed item is its own best match
+    # The original still holds the old vectors: row 5 is its old self, the new rows do not exist.
+    before = index.search(items[[5]], 1)
+    assert before.rows[0, 0].item() == 5 and before.scores[0, 0].item() == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(ValueError, match=r"new rows must continue from"):
+        index.updated(np.array([n_items + 1]), changed[:1])
+    with pytest.raises(ValueError, match=r"distinct and non-negative"):
+        index.updated(np.array([3, 3]), changed[:2])

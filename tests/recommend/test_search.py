@@ -236,3 +236,44 @@ def test_an_artifact_without_aligned_vectors_serves_recommendations_but_not_sear
     assert len(recommender.recommend([str(recommender.item_ids[0])], k=5)) == 5
     with pytest.raises(NoAlignedVectorsError, match="predates cross-media search"):
         SearchIndex.from_artifact(load_artifact(copy))
+
+
+def test_a_faiss_served_recommender_answers_as_exact_and_grows_with_live_items(
+    trained: Trained, facet_content: ContentEncoder
+) -> None:
+    """The catalog through faiss (every list probed, so it must agree with exact search), before
+    and after live items: one new text-less item and an update of a catalog item."""
+    from raymm.recommend.index import FaissIndex, IndexChoice
+
+    exact = load_model(trained.model)
+    approx = load_model(trained.model, index=IndexChoice("faiss", nprobe=1024))
+    assert exact.retriever.index is None and isinstance(approx.retriever.index, FaissIndex)
+    assert approx.retriever.index.nlist > 1  # a real IVF, not the exact fallback
+    ids = [str(i) for i in exact.item_ids]
+    rng = np.random.default_rng(3)
+    users = [[ids[j] for j in rng.choice(len(ids), size, replace=False)] for size in (0, 1, 3, 8, 20) * 4]
+
+    def agree(a: object, b: object) -> None:
+        for user in users:
+            want = a.recommend(user, 10, seen=user[:2])  # type: ignore[attr-defined]
+            got = b.recommend(user, 10, seen=user[:2])  # type: ignore[attr-defined]
+            np.testing.assert_allclose([r.score for r in got], [r.score for r in want], rtol=1e-5, atol=1e-6)
+            assert [r.item_id for r in got] == [r.item_id for r in want]
+
+    agree(exact, approx)
+    live = facet_content.encode_items(
+        [
+            RawItem(
+                "live-new",
+                image=facet_card(style="round", palette="teal"),
+                audio=facet_card(genre="jazz", mood="serene"),
+            ),
+            RawItem(ids[4], text="an updated description of item four"),
+        ]
+    )
+    grown_exact, grown_approx = exact.with_items(live), approx.with_items(live)
+    assert len(grown_approx.item_ids) == len(ids) + 1 == grown_approx.retriever.index.n_items
+    assert approx.retriever.index.n_items == len(ids)  # the served recommender is unchanged
+    users = [[*u, "live-new"] for u in users] + [[ids[4]]]
+    agree(grown_exact, grown_approx)
+    assert any(r.item_id == "live-new" for r in grown_approx.recommend([ids[4]], len(ids) + 1))
