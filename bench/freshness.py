@@ -73,6 +73,8 @@ from serve_latency import (
     shard_totals,
 )
 
+from raymm.serve.runner import recommender_handle
+
 BENCH = "freshness"
 TARGET_P99_MS = 1000.0
 RATE = 1000.0
@@ -173,9 +175,8 @@ def probe(
 
 
 def shard_metrics(app_name: str) -> list[dict[str, Any]]:
-    from ray import serve
 
-    handle = serve.get_deployment_handle("Recommender", app_name=app_name)
+    handle = recommender_handle(app_name)
     keep = (
         "rank",
         "partitions",

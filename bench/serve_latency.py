@@ -92,6 +92,8 @@ import torch
 from _shared import RESULTS, finish, log
 
 from raymm.config import RaymmConfig, load_config
+from raymm.recommend.index import IndexChoice
+from raymm.serve.runner import recommender_handle
 
 BENCH = "serve_latency"
 TARGET_P99_MS = 50.0
@@ -189,6 +191,8 @@ def _component(pid: int, title: str) -> str:
         return "driver_and_load_client"
     if "noida" in title or "tansu" in title:
         return "broker"
+    if title.split(" ", 1)[0].endswith("/haproxy"):  # Serve's HTTP proxy in throughput mode
+        return "serve_proxy"
     for prefix, name in COMPONENTS:
         if title.startswith(prefix):
             if name == "replica":  # ray::ServeReplica:<app>:<deployment>[.<method running>]
@@ -482,9 +486,11 @@ def serve_settings(config: RaymmConfig) -> dict[str, Any]:
         "partitions": config.kafka.partitions,
         "state_shards": s.state_shards,
         "recommender_replicas": s.recommender_replicas,
-        "ingress_replicas": s.ingress_replicas,
         "recommender_num_cpus": s.recommender_num_cpus,
-        "ingress_num_cpus": s.ingress_num_cpus,
+        "index": s.index,
+        "faiss_min_items": s.faiss_min_items,
+        "nprobe": s.nprobe,
+        "serve_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("RAY_SERVE_")},
         "shard_num_cpus": s.shard_num_cpus,
         "broker": config.kafka.embedded_broker,
         "ray_num_cpus": config.ray.num_cpus,
@@ -684,11 +690,10 @@ async def handle_load(
     app_name: str, users: list[str], rate: float, args: argparse.Namespace, what: str, idle: dict[str, float]
 ) -> dict[str, Any]:
     """The Recommender deployment called through a DeploymentHandle at ``rate`` (no proxy, no ingress)."""
-    from ray import serve
 
     from raymm.serve.shard import owner_rank
 
-    handle = serve.get_deployment_handle("Recommender", app_name=app_name)
+    handle = recommender_handle(app_name)
 
     async def call(i: int) -> str | None:
         user = users[i % len(users)]
@@ -716,11 +721,10 @@ async def handle_load(
 
 def user_states(app_name: str, users: list[str]) -> dict[str, dict[str, Any]]:
     """Every user's live state, read from the shard that owns them."""
-    from ray import serve
 
     from raymm.serve.shard import owner_rank
 
-    handle = serve.get_deployment_handle("Recommender", app_name=app_name)
+    handle = recommender_handle(app_name)
     states: dict[str, dict[str, Any]] = {}
     for start in range(0, len(users), 16):  # a few at a time: each call waits 0.5 s at most
         chunk = users[start : start + 16]
@@ -741,14 +745,21 @@ def user_states(app_name: str, users: list[str]) -> dict[str, dict[str, Any]]:
 # -- in-process -----------------------------------------------------------------------------------
 
 
-def in_process(model_dir: Path, states: dict[str, dict[str, Any]], users: list[str]) -> dict[str, Any]:
-    """``recommend`` one user per call and ``recommend_many`` in batches of 32, one torch thread."""
+def in_process(
+    model_dir: Path, states: dict[str, dict[str, Any]], users: list[str], index: IndexChoice
+) -> dict[str, Any]:
+    """``recommend`` one user per call and ``recommend_many`` in batches of 32, one torch thread
+    and one faiss thread, with the index the app serves (``serve.index``); and, when that is
+    faiss, exact search beside it: its latency, and the served index's recall@K against it."""
+    import faiss
+
     import raymm
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     try:
-        model = raymm.load_model(model_dir)
+        model = raymm.load_model(model_dir, index=index)
         recent = [model.known(states[u]["history"]) for u in users]
         seen = [model.known(states[u]["seen"]) for u in users]
         for r, s in zip(recent[:20], seen[:20], strict=True):  # warm-up
@@ -766,8 +777,28 @@ def in_process(model_dir: Path, states: dict[str, dict[str, Any]], users: list[s
             model.recommend_many(recent[start : start + BATCH], K, seen=seen[start : start + BATCH])
             batched.append((time.perf_counter() - wall) * 1000)
             per_user.append(batched[-1] / BATCH)
+        exact_report: dict[str, Any] | None = None
+        if model.retriever.index is not None:
+            exact = raymm.load_model(model_dir)
+            exact_ms, recall = [], []
+            for r, s in zip(recent, seen, strict=True):
+                wall = time.perf_counter()
+                truth = exact.recommend_many([r], K, seen=[s])[0]
+                exact_ms.append((time.perf_counter() - wall) * 1000)
+                served = {x.item_id for x in model.recommend_many([r], K, seen=[s])[0]}
+                recall.append(len(served & {x.item_id for x in truth}) / max(len(truth), 1))
+            exact_report = {
+                "recommend": percentiles(exact_ms),
+                f"served_recall_at_{K}": round(float(np.mean(recall)), 4),
+            }
         return {
             "torch_threads": 1,
+            "index": {
+                "kind": type(model.retriever.index).__name__ if model.retriever.index else "exact top_k",
+                "nlist": getattr(model.retriever.index, "nlist", None),
+                "nprobe": getattr(model.retriever.index, "nprobe", None),
+            },
+            "exact": exact_report,
             "recommend": {
                 **percentiles(single),
                 "cpu_p99_ms": round(float(np.percentile(single_cpu, 99)), 3),
@@ -843,7 +874,8 @@ def measure_app(
             }
         health = shard_totals(app.client())[2]
     before, ours, busy, started = loadavg(), cpu_by_component(), machine_busy_s(), time.perf_counter()
-    local = in_process(model, states, order)
+    served_index = IndexChoice(config.serve.index, config.serve.faiss_min_items, config.serve.nprobe)
+    local = in_process(model, states, order, served_index)
     spent = sum(cpu_by_component().values()) - sum(ours.values())
     local.update(
         loadavg_1m_before=before,

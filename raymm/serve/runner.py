@@ -85,12 +85,27 @@ def running_app(
             _stop(settings.app_name, settings.state_shards)
 
 
+def recommender_handle(app_name: str) -> Any:
+    """A handle on the app's Recommender deployment usable from plain (non-async) code.
+
+    Its router runs on a loop of its own, as Serve's default does: with
+    ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` the default router shares the caller's event loop, and a
+    driver has none. Ray's own broadcast helpers initialise their handles the same way.
+    """
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Recommender", app_name=app_name)
+    if not handle.is_initialized:  # Serve hands out one cached handle per deployment
+        handle._init(_run_router_in_separate_loop=True)
+    return handle
+
+
 def _stop(app_name: str, shards: int) -> None:
     """Final snapshots from every shard, then the app goes (Serve kills deployment actors)."""
     from ray import serve
 
     try:
-        recommender = serve.get_deployment_handle("Recommender", app_name=app_name)
+        recommender = recommender_handle(app_name)
         for rank in range(shards):
             with contextlib.suppress(Exception):  # a shard that is gone has nothing to save
                 recommender.shard_call.remote(rank, "stop").result(timeout_s=60)

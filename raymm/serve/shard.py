@@ -137,12 +137,14 @@ class StateShard:
 
     # -- online hit rate ------------------------------------------------------------------------
 
-    def record_served(self, user_id: str, item_ids: Sequence[str]) -> None:
-        """Remember that ``item_ids`` were just served to ``user_id``."""
+    def record_served(self, served: Sequence[tuple[str, Sequence[str], float]]) -> None:
+        """Remember answers: (user id, the item ids served, seconds ago), as the recommender
+        sends them in batches (one call per shard every ~0.1 s, not one per request)."""
         now = time.monotonic()
         with self._served_lock:
-            served = self._served.setdefault(user_id, collections.deque(maxlen=32))
-            served.append((now, frozenset(item_ids)))
+            for user_id, item_ids, ago_s in served:
+                log = self._served.setdefault(user_id, collections.deque(maxlen=32))
+                log.append((now - ago_s, frozenset(item_ids)))
 
     def hit_rate(self) -> float | None:
         """Of the events by users served in the window before them, how many hit a served item."""

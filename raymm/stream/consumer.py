@@ -52,8 +52,12 @@ log = logging.getLogger(__name__)
 
 _LATENCY_SAMPLES = 8192
 _RATE_WINDOW_S = 5.0
-#: How long an idle consumer sleeps between non-blocking polls: the most it adds to freshness.
-_IDLE_WAIT_S = 0.02
+#: How long an idle consumer sleeps between non-blocking polls, at first and at most: each idle
+#: poll doubles the sleep up to the most, an event resets it. The most is what idleness can add
+#: to freshness; a state shard's idle poll costs ~3 ms of CPU here, so the backoff took two idle
+#: shards from ~0.28 of a core to ~0.1 (bench/serve_latency.py ``idle_cores``).
+_IDLE_WAIT_S = 0.01
+_IDLE_MAX_WAIT_S = 0.08
 
 
 class ConsumerError(RaymmError):
@@ -290,6 +294,7 @@ class EventConsumer:
 
     def _run(self) -> None:
         idle = False
+        wait_s = _IDLE_WAIT_S
         while not self._stop.is_set():
             try:
                 while not self._commands.empty():
@@ -299,7 +304,10 @@ class EventConsumer:
                 # a blocking poll then spins (0.7 of a core here, against 0.02 on Tansu).
                 idle = self.poll_once(timeout_ms=0 if idle else None) == 0
                 if idle:
-                    self._stop.wait(_IDLE_WAIT_S)
+                    self._stop.wait(wait_s)
+                    wait_s = min(2 * wait_s, _IDLE_MAX_WAIT_S)
+                else:
+                    wait_s = _IDLE_WAIT_S
             except Exception as exc:  # the stream never stops; the log says why
                 self._loop_errors += 1
                 self.error = exc

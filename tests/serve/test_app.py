@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ray import serve
 
 from raymm.serve.app import build_app
+from raymm.serve.runner import recommender_handle
 from raymm.stream.broker import EmbeddedBroker, ensure_topics
 from raymm.stream.consumer import EventConsumer, owner_rank
 from raymm.stream.events import UserEvent
@@ -173,7 +174,7 @@ def test_an_event_changes_the_next_recommendation_and_seen_items_stay_out(live: 
         )
     )
     # The online hit rate: the skip and the next like hit items served to the user just before.
-    recommender = serve.get_deployment_handle("Recommender", app_name="raymm")
+    recommender = recommender_handle("raymm")
     rank = owner_rank(user, PARTITIONS, SHARDS)
     before_hits = recommender.shard_call.remote(rank, "metrics").result()
     served = live.get(f"/v1/recommendations/{user}", k=10).json()["items"][0]["item_id"]
@@ -291,7 +292,7 @@ def test_a_killed_state_shard_recovers_into_the_clean_pass_state(live: Live) -> 
     produce(500, 3000)
     producer.close()
 
-    recommender = serve.get_deployment_handle("Recommender", app_name="raymm")
+    recommender = recommender_handle("raymm")
     ends = _end_offsets(live)
 
     def caught_up() -> bool:
