@@ -17,8 +17,10 @@ no GPU). What runs, in a temporary work directory (deleted after unless ``--keep
    trained on the tiny artifact and added to a copy of the 100k artifact with its item inputs
    recomputed for the 100k items (``ranker_inputs``).
 2. **deploy**: ``raymm.serve.runner.running_app`` (Ray started with 2 CPUs, Serve on a free port,
-   ``kafka.partitions`` 4, ``serve.state_shards`` 2, one ingress and one recommender replica: the
-   defaults otherwise), once per embedded broker in ``--brokers``: noida (the default broker; the
+   ``kafka.partitions`` 4, ``serve.state_shards`` 2, two Recommender replicas (one per core; the
+   Recommender is the ingress too); the defaults otherwise, so Serve's throughput-optimized mode
+   with HAProxy (``raymm.runtime.serve_env``) and the faiss index (``serve.index`` auto, nprobe
+   128); ``--set`` overrides any of it), once per embedded broker in ``--brokers``: noida (the default broker; the
    headline), then Tansu. noida answers an empty fetch at once instead of holding it, so before
    the consumer slept between idle polls (``EventConsumer._run``) every idle state shard spun at
    ~0.7 of a core; ``idle_cores`` in the JSON shows what each component costs now.
@@ -38,20 +40,21 @@ no GPU). What runs, in a temporary work directory (deleted after unless ``--keep
    first counted send to the last answer), p50/p90/p99/max, errors (non-200, another user,
    ``fallback`` not null, fewer than k items: must be 0), how late the client sent, and **CPU ms
    per request by component** (``/proc`` CPU time of this process and every process it started:
-   the Serve proxy, the ingress and recommender replicas, the state shards, the broker, Ray's own
+   HAProxy, the Recommender replicas, the state shards, the broker, Ray's own
    processes, the driver with the client; less each one's idle use, over every request of the
    run). After each rate the run waits until single requests answer in under 200 ms again
    (``settle_s``). Once a rate saturates the app (p50 > 1 s), higher rates than 100 /s are
    skipped (reported as such).
 6. **where the time goes**, at ``--breakdown-rate`` (25 /s, below saturation) the same way: (a)
    the Recommender deployment's ``recommend_user`` called through a ``DeploymentHandle`` from the
-   driver (no HTTP proxy, no ingress: the shard call, batching and scoring), (b) its
+   driver (no HTTP, no HAProxy: the shard call, batching and scoring), (b) its
    ``shard_call(rank, "get_user")`` (the recommender hop plus the shard hop, no scoring).
-7. **in-process**: the same artifact through ``raymm.load_model`` in the driver on one torch
-   thread (the recommender replica gets one: 0.5 CPU), for the same users' live histories and
+7. **in-process**: the same artifact through ``raymm.load_model`` with the served index, in the
+   driver on one torch and one faiss thread (the recommender replica gets one: 0.5 CPU), for the same users' live histories and
    seen items (read from the shards): ``recommend_many`` of one user per call (what the replica
    runs for a batch of one: ``recommend`` is that call) and in batches of 32 (Serve's
-   ``max_batch_size``), p50/p99 per call.
+   ``max_batch_size``), p50/p99 per call; with faiss, exact search beside it (its latency, and
+   the served index's recall@10 against it for every user).
 
 With ``--ranker`` the ranker artifact is deployed on the first broker too, at 100 /s only.
 
@@ -108,6 +111,7 @@ KIND_WEIGHTS = (0.5, 0.2, 0.1, 0.05, 0.1, 0.05)
 ZIPF = 0.8
 PARTITIONS = 4
 SHARDS = 2
+REPLICAS = 2
 BATCH = 32  # the recommender's @serve.batch max_batch_size
 DAY_MS = 86_400_000
 #: A request not answered in this long is an error (and its latency this long).
@@ -469,13 +473,16 @@ def build_artifact(
 # -- the deployment -------------------------------------------------------------------------------
 
 
-def serve_config(work: Path, broker: str = "noida") -> RaymmConfig:
+def serve_config(work: Path, broker: str = "noida", overrides: list[str] | None = None) -> RaymmConfig:
     """Serving under ``work/serve`` (broker data, snapshots) with the embedded ``broker``: emptied
-    first, so a reused work directory starts with an empty topic and no state."""
+    first, so a reused work directory starts with an empty topic and no state. ``overrides`` are
+    ``--set`` strings (``serve.recommender_replicas=2``)."""
     shutil.rmtree(work / "serve", ignore_errors=True)
-    config = load_config(None, [f"out={work / 'serve'}", "ray.num_cpus=2"])
+    # One recommender replica per core: a replica answers HTTP, batches and calls the shards on
+    # one Python thread, which saturated near 100 requests/s here (p50 > 1 s in one of three runs).
+    base = [f"out={work / 'serve'}", "ray.num_cpus=2", f"serve.state_shards={SHARDS}"]
+    config = load_config(None, [*base, f"serve.recommender_replicas={REPLICAS}", *(overrides or [])])
     config.serve.port = serve_port()
-    config.serve.state_shards = SHARDS
     config.kafka = config.kafka.model_copy(update={"partitions": PARTITIONS, "embedded_broker": broker})
     return config
 
@@ -494,7 +501,7 @@ def serve_settings(config: RaymmConfig) -> dict[str, Any]:
         "shard_num_cpus": s.shard_num_cpus,
         "broker": config.kafka.embedded_broker,
         "ray_num_cpus": config.ray.num_cpus,
-        "batch": {"max_batch_size": BATCH, "batch_wait_timeout_s": 0.003},
+        "batch": {"max_batch_size": s.max_batch_size, "batch_wait_ms": s.batch_wait_ms},
     }
 
 
@@ -689,7 +696,7 @@ async def settle(load: HttpLoad, fast_ms: float = 200.0, timeout_s: float = 120.
 async def handle_load(
     app_name: str, users: list[str], rate: float, args: argparse.Namespace, what: str, idle: dict[str, float]
 ) -> dict[str, Any]:
-    """The Recommender deployment called through a DeploymentHandle at ``rate`` (no proxy, no ingress)."""
+    """The Recommender deployment called through a DeploymentHandle at ``rate`` (no HTTP, no HAProxy)."""
 
     from raymm.serve.shard import owner_rank
 
@@ -825,7 +832,7 @@ def measure_app(
     broker: str = "noida",
 ) -> dict[str, Any]:
     """Deploy ``model``, give the users state, run the HTTP rates, the breakdown and in-process."""
-    config = serve_config(work / label, broker)
+    config = serve_config(work / label, broker, args.set)
     phases: dict[str, Any] = {}
     deploy_started = time.perf_counter()
     before = loadavg()
@@ -919,6 +926,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--quick", action="store_true", help="smoke run: 10k items, 300 users, short rates")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--set", action="append", default=[], help="a config override for the app, e.g. serve.nprobe=64"
+    )
     args = parser.parse_args(argv)
     n_items = args.items or (10_000 if args.quick else 100_000)
     if args.quick:
@@ -979,7 +989,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "users_with_state": headline["phases"]["state"]["users_with_history"],
         "shards": SHARDS,
         "partitions": PARTITIONS,
-        "replicas": {"recommender": 1, "ingress": 1},
+        "replicas": {"recommender": headline["serve"]["recommender_replicas"]},
         "model": built.info,
         "load": "open loop: request i sent at t0 + i/rate (fixed spacing), latency from the scheduled time",
         "warmup_s": args.warmup_s,

@@ -95,6 +95,10 @@ class StateShard:
             "last_ts_ms": state.last_ts_ms,
         }
 
+    def get_users(self, user_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """:meth:`get_user` for many users in one call (the recommender's batches)."""
+        return [self.get_user(user_id) for user_id in user_ids]
+
     def partitions(self) -> list[int]:
         return self.state.partitions()
 
