@@ -927,6 +927,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="smoke run: 10k items, 300 users, short rates")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
+        "--repeats", type=int, default=1, help="deploy and measure each broker this many times (the spread)"
+    )
+    parser.add_argument(
         "--set", action="append", default=[], help="a config override for the app, e.g. serve.nprobe=64"
     )
     args = parser.parse_args(argv)
@@ -950,12 +953,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         built = build_artifact(work, n_items, args.users, args.epochs, args.seed, ranker=args.ranker)
         loads["after_build"] = loadavg()
-        runs = {
-            f"two_tower_{broker}": measure_app(
-                built, built.model, args, rates, work, f"two_tower_{broker}", broker
-            )
-            for broker in brokers
-        }
+        runs = {}
+        for broker in brokers:
+            for repeat in range(args.repeats):
+                name = f"two_tower_{broker}" + (f"_repeat{repeat}" if repeat else "")
+                runs[name] = measure_app(built, built.model, args, rates, work, name, broker)
         if built.ranked is not None:
             runs[f"ranker_{brokers[0]}"] = measure_app(
                 built, built.ranked, args, [TARGET_RATE], work, f"ranker_{brokers[0]}", brokers[0]
@@ -1001,6 +1003,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "serve_vs_in_process_p99": summary[headline_name]["serve_vs_in_process_p99"],
         "meets_target": summary[headline_name]["meets_target"],
         "summary": summary,
+        "p99_ms_at_100_rps_by_broker": {
+            broker: [
+                v["p99_ms_at_100_rps"] for k, v in summary.items() if k.startswith(f"two_tower_{broker}")
+            ]
+            for broker in brokers
+        },
         "runs": runs,
         "loadavg_1m": {**loads, "end": loadavg()},
         "seconds": round(time.perf_counter() - started, 1),
