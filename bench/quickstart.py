@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -27,6 +28,27 @@ from typing import Any
 from _shared import BASE_CONFIG, ROOT, finish, log
 
 BENCH = "quickstart"
+
+
+#: "[4/7] training the two towers into ... (Ray Train): done in 130.5 s"
+STAGE_LINE = re.compile(r"^\[(\d+)/(\d+)\] (.*?)(?: into .*?)?(?: \(.*\))?: done in ([0-9.]+) s$")
+#: "  freshness (event posted -> reflected in a recommendation), 20 users: p50 34 ms, p99 99 ms ..."
+FRESHNESS_LINE = re.compile(r"freshness .*?(\d+) users: p50 ([0-9.]+) ms, p99 ([0-9.]+) ms")
+
+
+def console_figures(stdout: str) -> dict[str, Any]:
+    """Each stage's seconds and the live part's freshness, as the quickstart printed them."""
+    stages = {}
+    for line in stdout.splitlines():
+        match = STAGE_LINE.match(line.strip())
+        if match:
+            label = re.split(r" (?:into |/|\(|\d)", match[3])[0].split(":")[0]  # no machine paths
+            stages[f"{match[1]} {label}"] = float(match[4])
+    fresh = FRESHNESS_LINE.search(stdout)
+    freshness = (
+        {"users": int(fresh[1]), "p50_ms": float(fresh[2]), "p99_ms": float(fresh[3])} if fresh else None
+    )
+    return {"stage_seconds": stages, "live_freshness": freshness}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -83,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "orderings_one_seed": {o["name"]: o["holds"] for o in document["orderings"]},
         "users": {p: about["users"] for p, about in document["protocols"].items()},
+        **console_figures(run.stdout),
     }
     return finish(BENCH, report, args.out)
 

@@ -66,7 +66,9 @@ def running_app(
     with kafka_bootstrap(config.kafka, data_dir=broker_dir) as bootstrap:
         ensure_topics(bootstrap, config.kafka.topics(), **config.kafka.client_options())
         # An already running Serve keeps the HTTP options it was started with.
+        _route_logs()
         serve.start(http_options={"host": settings.host, "port": settings.port})
+        _route_logs()  # Serve gives its logger a console handler when it starts
         app = build_app(config, bootstrap_servers=bootstrap, model=model_uri)
         serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix)
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
@@ -83,6 +85,15 @@ def running_app(
             yield running
         finally:
             _stop(settings.app_name, settings.state_shards)
+
+
+def _route_logs() -> None:
+    """Re-apply the CLI's log routing (Serve's INFO lines to the log file, not the console)."""
+    from raymm import console
+
+    routing = console.current()
+    if routing is not None:
+        routing.route_ray_loggers()
 
 
 def recommender_handle(app_name: str) -> Any:
