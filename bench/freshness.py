@@ -316,6 +316,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.probes, args.warmup_s, args.epochs, args.users = 50, 2.0, 1, min(args.users, 300)
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from raymm.runtime import serve_env
+
+    for name, value in serve_env().items():  # before any Ray start: building the model starts Ray
+        os.environ.setdefault(name, value)
 
     import ray
 

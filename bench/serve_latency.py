@@ -480,7 +480,12 @@ def serve_config(work: Path, broker: str = "noida", overrides: list[str] | None 
     shutil.rmtree(work / "serve", ignore_errors=True)
     # One recommender replica per core: a replica answers HTTP, batches and calls the shards on
     # one Python thread, which saturated near 100 requests/s here (p50 > 1 s in one of three runs).
-    base = [f"out={work / 'serve'}", "ray.num_cpus=2", f"serve.state_shards={SHARDS}"]
+    base = [
+        f"out={work / 'serve'}",
+        "ray.num_cpus=2",
+        "ray.serve_throughput_mode=true",  # HAProxy and direct ingress (raymm.runtime.serve_env)
+        f"serve.state_shards={SHARDS}",
+    ]
     config = load_config(None, [*base, f"serve.recommender_replicas={REPLICAS}", *(overrides or [])])
     config.serve.port = serve_port()
     config.kafka = config.kafka.model_copy(update={"partitions": PARTITIONS, "embedded_broker": broker})
@@ -942,6 +947,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if TARGET_RATE not in rates:
         parser.error(f"--rates must include {TARGET_RATE:g} (the target's rate)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from raymm.runtime import serve_env
+
+    for name, value in serve_env().items():  # before any Ray start: building the model starts Ray
+        os.environ.setdefault(name, value)
 
     import ray
 

