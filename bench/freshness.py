@@ -43,7 +43,6 @@ cores.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import threading
@@ -59,6 +58,7 @@ from _shared import RESULTS, finish, log
 from serve_latency import (
     PARTITIONS,
     SHARDS,
+    bench_env,
     build_artifact,
     cpu_by_component,
     deployed,
@@ -315,11 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.probes, args.warmup_s, args.epochs, args.users = 50, 2.0, 1, min(args.users, 300)
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from raymm.runtime import serve_env
-
-    for name, value in serve_env().items():  # before any Ray start: building the model starts Ray
-        os.environ.setdefault(name, value)
+    bench_env()
 
     import ray
 

@@ -473,6 +473,15 @@ def build_artifact(
 # -- the deployment -------------------------------------------------------------------------------
 
 
+def bench_env() -> None:
+    """The serving benchmarks' process environment, set before any Ray start (building the model
+    starts Ray): offline Hugging Face, and Serve's throughput mode (``raymm.runtime.serve_env``)."""
+    from raymm.runtime import serve_env
+
+    for name, value in {"HF_HUB_OFFLINE": "1", **serve_env()}.items():
+        os.environ.setdefault(name, value)
+
+
 def serve_config(work: Path, broker: str = "noida", overrides: list[str] | None = None) -> RaymmConfig:
     """Serving under ``work/serve`` (broker data, snapshots) with the embedded ``broker``: emptied
     first, so a reused work directory starts with an empty topic and no state. ``overrides`` are
@@ -946,11 +955,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     if TARGET_RATE not in rates:
         parser.error(f"--rates must include {TARGET_RATE:g} (the target's rate)")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from raymm.runtime import serve_env
-
-    for name, value in serve_env().items():  # before any Ray start: building the model starts Ray
-        os.environ.setdefault(name, value)
+    bench_env()
 
     import ray
 
