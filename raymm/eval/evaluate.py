@@ -156,6 +156,37 @@ def evaluate_scorer(
     ``candidates`` (catalog rows) only those may be recommended and the truth is restricted to
     them. Memory is bounded by the chunk, whatever the user count.
     """
+    return _rank_users(scorer, users, ks, n_items, candidates, recency, user_chunk, False).result()
+
+
+def per_user_metrics(
+    scorer: Scorer,
+    users: EvalUsers,
+    ks: Sequence[int],
+    n_items: int,
+    candidates: np.ndarray | None = None,
+    recency: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """What :func:`evaluate_scorer` averages, user by user, for paired tests between scorers.
+
+    Returns ``(user_ids, {metric: (U',) values})`` over the users with a non-empty truth (in the
+    order of ``users``), so two scorers ranked on the same users line up row for row.
+    """
+    metrics = _rank_users(scorer, users, ks, n_items, candidates, recency, USER_CHUNK, True)
+    truth = users.truth if candidates is None else users.truth.restrict(candidates, n_items)
+    return users.user_ids[truth.sizes > 0], metrics.per_user()
+
+
+def _rank_users(
+    scorer: Scorer,
+    users: EvalUsers,
+    ks: Sequence[int],
+    n_items: int,
+    candidates: np.ndarray | None,
+    recency: np.ndarray | None,
+    user_chunk: int,
+    keep_per_user: bool,
+) -> RankingMetrics:
     truth = users.truth
     position: np.ndarray | None = None
     n_ranked = n_items
@@ -164,7 +195,7 @@ def evaluate_scorer(
         position = np.full(n_items, -1, dtype=np.int64)
         position[candidates] = np.arange(len(candidates))
         n_ranked = len(candidates)
-    metrics = RankingMetrics(ks, n_ranked)
+    metrics = RankingMetrics(ks, n_ranked, keep_per_user=keep_per_user)
     depth = min(max(metrics.ks), n_ranked)
     active = np.flatnonzero(truth.sizes > 0)
     for start in range(0, active.size, user_chunk):
@@ -175,12 +206,13 @@ def evaluate_scorer(
             exclude=users.seen.take(chunk),
             candidates=candidates,
             recency=None if recency is None else recency[chunk],
+            user_ids=users.user_ids[chunk],
         )
         rows = top.rows
         if position is not None:
             rows = torch.where(rows >= 0, torch.from_numpy(position)[rows.clamp(min=0)], -1)
         metrics.add(truth.take(chunk), rows)
-    return metrics.result()
+    return metrics
 
 
 def protocol_metrics(scorer: Scorer, setup: EvalSetup, ks: Sequence[int]) -> dict[str, dict[str, float]]:

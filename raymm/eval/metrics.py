@@ -16,7 +16,8 @@ top K and ``truth`` their held-out relevant items (binary relevance):
 
 Per-user values are averaged over the users with a non-empty truth set; users without one are
 skipped. Relevant items that are also in a user's seen set cannot be retrieved (they are
-excluded) but still count in ``|truth|``; keep the two disjoint.
+excluded) but would still count in ``|truth|``: keep the two disjoint, as
+:func:`raymm.recommend.history.eval_users` does by dropping repeats from the truth.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class RankingMetrics:
     :meth:`add` with each chunk's truth sets and ranked rows, then :meth:`result`.
     """
 
-    def __init__(self, ks: Sequence[int], n_items: int) -> None:
+    def __init__(self, ks: Sequence[int], n_items: int, keep_per_user: bool = False) -> None:
         if not ks or min(ks) <= 0:
             raise ValueError(f"ks must be positive integers, got {list(ks)}")
         self.ks = sorted({int(k) for k in ks})
@@ -65,6 +66,10 @@ class RankingMetrics:
         self.totals = {f"{name}@{k}": 0.0 for k in self.ks for name in _PER_USER}
         self.reached = {k: torch.zeros(n_items, dtype=torch.bool) for k in self.ks}
         self.n_users = 0
+        #: With ``keep_per_user``, every added user's values (paired tests need them).
+        self.kept: dict[str, list[np.ndarray]] | None = (
+            {key: [] for key in self.totals} if keep_per_user else None
+        )
 
     def add(self, truth: ItemSets, ranked: Tensor) -> None:
         """Add users whose held-out items are ``truth`` (U sets) and whose ranked rows are ``ranked``
@@ -106,8 +111,16 @@ class RankingMetrics:
             }
             for name in _PER_USER:
                 self.totals[f"{name}@{k}"] += float(values[name].sum())
+                if self.kept is not None:
+                    self.kept[f"{name}@{k}"].append(values[name].numpy())
             self.reached[k][ranked[:, :depth][real[:, :depth]]] = True
         self.n_users += int(evaluated.size)
+
+    def per_user(self) -> dict[str, np.ndarray]:
+        """Each metric's (users added,) values in the order added; needs ``keep_per_user``."""
+        if self.kept is None:
+            raise RuntimeError("RankingMetrics was built without keep_per_user")
+        return {key: np.concatenate(parts) if parts else np.zeros(0) for key, parts in self.kept.items()}
 
     def result(self) -> dict[str, float]:
         """Per-user means over the users added, plus coverage at each K."""

@@ -99,7 +99,10 @@ def eval_users(
 ) -> EvalUsers:
     """Users with positives in ``held_out``: history from ``context`` (earlier events), truth from ``held_out``.
 
-    Seen items are every item of the user in ``context`` (any event), excluded from ranking.
+    Seen items are every item of the user in ``context`` (any event), excluded from ranking; a
+    held-out positive on a seen item (a repeat) is dropped from the truth, since it cannot be
+    recommended. A user whose every held-out positive is a repeat has an empty truth and is not
+    evaluated.
     Users without a single counting event in ``context`` get an all-padding history.
     """
     truth_events = positive_events(held_out, events)
@@ -117,8 +120,15 @@ def eval_users(
     state = history_after(codes[keep], rows[keep], counted, max_history)
     history[: len(state)] = state
     seen = ItemSets.from_pairs(codes[keep], rows[keep], len(user_ids))
-    t_users = np.asarray(pc.index_in(pa.array(truth_users.astype(str)), value_set=lookup))
+    t_users = np.asarray(
+        pc.fill_null(pc.index_in(pa.array(truth_users.astype(str)), value_set=lookup), -1)
+    ).astype(np.int64)
+    # A held-out positive on an item the user already had is excluded from ranking, so it could
+    # never be retrieved: it leaves the truth (repeat interactions in imported data).
+    n_items = catalog.n_items
+    seen_keys = codes[keep].astype(np.int64) * n_items + rows[keep]
     t_keep = truth_rows >= 0
+    t_keep &= ~np.isin(t_users * n_items + truth_rows, seen_keys)
     truth = ItemSets.from_pairs(t_users[t_keep], truth_rows[t_keep], len(user_ids))
     return EvalUsers(user_ids, history, seen, truth)
 

@@ -17,7 +17,9 @@ retrieve-then-rank, :class:`~raymm.recommend.rerank.Reranker`. One evaluator
   little or no history get a real answer: score = a(h) * primary + (1 - a(h)) * popularity with
   a(h) = h / (h + shrinkage), h the number of history items (a(0) = 0: popularity alone). The
   shrinkage is chosen on validation (:func:`choose_shrinkage`) and serving applies the same rule;
-* :class:`RetrieveThenRank`: a retriever's top ``top_n`` re-ordered by the ranker.
+* :class:`RetrieveThenRank`: a retriever's top ``top_n`` re-ordered by the ranker;
+* :class:`PrecomputedScorer`: scores computed elsewhere (a peer library such as Cornac), one
+  row per user id, so the same evaluator ranks them; unknown users get a fallback scorer's answer.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from raymm.recommend.history import item_counts
 from raymm.recommend.index import ItemIndex
 from raymm.recommend.itemsets import ItemSets
 from raymm.recommend.rerank import Reranker
-from raymm.recommend.topk import TopK, top_k
+from raymm.recommend.topk import TopK, top_k, top_k_of_scores
 from raymm.recommend.vectors import encode_catalog, user_vectors
 
 #: Shrinkage values :func:`choose_shrinkage` tries (0: popularity only for users with no history).
@@ -76,13 +78,15 @@ class Scorer(ABC):
         exclude: ItemSets | None = None,
         candidates: np.ndarray | None = None,
         recency: np.ndarray | None = None,
+        user_ids: np.ndarray | None = None,
     ) -> TopK:
         """The top ``k`` catalog rows for each of U users, best first.
 
         ``history`` (U, L) catalog rows, oldest first, -1 padded; ``exclude`` per user rows never
         returned (seen items); ``candidates`` the rows that may be returned (None: all);
         ``recency`` (U,) raw log1p hours since each user's last event (NaN: unknown), used by
-        scorers that read it.
+        scorers that read it; ``user_ids`` (U,) the users' ids, for scorers that look users up
+        (:class:`PrecomputedScorer`).
         """
 
 
@@ -123,6 +127,7 @@ class DotProductScorer(Scorer):
         exclude: ItemSets | None = None,
         candidates: np.ndarray | None = None,
         recency: np.ndarray | None = None,
+        user_ids: np.ndarray | None = None,
     ) -> TopK:
         if self.index is not None and candidates is None:
             return self.index.search(self.user_vectors(history), k, exclude=exclude)
@@ -310,6 +315,7 @@ class RetrieveThenRank(Scorer):
         exclude: ItemSets | None = None,
         candidates: np.ndarray | None = None,
         recency: np.ndarray | None = None,
+        user_ids: np.ndarray | None = None,
     ) -> TopK:
         if k > self.top_n:
             raise ValueError(f"k={k} exceeds the retriever's top_n={self.top_n}: the ranker sees only those")
@@ -339,3 +345,66 @@ def choose_shrinkage(
     scores = {str(value): evaluate(FallbackScorer(primary, popularity, value)) for value in grid}
     best = max(grid, key=lambda value: (scores[str(value)], -value))
     return float(best), scores
+
+
+class PrecomputedScorer(Scorer):
+    """Scores another system computed: ``scores`` (U', N) float32, row ``i`` the user ``user_ids[i]``.
+
+    Ranking goes through the same :func:`top_k` (seen items excluded, candidates honoured) as
+    every raymm scorer. A user without a row (the system never saw them) gets ``fallback``'s
+    answer, as raymm's own users without history get popularity; without ``fallback`` such a user
+    is an error. Needs ``user_ids`` in :meth:`recommend`.
+    """
+
+    def __init__(
+        self, name: str, user_ids: Sequence[str], scores: np.ndarray, fallback: Scorer | None = None
+    ) -> None:
+        if scores.ndim != 2 or scores.shape[0] != len(user_ids):
+            raise ValueError(f"scores must be ({len(user_ids)}, N), got shape {scores.shape}")
+        self.name = name
+        self.scores = torch.as_tensor(np.ascontiguousarray(scores, dtype=np.float32))
+        self.row = {str(user): i for i, user in enumerate(user_ids)}
+        self.fallback = fallback
+
+    def recommend(
+        self,
+        history: np.ndarray,
+        k: int,
+        *,
+        exclude: ItemSets | None = None,
+        candidates: np.ndarray | None = None,
+        recency: np.ndarray | None = None,
+        user_ids: np.ndarray | None = None,
+    ) -> TopK:
+        if user_ids is None:
+            raise ValueError(f"{self.name}: precomputed scores need the users' ids")
+        rows = np.array([self.row.get(str(user), -1) for user in user_ids], dtype=np.int64)
+        unknown = np.flatnonzero(rows < 0)
+        if unknown.size and self.fallback is None:
+            raise ValueError(f"{self.name} has no scores for user {user_ids[unknown[0]]!r}")
+        known = np.flatnonzero(rows >= 0)
+        top = top_k_of_scores(
+            self.scores[torch.from_numpy(rows[known])],
+            k,
+            exclude=None if exclude is None else exclude.take(known),
+            candidates=candidates,
+        )
+        if unknown.size == 0:
+            return top
+        assert self.fallback is not None
+        other = self.fallback.recommend(
+            history[unknown],
+            k,
+            exclude=None if exclude is None else exclude.take(unknown),
+            candidates=candidates,
+            recency=None if recency is None else recency[unknown],
+            user_ids=user_ids[unknown],
+        )
+        width = max(top.rows.shape[1], other.rows.shape[1])
+        out_rows = torch.full((len(rows), width), -1, dtype=torch.long)
+        out_scores = torch.full((len(rows), width), float("-inf"))
+        for part, where in ((top, known), (other, unknown)):
+            index = torch.from_numpy(where)
+            out_rows[index, : part.rows.shape[1]] = part.rows
+            out_scores[index, : part.scores.shape[1]] = part.scores
+        return TopK(out_rows, out_scores)

@@ -111,3 +111,40 @@ def top_k(
         out_rows[start : start + chunk.size, :depth] = torch.where(real, best_rows, -1)
         out_scores[start : start + chunk.size, :depth] = best_scores
     return TopK(out_rows, out_scores)
+
+
+def top_k_of_scores(
+    scores: Tensor | np.ndarray,
+    k: int,
+    *,
+    exclude: ItemSets | None = None,
+    candidates: np.ndarray | None = None,
+) -> TopK:
+    """:func:`top_k` for a score matrix given outright: ``scores`` (U, N), one row per user.
+
+    For scores another system computed (peers' full score matrices); same exclusion, candidates
+    and output as :func:`top_k`. Raises :class:`ValueError` for a non-2-D matrix, k < 1 or an
+    ``exclude`` of another user count.
+    """
+    matrix = _as_float(scores)
+    if matrix.ndim != 2 or k < 1:
+        raise ValueError(f"scores must be (U, N) and k positive, got {tuple(matrix.shape)} and k={k}")
+    n_users, n_catalog = matrix.shape
+    if exclude is not None and exclude.n_users != n_users:
+        raise ValueError(f"exclude holds {exclude.n_users} users, scores {n_users}")
+    matrix = matrix.clone()
+    if exclude is not None:
+        owners, seen = exclude.gather(np.arange(n_users))
+        matrix[torch.from_numpy(owners), torch.from_numpy(seen)] = float("-inf")
+    rows_of = torch.arange(n_catalog)
+    if candidates is not None:
+        rows_of = torch.from_numpy(np.asarray(candidates, dtype=np.int64))
+        matrix = matrix[:, rows_of]
+    depth = min(k, matrix.shape[1])
+    top = torch.topk(matrix, depth, dim=1)
+    out_rows = torch.full((n_users, k), -1, dtype=torch.long)
+    out_scores = torch.full((n_users, k), float("-inf"))
+    real = top.values > float("-inf")
+    out_rows[:, :depth] = torch.where(real, rows_of[top.indices], -1)
+    out_scores[:, :depth] = top.values
+    return TopK(out_rows, out_scores)
