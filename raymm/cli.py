@@ -55,6 +55,14 @@ def print_summary(title: str, rows: Sequence[tuple[str, Any]], elapsed_s: float 
     console.summary(title, rows, elapsed_s)
 
 
+def print_warning(message: str) -> None:
+    """Print one ``raymm: warning: ...`` line on stderr, the form of ``raymm: error: ...``.
+
+    Not a Python warning: the console routing sends those to the log file, and these are for people.
+    """
+    print(f"raymm: warning: {message}", file=sys.stderr, flush=True)
+
+
 def _counts_rows(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
     counts = manifest.get("counts", {})
     return [(f"{name} rows", f"{count:,}") for name, count in counts.items()]
@@ -127,7 +135,12 @@ def cmd_data_import(args: argparse.Namespace, config: RaymmConfig) -> int:
     start = time.perf_counter()
     manifest = import_dataset(cfg, out, progress=not args.quiet)
     rows = [("dataset", out), ("format", cfg.format), ("source", cfg.source)]
-    print_summary("data import", rows + _counts_rows(manifest), time.perf_counter() - start)
+    rows += _counts_rows(manifest)
+    warnings = manifest.get("warnings", [])
+    rows.append(("warnings", f"{len(warnings)} (below, and in {out}/dataset.json)" if warnings else "none"))
+    print_summary("data import", rows, time.perf_counter() - start)
+    for warning in warnings:
+        print_warning(warning)
     return EXIT_OK
 
 

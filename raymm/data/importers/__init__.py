@@ -51,7 +51,8 @@ def import_dataset(config: ImportConfig, out: str, progress: bool = True) -> dic
     Interactions are split globally by time with ``config.split`` unless the source carries its
     own split (mmrec's x_label). The manifest is the one
     :func:`~raymm.data.dataset.write_dataset` wrote: ``name``, ``source`` (``format``, ``path``
-    and what the importer noted, e.g. the event mapping), ``split``, ``files`` and ``counts``.
+    and what the importer noted, e.g. the event mapping), ``split``, ``files``, ``counts`` and
+    ``warnings`` (one sentence per thing the importer could not take as given; [] when none).
 
     Raises :class:`ConfigError` when format or source is unset, :class:`DataError` when the
     source is missing, and :class:`ImportFormatError` naming the file and line of malformed
@@ -88,6 +89,7 @@ def import_dataset(config: ImportConfig, out: str, progress: bool = True) -> dic
             "name": config.name or imported.name,
             "source": {"format": config.format, "path": config.source, **imported.details},
             "split": split_info,
+            "warnings": list(imported.warnings),
         }
         written = write_dataset(out, items, {**splits, **imported.extra_tables}, manifest)
         steps.update()

@@ -23,7 +23,9 @@ class ImportedTables:
 
     ``interactions`` is split by time unless the source carries its own split in ``splits``
     (train/validation/test), named by ``split_column``. ``extra_tables`` go to the dataset as optional tables (``features``);
-    ``details`` are recorded under ``source`` in the manifest.
+    ``details`` are recorded under ``source`` in the manifest. ``warnings`` name what the importer
+    read but could not take as given (a file it does not know, a missing column it made up for);
+    they go to the manifest's ``warnings`` and the console.
     """
 
     name: str
@@ -33,6 +35,7 @@ class ImportedTables:
     split_column: str | None = None
     extra_tables: dict[str, pa.Table] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def rating_events(ratings: pa.Array, like_threshold: float, below: str) -> pa.Array:
