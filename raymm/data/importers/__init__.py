@@ -13,8 +13,9 @@ mmrec      MMRec layout (``<name>.inter`` with x_label, ``*_feat.npy``, id mappi
 
 Shared conventions: ids become strings; explicit ratings map to events by
 ``config.like_threshold`` (rating >= threshold -> ``like``, else ``view``; Amazon reviews ->
-``like``/``purchase`` since a review implies a purchase); timestamps are timestamp[ms, UTC];
-item tags are sorted and de-duplicated, null where an item has none. Everything is built in
+``like``/``purchase`` since a review implies a purchase); timestamps are timestamp[ms, UTC], and
+where a source has none (recbole and mmrec may lack the column) file order stands for time, with a
+warning; item tags are sorted and de-duplicated, null where an item has none. Everything is built in
 memory before :func:`~raymm.data.dataset.write_dataset` is called, so bad input never leaves a
 half-written dataset behind.
 """

@@ -4,7 +4,7 @@
   (0 train, 1 validation, 2 test; the split is kept, never recomputed) and optionally
   ``rating`` (rating >= ``like_threshold`` -> ``like``, otherwise ``view``; without it every row
   is a ``view``) and ``timestamp`` (epoch seconds, fractions kept to the millisecond; without it
-  rows get synthetic file-order timestamps).
+  rows get synthetic file-order timestamps, and the import warns that file order is recency).
 * ``u_id_mapping.csv`` / ``i_id_mapping.csv`` (optional, tab-separated with a header: the
   ``userID``/``itemID`` column and one column of original ids, e.g. MMRec's ``user_id``/``asin``)
   map the integer ids back to the originals; without them the integers become the ids.
@@ -68,8 +68,9 @@ def read(config: ImportConfig, progress: bool = False) -> ImportedTables:
             row, f"{LABEL_FIELD} is {labels[row].as_py()}; expected 0 (train), 1 (validation) or 2 (test)"
         )
 
-    events, ts, notes = optional_rating_and_time(inter, config.like_threshold)
-    details: dict[str, Any] = dict(notes)
+    # x_label is the split, so without timestamps file order only decides recency.
+    events = optional_rating_and_time(inter, config.like_threshold, split_by_time=False)
+    details: dict[str, Any] = dict(events.notes)
 
     user_mapping = _read_mapping(directory, USER_MAPPING, USER_FIELD)
     item_mapping = _read_mapping(directory, ITEM_MAPPING, ITEM_FIELD)
@@ -91,7 +92,7 @@ def read(config: ImportConfig, progress: bool = False) -> ImportedTables:
     universe_ints, universe_ids = universe_ints.take(order), universe_ids.take(order)
     items = pa.table({"item_id": universe_ids})
 
-    interactions = interactions_table(user_ids, item_ids, events, ts)
+    interactions = interactions_table(user_ids, item_ids, events.events, events.ts)
     labels_np = labels.to_numpy()
     splits = {
         split: interactions.filter(pa.array(labels_np == label)).sort_by(
@@ -111,7 +112,7 @@ def read(config: ImportConfig, progress: bool = False) -> ImportedTables:
         split_column=LABEL_FIELD,
         extra_tables=extra,
         details=details,
-        warnings=unknown_feature_files(directory),
+        warnings=events.warnings + unknown_feature_files(directory),
     )
 
 

@@ -121,6 +121,11 @@ def test_without_mappings_or_features_ids_are_the_integers(write_source, run_imp
     assert data.interactions("test").to_pylist()[0]["user_id"] == "3"
     assert data.interactions("train").to_pylist()[0]["event"] == "view"
     assert "synthetic" in manifest["source"]["timestamps"]
+    # x_label is the split, so file order only stands for recency.
+    assert (
+        f"no timestamp column in {source / 'plain.inter'}: file order is used as time, so recency follows "
+        "file order"
+    ) in manifest["warnings"]
 
 
 @pytest.mark.parametrize(
