@@ -136,6 +136,10 @@ def cmd_data_import(args: argparse.Namespace, config: RaymmConfig) -> int:
     manifest = import_dataset(cfg, out, progress=not args.quiet)
     rows = [("dataset", out), ("format", cfg.format), ("source", cfg.source)]
     rows += _counts_rows(manifest)
+    rows += [
+        (f"{split} users", f"{users['users']:,} ({users['without_train']:,} without train events)")
+        for split, users in manifest.get("split_users", {}).items()
+    ]
     warnings = manifest.get("warnings", [])
     rows.append(("warnings", f"{len(warnings)} (below, and in {out}/dataset.json)" if warnings else "none"))
     print_summary("data import", rows, time.perf_counter() - start)

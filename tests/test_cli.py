@@ -182,3 +182,24 @@ def test_quiet_stops_forwarding_ray_worker_logs(tmp_path: Path, capsys: pytest.C
     assert "log_to_driver: true" in capsys.readouterr().out
     assert main([*args, "--quiet"]) == 0
     assert "log_to_driver: false" in capsys.readouterr().out
+
+
+def test_import_prints_split_users_and_one_line_per_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "mm"
+    source.mkdir()
+    (source / "toy.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n1\t1\t0\n0\t1\t2\n2\t0\t2\n")
+    out = tmp_path / "data"
+    assert (
+        main(["data", "import", "--format", "mmrec", "--source", str(source), "--out", str(out), "--quiet"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "test users" in captured.out and "2 (1 without train events)" in captured.out
+    assert f"2 (below, and in {out}/dataset.json)" in captured.out
+    warnings = [line for line in captured.err.splitlines() if line.startswith("raymm: warning: ")]
+    assert len(warnings) == 2
+    assert "no timestamp column in" in warnings[0] and "toy.inter" in warnings[0]
+    assert warnings[1].startswith("raymm: warning: degenerate split: the test split has 2 users")
+    assert "1 of 2 test users (50%)" not in captured.err  # exactly half is not more than half

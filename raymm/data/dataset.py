@@ -89,6 +89,21 @@ def split_by_time(
     return parts, iso
 
 
+def held_out_users(splits: dict[str, pa.Table]) -> dict[str, dict[str, int]]:
+    """Per held-out split (validation, test): how many users it has, and how many of them lack train events.
+
+    Returns ``{split: {"users": n, "without_train": m}}``; the ``m`` users meet the model with an
+    empty history. ``splits`` holds at least train, validation and test interactions.
+    """
+    train_users = pc.unique(splits["train"].column("user_id").combine_chunks())
+    counts: dict[str, dict[str, int]] = {}
+    for split in SPLITS[1:]:
+        users = pc.unique(splits[split].column("user_id").combine_chunks())
+        known = pc.is_in(users, value_set=train_users).to_numpy(zero_copy_only=False)
+        counts[split] = {"users": len(users), "without_train": int((~known).sum())}
+    return counts
+
+
 def _iso_ms(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat()
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from raymm.data.dataset import load_dataset, split_by_time, write_dataset
+from raymm.data.dataset import held_out_users, load_dataset, split_by_time, write_dataset
 from raymm.errors import DataError
 from tests.conftest import make_interactions
 
@@ -49,3 +49,22 @@ def test_loading_something_that_is_not_a_dataset(tmp_path: Path) -> None:
         load_dataset(str(tmp_path / "missing"))
     with pytest.raises(DataError, match=r"dataset\.json is missing"):
         load_dataset(str(tmp_path))
+
+
+def test_held_out_users_counts_users_without_train_events() -> None:
+    def users(*ids: str) -> pa.Table:
+        return pa.table({"user_id": pa.array(ids, pa.string())})
+
+    splits = {
+        "train": users("a", "b", "b"),
+        "validation": users("b", "c"),
+        "test": users("a", "c", "d", "d"),
+    }
+    assert held_out_users(splits) == {
+        "validation": {"users": 2, "without_train": 1},
+        "test": {"users": 3, "without_train": 2},
+    }
+    assert held_out_users({"train": users(), "validation": users(), "test": users("a")})["test"] == {
+        "users": 1,
+        "without_train": 1,
+    }
