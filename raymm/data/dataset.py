@@ -31,6 +31,7 @@ from raymm.errors import DataError
 
 MANIFEST = "dataset.json"
 ITEMS = "items.parquet"
+FEATURES = "features.parquet"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 INTERACTION_FILES: tuple[str, ...] = (*SPLITS, "cold_start", "stream")
 OPTIONAL_TABLES: tuple[str, ...] = ("cold_items", "cold_start", "stream", "facets", "features")
@@ -173,6 +174,20 @@ def load_dataset(path: str, tables: tuple[str, ...] | None = None) -> Dataset:
         table = io.read_table(io.join(path, file), f"{stem} file")
         loaded[stem] = conform_interactions(table) if stem in INTERACTION_FILES else table
     return Dataset(items=items, tables=loaded, manifest=manifest)
+
+
+def imported_features(path: str) -> str | None:
+    """The URI of a dataset's precomputed ``features.parquet`` (an importer's), or None when it has none.
+
+    Reads only the manifest; a directory that is not a dataset gives None (loading it reports that).
+    """
+    manifest_uri = io.join(path, MANIFEST)
+    if not io.exists(manifest_uri):
+        return None
+    manifest = io.read_json(manifest_uri, "dataset manifest")
+    files = manifest.get("files", []) if isinstance(manifest, dict) else []
+    uri = io.join(path, FEATURES)
+    return uri if FEATURES in files and io.exists(uri) else None
 
 
 def item_ids(table: pa.Table) -> pa.Array:
