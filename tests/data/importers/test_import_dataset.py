@@ -25,7 +25,7 @@ def test_few_test_users_warn_with_the_number_and_a_larger_test_share() -> None:
 
 
 def test_mostly_cold_test_users_warn_with_both_numbers() -> None:
-    # recbole's ml-100k with the default time split: 166 test users, 97 of them without train events.
+    # The numbers reported for recbole's ml-100k with the default time split.
     few, cold = split_warnings(_users(166, 97), TIME_SPLIT)
     assert "166 users, fewer than 500" in few
     assert cold.startswith("degenerate split: 97 of 166 test users (58%) have no train events, more than 50%")
