@@ -121,12 +121,12 @@ def split_warnings(split_users: dict[str, dict[str, int]], split_info: dict[str,
         train_share, _, test_share = split_info["fractions"]
         few_remedy = (
             f"the global time split gives test the last {test_share:.0%} of events; a larger test share "
-            "(e.g. --set import.split=[0.7,0.15,0.15]) gives it more users"
+            "(e.g. --set 'import.split=[0.7,0.15,0.15]') gives it more users"
         )
         cold_remedy = (
             f"the global time split ends train after the first {train_share:.0%} of events, and users whose "
             "first event comes later have no history; import.split moves that boundary (e.g. "
-            "--set import.split=[0.9,0.05,0.05]), else read test metrics as cold-user metrics"
+            "--set 'import.split=[0.9,0.05,0.05]'), else read test metrics as cold-user metrics"
         )
     else:
         column = split_info.get("column") or "source"

@@ -21,7 +21,7 @@ def test_a_healthy_test_split_gives_no_warning() -> None:
 def test_few_test_users_warn_with_the_number_and_a_larger_test_share() -> None:
     [warning] = split_warnings(_users(166, 10), TIME_SPLIT)
     assert warning.startswith("degenerate split: the test split has 166 users, fewer than 500")
-    assert "last 10% of events" in warning and "--set import.split=[0.7,0.15,0.15]" in warning
+    assert "last 10% of events" in warning and "--set 'import.split=[0.7,0.15,0.15]'" in warning
 
 
 def test_mostly_cold_test_users_warn_with_both_numbers() -> None:
