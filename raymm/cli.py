@@ -55,6 +55,14 @@ def print_summary(title: str, rows: Sequence[tuple[str, Any]], elapsed_s: float 
     console.summary(title, rows, elapsed_s)
 
 
+def print_warning(message: str) -> None:
+    """Print one ``raymm: warning: ...`` line on stderr, the form of ``raymm: error: ...``.
+
+    Not a Python warning: the console routing sends those to the log file, and these are for people.
+    """
+    print(f"raymm: warning: {message}", file=sys.stderr, flush=True)
+
+
 def _counts_rows(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
     counts = manifest.get("counts", {})
     return [(f"{name} rows", f"{count:,}") for name, count in counts.items()]
@@ -127,7 +135,16 @@ def cmd_data_import(args: argparse.Namespace, config: RaymmConfig) -> int:
     start = time.perf_counter()
     manifest = import_dataset(cfg, out, progress=not args.quiet)
     rows = [("dataset", out), ("format", cfg.format), ("source", cfg.source)]
-    print_summary("data import", rows + _counts_rows(manifest), time.perf_counter() - start)
+    rows += _counts_rows(manifest)
+    rows += [
+        (f"{split} users", f"{users['users']:,} ({users['without_train']:,} without train events)")
+        for split, users in manifest.get("split_users", {}).items()
+    ]
+    warnings = manifest.get("warnings", [])
+    rows.append(("warnings", f"{len(warnings)} (below, and in {out}/dataset.json)" if warnings else "none"))
+    print_summary("data import", rows, time.perf_counter() - start)
+    for warning in warnings:
+        print_warning(warning)
     return EXIT_OK
 
 
@@ -157,9 +174,30 @@ def cmd_extract(args: argparse.Namespace, config: RaymmConfig) -> int:
     _plan_extract(plan, config, data, out, args.incremental)
     if plan.dry_run(args, config):
         return EXIT_OK
+    from raymm.data import io
+    from raymm.data.dataset import ITEMS, imported_features
+    from raymm.features.pipeline import catalog_presence
+
+    imported = imported_features(data)
+    if imported is not None:
+        presence = catalog_presence(io.join(data, ITEMS), list(config.extract.modalities))
+        if not any(presence.values()):
+            # An MMRec import: vectors, no media. Extract has nothing to encode; say where the features are.
+            print_summary(
+                "extract",
+                [
+                    ("dataset", data),
+                    ("features", f"already imported: {_describe_features(imported)}"),
+                    ("nothing to encode", f"its items have no {' / '.join(presence)} to extract"),
+                    ("next", "`raymm train` and `raymm evaluate` use them when --features is not given"),
+                ],
+            )
+            return EXIT_OK
     result = extract(config, data, out, incremental=args.incremental, progress=not args.quiet)
     rows: list[tuple[str, Any]] = [("dataset", data), ("features", out)]
     rows += _extract_rows(result)
+    if imported is not None:
+        rows.append(("imported features", f"{imported} too; pass --features {imported} to use those instead"))
     print_summary("extract", rows, result.elapsed_s)
     return EXIT_OK
 
@@ -189,9 +227,56 @@ def _extract_rows(result: Any) -> list[tuple[str, Any]]:
     return rows
 
 
+def resolve_features(features: str | None, default: str, data: str) -> tuple[str, bool]:
+    """(features to use, whether they are the dataset's imported ones) for train and evaluate.
+
+    ``features`` (``--features``) when given, else ``default`` (``<out>/features``, what
+    ``raymm extract`` writes); when that does not exist and the dataset carries precomputed features
+    (an MMRec import's ``features.parquet``), those.
+    """
+    from raymm.data import io
+    from raymm.data.dataset import imported_features
+
+    if features is not None:
+        return features, False
+    if io.exists(default):
+        return default, False
+    imported = imported_features(data)
+    return (default, False) if imported is None else (imported, True)
+
+
+def _features_for(args: argparse.Namespace, config: RaymmConfig, data: str) -> str:
+    """:func:`resolve_features` for a command, saying on the console when it falls back to imported ones."""
+    default = config.stage_dir("features")
+    features, imported = resolve_features(args.features, default, data)
+    if imported:
+        print(
+            f"features: {default} does not exist, so using the features imported with the dataset: "
+            f"{_describe_features(features)}; --features chooses others",
+            flush=True,
+        )
+    return features
+
+
+def _describe_features(uri: str) -> str:
+    """``<uri> (text, image: precomputed:mmrec)``: a features file and the modalities and encoders it holds."""
+    import pyarrow.parquet as pq
+
+    from raymm.data import io
+
+    filesystem, path = io.resolve(uri)
+    schema = pq.read_schema(path, filesystem=filesystem)
+    metadata = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+    modalities = [name for name in ("text", "image", "audio") if name in schema.names]
+    encoders = sorted({metadata[f"encoder.{m}"] for m in modalities if f"encoder.{m}" in metadata})
+    return f"{uri} ({', '.join(modalities) or 'no modality'}" + (
+        f": {', '.join(encoders)})" if encoders else ")"
+    )
+
+
 def cmd_train(args: argparse.Namespace, config: RaymmConfig) -> int:
     data = args.data or config.stage_dir("data")
-    features = args.features or config.stage_dir("features")
+    features = _features_for(args, config, data)
     out = args.out or config.stage_dir("model")
     if args.stage == "rank":
         return _train_ranker(args, config, data, features, out)
@@ -241,7 +326,7 @@ def _train_ranker(args: argparse.Namespace, config: RaymmConfig, data: str, feat
 
 def cmd_evaluate(args: argparse.Namespace, config: RaymmConfig) -> int:
     data = args.data or config.stage_dir("data")
-    features = args.features or config.stage_dir("features")
+    features = _features_for(args, config, data)
     if args.ablation:
         return _run_ablation(args, config, data, features)
     from raymm.eval.evaluate import evaluate
@@ -714,7 +799,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train", parents=[_common_options("train")], help="align, fuse and train the two towers on Ray Train"
     )
     train.add_argument("--data", help="dataset directory (default: <out>/data)")
-    train.add_argument("--features", help="features directory (default: <out>/features)")
+    train.add_argument(
+        "--features",
+        help="features directory (default: <out>/features, else the dataset's imported features.parquet)",
+    )
     train.add_argument(
         "--stage",
         choices=["retrieval", "rank"],
@@ -730,7 +818,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="rank a model and popularity offline (test and cold-start protocols), or run the ablation",
     )
     evaluate.add_argument("--data", help="dataset directory (default: <out>/data)")
-    evaluate.add_argument("--features", help="features directory (default: <out>/features)")
+    evaluate.add_argument(
+        "--features",
+        help="features directory (default: <out>/features, else the dataset's imported features.parquet)",
+    )
     evaluate.add_argument("--model", help="model artifact directory (default: <out>/model)")
     evaluate.add_argument(
         "--ablation",

@@ -7,11 +7,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
-from raymm.cli import main
+from raymm.cli import main, resolve_features
 from raymm.data import io
 from raymm.data.dataset import split_by_time, write_dataset
 from tests.conftest import make_interactions, make_items
@@ -182,3 +184,84 @@ def test_quiet_stops_forwarding_ray_worker_logs(tmp_path: Path, capsys: pytest.C
     assert "log_to_driver: true" in capsys.readouterr().out
     assert main([*args, "--quiet"]) == 0
     assert "log_to_driver: false" in capsys.readouterr().out
+
+
+def test_import_prints_split_users_and_one_line_per_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "mm"
+    source.mkdir()
+    (source / "toy.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n1\t1\t0\n0\t1\t2\n2\t0\t2\n")
+    out = tmp_path / "data"
+    assert (
+        main(["data", "import", "--format", "mmrec", "--source", str(source), "--out", str(out), "--quiet"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "test users" in captured.out and "2 (1 without train events)" in captured.out
+    assert f"2 (below, and in {out}/dataset.json)" in captured.out
+    warnings = [line for line in captured.err.splitlines() if line.startswith("raymm: warning: ")]
+    assert len(warnings) == 2
+    assert "no timestamp column in" in warnings[0] and "toy.inter" in warnings[0]
+    assert warnings[1].startswith("raymm: warning: degenerate split: the test split has 2 users")
+    assert "1 of 2 test users (50%)" not in captured.err  # exactly half is not more than half
+
+
+def _mmrec_with_features(tmp_path: Path) -> Path:
+    """A tiny MMRec source with text, image and audio vectors imported to <tmp>/o/data; returns the dataset."""
+    source = tmp_path / "mm"
+    source.mkdir()
+    (source / "toy.inter").write_text(
+        "userID\titemID\ttimestamp\tx_label\n0\t0\t1\t0\n1\t1\t2\t0\n0\t1\t3\t1\n1\t0\t4\t2\n"
+    )
+    for modality, dim in (("text", 3), ("image", 2), ("audio", 4)):
+        np.save(source / f"{modality}_feat.npy", np.ones((2, dim), dtype=np.float32))
+    data = tmp_path / "o" / "data"
+    assert (
+        main(["data", "import", "--format", "mmrec", "--source", str(source), "--out", str(data), "--quiet"])
+        == 0
+    )
+    return data
+
+
+def test_resolve_features_prefers_the_flag_then_extracted_then_imported(tmp_path: Path) -> None:
+    data = _mmrec_with_features(tmp_path)
+    imported = str(data / "features.parquet")
+    default = tmp_path / "o" / "features"
+    assert resolve_features("mine", str(default), str(data)) == ("mine", False)
+    assert resolve_features(None, str(default), str(data)) == (imported, True)
+    assert resolve_features(None, str(default), str(tmp_path / "not-a-dataset")) == (str(default), False)
+    default.mkdir()
+    assert resolve_features(None, str(default), str(data)) == (str(default), False)
+
+
+def test_after_an_mmrec_import_extract_points_at_the_features_and_train_uses_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _mmrec_with_features(tmp_path)
+    imported = f"{data}/features.parquet"
+    capsys.readouterr()
+    common = ["--set", f"out={tmp_path / 'o'}", "--data", str(data), "--quiet"]
+
+    assert main(["extract", *common]) == 0
+    printed = capsys.readouterr().out
+    assert f"already imported: {imported} (text, image, audio: precomputed:mmrec)" in printed
+    assert not (tmp_path / "o" / "features").exists()
+
+    import raymm.train.trainer
+
+    given: list[str] = []
+
+    def fake_train(config: object, data_dir: str, features_dir: str, out: str) -> SimpleNamespace:
+        given.append(features_dir)
+        manifest = SimpleNamespace(model_version="v", metrics={"validation": {}})
+        return SimpleNamespace(manifest=manifest, history=[], elapsed_s=0.0)
+
+    monkeypatch.setattr(raymm.train.trainer, "train", fake_train)
+    assert main(["train", *common]) == 0
+    assert given == [imported]
+    printed = capsys.readouterr().out
+    assert (
+        f"{tmp_path / 'o' / 'features'} does not exist, so using the features imported with the dataset"
+        in printed
+    )

@@ -31,6 +31,7 @@ from raymm.errors import DataError
 
 MANIFEST = "dataset.json"
 ITEMS = "items.parquet"
+FEATURES = "features.parquet"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 INTERACTION_FILES: tuple[str, ...] = (*SPLITS, "cold_start", "stream")
 OPTIONAL_TABLES: tuple[str, ...] = ("cold_items", "cold_start", "stream", "facets", "features")
@@ -87,6 +88,21 @@ def split_by_time(
         "test_from": _iso_ms(int(ts[start_test])) if start_test < n else "",
     }
     return parts, iso
+
+
+def held_out_users(splits: dict[str, pa.Table]) -> dict[str, dict[str, int]]:
+    """Per held-out split (validation, test): how many users it has, and how many of them lack train events.
+
+    Returns ``{split: {"users": n, "without_train": m}}``; the ``m`` users meet the model with an
+    empty history. ``splits`` holds at least train, validation and test interactions.
+    """
+    train_users = pc.unique(splits["train"].column("user_id").combine_chunks())
+    counts: dict[str, dict[str, int]] = {}
+    for split in SPLITS[1:]:
+        users = pc.unique(splits[split].column("user_id").combine_chunks())
+        known = pc.is_in(users, value_set=train_users).to_numpy(zero_copy_only=False)
+        counts[split] = {"users": len(users), "without_train": int((~known).sum())}
+    return counts
 
 
 def _iso_ms(ms: int) -> str:
@@ -158,6 +174,20 @@ def load_dataset(path: str, tables: tuple[str, ...] | None = None) -> Dataset:
         table = io.read_table(io.join(path, file), f"{stem} file")
         loaded[stem] = conform_interactions(table) if stem in INTERACTION_FILES else table
     return Dataset(items=items, tables=loaded, manifest=manifest)
+
+
+def imported_features(path: str) -> str | None:
+    """The URI of a dataset's precomputed ``features.parquet`` (an importer's), or None when it has none.
+
+    Reads only the manifest; a directory that is not a dataset gives None (loading it reports that).
+    """
+    manifest_uri = io.join(path, MANIFEST)
+    if not io.exists(manifest_uri):
+        return None
+    manifest = io.read_json(manifest_uri, "dataset manifest")
+    files = manifest.get("files", []) if isinstance(manifest, dict) else []
+    uri = io.join(path, FEATURES)
+    return uri if FEATURES in files and io.exists(uri) else None
 
 
 def item_ids(table: pa.Table) -> pa.Array:

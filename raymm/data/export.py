@@ -7,6 +7,7 @@ Files written under ``out`` (a local path or pyarrow URI)::
     i_id_mapping.csv   tab-separated: asin itemID      (MMRec's header; "asin" holds any item id)
     text_feat.npy      float32 [n_items, dim], row i = itemID i   (if the dataset has features)
     image_feat.npy     likewise
+    audio_feat.npy     likewise
 
 Ids are contiguous integers from 0, users and items each sorted by their original (string) id;
 every item of ``items.parquet`` gets an id, cold ones included. ``x_label`` is 0/1/2 for our
@@ -31,10 +32,9 @@ import pyarrow.csv as pacsv
 
 from raymm.data import io
 from raymm.data.dataset import SPLITS, load_dataset
+from raymm.data.importers.mmrec import FEATURE_FILES, ITEM_MAPPING, USER_MAPPING
 from raymm.errors import DataError
 
-FEATURE_FILES: dict[str, str] = {"text": "text_feat.npy", "image": "image_feat.npy"}
-USER_MAPPING, ITEM_MAPPING = "u_id_mapping.csv", "i_id_mapping.csv"
 POSITIVE_EVENTS: tuple[str, ...] = ("like", "purchase")
 POSITIVE_RATING, OTHER_RATING = "5.0", "1.0"
 

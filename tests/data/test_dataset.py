@@ -6,7 +6,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from raymm.data.dataset import load_dataset, split_by_time, write_dataset
+from raymm.data.dataset import (
+    held_out_users,
+    imported_features,
+    load_dataset,
+    split_by_time,
+    write_dataset,
+)
 from raymm.errors import DataError
 from tests.conftest import make_interactions
 
@@ -49,3 +55,35 @@ def test_loading_something_that_is_not_a_dataset(tmp_path: Path) -> None:
         load_dataset(str(tmp_path / "missing"))
     with pytest.raises(DataError, match=r"dataset\.json is missing"):
         load_dataset(str(tmp_path))
+
+
+def test_held_out_users_counts_users_without_train_events() -> None:
+    def users(*ids: str) -> pa.Table:
+        return pa.table({"user_id": pa.array(ids, pa.string())})
+
+    splits = {
+        "train": users("a", "b", "b"),
+        "validation": users("b", "c"),
+        "test": users("a", "c", "d", "d"),
+    }
+    assert held_out_users(splits) == {
+        "validation": {"users": 2, "without_train": 1},
+        "test": {"users": 3, "without_train": 2},
+    }
+    assert held_out_users({"train": users(), "validation": users(), "test": users("a")})["test"] == {
+        "users": 1,
+        "without_train": 1,
+    }
+
+
+def test_imported_features_is_the_features_table_a_dataset_lists(
+    tmp_path: Path, items: pa.Table, interactions: pa.Table
+) -> None:
+    parts, _ = split_by_time(interactions)
+    features = pa.table({"item_id": ["a"], "text": pa.array([[1.0]], pa.list_(pa.float32(), 1))})
+    write_dataset(str(tmp_path / "with"), items, {**parts, "features": features}, {"name": "t"})
+    write_dataset(str(tmp_path / "without"), items, parts, {"name": "t"})
+
+    assert imported_features(str(tmp_path / "with")) == str(tmp_path / "with" / "features.parquet")
+    assert imported_features(str(tmp_path / "without")) is None
+    assert imported_features(str(tmp_path / "nothing")) is None

@@ -49,6 +49,7 @@ def dataset_dir(tmp_path):
             "item_id": ["i3", "i1", "i4", "i2"],
             "text": _vectors([[3, 3, 3], [1, 1, 1], None, [2, 2.5, 2]], 3),
             "image": _vectors([[0.3, 0.3], [0.1, 0.1], [0.4, 0.4], None], 2),
+            "audio": _vectors([None, [1, 0, 0, 1], [0.5, 0.5, 0.5, 0.5], [2, 2, 2, 2]], 4),
         }
     )
     cold = _events([("u2", "i4", "like", 6000)])
@@ -63,10 +64,11 @@ def test_export_writes_mmrec_layout(dataset_dir, tmp_path):
 
     assert summary["users"] == 3 and summary["items"] == 4
     assert summary["interactions"] == {"train": 4, "validation": 1, "test": 2}
-    assert summary["features"] == ["text", "image"]
+    assert summary["features"] == ["text", "image", "audio"]
     assert summary["not_exported"] == ["cold_start"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "i_id_mapping.csv", "image_feat.npy", "text_feat.npy", "tiny.inter", "u_id_mapping.csv",
+        "audio_feat.npy", "i_id_mapping.csv", "image_feat.npy", "text_feat.npy", "tiny.inter",
+        "u_id_mapping.csv",
     ]  # fmt: skip
     inter = (out / "tiny.inter").read_text().splitlines()
     assert inter[0] == "userID\titemID\trating\ttimestamp\tx_label"
@@ -80,6 +82,9 @@ def test_export_writes_mmrec_layout(dataset_dir, tmp_path):
     assert text.dtype == np.float32 and text.shape == (4, 3)
     np.testing.assert_array_equal(text[3], 0.0)  # i4 has no text vector
     np.testing.assert_array_equal(text[1], [2, 2.5, 2])
+    audio = np.load(out / "audio_feat.npy")
+    assert audio.shape == (4, 4)
+    np.testing.assert_array_equal(audio[2], 0.0)  # i3 has no audio vector
 
 
 def test_round_trip_through_mmrec_importer(dataset_dir, tmp_path):
@@ -103,11 +108,12 @@ def test_round_trip_through_mmrec_importer(dataset_dir, tmp_path):
 
     def by_item(table: pa.Table) -> dict[str, tuple]:
         return {
-            r["item_id"]: (r["text"], r["image"])
-            for r in table.select(["item_id", "text", "image"]).to_pylist()
+            r["item_id"]: (r["text"], r["image"], r["audio"])
+            for r in table.select(["item_id", "text", "image", "audio"]).to_pylist()
         }
 
     assert by_item(back.tables["features"]) == by_item(original.tables["features"])
+    assert back.manifest["source"]["features"] == ["text", "image", "audio"]
 
 
 def test_missing_dataset_is_named(tmp_path):

@@ -23,7 +23,9 @@ class ImportedTables:
 
     ``interactions`` is split by time unless the source carries its own split in ``splits``
     (train/validation/test), named by ``split_column``. ``extra_tables`` go to the dataset as optional tables (``features``);
-    ``details`` are recorded under ``source`` in the manifest.
+    ``details`` are recorded under ``source`` in the manifest. ``warnings`` name what the importer
+    read but could not take as given (a file it does not know, a missing column it made up for);
+    they go to the manifest's ``warnings`` and the console.
     """
 
     name: str
@@ -33,6 +35,7 @@ class ImportedTables:
     split_column: str | None = None
     extra_tables: dict[str, pa.Table] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def rating_events(ratings: pa.Array, like_threshold: float, below: str) -> pa.Array:
@@ -41,21 +44,42 @@ def rating_events(ratings: pa.Array, like_threshold: float, below: str) -> pa.Ar
     return pc.if_else(liked, pa.scalar("like"), pa.scalar(below))
 
 
+@dataclass
+class EventsAndTime:
+    """What :func:`optional_rating_and_time` made of a table: the event and ts columns, how, and warnings."""
+
+    events: pa.Array | str
+    ts: pa.Array
+    notes: dict[str, str]
+    warnings: list[str]
+
+
 def optional_rating_and_time(
-    table: TextTable, like_threshold: float, rating: str = "rating", timestamp: str = "timestamp"
-) -> tuple[pa.Array | str, pa.Array, dict[str, str]]:
-    """(events, ts, manifest notes) from optional rating and epoch-seconds timestamp columns.
+    table: TextTable,
+    like_threshold: float,
+    rating: str = "rating",
+    timestamp: str = "timestamp",
+    split_by_time: bool = True,
+) -> EventsAndTime:
+    """Events, ts, manifest notes and warnings from optional rating and epoch-seconds timestamp columns.
 
     Without ratings every row is a ``view``; without timestamps rows keep file order through
-    synthetic timestamps 1 ms apart from the epoch. The notes say which applied.
+    synthetic timestamps 1 ms apart from the epoch. The notes say which applied, and a missing
+    timestamp column is also a warning naming the file: file order then decides each user's
+    recency and, with ``split_by_time`` (the source has no split of its own), the split.
     """
     columns = table.table.column_names
+    warnings: list[str] = []
     if timestamp in columns:
         ts = epoch_to_timestamp(table.floats(timestamp), "s")
         notes = {"timestamps": "source (epoch seconds)"}
     else:
         ts = file_order_timestamps(table.num_rows)
         notes = {"timestamps": f"synthetic: file order, 1 ms apart from the epoch (no {timestamp} column)"}
+        follows = "the temporal split and recency follow" if split_by_time else "recency follows"
+        warnings.append(
+            f"no {timestamp} column in {table.uri}: file order is used as time, so {follows} file order"
+        )
     events: pa.Array | str
     if rating in columns:
         events = rating_events(table.floats(rating), like_threshold, below="view")
@@ -63,7 +87,7 @@ def optional_rating_and_time(
     else:
         events = "view"
         notes["events"] = f"view (no {rating} column)"
-    return events, ts, notes
+    return EventsAndTime(events, ts, notes, warnings)
 
 
 def interactions_table(

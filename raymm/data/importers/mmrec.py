@@ -4,14 +4,15 @@
   (0 train, 1 validation, 2 test; the split is kept, never recomputed) and optionally
   ``rating`` (rating >= ``like_threshold`` -> ``like``, otherwise ``view``; without it every row
   is a ``view``) and ``timestamp`` (epoch seconds, fractions kept to the millisecond; without it
-  rows get synthetic file-order timestamps).
+  rows get synthetic file-order timestamps, and the import warns that file order is recency).
 * ``u_id_mapping.csv`` / ``i_id_mapping.csv`` (optional, tab-separated with a header: the
   ``userID``/``itemID`` column and one column of original ids, e.g. MMRec's ``user_id``/``asin``)
   map the integer ids back to the originals; without them the integers become the ids.
-* ``image_feat.npy`` / ``text_feat.npy`` (optional): float matrices, row i = itemID i. They become
-  the dataset's ``features`` table (features contract of design.md), encoder recorded as
-  ``precomputed:mmrec``; an all-zero row, which is what MMRec pipelines and our exporter write for a
-  missing vector, becomes null.
+* ``text_feat.npy`` / ``image_feat.npy`` / ``audio_feat.npy`` (optional): float matrices, row i =
+  itemID i. They become the dataset's ``features`` table (features contract of design.md), encoder
+  recorded as ``precomputed:mmrec``; an all-zero row, which is what MMRec pipelines and our
+  exporter write for a missing vector, becomes null. Any other ``*_feat.npy`` is not imported and
+  the import warns, naming it.
 
 Items are the itemIDs in the interactions plus those in ``i_id_mapping.csv``; they have no text.
 """
@@ -31,6 +32,7 @@ from raymm.data.dataset import SPLITS
 from raymm.data.importers._parsing import (
     TSV,
     TextTable,
+    list_files,
     locate_named_file,
     optional_file,
     read_text_table,
@@ -40,7 +42,13 @@ from raymm.errors import DataError, ImportFormatError
 
 USER_FIELD, ITEM_FIELD, LABEL_FIELD = "userID", "itemID", "x_label"
 USER_MAPPING, ITEM_MAPPING = "u_id_mapping.csv", "i_id_mapping.csv"
-FEATURE_FILES: dict[str, str] = {"text": "text_feat.npy", "image": "image_feat.npy"}
+#: Modality -> MMRec's file for it; the exporter writes the same names.
+FEATURE_FILES: dict[str, str] = {
+    "text": "text_feat.npy",
+    "image": "image_feat.npy",
+    "audio": "audio_feat.npy",
+}
+FEATURE_SUFFIX = "_feat.npy"
 ENCODER_ID = "precomputed:mmrec"
 
 
@@ -60,8 +68,9 @@ def read(config: ImportConfig, progress: bool = False) -> ImportedTables:
             row, f"{LABEL_FIELD} is {labels[row].as_py()}; expected 0 (train), 1 (validation) or 2 (test)"
         )
 
-    events, ts, notes = optional_rating_and_time(inter, config.like_threshold)
-    details: dict[str, Any] = dict(notes)
+    # x_label is the split, so without timestamps file order only decides recency.
+    events = optional_rating_and_time(inter, config.like_threshold, split_by_time=False)
+    details: dict[str, Any] = dict(events.notes)
 
     user_mapping = _read_mapping(directory, USER_MAPPING, USER_FIELD)
     item_mapping = _read_mapping(directory, ITEM_MAPPING, ITEM_FIELD)
@@ -83,7 +92,7 @@ def read(config: ImportConfig, progress: bool = False) -> ImportedTables:
     universe_ints, universe_ids = universe_ints.take(order), universe_ids.take(order)
     items = pa.table({"item_id": universe_ids})
 
-    interactions = interactions_table(user_ids, item_ids, events, ts)
+    interactions = interactions_table(user_ids, item_ids, events.events, events.ts)
     labels_np = labels.to_numpy()
     splits = {
         split: interactions.filter(pa.array(labels_np == label)).sort_by(
@@ -97,7 +106,13 @@ def read(config: ImportConfig, progress: bool = False) -> ImportedTables:
         extra["features"] = features
         details["features"] = [m for m in FEATURE_FILES if m in features.column_names]
     return ImportedTables(
-        name=name, items=items, splits=splits, split_column=LABEL_FIELD, extra_tables=extra, details=details
+        name=name,
+        items=items,
+        splits=splits,
+        split_column=LABEL_FIELD,
+        extra_tables=extra,
+        details=details,
+        warnings=events.warnings + unknown_feature_files(directory),
     )
 
 
@@ -145,6 +160,21 @@ def _original_ids(
         row = int(np.flatnonzero(~positions.is_valid().to_numpy(zero_copy_only=False))[0])
         raise inter.error(row, f"{field} {ints[row].as_py()} is not in {file}")
     return originals.take(positions)
+
+
+def unknown_feature_files(directory: str) -> list[str]:
+    """A warning for each ``*_feat.npy`` in ``directory`` that is no modality of :data:`FEATURE_FILES`.
+
+    MMRec pipelines name a modality's matrix ``<modality>_feat.npy``; one we do not know would
+    otherwise be left behind without a word.
+    """
+    known = sorted(FEATURE_FILES.values())
+    return [
+        f"{file} in {directory} is not a feature file raymm knows ({', '.join(known)}); it was not "
+        "imported (rename it to one of these if it holds that modality)"
+        for file in list_files(directory)
+        if file.endswith(FEATURE_SUFFIX) and file not in known
+    ]
 
 
 def _features(directory: str, item_ints: pa.Array, item_ids: pa.Array) -> pa.Table | None:

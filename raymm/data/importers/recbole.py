@@ -6,7 +6,8 @@ Every file is tab-separated with a ``field:type`` header (types ``token``, ``tok
 * ``.inter``: ``user_id``, ``item_id``; optional ``rating`` (rating >= ``like_threshold`` ->
   ``like``, otherwise ``view``; without ratings every interaction is a ``view``) and
   ``timestamp`` (epoch seconds; without it, rows are ordered as in the file with synthetic
-  timestamps 1 ms apart from the epoch, and the manifest says so).
+  timestamps 1 ms apart from the epoch, so file order decides the time split; the manifest
+  says so and the import warns).
 * ``.item``: ``item_id`` and any fields; text = one ``field: value`` line per non-empty
   ``token``/``token_seq`` field, in header order.
 * ``.link`` (``item_id``, ``entity_id``) and ``.kg`` (``head_id``, ``relation_id``, ``tail_id``):
@@ -50,8 +51,10 @@ def read(config: ImportConfig, progress: bool = False) -> ImportedTables:
     assert config.source is not None
     directory, inter_uri, name = locate_named_file(config.source, ".inter", config.name, "recbole")
     inter, _ = read_atomic(inter_uri, required=("user_id", "item_id"))
-    events, ts, notes = optional_rating_and_time(inter, config.like_threshold)
-    interactions = interactions_table(inter.strings("user_id"), inter.strings("item_id"), events, ts)
+    events = optional_rating_and_time(inter, config.like_threshold)
+    interactions = interactions_table(
+        inter.strings("user_id"), inter.strings("item_id"), events.events, events.ts
+    )
 
     item_uri = optional_file(directory, f"{name}.item")
     items = _items(item_uri) if item_uri else pa.table({"item_id": pa.array([], pa.string())})
@@ -65,8 +68,13 @@ def read(config: ImportConfig, progress: bool = False) -> ImportedTables:
         items = _with_ids(items, ids)
         items = items.append_column("tags", _kg_tags(ids, link_uri, kg_uri))
     present = {"inter": inter_uri, "item": item_uri, "link": link_uri, "kg": kg_uri}
-    details: dict[str, Any] = {**notes, "files": [f"{name}.{ext}" for ext, uri in present.items() if uri]}
-    return ImportedTables(name=name, items=items, interactions=interactions, details=details)
+    details: dict[str, Any] = {
+        **events.notes,
+        "files": [f"{name}.{ext}" for ext, uri in present.items() if uri],
+    }
+    return ImportedTables(
+        name=name, items=items, interactions=interactions, details=details, warnings=events.warnings
+    )
 
 
 def read_atomic(uri: str, required: tuple[str, ...]) -> tuple[TextTable, dict[str, str]]:

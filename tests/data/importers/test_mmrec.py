@@ -32,6 +32,8 @@ def _npy(matrix: np.ndarray) -> bytes:
 TEXT = np.arange(12, dtype=np.float32).reshape(4, 3)
 TEXT[1] = 0.0  # MMRec's zero row: no text vector for itemID 1
 IMAGE = np.arange(8, dtype=np.float64).reshape(4, 2) + 1
+AUDIO = np.eye(4, 5, dtype=np.float32)
+AUDIO[3] = 0.0  # no audio vector for itemID 3
 
 
 def _import(source, tmp_path):
@@ -78,6 +80,39 @@ def test_keeps_x_label_split_ids_and_features(write_source, run_import):
     assert features.column("image").to_pylist()[2] == [5.0, 6.0]
 
 
+def test_imports_every_modality_text_image_and_audio(write_source, run_import):
+    source = write_source(
+        {
+            "baby.inter": INTER,
+            "i_id_mapping.csv": I_MAP,
+            "text_feat.npy": _npy(TEXT),
+            "image_feat.npy": _npy(IMAGE),
+            "audio_feat.npy": _npy(AUDIO),
+        }
+    )
+    manifest, data = run_import(source, format="mmrec")
+
+    assert manifest["source"]["features"] == ["text", "image", "audio"]
+    assert not [w for w in manifest["warnings"] if "_feat.npy" in w]
+    features = data.tables["features"]
+    assert features.schema.metadata[b"encoder.audio"] == b"precomputed:mmrec"
+    assert features.schema.field("audio").type == pa.list_(pa.float32(), 5)
+    audio = features.column("audio").to_pylist()
+    assert audio[1] == [0.0, 1.0, 0.0, 0.0, 0.0] and audio[3] is None
+    assert features.column("text").to_pylist()[0] == [0.0, 1.0, 2.0]
+    assert features.column("image").to_pylist()[2] == [5.0, 6.0]
+
+
+def test_an_unknown_feature_file_is_named_in_a_warning(write_source, run_import):
+    source = write_source({"baby.inter": INTER, "text_feat.npy": _npy(TEXT), "video_feat.npy": _npy(IMAGE)})
+    manifest, data = run_import(source, format="mmrec")
+
+    assert data.tables["features"].column_names == ["item_id", "text"]
+    [warning] = [w for w in manifest["warnings"] if "_feat.npy" in w]
+    assert warning.startswith("video_feat.npy in ") and "not imported" in warning
+    assert "audio_feat.npy, image_feat.npy, text_feat.npy" in warning
+
+
 def test_without_mappings_or_features_ids_are_the_integers(write_source, run_import):
     source = write_source({"plain.inter": "userID\titemID\tx_label\n3\t7\t0\n4\t7\t1\n3\t8\t2\n"})
     manifest, data = run_import(source, format="mmrec")
@@ -86,6 +121,11 @@ def test_without_mappings_or_features_ids_are_the_integers(write_source, run_imp
     assert data.interactions("test").to_pylist()[0]["user_id"] == "3"
     assert data.interactions("train").to_pylist()[0]["event"] == "view"
     assert "synthetic" in manifest["source"]["timestamps"]
+    # x_label is the split, so file order only stands for recency.
+    assert (
+        f"no timestamp column in {source / 'plain.inter'}: file order is used as time, so recency follows "
+        "file order"
+    ) in manifest["warnings"]
 
 
 @pytest.mark.parametrize(

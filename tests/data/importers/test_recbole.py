@@ -74,6 +74,15 @@ def test_without_timestamp_orders_by_file_and_says_so(write_source, run_import):
     train = data.interactions("train").to_pylist()
     assert [(r["user_id"], r["item_id"]) for r in train] == [("u2", "a"), ("u1", "b")]
     assert data.interactions("test").to_pylist()[0]["user_id"] == "u3"
+    assert (
+        f"no timestamp column in {source / 'clicks.inter'}: file order is used as time, so the temporal "
+        "split and recency follow file order"
+    ) in manifest["warnings"]
+
+
+def test_with_timestamps_nothing_warns_about_time(write_source, run_import):
+    manifest, _ = run_import(write_source({"ml-tiny.inter": INTER}), format="recbole")
+    assert not [w for w in manifest["warnings"] if "timestamp" in w]
 
 
 def test_bad_header_type_names_file_and_line_1(write_source, tmp_path):
