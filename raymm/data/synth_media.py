@@ -352,7 +352,9 @@ def _drums(
 ) -> np.ndarray:
     """Percussion on the note onsets, cycling through ``pattern``."""
     track = np.zeros(length + int(0.06 * sample_rate))
-    hits = {kind: _noise_burst(kind, sample_rate, rng) for kind in set(pattern) - {"rest"}}
+    # Sorted, not set order: a set of strings iterates in hash order, which changes per process,
+    # and the bursts draw from ``rng`` in this order.
+    hits = {kind: _noise_burst(kind, sample_rate, rng) for kind in sorted(set(pattern) - {"rest"})}
     for beat, onset in enumerate(range(0, length, period)):
         kind = pattern[beat % len(pattern)]
         if kind != "rest":
