@@ -34,7 +34,7 @@ ITEMS = "items.parquet"
 FEATURES = "features.parquet"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 INTERACTION_FILES: tuple[str, ...] = (*SPLITS, "cold_start", "stream")
-OPTIONAL_TABLES: tuple[str, ...] = ("cold_items", "cold_start", "stream", "facets", "features")
+OPTIONAL_TABLES: tuple[str, ...] = ("cold_items", "cold_start", "stream", "facets", "features", "oracle_users")
 FORMAT_VERSION = 1
 
 
@@ -117,8 +117,8 @@ def write_dataset(
 ) -> dict[str, Any]:
     """Write a dataset directory and its manifest; returns the manifest written.
 
-    Interaction tables are conformed to the contract; ``cold_items``, ``facets`` and ``features``
-    are written as given. The manifest gains ``files`` and ``counts``.
+    Interaction tables are conformed to the contract; ``cold_items``, ``facets``, ``features`` and
+    ``oracle_users`` are written as given. The manifest gains ``files`` and ``counts``.
     """
     unknown = set(tables) - set(SPLITS) - set(OPTIONAL_TABLES)
     if unknown:

@@ -172,6 +172,8 @@ def synthesize(config: SynthConfig, out: str, seed: int, progress: bool = True) 
     tables = _interaction_tables(events, synthetic_items, timeline, item_ids, _ids("u", n_users))
     tables["cold_items"] = pa.table({"item_id": item_ids.filter(pa.array(synthetic_items.cold))})
     tables["facets"] = _facets_table(synthetic_items, item_ids)
+    # The generator's truth for the oracle (raymm.eval.oracle): no training input reads it.
+    tables["oracle_users"] = _oracle_users_table(n_users, seed)
     manifest = {
         "name": "synthetic",
         "source": "raymm data synth",
@@ -190,6 +192,12 @@ def synthesize(config: SynthConfig, out: str, seed: int, progress: bool = True) 
             for facet in FACETS
         },
         "creators": synthetic_items.n_creators,
+        "oracle": {
+            "affinity_temperature": AFFINITY_TEMPERATURE,
+            "popularity_bias": config.popularity_bias,
+            "facet_offsets": _FACET_OFFSETS.tolist(),
+            "tables": ["oracle_users (preferences)", "facets (facet codes, log_popularity)"],
+        },
         "tags": ["genre/<value>", "style/<value>", "creator/<id>"],
         "splits": timeline.as_manifest(),
         "missing": {m: int(synthetic_items.missing[m].sum()) for m in MODALITIES},
@@ -350,7 +358,21 @@ def _facets_table(synthetic_items: SyntheticItems, item_ids: pa.Array) -> pa.Tab
     for position, facet in enumerate(FACETS):
         columns[facet.name] = pa.array(synthetic_items.facets[:, position].astype(np.int32))
     columns["creator"] = pa.array(synthetic_items.creator.astype(np.int32))
+    columns["log_popularity"] = pa.array(synthetic_items.log_popularity.astype(np.float32))
     return pa.table(columns)
+
+
+def _oracle_users_table(n_users: int, seed: int) -> pa.Table:
+    """Each user's facet-value preference weights, as :func:`_sample_events` draws them (the first
+    draw of the users' stream), for the oracle that ranks by the generator's true affinity."""
+    preferences = _user_preferences(n_users, _rng(seed, _USERS_STREAM))
+    width = preferences.shape[1]
+    return pa.table(
+        {
+            "user_id": _ids("u", n_users),
+            "preferences": pa.FixedSizeListArray.from_arrays(pa.array(preferences.reshape(-1)), width),
+        }
+    )
 
 
 def _tags(synthetic_items: SyntheticItems) -> pa.Array:
