@@ -27,35 +27,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from _shared import BASE_CONFIG, ROOT, finish, log
+from fetch_ml100k import DATASET, RECBOLE, raymm
+from fetch_ml100k import fetch as fetch_ml100k
 
 from raymm.config import load_config
-from raymm.eval.evaluate import eval_setup, evaluate_scorer, served_scorer, validation_ndcg
+from raymm.eval.evaluate import (
+    eval_setup,
+    evaluate_scorer,
+    per_user_metrics,
+    served_scorer,
+    validation_ndcg,
+)
+from raymm.eval.stats import paired_test
 from raymm.models.artifact import load_artifact
 from raymm.recommend.history import EvalUsers
 from raymm.recommend.scorers import ContentScorer, FallbackScorer, PopularityScorer, Scorer
 
 BENCH = "cold_users"
-RECBOLE = "recbole==1.2.1"
-WHEEL = "recbole-1.2.1-py3-none-any.whl"
-DATASET = "ml-100k"
-ATOMIC_FILES = ("inter", "item", "kg", "link")
 K = 20
 #: Shrinkages past the training grid's largest (8), evaluated on validation only, as a diagnostic.
 EXTRA_SHRINKAGES = (16.0, 32.0, 64.0, 128.0)
-SIGN_FLIPS = 100_000
-BOOTSTRAPS = 10_000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,40 +69,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="sign-flip and bootstrap seed")
     parser.add_argument("--out", type=Path, default=None, help="result JSON path")
     return parser.parse_args(argv)
-
-
-def fetch_ml100k(cache: Path) -> Path:
-    """The directory of ml-100k's atomic files in ``cache``, downloaded and unzipped if missing."""
-    source = cache / DATASET
-    if all((source / f"{DATASET}.{ext}").is_file() for ext in ATOMIC_FILES):
-        return source
-    wheel = cache / WHEEL
-    if not wheel.is_file():
-        log(BENCH, f"pip download --no-deps {RECBOLE} into {cache}")
-        pip = [sys.executable, "-m", "pip", "download", "--no-deps", RECBOLE, "-d", str(cache)]
-        subprocess.run(pip, check=True, stdout=sys.stderr)
-    source.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as archive:
-        for ext in ATOMIC_FILES:
-            member = f"recbole/dataset_example/{DATASET}/{DATASET}.{ext}"
-            (source / f"{DATASET}.{ext}").write_bytes(archive.read(member))
-    log(BENCH, f"unzipped {len(ATOMIC_FILES)} atomic files into {source}")
-    return source
-
-
-def raymm(step: str, *arguments: str) -> float:
-    """Run ``raymm <arguments>`` as a user would (console output to stderr); its wall seconds."""
-    command = [sys.executable, "-m", "raymm.cli", *arguments, "--quiet"]
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    log(BENCH, f"{step}: raymm {' '.join(a for a in arguments[:2] if not a.startswith('-'))} ...")
-    started = time.perf_counter()
-    run = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    if run.returncode != 0:
-        sys.stderr.write(run.stdout[-6000:] + run.stderr[-6000:])
-        raise SystemExit(f"{step} failed (exit {run.returncode}): {' '.join(command)}")
-    log(BENCH, f"{step}: done in {seconds:.0f}s")
-    return seconds
 
 
 def run_pipeline(work: Path, source: Path, reuse: bool) -> dict[str, float]:
@@ -147,48 +112,6 @@ def subset(users: EvalUsers, mask: np.ndarray) -> EvalUsers:
     return EvalUsers(users.user_ids[idx], users.history[idx], users.seen.take(idx), users.truth.take(idx))
 
 
-def per_user_metrics(scorer: Scorer, users: EvalUsers, n_items: int, depth: int) -> dict[str, np.ndarray]:
-    """(U,) Recall@K and NDCG@K per user of ``scorer`` (seen items excluded), as the evaluator defines them.
-
-    The top ``depth`` is asked for and cut to K, as ``raymm evaluate`` does (depth = its largest K):
-    a scorer whose scores tie (content, for an empty history) orders the ties by the depth asked.
-    """
-    top = scorer.recommend(users.history, depth, exclude=users.seen).rows.numpy()[:, :K]
-    truth = users.truth
-    owner = np.repeat(np.arange(truth.n_users), truth.sizes)
-    truth_keys = owner * n_items + truth.indices
-    ranked_keys = np.arange(len(top))[:, None] * n_items + top
-    hits = (top >= 0) & np.isin(ranked_keys, truth_keys)
-    discount = 1.0 / np.log2(np.arange(K) + 2.0)
-    ideal = np.cumsum(discount)[np.minimum(truth.sizes, K) - 1]
-    return {
-        f"recall@{K}": hits.sum(axis=1) / truth.sizes,
-        f"ndcg@{K}": (hits * discount).sum(axis=1) / ideal,
-    }
-
-
-def paired(first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
-    """Mean of ``first - second`` (per user), a two-sided sign-flip p-value and a 95% bootstrap interval."""
-    differences = first - second
-    n = differences.size
-    observed = float(differences.mean())
-    signs = rng.choice(np.array([-1.0, 1.0]), size=(SIGN_FLIPS, n))
-    flipped = np.abs(signs @ differences / n)
-    p_value = (1 + int((flipped >= abs(observed) - 1e-12).sum())) / (SIGN_FLIPS + 1)
-    means = differences[rng.integers(0, n, size=(BOOTSTRAPS, n))].mean(axis=1)
-    return {
-        "users": n,
-        "mean_first": round(float(first.mean()), 4),
-        "mean_second": round(float(second.mean()), 4),
-        "mean_difference": round(observed, 4),
-        "bootstrap_95": [round(float(q), 4) for q in np.quantile(means, [0.025, 0.975])],
-        "sign_flip_p": round(p_value, 5),
-        "users_better": int((differences > 0).sum()),
-        "users_worse": int((differences < 0).sum()),
-        "users_tied": int((differences == 0).sum()),
-    }
-
-
 def analyse(work: Path, seed: int) -> dict[str, Any]:
     """Per-group metrics of every scorer, the shrinkage and its validation curve, and the paired tests."""
     config = load_config(BASE_CONFIG, [f"out={work}"])
@@ -208,7 +131,7 @@ def analyse(work: Path, seed: int) -> dict[str, Any]:
     length = test.history_length
     groups = {"no_history": length == 0, "with_history": length > 0, "all": np.ones(len(length), bool)}
     ks = config.evaluate.ks
-    per_user = {name: per_user_metrics(scorer, test, n_items, max(ks)) for name, scorer in scorers.items()}
+    per_user = {name: per_user_metrics(scorer, test, ks, n_items)[1] for name, scorer in scorers.items()}
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     for group, mask in groups.items():
         metrics[group] = {
@@ -241,10 +164,9 @@ def analyse(work: Path, seed: int) -> dict[str, Any]:
         ),
     }
 
-    rng = np.random.default_rng(seed)
     tests = {
         group: {
-            metric: paired(per_user["fallback"][metric][mask], per_user["two_tower"][metric][mask], rng)
+            metric: paired_test(per_user["fallback"][metric][mask], per_user["two_tower"][metric][mask], seed)
             for metric in (f"recall@{K}", f"ndcg@{K}")
         }
         for group, mask in groups.items()
