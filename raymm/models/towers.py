@@ -405,7 +405,8 @@ class TwoTower(nn.Module):
         ``expected_dims`` (modality -> width of the features it will read) is checked against the
         saved input dimensions. Raises :class:`ModelLoadError` for a missing or unreadable file,
         another format or format version, an invalid config, a modality set or dimension that
-        differs from ``expected_dims`` (naming both), or weights that do not fit the config.
+        differs from ``expected_dims`` (naming both), or weights that do not fit the config (among
+        them ``align.method: none`` models saved when that method had linear heads).
         """
         uri = as_uri(directory)
         config_uri = io.join(uri, CONFIG_FILE)
@@ -432,7 +433,16 @@ class TwoTower(nn.Module):
                 f"{config_uri}: audio_bands must be a positive integer or null, got {audio_bands!r}"
             )
         model = cls(config, input_dims, n_item_ids, audio_bands)
-        load_weights(model, io.join(uri, WEIGHTS_FILE), "two-tower weights")
+        try:
+            load_weights(model, io.join(uri, WEIGHTS_FILE), "two-tower weights")
+        except ModelLoadError as exc:
+            if config.align.method == "none" and config.align.hidden_dim > 0:
+                raise ModelLoadError(
+                    f"{exc}\n(align.method='none' models written before it took the heads of "
+                    "'contrastive' have one linear head per modality whatever align.hidden_dim says; "
+                    "re-train this model)"
+                ) from None
+            raise
         return model.to(device).eval()
 
 

@@ -14,6 +14,7 @@ from raymm.models.align import (
     LinearAligner,
     MelAudioEncoder,
     PCAReducer,
+    ProjectionHead,
     build_aligner,
     shares_tag,
     tag_incidence,
@@ -192,11 +193,16 @@ def test_kg_tags_dense_and_sparse_agree() -> None:
         tag_incidence([[0, 5]], n_tags=2)
 
 
-def test_none_aligner_has_linear_heads_and_no_loss() -> None:
+def test_none_aligner_has_the_heads_of_contrastive_and_no_loss() -> None:
     features, present = random_batch(8, DIMS)
-    aligner = build_aligner(AlignConfig(method="none", shared_dim=8), DIMS)
-    assert all(isinstance(head, torch.nn.Linear) for head in aligner.heads.values())
+    config = AlignConfig(method="none", shared_dim=8, hidden_dim=32)
+    aligner = build_aligner(config, DIMS)
+    contrastive = build_aligner(config.model_copy(update={"method": "contrastive"}), DIMS)
+    assert all(isinstance(head, ProjectionHead) for head in aligner.heads.values())
+    assert str(aligner.heads) == str(contrastive.heads)  # same layers, same widths
     assert float(aligner.loss(aligner.project(features, present), present)) == 0.0
+    linear = build_aligner(config.model_copy(update={"hidden_dim": 0}), DIMS)  # the explicit choice
+    assert all(isinstance(head.net, torch.nn.Linear) for head in linear.heads.values())
 
 
 def test_pca_reduction_is_fitted_before_projection() -> None:

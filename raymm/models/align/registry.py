@@ -8,7 +8,8 @@
   PCA space (Hoerl & Kennard 1970).
 * ``kg``: :class:`~raymm.models.align.kg.KGAligner`, tag-supervised contrastive loss
   (Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020).
-* ``none``: :class:`~raymm.models.align.plain.PlainAligner`, linear heads, no alignment loss.
+* ``none``: :class:`~raymm.models.align.plain.PlainAligner`, the heads of ``contrastive`` with
+  no alignment loss.
 """
 
 from __future__ import annotations
