@@ -54,8 +54,8 @@ class AlignConfig(_Section):
     )
     standardize: bool = Field(
         True,
-        description="Centre and scale each raw feature dimension by catalog statistics (fitted by "
-        "TwoTower.fit_alignment, stored with the weights) before alignment.",
+        description="Centre and scale each raw feature dimension by statistics of the training (warm) items "
+        "(fitted by TwoTower.fit_alignment, stored with the weights) before alignment.",
     )
     shared_dim: int = Field(128, gt=0, description="Width of the shared space every modality is mapped to.")
     pca_dim: int | None = Field(

@@ -81,11 +81,16 @@ def _fingerprint(data_dir: str, features_dir: str, catalog: Catalog) -> str:
 
 
 def build_model(prepared: Prepared, seed: int) -> TwoTower:
-    """A fresh model for this catalog, with its closed-form alignment fitted (same on every rank)."""
+    """A fresh model for this catalog, with its closed-form alignment fitted (same on every rank).
+
+    Standardisation, PCA, CCA and ridge maps are fitted on the warm items only (those in the
+    training split's interactions): cold items are held out of training, features included.
+    """
     torch.manual_seed(seed)
-    model = TwoTower(prepared.model_config, prepared.catalog.dims, prepared.n_item_ids, prepared.audio_bands)
+    catalog = prepared.catalog
+    model = TwoTower(prepared.model_config, catalog.dims, prepared.n_item_ids, prepared.audio_bands)
     if model.requires_fit:
-        model.fit_alignment(prepared.catalog.features, prepared.catalog.present)
+        model.fit_alignment(catalog.features, catalog.present, rows=catalog.warm)
     return model
 
 

@@ -42,7 +42,7 @@ def build_aligner(
     ``audio_bands``: the mel bands of ``mel_stats`` audio features (from their manifest), which
     the conv audio encoder needs to read the vector as a spectrogram.
 
-    Closed-form parts (``pca_dim``, cca, linear) come back unfitted: call ``fit`` on the catalog
+    Closed-form parts (``pca_dim``, cca, linear) come back unfitted: call ``fit`` on the training items
     before ``project`` (``aligner.requires_fit`` says whether). Raises :class:`ConfigError` for
     an unknown method or input dimensions the method cannot take.
     """
