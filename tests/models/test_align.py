@@ -16,6 +16,7 @@ from raymm.models.align import (
     PCAReducer,
     ProjectionHead,
     build_aligner,
+    inactive_alignment,
     shares_tag,
     tag_incidence,
 )
@@ -249,3 +250,17 @@ def test_malformed_batches_name_the_problem() -> None:
         aligner.project({**features, "image": torch.zeros(3, 5)}, present)
     with pytest.raises(ValueError, match="lacks modalities \\['image'\\]"):
         aligner.project({"text": features["text"]}, present)
+
+
+@pytest.mark.parametrize("method", ["contrastive", "cca", "linear"])
+def test_a_method_that_aligns_modalities_says_it_is_inactive_with_one(method: str) -> None:
+    config = AlignConfig(method=method)
+    note = inactive_alignment(config, ["text"])
+    assert note is not None and f"align.method={method!r}" in note and "only text" in note
+    assert "inactive" in note and "loss is 0" in note
+    assert inactive_alignment(config, ["text", "image"]) is None
+
+
+@pytest.mark.parametrize("method", ["kg", "none"])
+def test_tag_alignment_and_no_alignment_have_nothing_to_report_with_one_modality(method: str) -> None:
+    assert inactive_alignment(AlignConfig(method=method), ["audio"]) is None

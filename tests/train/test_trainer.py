@@ -28,7 +28,7 @@ from raymm.train.examples import build_examples, target_log_q
 from raymm.train.loop import RunHooks
 from raymm.train.objective import NextItemObjective
 from raymm.train.ray_runner import INJECTED_FAILURE_MARKER
-from raymm.train.trainer import Prepared, build_model, prepare, run_key, train
+from raymm.train.trainer import Prepared, build_model, prepare, run_key, train, training_notes
 from tests.conftest import Trained, shared_config
 
 
@@ -177,3 +177,15 @@ def test_standardisation_pca_and_cca_are_fitted_on_warm_items_only() -> None:
     assert not torch.allclose(
         state["item_tower.input_mean_text"], everything.state_dict()["item_tower.input_mean_text"]
     )
+
+
+def test_a_single_modality_run_says_once_that_its_alignment_is_inactive(
+    facet_data: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data, features = facet_data
+    single = prepare(shared_config(tmp_path, "train.modalities=[text]"), str(data), str(features))
+    with caplog.at_level("WARNING", logger="raymm.train.trainer"):
+        notes = training_notes(single)
+    assert len(notes) == 1 and "align.method='contrastive'" in notes[0] and "only text" in notes[0]
+    assert [r.getMessage() for r in caplog.records] == [f"raymm train: {notes[0]}"]
+    assert training_notes(prepare(shared_config(tmp_path), str(data), str(features))) == []

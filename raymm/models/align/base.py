@@ -214,6 +214,10 @@ class Aligner(nn.Module):
     closed_form: ClassVar[bool] = False
     #: Whether :meth:`loss` uses the temperature (a learnable one is only a parameter if so).
     uses_temperature: ClassVar[bool] = True
+    #: Whether the method aligns modalities with each other, so that with one modality it has
+    #: nothing to align (loss 0, or a closed-form fit of that modality alone): see
+    #: :func:`~raymm.models.align.registry.inactive_alignment`.
+    aligns_modalities: ClassVar[bool] = True
 
     def __init__(
         self, config: AlignConfig, input_dims: Mapping[str, int], audio_bands: int | None = None

@@ -26,6 +26,7 @@ class PlainAligner(Aligner):
 
     name = "none"
     uses_temperature = False
+    aligns_modalities = False  # nothing to switch off: it never aligns
 
     def loss(
         self, projected: Mapping[str, Tensor], present: Mapping[str, Tensor], item_tags: Tensor | None = None
