@@ -34,7 +34,7 @@ import numpy as np
 from _shared import BASE_CONFIG, QUICKSTART, ROOT, ensure_quickstart, finish, log
 
 from raymm.config import load_config
-from raymm.eval.report import FULL, SINGLE_MODALITIES
+from raymm.eval.report import FULL, best_single_modality
 from raymm.workflows.ablation import ablation
 
 BENCH = "quality_synth"
@@ -66,14 +66,18 @@ def _numbers(rows: list[dict[str, Any]], variant: str, setting: str, k: int) -> 
 
 
 def headline(document: dict[str, Any]) -> dict[str, Any]:
-    """Best single modality vs aligned+fused vs concat, with and without missing; cold-start vs popularity."""
+    """Best single modality (on validation) vs aligned+fused vs concat, with and without missing;
+    cold-start vs popularity."""
     k, rows = document["k"], document["rows"]
-    singles = [r for r in rows if r["variant"] in SINGLE_MODALITIES and r["setting"] == FULL]
-    best = max(singles, key=lambda r: r["metrics"]["test"][f"recall@{k}"], default=None)
+    best = best_single_modality(document)  # chosen on validation
     return {
         "k": k,
         "best_single_modality": best
-        and {"variant": best["variant"], **(_numbers(rows, best["variant"], FULL, k) or {})},
+        and {
+            "variant": best["variant"],
+            f"validation_ndcg@{k}": round(best[f"validation_ndcg@{k}"], 4),
+            **(_numbers(rows, best["variant"], FULL, k) or {}),
+        },
         "aligned_fused": _numbers(rows, document["headline"], FULL, k),
         "concat": _numbers(rows, "concat", FULL, k),
         "popularity": _numbers(rows, "popularity", FULL, k),
