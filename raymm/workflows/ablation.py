@@ -2,10 +2,13 @@
 
 Variants (``evaluate.ablation`` names them) come from the registries, not from a parsed string:
 each modality alone (:data:`~raymm.data.schema.MODALITIES`), ``concat`` (no alignment,
-concatenation), every ``<aligner>+<fusion>`` pair of :data:`~raymm.models.align.ALIGNERS` and
-:data:`~raymm.models.fusion.FUSIONS`, and the training-free baselines (``popularity``,
-``content``). Trained variants are config overrides; the evaluator (:mod:`raymm.eval.evaluate`)
-ranks every one of them, trained or not, through the same scorer interface.
+concatenation: ``none+concat`` under the name design.md uses), every ``<aligner>+<fusion>`` pair
+of :data:`~raymm.models.align.ALIGNERS` and :data:`~raymm.models.fusion.FUSIONS`, and the
+training-free baselines (``popularity``, ``content``). Trained variants are config overrides of
+one base config, so ``none+<fusion>`` and ``<aligner>+<fusion>`` share heads, widths and fusion
+and differ only in the alignment loss; ``none+gated`` and ``contrastive+concat`` measure fusion
+and alignment apart. The evaluator (:mod:`raymm.eval.evaluate`) ranks every variant, trained or
+not, through the same scorer interface.
 
 With ``evaluate.missing_modality`` set, a copy of the features with ``missing_rate`` of that
 modality's present rows hidden (a seeded subset of items) is written under ``out_dir``; every
@@ -85,12 +88,19 @@ def variant_config(config: RaymmConfig, name: str, storage: str) -> RaymmConfig:
 
 
 def headline_variant(config: RaymmConfig, names: list[str]) -> str | None:
-    """The aligned+fused variant the quality orderings judge: the configured model if it is one."""
+    """The aligned+fused variant the quality orderings judge: the configured model if it is one.
+
+    Otherwise the first aligned variant whose fusion is not plain concatenation (else the first
+    aligned one): ``none+<fusion>`` aligns nothing, and ``<aligner>+concat`` is listed to measure
+    alignment without the fused model's fusion, not as that model.
+    """
     configured = f"{config.model.align.method}+{config.model.fusion.method}"
     aligned = [v for v in names if "+" in v and not v.startswith("none+")]
     if configured in aligned:
         return configured
-    return aligned[0] if aligned else None
+    fused = [v for v in aligned if not v.endswith("+concat")]
+    preferred = fused or aligned
+    return preferred[0] if preferred else None
 
 
 def _run_name(label: str) -> str:

@@ -20,7 +20,7 @@ from raymm.config import RaymmConfig
 from raymm.errors import ConfigError
 from raymm.eval.evaluate import baseline_metrics, eval_setup
 from raymm.eval.report import best_single_modality, quality_orderings
-from raymm.workflows.ablation import ablation, drop_modality, variant_config, variants
+from raymm.workflows.ablation import ablation, drop_modality, headline_variant, variant_config, variants
 from tests.conftest import Trained
 from tests.fixtures import small_model_config
 
@@ -50,6 +50,8 @@ def tiny(facet_data: tuple[Path, Path]) -> tuple[Path, Path]:
     [
         ("text", {"train.modalities": ["text"]}),
         ("concat", {"model.align.method": "none", "model.fusion.method": "concat"}),
+        ("none+gated", {"model.align.method": "none", "model.fusion.method": "gated"}),
+        ("contrastive+concat", {"model.align.method": "contrastive", "model.fusion.method": "concat"}),
         ("cca+attention", {"model.align.method": "cca", "model.fusion.method": "attention"}),
         ("kg+gated", {"model.align.method": "kg", "model.fusion.method": "gated"}),
     ],
@@ -72,6 +74,18 @@ def test_variants_come_from_the_registries() -> None:
     assert {f"{a}+{f}" for a in ALIGNERS for f in FUSIONS} <= names
     assert {"text", "image", "audio", "concat", "popularity", "content"} <= names
     assert not variants()["content"].trained and variants()["kg+gated"].trained
+
+
+def test_the_default_ablation_measures_alignment_and_fusion_apart(tmp_path: Path) -> None:
+    default = RaymmConfig().evaluate.ablation
+    assert {"concat", "none+gated", "contrastive+concat", "contrastive+gated"} <= set(default)
+    assert all(name in variants() for name in default)
+    config = _config(tmp_path)  # configured: contrastive+gated
+    assert headline_variant(config, default) == "contrastive+gated"
+    # Without the configured model the headline is a fused aligned variant, never none+ or +concat.
+    assert headline_variant(config, ["none+gated", "contrastive+concat", "kg+gated"]) == "kg+gated"
+    assert headline_variant(config, ["concat", "none+gated", "contrastive+concat"]) == "contrastive+concat"
+    assert headline_variant(config, ["concat", "none+gated"]) is None
 
 
 def test_an_unknown_variant_fails_before_training(tiny: tuple[Path, Path], tmp_path: Path) -> None:
