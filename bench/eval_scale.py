@@ -146,7 +146,7 @@ def write_model(data: Path, features: Path, model_dir: Path, seed: int = 0) -> d
     torch.manual_seed(seed)
     model = TwoTower(ModelConfig(), catalog.dims)
     if model.requires_fit:
-        model.fit_alignment(catalog.features, catalog.present)
+        model.fit_alignment(catalog.features, catalog.present, rows=catalog.warm)
     vectors = encode_catalog(model, catalog).vectors.numpy()
     write_artifact(
         model_dir,

@@ -341,13 +341,13 @@ def build_two_tower(catalog: Catalog, seed: int) -> TwoTower:
     """``raymm.train.trainer.build_model`` without importing it (it imports Ray at the top).
 
     ModelConfig defaults, item-id embeddings for the warm items (``train.item_id_embeddings``
-    default), and the closed-form standardisation fitted on the catalog.
+    default), and the closed-form standardisation fitted on the warm items.
     """
     config = ModelConfig()
     torch.manual_seed(seed)
     model = TwoTower(config, catalog.dims, int(catalog.id_index.max()))
     if model.requires_fit:
-        model.fit_alignment(catalog.features, catalog.present)
+        model.fit_alignment(catalog.features, catalog.present, rows=catalog.warm)
     return model
 
 

@@ -265,12 +265,21 @@ def evaluate_model(model_dir: str, setup: EvalSetup, ks: Sequence[int]) -> dict[
     """Load the artifact at ``model_dir`` (validated against the features) and rank it on ``setup``.
 
     Returns ``{"model_dir", "model_version", "modalities", "metrics": {protocol: {...}},
-    "two_tower_metrics", "fallback_shrinkage", "fusion_weights", "history"}``: ``metrics`` are
-    the served recommender's (with the popularity fallback), ``two_tower_metrics`` the model
-    alone. Raises :class:`~raymm.models.errors.ModelLoadError` for an artifact that does not fit.
+    "two_tower_metrics", "fallback_shrinkage", "validation_ndcg", "fusion_weights", "history",
+    "best_epoch", "notes"}``: ``metrics`` are the served recommender's (with the popularity
+    fallback), ``two_tower_metrics`` the model alone; ``validation_ndcg`` is the served
+    recommender's NDCG at 20 (or the largest K) on the validation users, its fallback's
+    popularity counted on the training split only (what choices between models are made on);
+    ``history`` (one row per epoch, validation metrics prefixed ``val_``), ``best_epoch`` and
+    ``notes`` come from the manifest. Raises :class:`~raymm.models.errors.ModelLoadError` for an
+    artifact that does not fit.
     """
     artifact = load_artifact(model_dir, expected_dims=setup.catalog.dims)
     served, shrinkage = served_scorer(artifact, setup, ks)
+    # On validation users the fallback may only know the training split's popularity.
+    train_popularity = PopularityScorer().fit(setup.train_context)
+    validation = validation_ndcg(FallbackScorer(served.primary, train_popularity, shrinkage), setup, ks)
+    recorded = artifact.manifest.metrics
     return {
         "model_dir": model_dir,
         "model_version": artifact.version,
@@ -278,10 +287,13 @@ def evaluate_model(model_dir: str, setup: EvalSetup, ks: Sequence[int]) -> dict[
         "metrics": protocol_metrics(served, setup, ks),
         "two_tower_metrics": protocol_metrics(served.primary, setup, ks),
         "fallback_shrinkage": shrinkage,
+        "validation_ndcg": validation,
         "fusion_weights": mean_fusion_weights(
             artifact.model, setup.catalog.subset(artifact.model.modalities)
         ),
-        "history": artifact.manifest.metrics.get("history", []),
+        "history": recorded.get("history", []),
+        "best_epoch": recorded.get("best_epoch"),
+        "notes": list(artifact.manifest.notes),
     }
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,8 +81,8 @@ class Manifest(BaseModel):
     """``manifest.json``: what the artifact is and how it was made.
 
     Keys this raymm does not know (written by a newer one of the same format version) are kept
-    and written back by :func:`record_stage`. ``encoders`` is empty for artifacts written before
-    it was recorded.
+    and written back by :func:`record_stage`. ``encoders`` and ``notes`` are empty for artifacts
+    written before they were recorded.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -100,6 +100,9 @@ class Manifest(BaseModel):
     metrics: dict[str, Any]
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
     encoders: dict[str, EncoderRecord] = Field(default_factory=dict)
+    #: What a reader of the metrics must know about how the model was made, one sentence each
+    #: (e.g. an alignment with a single modality, which aligns nothing).
+    notes: list[str] = Field(default_factory=list)
 
 
 @dataclass
@@ -263,6 +266,7 @@ def write_artifact(
     aligned: Mapping[str, np.ndarray | torch.Tensor] | None = None,
     aligned_present: Mapping[str, np.ndarray | torch.Tensor] | None = None,
     encoder_state: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
 ) -> Manifest:
     """Write the artifact directory (local path or URI); returns its manifest.
 
@@ -275,7 +279,7 @@ def write_artifact(
     .projected`` / ``.present`` of the same pass); they become the ``aligned_<modality>`` columns
     cross-media search reads (None: an artifact without search). ``encoder_state`` modality -> URI
     of a fitted encoder's state file (the features' TF-IDF IDF) is copied to
-    :func:`encoder_state_uri`. A ranker or encoder state left in ``directory`` by an earlier model
+    :func:`encoder_state_uri`. ``notes`` become the manifest's ``notes``. A ranker or encoder state left in ``directory`` by an earlier model
     is removed: the ranker was fitted on that model's vectors and would not fit these.
     Raises :class:`ValueError` if the ids and vectors differ in length, the aligned vectors do not
     cover the model's modalities with (N, shared_dim) rows, or an encoder record lacks a field.
@@ -301,6 +305,7 @@ def write_artifact(
                 "retrieval": {"created_at": created.isoformat(), "best_epoch": metrics.get("best_epoch")}
             },
             encoders={m: EncoderRecord.model_validate(dict(e)) for m, e in (encoders or {}).items()},
+            notes=list(notes),
         )
     except ValidationError as exc:
         raise ValueError(f"the manifest of {uri} does not validate: {exc}") from None

@@ -49,12 +49,13 @@ class AlignConfig(_Section):
     method: AlignMethod = Field(
         "contrastive",
         description="Alignment method, a key of ALIGNERS: contrastive (CLIP InfoNCE), cca, linear "
-        "(ridge maps into the anchor's PCA space), kg (tag-supervised contrastive), none (plain heads).",
+        "(ridge maps into the anchor's PCA space), kg (tag-supervised contrastive), none (the heads of "
+        "contrastive, no alignment loss).",
     )
     standardize: bool = Field(
         True,
-        description="Centre and scale each raw feature dimension by catalog statistics (fitted by "
-        "TwoTower.fit_alignment, stored with the weights) before alignment.",
+        description="Centre and scale each raw feature dimension by statistics of the training (warm) items "
+        "(fitted by TwoTower.fit_alignment, stored with the weights) before alignment.",
     )
     shared_dim: int = Field(128, gt=0, description="Width of the shared space every modality is mapped to.")
     pca_dim: int | None = Field(
@@ -65,7 +66,10 @@ class AlignConfig(_Section):
         "this, and audio read by the conv encoder, are left as they are.",
     )
     hidden_dim: int = Field(
-        256, ge=0, description="Hidden width of the MLP projection heads; 0 makes each head one linear layer."
+        256,
+        ge=0,
+        description="Hidden width of the MLP projection heads of the learned methods (contrastive, kg, "
+        "none alike, so they differ only in their loss); 0 makes each head one linear layer.",
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the projection heads.")
     mode: Literal["pairs", "anchor"] = Field(

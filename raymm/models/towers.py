@@ -108,7 +108,7 @@ class ItemTower(nn.Module):
         towers = config.towers
         self.aligner: Aligner = build_aligner(config.align, input_dims, audio_bands)
         self.standardize = config.align.standardize
-        # Per-dimension centring and scaling of the raw features, fitted on the catalog: pretrained
+        # Per-dimension centring and scaling of the raw features, fitted on the training items: pretrained
         # encoders' vectors share a large common direction (mean cosine ~0.6-0.96) that would
         # otherwise make every item, and so every user, look alike at the start of training.
         for modality, dim in input_dims.items():
@@ -238,8 +238,8 @@ class TwoTower(nn.Module):
     columns); ``n_item_ids`` warm items get an id embedding (rows 1..n; 0 = unknown/cold; 0
     disables it); ``audio_bands`` the mel bands of ``mel_stats`` audio features (their manifest
     records them; the conv audio encoder needs them). These come from the data, not the config,
-    and ``config.json`` records them. If the aligner has closed-form parts (``requires_fit``), call :meth:`fit_alignment`
-    on the catalog before training. Raises :class:`~raymm.errors.ConfigError` for settings the
+    and ``config.json`` records them. If the model has closed-form parts (``requires_fit``), call
+    :meth:`fit_alignment` on the training items before training. Raises :class:`~raymm.errors.ConfigError` for settings the
     input cannot take (e.g. the conv audio encoder on audio of the wrong width).
     """
 
@@ -281,8 +281,25 @@ class TwoTower(nn.Module):
         """Whether :meth:`fit_alignment` must run before the model is used."""
         return self.aligner.requires_fit or self.item_tower.standardize
 
-    def fit_alignment(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> TwoTower:
-        """Fit input standardisation, then the aligner's closed-form parts, on the catalog; returns self."""
+    def fit_alignment(
+        self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], rows: Tensor | None = None
+    ) -> TwoTower:
+        """Fit input standardisation, then the aligner's closed-form parts (PCA, CCA, ridge maps);
+        returns self.
+
+        ``features`` modality -> (N, d_m), ``present`` modality -> (N,) bool, ``rows`` (N,) bool:
+        the items to fit on, None for all. Training passes its warm items (those in the training
+        split's interactions), so held-out cold items, whose distribution may differ, never shape
+        the statistics the model is judged on them with. Raises :class:`ValueError` when a
+        closed-form part has fewer than 2 present rows among ``rows`` to fit on.
+        """
+        if rows is not None:
+            n_items = next(iter(present.values())).shape[0]
+            if rows.dtype != torch.bool or rows.shape != (n_items,):
+                raise ValueError(
+                    f"rows must be a bool tensor of shape ({n_items},), got {rows.dtype} {tuple(rows.shape)}"
+                )
+            present = {m: mask & rows for m, mask in present.items()}
         if self.item_tower.standardize:
             self.item_tower.fit_input_stats(features, present)
         if self.aligner.requires_fit:
@@ -405,7 +422,8 @@ class TwoTower(nn.Module):
         ``expected_dims`` (modality -> width of the features it will read) is checked against the
         saved input dimensions. Raises :class:`ModelLoadError` for a missing or unreadable file,
         another format or format version, an invalid config, a modality set or dimension that
-        differs from ``expected_dims`` (naming both), or weights that do not fit the config.
+        differs from ``expected_dims`` (naming both), or weights that do not fit the config (among
+        them ``align.method: none`` models saved when that method had linear heads).
         """
         uri = as_uri(directory)
         config_uri = io.join(uri, CONFIG_FILE)
@@ -432,7 +450,16 @@ class TwoTower(nn.Module):
                 f"{config_uri}: audio_bands must be a positive integer or null, got {audio_bands!r}"
             )
         model = cls(config, input_dims, n_item_ids, audio_bands)
-        load_weights(model, io.join(uri, WEIGHTS_FILE), "two-tower weights")
+        try:
+            load_weights(model, io.join(uri, WEIGHTS_FILE), "two-tower weights")
+        except ModelLoadError as exc:
+            if config.align.method == "none" and config.align.hidden_dim > 0:
+                raise ModelLoadError(
+                    f"{exc}\n(align.method='none' models written before it took the heads of "
+                    "'contrastive' have one linear head per modality whatever align.hidden_dim says; "
+                    "re-train this model)"
+                ) from None
+            raise
         return model.to(device).eval()
 
 

@@ -44,6 +44,12 @@ class Catalog:
         return len(self.item_ids)
 
     @property
+    def warm(self) -> torch.Tensor:
+        """(N,) bool: the items of the training split's interactions (``id_index > 0``); the rest,
+        cold-start items held out of training among them, are what training must not fit on."""
+        return self.id_index > 0
+
+    @property
     def dims(self) -> dict[str, int]:
         """Input width of each modality, in the order the model sees them."""
         return {m: int(v.shape[1]) for m, v in self.features.items()}

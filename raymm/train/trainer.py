@@ -9,13 +9,16 @@ rank 0 checkpoints model + optimizer + loop state, all ranks report. ``FailureCo
 failed workers from the latest checkpoint. At the end the driver chooses on validation the
 shrinkage of the popularity fallback for users with little history
 (:func:`~raymm.recommend.scorers.choose_shrinkage`) and writes the model artifact from the best
-epoch's weights.
+epoch's weights. What a reader of the metrics must know about the run (an alignment method that
+needs two modalities given one: :func:`training_notes`) is logged at the start and kept in the
+manifest's ``notes``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from raymm.data.dataset import MANIFEST as DATASET_MANIFEST
 from raymm.data.dataset import load_dataset
 from raymm.eval.evaluate import evaluate_scorer
 from raymm.features.store import FEATURES_MANIFEST, TFIDF_STATE, load_features, read_encoders
+from raymm.models.align import inactive_alignment
 from raymm.models.artifact import Manifest, write_artifact
 from raymm.models.config import ModelConfig
 from raymm.models.towers import TwoTower
@@ -41,6 +45,8 @@ from raymm.train.examples import Examples, build_examples, target_log_q
 from raymm.train.loop import LoopState, RunHooks, StepOutput, best_row, fit
 from raymm.train.objective import NextItemObjective
 from raymm.train.ray_runner import TrainingError, WorkerRun, run_on_ray, shuffled_examples
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,12 +86,27 @@ def _fingerprint(data_dir: str, features_dir: str, catalog: Catalog) -> str:
     return digest.hexdigest()
 
 
+def training_notes(prepared: Prepared) -> list[str]:
+    """What a reader of this run's metrics must know (e.g. an alignment with one modality, which
+    aligns nothing), each logged once as a warning; :func:`train` records them in the manifest."""
+    note = inactive_alignment(prepared.model_config.align, list(prepared.catalog.dims))
+    notes = [] if note is None else [note]
+    for line in notes:
+        log.warning("raymm train: %s", line)
+    return notes
+
+
 def build_model(prepared: Prepared, seed: int) -> TwoTower:
-    """A fresh model for this catalog, with its closed-form alignment fitted (same on every rank)."""
+    """A fresh model for this catalog, with its closed-form alignment fitted (same on every rank).
+
+    Standardisation, PCA, CCA and ridge maps are fitted on the warm items only (those in the
+    training split's interactions): cold items are held out of training, features included.
+    """
     torch.manual_seed(seed)
-    model = TwoTower(prepared.model_config, prepared.catalog.dims, prepared.n_item_ids, prepared.audio_bands)
+    catalog = prepared.catalog
+    model = TwoTower(prepared.model_config, catalog.dims, prepared.n_item_ids, prepared.audio_bands)
     if model.requires_fit:
-        model.fit_alignment(prepared.catalog.features, prepared.catalog.present)
+        model.fit_alignment(catalog.features, catalog.present, rows=catalog.warm)
     return model
 
 
@@ -214,6 +235,7 @@ def train(
     data_dir, features_dir = io.absolute(data_dir), io.absolute(features_dir)
     init_ray(config.ray)
     prepared = prepare(config, data_dir, features_dir)
+    notes = training_notes(prepared)
     train_split = load_dataset(data_dir, tables=()).interactions("train")
     spec = config.model.user_state
     examples = build_examples(train_split, prepared.catalog, spec.events, spec.max_history)
@@ -255,6 +277,7 @@ def train(
         aligned_present=encoding.present,
         # Serving encodes new text with the IDF the catalog's features were made with.
         encoder_state={"text": tfidf_state} if io.exists(tfidf_state) else None,
+        notes=notes,
     )
     return TrainResult(out, manifest, history, time.perf_counter() - started)
 
@@ -288,6 +311,7 @@ def train_in_process(
     ``raymm train`` is :func:`train`."""
     torch.set_num_threads(threads)
     prepared = prepare(config, data_dir, features_dir)
+    training_notes(prepared)
     spec = config.model.user_state
     train_split = load_dataset(data_dir, tables=()).interactions("train")
     examples = build_examples(train_split, prepared.catalog, spec.events, spec.max_history)

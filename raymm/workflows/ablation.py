@@ -2,10 +2,13 @@
 
 Variants (``evaluate.ablation`` names them) come from the registries, not from a parsed string:
 each modality alone (:data:`~raymm.data.schema.MODALITIES`), ``concat`` (no alignment,
-concatenation), every ``<aligner>+<fusion>`` pair of :data:`~raymm.models.align.ALIGNERS` and
-:data:`~raymm.models.fusion.FUSIONS`, and the training-free baselines (``popularity``,
-``content``). Trained variants are config overrides; the evaluator (:mod:`raymm.eval.evaluate`)
-ranks every one of them, trained or not, through the same scorer interface.
+concatenation: ``none+concat`` under the name design.md uses), every ``<aligner>+<fusion>`` pair
+of :data:`~raymm.models.align.ALIGNERS` and :data:`~raymm.models.fusion.FUSIONS`, and the
+training-free baselines (``popularity``, ``content``). Trained variants are config overrides of
+one base config, so ``none+<fusion>`` and ``<aligner>+<fusion>`` share heads, widths and fusion
+and differ only in the alignment loss; ``none+gated`` and ``contrastive+concat`` measure fusion
+and alignment apart. The evaluator (:mod:`raymm.eval.evaluate`) ranks every variant, trained or
+not, through the same scorer interface.
 
 With ``evaluate.missing_modality`` set, a copy of the features with ``missing_rate`` of that
 modality's present rows hidden (a seeded subset of items) is written under ``out_dir``; every
@@ -22,8 +25,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -85,12 +88,19 @@ def variant_config(config: RaymmConfig, name: str, storage: str) -> RaymmConfig:
 
 
 def headline_variant(config: RaymmConfig, names: list[str]) -> str | None:
-    """The aligned+fused variant the quality orderings judge: the configured model if it is one."""
+    """The aligned+fused variant the quality orderings judge: the configured model if it is one.
+
+    Otherwise the first aligned variant whose fusion is not plain concatenation (else the first
+    aligned one): ``none+<fusion>`` aligns nothing, and ``<aligner>+concat`` is listed to measure
+    alignment without the fused model's fusion, not as that model.
+    """
     configured = f"{config.model.align.method}+{config.model.fusion.method}"
     aligned = [v for v in names if "+" in v and not v.startswith("none+")]
     if configured in aligned:
         return configured
-    return aligned[0] if aligned else None
+    fused = [v for v in aligned if not v.endswith("+concat")]
+    preferred = fused or aligned
+    return preferred[0] if preferred else None
 
 
 def _run_name(label: str) -> str:
@@ -142,7 +152,15 @@ def drop_modality(features_dir: str, out: str, modality: str, rate: float, seed:
 
 @dataclass
 class Row:
-    """One line of the report: a variant under one setting and its numbers."""
+    """One line of the report: a variant under one setting and its numbers.
+
+    Trained variants also carry ``validation_ndcg`` (the served recommender's NDCG at the
+    report's K on the validation users: what the best single modality is chosen by; in the
+    document ``validation_ndcg@<K>``), the ``history`` of their run, its ``best_epoch``,
+    ``validation_curve`` (the per-epoch validation ``val_metric``, the one that chose the best
+    epoch; the two-tower alone, no fallback) and the manifest's ``notes``. Baselines leave them
+    empty.
+    """
 
     variant: str
     setting: str
@@ -151,6 +169,11 @@ class Row:
     fusion_weights: dict[str, float] | None = None
     history: list[dict[str, Any]] | None = None
     train_s: float | None = None
+    validation_ndcg: float | None = None
+    best_epoch: int | None = None
+    val_metric: str | None = None
+    validation_curve: list[float] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -178,17 +201,30 @@ def _remove_tree(uri: str) -> None:
 
 
 def _model_row(
-    variant: str, setting: str, model_dir: str, setup: EvalSetup, ks: Sequence[int], train_s: float | None
+    variant: str,
+    setting: str,
+    model_dir: str,
+    setup: EvalSetup,
+    config: RaymmConfig,
+    train_s: float | None,
 ) -> Row:
-    evaluated = evaluate_model(model_dir, setup, ks)
+    evaluated = evaluate_model(model_dir, setup, config.evaluate.ks)
+    history = evaluated["history"]
+    metric = config.train.val_metric
+    best_epoch = evaluated["best_epoch"]
     return Row(
         variant,
         setting,
         evaluated["metrics"],
         model_dir,
         evaluated["fusion_weights"],
-        evaluated["history"],
+        history,
         train_s,
+        validation_ndcg=evaluated["validation_ndcg"],
+        best_epoch=None if best_epoch is None else int(best_epoch),
+        val_metric=metric,
+        validation_curve=[float(h.get(f"val_{metric}", float("nan"))) for h in history],
+        notes=evaluated["notes"],
     )
 
 
@@ -210,7 +246,8 @@ def ablation(
     pointwise and retrieve-then-rank section (:mod:`raymm.eval.rank`) and its calibration plot. Writes
     ``out_dir/report.md``, ``out_dir/report.json`` and the PNG plots; returns the JSON document:
     ``{"created_at", "config", "ks", "k", "headline", "protocols", "skipped", "missing",
-    "rows": [{"variant", "setting", "label", "metrics": {protocol: {...}}, ...}], "orderings",
+    "rows": [{"variant", "setting", "label", "metrics": {protocol: {...}}, "validation_ndcg@<k>",
+    "best_epoch", "val_metric", "validation_curve", "notes", ...}] (see :class:`Row`), "orderings",
     "plots", "report"}``. Raises :class:`ConfigError` for an unknown variant before training
     anything, and what :func:`~raymm.train.trainer.train` raises.
     """
@@ -234,11 +271,11 @@ def ablation(
         reused = (trained_models or {}).get(entry.name)
         if reused is not None:
             say(f"evaluating {entry.name} as trained in {reused}")
-            rows.append(_model_row(entry.name, FULL, io.absolute(reused), setup, ks, None))
+            rows.append(_model_row(entry.name, FULL, io.absolute(reused), setup, config, None))
             continue
         say(f"training {entry.name}")
         model_dir, seconds = _train_variant(config, entry.name, data_dir, features_dir, out_dir, entry.name)
-        rows.append(_model_row(entry.name, FULL, model_dir, setup, ks, seconds))
+        rows.append(_model_row(entry.name, FULL, model_dir, setup, config, seconds))
 
     missing: dict[str, Any] | None = None
     if cfg.missing_modality is not None and trained:
@@ -258,7 +295,7 @@ def ablation(
         "headline": headline,
         **describe(setup),
         "missing": missing,
-        "rows": [_row_document(row) for row in rows],
+        "rows": [_row_document(row, k) for row in rows],
         "elapsed_s": time.perf_counter() - started,
     }
     document["orderings"] = quality_orderings(document)
@@ -300,24 +337,25 @@ def _missing_modality_rows(
     degraded = eval_setup(config, data_dir, summary["features_dir"])
     setting = f"{cfg.missing_modality} {cfg.missing_rate:.0%} missing"
     result: list[Row] = []
-    ks = cfg.ks
     for row in rows:
         reads_it = row.variant not in MODALITIES or row.variant == cfg.missing_modality
         if row.model_dir is not None and row.variant in trained and reads_it:
             result.append(
-                _model_row(row.variant, f"{setting}, same model", row.model_dir, degraded, ks, None)
+                _model_row(row.variant, f"{setting}, same model", row.model_dir, degraded, config, None)
             )
     for variant in (v for v in cfg.missing_retrain if v in trained):
         label = f"{variant}@{tag}"
         model_dir, seconds = _train_variant(
             config, variant, data_dir, summary["features_dir"], out_dir, label
         )
-        result.append(_model_row(variant, f"{setting}, re-trained", model_dir, degraded, ks, seconds))
+        result.append(_model_row(variant, f"{setting}, re-trained", model_dir, degraded, config, seconds))
     return summary, result
 
 
-def _row_document(row: Row) -> dict[str, Any]:
-    return {**asdict(row), "label": row.label}
+def _row_document(row: Row, k: int) -> dict[str, Any]:
+    document = {**asdict(row), "label": row.label}
+    document[f"validation_ndcg@{k}"] = document.pop("validation_ndcg")
+    return document
 
 
 def config_summary(config: RaymmConfig) -> dict[str, Any]:

@@ -49,6 +49,16 @@ def test_both_protocols_are_evaluated_for_the_model_and_both_baselines(
     )
 
 
+def test_the_validation_ndcg_is_the_one_training_chose_the_fallback_by(
+    trained: Trained, result: dict
+) -> None:
+    model = result["model"]
+    recorded = load_artifact(trained.model).manifest.metrics
+    chosen = recorded["validation_ndcg_by_fallback_shrinkage"][str(model["fallback_shrinkage"])]
+    assert model["validation_ndcg"] == pytest.approx(chosen, abs=1e-6)
+    assert model["best_epoch"] == recorded["best_epoch"] and model["notes"] == []
+
+
 def test_seen_items_are_never_recommended(trained: Trained) -> None:
     setup = eval_setup(trained.config, str(trained.data), str(trained.features))
     artifact = load_artifact(trained.model, expected_dims=setup.catalog.dims)

@@ -19,8 +19,8 @@ import pytest
 from raymm.config import RaymmConfig
 from raymm.errors import ConfigError
 from raymm.eval.evaluate import baseline_metrics, eval_setup
-from raymm.eval.report import quality_orderings
-from raymm.workflows.ablation import ablation, drop_modality, variant_config, variants
+from raymm.eval.report import best_single_modality, quality_orderings
+from raymm.workflows.ablation import ablation, drop_modality, headline_variant, variant_config, variants
 from tests.conftest import Trained
 from tests.fixtures import small_model_config
 
@@ -50,6 +50,8 @@ def tiny(facet_data: tuple[Path, Path]) -> tuple[Path, Path]:
     [
         ("text", {"train.modalities": ["text"]}),
         ("concat", {"model.align.method": "none", "model.fusion.method": "concat"}),
+        ("none+gated", {"model.align.method": "none", "model.fusion.method": "gated"}),
+        ("contrastive+concat", {"model.align.method": "contrastive", "model.fusion.method": "concat"}),
         ("cca+attention", {"model.align.method": "cca", "model.fusion.method": "attention"}),
         ("kg+gated", {"model.align.method": "kg", "model.fusion.method": "gated"}),
     ],
@@ -72,6 +74,18 @@ def test_variants_come_from_the_registries() -> None:
     assert {f"{a}+{f}" for a in ALIGNERS for f in FUSIONS} <= names
     assert {"text", "image", "audio", "concat", "popularity", "content"} <= names
     assert not variants()["content"].trained and variants()["kg+gated"].trained
+
+
+def test_the_default_ablation_measures_alignment_and_fusion_apart(tmp_path: Path) -> None:
+    default = RaymmConfig().evaluate.ablation
+    assert {"concat", "none+gated", "contrastive+concat", "contrastive+gated"} <= set(default)
+    assert all(name in variants() for name in default)
+    config = _config(tmp_path)  # configured: contrastive+gated
+    assert headline_variant(config, default) == "contrastive+gated"
+    # Without the configured model the headline is a fused aligned variant, never none+ or +concat.
+    assert headline_variant(config, ["none+gated", "contrastive+concat", "kg+gated"]) == "kg+gated"
+    assert headline_variant(config, ["concat", "none+gated", "contrastive+concat"]) == "contrastive+concat"
+    assert headline_variant(config, ["concat", "none+gated"]) is None
 
 
 def test_an_unknown_variant_fails_before_training(tiny: tuple[Path, Path], tmp_path: Path) -> None:
@@ -99,11 +113,19 @@ def test_the_missing_modality_copy_leaves_the_input_untouched(
     assert copies[0].filter(kept).to_pylist() == original.filter(kept).to_pylist()  # the rest is unchanged
 
 
-def _row(variant: str, setting: str, recall: float, cold: float | None = None) -> dict[str, Any]:
+def _row(
+    variant: str, setting: str, recall: float, cold: float | None = None, validation: float | None = None
+) -> dict[str, Any]:
     metrics = {"test": {"recall@20": recall, "ndcg@20": recall / 2}}
     if cold is not None:
         metrics["cold_start"] = {"recall@20": cold, "ndcg@20": cold / 2}
-    return {"variant": variant, "setting": setting, "metrics": metrics}
+    # By default validation ranks variants as test does.
+    return {
+        "variant": variant,
+        "setting": setting,
+        "metrics": metrics,
+        "validation_ndcg@20": recall / 2 if validation is None else validation,
+    }
 
 
 def test_orderings_report_what_holds_and_what_was_not_run() -> None:
@@ -124,6 +146,25 @@ def test_orderings_report_what_holds_and_what_was_not_run() -> None:
     document["rows"][3] = _row("contrastive+gated", "all features", 0.15, cold=0.15)
     verdicts = dict(zip(names, (o["holds"] for o in quality_orderings(document)), strict=True))
     assert verdicts == {"single": False, "concat": False, "missing": None, "cold": False}
+
+
+def test_the_best_single_modality_is_chosen_on_validation_not_on_test() -> None:
+    document = {
+        "k": 20,
+        "headline": "contrastive+gated",
+        "rows": [
+            _row("text", "all features", 0.10, validation=0.09),  # best on validation
+            _row("image", "all features", 0.40, validation=0.02),  # best on test
+            _row("audio", "all features", 0.05, validation=0.08),
+            _row("contrastive+gated", "all features", 0.30),
+        ],
+    }
+    assert best_single_modality(document)["variant"] == "text"  # type: ignore[index]
+    single = quality_orderings(document)[0]
+    assert single["right"] == "text" and "on validation (text)" in single["name"] and single["holds"]
+    for row in document["rows"]:
+        row["validation_ndcg@20"] = None  # a report without validation numbers chooses nothing
+    assert best_single_modality(document) is None and quality_orderings(document)[0]["holds"] is None
 
 
 def test_the_ablation_trains_evaluates_and_writes_the_report(trained: Trained, tmp_path: Path) -> None:
@@ -158,6 +199,14 @@ def test_the_ablation_trains_evaluates_and_writes_the_report(trained: Trained, t
         != rows["contrastive+gated"]["metrics"]
     )
     assert hashlib.sha256(features.read_bytes()).hexdigest() == before
+    for label in ("text", "concat", "contrastive+gated", "concat [image 50% missing, re-trained]"):
+        row = rows[label]  # every trained row: its validation number, best epoch and curve
+        assert 0.0 <= row["validation_ndcg@20"] <= 1.0 and row["val_metric"] == "ndcg@20"
+        assert row["validation_curve"] == [h["val_ndcg@20"] for h in row["history"]]
+        assert row["best_epoch"] in range(len(row["history"]))
+        assert row["validation_curve"][row["best_epoch"]] == max(row["validation_curve"])
+    assert len(rows["text"]["notes"]) == 1 and "inactive" in rows["text"]["notes"][0]  # one modality
+    assert rows["concat"]["notes"] == [] and rows["popularity"]["validation_ndcg@20"] is None
 
     markdown = (out / "report.md").read_text()
     assert (
@@ -166,6 +215,7 @@ def test_the_ablation_trains_evaluates_and_writes_the_report(trained: Trained, t
     )
     assert all(f"| {label} |" in markdown for label in labels)
     assert "## cold_start" in markdown and "aligned+fused = contrastive+gated" in markdown
+    assert "| variant | best epoch | epochs run | validation NDCG@20 | notes |" in markdown
     orderings = document["orderings"]
     assert [o["holds"] is None for o in orderings] == [False, False, False, False]  # all four judged
     assert (

@@ -14,7 +14,9 @@ from raymm.models.align import (
     LinearAligner,
     MelAudioEncoder,
     PCAReducer,
+    ProjectionHead,
     build_aligner,
+    inactive_alignment,
     shares_tag,
     tag_incidence,
 )
@@ -192,11 +194,16 @@ def test_kg_tags_dense_and_sparse_agree() -> None:
         tag_incidence([[0, 5]], n_tags=2)
 
 
-def test_none_aligner_has_linear_heads_and_no_loss() -> None:
+def test_none_aligner_has_the_heads_of_contrastive_and_no_loss() -> None:
     features, present = random_batch(8, DIMS)
-    aligner = build_aligner(AlignConfig(method="none", shared_dim=8), DIMS)
-    assert all(isinstance(head, torch.nn.Linear) for head in aligner.heads.values())
+    config = AlignConfig(method="none", shared_dim=8, hidden_dim=32)
+    aligner = build_aligner(config, DIMS)
+    contrastive = build_aligner(config.model_copy(update={"method": "contrastive"}), DIMS)
+    assert all(isinstance(head, ProjectionHead) for head in aligner.heads.values())
+    assert str(aligner.heads) == str(contrastive.heads)  # same layers, same widths
     assert float(aligner.loss(aligner.project(features, present), present)) == 0.0
+    linear = build_aligner(config.model_copy(update={"hidden_dim": 0}), DIMS)  # the explicit choice
+    assert all(isinstance(head.net, torch.nn.Linear) for head in linear.heads.values())
 
 
 def test_pca_reduction_is_fitted_before_projection() -> None:
@@ -243,3 +250,17 @@ def test_malformed_batches_name_the_problem() -> None:
         aligner.project({**features, "image": torch.zeros(3, 5)}, present)
     with pytest.raises(ValueError, match="lacks modalities \\['image'\\]"):
         aligner.project({"text": features["text"]}, present)
+
+
+@pytest.mark.parametrize("method", ["contrastive", "cca", "linear"])
+def test_a_method_that_aligns_modalities_says_it_is_inactive_with_one(method: str) -> None:
+    config = AlignConfig(method=method)
+    note = inactive_alignment(config, ["text"])
+    assert note is not None and f"align.method={method!r}" in note and "only text" in note
+    assert "inactive" in note and "loss is 0" in note
+    assert inactive_alignment(config, ["text", "image"]) is None
+
+
+@pytest.mark.parametrize("method", ["kg", "none"])
+def test_tag_alignment_and_no_alignment_have_nothing_to_report_with_one_modality(method: str) -> None:
+    assert inactive_alignment(AlignConfig(method=method), ["audio"]) is None

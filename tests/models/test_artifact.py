@@ -66,6 +66,7 @@ def _write(directory: str | Path, model: TwoTower | None = None) -> tuple[TwoTow
         metrics={"best_epoch": np.int64(2), "validation": {"val_recall@20": np.float32(0.25)}},
         data_fingerprint="0123456789abcdef",
         encoders=ENCODERS,
+        notes=["the alignment is inactive"],
     )
     return model, vectors, manifest
 
@@ -122,6 +123,7 @@ def test_local_round_trip_keeps_weights_vectors_and_manifest(tmp_path: Path) -> 
     _assert_round_trip(str(tmp_path / "model"), model, vectors)
     _assert_round_trip(tmp_path / "model", model, vectors)  # a local Path works too
     assert read_manifest(tmp_path / "model") == written
+    assert written.notes == ["the alignment is inactive"]
     files = io.list_dir(str(tmp_path / "model"))
     assert files == ["config.json", ITEM_VECTORS, MANIFEST, "weights.safetensors"]
 
@@ -153,11 +155,11 @@ def test_an_older_manifest_without_encoders_and_with_unknown_keys_still_loads(tm
     directory = tmp_path / "model"
     model, _, _ = _write(directory)
     document = json.loads((directory / MANIFEST).read_text())
-    del document["encoders"]
+    del document["encoders"], document["notes"]
     document["written_by_a_newer_raymm"] = {"x": 1}
     (directory / MANIFEST).write_text(json.dumps(document))
     artifact = load_artifact(directory, expected_dims=DIMS, expected_encoders=ENCODERS)
-    assert artifact.manifest.encoders == {}
+    assert artifact.manifest.encoders == {} and artifact.manifest.notes == []
     _assert_same_model(artifact.model, model)
     record_stage(directory, "rank", {"metrics": {"auc": 0.7}})
     kept = json.loads((directory / MANIFEST).read_text())

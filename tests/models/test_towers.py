@@ -67,6 +67,26 @@ def test_user_vector_follows_live_history(pooling: str) -> None:
     assert torch.isfinite(empty).all() and float(empty.norm()) == pytest.approx(1.0, abs=1e-5)
 
 
+def _content_parameters(model: TwoTower) -> int:
+    """Parameters of the content path: aligner heads, fusion and item MLP (no ids, no temperatures)."""
+    tower = model.item_tower
+    return sum(
+        p.numel() for part in (tower.aligner.heads, tower.fusion, tower.mlp) for p in part.parameters()
+    )
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated"])
+def test_no_alignment_has_the_capacity_of_contrastive_alignment(fusion: str) -> None:
+    # The ablation's none+<fusion> and contrastive+<fusion> must differ only in the alignment loss.
+    counts = {}
+    for method in ("none", "contrastive"):
+        config = ModelConfig.model_validate(
+            {"align": {"method": method, "hidden_dim": 32}, "fusion": {"method": fusion}}
+        )
+        counts[method] = _content_parameters(TwoTower(config, DIMS, n_item_ids=3))
+    assert counts["none"] == counts["contrastive"]
+
+
 def test_save_and_load_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     config = _config("transformer")
     config.align.pca_dim = 6
@@ -108,6 +128,18 @@ def test_loading_refuses_weights_that_do_not_fit(tmp_path: Path) -> None:
     document["config"]["towers"]["embed_dim"] = 16
     (directory / CONFIG_FILE).write_text(json.dumps(document))
     with pytest.raises(ModelLoadError, match="weights do not fit the saved config"):
+        TwoTower.from_pretrained(directory)
+
+
+def test_loading_an_old_no_alignment_model_says_to_retrain(tmp_path: Path) -> None:
+    # Before 'none' took contrastive's MLP heads its heads were linear whatever hidden_dim said.
+    config = _config()
+    config.align.method, config.align.hidden_dim = "none", 0
+    directory = TwoTower(config, DIMS).save_pretrained(tmp_path / "model")
+    document = json.loads((directory / CONFIG_FILE).read_text())
+    document["config"]["align"]["hidden_dim"] = 256
+    (directory / CONFIG_FILE).write_text(json.dumps(document))
+    with pytest.raises(ModelLoadError, match=r"(?s)do not fit.*one linear head per modality.*re-train"):
         TwoTower.from_pretrained(directory)
 
 

@@ -19,13 +19,16 @@ import torch
 from raymm.data.dataset import load_dataset
 from raymm.eval.evaluate import evaluate_scorer
 from raymm.models.artifact import MANIFEST, load_artifact
+from raymm.models.config import ModelConfig
 from raymm.models.errors import ModelLoadError
+from raymm.models.towers import TwoTower
+from raymm.recommend.catalog import Catalog
 from raymm.recommend.scorers import SHRINKAGE_GRID, TwoTowerScorer
 from raymm.train.examples import build_examples, target_log_q
 from raymm.train.loop import RunHooks
 from raymm.train.objective import NextItemObjective
 from raymm.train.ray_runner import INJECTED_FAILURE_MARKER
-from raymm.train.trainer import build_model, prepare, run_key, train
+from raymm.train.trainer import Prepared, build_model, prepare, run_key, train, training_notes
 from tests.conftest import Trained, shared_config
 
 
@@ -139,3 +142,50 @@ def test_mixed_negatives_are_drawn_into_the_loss(facet_data: tuple[Path, Path], 
     assert torch.isfinite(losses[64].rec)
     # 32 in-batch candidates vs 32 + 64: the softmax has more negatives to push down
     assert float(losses[64].rec) > float(losses[0].rec)
+
+
+def test_standardisation_pca_and_cca_are_fitted_on_warm_items_only() -> None:
+    # Cold items (id_index 0) sit far from the warm ones: fitted on them, every statistic would move.
+    n, n_warm, dims = 60, 40, {"text": 12, "image": 10}
+    generator = torch.Generator().manual_seed(0)
+    warm = torch.arange(n) < n_warm
+    features = {m: torch.randn(n, d, generator=generator) for m, d in dims.items()}
+    for m, d in dims.items():
+        features[m][~warm] = 50.0 + 10.0 * torch.randn(n - n_warm, d, generator=generator)
+    present = {m: torch.ones(n, dtype=torch.bool) for m in dims}
+    present["image"][:5] = False  # a warm item without an image stays out of the image fit
+    id_index = torch.where(warm, torch.arange(n) + 1, 0)
+    catalog = Catalog(
+        np.array([f"i{k}" for k in range(n)], dtype=object), features, present, id_index, [], []
+    )
+    config = ModelConfig.model_validate({"align": {"method": "cca", "shared_dim": 4, "pca_dim": 6}})
+    prepared = Prepared(catalog, None, config, "", n_warm, None)  # type: ignore[arg-type]
+
+    model = build_model(prepared, seed=0)
+
+    def fitted_on(rows: torch.Tensor) -> TwoTower:
+        torch.manual_seed(0)
+        subset = {m: x[rows] for m, x in features.items()}, {m: p[rows] for m, p in present.items()}
+        return TwoTower(config, dims, n_warm).fit_alignment(*subset)
+
+    warm_only, everything = fitted_on(warm), fitted_on(torch.ones(n, dtype=torch.bool))
+    state = model.state_dict()
+    fitted = [k for k in state if "input_mean" in k or "input_scale" in k or "reducers" in k or "heads" in k]
+    assert any("reducers.text.components" in k for k in fitted)
+    for key in fitted:
+        torch.testing.assert_close(state[key], warm_only.state_dict()[key], msg=key)
+    assert not torch.allclose(
+        state["item_tower.input_mean_text"], everything.state_dict()["item_tower.input_mean_text"]
+    )
+
+
+def test_a_single_modality_run_says_once_that_its_alignment_is_inactive(
+    facet_data: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data, features = facet_data
+    single = prepare(shared_config(tmp_path, "train.modalities=[text]"), str(data), str(features))
+    with caplog.at_level("WARNING", logger="raymm.train.trainer"):
+        notes = training_notes(single)
+    assert len(notes) == 1 and "align.method='contrastive'" in notes[0] and "only text" in notes[0]
+    assert [r.getMessage() for r in caplog.records] == [f"raymm train: {notes[0]}"]
+    assert training_notes(prepare(shared_config(tmp_path), str(data), str(features))) == []

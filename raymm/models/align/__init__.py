@@ -8,7 +8,7 @@ from raymm.models.align.contrastive import ContrastiveAligner
 from raymm.models.align.kg import KGAligner, shares_tag, supervised_contrastive_loss, tag_incidence
 from raymm.models.align.linear import LinearAligner
 from raymm.models.align.plain import PlainAligner
-from raymm.models.align.registry import ALIGNERS, build_aligner
+from raymm.models.align.registry import ALIGNERS, build_aligner, inactive_alignment
 
 __all__ = [
     "ALIGNERS",
@@ -22,6 +22,7 @@ __all__ = [
     "PlainAligner",
     "ProjectionHead",
     "build_aligner",
+    "inactive_alignment",
     "info_nce",
     "shares_tag",
     "supervised_contrastive_loss",

@@ -8,7 +8,8 @@ An :class:`Aligner` maps each modality's features of a batch of items into one s
 * ``loss(projected, present, item_tags=None)``: the method's alignment loss on that output (a
   scalar tensor; zero for methods without one).
 * ``fit(features, present)``: the closed-form parts (PCA of raw features, CCA, ridge maps) fitted
-  on the catalog. ``requires_fit`` says whether a method has such parts; using them unfitted
+  on the training items (each once; training passes the warm items, never held-out cold ones).
+  ``requires_fit`` says whether a method has such parts; using them unfitted
   raises :class:`~raymm.models.errors.NotFittedError`.
 
 Each modality passes through an optional PCA (:class:`PCAReducer`, ``pca_dim``) and then a head:
@@ -213,6 +214,10 @@ class Aligner(nn.Module):
     closed_form: ClassVar[bool] = False
     #: Whether :meth:`loss` uses the temperature (a learnable one is only a parameter if so).
     uses_temperature: ClassVar[bool] = True
+    #: Whether the method aligns modalities with each other, so that with one modality it has
+    #: nothing to align (loss 0, or a closed-form fit of that modality alone): see
+    #: :func:`~raymm.models.align.registry.inactive_alignment`.
+    aligns_modalities: ClassVar[bool] = True
 
     def __init__(
         self, config: AlignConfig, input_dims: Mapping[str, int], audio_bands: int | None = None
@@ -278,9 +283,10 @@ class Aligner(nn.Module):
 
     @torch.no_grad()
     def fit(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Aligner:
-        """Fit the closed-form parts on the catalog (every item once); returns ``self``.
+        """Fit the closed-form parts on the items given (each once); returns ``self``.
 
-        Shapes as in :meth:`project`. PCA uses each modality's present rows; CCA/ridge maps use
+        Shapes as in :meth:`project`. To fit on a subset of the catalog (training fits on its warm
+        items) clear ``present`` outside it. PCA uses each modality's present rows; CCA/ridge maps use
         rows where the modalities they relate are both present. Raises :class:`ValueError` when
         a modality has fewer than 2 present rows to fit on. A no-op for methods without such parts.
         """
@@ -314,7 +320,7 @@ class Aligner(nn.Module):
         check_batch(features, present, self.input_dims)
         if self.closed_form and not self._heads_fitted():
             raise NotFittedError(
-                f"the {self.name!r} aligner is used before fit(); call fit on the catalog first"
+                f"the {self.name!r} aligner is used before fit(); call fit on the training items first"
             )
         # Absent rows may hold anything (NaN included): clear them before any layer reads them.
         cleared = {m: torch.where(present[m].unsqueeze(1), features[m], 0.0) for m in self.modalities}

@@ -1,4 +1,4 @@
-"""``cca``: canonical correlation analysis, fitted in closed form on the catalog."""
+"""``cca``: canonical correlation analysis, fitted in closed form on the training items."""
 
 from __future__ import annotations
 

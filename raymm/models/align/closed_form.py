@@ -13,7 +13,7 @@ from raymm.models.config import AlignConfig
 
 
 class ClosedFormAligner(Aligner):
-    """Linear heads (d_m -> shared_dim) whose weights :meth:`fit` computes from catalog statistics.
+    """Linear heads (d_m -> shared_dim) whose weights :meth:`fit` computes from the training items' statistics.
 
     With ``trainable: False`` the heads and the temperature are frozen: a fixed first stage
     whose :meth:`loss` still reports the InfoNCE of the fitted projections, without gradient.

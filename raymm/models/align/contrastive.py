@@ -16,7 +16,7 @@ class ContrastiveAligner(Aligner):
     that ``mode`` selects (``pairs``: every pair; ``anchor``: each modality with ``anchor``).
     The temperature (``temperature``: initial, learn, min, max) is learned as its log, clamped to
     [``min``, ``max``]. ``pca_dim``
-    optionally reduces raw features first (then :meth:`fit` must run once on the catalog).
+    optionally reduces raw features first (then :meth:`fit` must run once on the training items).
     """
 
     name = "contrastive"

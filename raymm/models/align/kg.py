@@ -99,6 +99,7 @@ class KGAligner(Aligner):
     """
 
     name = "kg"
+    aligns_modalities = False  # items sharing a tag are positives, so one modality still aligns
 
     def loss(
         self, projected: Mapping[str, Tensor], present: Mapping[str, Tensor], item_tags: Tensor | None = None
