@@ -92,6 +92,15 @@ class AlignConfig(_Section):
         description="Ridge term of the closed-form fits (cca whitening, linear least squares), "
         "relative to the mean variance of the features it regularises.",
     )
+    kg_max_tag_share: float = Field(
+        0.02,
+        gt=0.0,
+        le=1.0,
+        description="kg: only tags carried by at most this share of the catalog's items make positives. "
+        "A tag most items share (a country, a language, a broad genre) says nothing about which items "
+        "are alike, and with it nearly every pair of a batch was a positive: the loss pulled the whole "
+        "catalog together. 1.0 keeps every tag (the old behaviour).",
+    )
     trainable: bool = Field(
         False,
         description="cca/linear: after fit, keep training the projections (initialised from the fit) "

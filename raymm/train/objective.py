@@ -17,6 +17,20 @@ from raymm.models.towers import LossBreakdown, TwoTower
 from raymm.recommend.catalog import Catalog
 
 
+def informative_tags(tag_lists: list[list[int]], n_tags: int, max_share: float) -> list[list[int]]:
+    """Each item's tags without those carried by more than ``max_share`` of the items.
+
+    The ``kg`` aligner makes two items positives when they share a tag; a tag on most items
+    (MovieLens' country and language entities, a broad genre) would make nearly every pair of a
+    batch positive and pull the whole catalog together.
+    """
+    counts = np.bincount(
+        np.fromiter((t for tags in tag_lists for t in tags), dtype=np.int64), minlength=n_tags
+    )
+    keep = counts <= max_share * max(len(tag_lists), 1)
+    return [[t for t in tags if keep[t]] for tags in tag_lists]
+
+
 class NextItemObjective(nn.Module):
     """Wraps :class:`TwoTower` with the catalog so that ``forward(history, target)`` is the loss.
 
@@ -31,6 +45,11 @@ class NextItemObjective(nn.Module):
         self.log_q = torch.tensor(log_q)  # a copy: Ray hands workers read-only arrays
         self.use_tags = use_tags
         self.n_tags = max(len(catalog.tag_names), 1)
+        self.tag_lists = (
+            informative_tags(catalog.tags, self.n_tags, model.config.align.kg_max_tag_share)
+            if use_tags
+            else catalog.tags
+        )
         self.n_uniform = model.config.loss.mixed_negatives
 
     def to_device(self, device: torch.device) -> NextItemObjective:
@@ -60,7 +79,7 @@ class NextItemObjective(nn.Module):
         positive = encoding.select(inverse[n_history:n_target])
         tags = None
         if self.use_tags:
-            tag_lists = [self.catalog.tags[i] for i in target.tolist()]
+            tag_lists = [self.tag_lists[i] for i in target.tolist()]
             tags = tag_incidence(tag_lists, self.n_tags).to(target.device)
         if not self.n_uniform:
             return self.model.loss(users, positive, item_ids=target, log_q=self.log_q[target], item_tags=tags)
