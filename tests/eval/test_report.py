@@ -133,19 +133,35 @@ def test_orderings_report_what_holds_and_what_was_not_run() -> None:
         "k": 20,
         "headline": "contrastive+gated",
         "rows": [
-            _row("text", "all features", 0.10),
-            _row("image", "all features", 0.20),
+            _row("text", "all features", 0.10, cold=0.20),
+            _row("image", "all features", 0.20, cold=0.22),
             _row("concat", "all features", 0.30),
             _row("contrastive+gated", "all features", 0.30, cold=0.30),  # ties concat: at least as good
-            _row("popularity", "all features", 0.25, cold=0.10),
+            _row("popularity", "all features", 0.25, cold=0.01),
+            _row("content", "all features", 0.05, cold=0.25),
         ],
     }
-    names = ["single", "concat", "missing", "cold"]
+    names = ["single", "concat", "missing", "cold vs content", "cold vs single"]
     verdicts = dict(zip(names, (o["holds"] for o in quality_orderings(document)), strict=True))
-    assert verdicts == {"single": True, "concat": True, "missing": None, "cold": True}
-    document["rows"][3] = _row("contrastive+gated", "all features", 0.15, cold=0.15)
+    assert verdicts == {
+        "single": True,
+        "concat": True,
+        "missing": None,
+        "cold vs content": True,
+        "cold vs single": True,
+    }
+    document["rows"][3] = _row("contrastive+gated", "all features", 0.15, cold=0.21)
     verdicts = dict(zip(names, (o["holds"] for o in quality_orderings(document)), strict=True))
-    assert verdicts == {"single": False, "concat": False, "missing": None, "cold": False}
+    # Cold-start is judged against content and image (best on validation), never popularity.
+    assert verdicts == {
+        "single": False,
+        "concat": False,
+        "missing": None,
+        "cold vs content": False,
+        "cold vs single": False,
+    }
+    del document["rows"][5]  # no content baseline: that ordering was not run
+    assert quality_orderings(document)[3]["holds"] is None
 
 
 def test_the_best_single_modality_is_chosen_on_validation_not_on_test() -> None:
@@ -217,7 +233,7 @@ def test_the_ablation_trains_evaluates_and_writes_the_report(trained: Trained, t
     assert "## cold_start" in markdown and "aligned+fused = contrastive+gated" in markdown
     assert "| variant | best epoch | epochs run | validation NDCG@20 | notes |" in markdown
     orderings = document["orderings"]
-    assert [o["holds"] is None for o in orderings] == [False, False, False, False]  # all four judged
+    assert [o["holds"] is None for o in orderings] == [False] * 5  # all five judged
     assert (
         json.loads((out / "report.json").read_text())["rows"][0]["metrics"] == document["rows"][0]["metrics"]
     )
