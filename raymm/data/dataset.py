@@ -34,7 +34,14 @@ ITEMS = "items.parquet"
 FEATURES = "features.parquet"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 INTERACTION_FILES: tuple[str, ...] = (*SPLITS, "cold_start", "stream")
-OPTIONAL_TABLES: tuple[str, ...] = ("cold_items", "cold_start", "stream", "facets", "features", "oracle_users")
+OPTIONAL_TABLES: tuple[str, ...] = (
+    "cold_items",
+    "cold_start",
+    "stream",
+    "facets",
+    "features",
+    "oracle_users",
+)
 FORMAT_VERSION = 1
 
 
