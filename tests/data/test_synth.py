@@ -58,7 +58,17 @@ def test_same_seed_gives_identical_parquet_bytes_and_another_seed_differs(tiny: 
     expected = _parquet_bytes(tiny)
     assert set(expected) == {
         f"{name}.parquet"
-        for name in ("items", "train", "validation", "test", "cold_items", "cold_start", "stream", "facets")
+        for name in (
+            "items",
+            "train",
+            "validation",
+            "test",
+            "cold_items",
+            "cold_start",
+            "stream",
+            "facets",
+            "oracle_users",
+        )
     }
     assert _parquet_bytes(tmp_path / "again") == expected
     assert (tmp_path / "again" / "dataset.json").read_bytes() == (tiny / "dataset.json").read_bytes()
