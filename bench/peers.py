@@ -18,8 +18,9 @@ For one dataset (a raymm dataset directory and its features):
    (:mod:`raymm.eval.evaluate`): full ranking, seen items excluded, on the identical users.
    A peer's user that the peer never saw (no positive before the evaluated period) gets MostPop's
    answer, as raymm gives its users without history popularity.
-5. **Tuning on validation only.** Each system gets the same small grid (:data:`PEER_GRID`,
-   :data:`RAYMM_GRID`; at most 4 settings), fitted on train and scored on the validation users
+5. **Tuning on validation only.** Each system gets the same small budget (the first
+   ``--grid-size`` settings of :data:`PEER_GRID` / :data:`RAYMM_GRID`: 2 by default, which keeps
+   the synthetic run under 30 minutes here; 4 at most), fitted on train and scored on the validation users
    (history from train; popularity for fallbacks fitted on train). The best setting by
    validation NDCG@20 is then refit on train+validation (peers; raymm's histories already read
    train+validation) and scored on test: raymm and the best peer on validation with every seed of
@@ -38,7 +39,7 @@ Prints one JSON line per system and writes ``bench/results/peers.<name>.json``; 
 summary is merged into ``bench/results/peers.json``.
 
     .venv/bin/python bench/peers.py --dataset synthetic      # out/quickstart (small), made if absent
-    .venv/bin/python bench/peers.py --dataset ml100k         # bench/fetch_ml100k.py
+    .venv/bin/python bench/peers.py --dataset ml100k --grid-size 4   # bench/fetch_ml100k.py
     .venv/bin/python bench/peers.py --data DIR --features DIR --name NAME [--set key=value ...]
 """
 
@@ -91,12 +92,13 @@ PEERS_NO_DEPS = ("torchdata==0.9.0",)
 CROSS_CHECK_SYSTEM = "BPR"
 CROSS_CHECK_TOLERANCE = 0.02
 
-#: The same small budget for every system: at most 4 settings each, chosen on validation.
+#: The same small budget for every system: the first ``--grid-size`` settings of each list (2 by
+#: default, at most 4), chosen on validation. The lists put the likeliest settings first.
 PEER_GRID: dict[str, list[dict[str, Any]]] = {
     "MostPop": [{}],
     "BPR": [
         {"k": k, "lambda_reg": reg, "max_iter": 200, "learning_rate": 0.01}
-        for k in (32, 64)
+        for k in (64, 32)
         for reg in (0.001, 0.01)
     ],
     # Cornac's LightGCN runs DGL's message passing on every batch: 14 s an epoch at batch 1,024 on
@@ -110,11 +112,12 @@ PEER_GRID: dict[str, list[dict[str, Any]]] = {
             "batch_size": 4096,
             "learning_rate": lr,
         }
-        for layers in (2, 3)
         for lr in (0.01, 0.03)
+        for layers in (2, 3)
     ],
+    # VBPR is a torch loop over mini-batches: batches of 1,024 and 20 epochs (~1 minute a fit).
     "VBPR": [
-        {"k": k, "k2": k, "n_epochs": 30, "batch_size": 256, "learning_rate": 0.005, "lambda_w": w}
+        {"k": k, "k2": k, "n_epochs": 20, "batch_size": 1024, "learning_rate": 0.01, "lambda_w": w}
         for k in (16, 32)
         for w in (0.01, 0.1)
     ],
@@ -148,6 +151,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--work", type=Path, default=None, help="scratch directory (default out/peers/<name>)"
     )
     parser.add_argument("--no-ablation", action="store_true", help="skip raymm's ablation variants")
+    parser.add_argument("--grid-size", type=int, default=2, help="settings tried per system (raymm too), 1-4")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep raymm models this script trained before with the same config (Cornac scores are always kept)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="first grid setting of each system only; writes *.quick.json"
     )
@@ -211,7 +220,7 @@ def _skip_graphbolt(python: Path) -> None:
 class Export:
     """The exported split: MMRec files plus positives and item texts, and the id mappings."""
 
-    def __init__(self, data: Path, root: Path, config: RaymmConfig) -> None:
+    def __init__(self, data: Path, features: Path, root: Path, config: RaymmConfig) -> None:
         self.root = root
         summary = export_mmrec(str(data), str(root), name="raymm")
         dataset = load_dataset(str(data), tables=())
@@ -238,10 +247,39 @@ class Export:
         order = pc.index_in(texts.column("item_id"), value_set=pa.array(self.item_ids))
         cleaned = pc.replace_substring_regex(pc.fill_null(texts.column("text"), ""), r"[\t\r\n]+", " ")
         _write_tsv(pa.table({"itemID": order, "text": cleaned}), root / "item_text.tsv")
+        self.features = list(summary["features"])
+        if not self.features:
+            # Extracted features live beside the dataset, not in it: write them in MMRec's layout.
+            self.features = self._write_features(data, features)
+            summary["features"] = self.features
         (root / "export.json").write_text(json.dumps(summary, default=str))
         self.summary = summary
         self.user_index = user_index
-        self.features = summary["features"]
+
+    def _write_features(self, data: Path, features: Path) -> list[str]:
+        """``<modality>_feat.npy`` (row i = itemID i, zeros where missing) from a features directory."""
+        from raymm.data.importers.mmrec import FEATURE_FILES
+        from raymm.features.store import load_features
+
+        table = load_features(str(features))
+        index = pc.index_in(table.column("item_id"), value_set=pa.array(self.item_ids)).to_numpy(
+            zero_copy_only=False
+        )
+        written = []
+        for modality, file in FEATURE_FILES.items():
+            if modality not in table.column_names:
+                continue
+            column = table.column(modality).combine_chunks()
+            valid = column.is_valid().to_numpy(zero_copy_only=False)
+            dim = column.type.list_size
+            vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+            matrix = np.zeros((len(self.item_ids), dim), dtype=np.float32)
+            rows = index[valid]
+            known = ~np.isnan(rows.astype(np.float64)) if rows.dtype.kind == "f" else rows >= 0
+            matrix[rows[known].astype(np.int64)] = vectors[known]
+            np.save(self.root / file, matrix)
+            written.append(modality)
+        return written
 
     def users(self, ids: Sequence[str]) -> list[int]:
         return [self.user_index[str(u)] for u in ids if str(u) in self.user_index]
@@ -338,24 +376,34 @@ def _digest(params: dict[str, Any]) -> str:
 
 
 def train_raymm(
-    config: RaymmConfig, overrides: Sequence[str], data: Path, features: Path, out: Path
+    config: RaymmConfig, overrides: Sequence[str], data: Path, features: Path, out: Path, reuse: bool = False
 ) -> float:
-    """One ``raymm train`` run (Ray Train) with ``overrides``; its wall seconds."""
+    """One ``raymm train`` run (Ray Train) with ``overrides``; its wall seconds. With ``reuse``, a model
+    this script trained before with exactly this config is kept (and its recorded seconds returned)."""
     from raymm.config import apply_overrides, config_from_dict
     from raymm.train.trainer import train
 
     storage = out.parent / f"{out.name}-checkpoints"
-    for path in (storage, out):
-        if path.exists():
-            shutil.rmtree(path)
     document = config.model_dump(mode="json", by_alias=True)
     variant = config_from_dict(
         apply_overrides(document, [*overrides, f"train.storage_path={storage}"]), "peers raymm"
     )
+    stamp = out.parent / f"{out.name}.run.json"
+    key = variant.model_dump(mode="json", by_alias=True)
+    if reuse and stamp.is_file() and (out / "manifest.json").is_file():
+        recorded = json.loads(stamp.read_text())
+        if recorded["config"] == key:
+            log(BENCH, f"reusing {out.name} (same config, trained {recorded['seconds']:.0f}s)")
+            return float(recorded["seconds"])
+    for path in (storage, out):
+        if path.exists():
+            shutil.rmtree(path)
     started = time.perf_counter()
     train(variant, str(data), str(features), str(out))
     shutil.rmtree(storage, ignore_errors=True)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    stamp.write_text(json.dumps({"config": key, "seconds": seconds}))
+    return seconds
 
 
 def raymm_scorers(model_dir: Path, setup: EvalSetup) -> tuple[FallbackScorer, FallbackScorer]:
@@ -454,9 +502,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         name = args.name or "ml100k"
         overrides = ["train.modalities=[text]", *overrides]
     else:
-        if args.data is None or args.features is None:
-            raise SystemExit("give --dataset, or --data and --features")
-        data, features = args.data.resolve(), args.features.resolve()
+        if args.data is None:
+            raise SystemExit("give --dataset, or --data (and --features unless the dataset carries them)")
+        data = args.data.resolve()
+        if args.features is None:
+            from raymm.data.dataset import imported_features
+
+            found = imported_features(str(data))
+            if found is None:
+                raise SystemExit(f"{data} carries no imported features: give --features")
+            features = Path(found)
+        else:
+            features = args.features.resolve()
         name = args.name or data.parent.name
     seeds = [int(s) for s in args.seeds.split(",")]
     systems = [s for s in args.systems.split(",") if s]
@@ -474,16 +531,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if oracle_data is not None:
         oracle_scorer = OracleScorer(oracle_data, setup.catalog)
 
-    export = Export(data, work / "export", config)
+    export = Export(data, features, work / "export", config)
     vbpr_features = "image" if "image" in export.features else ("text" if "text" in export.features else None)
     records: dict[str, Record] = {}
 
     # Peers: the grid on validation, then the best setting refit on train+validation per seed.
     train_popularity = PopularityScorer().fit(setup.train_context)
     popularity = PopularityScorer().fit(setup.context)
-    jobs = peer_jobs(export, setup, systems, vbpr_features)
-    if args.quick:
-        jobs = [job for job in jobs if "-g0-" in job["id"]]
+    grid_size = 1 if args.quick else args.grid_size
+    jobs = [
+        job
+        for job in peer_jobs(export, setup, systems, vbpr_features)
+        if int(job["id"].split("-g")[1].split("-")[0]) < grid_size
+    ]
     metas = run_cornac(export, jobs)
     for job in jobs:
         record = records.setdefault(job["system"], Record(job["system"], "peer (Cornac 3.0.1)"))
@@ -537,10 +597,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # raymm: the grid on validation, the best refit per seed; ablations at the default settings.
     raymm = Record("raymm", "raymm (served: two-tower + popularity fallback)")
     models: dict[str, Path] = {}
-    raymm_grid = RAYMM_GRID[:1] if args.quick else RAYMM_GRID
+    raymm_grid = RAYMM_GRID[:grid_size]
     for index, grid_overrides in enumerate(raymm_grid):
         out = work / "raymm" / f"g{index}-s{seeds[0]}"
-        seconds = train_raymm(config, grid_overrides, data, features, out)
+        seconds = train_raymm(config, grid_overrides, data, features, out, args.reuse)
         models[f"g{index}"] = out
         validation_scorer, _ = raymm_scorers(out, setup)
         _, values = score(validation_scorer, setup, setup.validation)
@@ -559,7 +619,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = work / "raymm" / f"g{best_index}-s{seed}"
         seconds = raymm.grid[best_index]["fit_s"]
         if seed != seeds[0]:
-            seconds = train_raymm(config, (*RAYMM_GRID[best_index], f"seed={seed}"), data, features, out)
+            seconds = train_raymm(
+                config, (*RAYMM_GRID[best_index], f"seed={seed}"), data, features, out, args.reuse
+            )
         _, test_scorer = raymm_scorers(out, setup)
         users, values = score(test_scorer, setup, test_users)
         raymm.add_test(seed, users, values, seconds)
@@ -581,7 +643,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_ablation and "image" in setup.catalog.features:
         for variant, variant_overrides in SYNTHETIC_ABLATION.items():
             out = work / "raymm" / f"ablation-{variant}"
-            seconds = train_raymm(config, variant_overrides, data, features, out)
+            seconds = train_raymm(config, variant_overrides, data, features, out, args.reuse)
             record = Record(f"raymm {variant}", "raymm ablation (default settings, one seed)")
             _, test_scorer = raymm_scorers(out, setup)
             users, values = score(test_scorer, setup, test_users)
@@ -641,6 +703,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "n_items": setup.catalog.n_items,
         "k": K,
+        "grid_size": grid_size,
         "cores": os.cpu_count(),
         "systems": summaries,
         "best_peer_on_validation": best_peer.system,
