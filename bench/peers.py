@@ -66,7 +66,7 @@ from _shared import BASE_CONFIG, QUICKSTART, RESULTS, ROOT, ensure_quickstart, f
 from raymm.config import RaymmConfig, load_config
 from raymm.data.dataset import SPLITS, load_dataset
 from raymm.data.export import export_mmrec
-from raymm.eval.evaluate import EvalSetup, eval_setup, per_user_metrics
+from raymm.eval.evaluate import EvalSetup, eval_setup, per_user_metrics, served_scorer
 from raymm.eval.oracle import OracleScorer, load_oracle
 from raymm.eval.stats import mean_sd, paired_test
 from raymm.models.artifact import load_artifact
@@ -77,7 +77,6 @@ from raymm.recommend.scorers import (
     PopularityScorer,
     PrecomputedScorer,
     Scorer,
-    TwoTowerScorer,
 )
 
 BENCH = "peers"
@@ -407,14 +406,16 @@ def train_raymm(
 
 
 def raymm_scorers(model_dir: Path, setup: EvalSetup) -> tuple[FallbackScorer, FallbackScorer]:
-    """The artifact's served recommender for validation (popularity on train) and test (train+validation)."""
+    """The artifact's served recommender for validation (popularity on train) and test
+    (train+validation), with the fallback settings training chose on validation
+    (:func:`~raymm.eval.evaluate.served_scorer`)."""
     artifact = load_artifact(str(model_dir), expected_dims=setup.catalog.dims)
-    two_tower = TwoTowerScorer(artifact.model, setup.catalog.subset(artifact.model.modalities))
-    shrinkage = float(artifact.manifest.metrics.get("fallback_shrinkage", 0.0))
-    return (
-        FallbackScorer(two_tower, PopularityScorer().fit(setup.train_context), shrinkage),
-        FallbackScorer(two_tower, PopularityScorer().fit(setup.context), shrinkage),
+    test, shrinkage = served_scorer(artifact, setup, KS)
+    half_life = test.popularity.half_life_days
+    validation = FallbackScorer(
+        test.primary, PopularityScorer(half_life_days=half_life).fit(setup.train_context), shrinkage
     )
+    return validation, test
 
 
 # --- scoring --------------------------------------------------------------------------------

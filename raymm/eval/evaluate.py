@@ -46,7 +46,7 @@ from raymm.recommend.scorers import (
     PopularityScorer,
     Scorer,
     TwoTowerScorer,
-    choose_shrinkage,
+    choose_blend,
 )
 from raymm.recommend.vectors import encode_catalog
 
@@ -246,18 +246,21 @@ def mean_fusion_weights(model: TwoTower, catalog: Catalog) -> dict[str, float] |
 def served_scorer(artifact: Artifact, setup: EvalSetup, ks: Sequence[int]) -> tuple[FallbackScorer, float]:
     """The artifact's recommender as serving answers: two-tower + popularity fallback.
 
-    The fallback's shrinkage is the one training chose on validation (recorded in the manifest);
-    an artifact without one gets it chosen here on the same validation users. Popularity is
-    fitted on ``setup``'s context (the interactions before the evaluated period).
+    The fallback's shrinkage and popularity half-life are the ones training chose on validation
+    (recorded in the manifest); an artifact without them (trained before the half-life existed)
+    gets both chosen here on the same validation users, popularity counted on the training split.
+    Popularity is then fitted on ``setup``'s context (the interactions before the evaluated
+    period) with that half-life; ``popularity.half_life_days`` says which.
     """
     two_tower = TwoTowerScorer(artifact.model, setup.catalog.subset(artifact.model.modalities))
-    popularity = PopularityScorer().fit(setup.context)
-    shrinkage = artifact.manifest.metrics.get("fallback_shrinkage")
-    if shrinkage is None:
-        train_popularity = PopularityScorer().fit(setup.train_context)
-        shrinkage, _ = choose_shrinkage(
-            lambda scorer: validation_ndcg(scorer, setup, ks), two_tower, train_popularity
+    metrics = artifact.manifest.metrics
+    shrinkage = metrics.get("fallback_shrinkage")
+    half_life = metrics.get("fallback_half_life_days")
+    if shrinkage is None or "fallback_half_life_days" not in metrics:
+        half_life, shrinkage, _ = choose_blend(
+            lambda scorer: validation_ndcg(scorer, setup, ks), two_tower, setup.train_context
         )
+    popularity = PopularityScorer(half_life_days=half_life).fit(setup.context)
     return FallbackScorer(two_tower, popularity, float(shrinkage)), float(shrinkage)
 
 
@@ -277,7 +280,9 @@ def evaluate_model(model_dir: str, setup: EvalSetup, ks: Sequence[int]) -> dict[
     artifact = load_artifact(model_dir, expected_dims=setup.catalog.dims)
     served, shrinkage = served_scorer(artifact, setup, ks)
     # On validation users the fallback may only know the training split's popularity.
-    train_popularity = PopularityScorer().fit(setup.train_context)
+    train_popularity = PopularityScorer(half_life_days=served.popularity.half_life_days).fit(
+        setup.train_context
+    )
     validation = validation_ndcg(FallbackScorer(served.primary, train_popularity, shrinkage), setup, ks)
     recorded = artifact.manifest.metrics
     return {
@@ -287,6 +292,7 @@ def evaluate_model(model_dir: str, setup: EvalSetup, ks: Sequence[int]) -> dict[
         "metrics": protocol_metrics(served, setup, ks),
         "two_tower_metrics": protocol_metrics(served.primary, setup, ks),
         "fallback_shrinkage": shrinkage,
+        "fallback_half_life_days": served.popularity.half_life_days,
         "validation_ndcg": validation,
         "fusion_weights": mean_fusion_weights(
             artifact.model, setup.catalog.subset(artifact.model.modalities)

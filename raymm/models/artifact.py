@@ -319,7 +319,8 @@ def write_artifact(
         counts = np.asarray(popularity)
         if counts.shape != (len(item_ids),):
             raise ValueError(f"popularity must be ({len(item_ids)},) counts, got shape {counts.shape}")
-        table = table.append_column("popularity", pa.array(counts.astype(np.int64)))
+        # Float: with a popularity half-life the counts are recency-weighted.
+        table = table.append_column("popularity", pa.array(counts.astype(np.float64)))
     if aligned is not None:
         for name, column in _aligned_columns(model, len(item_ids), aligned, aligned_present).items():
             table = table.append_column(name, column)

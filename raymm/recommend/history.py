@@ -148,7 +148,24 @@ def held_out_recency(context: pa.Table, held_out: pa.Table, user_ids: np.ndarray
     return np.where(position >= 0, np.log1p(np.maximum(hours, 0.0)), np.nan).astype(np.float32)
 
 
-def item_counts(interactions: pa.Table, catalog: Catalog, events: Sequence[str]) -> np.ndarray:
-    """(N,) counting events per catalog item in ``interactions`` (what popularity knows)."""
-    rows = catalog.positions(positive_events(interactions, events).column("item_id"))
-    return np.bincount(rows[rows >= 0], minlength=catalog.n_items)
+def item_counts(
+    interactions: pa.Table, catalog: Catalog, events: Sequence[str], half_life_days: float | None = None
+) -> np.ndarray:
+    """(N,) counting events per catalog item in ``interactions`` (what popularity knows).
+
+    With ``half_life_days``, each event counts ``0.5 ** (age / half_life_days)``, its age taken
+    from the latest event of ``interactions``: recent popularity, float counts.
+    """
+    positives = positive_events(interactions, events)
+    rows = catalog.positions(positives.column("item_id"))
+    keep = rows >= 0
+    if half_life_days is None:
+        return np.bincount(rows[keep], minlength=catalog.n_items)
+    if half_life_days <= 0:
+        raise ValueError(f"half_life_days must be positive, got {half_life_days}")
+    ts = positives.column("ts").cast(pa.int64()).to_numpy()
+    if ts.size == 0:
+        return np.zeros(catalog.n_items)
+    age_days = (ts.max() - ts) / 86_400_000.0
+    weights = 0.5 ** (age_days / half_life_days)
+    return np.bincount(rows[keep], weights=weights[keep], minlength=catalog.n_items)

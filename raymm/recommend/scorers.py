@@ -16,7 +16,8 @@ retrieve-then-rank, :class:`~raymm.recommend.rerank.Reranker`. One evaluator
 * :class:`FallbackScorer`: a scorer blended with popularity by history length, so users with
   little or no history get a real answer: score = a(h) * primary + (1 - a(h)) * popularity with
   a(h) = h / (h + shrinkage), h the number of history items (a(0) = 0: popularity alone). The
-  shrinkage is chosen on validation (:func:`choose_shrinkage`) and serving applies the same rule;
+  shrinkage and the popularity's half-life (recent popularity, or every event alike) are chosen
+  on validation (:func:`choose_blend`) and serving applies the same rule;
 * :class:`RetrieveThenRank`: a retriever's top ``top_n`` re-ordered by the ranker;
 * :class:`PrecomputedScorer`: scores computed elsewhere (a peer library such as Cornac), one
   row per user id, so the same evaluator ranks them; unknown users get a fallback scorer's answer.
@@ -45,6 +46,10 @@ from raymm.recommend.vectors import encode_catalog, user_vectors
 #: Shrinkage values :func:`choose_shrinkage` tries (0: popularity only for users with no history).
 #: On MovieLens-100k validation NDCG@20 still rose at 8 and peaked near 64 (bench/cold_users.py).
 SHRINKAGE_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+#: Half-lives (days) of recent popularity :func:`choose_blend` tries; None counts every event
+#: alike. On MovieLens-100k's time split, validation NDCG@20 of popularity alone rose from 0.279
+#: (every event) to 0.326 at 14 days: what was popular last fortnight is what new users pick.
+HALF_LIFE_GRID_DAYS: tuple[float | None, ...] = (None, 3.0, 7.0, 14.0, 30.0, 90.0)
 #: Users per chunk when a scorer does more than a dot product per user (re-ranking).
 USER_CHUNK = 256
 
@@ -174,19 +179,33 @@ class PopularityScorer(DotProductScorer):
     name = "popularity"
 
     def __init__(
-        self, counts: np.ndarray | None = None, seed: int = 0, *, scores: Tensor | None = None
+        self,
+        counts: np.ndarray | None = None,
+        seed: int = 0,
+        *,
+        scores: Tensor | None = None,
+        half_life_days: float | None = None,
     ) -> None:
         """``counts`` (N,) per item, or ``scores`` (N, 1) as :meth:`item_vectors` gave them (a
-        catalog grown by live items keeps its items' scores, tie-breaks included)."""
+        catalog grown by live items keeps its items' scores, tie-breaks included).
+        ``half_life_days``: :meth:`fit` counts recent popularity (see
+        :func:`~raymm.recommend.history.item_counts`); None counts every event alike."""
         self.seed = seed
+        self.half_life_days = half_life_days
         self._items = (
             scores if scores is not None else None if counts is None else self._scores(np.asarray(counts))
         )
+        if half_life_days is not None:
+            self.name = f"popularity (half-life {half_life_days:g} d)"
 
     def fit(self, context: FitContext) -> PopularityScorer:
         self.seed = context.seed
-        self._items = self._scores(item_counts(context.interactions, context.catalog, context.events))
+        self._items = self._scores(self.counts(context))
         return self
+
+    def counts(self, context: FitContext) -> np.ndarray:
+        """The (N,) counts :meth:`fit` ranks by: recent ones with a half-life."""
+        return item_counts(context.interactions, context.catalog, context.events, self.half_life_days)
 
     def _scores(self, counts: np.ndarray) -> Tensor:
         if counts.ndim != 1 or (counts.size and counts.min() < 0):
@@ -332,6 +351,31 @@ class RetrieveThenRank(Scorer):
         if not parts:
             return TopK(torch.zeros((0, k), dtype=torch.long), torch.zeros((0, k)))
         return TopK(torch.cat([p.rows for p in parts]), torch.cat([p.scores for p in parts]))
+
+
+def choose_blend(
+    evaluate: Callable[[Scorer], float],
+    primary: DotProductScorer,
+    context: FitContext,
+    half_lives: Sequence[float | None] = HALF_LIFE_GRID_DAYS,
+    grid: Sequence[float] = SHRINKAGE_GRID,
+) -> tuple[float | None, float, dict[str, float]]:
+    """The popularity half-life and shrinkage whose :class:`FallbackScorer` scores best by
+    ``evaluate`` (on validation; popularity fitted on ``context``, the training split). Returns
+    ``(half_life_days, shrinkage, {"<half-life>/<shrinkage>": score})``; ties go to every event
+    alike, then the smallest shrinkage."""
+    scores: dict[str, float] = {}
+    best: tuple[float, float | None, float] | None = None
+    for half_life in half_lives:
+        popularity = PopularityScorer(half_life_days=half_life).fit(context)
+        shrinkage, by_shrinkage = choose_shrinkage(evaluate, primary, popularity, grid)
+        label = "all" if half_life is None else f"{half_life:g}d"
+        scores.update({f"{label}/{value}": score for value, score in by_shrinkage.items()})
+        score = by_shrinkage[str(shrinkage)]
+        if best is None or score > best[0]:
+            best = (score, half_life, shrinkage)
+    assert best is not None
+    return best[1], best[2], scores
 
 
 def choose_shrinkage(

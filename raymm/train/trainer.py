@@ -7,8 +7,8 @@ in DDP and runs the one training loop, :func:`raymm.train.loop.fit`: every epoch
 validates with the evaluator of :mod:`raymm.eval.evaluate` (full ranking on the validation split),
 rank 0 checkpoints model + optimizer + loop state, all ranks report. ``FailureConfig`` restarts
 failed workers from the latest checkpoint. At the end the driver chooses on validation the
-shrinkage of the popularity fallback for users with little history
-(:func:`~raymm.recommend.scorers.choose_shrinkage`) and writes the model artifact from the best
+shrinkage and the popularity half-life of the fallback for users with little history
+(:func:`~raymm.recommend.scorers.choose_blend`) and writes the model artifact from the best
 epoch's weights. What a reader of the metrics must know about the run (an alignment method that
 needs two modalities given one: :func:`training_notes`) is logged at the start and kept in the
 manifest's ``notes``.
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from raymm.config import RaymmConfig
@@ -39,7 +40,7 @@ from raymm.models.config import ModelConfig
 from raymm.models.towers import TwoTower
 from raymm.recommend.catalog import Catalog, build_catalog
 from raymm.recommend.history import EvalUsers, eval_users, item_counts
-from raymm.recommend.scorers import PopularityScorer, Scorer, TwoTowerScorer, choose_shrinkage
+from raymm.recommend.scorers import FitContext, Scorer, TwoTowerScorer, choose_blend
 from raymm.recommend.vectors import encode_catalog
 from raymm.train.examples import Examples, build_examples, target_log_q
 from raymm.train.loop import LoopState, RunHooks, StepOutput, best_row, fit
@@ -203,15 +204,17 @@ class TrainResult:
 
 
 def choose_fallback(
-    model: TwoTower, prepared: Prepared, train_counts: np.ndarray, config: RaymmConfig
-) -> tuple[float, dict[str, float]]:
-    """The popularity fallback's shrinkage with the best validation NDCG (see :func:`choose_shrinkage`)."""
+    model: TwoTower, prepared: Prepared, train_split: pa.Table, config: RaymmConfig
+) -> tuple[float | None, float, dict[str, float]]:
+    """The popularity fallback's half-life and shrinkage with the best validation NDCG, popularity
+    counted on the training split (see :func:`~raymm.recommend.scorers.choose_blend`)."""
     k = 20 if 20 in config.evaluate.ks else max(config.evaluate.ks)
     n_items = prepared.catalog.n_items
-    return choose_shrinkage(
+    context = FitContext(prepared.catalog, train_split, config.model.user_state.events, config.seed)
+    return choose_blend(
         lambda scorer: evaluate_scorer(scorer, prepared.validation, (k,), n_items)[f"ndcg@{k}"],
         TwoTowerScorer(model, prepared.catalog),
-        PopularityScorer(train_counts, config.seed),
+        context,
     )
 
 
@@ -251,8 +254,13 @@ def train(
     saved = run_on_ray(train_loop_per_worker, loop_config, config, run, dataset, "training run", hooks)
     model = TwoTower(prepared.model_config, prepared.catalog.dims, prepared.n_item_ids, prepared.audio_bands)
     model.load_state_dict(saved.state.best_weights or saved.model)
-    train_counts = item_counts(train_split, prepared.catalog, spec.events)
-    shrinkage, by_shrinkage = choose_fallback(model, prepared, train_counts, config)
+    half_life, shrinkage, by_setting = choose_fallback(model, prepared, train_split, config)
+    # Serving's fallback ranks by these counts: recent ones when a half-life won on validation.
+    train_counts = item_counts(train_split, prepared.catalog, spec.events, half_life)
+    label = "all" if half_life is None else f"{half_life:g}d"
+    by_shrinkage = {
+        key.split("/", 1)[1]: value for key, value in by_setting.items() if key.startswith(f"{label}/")
+    }
     # One pass gives the retrieval vectors and the aligned vectors cross-media search ranks by.
     encoding = encode_catalog(model, prepared.catalog)
     history = saved.state.history
@@ -268,7 +276,9 @@ def train(
             "validation": best_row(saved.state),
             "history": history,
             "fallback_shrinkage": shrinkage,
+            "fallback_half_life_days": half_life,
             "validation_ndcg_by_fallback_shrinkage": by_shrinkage,
+            "validation_ndcg_by_fallback": by_setting,
         },
         data_fingerprint=prepared.fingerprint,
         encoders=read_encoders(features_dir),

@@ -140,12 +140,15 @@ def test_popularity_matches_a_direct_computation(trained: Trained, result: dict)
 
 
 def test_users_without_history_get_the_popular_items(trained: Trained) -> None:
-    """The fallback answers an empty history with exactly the popularity ranking."""
+    """The fallback answers an empty history with exactly the popularity ranking (recent
+    popularity when training chose a half-life on validation)."""
     setup = eval_setup(trained.config, str(trained.data), str(trained.features))
     scorer, _ = served_scorer(load_artifact(trained.model), setup, trained.config.evaluate.ks)
     empty = np.full((1, trained.config.model.user_state.max_history), -1)
     served = scorer.recommend(empty, 10).rows
-    popular = PopularityScorer().fit(setup.context).recommend(empty, 10).rows
+    half_life = scorer.popularity.half_life_days
+    assert half_life == load_artifact(trained.model).manifest.metrics["fallback_half_life_days"]
+    popular = PopularityScorer(half_life_days=half_life).fit(setup.context).recommend(empty, 10).rows
     assert served.tolist() == popular.tolist()
     untrained_vector = scorer.primary.recommend(empty, 10).rows  # what the model alone would say
     assert served.tolist() != untrained_vector.tolist()
