@@ -72,6 +72,7 @@ from raymm.eval.stats import mean_sd, paired_test
 from raymm.models.artifact import load_artifact
 from raymm.recommend.history import EvalUsers, positive_events
 from raymm.recommend.scorers import (
+    HALF_LIFE_GRID_DAYS,
     ContentScorer,
     FallbackScorer,
     PopularityScorer,
@@ -641,6 +642,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if recall is not None:
             record.cold.append(recall)
         records[baseline.name] = record
+    # Recent popularity alone, its half-life chosen on validation as raymm's fallback chooses it:
+    # how much of raymm's answer is the fallback, and a yardstick any system could add.
+    by_half_life = {
+        half_life: float(
+            score(
+                PopularityScorer(half_life_days=half_life).fit(setup.train_context), setup, setup.validation
+            )[1][f"ndcg@{K}"].mean()
+        )
+        for half_life in HALF_LIFE_GRID_DAYS
+    }
+    half_life = max(by_half_life, key=lambda h: by_half_life[h])
+    recent = Record("recent popularity", "baseline (training-free; half-life chosen on validation)")
+    recent.grid = [{"half_life_days": h, "validation_ndcg@20": round(v, 4)} for h, v in by_half_life.items()]
+    recent.best = {"half_life_days": half_life}
+    fitted = PopularityScorer(half_life_days=half_life).fit(setup.context)
+    users, values = score(fitted, setup, test_users)
+    recent.add_test(seeds[0], users, values, 0.0)
+    records[recent.system] = recent
     if not args.no_ablation and "image" in setup.catalog.features:
         for variant, variant_overrides in SYNTHETIC_ABLATION.items():
             out = work / "raymm" / f"ablation-{variant}"
@@ -675,6 +694,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     comparisons = {
         f"raymm vs {best_peer.system} (best peer on validation)": _paired(raymm, best_peer),
         "raymm vs popularity": _paired(raymm, records["popularity"]),
+        "raymm vs recent popularity": _paired(raymm, records["recent popularity"]),
         "raymm vs MostPop (Cornac)": _paired(raymm, records["MostPop"]) if "MostPop" in records else None,
     }
     best_test_peer = max(peers_only, key=lambda r: float(np.mean([row[f"ndcg@{K}"] for row in r.test])))
@@ -846,6 +866,7 @@ ORDER = (
     "CTR",
     "MostPop",
     "popularity",
+    "recent popularity",
     "content",
 )
 
