@@ -36,24 +36,19 @@ from typing import Any
 import numpy as np
 from _shared import BASE_CONFIG, QUICKSTART, ROOT, ensure_quickstart, finish, log
 
-from raymm.config import load_config
+from raymm.config import EvaluateConfig, load_config
 from raymm.eval.report import FULL, best_single_modality
 from raymm.workflows.ablation import ablation
 
 BENCH = "quality_synth"
+#: The full default ablation (``evaluate.ablation``) plus the other aligners and fusions.
+_BASELINES = ("popularity", "content")
 VARIANTS = (
-    "text",
-    "image",
-    "audio",
-    "concat",
-    "none+gated",
-    "contrastive+concat",
-    "contrastive+gated",
+    *(v for v in EvaluateConfig().ablation if v not in _BASELINES),
     "cca+gated",
     "kg+gated",
     "contrastive+attention",
-    "popularity",
-    "content",
+    *_BASELINES,
 )
 HEADLINE = "contrastive+gated"
 
