@@ -95,6 +95,9 @@ class OracleScorer(Scorer):
         if missing:
             raise ValueError(f"the oracle has no preferences for user {missing[0]!r}")
         preferences = self.oracle.preferences[[self.user_row[str(u)] for u in user_ids]]
-        affinity = preferences[:, self.codes].sum(axis=2, dtype=np.float64)  # (U, N)
+        # Facet by facet: one (U, N) at a time, never the (U, N, F) gather.
+        affinity = np.zeros((len(preferences), self.codes.shape[0]), dtype=np.float64)
+        for facet in range(self.codes.shape[1]):
+            affinity += preferences[:, self.codes[:, facet]]
         scores = affinity / self.oracle.temperature + self.bias
         return top_k_of_scores(scores.astype(np.float32), k, exclude=exclude, candidates=candidates)
