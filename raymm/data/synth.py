@@ -24,8 +24,13 @@ give byte-identical parquet files.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import multiprocessing
+import os
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -397,28 +402,31 @@ def _tags(synthetic_items: SyntheticItems) -> pa.Array:
 def _item_chunks(
     synthetic_items: SyntheticItems, item_ids: pa.Array, config: SynthConfig, seed: int, progress: bool
 ) -> Iterator[pa.Table]:
-    """Items tables of :data:`CHUNK_ITEMS` rows each, in item order, conforming to ITEMS_SCHEMA."""
-    renderers: dict[str, Callable[[np.ndarray, np.random.Generator], str | bytes]] = {
-        "text": lambda facets, rng: render_text(facets, rng, config.noise),
-        "image": lambda facets, rng: render_image(facets, rng, config.noise, config.image_size),
-        "audio": lambda facets, rng: render_audio(facets, rng, config.noise, config.audio_sample_rate),
-    }
+    """Items tables of :data:`CHUNK_ITEMS` rows each, in item order, conforming to ITEMS_SCHEMA.
+
+    The media are rendered in ``synth.workers`` processes, a chunk per task, and come back in
+    item order; each item's media come from its own random streams, so the bytes do not depend
+    on the number of workers.
+    """
     tags = _tags(synthetic_items)
     n_items = len(synthetic_items.creator)
-    starts = range(0, n_items, CHUNK_ITEMS)
-    for start in progress_bar(starts, desc="synth items", unit="chunk", enabled=progress):
-        stop = min(start + CHUNK_ITEMS, n_items)
-        media = {
-            modality: [
-                None
-                if synthetic_items.missing[modality][i]
-                else render(
-                    synthetic_items.facets[i], _rng(seed, _ITEM_STREAM, i, MODALITIES.index(modality))
-                )
-                for i in range(start, stop)
-            ]
-            for modality, render in renderers.items()
-        }
+    bounds = [(start, min(start + CHUNK_ITEMS, n_items)) for start in range(0, n_items, CHUNK_ITEMS)]
+    tasks = [
+        (
+            synthetic_items.facets[start:stop],
+            {m: synthetic_items.missing[m][start:stop] for m in MODALITIES},
+            start,
+            seed,
+            (config.noise, config.image_size, config.audio_sample_rate),
+        )
+        for start, stop in bounds
+    ]
+    rendered = _ordered_results(_render_chunk, tasks, _workers(config))
+    for (start, stop), media in zip(
+        bounds,
+        progress_bar(rendered, desc="synth items", unit="chunk", enabled=progress, total=len(bounds)),
+        strict=True,
+    ):
         yield pa.table(
             {
                 "item_id": item_ids[start:stop],
@@ -428,6 +436,57 @@ def _item_chunks(
             },
             schema=ITEMS_SCHEMA,
         )
+
+
+def _render_chunk(
+    facets: np.ndarray,
+    missing: dict[str, np.ndarray],
+    start: int,
+    seed: int,
+    settings: tuple[float, int, int],
+) -> dict[str, list[str | bytes | None]]:
+    """Text, image and audio of the items ``start, start + 1, ...`` (rows of ``facets``); None where missing."""
+    noise, image_size, sample_rate = settings
+    renderers: dict[str, Callable[[np.ndarray, np.random.Generator], str | bytes]] = {
+        "text": lambda item_facets, rng: render_text(item_facets, rng, noise),
+        "image": lambda item_facets, rng: render_image(item_facets, rng, noise, image_size),
+        "audio": lambda item_facets, rng: render_audio(item_facets, rng, noise, sample_rate),
+    }
+    return {
+        modality: [
+            None
+            if missing[modality][row]
+            else render(facets[row], _rng(seed, _ITEM_STREAM, start + row, MODALITIES.index(modality)))
+            for row in range(len(facets))
+        ]
+        for modality, render in renderers.items()
+    }
+
+
+def _workers(config: SynthConfig) -> int:
+    return config.workers or len(os.sched_getaffinity(0))
+
+
+def _ordered_results(
+    function: Callable[..., Any], tasks: list[tuple[Any, ...]], workers: int
+) -> Iterator[Any]:
+    """``function(*task)`` for each task, in order: in this process when one worker or one task
+    would do, else in ``workers`` spawned processes with at most two tasks per worker in flight
+    (so results wait in memory only that long)."""
+    workers = min(workers, len(tasks))
+    if workers <= 1:
+        yield from (function(*task) for task in tasks)
+        return
+    # spawn, not fork: the parent may hold Arrow and torch thread pools that a fork would copy mid-flight.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        queue = iter(tasks)
+        pending = deque(pool.submit(function, *task) for task in itertools.islice(queue, 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            task = next(queue, None)
+            if task is not None:
+                pending.append(pool.submit(function, *task))
+            yield result
 
 
 def _write_dataset_streaming_items(

@@ -403,3 +403,12 @@ def test_users_favour_facet_values_and_every_facet_is_someones_main_taste(tiny: 
         lifts.append(max(lift))
     assert np.median(lifts) > 0.3
     assert np.all(np.bincount(main_facets, minlength=len(FACETS)) >= 0.08 * len(main_facets))
+
+
+def test_items_rendered_in_worker_processes_are_byte_identical(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(synth, "CHUNK_ITEMS", 64)  # 4 chunks, so 2 workers share them
+    synthesize(_tiny_config(workers=2), str(tmp_path / "two"), SEED, progress=False)
+    synthesize(_tiny_config(workers=1), str(tmp_path / "one"), SEED, progress=False)
+    assert _parquet_bytes(tmp_path / "two") == _parquet_bytes(tmp_path / "one") == _parquet_bytes(tiny)
