@@ -70,6 +70,7 @@ BENCH = "scale"
 MIB = 1024 * 1024
 SAMPLE_S = 0.2
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
 STAGES = ("synth", "extract", "train", "rank", "evaluate")
 #: Overrides on configs/quickstart.yaml at every size (see the module docstring).
 SETTINGS = (
@@ -127,8 +128,9 @@ def stage_done(stage: str, out: Path) -> bool:
 # --- the process tree's memory, from /proc ------------------------------------------------------
 
 
-def _children_by_parent() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every process now: pid -> (parent pid, user + system CPU in clock ticks)."""
+    processes = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -136,15 +138,18 @@ def _children_by_parent() -> dict[int, list[int]]:
             stat = Path(f"/proc/{entry.name}/stat").read_text()
         except OSError:  # exited while we looked
             continue
-        # The command name (field 2) may hold spaces and parentheses: parse after the last ')'.
-        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    return children
+        # The command name (field 2) may hold spaces and parentheses: the fields after the last ')'
+        # are state, ppid, ... utime (14th field overall) and stime (15th).
+        fields = stat[stat.rindex(")") + 2 :].split()
+        processes[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return processes
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants that are alive now."""
-    children = _children_by_parent()
+def process_tree(root: int, processes: dict[int, tuple[int, int]]) -> list[int]:
+    """``root`` and all its descendants among ``processes``."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in processes.items():
+        children.setdefault(parent, []).append(pid)
     tree, stack = [], [root]
     while stack:
         pid = stack.pop()
@@ -167,12 +172,23 @@ def _rss_pss(pid: int) -> tuple[int, int] | None:
     return rss, pss
 
 
-def _command_line(pid: int) -> str:
+def _role(pid: int, driver: int) -> str:
+    """What a process is, without machine paths: ``driver``, Ray's process title (``ray::RayTrainWorker``)
+    or the executable's name (``raylet``, ``gcs_server``, ``python``)."""
+    if pid == driver:
+        return "driver"
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "?"
-    return " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)[:160]
+    first = argv[0].decode(errors="replace")
+    if first.startswith("ray::"):
+        return first.split()[0]
+    name = Path(first.split()[0]).name if first else "?"
+    if name.startswith("python") and len(argv) > 1:  # a Python helper: name its script, e.g. agent.py
+        script = next((a.decode(errors="replace") for a in argv[1:] if a.endswith(b".py")), "")
+        return f"{name} {Path(script).name}".strip()
+    return name
 
 
 def run_measured(command: list[str], log_file: Path) -> dict[str, Any]:
@@ -181,6 +197,7 @@ def run_measured(command: list[str], log_file: Path) -> dict[str, Any]:
     started = time.perf_counter()
     peak_rss_sum = peak_pss_sum = peak_rss_max = peak_processes = samples = 0
     peak_rss_max_process = ""
+    cpu_ticks: dict[int, int] = {}  # last CPU time seen of each process of the tree
     timeline: list[tuple[float, int, int]] = []
     with log_file.open("w") as output:
         child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -188,18 +205,20 @@ def run_measured(command: list[str], log_file: Path) -> dict[str, Any]:
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)
             if pid:
                 break
-            rss_sum = pss_sum = processes = 0
-            for member in process_tree(child.pid):
+            processes = _processes()
+            rss_sum = pss_sum = count = 0
+            for member in process_tree(child.pid, processes):
                 memory = _rss_pss(member)
-                if memory is None:
+                if memory is None or member not in processes:
                     continue
+                cpu_ticks[member] = processes[member][1]
                 rss, pss = memory
-                rss_sum, pss_sum, processes = rss_sum + rss, pss_sum + pss, processes + 1
+                rss_sum, pss_sum, count = rss_sum + rss, pss_sum + pss, count + 1
                 if rss > peak_rss_max:
-                    peak_rss_max, peak_rss_max_process = rss, _command_line(member)
+                    peak_rss_max, peak_rss_max_process = rss, _role(member, child.pid)
             samples += 1
             peak_rss_sum, peak_pss_sum = max(peak_rss_sum, rss_sum), max(peak_pss_sum, pss_sum)
-            peak_processes = max(peak_processes, processes)
+            peak_processes = max(peak_processes, count)
             timeline.append((time.perf_counter() - started, rss_sum, pss_sum))
             time.sleep(SAMPLE_S)
     child.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; keep Popen consistent
@@ -207,12 +226,13 @@ def run_measured(command: list[str], log_file: Path) -> dict[str, Any]:
     return {
         "returncode": child.returncode,
         "wall_s": round(time.perf_counter() - started, 1),
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),  # the driver and the descendants it reaped
+        # every process of the tree, as last sampled (a process's last 0.2 s may be missed)
+        "tree_cpu_s": round(sum(cpu_ticks.values()) / TICKS, 1),
+        "driver_cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_rss_sum_mib": round(peak_rss_sum / MIB, 1),
         "peak_pss_sum_mib": round(peak_pss_sum / MIB, 1),
         "peak_rss_max_mib": round(peak_rss_max / MIB, 1),
         "peak_rss_max_process": peak_rss_max_process,
-        "driver_max_rss_mib": round(usage.ru_maxrss / 1024, 1),  # KiB on Linux
         "peak_processes": peak_processes,
         "samples": samples,
         "timeline_s_rss_pss_mib": [
@@ -275,7 +295,7 @@ def run_size(size: Size, work: Path, reuse: bool) -> dict[str, Any]:
     return result
 
 
-GROWN = ("wall_s", "peak_rss_sum_mib", "peak_pss_sum_mib", "peak_rss_max_mib")
+GROWN = ("wall_s", "tree_cpu_s", "peak_rss_sum_mib", "peak_pss_sum_mib", "peak_rss_max_mib")
 
 
 def growth(small: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]:
