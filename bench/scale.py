@@ -292,7 +292,23 @@ def run_size(size: Size, work: Path, reuse: bool) -> dict[str, Any]:
     dataset = out / "data" / "dataset.json"
     if dataset.is_file():
         result["counts"] = json.loads(dataset.read_text()).get("counts")
+    result.update(training_facts(out / "model" / "manifest.json"))
     return result
+
+
+def training_facts(manifest_file: Path) -> dict[str, Any]:
+    """Steps' throughput and example counts the two runs recorded in the artifact's manifest."""
+    if not manifest_file.is_file():
+        return {}
+    manifest = json.loads(manifest_file.read_text())
+    facts: dict[str, Any] = {
+        "train_samples_per_s": [round(row["samples_per_s"]) for row in manifest["metrics"].get("history", [])]
+    }
+    rank = manifest.get("stages", {}).get("rank")
+    if rank is not None:
+        facts["rank_samples_per_s"] = [round(row["samples_per_s"]) for row in rank.get("history", [])]
+        facts["rank_examples"] = rank["metrics"].get("n_examples")
+    return facts
 
 
 GROWN = ("wall_s", "tree_cpu_s", "peak_rss_sum_mib", "peak_pss_sum_mib", "peak_rss_max_mib")
