@@ -55,8 +55,8 @@ class SynthConfig(StrictModel):
     audio_sample_rate: int = Field(16000, ge=8000, le=48000)
     noise: float = Field(0.15, ge=0.0, le=1.0)
     popularity_bias: float = Field(0.5, ge=0.0)
-    #: Processes that render the items' media (None: one per CPU this process may use); the bytes
-    #: are the same for any number.
+    #: Processes that render the media and sample the users (None: one per CPU this process may
+    #: use); the dataset's bytes are the same for any number.
     workers: int | None = Field(None, gt=0)
 
 

@@ -17,8 +17,9 @@ compressed into their shorter life.
 
 Determinism: all randomness comes from ``np.random.SeedSequence([seed, stream, ...])``; synthetic_items and
 users are drawn vectorised from their own streams, each item's media from per-item, per-modality
-streams, so chunk sizes and missing-modality rates never change other values. Same config and seed
-give byte-identical parquet files.
+streams, so chunk sizes and missing-modality rates never change other values, and the number of
+worker processes (``synth.workers``) changes nothing. Same config and seed give byte-identical
+parquet files.
 """
 
 from __future__ import annotations
@@ -287,24 +288,71 @@ def _sample_events(
     timeline: Timeline,
     progress: bool,
 ) -> Events:
-    """Each user's items (Gumbel-top-k without replacement), event kinds and times, for blocks of users."""
+    """Each user's items (Gumbel-top-k without replacement), event kinds and times, for blocks of users.
+
+    Every user scores the whole catalog, so this costs users x items; the blocks are shared out
+    among ``synth.workers`` processes, each block drawing from its own random stream, so the
+    events do not depend on the number of workers.
+    """
     n_items = len(synthetic_items.creator)
     rng = _rng(seed, _USERS_STREAM)
     preferences = _user_preferences(n_users, rng)
     spread = rng.lognormal(-0.08, 0.4, n_users)  # mean ~1: users differ in activity
     counts = np.clip(np.round(events_per_user * spread), 1, n_items).astype(np.int64)
-    codes = synthetic_items.facets + _FACET_OFFSETS  # (n_items, n_facets) columns of `preferences`
-    popularity = config.popularity_bias * synthetic_items.log_popularity
-    available_from = np.where(synthetic_items.cold, synthetic_items.created_ms, timeline.start)
+    catalog = (
+        synthetic_items.facets + _FACET_OFFSETS,  # (n_items, n_facets) columns of `preferences`
+        config.popularity_bias * synthetic_items.log_popularity,
+        np.where(synthetic_items.cold, synthetic_items.created_ms, timeline.start),  # available from
+        timeline.end,
+    )
     block = max(1, _BLOCK_CELLS // max(n_items, 1))
+    starts = list(range(0, n_users, block))
+    # Tasks of several blocks, so the catalog's arrays travel to a worker a few dozen times at most.
+    per_task = max(1, -(-len(starts) // 32))
+    tasks = [
+        (
+            [(index, start) for index, start in enumerate(starts)][first : first + per_task],
+            preferences[starts[first] : min(starts[first] + per_task * block, n_users)],
+            counts[starts[first] : min(starts[first] + per_task * block, n_users)],
+            block,
+            seed,
+            catalog,
+        )
+        for first in range(0, len(starts), per_task)
+    ]
+    results = _ordered_results(_sample_blocks, tasks, _workers(config))
+    parts = [
+        part
+        for task_parts in progress_bar(
+            results, desc="synth users", unit="task", enabled=progress, total=len(tasks)
+        )
+        for part in task_parts
+    ]
+    user, item, kind, ts = (np.concatenate(column) for column in zip(*parts, strict=True))
+    order = np.lexsort((item, user, ts))
+    return Events(user=user[order], item=item[order], kind=kind[order], ts=ts[order])
+
+
+def _sample_blocks(
+    blocks: list[tuple[int, int]],
+    preferences: np.ndarray,
+    counts: np.ndarray,
+    block: int,
+    seed: int,
+    catalog: tuple[np.ndarray, np.ndarray, np.ndarray, int],
+) -> list[tuple[np.ndarray, ...]]:
+    """(user, item, kind, ts) of the user blocks ``(index, first user)``; ``preferences`` and
+    ``counts`` hold the rows of these blocks' users, the first block's first user first."""
+    codes, popularity, available_from, end_ms = catalog
+    offset = blocks[0][1]
     parts: list[tuple[np.ndarray, ...]] = []
-    starts = range(0, n_users, block)
-    for index, start in enumerate(progress_bar(starts, desc="synth users", unit="block", enabled=progress)):
+    for index, start in blocks:
         block_rng = _rng(seed, _USER_BLOCK_STREAM, index)
-        users = np.arange(start, min(start + block, n_users))
-        affinity = preferences[users][:, codes].sum(axis=2, dtype=np.float64)  # (users, items)
+        rows = np.arange(start - offset, min(start - offset + block, len(counts)))
+        users = rows + offset
+        affinity = preferences[rows][:, codes].sum(axis=2, dtype=np.float64)  # (users, items)
         scores = affinity / AFFINITY_TEMPERATURE + popularity + block_rng.gumbel(size=affinity.shape)
-        k = counts[users]
+        k = counts[rows]
         k_max = int(k.max())
         top = np.argpartition(-scores, k_max - 1, axis=1)[:, :k_max]
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
@@ -317,11 +365,9 @@ def _sample_events(
         item = top[keep]
         kind = _event_kinds(z[keep], block_rng)
         start_ms = available_from[item]
-        ts = start_ms + (block_rng.random(len(item)) * (timeline.end - start_ms)).astype(np.int64)
+        ts = start_ms + (block_rng.random(len(item)) * (end_ms - start_ms)).astype(np.int64)
         parts.append((user, item, kind, ts))
-    user, item, kind, ts = (np.concatenate(column) for column in zip(*parts, strict=True))
-    order = np.lexsort((item, user, ts))
-    return Events(user=user[order], item=item[order], kind=kind[order], ts=ts[order])
+    return parts
 
 
 def _interaction_tables(
