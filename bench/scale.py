@@ -38,7 +38,7 @@ are this run's, not the quickstart's.
 
     .venv/bin/python bench/scale.py                            # small and large, ~60 min on 2 cores
     .venv/bin/python bench/scale.py --sizes small              # ~4 min
-    .venv/bin/python bench/scale.py --work /tmp/scale --reuse  # resume: stages whose output exists are kept
+    .venv/bin/python bench/scale.py --work /tmp/scale --reuse  # resume: finished stages kept, with their numbers
     .venv/bin/python bench/scale.py --quick                    # tiny only, ~2 min: scale.quick.json
 
 Writes ``bench/results/scale.json`` and the log-log chart ``bench/results/scale.png`` (time and
@@ -254,14 +254,21 @@ def run_size(size: Size, work: Path, reuse: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     stages: dict[str, Any] = {}
     for stage in STAGES:
+        measured = out / f"{stage}.measured.json"
         if reuse and stage_done(stage, out):
-            log(BENCH, f"[{size.name}] {stage}: kept from an earlier run (--reuse), not measured")
-            stages[stage] = {"reused": True}
+            # An earlier run's numbers for this stage, when it recorded them (not a stage made by hand).
+            stages[stage] = {
+                **(json.loads(measured.read_text()) if measured.is_file() else {}),
+                "reused": True,
+            }
+            log(BENCH, f"[{size.name}] {stage}: kept from an earlier run (--reuse)")
             continue
         log(BENCH, f"[{size.name}] {stage} ...")
         log_file = out / f"{stage}.log"
         run = run_measured(stage_command(stage, size, out), log_file)
         stages[stage] = run
+        if run["returncode"] == 0:
+            measured.write_text(json.dumps(run))
         log(
             BENCH,
             f"[{size.name}] {stage}: {run['wall_s']:.0f}s, tree peak RSS {run['peak_rss_sum_mib']:.0f} MiB "
@@ -324,7 +331,7 @@ def growth(small: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]:
     for stage in STAGES:
         a, b = small["stages"].get(stage, {}), large["stages"].get(stage, {})
         if a.get("returncode") != 0 or b.get("returncode") != 0:
-            continue  # failed, reused or not run: nothing to compare
+            continue  # failed, not run, or reused without its numbers: nothing to compare
         table[stage] = {
             measure: {
                 "ratio": round(b[measure] / a[measure], 2),
@@ -361,7 +368,8 @@ def plot(sizes: dict[str, Any], out: Path) -> None:
         axis.set_xlabel("items")
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
-    axes[0].legend()
+    if axes[0].lines:
+        axes[0].legend()
     figure.suptitle("raymm pipeline, one CLI process per stage (2 CPUs)")
     figure.tight_layout()
     figure.savefig(out, dpi=90)
