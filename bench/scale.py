@@ -8,8 +8,8 @@ Each stage runs as its own child process through the CLI, as a user would run it
 3. **train**: ``raymm train`` (the two towers on Ray Train; validation every epoch).
 4. **rank**: ``raymm train --stage rank`` (the ranker on Ray Train, its retrieval weight, Platt scaling).
 5. **evaluate**: ``raymm evaluate --out`` (full-catalog ranking of the test and cold-start users
-   for the model, popularity, content and the oracle, then the ranker's pointwise and
-   retrieve-then-rank evaluation, since the artifact holds one).
+   for the served model, the two-tower alone, popularity and the content baseline, then the
+   ranker's pointwise and retrieve-then-rank evaluation, since the artifact holds one).
 
 Per stage and size: wall time, and memory of the whole process tree (the CLI's driver plus every
 descendant: the local Ray that the driver starts, its raylet, GCS and workers), sampled every
@@ -397,9 +397,10 @@ NOTES = {
     "catalog, so it grows with items only once there are more validation users than that (large: ~45k)",
     "rank": "examples are linear in events; validation AUC is linear; the retrieval weight is chosen by 8 "
     "full-catalog retrieve-then-rank passes over at most train.validation_users validation users",
-    "evaluate": "full-catalog ranking of every test and cold-start user for model, popularity, content "
-    "(at the encoders' 2,688-d), oracle, then retrieve-then-rank: users x items, slope ~2 when users "
-    "grow with items, by design of a full-ranking evaluation",
+    "evaluate": "full-catalog ranking of every test and cold-start user for the served model, the two-tower "
+    "alone, popularity, content (dot products at the encoders' 2,688 dimensions, the costliest) and "
+    "retrieve-then-rank: users x items, slope ~2 when users grow with items, by design of a "
+    "full-ranking evaluation",
 }
 
 
