@@ -348,7 +348,7 @@ def growth(small: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]:
                 "slope": round(math.log(b[measure] / a[measure]) / math.log(items_ratio), 2),
             }
             for measure in GROWN
-            if a[measure] > 0 and b[measure] > 0
+            if a.get(measure, 0) > 0 and b.get(measure, 0) > 0
         }
     return table
 
@@ -373,6 +373,13 @@ def plot(sizes: dict[str, Any], out: Path) -> None:
         axes[0].plot(items, [run["wall_s"] for _, run in points], marker="o", label=stage)
         axes[1].plot(items, [run["peak_pss_sum_mib"] for _, run in points], marker="o", label=stage)
     for axis, title in zip(axes, ("wall time (s)", "peak memory, process tree PSS (MiB)"), strict=True):
+        if axis is axes[0] and axis.lines:  # guides through the lowest first point: linear, users x items
+            x0 = min(line.get_xdata()[0] for line in axis.lines)
+            y0 = min(line.get_ydata()[0] for line in axis.lines)
+            x1 = max(max(line.get_xdata()) for line in axis.lines)
+            for slope, style in ((1, ":"), (2, "--")):
+                axis.plot([x0, x1], [y0, y0 * (x1 / x0) ** slope], style, color="grey", lw=0.8)
+                axis.annotate(f"slope {slope}", (x1, y0 * (x1 / x0) ** slope), fontsize=7, color="grey")
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("items")
@@ -380,7 +387,7 @@ def plot(sizes: dict[str, Any], out: Path) -> None:
         axis.grid(True, which="both", alpha=0.3)
     if axes[0].lines:
         axes[0].legend()
-    figure.suptitle("raymm pipeline, one CLI process per stage (2 CPUs)")
+    figure.suptitle(f"raymm pipeline, one CLI process per stage ({os.cpu_count()} CPUs)")
     figure.tight_layout()
     figure.savefig(out, dpi=90)
     plt.close(figure)
