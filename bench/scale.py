@@ -38,8 +38,8 @@ cannot use the second core).
 These change the features and the models against the quickstart's, so the metrics in the JSON
 are this run's, not the quickstart's.
 
-    .venv/bin/python bench/scale.py                            # small and large, ~60 min on 2 cores
-    .venv/bin/python bench/scale.py --sizes small              # ~4 min
+    .venv/bin/python bench/scale.py                            # small and large, ~80 min on 2 cores (estimated)
+    .venv/bin/python bench/scale.py --sizes small              # ~6 min on an idle machine
     .venv/bin/python bench/scale.py --work /tmp/scale --reuse  # resume: finished stages kept, with their numbers
     .venv/bin/python bench/scale.py --quick                    # tiny only, ~2 min: scale.quick.json
 
