@@ -17,15 +17,21 @@ compressed into their shorter life.
 
 Determinism: all randomness comes from ``np.random.SeedSequence([seed, stream, ...])``; synthetic_items and
 users are drawn vectorised from their own streams, each item's media from per-item, per-modality
-streams, so chunk sizes and missing-modality rates never change other values. Same config and seed
-give byte-identical parquet files.
+streams, so chunk sizes and missing-modality rates never change other values, and the number of
+worker processes (``synth.workers``) changes nothing. Same config and seed give byte-identical
+parquet files.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import multiprocessing
+import os
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,24 +288,71 @@ def _sample_events(
     timeline: Timeline,
     progress: bool,
 ) -> Events:
-    """Each user's items (Gumbel-top-k without replacement), event kinds and times, for blocks of users."""
+    """Each user's items (Gumbel-top-k without replacement), event kinds and times, for blocks of users.
+
+    Every user scores the whole catalog, so this costs users x items; the blocks are shared out
+    among ``synth.workers`` processes, each block drawing from its own random stream, so the
+    events do not depend on the number of workers.
+    """
     n_items = len(synthetic_items.creator)
     rng = _rng(seed, _USERS_STREAM)
     preferences = _user_preferences(n_users, rng)
     spread = rng.lognormal(-0.08, 0.4, n_users)  # mean ~1: users differ in activity
     counts = np.clip(np.round(events_per_user * spread), 1, n_items).astype(np.int64)
-    codes = synthetic_items.facets + _FACET_OFFSETS  # (n_items, n_facets) columns of `preferences`
-    popularity = config.popularity_bias * synthetic_items.log_popularity
-    available_from = np.where(synthetic_items.cold, synthetic_items.created_ms, timeline.start)
+    catalog = (
+        synthetic_items.facets + _FACET_OFFSETS,  # (n_items, n_facets) columns of `preferences`
+        config.popularity_bias * synthetic_items.log_popularity,
+        np.where(synthetic_items.cold, synthetic_items.created_ms, timeline.start),  # available from
+        timeline.end,
+    )
     block = max(1, _BLOCK_CELLS // max(n_items, 1))
+    starts = list(range(0, n_users, block))
+    # Tasks of several blocks, so the catalog's arrays travel to a worker a few dozen times at most.
+    per_task = max(1, -(-len(starts) // 32))
+    tasks = [
+        (
+            [(index, start) for index, start in enumerate(starts)][first : first + per_task],
+            preferences[starts[first] : min(starts[first] + per_task * block, n_users)],
+            counts[starts[first] : min(starts[first] + per_task * block, n_users)],
+            block,
+            seed,
+            catalog,
+        )
+        for first in range(0, len(starts), per_task)
+    ]
+    results = _ordered_results(_sample_blocks, tasks, _workers(config))
+    parts = [
+        part
+        for task_parts in progress_bar(
+            results, desc="synth users", unit="task", enabled=progress, total=len(tasks)
+        )
+        for part in task_parts
+    ]
+    user, item, kind, ts = (np.concatenate(column) for column in zip(*parts, strict=True))
+    order = np.lexsort((item, user, ts))
+    return Events(user=user[order], item=item[order], kind=kind[order], ts=ts[order])
+
+
+def _sample_blocks(
+    blocks: list[tuple[int, int]],
+    preferences: np.ndarray,
+    counts: np.ndarray,
+    block: int,
+    seed: int,
+    catalog: tuple[np.ndarray, np.ndarray, np.ndarray, int],
+) -> list[tuple[np.ndarray, ...]]:
+    """(user, item, kind, ts) of the user blocks ``(index, first user)``; ``preferences`` and
+    ``counts`` hold the rows of these blocks' users, the first block's first user first."""
+    codes, popularity, available_from, end_ms = catalog
+    offset = blocks[0][1]
     parts: list[tuple[np.ndarray, ...]] = []
-    starts = range(0, n_users, block)
-    for index, start in enumerate(progress_bar(starts, desc="synth users", unit="block", enabled=progress)):
+    for index, start in blocks:
         block_rng = _rng(seed, _USER_BLOCK_STREAM, index)
-        users = np.arange(start, min(start + block, n_users))
-        affinity = preferences[users][:, codes].sum(axis=2, dtype=np.float64)  # (users, items)
+        rows = np.arange(start - offset, min(start - offset + block, len(counts)))
+        users = rows + offset
+        affinity = preferences[rows][:, codes].sum(axis=2, dtype=np.float64)  # (users, items)
         scores = affinity / AFFINITY_TEMPERATURE + popularity + block_rng.gumbel(size=affinity.shape)
-        k = counts[users]
+        k = counts[rows]
         k_max = int(k.max())
         top = np.argpartition(-scores, k_max - 1, axis=1)[:, :k_max]
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
@@ -312,11 +365,9 @@ def _sample_events(
         item = top[keep]
         kind = _event_kinds(z[keep], block_rng)
         start_ms = available_from[item]
-        ts = start_ms + (block_rng.random(len(item)) * (timeline.end - start_ms)).astype(np.int64)
+        ts = start_ms + (block_rng.random(len(item)) * (end_ms - start_ms)).astype(np.int64)
         parts.append((user, item, kind, ts))
-    user, item, kind, ts = (np.concatenate(column) for column in zip(*parts, strict=True))
-    order = np.lexsort((item, user, ts))
-    return Events(user=user[order], item=item[order], kind=kind[order], ts=ts[order])
+    return parts
 
 
 def _interaction_tables(
@@ -397,28 +448,31 @@ def _tags(synthetic_items: SyntheticItems) -> pa.Array:
 def _item_chunks(
     synthetic_items: SyntheticItems, item_ids: pa.Array, config: SynthConfig, seed: int, progress: bool
 ) -> Iterator[pa.Table]:
-    """Items tables of :data:`CHUNK_ITEMS` rows each, in item order, conforming to ITEMS_SCHEMA."""
-    renderers: dict[str, Callable[[np.ndarray, np.random.Generator], str | bytes]] = {
-        "text": lambda facets, rng: render_text(facets, rng, config.noise),
-        "image": lambda facets, rng: render_image(facets, rng, config.noise, config.image_size),
-        "audio": lambda facets, rng: render_audio(facets, rng, config.noise, config.audio_sample_rate),
-    }
+    """Items tables of :data:`CHUNK_ITEMS` rows each, in item order, conforming to ITEMS_SCHEMA.
+
+    The media are rendered in ``synth.workers`` processes, a chunk per task, and come back in
+    item order; each item's media come from its own random streams, so the bytes do not depend
+    on the number of workers.
+    """
     tags = _tags(synthetic_items)
     n_items = len(synthetic_items.creator)
-    starts = range(0, n_items, CHUNK_ITEMS)
-    for start in progress_bar(starts, desc="synth items", unit="chunk", enabled=progress):
-        stop = min(start + CHUNK_ITEMS, n_items)
-        media = {
-            modality: [
-                None
-                if synthetic_items.missing[modality][i]
-                else render(
-                    synthetic_items.facets[i], _rng(seed, _ITEM_STREAM, i, MODALITIES.index(modality))
-                )
-                for i in range(start, stop)
-            ]
-            for modality, render in renderers.items()
-        }
+    bounds = [(start, min(start + CHUNK_ITEMS, n_items)) for start in range(0, n_items, CHUNK_ITEMS)]
+    tasks = [
+        (
+            synthetic_items.facets[start:stop],
+            {m: synthetic_items.missing[m][start:stop] for m in MODALITIES},
+            start,
+            seed,
+            (config.noise, config.image_size, config.audio_sample_rate),
+        )
+        for start, stop in bounds
+    ]
+    rendered = _ordered_results(_render_chunk, tasks, _workers(config))
+    for (start, stop), media in zip(
+        bounds,
+        progress_bar(rendered, desc="synth items", unit="chunk", enabled=progress, total=len(bounds)),
+        strict=True,
+    ):
         yield pa.table(
             {
                 "item_id": item_ids[start:stop],
@@ -428,6 +482,57 @@ def _item_chunks(
             },
             schema=ITEMS_SCHEMA,
         )
+
+
+def _render_chunk(
+    facets: np.ndarray,
+    missing: dict[str, np.ndarray],
+    start: int,
+    seed: int,
+    settings: tuple[float, int, int],
+) -> dict[str, list[str | bytes | None]]:
+    """Text, image and audio of the items ``start, start + 1, ...`` (rows of ``facets``); None where missing."""
+    noise, image_size, sample_rate = settings
+    renderers: dict[str, Callable[[np.ndarray, np.random.Generator], str | bytes]] = {
+        "text": lambda item_facets, rng: render_text(item_facets, rng, noise),
+        "image": lambda item_facets, rng: render_image(item_facets, rng, noise, image_size),
+        "audio": lambda item_facets, rng: render_audio(item_facets, rng, noise, sample_rate),
+    }
+    return {
+        modality: [
+            None
+            if missing[modality][row]
+            else render(facets[row], _rng(seed, _ITEM_STREAM, start + row, MODALITIES.index(modality)))
+            for row in range(len(facets))
+        ]
+        for modality, render in renderers.items()
+    }
+
+
+def _workers(config: SynthConfig) -> int:
+    return config.workers or len(os.sched_getaffinity(0))
+
+
+def _ordered_results(
+    function: Callable[..., Any], tasks: list[tuple[Any, ...]], workers: int
+) -> Iterator[Any]:
+    """``function(*task)`` for each task, in order: in this process when one worker or one task
+    would do, else in ``workers`` spawned processes with at most two tasks per worker in flight
+    (so results wait in memory only that long)."""
+    workers = min(workers, len(tasks))
+    if workers <= 1:
+        yield from (function(*task) for task in tasks)
+        return
+    # spawn, not fork: the parent may hold Arrow and torch thread pools that a fork would copy mid-flight.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        queue = iter(tasks)
+        pending = deque(pool.submit(function, *task) for task in itertools.islice(queue, 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            task = next(queue, None)
+            if task is not None:
+                pending.append(pool.submit(function, *task))
+            yield result
 
 
 def _write_dataset_streaming_items(

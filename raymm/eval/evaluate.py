@@ -125,7 +125,9 @@ def eval_setup(config: RaymmConfig, data_dir: str, features_dir: str) -> EvalSet
         protocols,
         skipped,
         FitContext(catalog, context, events, config.seed),
-        eval_users(train, validation, catalog, events, history),
+        eval_users(train, validation, catalog, events, history).sample(
+            config.train.validation_users, config.seed
+        ),
         FitContext(catalog, train, events, config.seed),
     )
 

@@ -93,6 +93,14 @@ class EvalUsers:
         """(U,) number of real entries in each history."""
         return (self.history >= 0).sum(axis=1)
 
+    def sample(self, n: int | None, seed: int) -> EvalUsers:
+        """At most ``n`` of these users, drawn with ``seed``, in their original order; all of them
+        (``self``) when ``n`` is None or not below the user count."""
+        if n is None or n >= len(self.user_ids):
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self.user_ids), n, replace=False))
+        return EvalUsers(self.user_ids[rows], self.history[rows], self.seen.take(rows), self.truth.take(rows))
+
 
 def eval_users(
     context: pa.Table, held_out: pa.Table, catalog: Catalog, events: Sequence[str], max_history: int

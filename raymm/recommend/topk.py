@@ -100,9 +100,12 @@ def top_k(
                 block[torch.from_numpy(owners[inside]), torch.from_numpy(seen[inside] - item_start)] = float(
                     "-inf"
                 )
-            block_rows = torch.arange(item_start, item_stop).expand(chunk.size, -1)
-            merged_scores = torch.cat([best_scores, block], dim=1)
-            merged_rows = torch.cat([best_rows, block_rows], dim=1)
+            # The block's own top k first, then a merge of 2k columns: concatenating the running
+            # top k onto the whole block copied it (and a row-index matrix as wide) every time,
+            # which cost more than the dot products and the top-k together.
+            block_top = torch.topk(block, min(depth, block.shape[1]), dim=1)
+            merged_scores = torch.cat([best_scores, block_top.values], dim=1)
+            merged_rows = torch.cat([best_rows, block_top.indices + item_start], dim=1)
             top = torch.topk(merged_scores, min(depth, merged_scores.shape[1]), dim=1)
             best_scores, best_rows = top.values, torch.gather(merged_rows, 1, top.indices)
         real = best_scores > float("-inf")

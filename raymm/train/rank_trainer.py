@@ -78,6 +78,7 @@ def choose_retrieval_weight(
     train, held_out = dataset.interactions("train"), dataset.interactions("validation")
     spec = setup.two_tower.config.user_state
     users = eval_users(train, held_out, setup.catalog, spec.events, spec.max_history)
+    users = users.sample(config.train.validation_users, config.seed)
     recency = held_out_recency(train, held_out, users.user_ids)
     k = 20 if 20 in config.evaluate.ks else max(config.evaluate.ks)
     retriever = TwoTowerScorer(setup.two_tower, setup.catalog)

@@ -4,7 +4,8 @@ The driver builds next-item examples from the training split (:mod:`raymm.train.
 hands them to Ray Train as a Ray Dataset (:mod:`raymm.train.ray_runner`); each worker loads the
 catalog from storage, builds the model, wraps :class:`~raymm.train.objective.NextItemObjective`
 in DDP and runs the one training loop, :func:`raymm.train.loop.fit`: every epoch rank 0
-validates with the evaluator of :mod:`raymm.eval.evaluate` (full ranking on the validation split),
+validates with the evaluator of :mod:`raymm.eval.evaluate` (full ranking on the validation split,
+at most ``train.validation_users`` of its users),
 rank 0 checkpoints model + optimizer + loop state, all ranks report. ``FailureConfig`` restarts
 failed workers from the latest checkpoint. At the end the driver chooses on validation the
 shrinkage and the popularity half-life of the fallback for users with little history
@@ -70,6 +71,7 @@ def prepare(config: RaymmConfig, data_dir: str, features_dir: str) -> Prepared:
     catalog = build_catalog(features, dataset.items, train, config.train.modalities)
     spec = config.model.user_state
     validation = eval_users(train, dataset.interactions("validation"), catalog, spec.events, spec.max_history)
+    validation = validation.sample(config.train.validation_users, config.seed)
     n_item_ids = int(catalog.id_index.max()) if config.train.item_id_embeddings else 0
     fingerprint = _fingerprint(data_dir, features_dir, catalog)
     bands = read_encoders(features_dir).get("audio", {}).get("mel_bands")

@@ -403,3 +403,16 @@ def test_users_favour_facet_values_and_every_facet_is_someones_main_taste(tiny: 
         lifts.append(max(lift))
     assert np.median(lifts) > 0.3
     assert np.all(np.bincount(main_facets, minlength=len(FACETS)) >= 0.08 * len(main_facets))
+
+
+def test_worker_processes_give_byte_identical_datasets(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 4 item chunks and 3 user blocks, so 2 workers share both the rendering and the sampling.
+    monkeypatch.setattr(synth, "CHUNK_ITEMS", 64)
+    monkeypatch.setattr(synth, "_BLOCK_CELLS", 240 * 40)
+    synthesize(_tiny_config(workers=2), str(tmp_path / "two"), SEED, progress=False)
+    synthesize(_tiny_config(workers=1), str(tmp_path / "one"), SEED, progress=False)
+    assert _parquet_bytes(tmp_path / "two") == _parquet_bytes(tmp_path / "one")
+    # The blocks' size sets the users' random streams, the chunks' size nothing: items match the fixture.
+    assert (tmp_path / "two" / "items.parquet").read_bytes() == (tiny / "items.parquet").read_bytes()

@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from raymm.recommend.catalog import build_catalog
-from raymm.recommend.history import eval_users, history_after, history_before
+from raymm.recommend.history import EvalUsers, eval_users, history_after, history_before
+from raymm.recommend.itemsets import ItemSets
 from tests.conftest import make_items
 
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -59,3 +60,17 @@ def test_eval_users_take_recent_positives_as_history_and_every_event_as_seen() -
     )
     assert users.truth.take(np.array([1])).indices.tolist() == [row["i0"]]
     assert users.history_length.tolist() == [2, 0]
+
+
+def test_a_sample_of_eval_users_keeps_each_users_history_seen_and_truth_together() -> None:
+    n = 50
+    history = np.arange(n)[:, None] * np.ones((1, 2), dtype=np.int64)  # user k's history is [k, k]
+    sets = ItemSets.from_pairs(np.arange(n), np.arange(n) + 1000, n)  # user k's item is k + 1000
+    users = EvalUsers(np.array([f"u{k}" for k in range(n)]), history, sets, sets)
+    assert users.sample(None, seed=0) is users and users.sample(n, seed=0) is users
+    sample = users.sample(7, seed=3)
+    kept = [int(u[1:]) for u in sample.user_ids]
+    assert len(kept) == 7 and kept == sorted(kept)  # original order
+    assert sample.history[:, 0].tolist() == kept
+    assert sample.seen.indices.tolist() == sample.truth.indices.tolist() == [k + 1000 for k in kept]
+    assert users.sample(7, seed=3).user_ids.tolist() == sample.user_ids.tolist()  # seeded
