@@ -43,6 +43,11 @@ thread each, blocks of ``batch_size`` rows):
   ``tasks``          audio only: Ray tasks instead of actors (``extract.audio.compute=tasks``,
                      at most 2 at once, 0.5 CPU each); ``mel_stats`` loads no model
 
+Decoding in the read stage is not a variant: ``decode`` reports the encoder's per-row decode
+(bytes -> model input, 1 thread) per item and as a share of the batched run, the most that
+moving it out of the encoder actor could save; on 2 cores already busy with 2 actors it would
+only move CPU time from one process to another.
+
 Phase ``pools``: all three modalities in one job, on the same items (``--pool-items`` rows, every
 modality present), comparing ``extract.pool``: ``per_modality`` in quickstart.yaml's layout (three
 pools, 1 actor x 0.33 CPU each), ``shared`` with 1 actor x 1 CPU (the same CPUs), and ``shared``
@@ -331,6 +336,17 @@ def run_ray(config: RaymmConfig, data_dir: Path, out: Path) -> Run:
     return Run(result.encoded_items, seconds, batches)
 
 
+def measure_decode(modality: str, section: Any, values: list[Any]) -> float:
+    """Seconds per item of the encoder's per-row ``decode`` alone (bytes -> model input), 1 thread."""
+    torch.set_num_threads(1)
+    encoder: Any = build_encoder(modality, section, "cpu")
+    sample = values[:256]
+    started = time.perf_counter()
+    for value in sample:
+        encoder.decode(value)
+    return (time.perf_counter() - started) / len(sample)
+
+
 def ray_config(modality: str, extra: list[str], gpus: int = 0) -> RaymmConfig:
     """The pipeline's plan: CPU, 2 actors x 0.5 CPU; GPU, one actor per GPU in bf16."""
     config = base_config([modality], extra)
@@ -373,6 +389,7 @@ def measure(modality: str, data_dir: Path, work: Path, naive_items: int) -> dict
         shutil.rmtree(out)
         load[f"batched_{threads}t"] = os.getloadavg()[0]
         log(f"{modality}: batched, {threads} thread(s): {batched[threads]}")
+    decode = measure_decode(modality, section, naive_values)
     ray: dict[str, Run] = {}
     for name, (applies_to, overrides) in MODALITY_VARIANTS.items():
         if modality not in applies_to:
@@ -417,6 +434,11 @@ def measure(modality: str, data_dir: Path, work: Path, naive_items: int) -> dict
             "by_threads": {str(t): run.as_dict() for t, run in batched.items()},
         },
         "ray": {name: run.as_dict() for name, run in ray.items()},
+        # What moving decoding into the read stage could buy at most: its share of the batched run.
+        "decode": {
+            "ms_per_item": round(1000 * decode, 3),
+            "share_of_batched": round(decode * n_items / best.seconds, 3),
+        },
         "ratios": ratios,
         "met": met,
         # 1-min load average after each run: ~2 is this benchmark alone, more is other work.

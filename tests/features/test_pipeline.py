@@ -153,10 +153,11 @@ def test_the_root_cause_of_a_ray_error_is_the_raymm_error_it_quotes() -> None:
     assert _root_cause(RuntimeError("disk full\nmore")) == "disk full"
 
 
-def test_a_shared_pool_and_audio_in_tasks_give_the_vectors_of_per_modality_pools(
+def test_a_shared_pool_audio_in_tasks_and_other_blocks_give_the_vectors_of_per_modality_pools(
     catalog: Path, features: tuple[Path, pa.Table], ray_session: None, tmp_path: Path
 ) -> None:
-    config = _config("extract.pool=shared", "extract.audio.compute=tasks")
+    # Execution layout only: none of these settings may change a vector or the manifest's encoders.
+    config = _config("extract.pool=shared", "extract.audio.compute=tasks", "extract.block_rows=100")
     result = extract(config, str(catalog), str(tmp_path / "shared"), progress=False)
     assert result.encoded_items == N_ITEMS
     table = load_features(str(tmp_path / "shared"))
