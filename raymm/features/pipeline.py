@@ -24,6 +24,7 @@ batch sizes come from the config (``extract.<modality>``, ``extract.shared``).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -334,8 +335,9 @@ def extraction_dataset(
     block_rows = config.block_rows or max(_section(config, m).batch_size for m in modalities)
     dataset = dataset.repartition(target_num_rows_per_block=block_rows)
     if known_ids is not None:
+        # The partial holds the ref, not the ids: a few bytes in every task's function.
         dataset = dataset.map_batches(
-            _drop_known, fn_kwargs={"known": known_ids}, batch_format="pyarrow", num_cpus=config.io_cpus
+            functools.partial(_drop_known, known=known_ids), batch_format="pyarrow", num_cpus=config.io_cpus
         )
 
     def kwargs_of(modality: str) -> dict[str, Any]:
@@ -352,8 +354,7 @@ def extraction_dataset(
         section = _section(config, modality)
         if section.compute == "tasks":
             dataset = dataset.map_batches(
-                encode_in_task,
-                fn_kwargs=kwargs_of(modality),
+                functools.partial(encode_in_task, **kwargs_of(modality)),
                 compute=ray.data.TaskPoolStrategy(size=section.max_actors),
                 batch_size=section.batch_size,
                 num_cpus=section.num_cpus,
