@@ -61,7 +61,7 @@ which ``extract`` reserves beside the pools (see ``pipeline._check_fits``).
 Items come from the ``small`` synthetic catalog (3000 items, every modality present), generated
 once into ``--cache``. Catalog rows are replicated with new item_ids (``--replicas``) until the
 steady state dominates: by default text 2000 x 5 = 10,000 items, image 1000 x 4 = 4000, audio
-2000 x 8 = 16,000. ``n_items`` in the JSON is what each run encoded.
+2000 x 5 = 10,000. ``n_items`` in the JSON is what each run encoded.
 
 With CUDA present, (b) and (c) also run on the GPU (precision bf16; (b) on one GPU, (c) one
 actor per GPU) and land under ``"gpu"``; there is no GPU target in design.md, so those numbers
@@ -119,7 +119,7 @@ MODEL_LOADED = {"text": True, "image": True, "audio": False}
 #: Catalog rows per modality and their replicas: text reaches the 10k items that let the steady
 #: state dominate; image is the slowest per item, audio the fastest.
 DEFAULT_ITEMS = {"text": 2000, "image": 1000, "audio": 2000}
-DEFAULT_REPLICAS = {"text": 5, "image": 4, "audio": 8}
+DEFAULT_REPLICAS = {"text": 5, "image": 4, "audio": 5}
 DEFAULT_POOL_ITEMS = 2000
 QUICK_ITEMS = 128
 CPU_THREADS = 2  # the cores of the benchmark: (c) runs this many 1-thread actors
@@ -481,7 +481,10 @@ def measure_pools(data_dir: Path, work: Path) -> dict[str, Any]:
 
 
 def measure_workers(modality: str, data_dir: Path, work: Path) -> dict[str, Any]:
-    """Phase ``workers``: 1 actor x 1 CPU against 2 actors x 1 CPU on the same items."""
+    """Phase ``workers`` (the last): 1 actor x 1 CPU against 2 actors x 1 CPU on the same items.
+
+    Leaves Ray running with 3 logical CPUs.
+    """
     import ray
 
     ray.shutdown()
@@ -495,8 +498,6 @@ def measure_workers(modality: str, data_dir: Path, work: Path) -> dict[str, Any]
         section.num_cpus = 1.0
         runs[actors] = run_ray(config, data_dir, work / "workers" / f"{actors}")
         log(f"workers: {modality}, {actors} actor(s) x 1 CPU: {runs[actors]}")
-    ray.shutdown()
-    init_ray(RayConfig(num_cpus=CPU_THREADS))
     return {
         "modality": modality,
         "n_items": runs[1].items,
@@ -570,7 +571,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--replicas",
         default=None,
-        help="copies of the rows per modality, e.g. text=5,image=4,audio=8 (default)",
+        help="copies of the rows per modality, e.g. text=5,image=4,audio=5 (default)",
     )
     parser.add_argument("--audio-replicas", type=int, default=None, help="same as --replicas audio=K")
     parser.add_argument("--pool-items", type=int, default=None, help="items of phase pools (2000)")
