@@ -92,7 +92,13 @@ Precision = Literal["fp32", "fp16", "bf16"]
 
 
 class EncoderResources(StrictModel):
-    """How one modality's encoder runs in the Ray Data actor pool."""
+    """How one modality's encoder runs in Ray Data.
+
+    ``compute``: ``actors`` (an actor pool of ``min_actors``..``max_actors``, the model loaded once
+    per actor) or ``tasks`` (stateless Ray tasks, at most ``max_actors`` at once, each worker
+    process building the encoder once and keeping it): tasks suit encoders without a model to load
+    (``mel_stats``), since they hold no CPU while idle and fuse with the stages around them.
+    """
 
     batch_size: int = Field(32, gt=0)
     min_actors: int = Field(1, gt=0)
@@ -100,6 +106,16 @@ class EncoderResources(StrictModel):
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     precision: Precision = "fp32"
+    compute: Literal["actors", "tasks"] = "actors"
+
+
+class SharedPoolConfig(StrictModel):
+    """The one actor pool of ``extract.pool: shared``: every actor loads every modality's encoder."""
+
+    min_actors: int = Field(1, gt=0)
+    max_actors: int = Field(1, gt=0)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
 
 
 class TextEncoderConfig(EncoderResources):
@@ -148,6 +164,14 @@ class ExtractConfig(StrictModel):
     modalities: list[Literal["text", "image", "audio"]] = ["text", "image", "audio"]
     rows_per_file: int = Field(50_000, gt=0)
     io_cpus: float = Field(0.25, gt=0)  # CPUs reserved per read/write task beside the actor pools
+    #: ``per_modality``: one actor pool per modality (``extract.<modality>`` resources), chained;
+    #: ``shared``: one pool (``extract.shared``) whose actors run every modality's encoder on the
+    #: same block, so a block crosses one actor instead of three. Modalities with
+    #: ``compute: tasks`` run as task stages in either layout.
+    pool: Literal["per_modality", "shared"] = "per_modality"
+    shared: SharedPoolConfig = Field(default_factory=SharedPoolConfig)
+    #: Rows per Ray Data block after the read; None: the largest ``batch_size`` of the modalities.
+    block_rows: int | None = Field(None, gt=0)
 
 
 class TrainConfig(StrictModel):

@@ -1,17 +1,25 @@
 """``raymm extract``: items -> per-modality vectors, as one streaming Ray Data job.
 
-The job reads ``items.parquet`` once and chains one ``map_batches`` stage per modality, each an
-actor pool (:class:`ModalityEncoderActor`, ``compute=ActorPoolStrategy``) that loads its model once
-per actor, replaces that modality's raw column by a ``fixed_size_list<float32>`` vector column
-(null where missing or failed) plus ``<modality>_error``, and hands the batch on. Output is a
-directory of parquet parts in the features contract (design.md) and ``features.json``:
+The job (:func:`extraction_dataset`) reads ``items.parquet`` once and encodes each modality in a
+``map_batches`` stage that replaces that modality's raw column by a ``fixed_size_list<float32>``
+vector column (null where missing or failed) plus ``<modality>_error``, and hands the batch on:
+
+* ``extract.pool: per_modality``: one actor pool per modality (:class:`ModalityEncoderActor`,
+  ``compute=ActorPoolStrategy``), chained, each actor loading its model once;
+* ``extract.pool: shared``: one actor pool (:class:`SharedEncoderActor`) whose actors load every
+  modality's encoder and run them in turn on the same block;
+* a modality with ``compute: tasks`` runs as a task stage instead (:func:`encode_in_task`), for
+  encoders with no model to load (``mel_stats``).
+
+``bench/extract_throughput.py`` measures each layout. Output is a directory of parquet parts in
+the features contract (design.md) and ``features.json``:
 
     features.json     encoders (id, revision, pooling, dim), counts encoded/missing/failed, items
     part-*.parquet    item_id, <modality> vectors, <modality>_error; schema metadata names encoders
     tfidf_idf.json    the fitted IDF, when the text encoder is TF-IDF (reused by incremental runs)
 
 The same code runs on this 2-core machine and on a GPU cluster: actor resources, pool sizes and
-batch sizes come from the config (``extract.<modality>``).
+batch sizes come from the config (``extract.<modality>``, ``extract.shared``).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import functools
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,33 +59,28 @@ def _section(config: ExtractConfig, modality: str) -> EncoderResources:
     return section
 
 
-def _device_for(config: ExtractConfig, section: EncoderResources) -> str:
-    """``cuda`` for actors that reserve GPUs (unless device is cpu), else ``cpu``."""
+def _device_for(config: ExtractConfig, num_gpus: float) -> str:
+    """``cuda`` for workers that reserve GPUs (unless device is cpu), else ``cpu``."""
     if config.device == "cpu":
         return "cpu"
-    if section.num_gpus > 0:
+    if num_gpus > 0:
         return "cuda"
     if config.device == "cuda":
-        raise ConfigError("extract.device is cuda but no modality sets num_gpus > 0 for its actors")
+        raise ConfigError(
+            "extract.device is cuda but no modality (or extract.shared with pool: shared) sets "
+            "num_gpus > 0 for its workers"
+        )
     return "cpu"
 
 
-class ModalityEncoderActor:
-    """A Ray Data callable class: one modality's encoder, loaded once per actor.
-
-    ``__call__`` takes a pyarrow batch holding ``item_id`` and the raw ``modality`` column and
-    returns it with the raw column replaced by the vector column and ``<modality>_error``.
-    """
+class _LoadedEncoder:
+    """One modality's encoder with the schema metadata it stamps on every batch it encodes."""
 
     def __init__(self, modality: str, section: dict[str, Any], device: str, tfidf_uri: str | None) -> None:
-        import torch
-
         from raymm.features.registry import CONFIG_TYPES, build_encoder
         from raymm.features.text import TfidfTextEncoder
 
         parsed: Any = CONFIG_TYPES[modality].model_validate(section)
-        # One intra-op thread per reserved CPU: actors sharing a node must not oversubscribe it.
-        torch.set_num_threads(max(1, int(parsed.num_cpus)))
         self.modality = modality
         self.encoder = build_encoder(modality, parsed, device)
         if isinstance(self.encoder, TfidfTextEncoder):
@@ -88,6 +92,7 @@ class ModalityEncoderActor:
         }
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """``batch`` with the raw ``modality`` column replaced by vectors, plus ``<modality>_error``."""
         encoded = self.encoder.encode(batch.column(self.modality).to_pylist())
         dim = self.encoder.dim
         values = pa.array(np.ascontiguousarray(encoded.vectors, dtype=np.float32).reshape(-1))
@@ -99,6 +104,72 @@ class ModalityEncoderActor:
         metadata = dict(batch.schema.metadata or {})
         metadata.update(self.metadata)
         return batch.replace_schema_metadata(metadata)
+
+
+def _set_torch_threads(num_cpus: float) -> None:
+    import torch
+
+    # One intra-op thread per reserved CPU: workers sharing a node must not oversubscribe it.
+    torch.set_num_threads(max(1, int(num_cpus)))
+
+
+class ModalityEncoderActor:
+    """A Ray Data callable class: one modality's encoder, loaded once per actor.
+
+    ``__call__`` takes a pyarrow batch holding ``item_id`` and the raw ``modality`` column and
+    returns it with the raw column replaced by the vector column and ``<modality>_error``.
+    """
+
+    def __init__(self, modality: str, section: dict[str, Any], device: str, tfidf_uri: str | None) -> None:
+        _set_torch_threads(section["num_cpus"])
+        self.encode = _LoadedEncoder(modality, section, device, tfidf_uri)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.encode(batch)
+
+
+class SharedEncoderActor:
+    """A Ray Data callable class for ``extract.pool: shared``: every listed encoder in one actor.
+
+    ``sections`` maps each modality to its config section (as a dict) and ``devices`` to its
+    device; ``__call__`` encodes the same batch with each in turn, as the chained per-modality
+    pools would, without handing the block from actor to actor.
+    """
+
+    def __init__(
+        self,
+        sections: dict[str, dict[str, Any]],
+        devices: dict[str, str],
+        num_cpus: float,
+        tfidf_uri: str | None,
+    ) -> None:
+        _set_torch_threads(num_cpus)
+        self.encoders = [
+            _LoadedEncoder(m, section, devices[m], tfidf_uri if m == "text" else None)
+            for m, section in sections.items()
+        ]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        for encode in self.encoders:
+            batch = encode(batch)
+        return batch
+
+
+#: The encoders a task worker process has built, by their settings: ``compute: tasks`` builds
+#: each once per process (Ray reuses worker processes), not once per batch.
+_TASK_ENCODERS: dict[str, _LoadedEncoder] = {}
+
+
+def encode_in_task(
+    batch: pa.Table, modality: str, section: dict[str, Any], device: str, tfidf_uri: str | None
+) -> pa.Table:
+    """The ``compute: tasks`` form of :class:`ModalityEncoderActor`, for encoders with no model."""
+    key = json.dumps([modality, section, device, tfidf_uri], sort_keys=True)
+    encode = _TASK_ENCODERS.get(key)
+    if encode is None:
+        _set_torch_threads(section["num_cpus"])
+        encode = _TASK_ENCODERS[key] = _LoadedEncoder(modality, section, device, tfidf_uri)
+    return encode(batch)
 
 
 @dataclass
@@ -168,18 +239,30 @@ def _plan_modalities(config: ExtractConfig, presence: dict[str, int]) -> tuple[l
 _LISTING_CPUS = 1.0
 
 
+def _actor_cpus(config: ExtractConfig, modalities: list[str]) -> list[tuple[str, int, float]]:
+    """(pool name, min actors, CPUs per actor) of every actor pool the plan starts."""
+    actor_modalities = [m for m in modalities if _section(config, m).compute == "actors"]
+    if config.pool == "shared":
+        shared = config.shared
+        return [("shared", shared.min_actors, shared.num_cpus)] if actor_modalities else []
+    return [(m, _section(config, m).min_actors, _section(config, m).num_cpus) for m in actor_modalities]
+
+
 def _check_fits(config: ExtractConfig, modalities: list[str], total_cpus: float) -> None:
-    """Chained actor pools all hold their minimum actors at once: refuse plans that cannot start."""
-    actors = sum(_section(config, m).min_actors * _section(config, m).num_cpus for m in modalities)
-    needed = actors + max(_LISTING_CPUS, config.io_cpus)
+    """Chained actor pools all hold their minimum actors at once: refuse plans that cannot start.
+
+    Task stages hold nothing while idle, but each needs its ``num_cpus`` free to run at all.
+    """
+    pools = _actor_cpus(config, modalities)
+    actors = sum(n * cpus for _, n, cpus in pools)
+    task_cpus = [_section(config, m).num_cpus for m in modalities if _section(config, m).compute == "tasks"]
+    needed = actors + max(_LISTING_CPUS, config.io_cpus, *task_cpus)
     if needed > total_cpus + 1e-6:
-        detail = ", ".join(
-            f"{m}: {_section(config, m).min_actors} x {_section(config, m).num_cpus} CPU" for m in modalities
-        )
+        detail = ", ".join(f"{name}: {n} x {cpus:g} CPU" for name, n, cpus in pools)
         raise ConfigError(
             f"extract needs {needed:g} CPUs at minimum ({detail}, plus {_LISTING_CPUS:g} for Ray Data's "
             f"file listing) but the Ray cluster has {total_cpus:g}; lower extract.<modality>.num_cpus "
-            "or min_actors"
+            "or min_actors (extract.shared with pool: shared)"
         )
 
 
@@ -203,9 +286,108 @@ def _known_item_ids(out: str) -> pa.Array:
     return load_features(out, columns=["item_id"]).column("item_id").combine_chunks()
 
 
-def _drop_known(batch: pa.Table, known: pa.Array) -> pa.Table:
-    """Keeps rows whose item_id has no features yet (the incremental run's filter)."""
-    return batch.filter(pc.invert(pc.is_in(batch.column("item_id"), value_set=known)))
+#: The known item_ids a worker process has fetched, by object ref: fetched once per process.
+_KNOWN_IDS: dict[str, pa.Array] = {}
+
+
+def _drop_known(batch: pa.Table, known: Any) -> pa.Table:
+    """Keeps rows whose item_id has no features yet (the incremental run's filter).
+
+    ``known`` is an ``ObjectRef`` to the item_ids already extracted (``ray.put``): passed by
+    reference, the id list is stored once instead of being pickled into every task's function.
+    """
+    import ray
+
+    key = known.hex()
+    ids = _KNOWN_IDS.get(key)
+    if ids is None:
+        _KNOWN_IDS.clear()  # one incremental run at a time: drop the previous run's ids
+        ids = _KNOWN_IDS[key] = ray.get(known)
+    return batch.filter(pc.invert(pc.is_in(batch.column("item_id"), value_set=ids)))
+
+
+def _observe(batch: pa.Table, observer: Callable[[pa.Table], None]) -> pa.Table:
+    observer(batch)
+    return batch
+
+
+def extraction_dataset(
+    config: ExtractConfig,
+    items_uri: str,
+    modalities: list[str],
+    *,
+    tfidf_uri: str | None = None,
+    known_ids: Any = None,
+) -> Any:
+    """The lazy Ray Data dataset ``extract`` writes: items -> ``item_id`` + vectors + errors.
+
+    ``modalities`` are those to encode (columns of ``items_uri``); ``tfidf_uri`` the fitted IDF
+    when the text encoder is TF-IDF; ``known_ids`` an ``ObjectRef`` (``ray.put``) to item_ids to
+    skip (incremental runs). Ray must be up. Nothing runs until the dataset is consumed, so a
+    benchmark can time the blocks of the very dataset ``extract`` writes.
+    """
+    import ray.data
+
+    filesystem, items_path = io.resolve(items_uri)
+    dataset = ray.data.read_parquet(items_path, filesystem=filesystem, num_cpus=config.io_cpus)
+    dataset = dataset.select_columns(["item_id", *modalities])
+    # A catalog file is read as one large block; split it so every actor of a pool gets work.
+    block_rows = config.block_rows or max(_section(config, m).batch_size for m in modalities)
+    dataset = dataset.repartition(target_num_rows_per_block=block_rows)
+    if known_ids is not None:
+        # The partial holds the ref, not the ids: a few bytes in every task's function.
+        dataset = dataset.map_batches(
+            functools.partial(_drop_known, known=known_ids), batch_format="pyarrow", num_cpus=config.io_cpus
+        )
+
+    def kwargs_of(modality: str) -> dict[str, Any]:
+        section = _section(config, modality)
+        return {
+            "modality": modality,
+            "section": section.model_dump(),
+            "device": _device_for(config, section.num_gpus),
+            "tfidf_uri": tfidf_uri if modality == "text" else None,
+        }
+
+    actor_modalities = [m for m in modalities if _section(config, m).compute == "actors"]
+    for modality in modalities:
+        section = _section(config, modality)
+        if section.compute == "tasks":
+            dataset = dataset.map_batches(
+                functools.partial(encode_in_task, **kwargs_of(modality)),
+                compute=ray.data.TaskPoolStrategy(size=section.max_actors),
+                batch_size=section.batch_size,
+                num_cpus=section.num_cpus,
+                num_gpus=section.num_gpus or None,
+                batch_format="pyarrow",
+            )
+        elif config.pool == "per_modality":
+            dataset = dataset.map_batches(
+                ModalityEncoderActor,
+                fn_constructor_kwargs=kwargs_of(modality),
+                compute=ray.data.ActorPoolStrategy(min_size=section.min_actors, max_size=section.max_actors),
+                batch_size=section.batch_size,
+                num_cpus=section.num_cpus,
+                num_gpus=section.num_gpus or None,
+                batch_format="pyarrow",
+            )
+        elif modality == actor_modalities[0]:  # shared: one stage, where the first encoder would be
+            shared = config.shared
+            dataset = dataset.map_batches(
+                SharedEncoderActor,
+                fn_constructor_kwargs={
+                    "sections": {m: _section(config, m).model_dump() for m in actor_modalities},
+                    "devices": {m: _device_for(config, shared.num_gpus) for m in actor_modalities},
+                    "num_cpus": shared.num_cpus,
+                    "tfidf_uri": tfidf_uri,
+                },
+                compute=ray.data.ActorPoolStrategy(min_size=shared.min_actors, max_size=shared.max_actors),
+                batch_size=max(_section(config, m).batch_size for m in actor_modalities),
+                num_cpus=shared.num_cpus,
+                num_gpus=shared.num_gpus or None,
+                batch_format="pyarrow",
+            )
+    return dataset
 
 
 def extract(
@@ -214,12 +396,16 @@ def extract(
     out: str,
     incremental: bool = False,
     progress: bool = True,
+    block_observer: Callable[[pa.Table], None] | None = None,
 ) -> ExtractResult:
     """Encode every item of ``data_dir``'s items with the configured encoders into ``out``.
 
     With ``incremental``, only items without features in ``out`` are encoded and appended (the
     encoder settings must match the earlier run's, else :class:`ConfigError`). Bad media never
     stop the job: such rows get a null vector and an error string. Returns counts per modality.
+
+    ``block_observer`` (benchmarks): a picklable callable run on each encoded block in the write
+    task, just before the block is written; it must not change the block. None in production.
     """
     import ray
     import ray.data
@@ -250,33 +436,17 @@ def extract(
     if "text" in modalities and extract_config.text.kind == "tfidf":
         tfidf_uri = _fit_tfidf(config, items_uri, out, incremental)
 
-    filesystem, items_path = io.resolve(items_uri)
-    dataset = ray.data.read_parquet(items_path, filesystem=filesystem, num_cpus=extract_config.io_cpus)
-    dataset = dataset.select_columns(["item_id", *modalities])
-    # A catalog file is read as one large block; split it so every actor of a pool gets work.
-    block_rows = max(_section(extract_config, m).batch_size for m in modalities)
-    dataset = dataset.repartition(target_num_rows_per_block=block_rows)
-    if previous is not None:
+    known_ids = ray.put(_known_item_ids(out)) if previous is not None else None
+    dataset = extraction_dataset(
+        extract_config, items_uri, modalities, tfidf_uri=tfidf_uri, known_ids=known_ids
+    )
+    if block_observer is not None:
         dataset = dataset.map_batches(
-            functools.partial(_drop_known, known=_known_item_ids(out)),
+            _observe,
+            fn_kwargs={"observer": block_observer},
             batch_format="pyarrow",
+            batch_size=None,
             num_cpus=extract_config.io_cpus,
-        )
-    for modality in modalities:
-        section = _section(extract_config, modality)
-        dataset = dataset.map_batches(
-            ModalityEncoderActor,
-            fn_constructor_kwargs={
-                "modality": modality,
-                "section": section.model_dump(),
-                "device": _device_for(extract_config, section),
-                "tfidf_uri": tfidf_uri if modality == "text" else None,
-            },
-            compute=ray.data.ActorPoolStrategy(min_size=section.min_actors, max_size=section.max_actors),
-            batch_size=section.batch_size,
-            num_cpus=section.num_cpus,
-            num_gpus=section.num_gpus or None,
-            batch_format="pyarrow",
         )
     out_fs, out_path = io.resolve(out)
     run_id = uuid.uuid4().hex[:8]

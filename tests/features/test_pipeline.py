@@ -151,3 +151,37 @@ def test_the_root_cause_of_a_ray_error_is_the_raymm_error_it_quotes() -> None:
         "raymm.features.base.EncoderLoadError: text encoder 'no-such-model' could not be loaded: not found"
     )
     assert _root_cause(RuntimeError("disk full\nmore")) == "disk full"
+
+
+def test_a_shared_pool_audio_in_tasks_and_other_blocks_give_the_vectors_of_per_modality_pools(
+    catalog: Path, features: tuple[Path, pa.Table], ray_session: None, tmp_path: Path
+) -> None:
+    # Execution layout only: none of these settings may change a vector or the manifest's encoders.
+    config = _config("extract.pool=shared", "extract.audio.compute=tasks", "extract.block_rows=100")
+    result = extract(config, str(catalog), str(tmp_path / "shared"), progress=False)
+    assert result.encoded_items == N_ITEMS
+    table = load_features(str(tmp_path / "shared"))
+    full = features[1]
+    assert table.column("item_id").equals(full.column("item_id"))
+    for modality in DIMS:
+        assert table.column(modality).is_null().equals(full.column(modality).is_null())
+        a = np.stack(table.column(modality).drop_null().to_numpy(zero_copy_only=False))
+        b = np.stack(full.column(modality).drop_null().to_numpy(zero_copy_only=False))
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert result.manifest["encoders"] == io.read_json(str(features[0] / FEATURES_MANIFEST))["encoders"]
+
+
+def test_known_item_ids_pass_by_reference_and_are_dropped(ray_session: None) -> None:
+    import ray
+
+    from raymm.features.pipeline import _drop_known
+
+    batch = pa.table({"item_id": ["a", "b", "c", "d"], "text": ["w", "x", "y", "z"]})
+    known = ray.put(pa.array(["b", "d", "zz"]))
+    assert _drop_known(batch, known).column("item_id").to_pylist() == ["a", "c"]
+
+
+def test_a_shared_pool_that_cannot_start_is_refused(catalog: Path, ray_session: None, tmp_path: Path) -> None:
+    config = _config("extract.pool=shared", "extract.shared.num_cpus=2")
+    with pytest.raises(ConfigError, match=r"shared: 1 x 2 CPU"):
+        extract(config, str(catalog), str(tmp_path / "f"), progress=False)
