@@ -30,7 +30,7 @@ construction; ``notes`` says which stage is which.
 The settings (``SETTINGS``, recorded in the JSON) are the ones a user would pick to run the large
 catalog on a 2-core machine in about an hour, and the same at every size, so the ratios measure
 the catalog, not the settings: one two-tower epoch and one ranker epoch at batch 1024 (the
-quickstart's 4 and 3 epochs at 256 and 512 would take hours at 100,000 items here), and the image
+quickstart's 3 and 3 epochs at 256 and 512 would take hours at 100,000 items here), and the image
 encoder at the synthetic images' own 64 px instead of upscaling them to 128 (about 6x faster
 here; at 128 px the image encoder alone would take most of an hour at 100,000 items), and two
 text actors instead of one (the text encoder is the slowest, and one single-threaded actor
