@@ -307,11 +307,12 @@ def _sample_events(
     )
     block = max(1, _BLOCK_CELLS // max(n_items, 1))
     starts = list(range(0, n_users, block))
+    indexed = list(enumerate(starts))
     # Tasks of several blocks, so the catalog's arrays travel to a worker a few dozen times at most.
     per_task = max(1, -(-len(starts) // 32))
     tasks = [
         (
-            [(index, start) for index, start in enumerate(starts)][first : first + per_task],
+            indexed[first : first + per_task],
             preferences[starts[first] : min(starts[first] + per_task * block, n_users)],
             counts[starts[first] : min(starts[first] + per_task * block, n_users)],
             block,
