@@ -189,3 +189,19 @@ def test_a_single_modality_run_says_once_that_its_alignment_is_inactive(
     assert len(notes) == 1 and "align.method='contrastive'" in notes[0] and "only text" in notes[0]
     assert [r.getMessage() for r in caplog.records] == [f"raymm train: {notes[0]}"]
     assert training_notes(prepare(shared_config(tmp_path), str(data), str(features))) == []
+
+
+def test_validation_is_capped_at_train_validation_users_by_a_seeded_sample(
+    facet_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, features = facet_data
+    every = prepare(shared_config(tmp_path, "train.validation_users=null"), str(data), str(features))
+    n = len(every.validation.user_ids)
+    assert n > 10
+    capped = prepare(shared_config(tmp_path, "train.validation_users=10"), str(data), str(features))
+    again = prepare(shared_config(tmp_path, "train.validation_users=10"), str(data), str(features))
+    kept = capped.validation.user_ids.tolist()
+    assert len(kept) == 10 and set(kept) <= set(every.validation.user_ids.tolist())
+    assert kept == again.validation.user_ids.tolist()  # the same users in every run with this seed
+    exact = prepare(shared_config(tmp_path, f"train.validation_users={n}"), str(data), str(features))
+    assert len(exact.validation.user_ids) == n
