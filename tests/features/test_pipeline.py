@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -12,9 +13,10 @@ import pytest
 
 from raymm.config import RaymmConfig, load_config
 from raymm.data import io
+from raymm.data.dataset import ITEMS
 from raymm.data.synth import synthesize
 from raymm.errors import ConfigError
-from raymm.features.pipeline import FEATURES_MANIFEST, extract, load_features
+from raymm.features.pipeline import FEATURES_MANIFEST, extract, extraction_dataset, load_features
 from tests.probes import ridge_probe_accuracy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,3 +187,17 @@ def test_a_shared_pool_that_cannot_start_is_refused(catalog: Path, ray_session: 
     config = _config("extract.pool=shared", "extract.shared.num_cpus=2")
     with pytest.raises(ConfigError, match=r"shared: 1 x 2 CPU"):
         extract(config, str(catalog), str(tmp_path / "f"), progress=False)
+
+
+def test_the_block_split_runs_in_the_read_task_on_its_io_cpus(catalog: Path, ray_session: None) -> None:
+    # Unfused, Ray runs the split as tasks holding a whole CPU each, which starved the write stage
+    # on the large benchmark; this fails if Ray stops fusing it (or moves the field raymm sets).
+    config = _config("extract.block_rows=50").extract
+    dataset = extraction_dataset(config, str(catalog / ITEMS), ["audio"]).materialize()
+    read = re.search(
+        r"Operator \d+ (Read\w*->MapBatches\(_keep_all\)->StreamingRepartition\S*)",
+        dataset.stats(),
+    )
+    assert read is not None, dataset.stats()
+    assert "num_rows_per_block=50" in read.group(1)
+    assert dataset.count() == N_ITEMS
