@@ -18,7 +18,7 @@ counts shared pages, e.g. torch's libraries and Ray's /dev/shm object store, onc
 that maps them); ``peak_pss_sum_mib`` is the same with PSS, which shares them out and is the
 closer figure for what the tree holds; ``peak_rss_max_mib`` the largest single process and its
 command (``peak_rss_max_process``). A tree gone between two samples is missed, so peaks are
-lower bounds to within a sample's length.
+lower bounds to within a sample's length (``PSS_EVERY_S`` for PSS, which is costlier to read).
 
 Growth from the smallest to the largest size, per stage: ``ratio`` = large / small and the
 log-log slope ``log(ratio) / log(items ratio)``. Users grow with items in both presets (small:
@@ -71,6 +71,10 @@ from raymm.data.synth import resolve_sizes
 BENCH = "scale"
 MIB = 1024 * 1024
 SAMPLE_S = 0.2
+#: PSS (smaps_rollup) is read at most this often: the kernel walks a process's page tables to
+#: sum it, which at 0.2 s cost this benchmark ~0.5 of a core of system time on the large run's
+#: 14 GiB training worker, slowing the very stages it measured. RSS (statm) stays at SAMPLE_S.
+PSS_EVERY_S = 5.0
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 STAGES = ("synth", "extract", "train", "rank", "evaluate")
@@ -168,10 +172,12 @@ def process_tree(root: int, processes: dict[int, tuple[int, int]]) -> list[int]:
     return tree
 
 
-def _rss_pss(pid: int) -> tuple[int, int] | None:
-    """(RSS, PSS) of ``pid`` in bytes; None when it has exited."""
+def _rss_pss(pid: int, with_pss: bool) -> tuple[int, int | None] | None:
+    """(RSS, PSS) of ``pid`` in bytes, PSS None unless ``with_pss``; None when it has exited."""
     try:
         rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        if not with_pss:
+            return rss, None
         pss = rss
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
@@ -209,6 +215,7 @@ def run_measured(command: list[str], log_file: Path) -> dict[str, Any]:
     peak_rss_max_process = ""
     cpu_ticks: dict[int, int] = {}  # last CPU time seen of each process of the tree
     timeline: list[tuple[float, int, int]] = []
+    last_pss_at, pss_sum = -PSS_EVERY_S, 0
     with log_file.open("w") as output:
         child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         while True:
@@ -216,20 +223,24 @@ def run_measured(command: list[str], log_file: Path) -> dict[str, Any]:
             if pid:
                 break
             processes = _processes()
-            rss_sum = pss_sum = count = 0
+            now = time.perf_counter() - started
+            with_pss = now - last_pss_at >= PSS_EVERY_S
+            rss_sum = count = new_pss_sum = 0
             for member in process_tree(child.pid, processes):
-                memory = _rss_pss(member)
+                memory = _rss_pss(member, with_pss)
                 if memory is None or member not in processes:
                     continue
                 cpu_ticks[member] = processes[member][1]
                 rss, pss = memory
-                rss_sum, pss_sum, count = rss_sum + rss, pss_sum + pss, count + 1
+                rss_sum, new_pss_sum, count = rss_sum + rss, new_pss_sum + (pss or 0), count + 1
                 if rss > peak_rss_max:
                     peak_rss_max, peak_rss_max_process = rss, _role(member, child.pid)
             samples += 1
+            if with_pss:
+                last_pss_at, pss_sum = now, new_pss_sum
             peak_rss_sum, peak_pss_sum = max(peak_rss_sum, rss_sum), max(peak_pss_sum, pss_sum)
             peak_processes = max(peak_processes, count)
-            timeline.append((time.perf_counter() - started, rss_sum, pss_sum))
+            timeline.append((now, rss_sum, pss_sum))
             time.sleep(SAMPLE_S)
     child.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; keep Popen consistent
     step = max(1, len(timeline) // 60)
@@ -245,6 +256,7 @@ def run_measured(command: list[str], log_file: Path) -> dict[str, Any]:
         "peak_rss_max_process": peak_rss_max_process,
         "peak_processes": peak_processes,
         "samples": samples,
+        "pss_every_s": PSS_EVERY_S,
         "timeline_s_rss_pss_mib": [
             [round(t, 1), round(r / MIB), round(p / MIB)] for t, r, p in timeline[::step]
         ],
