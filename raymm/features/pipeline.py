@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from ray.data.datasource import FilenameProvider
 
@@ -563,16 +564,27 @@ def _write_manifest(
 
 
 def _count(out: str, modalities: list[str]) -> dict[str, Any]:
-    """encoded / missing / failed per modality over all parts (missing: null value, no error)."""
-    table = load_features(out, columns=["item_id", *modalities, *(f"{m}_error" for m in modalities)])
-    counts: dict[str, Any] = {"items": table.num_rows}
+    """encoded / missing / failed per modality over all parts (missing: null value, no error).
+
+    Streams the parts a record batch at a time: the whole table (1 GiB of vectors at 100k items
+    with the default encoders, several copies once loaded and sorted) never sits in the driver.
+    """
+    filesystem, _ = io.resolve(out)
+    parts = pads.dataset(feature_files(out), filesystem=filesystem, format="parquet")
+    columns = [*modalities, *(f"{m}_error" for m in modalities)]
+    items = 0
+    encoded = dict.fromkeys(modalities, 0)
+    failed = dict.fromkeys(modalities, 0)
+    for batch in parts.to_batches(columns=columns, batch_size=8192):
+        items += batch.num_rows
+        for modality in modalities:
+            encoded[modality] += batch.num_rows - batch.column(modality).null_count
+            failed[modality] += batch.num_rows - batch.column(f"{modality}_error").null_count
+    counts: dict[str, Any] = {"items": items}
     for modality in modalities:
-        vectors = table.column(modality)
-        failed = table.column(f"{modality}_error").length() - table.column(f"{modality}_error").null_count
-        encoded = vectors.length() - vectors.null_count
         counts[modality] = {
-            "encoded": encoded,
-            "failed": failed,
-            "missing": table.num_rows - encoded - failed,
+            "encoded": encoded[modality],
+            "failed": failed[modality],
+            "missing": items - encoded[modality] - failed[modality],
         }
     return counts
