@@ -28,7 +28,8 @@ the synthetic data's sampling of each user's events over the whole catalog) has 
 construction; ``notes`` says which stage is which.
 
 The settings (``SETTINGS``, recorded in the JSON) are the ones a user would pick to run the large
-catalog on a 2-core machine in about an hour, and the same at every size, so the ratios measure
+catalog on a 2-core machine in about an hour (it takes ~2.5 h: one training epoch alone ran
+~53 min at large, see ``NOTES``), and the same at every size, so the ratios measure
 the catalog, not the settings: one two-tower epoch and one ranker epoch at batch 1024 (the
 quickstart's 3 and 3 epochs at 256 and 512 would take hours at 100,000 items here), and the image
 encoder at the synthetic images' own 64 px instead of upscaling them to 128 (about 6x faster
@@ -38,9 +39,10 @@ cannot use the second core).
 These change the features and the models against the quickstart's, so the metrics in the JSON
 are this run's, not the quickstart's.
 
-    .venv/bin/python bench/scale.py                            # small and large, ~80 min on 2 cores (estimated)
+    .venv/bin/python bench/scale.py                            # small and large, ~2.5 h on 2 cores (estimated)
     .venv/bin/python bench/scale.py --sizes small              # ~6 min on an idle machine
     .venv/bin/python bench/scale.py --work /tmp/scale --reuse  # resume: finished stages kept, with their numbers
+    .venv/bin/python bench/scale.py --work /tmp/scale --reuse --report  # run nothing; scale.partial.json if stages are missing
     .venv/bin/python bench/scale.py --quick                    # tiny only, ~2 min: scale.quick.json
 
 Writes ``bench/results/scale.json`` and the log-log chart ``bench/results/scale.png`` (time and
@@ -270,8 +272,11 @@ def _scrub(text: str, work: Path) -> str:
     return text.replace(str(work), "<work>").replace(str(ROOT), "<repo>").replace(sys.executable, "<python>")
 
 
-def run_size(size: Size, work: Path, reuse: bool) -> dict[str, Any]:
-    """Every stage at ``size`` under ``work/<size>``; stops at the first stage that fails."""
+def run_size(size: Size, work: Path, reuse: bool, run_missing: bool = True) -> dict[str, Any]:
+    """Every stage at ``size`` under ``work/<size>``; stops at the first stage that fails.
+
+    Without ``run_missing`` (``--report``) nothing runs: stages not done are ``{"not_run": true}``.
+    """
     out = work / size.name
     out.mkdir(parents=True, exist_ok=True)
     stages: dict[str, Any] = {}
@@ -284,6 +289,10 @@ def run_size(size: Size, work: Path, reuse: bool) -> dict[str, Any]:
                 "reused": True,
             }
             log(BENCH, f"[{size.name}] {stage}: kept from an earlier run (--reuse)")
+            continue
+        if not run_missing:
+            stages[stage] = {"not_run": True}
+            log(BENCH, f"[{size.name}] {stage}: not run yet (--report)")
             continue
         log(BENCH, f"[{size.name}] {stage} ...")
         log_file = out / f"{stage}.log"
@@ -406,12 +415,20 @@ def plot(sizes: dict[str, Any], out: Path) -> None:
 
 
 NOTES = {
+    "monitor": "stages whose numbers have no pss_every_s were measured before PSS was rate-limited: the "
+    "monitor then read every process's smaps_rollup every 0.2 s, costing up to ~0.5 of a core of system "
+    "time at large (2,279 s over 70 min), so those stages ran slower than a user's would; synth and "
+    "extract were measured that way at both sizes, so their ratios compare like with like",
     "synth": "sampling draws each user's events by Gumbel-top-k over the whole catalog (users x items "
     "scores, in blocks): slope ~2 in its event sampling by construction of the benchmark (it is the "
     "generator, not the recommender); rendering text, PNG and WAV per item is linear, in synth.workers "
     "processes",
     "extract": "one encoder pass per item and modality: linear in items",
-    "train": "examples are linear in events; validation (one pass per epoch, and 54 for the fallback's "
+    "train": "examples are linear in events, but a step's cost is not constant: each step encodes the "
+    "batch's unique history and target items through the item tower (torch.unique), at most the whole "
+    "catalog, so the small benchmark's 3,000 items make its steps cheap; the large run's first epoch ran "
+    "at ~615 samples/s against 2,043 at small (py-spy: the item tower's standardisation and projection "
+    "heads), a cost that stops growing once batch x history is below the catalog; validation (one pass per epoch, and 54 for the fallback's "
     "half-life and shrinkage) ranks at most train.validation_users (4,096) users against the whole "
     "catalog, so it grows with items only once there are more validation users than that (large: ~45k)",
     "rank": "examples are linear in events; validation AUC is linear; the retrieval weight is chosen by 8 "
@@ -429,11 +446,18 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="work directory, kept (default: a temporary one, deleted)")
     parser.add_argument("--reuse", action="store_true", help="keep stages whose output exists in --work")
     parser.add_argument("--quick", action="store_true", help="smoke run: the tiny preset alone")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: report the stages --work holds (with --reuse); scale.partial.json if some are missing",
+    )
     parser.add_argument("--out", type=Path, help="result JSON (default: bench/results/scale[.quick].json)")
     args = parser.parse_args()
     names = ["tiny"] if args.quick else [s for s in args.sizes.split(",") if s]
     if args.reuse and args.work is None:
         parser.error("--reuse needs --work (a temporary work directory holds nothing to reuse)")
+    if args.report and not args.reuse:
+        parser.error("--report needs --reuse --work DIR (it reports what an earlier run left there)")
     sizes = [Size.of(name) for name in names]
     if [s.items for s in sizes] != sorted(s.items for s in sizes):
         parser.error(f"--sizes must go from the smallest catalog to the largest, got {args.sizes!r}")
@@ -441,7 +465,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        results = {size.name: run_size(size, work, args.reuse) for size in sizes}
+        results = {size.name: run_size(size, work, args.reuse, not args.report) for size in sizes}
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -452,12 +476,19 @@ def main() -> None:
         "settings": list(SETTINGS),
         "sample_s": SAMPLE_S,
         "sizes": results,
-        "total_s": round(time.perf_counter() - started, 1),
+        "total_s": None if args.report else round(time.perf_counter() - started, 1),
+        "not_run": [
+            f"{n}/{stage}"
+            for n, r in results.items()
+            for stage, run in r["stages"].items()
+            if run.get("not_run")
+        ],
         "notes": NOTES,
     }
     if len(sizes) > 1:
         report["growth"] = growth(results[sizes[0].name], results[sizes[-1].name])
-    out = args.out or RESULTS / (f"{BENCH}.quick.json" if args.quick else f"{BENCH}.json")
+    name = f"{BENCH}.quick" if args.quick else BENCH
+    out = args.out or RESULTS / (f"{name}.partial.json" if report["not_run"] else f"{name}.json")
     plot(results, out.with_suffix(".png"))
     finish(BENCH, report, out)
     failed = [
