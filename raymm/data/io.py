@@ -85,6 +85,16 @@ def _require_file(uri: str, what: str) -> tuple[pafs.FileSystem, str]:
     return filesystem, path
 
 
+def read_schema(uri: str, what: str = "parquet file") -> pa.Schema:
+    """The Arrow schema of one parquet file, from its footer; :class:`DataError` as :func:`read_table`."""
+    filesystem, path = _require_file(uri, what)
+    try:
+        with filesystem.open_input_file(path) as handle:
+            return pq.read_schema(handle)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{what} {uri} is not a readable parquet file: {exc}") from exc
+
+
 def read_table(uri: str, what: str = "parquet file", columns: list[str] | None = None) -> pa.Table:
     """Read one parquet file; :class:`DataError` if it is missing or not parquet."""
     filesystem, path = _require_file(uri, what)

@@ -31,7 +31,7 @@ import torch
 
 from raymm.config import RaymmConfig
 from raymm.data import io
-from raymm.data.dataset import Dataset, load_dataset
+from raymm.data.dataset import CATALOG_ITEM_COLUMNS, Dataset, load_dataset
 from raymm.eval.metrics import RankingMetrics
 from raymm.features.store import load_features
 from raymm.models.artifact import Artifact, load_artifact
@@ -88,7 +88,7 @@ def eval_setup(config: RaymmConfig, data_dir: str, features_dir: str) -> EvalSet
 
     Raises :class:`~raymm.errors.DataError` for a missing dataset, split or features directory.
     """
-    dataset = load_dataset(data_dir, tables=("cold_items", "cold_start"))
+    dataset = load_dataset(data_dir, tables=("cold_items", "cold_start"), item_columns=CATALOG_ITEM_COLUMNS)
     train = dataset.interactions("train")
     validation = dataset.interactions("validation")
     context = pa.concat_tables([train, validation])

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from raymm.data.dataset import load_dataset
+from raymm.data.dataset import CATALOG_ITEM_COLUMNS, load_dataset
 from raymm.errors import DataError
 from raymm.features.store import load_features
 from raymm.models.artifact import load_artifact, read_manifest
@@ -266,7 +266,7 @@ def rank_setup(
     ``spec``). Raises :class:`~raymm.models.errors.ModelLoadError` if the artifact is missing,
     does not fit the features, or was trained on another catalog.
     """
-    dataset = load_dataset(data_dir, tables=())
+    dataset = load_dataset(data_dir, tables=(), item_columns=CATALOG_ITEM_COLUMNS)
     train = dataset.interactions("train")
     modalities = list(read_manifest(model_dir).input_dims)  # the manifest alone: the model is read once
     catalog = build_catalog(load_features(features_dir), dataset.items, train, modalities)
@@ -292,7 +292,7 @@ def split_examples(
     """Labelled examples of ``split`` (train, validation or test), histories from the splits before it."""
     if split not in SPLITS:
         raise DataError(f"rank examples come from {', '.join(SPLITS)}, not {split!r}")
-    dataset = load_dataset(data_dir, tables=())
+    dataset = load_dataset(data_dir, tables=(), item_columns=CATALOG_ITEM_COLUMNS)
     earlier = [dataset.interactions(s) for s in SPLITS[: SPLITS.index(split)]]
     return build_rank_examples(
         pa.concat_tables(earlier) if earlier else None,

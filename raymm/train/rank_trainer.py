@@ -30,7 +30,7 @@ import torch
 
 from raymm.config import RaymmConfig
 from raymm.data import io
-from raymm.data.dataset import load_dataset
+from raymm.data.dataset import CATALOG_ITEM_COLUMNS, load_dataset
 from raymm.eval.evaluate import evaluate_scorer
 from raymm.eval.pointwise import best_threshold, classification_metrics, roc_auc
 from raymm.models.artifact import ranker_dir, read_manifest, record_stage
@@ -74,7 +74,7 @@ def choose_retrieval_weight(
 ) -> dict[str, float]:
     """Set ``ranker.retrieval_weight`` to the weight of :data:`RETRIEVAL_WEIGHTS` with the best
     validation retrieve-then-rank NDCG (the smallest on ties); returns the NDCG of each weight."""
-    dataset = load_dataset(data_dir, tables=())
+    dataset = load_dataset(data_dir, tables=(), item_columns=CATALOG_ITEM_COLUMNS)
     train, held_out = dataset.interactions("train"), dataset.interactions("validation")
     spec = setup.two_tower.config.user_state
     users = eval_users(train, held_out, setup.catalog, spec.events, spec.max_history)

@@ -31,8 +31,8 @@ import torch
 
 from raymm.config import RaymmConfig
 from raymm.data import io
+from raymm.data.dataset import CATALOG_ITEM_COLUMNS, load_dataset
 from raymm.data.dataset import MANIFEST as DATASET_MANIFEST
-from raymm.data.dataset import load_dataset
 from raymm.eval.evaluate import evaluate_scorer
 from raymm.features.store import FEATURES_MANIFEST, TFIDF_STATE, load_features, read_encoders
 from raymm.models.align import inactive_alignment
@@ -65,7 +65,7 @@ class Prepared:
 
 def prepare(config: RaymmConfig, data_dir: str, features_dir: str) -> Prepared:
     """Load catalog and validation users, and size the model config to this catalog."""
-    dataset = load_dataset(data_dir, tables=())
+    dataset = load_dataset(data_dir, tables=(), item_columns=CATALOG_ITEM_COLUMNS)
     train = dataset.interactions("train")
     features = load_features(features_dir)
     catalog = build_catalog(features, dataset.items, train, config.train.modalities)
@@ -241,7 +241,7 @@ def train(
     init_ray(config.ray)
     prepared = prepare(config, data_dir, features_dir)
     notes = training_notes(prepared)
-    train_split = load_dataset(data_dir, tables=()).interactions("train")
+    train_split = load_dataset(data_dir, tables=(), item_columns=CATALOG_ITEM_COLUMNS).interactions("train")
     spec = config.model.user_state
     examples = build_examples(train_split, prepared.catalog, spec.events, spec.max_history)
     if len(examples) == 0:
@@ -325,7 +325,7 @@ def train_in_process(
     prepared = prepare(config, data_dir, features_dir)
     training_notes(prepared)
     spec = config.model.user_state
-    train_split = load_dataset(data_dir, tables=()).interactions("train")
+    train_split = load_dataset(data_dir, tables=(), item_columns=CATALOG_ITEM_COLUMNS).interactions("train")
     examples = build_examples(train_split, prepared.catalog, spec.events, spec.max_history)
     model = build_model(prepared, config.seed)
     use_tags = prepared.model_config.align.method == "kg"

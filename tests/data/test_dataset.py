@@ -7,6 +7,7 @@ import pyarrow.compute as pc
 import pytest
 
 from raymm.data.dataset import (
+    CATALOG_ITEM_COLUMNS,
     held_out_users,
     imported_features,
     load_dataset,
@@ -48,6 +49,20 @@ def test_write_and_load_round_trip(tmp_path: Path, items: pa.Table, interactions
     assert dataset.interactions("train").to_pylist() == parts["train"].to_pylist()
     with pytest.raises(DataError, match="no 'stream' table"):
         dataset.interactions("stream")
+
+
+def test_the_catalog_columns_leave_the_media_on_disk(
+    tmp_path: Path, items: pa.Table, interactions: pa.Table
+) -> None:
+    parts, bounds = split_by_time(interactions)
+    write_dataset(str(tmp_path / "d"), items.drop_columns(["tags"]), parts, {"name": "t", **bounds})
+    full = load_dataset(str(tmp_path / "d"))
+    lean = load_dataset(str(tmp_path / "d"), item_columns=CATALOG_ITEM_COLUMNS)
+    assert lean.items.column("item_id").equals(full.items.column("item_id"))
+    assert full.items.column("text").null_count < full.items.num_rows  # the file has media...
+    for media in ("text", "image", "audio", "tags"):  # ...not read; tags absent from the file
+        assert lean.items.column(media).null_count == lean.items.num_rows
+    assert lean.items.schema.names[:6] == full.items.schema.names[:6]  # the items contract either way
 
 
 def test_loading_something_that_is_not_a_dataset(tmp_path: Path) -> None:
