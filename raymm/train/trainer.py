@@ -61,6 +61,7 @@ class Prepared:
     fingerprint: str
     n_item_ids: int
     audio_bands: int | None
+    train_events: pa.Table  # the training split, read once here (examples, fallback, popularity)
 
 
 def prepare(config: RaymmConfig, data_dir: str, features_dir: str) -> Prepared:
@@ -75,7 +76,9 @@ def prepare(config: RaymmConfig, data_dir: str, features_dir: str) -> Prepared:
     n_item_ids = int(catalog.id_index.max()) if config.train.item_id_embeddings else 0
     fingerprint = _fingerprint(data_dir, features_dir, catalog)
     bands = read_encoders(features_dir).get("audio", {}).get("mel_bands")
-    return Prepared(catalog, validation, config.model.model_copy(deep=True), fingerprint, n_item_ids, bands)
+    return Prepared(
+        catalog, validation, config.model.model_copy(deep=True), fingerprint, n_item_ids, bands, train
+    )
 
 
 def _fingerprint(data_dir: str, features_dir: str, catalog: Catalog) -> str:
@@ -241,7 +244,7 @@ def train(
     init_ray(config.ray)
     prepared = prepare(config, data_dir, features_dir)
     notes = training_notes(prepared)
-    train_split = load_dataset(data_dir, tables=(), item_columns=CATALOG_ITEM_COLUMNS).interactions("train")
+    train_split = prepared.train_events
     spec = config.model.user_state
     examples = build_examples(train_split, prepared.catalog, spec.events, spec.max_history)
     if len(examples) == 0:
@@ -325,7 +328,7 @@ def train_in_process(
     prepared = prepare(config, data_dir, features_dir)
     training_notes(prepared)
     spec = config.model.user_state
-    train_split = load_dataset(data_dir, tables=(), item_columns=CATALOG_ITEM_COLUMNS).interactions("train")
+    train_split = prepared.train_events
     examples = build_examples(train_split, prepared.catalog, spec.events, spec.max_history)
     model = build_model(prepared, config.seed)
     use_tags = prepared.model_config.align.method == "kg"

@@ -159,7 +159,7 @@ def test_standardisation_pca_and_cca_are_fitted_on_warm_items_only() -> None:
         np.array([f"i{k}" for k in range(n)], dtype=object), features, present, id_index, [], []
     )
     config = ModelConfig.model_validate({"align": {"method": "cca", "shared_dim": 4, "pca_dim": 6}})
-    prepared = Prepared(catalog, None, config, "", n_warm, None)  # type: ignore[arg-type]
+    prepared = Prepared(catalog, None, config, "", n_warm, None, None)  # type: ignore[arg-type]
 
     model = build_model(prepared, seed=0)
 
