@@ -207,6 +207,11 @@ class TrainConfig(StrictModel):
     max_failures: int = Field(2, ge=0)
     storage_path: str | None = None
     validation_users: int | None = Field(4096, gt=0)
+    #: Every this many steps, and after each validation, the training loop hands freed memory back
+    #: to the OS (Arrow's pool's ``release_unused``, glibc's ``malloc_trim``): a step's tensors
+    #: change shape with the batch's unique items, and both allocators keep what they freed.
+    #: bench/train_memory.py measures the worker's memory with and without. None: never.
+    heap_trim_every: int | None = Field(50, gt=0)
 
 
 class EvaluateConfig(StrictModel):

@@ -9,7 +9,10 @@ checkpoint (model, optimizer, state) exactly where it stopped.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,6 +20,35 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018  (glibc only: musl and macOS have none)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def release_freed_heap() -> bool:
+    """Hand freed memory back to the OS: Arrow's pool's unused pages (``release_unused``; Ray
+    Data's blocks live there) and the C heap's free pages (glibc ``malloc_trim(0)``, every arena).
+
+    Neither allocator returns what a process frees at once. A training step's tensors change shape
+    with the batch (its unique items), and the worker's memory climbed step after step, though the
+    number of live tensors stays the same (bench/train_memory.py). Returns False where the C library is not glibc
+    (Arrow's pool is still released).
+    """
+    arrow = sys.modules.get("pyarrow")  # imported by whoever reads Arrow data; never imported here
+    if arrow is not None:
+        arrow.default_memory_pool().release_unused()
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
 
 
 @dataclass
@@ -93,6 +125,7 @@ def fit(
     before_step: Callable[[LoopState], None] | None = None,
     max_steps_per_epoch: int | None = None,
     world_size: int = 1,
+    heap_trim_every: int | None = None,
 ) -> LoopState:
     """Train ``model`` for up to ``epochs`` epochs, stopping after ``patience`` epochs whose
     ``validate()[metric]`` did not beat the best; returns the final :class:`LoopState`.
@@ -100,7 +133,8 @@ def fit(
     Each epoch: ``model.train()``, then for every batch of ``batches(epoch)`` one
     ``train_step(batch)``, zero_grad, backward, optimizer step; then ``validate()`` (its metrics
     join the epoch's row with a ``val_`` prefix), the best weights kept on CPU, and ``on_epoch``
-    (report, checkpoint). ``state`` resumes a run after its last finished epoch. Raises
+    (report, checkpoint). ``state`` resumes a run after its last finished epoch. Every
+    ``heap_trim_every`` steps, and after each validation, :func:`release_freed_heap`. Raises
     :class:`KeyError` naming the metrics there are if ``metric`` is not among them.
     """
     state = state or LoopState()
@@ -119,11 +153,15 @@ def fit(
             optimizer.step()
             state.step += 1
             n_steps += 1
+            if heap_trim_every and state.step % heap_trim_every == 0:
+                release_freed_heap()
             seen += output.n
             for key, value in {"train_loss": float(output.loss.detach()), **output.logs}.items():
                 sums[key] = sums.get(key, 0.0) + value
         elapsed = time.perf_counter() - started
         validation = validate()
+        if heap_trim_every:
+            release_freed_heap()
         if metric not in validation:
             raise KeyError(f"validation metric {metric!r} is not computed; there are {sorted(validation)}")
         score = float(validation[metric])

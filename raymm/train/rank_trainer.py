@@ -164,6 +164,7 @@ def rank_loop_per_worker(loop_config: dict[str, Any]) -> None:
         before_step=run.before_step,
         max_steps_per_epoch=run.hooks.max_steps_per_epoch,
         world_size=run.world,
+        heap_trim_every=config.train.heap_trim_every,
     )
 
 

@@ -173,11 +173,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         before_step=run.before_step,
         max_steps_per_epoch=run.hooks.max_steps_per_epoch,
         world_size=run.world,
+        heap_trim_every=config.train.heap_trim_every,
     )
 
 
 #: Settings that change how a run is executed but not what it learns: a run resumes across them.
-OPERATIONAL_TRAIN_FIELDS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "storage_path")
+OPERATIONAL_TRAIN_FIELDS = (
+    "num_workers",
+    "use_gpu",
+    "cpus_per_worker",
+    "max_failures",
+    "storage_path",
+    "heap_trim_every",
+)
 
 
 def run_key(config: RaymmConfig, data_fingerprint: str) -> str:

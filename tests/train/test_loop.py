@@ -140,3 +140,35 @@ def test_batches_are_requested_per_epoch() -> None:
         max_steps_per_epoch=1,
     )
     assert asked == [0, 1, 2] and state.step == 3
+
+
+def test_the_loop_hands_freed_heap_back_every_n_steps_and_after_validation(monkeypatch) -> None:
+    from raymm.train import loop
+
+    assert loop.release_freed_heap() is (loop._libc() is not None)  # glibc here: True
+    calls: list[int] = []
+    model, optimizer, batches = _regression()  # 4 batches an epoch
+    monkeypatch.setattr(loop, "release_freed_heap", lambda: calls.append(len(calls)) or True)
+    order: list[str] = []
+
+    def validate() -> dict[str, float]:
+        order.append(f"validate after {len(calls)} trims")
+        return {"m": 0.0}
+
+    state = fit(
+        model,
+        optimizer,
+        _step(model),
+        lambda _e: batches,
+        validate,
+        epochs=2,
+        patience=5,
+        metric="m",
+        heap_trim_every=3,
+    )
+    # Steps 3 and 6 trim, and each validation is followed by one: 2 + 2.
+    assert state.step == 8 and len(calls) == 4
+    assert order == ["validate after 1 trims", "validate after 3 trims"]
+    calls.clear()
+    fit(model, optimizer, _step(model), lambda _e: batches, validate, epochs=1, patience=5, metric="m")
+    assert calls == []  # heap_trim_every None: never
