@@ -28,8 +28,8 @@ the synthetic data's sampling of each user's events over the whole catalog) has 
 construction; ``notes`` says which stage is which.
 
 The settings (``SETTINGS``, recorded in the JSON) are the ones a user would pick to run the large
-catalog on a 2-core machine in about an hour (it takes ~2.5 h: one training epoch alone ran
-~53 min at large, see ``NOTES``), and the same at every size, so the ratios measure
+catalog on a 2-core machine in about an hour (it takes ~110 min: extraction ~36 min and one
+training epoch ~40 min at large, see ``NOTES``), and the same at every size, so the ratios measure
 the catalog, not the settings: one two-tower epoch and one ranker epoch at batch 1024 (the
 quickstart's 3 and 3 epochs at 256 and 512 would take hours at 100,000 items here), and the image
 encoder at the synthetic images' own 64 px instead of upscaling them to 128 (about 6x faster
@@ -39,7 +39,7 @@ cannot use the second core).
 These change the features and the models against the quickstart's, so the metrics in the JSON
 are this run's, not the quickstart's.
 
-    .venv/bin/python bench/scale.py                            # small and large, ~2.5 h on 2 cores (estimated)
+    .venv/bin/python bench/scale.py                            # small and large, ~2 h on 2 cores
     .venv/bin/python bench/scale.py --sizes small              # ~6 min on an idle machine
     .venv/bin/python bench/scale.py --work /tmp/scale --reuse  # resume: finished stages kept, with their numbers
     .venv/bin/python bench/scale.py --work /tmp/scale --reuse --report  # run nothing; scale.partial.json if stages are missing
