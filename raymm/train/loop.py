@@ -38,8 +38,8 @@ def release_freed_heap() -> bool:
 
     Neither allocator returns what a process frees at once. A training step's tensors change shape
     with the batch (its unique items), and the worker's memory climbed step after step, though the
-    number of live tensors stays the same (bench/train_memory.py). Returns False where the C library is not glibc
-    (Arrow's pool is still released).
+    number of live tensors stays the same (bench/train_memory.py). Returns False where the C
+    library is not glibc (Arrow's pool is still released).
     """
     arrow = sys.modules.get("pyarrow")  # imported by whoever reads Arrow data; never imported here
     if arrow is not None:

@@ -358,5 +358,6 @@ def train_in_process(
         epochs=config.train.epochs,
         patience=config.train.patience,
         metric=config.train.val_metric,
+        heap_trim_every=config.train.heap_trim_every,
     )
     return model, state
