@@ -347,16 +347,19 @@ def items_per_step(data: Path, steps: int = 50, seed: int = 0) -> dict[str, Any]
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from raymm.recommend.history import history_before, positive_events, user_codes
+    from raymm.train.examples import examples_by_position
 
     config = load_config(BASE_CONFIG, list(SETTINGS))
     batch, window = config.train.batch_size, config.model.user_state.max_history
     items = pq.read_table(data / "items.parquet", columns=["item_id"]).column("item_id").combine_chunks()
-    positives = positive_events(pq.read_table(data / "train.parquet"), config.model.user_state.events)
-    rows = np.asarray(pc.index_in(positives.column("item_id"), value_set=items).fill_null(-1), dtype=np.int64)
-    history = history_before(user_codes(positives), rows, np.ones(len(rows), dtype=bool), window)
-    keep = history[:, -1] >= 0  # build_examples: an example needs one earlier positive
-    history, targets = history[keep], rows[keep]
+
+    def positions(item_ids: Any) -> np.ndarray:
+        return np.asarray(pc.index_in(item_ids, value_set=items).fill_null(-1), dtype=np.int64)
+
+    examples = examples_by_position(
+        pq.read_table(data / "train.parquet"), positions, config.model.user_state.events, window
+    )
+    history, targets = examples.history, examples.target
     rng = np.random.default_rng(seed)
     gathered, unique = [], []
     for _ in range(steps):
@@ -475,12 +478,14 @@ NOTES = {
     "ratio. Validation (one pass per epoch, and 54 for the fallback's half-life and shrinkage) ranks "
     "at most train.validation_users (4,096) users against the whole catalog: linear in items. The "
     "training worker's memory rose through the epoch (tree PSS ~8.7 GiB two minutes in, 12.5 GiB at "
-    "the end; see train_memory_creep in the README's scale section)",
+    "the end): freed memory the allocators kept, which train.heap_trim_every now returns, added after "
+    "this run (bench/train_memory.py)",
     "rank": "examples are linear in events (230,142 at small, 7,752,486 at large: x33.7) but the time is "
     "not (x8.2, slope 0.60): small's run is mostly fixed costs (Ray, the workers, the retrieval weight's "
     "8 passes), and the ranker's steps are cheap (20,237 examples/s at large). Its peak memory "
-    "(15.8 GiB tree PSS at large, of this machine's 24 GiB) is the driver's examples table plus the Ray "
-    "Dataset's copy of it in the object store while the worker streams it",
+    "(15.8 GiB tree PSS at large, of this machine's 24 GiB) is not broken down by process here; the "
+    "examples (~185 bytes each by their columns' widths, ~1.4 GB as arrays) are likely held several "
+    "times: the driver's arrays, their Arrow table, the Ray Dataset's blocks and its shuffle",
     "evaluate": "full-catalog ranking of every test and cold-start user (47,338 test users at large) for "
     "the served model, the two-tower alone, popularity, content (dot products at the encoders' 2,688 "
     "dimensions, the costliest) and retrieve-then-rank: users x items work, slope 2 asymptotically when "

@@ -1,13 +1,14 @@
-"""Training memory: does the Ray Train worker's memory creep over an epoch, and does handing the
-C heap's freed pages back to the OS (``train.heap_trim_every``) stop it?
+"""Training memory: does the Ray Train worker's memory creep over an epoch, and does handing
+freed memory back to the OS (``train.heap_trim_every``) stop it?
 
 The `large` scale run (bench/scale.py) saw the process tree's PSS rise from ~8.7 GiB two minutes
 into the two-tower epoch to 12.5 GiB at its end, the training worker being the largest process.
 This runs the same two-tower steps on Ray Train, on the data and features of a scale run's work
-directory, twice in one Ray instance: ``heap_trim_every`` None (glibc keeps what steps free),
-then 50 (the default: glibc's ``malloc_trim`` and Arrow's pool's ``release_unused``). It samples the worker's ``/proc/<pid>/status`` every ``SAMPLE_S``:
-``RssAnon`` (private memory: the heap, torch's tensors), ``RssShmem`` (shared memory it maps:
-Ray's object store) and ``RssFile`` (libraries). The baseline is the untrimmed run;
+directory, twice in one Ray instance: ``heap_trim_every`` None (the allocators keep what the
+steps free), then 50 (the default: Arrow's pool's ``release_unused`` and glibc's ``malloc_trim``).
+It samples the worker's ``/proc/<pid>/status`` every ``SAMPLE_S``: ``RssAnon`` (private memory:
+the heap, torch's tensors), ``RssShmem`` (shared memory it maps: Ray's object store) and
+``RssFile`` (libraries). The baseline is the untrimmed run;
 ``trimmed_vs_untrimmed`` is the ratio of their peak ``RssAnon`` (reached in ``prepare()``,
 while the worker loads the catalog, before any step), of its mean from that peak to the end (the
 steps and the validation), of its last sample, and of their examples/s.

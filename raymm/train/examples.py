@@ -7,7 +7,7 @@ evaluation and serving build for that user at that moment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +41,19 @@ def build_examples(
     interactions: pa.Table, catalog: Catalog, events: Sequence[str], max_history: int
 ) -> Examples:
     """One example per positive event that has at least one earlier positive event of its user."""
+    return examples_by_position(interactions, catalog.positions, events, max_history)
+
+
+def examples_by_position(
+    interactions: pa.Table,
+    positions: Callable[[pa.ChunkedArray], np.ndarray],
+    events: Sequence[str],
+    max_history: int,
+) -> Examples:
+    """:func:`build_examples` with the catalog reduced to ``positions`` (item ids -> rows, -1 for
+    ids not in it), for callers that have the item ids but not the features (bench/scale.py)."""
     positives = positive_events(interactions, events)
-    rows = catalog.positions(positives.column("item_id"))
+    rows = positions(positives.column("item_id"))
     users = user_codes(positives)
     keep = rows >= 0
     rows, users = rows[keep], users[keep]
