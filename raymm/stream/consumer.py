@@ -43,10 +43,12 @@ from kafka.structs import OffsetAndMetadata
 
 from raymm.errors import RaymmError
 from raymm.stream.events import DEAD_LETTER_TOPIC, DeadLetter, Event, EventDecoder, EventLimits, Rejected
-from raymm.stream.producer import partition_for
+from raymm.stream.ownership import owned_partitions, owner_rank
 from raymm.stream.settings import StreamSettings
 from raymm.stream.snapshot import SnapshotStore, encode_snapshot
 from raymm.stream.state import UserStateStore
+
+__all__ = ["ConsumerError", "ConsumerMetrics", "EventConsumer", "owned_partitions", "owner_rank"]
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +64,6 @@ _IDLE_MAX_WAIT_S = 0.08
 
 class ConsumerError(RaymmError):
     """The consumer could not start: the topic is missing, or the ownership is impossible."""
-
-
-def owned_partitions(n_partitions: int, rank: int, world_size: int) -> list[int]:
-    """The partitions consumer ``rank`` of ``world_size`` owns: ``partition % world_size == rank``."""
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
-    return [p for p in range(n_partitions) if p % world_size == rank]
-
-
-def owner_rank(user_id: str, n_partitions: int, world_size: int) -> int:
-    """The rank whose consumer holds ``user_id``'s state (the owner of the user's partition)."""
-    return partition_for(user_id, n_partitions) % world_size
 
 
 @dataclass(frozen=True)

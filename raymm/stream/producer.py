@@ -20,13 +20,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from kafka import KafkaProducer
-from kafka.partitioner import murmur2
 
 from raymm import console
 from raymm.data import io
 from raymm.data.schema import conform_interactions
 from raymm.errors import RaymmError
 from raymm.stream.events import EVENTS_TOPIC, UserEvent
+from raymm.stream.ownership import partition_for
+
+__all__ = ["ReplayError", "ReplayResult", "partition_for", "replay"]
 
 _BATCH_ROWS = 4096
 
@@ -48,18 +50,6 @@ class ReplayResult:
     def rate(self) -> float:
         """Events per second over the whole replay."""
         return self.sent / self.elapsed_s if self.elapsed_s > 0 else float("inf")
-
-
-def partition_for(user_id: str, n_partitions: int) -> int:
-    """The partition Kafka's default partitioner gives key ``user_id`` on a topic of ``n_partitions``.
-
-    Java's ``Utils.toPositive(Utils.murmur2(key)) % n`` on the UTF-8 key, which kafka-python's
-    ``DefaultPartitioner`` and librdkafka's ``murmur2_random`` also compute. Raises ``ValueError``
-    for ``n_partitions`` below 1.
-    """
-    if n_partitions < 1:
-        raise ValueError(f"n_partitions must be at least 1, got {n_partitions}")
-    return int((murmur2(user_id.encode("utf-8")) & 0x7FFFFFFF) % n_partitions)
 
 
 def replay(
