@@ -1,34 +1,45 @@
-"""The event consumer: ``raymm.events`` -> decode and validate -> dead letters or user state.
+"""The event consumer: ``raymm.events`` -> decode and validate -> dead letters, forwards, or user state.
 
-:class:`EventConsumer` is a plain class. Tests and benchmarks drive it step by step
-(:meth:`~EventConsumer.open`, :meth:`~EventConsumer.poll_once`, :meth:`~EventConsumer.drain`,
-:meth:`~EventConsumer.close`); serving runs it in a thread of its own
-(:meth:`~EventConsumer.start`), so it never blocks an asyncio loop, and reads the state from any
-thread (:meth:`UserStateStore.get`).
+:class:`EventConsumer` is a :class:`~raymm.stream.loop.PollLoop` (the one Kafka loop raymm has:
+batching, idle back-off, dead letters, metrics, liveness). Tests and benchmarks drive it step by
+step (:meth:`~PollLoop.open`, :meth:`~PollLoop.poll_once`, :meth:`~EventConsumer.drain`,
+:meth:`~PollLoop.close`); serving runs it in a thread of its own (:meth:`~PollLoop.start`) and reads
+the state from any thread (:meth:`UserStateStore.get`).
 
 **Ownership.** By default the consumer *assigns* itself the partitions with
-``partition % world_size == rank`` (:func:`owned_partitions`). Serving routes a user's request to
-the owner of ``partition_for(user_id)`` by the same rule (:func:`owner_rank`), so three hashes
-agree: Kafka's default partitioner, the assignment, and the routing. With ``group_id`` it
-*subscribes* instead and lets the group coordinator assign (``group_instance_id`` gives static
-membership); routing then needs the group's assignment.
+``partition % world_size == rank`` (:mod:`raymm.stream.ownership`). A user's state lives in their
+*owner partition*, ``partition_for(user_id)``, and serving routes the user's requests to its owner
+by the same rule. With ``group_id`` the consumer *subscribes* instead and lets the group
+coordinator assign (``group_instance_id`` gives static membership).
+
+**Forwarding.** Producers do not agree on partitions: librdkafka clients (kcat, confluent-kafka)
+hash keys with CRC32 by default, and many producers send no key. An event read on a partition
+other than its user's owner partition is forwarded there, keyed by ``user_id`` with its original
+value and a ``raymm-forwarded-from: <partition>:<offset>`` header, and is applied by the owner when
+it reads it (a repartition step, as in Kafka Streams). A forwarded event is never forwarded
+again: one found off its owner partition (two forwarders with different owner rules) is a dead
+letter ``misrouted``. Forwards are sent in order (one request in flight), and the owner keeps, per
+source partition, the highest source offset it applied (:meth:`UserStateStore.forwarded_offsets`,
+snapshotted with the state), so a forward sent again is applied once: after a crash between the
+forward and the source's next snapshot the source replays and forwards again, and during an
+upgrade two clusters forward the same event.
 
 **Exactly-once effect.** Offsets are kept by the state, not by Kafka: on gaining a partition the
 consumer restores its newest valid snapshot and seeks to the offset after the one it had applied
 (the start of the log without one). Re-delivered messages are skipped by offset. A snapshot of a
 partition is taken every ``snapshot_every_events`` events, every ``snapshot_interval_s`` seconds,
-on giving the partition up and on shutdown; the dead-letter producer is flushed first, so a
-refused message is in the dead-letter topic before any snapshot records it as done. A consumer
-killed between snapshots loses nothing: its successor replays from the last snapshot. (Dead
-letters are at-least-once: a replay can send one again.) In group mode the consumer also commits
-each snapshot's offsets to the group, so Kafka tools show its progress; it never reads them back.
+on giving the partition up and on shutdown; the producer is flushed first, so every dead letter
+and forward of a message is on its topic before any snapshot records the message as done. A
+forward the broker refused rewinds its source partition to its last snapshot, which sends it
+again. A consumer killed between snapshots loses nothing: its successor replays from the last
+snapshot. (Dead letters are at-least-once: a replay can send one again.) In group mode the
+consumer also commits each snapshot's offsets to the group, so Kafka tools show its progress; it
+never reads them back.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,34 +47,45 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
-from raymm.errors import RaymmError
-from raymm.stream.events import DEAD_LETTER_TOPIC, DeadLetter, Event, EventDecoder, EventLimits, Rejected
-from raymm.stream.ownership import owned_partitions, owner_rank
+from raymm.stream.events import DEAD_LETTER_TOPIC, Event, EventDecoder, EventLimits, Rejected
+from raymm.stream.loop import ConsumerError, PollLoop
+from raymm.stream.ownership import Ownership, Partitioner, owned_partitions, owner_rank
 from raymm.stream.settings import StreamSettings
 from raymm.stream.snapshot import SnapshotStore, encode_snapshot
 from raymm.stream.state import UserStateStore
 
-__all__ = ["ConsumerError", "ConsumerMetrics", "EventConsumer", "owned_partitions", "owner_rank"]
+__all__ = [
+    "FORWARD_HEADER",
+    "ConsumerError",
+    "ConsumerMetrics",
+    "EventConsumer",
+    "forwarded_source",
+    "owned_partitions",
+    "owner_rank",
+]
 
 log = logging.getLogger(__name__)
 
-_LATENCY_SAMPLES = 8192
-_RATE_WINDOW_S = 5.0
-#: How long an idle consumer sleeps between non-blocking polls, at first and at most: each idle
-#: poll doubles the sleep up to the most, an event resets it. The most is what idleness can add
-#: to freshness; a state shard's idle poll costs ~3 ms of CPU here, so the backoff took two idle
-#: shards from ~0.28 of a core to ~0.1 (bench/serve_latency.py ``idle_cores``).
-_IDLE_WAIT_S = 0.01
-_IDLE_MAX_WAIT_S = 0.08
+#: The header a forwarded event carries: ``<source partition>:<source offset>`` in ASCII.
+FORWARD_HEADER = "raymm-forwarded-from"
 
 
-class ConsumerError(RaymmError):
-    """The consumer could not start: the topic is missing, or the ownership is impossible."""
+def forwarded_source(headers: Sequence[tuple[str, bytes | None]] | None) -> tuple[int, int] | None:
+    """(source partition, source offset) of a forwarded event's headers; None if not forwarded.
+
+    ``ValueError`` for a forward header that is not ``<partition>:<offset>``.
+    """
+    for name, value in headers or ():
+        if name == FORWARD_HEADER:
+            partition, _, offset = (value or b"").decode("ascii", "replace").partition(":")
+            if not (partition.isdigit() and offset.isdigit()):
+                raise ValueError(f"{FORWARD_HEADER} header {value!r} is not <partition>:<offset>")
+            return int(partition), int(offset)
+    return None
 
 
 @dataclass(frozen=True)
@@ -72,7 +94,9 @@ class ConsumerMetrics:
 
     ``lag`` is per partition: the high watermark minus the next offset to read. Event-to-state
     latency is from the record's Kafka timestamp (set by the producer) to its apply, sampled on
-    the last record of each partition's batch, over the last 8,192 samples.
+    the last record of each partition's batch, over the last 8,192 samples. ``forwarded`` counts
+    events this consumer sent on to their owner partition; ``forwarded_again`` forwarded events
+    it skipped because their source offset was applied already.
     """
 
     partitions: tuple[int, ...]
@@ -90,6 +114,8 @@ class ConsumerMetrics:
     loop_errors: int
     users_in_memory: int
     users_spilled: int
+    forwarded: int = 0
+    forwarded_again: int = 0
 
     @property
     def total_lag(self) -> int:
@@ -109,14 +135,15 @@ class _Partition:
     committed_offset: int = -1
 
 
-class EventConsumer:
-    """Consume ``topic`` into ``state``; see the module docstring.
+class EventConsumer(PollLoop):
+    """Consume ``state.topic`` into ``state``; see the module docstring.
 
-    ``observer`` (optional) sees every batch's newly delivered events after they are applied, in the
-    consumer thread (serving counts online hits with it); it must be quick and must not raise.
-    ``snapshots=None`` keeps no snapshots (a restart then replays every owned partition from the
-    start of the log). ``client_options`` go to kafka-python's consumer and producer (security
-    settings: :meth:`raymm.stream.settings.KafkaSettings.client_options`).
+    ``observer`` (optional) sees every batch's newly applied events, in the consumer thread
+    (serving counts online hits with it); it must be quick and must not raise. ``snapshots=None``
+    keeps no snapshots (a restart then replays every owned partition from the start of the log).
+    ``partitioner`` is the owner rule's hash (:mod:`raymm.stream.ownership`); ``partitions``, when
+    given, is the partition count the deployment expects: a topic with another count refuses to
+    open (:class:`ConsumerError` naming both).
     """
 
     def __init__(
@@ -138,48 +165,50 @@ class EventConsumer:
         liveness_timeout_s: float = 30.0,
         client_options: dict[str, Any] | None = None,
         observer: Callable[[Sequence[Event]], None] | None = None,
+        partitioner: Partitioner = "murmur2",
+        partitions: int | None = None,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
         if group_instance_id is not None and group_id is None:
             raise ValueError("group_instance_id (static membership) needs a group_id")
-        self.bootstrap_servers = bootstrap_servers
+        super().__init__(
+            bootstrap_servers,
+            state.topic,
+            dead_letter_topic=dead_letter_topic,
+            poll_max_records=poll_max_records,
+            poll_timeout_ms=poll_timeout_ms,
+            liveness_timeout_s=liveness_timeout_s,
+            client_options=client_options,
+            consumer_options={"group_id": group_id, "group_instance_id": group_instance_id},
+        )
+        self.kind = f"consumer-{rank}"
         self.state = state
-        self.topic = state.topic
         self.snapshots = snapshots
         self.rank = rank
         self.world_size = world_size
         self.group_id = group_id
         self.group_instance_id = group_instance_id
-        self.dead_letter_topic = dead_letter_topic
         self.limits = limits or EventLimits()
         self._decode = EventDecoder(self.limits)
         self.snapshot_every_events = snapshot_every_events
         self.snapshot_interval_s = snapshot_interval_s
-        self.poll_max_records = poll_max_records
-        self.poll_timeout_ms = poll_timeout_ms
-        self.liveness_timeout_s = liveness_timeout_s
-        self.client_options = dict(client_options or {})
         self.observer = observer
+        self.partitioner: Partitioner = partitioner
+        self.expected_partitions = partitions
+        self.ownership: Ownership | None = None
+        self._owner_partition: Callable[[str], int] | None = None
 
-        self._consumer: KafkaConsumer | None = None
-        self._dlq: KafkaProducer | None = None
         self._owned: dict[int, _Partition] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raymm-snapshot")
         self._pending: list[Future[None]] = []
-        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._abort = False
-        self._last_beat = time.monotonic()
-        self.error: BaseException | None = None
         # counters: written by the consumer thread, read by anyone
-        self._applied = self._replayed = self._duplicates = self._dead = 0
-        self._dead_by_reason: collections.Counter[str] = collections.Counter()
-        self._snapshots = self._snapshot_failures = self._loop_errors = 0
-        self._latencies: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
-        self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
-        self._lag: dict[int, int] = {}
+        self._applied = self._replayed = self._duplicates = 0
+        self._forwarded = self._forwarded_again = 0
+        self._snapshots = self._snapshot_failures = 0
+        #: Source partitions with a forward the broker refused (written by the producer's thread).
+        self._failed_forwards: set[int] = set()
+        self._failed_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -191,7 +220,7 @@ class EventConsumer:
         **options: Any,
     ) -> EventConsumer:
         """A consumer configured by the ``stream:`` section; ``options`` as the constructor takes
-        them (rank, world_size, group_id, client_options, observer, ...)."""
+        them (rank, world_size, group_id, client_options, observer, partitioner, partitions, ...)."""
         return cls(
             bootstrap_servers,
             state,
@@ -205,69 +234,34 @@ class EventConsumer:
             **options,
         )
 
-    # -- lifecycle ------------------------------------------------------------------------------
+    # -- the loop's parts -----------------------------------------------------------------------
 
-    def open(self) -> EventConsumer:
-        """Connect, take the partitions this rank owns (or subscribe) and restore their state."""
-        if self._consumer is not None:
-            raise ConsumerError("the consumer is open already")
-        common = {"bootstrap_servers": self.bootstrap_servers, **self.client_options}
-        self._consumer = KafkaConsumer(
-            group_id=self.group_id,
-            group_instance_id=self.group_instance_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.poll_max_records,
-            fetch_max_wait_ms=min(self.poll_timeout_ms, 500),
-            **common,
-        )
-        self._dlq = KafkaProducer(acks="all", linger_ms=20, **common)
+    def _producer_options(self) -> dict[str, Any]:
+        # Forwards from one source partition must reach their owner partition in source order (the
+        # owner keeps the highest source offset it applied): one request in flight, so a retry
+        # cannot overtake.
+        return {"max_in_flight_requests_per_connection": 1}
+
+    def _on_open(self, consumer: KafkaConsumer) -> None:
+        count = self._partition_count()
+        if self.expected_partitions is not None and count != self.expected_partitions:
+            raise ConsumerError(
+                f"topic {self.topic!r} on {self.bootstrap_servers} has {count} partitions, but this "
+                f"deployment is configured for {self.expected_partitions} (kafka.partitions): users "
+                "would be routed to shards that do not hold them. Set kafka.partitions to "
+                f"{count}, or use a topic with {self.expected_partitions} partitions"
+            )
+        world = self.world_size if self.group_id is None else 1
+        self.ownership = Ownership(count, world, self.partitioner)
+        self._owner_partition = self.ownership.partition_cache()
         if self.group_id is None:
-            self._assign(owned_partitions(self._partition_count(), self.rank, self.world_size))
+            self._assign(owned_partitions(count, self.rank, self.world_size))
         else:
-            self._consumer.subscribe([self.topic], listener=_Rebalance(self))
-        self._last_beat = time.monotonic()
-        return self
+            consumer.subscribe([self.topic], listener=_Rebalance(self))
 
-    def start(self) -> threading.Thread:
-        """Open if needed and consume in a daemon thread until :meth:`stop` or :meth:`abort`."""
-        if self._thread is not None:
-            raise ConsumerError("the consumer runs already")
-        if self._consumer is None:
-            self.open()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"raymm-consumer-{self.rank}", daemon=True)
-        self._thread.start()
-        return self._thread
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop consuming, snapshot every owned partition, and close."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
-        else:
-            self.close()
-
-    def abort(self) -> None:
-        """Stop without a final snapshot, as if the process had died (for tests and drills)."""
-        self._abort = True
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        else:
-            self._close(final_snapshot=False)
-
-    def close(self) -> None:
-        """Snapshot every owned partition that changed, wait for the writes, and disconnect."""
-        self._close(final_snapshot=True)
-
-    def _close(self, final_snapshot: bool) -> None:
-        if self._consumer is None:
-            return
+    def _on_close(self, final: bool) -> None:
         try:
-            if final_snapshot:
+            if final:
                 for partition in list(self._owned):
                     self._snapshot(partition)
                 self._wait_for_writes()
@@ -275,103 +269,117 @@ class EventConsumer:
             else:
                 self._wait_for_writes()  # snapshots already taken; a crash may or may not lose them
         finally:
-            if self._dlq is not None:
-                self._dlq.close(timeout=10)
-            self._consumer.close(autocommit=False)
-            self._consumer = self._dlq = None
             self._writer.shutdown(wait=not self._abort)
             self._owned.clear()
 
-    def _run(self) -> None:
-        idle = False
-        wait_s = _IDLE_WAIT_S
-        while not self._stop.is_set():
-            try:
-                while not self._commands.empty():
-                    self._commands.get_nowait()()
-                # An idle consumer polls without blocking and sleeps between polls: some brokers
-                # (noida) answer fetches at once instead of holding them for fetch_max_wait_ms, and
-                # a blocking poll then spins (0.7 of a core here, against 0.02 on Tansu).
-                idle = self.poll_once(timeout_ms=0 if idle else None) == 0
-                if idle:
-                    self._stop.wait(wait_s)
-                    wait_s = min(2 * wait_s, _IDLE_MAX_WAIT_S)
-                else:
-                    wait_s = _IDLE_WAIT_S
-            except Exception as exc:  # the stream never stops; the log says why
-                self._loop_errors += 1
-                self.error = exc
-                log.exception("consumer %d: the poll loop failed; retrying in 1 s", self.rank)
-                self._stop.wait(1.0)
-        self._close(final_snapshot=not self._abort)
+    def _next_offset(self, partition: int) -> int | None:
+        return self.state.applied_offset(partition) + 1 if partition in self._owned else None
 
     # -- consuming ------------------------------------------------------------------------------
 
     def poll_once(self, timeout_ms: int | None = None) -> int:
         """One poll (waiting up to ``timeout_ms``, default ``poll_timeout_ms``): decode,
-        dead-letter, apply, and snapshot where due; returns messages handled."""
-        consumer = self._require_open()
-        wait = self.poll_timeout_ms if timeout_ms is None else timeout_ms
-        batches = consumer.poll(timeout_ms=wait, max_records=self.poll_max_records)
-        handled = 0
-        now_ms = time.time() * 1000.0
-        decode = self._decode
-        decode.window()  # the future bound moves with the clock, once per poll
-        for tp, records in batches.items():
-            if tp.partition not in self._owned:
-                continue  # revoked while the fetch was in flight
-            messages: list[tuple[int, Event | None]] = []
-            for record in records:
-                try:
-                    event: Event | None = decode(record.key, record.value)
-                except Rejected as rejected:
-                    event = None
-                    self._dead_letter(rejected, record)
-                messages.append((record.offset, event))
-            last = records[-1]
-            if last.timestamp_type == 0 and last.timestamp > 0:  # CreateTime, one sample per batch
-                self._latencies.append(now_ms - last.timestamp)
-            before = self.state.applied_offset(tp.partition)
-            result = self.state.apply_batch(tp.partition, messages)
-            if self.observer is not None:
-                self.observer([e for offset, e in messages if e is not None and offset > before])
-            self._applied += result.applied
-            self._replayed += result.replayed
-            self._duplicates += result.duplicates
-            self._owned[tp.partition].since_snapshot += len(records)
-            handled += len(records)
-        self._after_poll(consumer)
-        return handled
+        dead-letter, forward, apply, and snapshot where due; returns messages handled."""
+        self._decode.window()  # the future bound moves with the clock, once per poll
+        return super().poll_once(timeout_ms)
 
-    def _dead_letter(self, rejected: Rejected, record: Any) -> None:
-        assert self._dlq is not None
-        letter = DeadLetter.of(
-            rejected, record.key, record.value, record.topic, record.partition, record.offset
+    def _handle(self, partition: int, records: Sequence[Any]) -> None:
+        if partition not in self._owned:
+            return  # revoked while the fetch was in flight
+        assert self._owner_partition is not None
+        owner_of = self._owner_partition
+        decode = self._decode
+        before = self.state.applied_offset(partition)
+        messages: list[tuple[int, Event | None]] = []
+        sources: dict[int, tuple[int, int]] = {}
+        for record in records:
+            offset = record.offset
+            if offset <= before:  # delivered again: the state skips it, nothing is sent twice
+                messages.append((offset, None))
+                continue
+            try:
+                event: Event | None = decode(record.key, record.value)
+                source = forwarded_source(record.headers) if record.headers else None
+            except Rejected as rejected:
+                event = None
+                self.dead_letter(rejected, record)
+            except ValueError as exc:
+                event = None
+                self.dead_letter(Rejected("wrong_type", str(exc)), record)
+            else:
+                assert event is not None
+                owner = owner_of(event.user_id)
+                if owner != partition:
+                    if source is None:
+                        self._forward(event, record, owner)
+                    else:
+                        self.dead_letter(
+                            Rejected(
+                                "misrouted",
+                                f"forwarded from {source[0]}:{source[1]} to partition {partition}, "
+                                f"but user {event.user_id!r}'s owner partition is {owner} "
+                                f"({self.partitioner} of {self.ownership.n_partitions if self.ownership else '?'}): "
+                                "two forwarders disagree on the owner rule",
+                            ),
+                            record,
+                        )
+                    event = None
+                elif source is not None:
+                    sources[offset] = source
+            messages.append((offset, event))
+        result = self.state.apply_batch(partition, messages, sources)
+        if self.observer is not None:
+            self.observer([e for offset, e in messages if e is not None and offset > before])
+        self._applied += result.applied
+        self._replayed += result.replayed
+        self._duplicates += result.duplicates
+        self._forwarded_again += result.forwarded_again
+        self._owned[partition].since_snapshot += len(records)
+
+    def _forward(self, event: Event, record: Any, owner: int) -> None:
+        """Send ``record`` on to ``owner``, the owner partition of its user (see the module docstring)."""
+        producer = self._require_producer()
+        source = record.partition
+        future = producer.send(
+            self.topic,
+            key=event.user_id.encode("utf-8"),
+            value=record.value,
+            partition=owner,
+            headers=[(FORWARD_HEADER, f"{source}:{record.offset}".encode("ascii"))],
         )
-        key, value = letter.encode()
-        self._dlq.send(self.dead_letter_topic, key=key, value=value)
-        self._dead += 1
-        self._dead_by_reason[rejected.reason] += 1
+        future.add_errback(self._forward_failed, source)
+        self._forwarded += 1
+
+    def _forward_failed(self, source: int, exc: BaseException) -> None:
+        log.warning("consumer %d: a forward from partition %d failed: %r", self.rank, source, exc)
+        with self._failed_lock:
+            self._failed_forwards.add(source)
 
     def _after_poll(self, consumer: KafkaConsumer) -> None:
         now = time.monotonic()
-        self._last_beat = now
-        self._rate_samples.append((now, self._applied))
-        while self._rate_samples and now - self._rate_samples[0][0] > _RATE_WINDOW_S:
-            self._rate_samples.popleft()
-        lag: dict[int, int] = {}
+        self._rewind_failed_forwards()
         for partition, book in self._owned.items():
-            tp = TopicPartition(self.topic, partition)
-            highwater = consumer.highwater(tp)
-            if highwater is not None:
-                lag[partition] = max(0, highwater - self.state.applied_offset(partition) - 1)
             if book.since_snapshot >= self.snapshot_every_events or (
                 now - book.last_snapshot_t >= self.snapshot_interval_s
             ):
                 self._snapshot(partition)
-        self._lag = lag
         self._pending = [f for f in self._pending if not f.done()]
         self._commit()
+
+    def _rewind_failed_forwards(self) -> None:
+        """Restore each partition with a refused forward from its last snapshot: the replay sends
+        the forward again, and the owner applies it once."""
+        with self._failed_lock:
+            failed, self._failed_forwards = self._failed_forwards, set()
+        failed &= set(self._owned)
+        if not failed:
+            return
+        self._wait_for_writes()
+        for partition in sorted(failed):
+            log.warning("consumer %d: rewinding partition %d to its last snapshot", self.rank, partition)
+            self._owned.pop(partition, None)
+            self.state.drop_partition(partition)
+        self._take(sorted(failed))
 
     def drain(self, timeout_s: float = 60.0) -> int:
         """Poll until every owned partition is applied up to its end offset as of the call;
@@ -405,6 +413,10 @@ class EventConsumer:
             handled += self.poll_once()
         return handled
 
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until every forward and dead letter sent so far is acknowledged."""
+        self._require_producer().flush(timeout=timeout_s)
+
     # -- ownership ------------------------------------------------------------------------------
 
     def set_ownership(self, rank: int, world_size: int) -> None:
@@ -420,24 +432,7 @@ class EventConsumer:
             self.rank, self.world_size = rank, world_size
             self._assign(owned_partitions(self._partition_count(), rank, world_size))
 
-        if self._thread is not None:
-            self._commands.put(change)
-        else:
-            change()
-
-    def _partition_count(self) -> int:
-        consumer = self._require_open()
-        deadline = time.monotonic() + 30.0
-        while True:
-            partitions = consumer.partitions_for_topic(self.topic)
-            if partitions:
-                return len(partitions)
-            if time.monotonic() > deadline:
-                raise ConsumerError(
-                    f"topic {self.topic!r} does not exist on {self.bootstrap_servers}: create it with "
-                    "its partition count first (raymm.stream.broker.ensure_topics)"
-                )
-            time.sleep(0.2)
+        self.call_soon(change)
 
     def _assign(self, partitions: Sequence[int]) -> None:
         consumer = self._require_open()
@@ -460,22 +455,23 @@ class EventConsumer:
     def _take(self, partitions: Sequence[int]) -> None:
         consumer = self._require_open()
         for partition in partitions:
-            applied, users = -1, None
+            applied, users, forwarded = -1, None, None
             if self.snapshots is not None:
                 restored = self.snapshots.restore(self.topic, partition)
                 if restored.snapshot is not None:
-                    applied, users = restored.snapshot.applied_offset, restored.snapshot.users
-                    if restored.snapshot.spec != self.state.spec:
+                    snapshot = restored.snapshot
+                    applied, users, forwarded = snapshot.applied_offset, snapshot.users, snapshot.forwarded
+                    if snapshot.spec != self.state.spec:
                         log.warning(
                             "%s partition %d: snapshot %s was kept by spec %s, this consumer keeps %s; "
                             "its histories are used as they are",
                             self.topic,
                             partition,
                             restored.uri,
-                            restored.snapshot.spec,
+                            snapshot.spec,
                             self.state.spec,
                         )
-            self.state.add_partition(partition, applied, users)
+            self.state.add_partition(partition, applied, users, forwarded)
             self._owned[partition] = _Partition(snapshot_offset=applied)
             consumer.seek(TopicPartition(self.topic, partition), applied + 1)
             log.info(
@@ -485,7 +481,10 @@ class EventConsumer:
     # -- snapshots ------------------------------------------------------------------------------
 
     def _snapshot(self, partition: int) -> None:
-        """Snapshot ``partition`` if it changed since its last snapshot; the write is queued."""
+        """Snapshot ``partition`` if it changed since its last snapshot; the write is queued.
+
+        Every dead letter and forward of a message up to the snapshot's offset is acknowledged
+        first; a partition with a refused forward is rewound instead of snapshotted."""
         book = self._owned.get(partition)
         if book is None or self.snapshots is None:
             return
@@ -494,10 +493,18 @@ class EventConsumer:
         book.last_snapshot_t = time.monotonic()
         if applied == book.snapshot_offset:
             return
-        if self._dlq is not None:
-            self._dlq.flush()  # every dead letter up to `applied` is on its topic before we say so
+        if self._producer is not None:
+            self._producer.flush()
+        with self._failed_lock:
+            if partition in self._failed_forwards:
+                return  # _rewind_failed_forwards restores it from the last good snapshot
         data = encode_snapshot(
-            self.topic, partition, applied, self.state.spec, self.state.partition_users(partition)
+            self.topic,
+            partition,
+            applied,
+            self.state.spec,
+            self.state.partition_users(partition),
+            forwarded=self.state.forwarded_offsets(partition),
         )
         book.snapshot_offset = applied
         store = self.snapshots
@@ -543,47 +550,33 @@ class EventConsumer:
 
     # -- health and metrics --------------------------------------------------------------------
 
-    def alive(self) -> bool:
-        """Whether the consumer's loop came round within ``liveness_timeout_s`` (no lock taken)."""
-        running = self._thread is not None and self._thread.is_alive()
-        return running and time.monotonic() - self._last_beat < self.liveness_timeout_s
-
     def metrics(self) -> ConsumerMetrics:
         """The counters and gauges now; safe to call from any thread."""
-        samples = list(self._rate_samples)
-        rate = 0.0
-        if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
-            rate = (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
-        latencies = np.array(list(self._latencies)) if self._latencies else None
+        loop = self.loop_metrics()
         counts = self.state.counts()
         return ConsumerMetrics(
             partitions=tuple(self.state.partitions()),
             applied=self._applied,
             replayed=self._replayed,
             duplicates=self._duplicates,
-            dead_letters=self._dead,
-            dead_letters_by_reason=dict(self._dead_by_reason),
-            events_per_s=rate,
-            lag=dict(self._lag),
-            latency_ms_p50=None if latencies is None else float(np.percentile(latencies, 50)),
-            latency_ms_p99=None if latencies is None else float(np.percentile(latencies, 99)),
+            dead_letters=loop.dead_letters,
+            dead_letters_by_reason=loop.dead_letters_by_reason,
+            events_per_s=loop.rate,
+            lag=loop.lag,
+            latency_ms_p50=loop.latency_ms_p50,
+            latency_ms_p99=loop.latency_ms_p99,
             snapshots=self._snapshots,
             snapshot_failures=self._snapshot_failures,
-            loop_errors=self._loop_errors,
+            loop_errors=loop.loop_errors,
             users_in_memory=counts["in_memory"],
             users_spilled=counts["spilled"],
+            forwarded=self._forwarded,
+            forwarded_again=self._forwarded_again,
         )
 
-    def _require_open(self) -> KafkaConsumer:
-        if self._consumer is None:
-            raise ConsumerError("the consumer is not open: call open() or start() first")
-        return self._consumer
-
     def __enter__(self) -> EventConsumer:
-        return self.open()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        self.open()
+        return self
 
     def __repr__(self) -> str:
         return (

