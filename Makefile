@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 # The image's pip mirrors print one warning per package; hide those lines, keep real errors.
 PIP_QUIET := grep -v '^WARNING: Location .* is ignored' || true
 
-.PHONY: venv lint format test quickstart bench clean
+.PHONY: venv lint format test quickstart bench clean interop-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,21 @@ format: venv
 	$(BIN)/ruff check --fix raymm tests bench
 	$(BIN)/ruff format raymm tests bench
 
-test: lint
+# The interop tests produce with kcat (librdkafka), an independent Kafka client. Install it where we
+# can (root with apt-get, as in CI); anywhere else say loudly that those tests cannot run.
+interop-tools:
+	@if command -v kcat >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing kcat (librdkafka's command-line client) for the interop tests"; \
+		apt-get install -y -qq kcat >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq kcat >/dev/null; }; \
+	else \
+		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+		echo "!! kcat is not installed and this user cannot install it (not root, or no apt-get):      !!"; \
+		echo "!! the kcat interop tests CANNOT RUN and will be skipped. Install kcat (librdkafka) first. !!"; \
+		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+	fi
+
+test: lint interop-tools
 	$(BIN)/python -m pytest tests --durations=15
 
 quickstart: venv

@@ -580,7 +580,15 @@ def cmd_produce(args: argparse.Namespace, config: RaymmConfig) -> int:
         raise RaymmError(f"no events to replay: {events} does not exist (--events FILE)")
     options = config.kafka.client_options()
     ensure_topics(bootstrap, config.kafka.topics(), **options)
-    result = replay(events, bootstrap, rate=args.rate, limit=args.limit, progress=not args.quiet, **options)
+    result = replay(
+        events,
+        bootstrap,
+        rate=args.rate,
+        limit=args.limit,
+        progress=not args.quiet,
+        partitioner=config.kafka.partitioner,
+        **options,
+    )
     print_summary(
         "produce",
         [

@@ -1,9 +1,8 @@
-"""Replay interactions onto ``raymm.events``, and the partition Kafka gives a user.
+"""Replay interactions onto ``raymm.events``.
 
-Every event is keyed by its ``user_id`` and partitioned by kafka-python's default partitioner
-(murmur2 of the key, as Kafka's Java client does). :func:`partition_for` computes the same
-partition, so serving can route a user's request to the consumer that owns that partition
-(``partition % world_size == rank``, design.md section 1).
+Every event is keyed by its ``user_id`` and sent to its user's owner partition
+(:func:`raymm.stream.ownership.partition_for` with the deployment's partitioner), so raymm's own
+producer never makes a consumer forward; other producers may (see :mod:`raymm.stream.consumer`).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from raymm.data import io
 from raymm.data.schema import conform_interactions
 from raymm.errors import RaymmError
 from raymm.stream.events import EVENTS_TOPIC, UserEvent
-from raymm.stream.ownership import partition_for
+from raymm.stream.ownership import Ownership, Partitioner, partition_for
 
 __all__ = ["ReplayError", "ReplayResult", "partition_for", "replay"]
 
@@ -60,6 +59,7 @@ def replay(
     rate: float | None = None,
     limit: int | None = None,
     progress: bool = False,
+    partitioner: Partitioner = "murmur2",
     **client_options: Any,
 ) -> ReplayResult:
     """Produce the interactions ``events`` (a table or a ``stream.parquet`` path) to ``topic``.
@@ -73,7 +73,8 @@ def replay(
 
     The topic should exist with its partition count (:func:`raymm.stream.broker.ensure_topics`):
     a broker that auto-creates topics would give it its default count. ``client_options`` go to
-    ``KafkaProducer`` (e.g. ``KafkaSettings.client_options()``). Raises ``DataError`` for a table
+    ``KafkaProducer`` (e.g. ``KafkaSettings.client_options()``); ``partitioner`` is the owner
+    rule's hash (``kafka.partitioner``): each event goes to its user's owner partition. Raises ``DataError`` for a table
     off the interactions contract, ``ValueError`` for a bad ``rate`` or ``limit``,
     :class:`ReplayError` when the broker refuses events, and kafka-python's ``KafkaError`` when it
     cannot be reached.
@@ -88,6 +89,8 @@ def replay(
         table = table.slice(0, limit)
 
     producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5, **client_options)
+    partitions = producer.partitions_for(topic)  # waits for the metadata; a missing topic raises
+    owner_partition = Ownership(len(partitions), partitioner=partitioner).partition_cache()
     acked: Counter[int] = Counter()
     failures: list[BaseException] = []
     lock = threading.Lock()
@@ -113,7 +116,10 @@ def replay(
                     if bucket is not None:
                         bucket.take()
                     key, value = event.encode()
-                    producer.send(topic, key=key, value=value).add_callback(on_sent).add_errback(on_error)
+                    partition = owner_partition(event.user_id)
+                    producer.send(topic, key=key, value=value, partition=partition).add_callback(
+                        on_sent
+                    ).add_errback(on_error)
                 bar.update(batch.num_rows)
                 row += batch.num_rows
         producer.flush()

@@ -73,7 +73,12 @@ def live_demo(
         client = app.client()
         before = client.recommendations(user, k=10)
         result = replay(
-            table, app.bootstrap_servers, rate=rate, progress=progress, **config.kafka.client_options()
+            table,
+            app.bootstrap_servers,
+            rate=rate,
+            progress=progress,
+            partitioner=config.kafka.partitioner,
+            **config.kafka.client_options(),
         )
         mine = table.filter(pc.equal(table.column("user_id"), user))
         expected = mine.num_rows
