@@ -5,6 +5,18 @@ oldest first, -1 padded on the left, plus every item they interacted with (seen,
 recommended again). One windowing function, :func:`history_before`, gives the history in front
 of every event of a log (training examples, ranker examples) and :func:`eval_users` the state
 after a whole log (evaluation and validation users); both are vectorised over all users.
+
+The rule is the live state's (:class:`raymm.stream.state.UserRecord`), and
+``tests/test_parity.py`` holds the two to the same answer on one log:
+
+* order: by ``ts``, equal times in table order (a stable sort; online, in arrival order);
+* a repeated event id of a user counts once, its first row (:func:`distinct_events`; online, a
+  repeat is recognised while it is among the user's last ``dedupe_window`` event ids);
+* items the catalog lacks hold their place in the window and are dropped from it after, the
+  rest packed to the right: the live state knows no catalog (live items join it later), so it
+  keeps the newest counting events whatever their item, and serving drops the ones its model
+  does not know at request time. A window over known items only would reach further back than
+  the stream can.
 """
 
 from __future__ import annotations
@@ -22,9 +34,37 @@ from raymm.recommend.itemsets import ItemSets
 _MS_PER_HOUR = 3_600_000.0
 
 
+def distinct_events(interactions: pa.Table) -> pa.Table:
+    """The interactions without the rows that repeat an earlier row's ``(user_id, event_id)``.
+
+    An event sent twice (a producer retry, a client posting again) is one event, as the live
+    state applies it once. Rows without an ``event_id`` (or a table without the column) are all
+    kept; table order is kept.
+    """
+    if "event_id" not in interactions.column_names:
+        return interactions
+    ids = interactions.column("event_id")
+    n_ids = len(ids) - ids.null_count
+    # No id twice: nothing to look up (unique is 3x faster than count_distinct here).
+    if n_ids == 0 or len(pc.unique(ids)) - (ids.null_count > 0) == n_ids:
+        return interactions
+    keyed = pa.table(
+        {
+            "user_id": interactions.column("user_id"),
+            "event_id": ids,
+            "row": pa.array(np.arange(interactions.num_rows, dtype=np.int64)),
+        }
+    ).filter(pc.is_valid(ids))
+    first = keyed.group_by(["user_id", "event_id"], use_threads=False).aggregate([("row", "min")])
+    keep = np.asarray(pc.is_null(ids))
+    keep[first.column("row_min").to_numpy()] = True
+    return interactions.filter(pa.array(keep))
+
+
 def by_user_and_time(interactions: pa.Table) -> pa.Table:
-    """The interactions sorted by user, then time (the order every window assumes)."""
-    return interactions.sort_by([("user_id", "ascending"), ("ts", "ascending")])
+    """The interactions sorted by user, then time, equal times in table order (the order every
+    window assumes), each event once (:func:`distinct_events`)."""
+    return distinct_events(interactions).sort_by([("user_id", "ascending"), ("ts", "ascending")])
 
 
 def positive_events(interactions: pa.Table, events: Sequence[str]) -> pa.Table:
@@ -49,9 +89,21 @@ def history_before(users: np.ndarray, rows: np.ndarray, counts: np.ndarray, max_
     """(n, max_history) for each event: the rows of its user's last ``max_history`` counting events
     strictly before it, oldest first, -1 padded on the left.
 
-    ``users`` (n,) user codes and ``rows`` (n,) catalog rows of a log sorted by user then time;
-    ``counts`` (n,) bool marks the events that enter a history.
+    ``users`` (n,) user codes and ``rows`` (n,) catalog rows of a log sorted by user then time,
+    -1 for an item the catalog lacks (it takes its place in the window and is then dropped, see
+    the module docstring); ``counts`` (n,) bool marks the events that enter a history.
     """
+    window = _window(users, rows, counts, max_history)
+    return _known(window) if (rows[np.asarray(counts, dtype=bool)] < 0).any() else window
+
+
+def _known(window: np.ndarray) -> np.ndarray:
+    """``window`` without its -1 entries in the middle: the catalog rows packed to the right, in order."""
+    return np.take_along_axis(window, np.argsort(window >= 0, axis=1, kind="stable"), axis=1)
+
+
+def _window(users: np.ndarray, rows: np.ndarray, counts: np.ndarray, max_history: int) -> np.ndarray:
+    """:func:`history_before` with the entries of unknown items left in place (-1)."""
     n = len(users)
     counts = np.asarray(counts, dtype=bool)
     before = np.cumsum(counts) - counts  # counting events before each position, over the whole log
@@ -72,11 +124,12 @@ def history_after(users: np.ndarray, rows: np.ndarray, counts: np.ndarray, max_h
     history = np.full((n_users, max_history), -1, dtype=np.int64)
     if not len(users):
         return history
-    window = history_before(users, rows, counts, max_history)
+    counts = np.asarray(counts, dtype=bool)
+    window = _window(users, rows, counts, max_history)
     last = np.r_[np.flatnonzero(np.diff(users)), len(users) - 1]
     shifted = np.concatenate([window[last][:, 1:], rows[last][:, None]], axis=1)
-    history[users[last]] = np.where(np.asarray(counts, bool)[last][:, None], shifted, window[last])
-    return history
+    history[users[last]] = np.where(counts[last][:, None], shifted, window[last])
+    return _known(history) if (rows[counts] < 0).any() else history
 
 
 @dataclass
@@ -111,7 +164,9 @@ def eval_users(
     held-out positive on a seen item (a repeat) is dropped from the truth, since it cannot be
     recommended. A user whose every held-out positive is a repeat has an empty truth and is not
     evaluated.
-    Users without a single counting event in ``context`` get an all-padding history.
+    Users without a single counting event in ``context`` get an all-padding history. The history
+    is the live state's window: the last ``max_history`` counting events whatever their item,
+    less the items ``catalog`` lacks (see the module docstring); seen holds catalog items only.
     """
     truth_events = positive_events(held_out, events)
     truth_rows = catalog.positions(truth_events.column("item_id"))
@@ -122,11 +177,12 @@ def eval_users(
     ordered = by_user_and_time(context)
     codes = np.asarray(pc.fill_null(pc.index_in(ordered.column("user_id"), value_set=lookup), -1))
     rows = catalog.positions(ordered.column("item_id"))
-    keep = (codes >= 0) & (rows >= 0)
+    mine = codes >= 0
     history = np.full((len(user_ids), max_history), -1, dtype=np.int64)
-    counted = counts_event(ordered, events)[keep] if ordered.num_rows else np.zeros(0, bool)
-    state = history_after(codes[keep], rows[keep], counted, max_history)
+    counted = counts_event(ordered, events)[mine] if ordered.num_rows else np.zeros(0, bool)
+    state = history_after(codes[mine], rows[mine], counted, max_history)
     history[: len(state)] = state
+    keep = mine & (rows >= 0)
     seen = ItemSets.from_pairs(codes[keep], rows[keep], len(user_ids))
     t_users = np.asarray(
         pc.fill_null(pc.index_in(pa.array(truth_users.astype(str)), value_set=lookup), -1)

@@ -123,13 +123,16 @@ def build_rank_examples(
         )
     )
     rows = catalog.positions(marked.column("item_id"))
-    marked, rows = marked.filter(pa.array(rows >= 0)), rows[rows >= 0]
+    known = rows >= 0
+    # Items the catalog lacks hold their place in the window, as in the live state (the module
+    # docstring of raymm.recommend.history); they are never examples.
+    positive = counts_event(marked, spec.events)
+    history = history_before(user_codes(marked), rows, positive, spec.max_history)[known]
+    marked, rows, history_positive = marked.filter(pa.array(known)), rows[known], positive[known]
     users = user_codes(marked)
     ts = marked.column("ts").cast(pa.int64()).to_numpy().astype(np.float64)
     event = marked.column("event")
     first = np.r_[True, users[1:] != users[:-1]]
-    history_positive = counts_event(marked, spec.events)
-    history = history_before(users, rows, history_positive, spec.max_history)
     gap_hours = np.r_[np.nan, np.diff(ts)] / _MS_PER_HOUR
     recency = np.where(first, np.nan, np.log1p(np.maximum(gap_hours, 0.0))).astype(np.float32)
 

@@ -9,7 +9,9 @@ its offset, :mod:`raymm.stream.snapshot`) is all a new owner needs to take it ov
 Per user, by :class:`StateSpec` (the artifact's ``model.user_state``):
 
 * ``history``: the ``max_history`` most recent items whose event counts (``events``), oldest
-  first, the window the user tower pools (``raymm.recommend.history`` offline);
+  first by event time whatever order the events arrive in (:class:`UserRecord`), the window the
+  user tower pools (``raymm.recommend.history`` offline; ``tests/test_parity.py`` holds the two
+  to the same answer);
 * ``seen``: every item the user had any event on, with its count (never recommended again);
 * ``recent_ids``: the last ``dedupe_window`` event ids, so an event sent twice (a producer retry,
   a client posting again) is applied once.
@@ -26,6 +28,7 @@ for long, and nothing here holds it while waiting on I/O other than the local sp
 
 from __future__ import annotations
 
+import bisect
 import json
 import shutil
 import sqlite3
@@ -93,15 +96,43 @@ class StateSpec:
         )
 
 
+#: The time of a history entry whose time is not known (a record from a snapshot that kept no
+#: ``history_ts``): older than any event, so such entries leave the window first.
+UNKNOWN_TS = -(2**63)
+
+
 @dataclass(slots=True)
 class UserRecord:
-    """One user's live state (mutable; only the consumer thread changes it)."""
+    """One user's live state (mutable; only the consumer thread changes it).
+
+    The state is a fold of the *set* of the user's events, whatever order they arrive in (an
+    event forwarded from another partition reaches the owner after later ones of its user):
+    ``history`` is the ``max_history`` newest counting events by ``(ts, arrival)``, oldest first,
+    and ``history_ts`` (the same length) holds their times, so a late event takes its place by
+    time; one older than every entry of a full window only enters ``seen``. Events of equal
+    ``ts`` keep their arrival order, as the offline windows keep table order
+    (:mod:`raymm.recommend.history`). Items are kept whether or not a model knows them (the
+    state knows no catalog, and live items join it later): serving drops the unknown ones from
+    the window at request time (``Recommender.known``), and the offline windows do the same.
+    A repeated event id is skipped only while it is among the user's last ``dedupe_window``
+    event ids (offline drops every repeat of a user's event id).
+    """
 
     history: list[str] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)
     n_events: int = 0
     last_ts_ms: int = 0
     recent_ids: list[str] = field(default_factory=list)
+    history_ts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        missing = len(self.history) - len(self.history_ts)
+        if missing < 0:
+            raise ValueError(
+                f"history_ts holds {len(self.history_ts)} times for {len(self.history)} history items"
+            )
+        if missing:  # a record kept without its times: they are unknown, hence oldest
+            self.history_ts[:0] = [UNKNOWN_TS] * missing
 
     def apply(self, event: Event, spec: StateSpec) -> bool:
         """Apply one event; False (and no change) when its id is among the recent ones."""
@@ -116,14 +147,22 @@ class UserRecord:
         if event.ts_ms > self.last_ts_ms:
             self.last_ts_ms = event.ts_ms
         if event.event in spec.events:
-            self.history.append(event.item_id)
+            # After every entry of its time or earlier: equal times keep their arrival order.
+            at = bisect.bisect_right(self.history_ts, event.ts_ms)
+            self.history.insert(at, event.item_id)
+            self.history_ts.insert(at, event.ts_ms)
             if len(self.history) > spec.max_history:
-                del self.history[0]
+                del self.history[0], self.history_ts[0]
         return True
 
     def copy(self) -> UserRecord:
         return UserRecord(
-            list(self.history), dict(self.seen), self.n_events, self.last_ts_ms, list(self.recent_ids)
+            list(self.history),
+            dict(self.seen),
+            self.n_events,
+            self.last_ts_ms,
+            list(self.recent_ids),
+            list(self.history_ts),
         )
 
     def to_json(self) -> str:
@@ -135,14 +174,17 @@ class UserRecord:
                 self.n_events,
                 self.last_ts_ms,
                 self.recent_ids,
+                self.history_ts,
             ],
             separators=(",", ":"),
         )
 
     @classmethod
     def from_json(cls, text: str) -> UserRecord:
-        history, items, counts, n_events, last_ts_ms, recent_ids = json.loads(text)
-        return cls(history, dict(zip(items, counts, strict=True)), n_events, last_ts_ms, recent_ids)
+        history, items, counts, n_events, last_ts_ms, recent_ids, history_ts = json.loads(text)
+        return cls(
+            history, dict(zip(items, counts, strict=True)), n_events, last_ts_ms, recent_ids, history_ts
+        )
 
 
 @dataclass(frozen=True)

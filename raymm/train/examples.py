@@ -55,11 +55,11 @@ def examples_by_position(
     positives = positive_events(interactions, events)
     rows = positions(positives.column("item_id"))
     users = user_codes(positives)
-    keep = rows >= 0
-    rows, users = rows[keep], users[keep]
+    # Items the catalog lacks hold their place in the window, as in the live state (the module
+    # docstring of raymm.recommend.history), and are never targets.
     history = history_before(users, rows, np.ones(len(rows), dtype=bool), max_history)
-    has_history = history[:, -1] >= 0
-    return Examples(users[has_history], history[has_history], rows[has_history])
+    keep = (rows >= 0) & (history[:, -1] >= 0)
+    return Examples(users[keep], history[keep], rows[keep])
 
 
 def target_log_q(examples: Examples, n_items: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from raymm.recommend.catalog import build_catalog
-from raymm.recommend.history import EvalUsers, eval_users, history_after, history_before
+from raymm.recommend.history import EvalUsers, distinct_events, eval_users, history_after, history_before
 from raymm.recommend.itemsets import ItemSets
 from tests.conftest import make_items
 
@@ -27,6 +27,36 @@ def test_history_windows_match_a_hand_built_log() -> None:
     assert history_after(np.array([0, 0]), np.array([1, 2]), np.array([True, False]), 3).tolist() == [
         [-1, -1, 1]
     ]
+
+
+def test_an_item_the_catalog_lacks_holds_its_place_in_the_window_and_is_then_dropped() -> None:
+    # user 0 counts rows 5, -1 (unknown), 7, 8: a window of 3 reaches back to the unknown item,
+    # not past it to 5, as the live state (which knows no catalog) keeps it.
+    users = np.array([0, 0, 0, 0])
+    rows = np.array([5, -1, 7, 8])
+    counts = np.ones(4, dtype=bool)
+    assert history_after(users, rows, counts, 3).tolist() == [[-1, 7, 8]]
+    assert history_before(users, rows, counts, 3).tolist() == [
+        [-1, -1, -1],
+        [-1, -1, 5],
+        [-1, -1, 5],
+        [-1, 5, 7],
+    ]
+    assert history_after(users[:2], rows[:2], counts[:2], 3).tolist() == [[-1, -1, 5]]
+
+
+def test_a_repeated_event_id_of_a_user_is_one_event() -> None:
+    log = pa.table(
+        {
+            "user_id": ["u", "u", "v", "u", "u", "u"],
+            "event_id": ["e1", "e2", "e1", "e1", None, None],
+            "item_id": ["a", "b", "c", "a", "d", "d"],
+        }
+    )
+    # u's second e1 goes; v's e1 is another user's event; rows without an id all stay.
+    assert distinct_events(log).column("item_id").to_pylist() == ["a", "b", "c", "d", "d"]
+    assert distinct_events(log.slice(0, 3)).num_rows == 3  # one e1 each for u and v
+    assert distinct_events(log.drop_columns(["event_id"])).num_rows == 6
 
 
 def _log(rows: list[tuple[str, str, str, int]]) -> pa.Table:
