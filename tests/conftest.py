@@ -246,3 +246,17 @@ def encoded_model(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -
     extract(config, str(data), str(features), progress=False)
     train(config, str(data), str(features), str(model))
     return Trained(root, data, features, config, model, model)
+
+
+@pytest.fixture(scope="session")
+def kcat() -> str:
+    """The path of kcat (librdkafka's command-line client), the independent client of the interop
+    tests. ``make test`` installs it where it can; in CI (``CI`` set) a missing kcat fails the test
+    instead of skipping it, so the interop tests cannot silently stop running."""
+    path = shutil.which("kcat")
+    if path is None:
+        message = "kcat is not installed: the interop tests cannot run (apt-get install -y kcat, or make test as root)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

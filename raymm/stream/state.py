@@ -208,8 +208,11 @@ class BatchResult:
     replayed: int = 0
     #: An event id the user had recently: sent twice.
     duplicates: int = 0
-    #: Refused by the decoder (``None`` in the batch): the offset moves on, nothing else.
+    #: Refused by the decoder, or forwarded to the owner partition (``None`` in the batch): the
+    #: offset moves on, nothing else.
     rejected: int = 0
+    #: A forwarded event whose source offset was applied already (forwarded twice).
+    forwarded_again: int = 0
 
 
 class UserStateStore:
@@ -230,6 +233,10 @@ class UserStateStore:
         self.max_users_in_memory = max_users_in_memory
         self._lock = threading.Lock()
         self._offsets: dict[int, int] = {}
+        #: Per held partition: {source partition: the highest source offset of a forwarded event
+        #: applied here}. Forwards from one source arrive in source order, so anything at or
+        #: below it was forwarded again.
+        self._forwarded: dict[int, dict[int, int]] = {}
         self._hot: dict[int, dict[str, UserRecord]] = {}
         self._lru: OrderedDict[tuple[int, str], None] = OrderedDict()
         self._spill: _Spill | None = None
@@ -252,10 +259,20 @@ class UserStateStore:
         with self._lock:
             return dict(self._offsets)
 
+    def forwarded_offsets(self, partition: int) -> dict[int, int]:
+        """``partition``'s {source partition: highest source offset applied} of forwarded events."""
+        with self._lock:
+            return dict(self._forwarded[partition])
+
     def add_partition(
-        self, partition: int, applied_offset: int = -1, users: Mapping[str, UserRecord] | None = None
+        self,
+        partition: int,
+        applied_offset: int = -1,
+        users: Mapping[str, UserRecord] | None = None,
+        forwarded: Mapping[int, int] | None = None,
     ) -> None:
-        """Start holding ``partition`` at ``applied_offset`` with ``users`` (a restored snapshot).
+        """Start holding ``partition`` at ``applied_offset`` with ``users`` and the forwarded
+        events' source offsets ``forwarded`` (a restored snapshot).
 
         ``ValueError`` if it is held already (drop it first: its state would be replaced).
         """
@@ -263,6 +280,7 @@ class UserStateStore:
             if partition in self._offsets:
                 raise ValueError(f"partition {partition} of {self.topic} is held already")
             self._offsets[partition] = applied_offset
+            self._forwarded[partition] = dict(forwarded or {})
             self._hot[partition] = {}
             for user_id, record in (users or {}).items():
                 self._hot[partition][user_id] = record
@@ -273,6 +291,7 @@ class UserStateStore:
         """Forget ``partition`` and its users (its new owner restores them from a snapshot)."""
         with self._lock:
             self._offsets.pop(partition, None)
+            self._forwarded.pop(partition, None)
             for user_id in self._hot.pop(partition, {}):
                 self._lru.pop((partition, user_id), None)
             if self._spill is not None:
@@ -280,21 +299,32 @@ class UserStateStore:
 
     # -- writing (the consumer thread) ---------------------------------------------------------
 
-    def apply(self, partition: int, offset: int, event: Event | None) -> bool:
+    def apply(
+        self, partition: int, offset: int, event: Event | None, source: tuple[int, int] | None = None
+    ) -> bool:
         """Apply one message; True if it changed a user. See :meth:`apply_batch`."""
-        return self.apply_batch(partition, [(offset, event)]).applied == 1
+        sources = {offset: source} if source is not None else None
+        return self.apply_batch(partition, [(offset, event)], sources).applied == 1
 
-    def apply_batch(self, partition: int, messages: Sequence[tuple[int, Event | None]]) -> BatchResult:
+    def apply_batch(
+        self,
+        partition: int,
+        messages: Sequence[tuple[int, Event | None]],
+        sources: Mapping[int, tuple[int, int]] | None = None,
+    ) -> BatchResult:
         """Apply ``(offset, event)`` messages of ``partition`` in offset order, exactly once each.
 
         A message at or below the applied offset is skipped; ``event=None`` (a message the decoder
-        refused) only moves the offset on. ``KeyError`` if the partition is not held; ``ValueError``
-        if the offsets go backwards within the batch.
+        refused, or one forwarded elsewhere) only moves the offset on. ``sources`` maps the offset
+        of a forwarded event to its (source partition, source offset); one at or below the highest
+        source offset applied from that partition was forwarded again and is skipped. ``KeyError``
+        if the partition is not held; ``ValueError`` if the offsets go backwards within the batch.
         """
-        applied = replayed = duplicates = rejected = 0
+        applied = replayed = duplicates = rejected = forwarded_again = 0
         with self._lock:
             last = self._offsets[partition]
             users = self._hot[partition]
+            watermarks = self._forwarded[partition]
             for offset, event in messages:
                 if offset <= last:
                     if offset < 0:
@@ -305,6 +335,14 @@ class UserStateStore:
                 if event is None:
                     rejected += 1
                     continue
+                if sources:
+                    source = sources.get(offset)
+                    if source is not None:
+                        source_partition, source_offset = source
+                        if source_offset <= watermarks.get(source_partition, -1):
+                            forwarded_again += 1
+                            continue
+                        watermarks[source_partition] = source_offset
                 key = (partition, event.user_id)
                 record = users.get(event.user_id)
                 if record is None:
@@ -321,7 +359,7 @@ class UserStateStore:
                     duplicates += 1
             self._offsets[partition] = last
             self._evict()
-        return BatchResult(applied, replayed, duplicates, rejected)
+        return BatchResult(applied, replayed, duplicates, rejected, forwarded_again)
 
     def _evict(self) -> None:
         """Move the least recently written users beyond the bound to the spill file (lock held)."""

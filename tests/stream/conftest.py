@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import platform
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -24,17 +22,3 @@ def broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker]:
         pytest.skip("noida-db has no aarch64 Linux wheel")
     with EmbeddedBroker(request.param) as running:
         yield running
-
-
-@pytest.fixture(scope="session")
-def kcat() -> str:
-    """The path of kcat (librdkafka's command-line client), the independent client of the interop
-    tests. ``make test`` installs it where it can; in CI (``CI`` set) a missing kcat fails the test
-    instead of skipping it, so the interop tests cannot silently stop running."""
-    path = shutil.which("kcat")
-    if path is None:
-        message = "kcat is not installed: the interop tests cannot run (apt-get install -y kcat, or make test as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
