@@ -162,10 +162,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
     for modality, width in (("text", 8), ("image", 6)):
         values = pa.array(rng.normal(size=N_ITEMS * width).astype(np.float32))
         features = features.append_column(modality, pa.FixedSizeListArray.from_arrays(values, width))
-    # Trained on the known items' events (ids of warm items get an embedding).
-    catalog = build_catalog(
-        features, pa.table({"item_id": item_ids}), _table([r for r in LOG if r[2] in item_ids])
-    )
+    # Trained on the whole log: the event on an item outside the catalog gets no id embedding.
+    catalog = build_catalog(features, pa.table({"item_id": item_ids}), _table(LOG))
     torch.manual_seed(0)
     two_tower = TwoTower(config.model, catalog.dims).eval()
     two_tower.fit_alignment(catalog.features, catalog.present)

@@ -128,8 +128,11 @@ def build_catalog(
         out[mask] = flat[in_flat[rows[mask]]]
         feature_tensors[modality] = torch.from_numpy(out)
         present[modality] = torch.from_numpy(mask)
+    # Interactions on items outside the catalog get no id embedding (-1, dropped), not an IndexError.
     warm = np.unique(
-        np.asarray(pc.index_in(train.column("item_id"), value_set=pa.array(item_ids, pa.string())))
+        np.asarray(
+            pc.fill_null(pc.index_in(train.column("item_id"), value_set=pa.array(item_ids, pa.string())), -1)
+        )
     )
     id_index = np.zeros(len(item_ids), dtype=np.int64)
     id_index[warm[warm >= 0]] = np.arange(1, int((warm >= 0).sum()) + 1)
