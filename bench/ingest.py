@@ -17,6 +17,21 @@ rate" (raymm / raw >= 0.5). Both read the same messages from the same embedded b
 * **raymm_spill**: the same with ``max_users_in_memory`` at ``--spill-fraction`` (10%) of the
   users, so the least recently used users go to the SQLite spill file and come back on their
   next event: what the LRU bound costs.
+* **raymm_misrouted_50**: the raymm side (no spill) on the same N messages where a seeded
+  ``--misrouted`` fraction (50%, exactly round(0.5 N) of them) was sent to a partition other than
+  the user's owner partition (``raymm.stream.ownership.partition_for``, murmur2): explicit
+  ``partition = (owner + 1 + k) % 8`` with k drawn uniformly from 0..6, as a CRC32 (librdkafka)
+  or keyless producer would misplace them; the rest go to their owner partition. One consumer,
+  rank 0 of 1, owns every partition, so each misrouted event is read, forwarded by the
+  consumer's producer to its owner partition (a ``raymm-forwarded-from`` header), read a second
+  time and applied there. Timed from ``open()`` until all N events are *applied* (forwarded ones
+  included): ``drain()``, then ``flush()`` (forwards acknowledged) and ``drain()`` again until
+  ``metrics().applied`` is N; asserted: applied = N, ``forwarded`` = the misrouted count, no
+  forward applied twice, no dead letter, messages read = N + forwarded. Forwards append to the
+  topic they are read from, so every run (warm-up included) gets a topic of its own
+  (``raymm.events.misrouted.<i>``, 8 partitions), all produced before the timed rounds.
+  ``misrouted_ratio`` is its median events/s over the same baseline (the raw consumer over the N
+  messages as first produced). ``--misrouted 0`` leaves the side out.
 
 Timed (``time.perf_counter``, wall clock): from constructing the consumer (baseline) or
 ``open()`` (raymm), connection included, to the N-th message handled. ``close()`` is timed
@@ -46,10 +61,12 @@ costs next to nothing, as with the C extension.
 Each broker gets one untimed pass of baseline and of raymm first (the broker's caches; the first
 snapshot's lazy imports), then ``--repeats`` rounds of every side, the order reversed every
 other round against drift. Reported per broker: each run, the medians of each side, ``ratio`` =
-raymm median / baseline median of wall-clock events/s (``spill_ratio`` likewise; ``ratio_cpu``
-per CPU second) and ``meets_target`` = ratio >= 0.5.
+raymm median / baseline median of wall-clock events/s (``spill_ratio`` and ``misrouted_ratio``
+likewise; ``ratio_cpu`` per CPU second) and ``meets_target`` = ratio >= 0.5 (the raymm side, no
+misrouted events; the misrouted figure is reported, not judged).
 
-    .venv/bin/python bench/ingest.py                 # N = 200k on noida and Tansu, ~7 min on 2 cores
+    .venv/bin/python bench/ingest.py                 # N = 200k on noida and Tansu, ~9 min on 2 cores
+    .venv/bin/python bench/ingest.py --no-crc-variant  # the same without the check_crcs runs, ~4 min
     .venv/bin/python bench/ingest.py --quick         # smoke run, 20k events, ingest.quick.json
     .venv/bin/python bench/ingest.py --events 500000 --repeats 5 --brokers noida
 """
@@ -79,6 +96,7 @@ from kafka.record.util import crc32c_c
 from raymm.stream.broker import EmbeddedBroker, ensure_topics
 from raymm.stream.consumer import EventConsumer
 from raymm.stream.events import DEAD_LETTER_TOPIC, EVENTS_TOPIC, UserEvent
+from raymm.stream.ownership import partition_for
 from raymm.stream.settings import StreamSettings
 from raymm.stream.snapshot import SnapshotStore
 from raymm.stream.state import StateSpec, UserStateStore
@@ -124,8 +142,31 @@ def make_messages(n: int, n_users: int, n_items: int, seed: int) -> tuple[list[t
     return messages, len(np.unique(users))
 
 
-def produce(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> dict[int, int]:
-    """Send every message to EVENTS_TOPIC, acknowledged; returns the messages per partition."""
+def misroute(messages: list[tuple[bytes, bytes]], fraction: float, seed: int) -> tuple[list[int], int]:
+    """(each message's partition, how many are misrouted): the owner partition of its key (the
+    user id), except for a seeded ``round(fraction * N)`` messages sent to another partition,
+    ``(owner + 1 + k) % PARTITIONS`` with k uniform in 0..PARTITIONS-2."""
+    owner_of = {key: partition_for(key.decode(), PARTITIONS) for key in {key for key, _ in messages}}
+    owners = np.array([owner_of[key] for key, _ in messages])
+    # A stream of its own: the messages stay as make_messages drew them.
+    rng = np.random.default_rng([seed, 22])
+    count = round(fraction * len(messages))
+    picked = rng.choice(len(messages), size=count, replace=False)
+    partitions = owners.copy()
+    partitions[picked] = (owners[picked] + 1 + rng.integers(PARTITIONS - 1, size=count)) % PARTITIONS
+    misrouted = int((partitions != owners).sum())
+    assert misrouted == count, (misrouted, count)
+    return partitions.tolist(), misrouted
+
+
+def produce(
+    bootstrap: str,
+    messages: list[tuple[bytes, bytes]],
+    topic: str = EVENTS_TOPIC,
+    partitions: list[int] | None = None,
+) -> dict[int, int]:
+    """Send every message to ``topic`` (by the producer's partitioner, or to ``partitions[i]``),
+    acknowledged; returns the messages per partition."""
     acked: Counter[int] = Counter()
     failures: list[BaseException] = []
     lock = threading.Lock()
@@ -140,8 +181,10 @@ def produce(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> dict[int, in
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     try:
-        for key, value in messages:
-            producer.send(EVENTS_TOPIC, key=key, value=value).add_callback(on_sent).add_errback(on_error)
+        for i, (key, value) in enumerate(messages):
+            partition = None if partitions is None else partitions[i]
+            future = producer.send(topic, key=key, value=value, partition=partition)
+            future.add_callback(on_sent).add_errback(on_error)
         producer.flush()
     finally:
         producer.close()
@@ -208,13 +251,21 @@ def _handled(state: UserStateStore) -> int:
 
 
 def run_raymm(
-    bootstrap: str, n: int, settings: StreamSettings, max_users_in_memory: int | None
+    bootstrap: str,
+    n: int,
+    settings: StreamSettings,
+    max_users_in_memory: int | None,
+    topic: str = EVENTS_TOPIC,
+    misrouted: int = 0,
 ) -> dict[str, Any]:
-    """EventConsumer with state and snapshots on a fresh temp dir: open, drain to N, close."""
+    """EventConsumer with state and snapshots on a fresh temp dir: open, drain to N, close.
+
+    ``misrouted``: that many of the N messages on ``topic`` are off their owner partition; the
+    run then lasts until all N are applied, the forwarded ones included."""
     with tempfile.TemporaryDirectory(prefix="raymm-ingest-") as work:
         state = UserStateStore(
             SPEC,
-            topic=EVENTS_TOPIC,
+            topic=topic,
             max_users_in_memory=max_users_in_memory,
             spill_dir=Path(work) / "spill",
         )
@@ -229,14 +280,37 @@ def run_raymm(
             consumer.open()
             opened = time.perf_counter()
             handled = consumer.drain(timeout_s=CONSUME_TIMEOUT_S)
+            if misrouted:
+                first_drain = time.perf_counter()
+                applied_first = consumer.metrics().applied
+                rounds = 0
+                # The forwards sent during the drain: acknowledged, then read on their owner partition.
+                while consumer.metrics().applied < n:
+                    left = started + CONSUME_TIMEOUT_S - time.perf_counter()
+                    if left <= 0 or rounds >= 20:
+                        raise TimeoutError(
+                            f"raymm applied {consumer.metrics().applied} of {n} after {rounds} rounds"
+                        )
+                    consumer.flush(timeout_s=left)
+                    handled += consumer.drain(timeout_s=left)
+                    rounds += 1
             # drain() stops at the end offsets a broker reported; make sure it really is all N.
-            while _handled(state) < n:
+            while _handled(state) < n + misrouted:
                 if time.perf_counter() > started + CONSUME_TIMEOUT_S:
                     raise TimeoutError(f"raymm handled {_handled(state)} of {n} in {CONSUME_TIMEOUT_S} s")
                 handled += consumer.poll_once()
             done = time.perf_counter()
             run = _run_record(n, started, opened, done, cpu0)
             metrics = consumer.metrics()
+            if misrouted:
+                run.update(
+                    forwarded=metrics.forwarded,
+                    forwarded_again=metrics.forwarded_again,
+                    messages_read=handled,
+                    first_drain_s=first_drain - started,
+                    applied_after_first_drain=applied_first,
+                    flush_drain_rounds=rounds,
+                )
             close_started = time.perf_counter()
             consumer.close()
             closed = time.perf_counter()
@@ -252,11 +326,22 @@ def run_raymm(
         finally:
             consumer.close()  # no-op when closed
             state.close()
-    if handled != n or metrics.applied != n or metrics.dead_letters or metrics.duplicates or metrics.replayed:
+    if (
+        handled != n + misrouted
+        or metrics.applied != n
+        or metrics.dead_letters
+        or metrics.duplicates
+        or metrics.replayed
+    ):
         raise AssertionError(
             f"raymm handled {handled} messages and applied {metrics.applied} (dead letters "
             f"{metrics.dead_letters}, duplicates {metrics.duplicates}, replayed {metrics.replayed}); "
             f"expected exactly {n} applied"
+        )
+    if metrics.forwarded != misrouted or metrics.forwarded_again:
+        raise AssertionError(
+            f"raymm forwarded {metrics.forwarded} events ({metrics.forwarded_again} applied already); "
+            f"expected exactly the {misrouted} misrouted, each once"
         )
     return run
 
@@ -292,7 +377,9 @@ def bench_broker(
     spill_users: int,
     repeats: int,
     crc_variant: bool,
+    misrouted: tuple[str, float, list[int], int] | None,
 ) -> dict[str, Any]:
+    """``misrouted``: (side name, fraction, each message's partition, misrouted count), or None."""
     n = len(messages)
     with EmbeddedBroker(kind) as broker:  # type: ignore[arg-type]
         bootstrap = broker.bootstrap_servers
@@ -301,6 +388,25 @@ def bench_broker(
         per_partition = produce(bootstrap, messages)
         produce_s = time.perf_counter() - started
         log(BENCH, f"{kind}: produced {n} events in {produce_s:.1f}s, per partition {per_partition}")
+        # Forwards append to the topic they were read from: a fresh copy for every misrouted run
+        # (the warm-up's and each round's), all produced now so no production overlaps a timed run.
+        misrouted_topics: list[str] = []
+        misrouted_produce_s: list[float] = []
+        misrouted_per_partition: dict[int, int] = {}
+        if misrouted is not None:
+            _, _, partitions, _ = misrouted
+            misrouted_topics = [f"{EVENTS_TOPIC}.misrouted.{i}" for i in range(repeats + 1)]
+            ensure_topics(bootstrap, dict.fromkeys(misrouted_topics, PARTITIONS))
+            for topic in misrouted_topics:
+                topic_started = time.perf_counter()
+                misrouted_per_partition = produce(bootstrap, messages, topic, partitions)
+                misrouted_produce_s.append(time.perf_counter() - topic_started)
+            log(
+                BENCH,
+                f"{kind}: produced {len(misrouted_topics)} misrouted copies in "
+                f"{sum(misrouted_produce_s):.1f}s, per partition {misrouted_per_partition}",
+            )
+        unused_topics = iter(misrouted_topics)
 
         def baseline() -> dict[str, Any]:
             return run_baseline(bootstrap, n, settings)
@@ -315,17 +421,31 @@ def bench_broker(
 
             return run
 
+        def raymm_misrouted() -> dict[str, Any]:
+            assert misrouted is not None
+            topic = next(unused_topics)
+            return {
+                "topic": topic,
+                **run_raymm(bootstrap, n, settings, settings.max_users_in_memory, topic, misrouted[3]),
+            }
+
         # Untimed: the broker's caches, and the first snapshot's lazy imports (pyarrow -> pandas).
         warm = {"baseline": baseline()["events_per_s"], "raymm": raymm()["events_per_s"]}
+        if misrouted is not None:
+            warm[misrouted[0]] = raymm_misrouted()["events_per_s"]
         log(
             BENCH,
-            f"{kind}: warm-up passes (not counted) baseline {warm['baseline']:,.0f}, raymm {warm['raymm']:,.0f} events/s",
+            f"{kind}: warm-up passes (not counted) "
+            + ", ".join(f"{name} {rate:,.0f}" for name, rate in warm.items())
+            + " events/s",
         )
         sides: dict[str, Callable[[], dict[str, Any]]] = {
             "baseline": baseline,
             "raymm": raymm,
             "raymm_spill": lambda: run_raymm(bootstrap, n, settings, spill_users),
         }
+        if misrouted is not None:
+            sides[misrouted[0]] = raymm_misrouted
         if crc_variant:
             sides |= {"baseline_no_crc": no_crc(baseline), "raymm_no_crc": no_crc(raymm)}
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
@@ -337,6 +457,8 @@ def bench_broker(
                 run["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
                 runs[name].append(run)
                 extra = f", {run['rate_with_close']:,.0f} with close" if "rate_with_close" in run else ""
+                if "forwarded" in run:
+                    extra += f", {run['forwarded']} forwarded, first drain {run['first_drain_s']:.2f}s"
                 log(
                     BENCH,
                     f"{kind} round {repeat + 1}/{repeats} {name}: {run['events_per_s']:,.0f} events/s "
@@ -364,6 +486,22 @@ def bench_broker(
         "meets_target": ratio >= TARGET_RATIO,
         "spill_meets_target": spill_ratio >= TARGET_RATIO,
     }
+    if misrouted is not None:
+        name, fraction, _, count = misrouted
+        side = summaries[name]
+        result[name] = {
+            "misrouted_fraction": fraction,
+            "misrouted": count,
+            "forwarded": statistics.median(r["forwarded"] for r in side["runs"]),
+            "messages_read": statistics.median(r["messages_read"] for r in side["runs"]),
+            "produce_s": misrouted_produce_s,
+            "per_partition": misrouted_per_partition,
+            **side,
+        }
+        result["misrouted_ratio"] = side["events_per_s"] / base["events_per_s"]
+        result["misrouted_ratio_cpu"] = side["cpu_events_per_s"] / base["cpu_events_per_s"]
+        result["misrouted_ratio_with_close"] = side["rate_with_close"] / base["events_per_s"]
+        result["misrouted_vs_raymm"] = side["events_per_s"] / core["events_per_s"]
     if crc_variant:
         off_base, off_core = summaries["baseline_no_crc"], summaries["raymm_no_crc"]
         result["no_crc_check"] = {
@@ -395,6 +533,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--no-crc-variant", action="store_true", help="skip the check_crcs=False sensitivity runs"
     )
+    parser.add_argument(
+        "--misrouted",
+        type=float,
+        default=0.5,
+        help="fraction of events sent off their owner partition in the raymm_misrouted side (0: no such side)",
+    )
+    parser.add_argument("--note", default=None, help="a note for the result file (e.g. the machine's load)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20k events, separate result file")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -406,13 +551,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     started = time.perf_counter()
     messages, distinct_users = make_messages(n, args.users, args.items, args.seed)
+    if not 0.0 <= args.misrouted <= 1.0:
+        parser.error(f"--misrouted must be in [0, 1], got {args.misrouted}")
+    misrouted: tuple[str, float, list[int], int] | None = None
+    if args.misrouted > 0:
+        partitions, count = misroute(messages, args.misrouted, args.seed)
+        misrouted = (f"raymm_misrouted_{round(args.misrouted * 100)}", args.misrouted, partitions, count)
     log(
         BENCH,
         f"{n} events of {distinct_users} users encoded in {time.perf_counter() - started:.1f}s; "
-        f"spill run keeps {spill_users} users in memory",
+        f"spill run keeps {spill_users} users in memory"
+        + (f"; {misrouted[3]} events misrouted in the {misrouted[0]} side" if misrouted else ""),
     )
     results = {
-        kind: bench_broker(kind, messages, settings, spill_users, args.repeats, not args.no_crc_variant)
+        kind: bench_broker(
+            kind, messages, settings, spill_users, args.repeats, not args.no_crc_variant, misrouted
+        )
         for kind in brokers
     }
     for kind, result in results.items():
@@ -422,6 +576,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{result['raymm']['events_per_s']:,.0f}/s (ratio {result['ratio']:.3f}), spill "
             f"{result['raymm_spill']['events_per_s']:,.0f}/s (ratio {result['spill_ratio']:.3f}); "
             f"per CPU second ratio {result['ratio_cpu']:.3f}"
+            + (
+                f"; {misrouted[0]} {result[misrouted[0]]['events_per_s']:,.0f}/s (ratio "
+                f"{result['misrouted_ratio']:.3f}, per CPU second {result['misrouted_ratio_cpu']:.3f})"
+                if misrouted
+                else ""
+            )
             + (
                 f"; check_crcs off ratio {result['no_crc_check']['ratio']:.3f}"
                 if "no_crc_check" in result
@@ -448,6 +608,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "max_users_in_memory": settings.max_users_in_memory,
             "spill_max_users_in_memory": spill_users,
         },
+        "misrouted_fraction": args.misrouted,
+        "misrouted_side": misrouted[0] if misrouted else None,
+        "misrouted_events": misrouted[3] if misrouted else 0,
         "target_ratio": TARGET_RATIO,
         # kafka-python checks each batch's CRC-32C in pure Python unless the crc32c package is there.
         "crc32c_c_extension": crc32c_c is not None,
@@ -456,8 +619,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "brokers": results,
         "meets_target": {kind: result["meets_target"] for kind, result in results.items()},
+        "misrouted_ratio": {kind: result.get("misrouted_ratio") for kind, result in results.items()},
         "seconds": time.perf_counter() - started,
     }
+    if args.note:
+        report["notes"] = args.note
     out = args.out or RESULTS / (f"{BENCH}.quick.json" if args.quick else f"{BENCH}.json")
     return finish(BENCH, report, out)
 
