@@ -283,14 +283,14 @@ class ServeConfig(StrictModel):
     state_timeout_s: float = Field(0.5, gt=0)
     #: An event hits when its item was served to the user within this many seconds.
     hit_window_s: float = Field(600.0, gt=0)
+    #: Concurrent requests scored together (Serve's batching): the most per batch, and how long
+    #: the first waits for company (at 100 requests/s on 2 replicas here, 1 ms gave p50/p99 15/69
+    #: ms where 3 ms gave 28/119: the wait is latency and the batches stay small at that rate).
+    max_batch_size: int = Field(32, gt=0)
+    batch_wait_ms: float = Field(1.0, ge=0)
     #: How requests search the catalog: ``exact`` reads every item vector (memory-bound: ~3.4 ms
     #: of a core per request over 100k items here), ``faiss`` an IVF-Flat index that reads
     #: ``nprobe`` of its ~4 sqrt(N) lists, ``auto`` faiss from ``faiss_min_items`` items on.
-    #: Concurrent requests scored together (@serve.batch): the most per batch, and how long the
-    #: first waits for company (at 100 requests/s on 2 replicas here, 1 ms gave p50/p99 15/69 ms
-    #: where 3 ms gave 28/119: the wait is latency and the batches stay small at that rate).
-    max_batch_size: int = Field(32, gt=0)
-    batch_wait_ms: float = Field(1.0, ge=0)
     index: Literal["auto", "exact", "faiss"] = "auto"
     faiss_min_items: int = Field(50_000, gt=0)
     #: faiss lists scored per request; 128 of 1,024 gave recall@10 0.956 against exact on

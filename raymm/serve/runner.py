@@ -2,9 +2,9 @@
 the quickstart.
 
 :func:`running_app` starts (or joins) Ray, starts the embedded broker when ``kafka.bootstrap_servers``
-is not set, creates the topics, deploys :func:`~raymm.serve.app.build_app` and waits until
-``/healthz`` says ok. On the way out it asks every state shard for its final snapshot, then
-deletes the application (and the broker it started). :class:`LiveClient` is a small HTTP client
+is not set, deploys :func:`~raymm.serve.app.build_app` (which creates the topics, or checks their
+partition counts) and waits until ``/healthz`` says ok. On the way out it asks every state shard
+for its final snapshot, then deletes the application (and the broker it started). :class:`LiveClient` is a small HTTP client
 of the API that the quickstart and the benchmarks use.
 """
 
@@ -57,14 +57,13 @@ def running_app(
 
     from raymm.runtime import init_ray
     from raymm.serve.app import build_app
-    from raymm.stream.broker import ensure_topics, kafka_bootstrap
+    from raymm.stream.broker import kafka_bootstrap
 
     settings = config.serve
     model_uri = io.absolute(model or settings.model or config.stage_dir("model"))
     init_ray(config.ray)
     broker_dir = config.stage_dir("broker") if "://" not in config.out else None
     with kafka_bootstrap(config.kafka, data_dir=broker_dir) as bootstrap:
-        ensure_topics(bootstrap, config.kafka.topics(), **config.kafka.client_options())
         # An already running Serve keeps the HTTP options it was started with.
         _route_logs()
         serve.start(http_options={"host": settings.host, "port": settings.port})

@@ -6,10 +6,9 @@ checks them, recreates one that dies and removes them with the application. A re
 restores its partitions from their snapshots and replays the rest from Kafka (the stream layer's
 exactly-once recovery), so a shard killed mid-stream ends in the state of one clean pass.
 
-A request for a user goes to the shard that owns the user's partition: ``owner_rank(user_id)``
-is ``partition_for(user_id) % world_size``, the rule the shard's consumer assigns itself by, on
-the partition Kafka's default partitioner gives the key. So the three hashes agree by
-construction.
+A request for a user goes to the shard that owns the user's partition: the recommender routes by
+the rule the shard's consumer assigns itself partitions by, both from
+:mod:`raymm.stream.ownership` (see :mod:`raymm.serve.shard_client`).
 
 The shard also keeps the **online hit rate**: the recommender tells it what it served a user
 (:meth:`StateShard.record_served`), and each applied event whose item was served to that user
@@ -25,8 +24,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from raymm.stream.consumer import EventConsumer, owner_rank
+from raymm.stream.consumer import EventConsumer
 from raymm.stream.events import Event
+from raymm.stream.ownership import Partitioner, owner_rank  # owner_rank re-exported for bench/
 from raymm.stream.settings import StreamSettings
 from raymm.stream.snapshot import SnapshotStore
 from raymm.stream.state import StateSpec, UserStateStore
@@ -42,7 +42,11 @@ def shard_name(rank: int) -> str:
 
 
 class StateShard:
-    """Rank ``rank`` of ``world_size``: an :class:`EventConsumer` in its own thread, and reads."""
+    """Rank ``rank`` of ``world_size``: an :class:`EventConsumer` in its own thread, and reads.
+
+    ``partitioner`` and ``partitions`` are the owner rule the recommender routes by (the hash, and
+    the topic's partition count it read from Kafka): the consumer keeps the same users, and refuses
+    a topic whose count has changed since."""
 
     def __init__(
         self,
@@ -55,6 +59,8 @@ class StateShard:
         client_options: dict[str, Any] | None = None,
         topic: str | None = None,
         hit_window_s: float = 600.0,
+        partitioner: Partitioner = "murmur2",
+        partitions: int | None = None,
     ) -> None:
         settings = StreamSettings.model_validate(stream or {})
         self.rank, self.world_size = rank, world_size
@@ -73,6 +79,8 @@ class StateShard:
             world_size=world_size,
             client_options=client_options,
             observer=self._observe,
+            partitioner=partitioner,
+            partitions=partitions,
         )
         self.hit_window_s = hit_window_s
         self._served: dict[str, collections.deque[tuple[float, frozenset[str]]]] = {}

@@ -1,7 +1,8 @@
 """The Serve application end to end: a real Ray Serve app over the session's trained model, a real
 noida broker, HTTP requests. An event changes the user's next answer, seen items never come back,
 guests get recommendations, bad input gets 4xx JSON, a killed state shard recovers into the state
-of one clean pass, and a model roll-out under load fails no request."""
+of one clean pass, and a model roll-out under load fails no request. And the builder that every
+way of deploying goes through: it refuses a topic whose partition count is not the config's."""
 
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ import requests
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ray import serve
 
-from raymm.serve.app import build_app
+from raymm.errors import ConfigError, RaymmError
+from raymm.serve.app import app_builder, build_app
 from raymm.serve.runner import recommender_handle
-from raymm.stream.broker import EmbeddedBroker, ensure_topics
-from raymm.stream.consumer import EventConsumer, owner_rank
-from raymm.stream.events import UserEvent
+from raymm.stream.broker import EmbeddedBroker, TopicMismatchError, ensure_topics
+from raymm.stream.consumer import EventConsumer
+from raymm.stream.events import DEAD_LETTER_TOPIC, EVENTS_TOPIC, ITEMS_TOPIC, UserEvent
+from raymm.stream.ownership import owner_rank
 from raymm.stream.state import StateSpec, UserStateStore
 from tests.conftest import Trained
 
@@ -54,6 +57,51 @@ class Live:
         return requests.post(
             f"{self.url}{path}", data=data, headers={"content-type": "application/json"}, timeout=30
         )
+
+
+# -- the builder (no deployment) --------------------------------------------------------------------
+
+
+@pytest.fixture
+def bootstrap() -> Iterator[str]:
+    """A fresh noida broker with no topics (it starts in ~0.1 s)."""
+    with EmbeddedBroker("noida") as broker:
+        yield broker.bootstrap_servers
+
+
+def test_serve_run_builds_the_same_graph_and_creates_the_topics(trained: Trained, bootstrap: str) -> None:
+    from ray.serve import Application
+
+    app = app_builder(
+        {
+            "model": str(trained.ranked),
+            "bootstrap_servers": bootstrap,
+            "set": "serve.state_shards=2,kafka.partitions=4",
+        }
+    )
+    assert isinstance(app, Application)
+    # the builder created the missing topics with the configured counts (this call only reads them)
+    counts = ensure_topics(bootstrap, {EVENTS_TOPIC: 4, ITEMS_TOPIC: 1, DEAD_LETTER_TOPIC: 1})
+    assert counts == {EVENTS_TOPIC: 4, ITEMS_TOPIC: 1, DEAD_LETTER_TOPIC: 1}
+    with pytest.raises(RaymmError, match="serve run needs Kafka"):
+        app_builder({"model": str(trained.ranked)})
+    with pytest.raises(ConfigError, match=r"exceeds kafka\.partitions"):
+        app_builder({"model": str(trained.ranked), "bootstrap_servers": "x:1", "set": "serve.state_shards=9"})
+
+
+def test_serve_run_refuses_a_topic_with_another_partition_count(trained: Trained, bootstrap: str) -> None:
+    ensure_topics(bootstrap, {EVENTS_TOPIC: 3})
+    with pytest.raises(TopicMismatchError) as raised:
+        app_builder(
+            {"model": str(trained.ranked), "bootstrap_servers": bootstrap, "set": "kafka.partitions=4"}
+        )
+    message = str(raised.value)
+    print(message)
+    assert f"{EVENTS_TOPIC!r} has 3 partitions, expected 4" in message
+    assert bootstrap in message and "kafka.partitions" in message
+
+
+# -- the deployed app ---------------------------------------------------------------------------------
 
 
 def _free_port() -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-import pytest
 from ray import serve
 
 from raymm.cli import main
@@ -49,19 +48,3 @@ def test_serve_dry_run_prints_the_plan(capsys) -> None:  # type: ignore[no-untyp
     assert main(["serve", "--dry-run", "--port", "8123"]) == 0
     out = capsys.readouterr().out
     assert "deploy" in out and "127.0.0.1:8123" in out and "embedded noida broker" in out
-
-
-def test_serve_run_builds_the_same_graph_from_a_config(trained: Trained) -> None:
-    from ray.serve import Application
-
-    from raymm.errors import ConfigError, RaymmError
-    from raymm.serve.app import app_builder
-
-    app = app_builder(
-        {"model": str(trained.ranked), "bootstrap_servers": "127.0.0.1:9", "set": "serve.state_shards=2"}
-    )
-    assert isinstance(app, Application)
-    with pytest.raises(RaymmError, match="serve run needs Kafka"):
-        app_builder({"model": str(trained.ranked)})
-    with pytest.raises(ConfigError, match=r"exceeds kafka\.partitions"):
-        app_builder({"model": str(trained.ranked), "bootstrap_servers": "x:1", "set": "serve.state_shards=9"})

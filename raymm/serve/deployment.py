@@ -1,0 +1,415 @@
+"""The serving replica: the model, batching, new items, and the answers the HTTP layer gives.
+
+:class:`RecommenderDeployment` is the one deployment of the app (:func:`raymm.serve.app.build_app`
+binds it). It answers HTTP itself, through ``@serve.ingress`` and the routes of
+:mod:`raymm.serve.http`: a separate ingress deployment in front of the model cost a Serve hop per
+request (~3.5 ms of CPU in the ingress replica, plus the recommender's side of the call,
+bench/serve_latency.py), for nothing, since the HTTP layer is thin and scales with the model.
+
+* **Users** are scored in batches: their live states in one call per state shard
+  (:class:`~raymm.serve.shard_client.ShardClient`), one scoring pass in a thread.
+* **Model roll-out**: the deployment's ``user_config`` holds the artifact URI; Serve calls
+  :meth:`RecommenderDeployment.reconfigure` on each running replica, which loads the new model
+  beside the old one and swaps them in one assignment, so in-flight and new requests are all
+  answered.
+* **New items**: a thread follows ``raymm.items`` (:meth:`RecommenderDeployment._consume_items`)
+  and adds what it reads to the catalog and the search index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ray import serve
+
+from raymm.recommend.index import IndexChoice
+from raymm.recommend.recommender import Recommendation, Recommender
+from raymm.recommend.search import SEARCH_MODALITIES
+from raymm.serve.http import ApiError, api
+from raymm.serve.served import ServedModel
+from raymm.serve.shard_client import ShardClient
+from raymm.stream.events import (
+    DEAD_LETTER_TOPIC,
+    EVENTS_TOPIC,
+    ITEMS_TOPIC,
+    DeadLetter,
+    ItemLimits,
+    ItemMessage,
+    Rejected,
+    UserEvent,
+    decode_item,
+)
+from raymm.stream.ownership import Ownership, Partitioner
+
+__all__ = ["RecommenderDeployment", "ServeArgs", "batched"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeArgs:
+    """What a replica needs, resolved once by :func:`~raymm.serve.app.build_app` (plain values:
+    it is pickled). ``partitions`` is the events topic's actual partition count, read from Kafka."""
+
+    bootstrap_servers: str
+    client_options: dict[str, Any]
+    partitions: int
+    world_size: int
+    max_k: int
+    max_body_bytes: int
+    state_timeout_s: float
+    partitioner: Partitioner = "murmur2"
+    max_item_bytes: int = 16 * 1024 * 1024
+    index: IndexChoice = field(default_factory=IndexChoice)
+    max_batch_size: int = 32
+    batch_wait_ms: float = 1.0
+    events_topic: str = EVENTS_TOPIC
+    items_topic: str = ITEMS_TOPIC
+    dead_letter_topic: str = DEAD_LETTER_TOPIC
+
+
+@dataclass
+class _SessionJob:
+    recent: list[str]
+    k: int
+
+
+@dataclass
+class _UserJob:
+    user_id: str
+    k: int
+
+
+@dataclass
+class _UserAnswer:
+    items: list[Recommendation]
+    fallback: str | None
+    model: Recommender
+    has_state: bool
+
+
+def _answer(
+    user_id: str | None, items: Sequence[Recommendation], model: Recommender, fallback: str | None
+) -> dict[str, Any]:
+    return {
+        "user_id": user_id,
+        "items": [{"item_id": r.item_id, "score": r.score} for r in items],
+        "model_version": model.version,
+        "fallback": fallback,
+    }
+
+
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
+def batched(
+    handler: Callable[[list[Job]], Awaitable[list[Result]]], max_batch_size: int, wait_ms: float
+) -> Callable[[Job], Awaitable[Result]]:
+    """``handler`` (a list of jobs in, one result per job out) as a function of one job, batched by
+    Serve: a batch runs when it holds ``max_batch_size`` jobs or its first has waited ``wait_ms``.
+
+    ``@serve.batch`` on a method fixes its sizes when the class is defined (one queue per method,
+    shared by every instance, changed only through setters); ours come from the configuration, so
+    each replica wraps its bound methods here, each wrapper with a batch queue of its own."""
+    batch: Any = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=wait_ms / 1000)
+    return batch(handler)
+
+
+# @serve.ingress copies `api` here: every route of raymm.serve.http is registered by now.
+@serve.ingress(api)
+class RecommenderDeployment:
+    """The replica: the artifact's model, batches of users scored with their live state, answers
+    for the routes of :mod:`raymm.serve.http`, writes to Kafka, and new items from ``raymm.items``
+    (a thread of its own)."""
+
+    def __init__(self, args: ServeArgs) -> None:
+        from ray.serve import metrics
+
+        self.args = args
+        self.served: ServedModel | None = None
+        self.shards = ShardClient(
+            Ownership(args.partitions, args.world_size, args.partitioner), args.state_timeout_s
+        )
+        self._producer: Any = None
+        self._users = batched(self._score_users, args.max_batch_size, args.batch_wait_ms)
+        self._sessions = batched(self._score_sessions, args.max_batch_size, args.batch_wait_ms)
+        self._stop = threading.Event()
+        self._items_thread: threading.Thread | None = None
+        self.latency = metrics.Histogram(
+            "raymm_recommend_latency_ms",
+            "time to answer a recommendation, ms",
+            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+            tag_keys=("endpoint",),
+        )
+        self.fallbacks = metrics.Counter(
+            "raymm_fallback_total", "answers by the fallback", tag_keys=("reason",)
+        )
+        self.live_items = metrics.Counter("raymm_live_items_total", "items added or updated from raymm.items")
+
+    @property
+    def model(self) -> Recommender | None:
+        return None if self.served is None else self.served.model
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.args.max_body_bytes
+
+    @property
+    def max_item_bytes(self) -> int:
+        return self.args.max_item_bytes
+
+    # -- model roll-out ------------------------------------------------------------------------
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load the artifact ``user_config["model"]`` and swap it in (a no-op for the same URI and
+        version). Live items are then read again from the start of ``raymm.items`` into it."""
+        uri = str(user_config["model"])
+        key = f"{uri}#{user_config.get('version', '')}"
+        if self.served is not None and self.served.key == key:
+            return
+        served = await asyncio.to_thread(ServedModel.load, uri, key, self.args.index)
+        self.served = served  # one assignment: a request sees the old model or the new
+        log.info("serving model %s from %s", served.model.version, uri)
+        self._start_items_follower()
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+    # -- live items ------------------------------------------------------------------------------
+
+    def _start_items_follower(self) -> None:
+        """Start :meth:`_consume_items` in a daemon thread, once per replica; it stops with
+        ``self._stop`` and follows whatever ``self.served`` holds."""
+        if self._items_thread is None:
+            self._items_thread = threading.Thread(target=self._consume_items, name="raymm-items", daemon=True)
+            self._items_thread.start()
+
+    def _consume_items(self) -> None:
+        """Read ``raymm.items`` from its start (every replica needs every item), encode new and
+        updated items with the artifact's encoders, and add them to the catalog and the index.
+        A roll-out starts the topic over for the new model. Bad messages go to the dead-letter
+        topic; nothing here stops the thread."""
+        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+        common = {"bootstrap_servers": self.args.bootstrap_servers, **self.args.client_options}
+        consumer = KafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **common)
+        dlq = KafkaProducer(acks="all", linger_ms=20, **common)
+        limits = ItemLimits()
+        applied_to: str | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if not consumer.assignment():
+                        partitions = consumer.partitions_for_topic(self.args.items_topic)
+                        if not partitions:
+                            self._stop.wait(2.0)
+                            continue
+                        consumer.assign(
+                            [TopicPartition(self.args.items_topic, p) for p in sorted(partitions)]
+                        )
+                    served = self.served
+                    if served is None:
+                        self._stop.wait(0.5)
+                        continue
+                    if served.key != applied_to:
+                        consumer.seek_to_beginning()
+                        applied_to = served.key
+                    # Non-blocking poll and a sleep when idle: a blocking poll spins on brokers
+                    # that answer fetches at once (see EventConsumer._run).
+                    batch = consumer.poll(timeout_ms=0, max_records=256)
+                    if not batch:
+                        self._stop.wait(0.1)
+                        continue
+                    items: list[ItemMessage] = []
+                    for records in batch.values():
+                        for record in records:
+                            try:
+                                items.append(decode_item(record.key, record.value, limits))
+                            except Rejected as rejected:
+                                letter = DeadLetter.of(
+                                    rejected,
+                                    record.key,
+                                    record.value,
+                                    record.topic,
+                                    record.partition,
+                                    record.offset,
+                                )
+                                key, value = letter.encode()
+                                dlq.send(self.args.dead_letter_topic, key=key, value=value)
+                    if items:
+                        self._add_items(served, items)
+                except Exception:  # the items stream never stops serving; the log says why
+                    log.exception("consuming %s failed; retrying in 2 s", self.args.items_topic)
+                    self._stop.wait(2.0)
+        finally:
+            consumer.close()
+            dlq.close(timeout=5)
+
+    def _add_items(self, served: ServedModel, items: Sequence[ItemMessage]) -> None:
+        added = served.add_items(items)
+        if added:
+            self.live_items.inc(added)
+
+    # -- answers (raymm.serve.http.Replica) ----------------------------------------------------
+
+    async def answer_user(self, user_id: str, k: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        self._check_k(k, self._require_model())
+        answer = await self._users(_UserJob(user_id, k))
+        if answer.fallback:
+            self.fallbacks.inc(tags={"reason": answer.fallback})
+        if answer.has_state and answer.items:
+            self.shards.record_served(user_id, [r.item_id for r in answer.items])
+        self.latency.observe((time.perf_counter() - start) * 1000, tags={"endpoint": "user"})
+        return _answer(user_id, answer.items, answer.model, answer.fallback)
+
+    async def answer_session(self, item_ids: list[str], k: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        model = self._require_model()
+        self._check_k(k, model)
+        unknown = [i for i in item_ids if i not in model.row_of]
+        if unknown:
+            raise ApiError(422, "unknown_items", f"unknown item ids: {unknown[:10]} ({len(unknown)} in all)")
+        items = await self._sessions(_SessionJob(item_ids, k))
+        self.latency.observe((time.perf_counter() - start) * 1000, tags={"endpoint": "session"})
+        return _answer(None, items, model, None)
+
+    def answer_similar(self, item_id: str, k: int) -> dict[str, Any]:
+        model = self._require_model()
+        self._check_k(k, model)
+        if item_id not in model.row_of:
+            raise ApiError(404, "unknown_item", f"item {item_id!r} is not in the catalog")
+        items = model.similar(item_id, k)
+        return {
+            "item_id": item_id,
+            "items": [{"item_id": r.item_id, "score": r.score} for r in items],
+            "model_version": model.version,
+        }
+
+    async def answer_search(self, query: str, k: int, modality: str) -> dict[str, Any]:
+        start = time.perf_counter()
+        served = self.served
+        if served is None:
+            raise ApiError(503, "no_model", "the model is still loading")
+        if modality not in SEARCH_MODALITIES:
+            raise ApiError(
+                422, "unknown_modality", f"modality {modality!r} is none of {', '.join(SEARCH_MODALITIES)}"
+            )
+        self._check_k(k, served.model)
+        if served.encoder is None or served.search is None:
+            raise ApiError(503, "search_unavailable", served.unavailable)
+        if modality not in served.search.modalities:
+            raise ApiError(
+                422,
+                "unknown_modality",
+                f"the model was not trained with {modality!r}; try {served.search.modalities}",
+            )
+        hits = await asyncio.to_thread(served.search_text, query, k, modality)
+        self.latency.observe((time.perf_counter() - start) * 1000, tags={"endpoint": "search"})
+        return {
+            "query": query,
+            "modality": modality,
+            "items": [{"item_id": h.item_id, "score": h.score} for h in hits],
+            "model_version": served.model.version,
+        }
+
+    async def health(self) -> dict[str, Any]:
+        shards = await self.shards.health()
+        served = self.served
+        ok = served is not None and all(s.get("alive") for s in shards)
+        return {
+            "status": "ok" if ok else "degraded",
+            "model_version": None if served is None else served.model.version,
+            "shards": shards,
+            "items": None if served is None else len(served.model.item_ids),
+            "live_items": None if served is None else served.items_added,
+            "search": None if served is None else (served.unavailable or "ok"),
+        }
+
+    def _require_model(self) -> Recommender:
+        model = self.model
+        if model is None:
+            raise ApiError(503, "no_model", "the model is still loading")
+        return model
+
+    def _check_k(self, k: int, model: Recommender) -> None:
+        limit = min(self.args.max_k, model.max_k)
+        if not 1 <= k <= limit:
+            raise ApiError(422, "k_out_of_range", f"k must be in [1, {limit}], got {k}")
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    async def _score_users(self, jobs: list[_UserJob]) -> list[_UserAnswer]:
+        """Users' recommendations, batched (:func:`batched`): their states in one call per shard,
+        one scoring pass.
+
+        A state call per request was the largest cost of a request in the replica (py-spy). The
+        batch waits up to ``serve.batch_wait_ms`` for company. It is scored in a thread: faiss and
+        torch release the GIL, so the search runs on another core while the loop parses the next
+        requests (scoring on the loop lowered the replica's saturation from ~150 to ~120/s)."""
+        model = self._require_model()  # one model for the whole batch, even mid roll-out
+        states = await self.shards.user_states([job.user_id for job in jobs])
+        recent, seen, fallbacks = [], [], []
+        for state, fallback in states:
+            recent.append(model.known(state["history"]) if state else [])
+            seen.append(model.known(state["seen"]) if state else [])
+            fallbacks.append("no_history" if state is not None and not recent[-1] else fallback)
+        k = max(job.k for job in jobs)
+        answers = await asyncio.to_thread(model.recommend_many, recent, k, seen=seen)
+        return [
+            _UserAnswer(answer[: job.k], fallback, model, state is not None)
+            for answer, job, fallback, (state, _) in zip(answers, jobs, fallbacks, states, strict=True)
+        ]
+
+    async def _score_sessions(self, jobs: list[_SessionJob]) -> list[list[Recommendation]]:
+        """Guest sessions' recommendations, batched (:func:`batched`), scored in a thread."""
+        model = self._require_model()  # one model for the whole batch, even mid roll-out
+        k = max(job.k for job in jobs)
+        answers = await asyncio.to_thread(model.recommend_many, [j.recent for j in jobs], k)
+        return [answer[: job.k] for answer, job in zip(answers, jobs, strict=True)]
+
+    # -- Kafka -----------------------------------------------------------------------------------
+
+    async def publish_event(self, event: UserEvent) -> dict[str, Any]:
+        return await self._send(self.args.events_topic, *event.encode())
+
+    async def publish_item(self, item: ItemMessage) -> dict[str, Any]:
+        return await self._send(self.args.items_topic, *item.encode())
+
+    async def _send(self, topic: str, key: bytes, value: bytes) -> dict[str, Any]:
+        """Write one message and wait for the broker's acknowledgement (in a thread)."""
+        metadata = await asyncio.to_thread(self._kafka().send(topic, key=key, value=value).get, 10)
+        return {"topic": metadata.topic, "partition": metadata.partition, "offset": metadata.offset}
+
+    def _kafka(self) -> Any:
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.args.bootstrap_servers,
+                acks="all",
+                linger_ms=1,
+                **self.args.client_options,
+            )
+        return self._producer
+
+    # -- through a handle (operators, benchmarks) ------------------------------------------------
+
+    async def recommend_user(self, user_id: str, k: int) -> dict[str, Any]:
+        """``GET /v1/recommendations/{user_id}`` without HTTP; an error comes back as a value
+        (:meth:`ApiError.answer`)."""
+        try:
+            return await self.answer_user(user_id, k)
+        except ApiError as exc:
+            return exc.answer()
+
+    async def shard_call(self, rank: int, method: str, *args: Any) -> Any:
+        """Call a shard method (for operators and tests: ``export``, ``metrics``, ``offsets``, ``stop``)."""
+        return await self.shards.call(rank, method, *args)
