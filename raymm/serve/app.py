@@ -66,12 +66,20 @@ def _checked_ownership(config: RaymmConfig, bootstrap_servers: str) -> Ownership
 
     Creates the topics that are missing (:func:`raymm.stream.broker.ensure_topics`). Raises
     :class:`~raymm.stream.broker.TopicMismatchError` naming the topic, its count and
-    ``kafka.partitions`` when they differ, and kafka-python's ``KafkaError`` when Kafka is
-    unreachable or refuses.
+    ``kafka.partitions`` when they differ, and :class:`~raymm.errors.RaymmError` naming the
+    servers when Kafka is unreachable or refuses.
     """
+    from kafka.errors import KafkaError
+
     kafka = config.kafka
     try:
         counts = ensure_topics(bootstrap_servers, kafka.topics(), **kafka.client_options())
+    except KafkaError as exc:
+        raise RaymmError(
+            f"Kafka at {bootstrap_servers} could not create or check raymm's topics ({exc!r}): the app "
+            "reads events from it, so it must be reachable when the app is built "
+            "(bootstrap_servers=HOST:PORT or kafka.bootstrap_servers, and kafka.security_protocol)"
+        ) from exc
     except TopicMismatchError as exc:
         raise TopicMismatchError(
             f"{exc}. Set kafka.partitions ({EVENTS_TOPIC}) or kafka.item_partitions ({ITEMS_TOPIC}) to "

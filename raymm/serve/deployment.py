@@ -12,15 +12,15 @@ bench/serve_latency.py), for nothing, since the HTTP layer is thin and scales wi
   :meth:`RecommenderDeployment.reconfigure` on each running replica, which loads the new model
   beside the old one and swaps them in one assignment, so in-flight and new requests are all
   answered.
-* **New items**: a thread follows ``raymm.items`` (:meth:`RecommenderDeployment._consume_items`)
-  and adds what it reads to the catalog and the search index.
+* **New items**: an :class:`~raymm.stream.items.ItemsFollower` (the stream layer's poll loop, in
+  a thread of its own) follows ``raymm.items`` and adds what it reads to the catalog and the
+  search index; its dead letters are counted like the events'.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,13 +38,11 @@ from raymm.stream.events import (
     DEAD_LETTER_TOPIC,
     EVENTS_TOPIC,
     ITEMS_TOPIC,
-    DeadLetter,
     ItemLimits,
     ItemMessage,
-    Rejected,
     UserEvent,
-    decode_item,
 )
+from raymm.stream.items import ItemsFollower
 from raymm.stream.ownership import Ownership, Partitioner
 
 __all__ = ["RecommenderDeployment", "ServeArgs", "batched"]
@@ -140,8 +138,7 @@ class RecommenderDeployment:
         self._producer: Any = None
         self._users = batched(self._score_users, args.max_batch_size, args.batch_wait_ms)
         self._sessions = batched(self._score_sessions, args.max_batch_size, args.batch_wait_ms)
-        self._stop = threading.Event()
-        self._items_thread: threading.Thread | None = None
+        self.items: ItemsFollower | None = None
         self.latency = metrics.Histogram(
             "raymm_recommend_latency_ms",
             "time to answer a recommendation, ms",
@@ -152,6 +149,11 @@ class RecommenderDeployment:
             "raymm_fallback_total", "answers by the fallback", tag_keys=("reason",)
         )
         self.live_items = metrics.Counter("raymm_live_items_total", "items added or updated from raymm.items")
+        self.item_dead_letters = metrics.Counter(
+            "raymm_items_dead_letters_total",
+            "raymm.items messages sent to the dead-letter topic",
+            ("reason",),
+        )
 
     @property
     def model(self) -> Recommender | None:
@@ -180,77 +182,32 @@ class RecommenderDeployment:
         self._start_items_follower()
 
     def __del__(self) -> None:
-        self._stop.set()
+        if self.items is not None:
+            self.items.stop(timeout_s=5)
 
     # -- live items ------------------------------------------------------------------------------
 
     def _start_items_follower(self) -> None:
-        """Start :meth:`_consume_items` in a daemon thread, once per replica; it stops with
-        ``self._stop`` and follows whatever ``self.served`` holds."""
-        if self._items_thread is None:
-            self._items_thread = threading.Thread(target=self._consume_items, name="raymm-items", daemon=True)
-            self._items_thread.start()
+        """Follow ``raymm.items`` into the served model: started by the first model, read again
+        from the start by every roll-out (the new model encodes every live item itself)."""
+        if self.items is None:
+            self.items = ItemsFollower(
+                self.args.bootstrap_servers,
+                self._on_items,
+                topic=self.args.items_topic,
+                dead_letter_topic=self.args.dead_letter_topic,
+                limits=ItemLimits(max_value_bytes=self.args.max_item_bytes),
+                client_options=self.args.client_options,
+            )
+            self.items.on_dead_letter = lambda reason: self.item_dead_letters.inc(tags={"reason": reason})
+            self.items.start()
+        else:
+            self.items.restart()
 
-    def _consume_items(self) -> None:
-        """Read ``raymm.items`` from its start (every replica needs every item), encode new and
-        updated items with the artifact's encoders, and add them to the catalog and the index.
-        A roll-out starts the topic over for the new model. Bad messages go to the dead-letter
-        topic; nothing here stops the thread."""
-        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-        common = {"bootstrap_servers": self.args.bootstrap_servers, **self.args.client_options}
-        consumer = KafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **common)
-        dlq = KafkaProducer(acks="all", linger_ms=20, **common)
-        limits = ItemLimits()
-        applied_to: str | None = None
-        try:
-            while not self._stop.is_set():
-                try:
-                    if not consumer.assignment():
-                        partitions = consumer.partitions_for_topic(self.args.items_topic)
-                        if not partitions:
-                            self._stop.wait(2.0)
-                            continue
-                        consumer.assign(
-                            [TopicPartition(self.args.items_topic, p) for p in sorted(partitions)]
-                        )
-                    served = self.served
-                    if served is None:
-                        self._stop.wait(0.5)
-                        continue
-                    if served.key != applied_to:
-                        consumer.seek_to_beginning()
-                        applied_to = served.key
-                    # Non-blocking poll and a sleep when idle: a blocking poll spins on brokers
-                    # that answer fetches at once (see EventConsumer._run).
-                    batch = consumer.poll(timeout_ms=0, max_records=256)
-                    if not batch:
-                        self._stop.wait(0.1)
-                        continue
-                    items: list[ItemMessage] = []
-                    for records in batch.values():
-                        for record in records:
-                            try:
-                                items.append(decode_item(record.key, record.value, limits))
-                            except Rejected as rejected:
-                                letter = DeadLetter.of(
-                                    rejected,
-                                    record.key,
-                                    record.value,
-                                    record.topic,
-                                    record.partition,
-                                    record.offset,
-                                )
-                                key, value = letter.encode()
-                                dlq.send(self.args.dead_letter_topic, key=key, value=value)
-                    if items:
-                        self._add_items(served, items)
-                except Exception:  # the items stream never stops serving; the log says why
-                    log.exception("consuming %s failed; retrying in 2 s", self.args.items_topic)
-                    self._stop.wait(2.0)
-        finally:
-            consumer.close()
-            dlq.close(timeout=5)
+    def _on_items(self, items: list[ItemMessage]) -> None:
+        served = self.served
+        if served is not None:
+            self._add_items(served, items)
 
     def _add_items(self, served: ServedModel, items: Sequence[ItemMessage]) -> None:
         added = served.add_items(items)
@@ -331,6 +288,18 @@ class RecommenderDeployment:
             "items": None if served is None else len(served.model.item_ids),
             "live_items": None if served is None else served.items_added,
             "search": None if served is None else (served.unavailable or "ok"),
+            "items_follower": None if self.items is None else self._follower_health(self.items),
+        }
+
+    @staticmethod
+    def _follower_health(items: ItemsFollower) -> dict[str, Any]:
+        loop = items.loop_metrics()
+        return {
+            "alive": items.alive(),
+            "items": items.items_seen,
+            "dead_letters": loop.dead_letters,
+            "dead_letters_by_reason": loop.dead_letters_by_reason,
+            "lag": sum(loop.lag.values()),
         }
 
     def _require_model(self) -> Recommender:

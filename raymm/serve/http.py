@@ -136,6 +136,8 @@ class Health(BaseModel):
     items: int | None = None
     live_items: int | None = None
     search: str | None = None
+    #: The ``raymm.items`` follower: alive, items read, dead letters (by reason), lag.
+    items_follower: dict[str, Any] | None = None
 
 
 # -- what the routes need of the replica --------------------------------------------------------

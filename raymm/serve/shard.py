@@ -127,6 +127,9 @@ class StateShard:
             "lag": metrics.total_lag if set(metrics.lag) == set(metrics.partitions) else None,
             "applied": metrics.applied,
             "dead_letters": metrics.dead_letters,
+            # events this shard sent on to their owner partition, and forwards it skipped as repeats
+            "forwarded": metrics.forwarded,
+            "forwarded_again": metrics.forwarded_again,
         }
 
     def metrics(self) -> dict[str, Any]:
@@ -139,6 +142,8 @@ class StateShard:
             "lag": m.lag,
             "dead_letters": m.dead_letters,
             "dead_letters_by_reason": m.dead_letters_by_reason,
+            "forwarded": m.forwarded,
+            "forwarded_again": m.forwarded_again,
             "latency_ms_p50": m.latency_ms_p50,
             "latency_ms_p99": m.latency_ms_p99,
             "snapshots": m.snapshots,
@@ -201,6 +206,12 @@ class _ShardMetrics:
             "raymm_stream_event_to_state_ms", "Kafka timestamp to applied, ms", ("rank", "quantile")
         )
         self.hit_rate = metrics.Gauge("raymm_online_hit_rate", "next events that hit a served item", tags)
+        self.forwarded = metrics.Gauge(
+            "raymm_stream_forwarded", "events forwarded to their user's owner partition", tags
+        )
+        self.forwarded_again = metrics.Gauge(
+            "raymm_stream_forwarded_again", "forwarded events skipped: their source offset was applied", tags
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="raymm-shard-metrics", daemon=True)
         self._thread.start()
@@ -212,6 +223,8 @@ class _ShardMetrics:
                 rank = {"rank": str(self.shard.rank)}
                 self.events.set(m.events_per_s, rank)
                 self.dead.set(m.dead_letters, rank)
+                self.forwarded.set(m.forwarded, rank)
+                self.forwarded_again.set(m.forwarded_again, rank)
                 for partition, lag in m.lag.items():
                     self.lag.set(lag, {**rank, "partition": str(partition)})
                 for quantile, value in (("0.5", m.latency_ms_p50), ("0.99", m.latency_ms_p99)):

@@ -113,6 +113,8 @@ class PollLoop:
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
         self._lag: dict[int, int] = {}
         self._positions: dict[int, int] = {}
+        #: Called with the reason of every dead letter, in the loop's thread (a metrics counter).
+        self.on_dead_letter: Callable[[str], None] | None = None
 
     # -- what a subclass says -------------------------------------------------------------------
 
@@ -288,6 +290,8 @@ class PollLoop:
         producer.send(self.dead_letter_topic, key=key, value=value)
         self._dead += 1
         self._dead_by_reason[rejected.reason] += 1
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(rejected.reason)
 
     def _partition_count(self, timeout_s: float = 30.0) -> int:
         """The topic's partition count as the broker reports it; ConsumerError if it does not exist."""

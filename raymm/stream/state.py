@@ -1,7 +1,7 @@
 """Live user state from ``raymm.events``, by the model's user-state spec, applied exactly once.
 
-A user's state lives in the partition of their key (Kafka's default partitioner on ``user_id``),
-and a consumer owns whole partitions. So the state is kept per partition, together with the offset
+A user's state lives in their owner partition (:mod:`raymm.stream.ownership`; an event that
+arrives elsewhere is forwarded there by the consumer), and a consumer owns whole partitions. So the state is kept per partition, together with the offset
 applied last in it: :meth:`UserStateStore.apply_batch` skips anything at or below that offset,
 which makes re-delivery after a restart harmless, and a snapshot of one partition (its users and
 its offset, :mod:`raymm.stream.snapshot`) is all a new owner needs to take it over.
