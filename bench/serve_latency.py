@@ -712,7 +712,7 @@ async def handle_load(
 ) -> dict[str, Any]:
     """The Recommender deployment called through a DeploymentHandle at ``rate`` (no HTTP, no HAProxy)."""
 
-    from raymm.serve.shard import owner_rank
+    from raymm.stream.ownership import owner_rank
 
     handle = recommender_handle(app_name)
 
@@ -743,7 +743,7 @@ async def handle_load(
 def user_states(app_name: str, users: list[str]) -> dict[str, dict[str, Any]]:
     """Every user's live state, read from the shard that owns them."""
 
-    from raymm.serve.shard import owner_rank
+    from raymm.stream.ownership import owner_rank
 
     handle = recommender_handle(app_name)
     states: dict[str, dict[str, Any]] = {}

@@ -26,12 +26,12 @@ from typing import Any
 
 from raymm.stream.consumer import EventConsumer
 from raymm.stream.events import Event
-from raymm.stream.ownership import Partitioner, owner_rank  # owner_rank re-exported for bench/
+from raymm.stream.ownership import Partitioner
 from raymm.stream.settings import StreamSettings
 from raymm.stream.snapshot import SnapshotStore
 from raymm.stream.state import StateSpec, UserStateStore
 
-__all__ = ["StateShard", "owner_rank", "shard_name"]
+__all__ = ["StateShard", "shard_name"]
 
 log = logging.getLogger(__name__)
 

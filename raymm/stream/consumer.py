@@ -53,7 +53,7 @@ from kafka.structs import OffsetAndMetadata
 
 from raymm.stream.events import DEAD_LETTER_TOPIC, Event, EventDecoder, EventLimits, Rejected
 from raymm.stream.loop import ConsumerError, PollLoop
-from raymm.stream.ownership import Ownership, Partitioner, owned_partitions, owner_rank
+from raymm.stream.ownership import Ownership, Partitioner, owned_partitions
 from raymm.stream.settings import StreamSettings
 from raymm.stream.snapshot import SnapshotStore, encode_snapshot
 from raymm.stream.state import UserStateStore
@@ -64,8 +64,6 @@ __all__ = [
     "ConsumerMetrics",
     "EventConsumer",
     "forwarded_source",
-    "owned_partitions",
-    "owner_rank",
 ]
 
 log = logging.getLogger(__name__)

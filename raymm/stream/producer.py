@@ -25,9 +25,9 @@ from raymm.data import io
 from raymm.data.schema import conform_interactions
 from raymm.errors import RaymmError
 from raymm.stream.events import EVENTS_TOPIC, UserEvent
-from raymm.stream.ownership import Ownership, Partitioner, partition_for
+from raymm.stream.ownership import Ownership, Partitioner
 
-__all__ = ["ReplayError", "ReplayResult", "partition_for", "replay"]
+__all__ = ["ReplayError", "ReplayResult", "replay"]
 
 _BATCH_ROWS = 4096
 

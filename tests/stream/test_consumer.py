@@ -24,7 +24,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from raymm.stream.broker import EmbeddedBroker, ensure_topics
-from raymm.stream.consumer import EventConsumer, owned_partitions, owner_rank
+from raymm.stream.consumer import EventConsumer
 from raymm.stream.events import (
     DeadLetter,
     Event,
@@ -34,7 +34,7 @@ from raymm.stream.events import (
     UserEvent,
     decode_event,
 )
-from raymm.stream.producer import partition_for
+from raymm.stream.ownership import owned_partitions, owner_rank, partition_for
 from raymm.stream.snapshot import SnapshotStore
 from raymm.stream.state import StateSpec, UserRecord, UserStateStore
 
