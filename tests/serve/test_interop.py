@@ -30,7 +30,7 @@ from raymm.stream.events import EVENTS_TOPIC, UserEvent
 from raymm.stream.ownership import partition_for
 from raymm.stream.producer import replay
 from tests.conftest import Trained
-from tests.serve.test_app import _free_port
+from tests.serve.test_app import _free_port, _until
 
 PARTITIONS = 6
 SKIPS = 5
@@ -76,15 +76,6 @@ def app(
         finally:
             serve.delete("raymm")
             serve.shutdown()
-
-
-def _until(check: Callable[[], object], timeout_s: float = 30.0) -> object:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.2)
 
 
 def _events(route: str, skipped: list[str], liked: str) -> list[UserEvent]:

@@ -8,21 +8,12 @@ import json
 import time
 import uuid
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 from raymm.stream.broker import EmbeddedBroker, ensure_topics
 from raymm.stream.events import DeadLetter, ItemMessage
 from raymm.stream.items import ItemsFollower
-
-
-def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    try:
-        for key, value in messages:
-            producer.send(topic, key=key, value=value)
-        producer.flush()
-    finally:
-        producer.close()
+from tests.stream.test_consumer import _produce
 
 
 def _poll_until(follower: ItemsFollower, done: object, timeout_s: float = 20.0) -> None:
