@@ -541,7 +541,7 @@ def cmd_broker(args: argparse.Namespace, config: RaymmConfig) -> int:
     if plan.dry_run(args, config):
         return EXIT_OK
     with EmbeddedBroker(kind, port=args.port, data_dir=args.data_dir) as broker:
-        ensure_topics(broker.bootstrap_servers, config.kafka.topics())
+        ensure_topics(broker.bootstrap_servers, config.kafka.topics(), configs=config.kafka.topic_configs())
         print_summary(
             "broker",
             [
@@ -579,7 +579,7 @@ def cmd_produce(args: argparse.Namespace, config: RaymmConfig) -> int:
     if not io.exists(events):
         raise RaymmError(f"no events to replay: {events} does not exist (--events FILE)")
     options = config.kafka.client_options()
-    ensure_topics(bootstrap, config.kafka.topics(), **options)
+    ensure_topics(bootstrap, config.kafka.topics(), configs=config.kafka.topic_configs(), **options)
     result = replay(
         events,
         bootstrap,

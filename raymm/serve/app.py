@@ -73,7 +73,9 @@ def _checked_ownership(config: RaymmConfig, bootstrap_servers: str) -> Ownership
 
     kafka = config.kafka
     try:
-        counts = ensure_topics(bootstrap_servers, kafka.topics(), **kafka.client_options())
+        counts = ensure_topics(
+            bootstrap_servers, kafka.topics(), configs=kafka.topic_configs(), **kafka.client_options()
+        )
     except KafkaError as exc:
         raise RaymmError(
             f"Kafka at {bootstrap_servers} could not create or check raymm's topics ({exc!r}): the app "

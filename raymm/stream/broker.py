@@ -431,9 +431,13 @@ def ensure_topics(
     *,
     replication_factor: int = -1,
     timeout_s: float = 30.0,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
     **client_options: Any,
 ) -> dict[str, int]:
     """Create the missing ``{topic: partitions}`` and check the existing ones; returns the counts.
+
+    ``configs`` gives topic settings for the topics it creates (``{topic: {"cleanup.policy":
+    ...}}``, e.g. :meth:`KafkaSettings.topic_configs`); existing topics keep theirs.
 
     Idempotent, and safe against another process creating the same topic at the same time.
     ``replication_factor=-1`` takes the broker's default. ``client_options`` go to
@@ -458,7 +462,11 @@ def ensure_topics(
         if missing:
             response = admin.create_topics(
                 {
-                    name: {"num_partitions": n, "replication_factor": replication_factor}
+                    name: {
+                        "num_partitions": n,
+                        "replication_factor": replication_factor,
+                        "configs": dict((configs or {}).get(name, {})),
+                    }
                     for name, n in missing.items()
                 },
                 timeout_ms=timeout_ms,

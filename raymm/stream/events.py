@@ -399,6 +399,12 @@ class DeadLetter(BaseModel):
             None if self.value_b64 is None else base64.b64decode(self.value_b64),
         )
 
-    def encode(self) -> tuple[bytes | None, bytes]:
-        """(key, value) for the dead-letter topic: the original key, and this record as JSON."""
-        return self.original()[0], self.model_dump_json().encode()
+    def key(self) -> bytes:
+        """Where the refused message was: ``topic:partition:offset``, one key per message, so the
+        copies sent again by a replay or by a second cluster collapse on a compacted topic."""
+        return f"{self.topic}:{self.partition}:{self.offset}".encode()
+
+    def encode(self) -> tuple[bytes, bytes]:
+        """(key, value) for the dead-letter topic: :meth:`key`, and this record as JSON (the
+        original key and value are inside, base64)."""
+        return self.key(), self.model_dump_json().encode()

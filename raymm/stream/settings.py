@@ -87,6 +87,12 @@ class KafkaSettings(BaseModel):
                 options[name] = getattr(self, name)
         return options
 
+    def topic_configs(self) -> dict[str, dict[str, str]]:
+        """Settings of the topics raymm creates: dead letters are keyed by their source
+        ``topic:partition:offset`` on a compacted topic, so the copies a replay or a second
+        cluster sends collapse to one (and still expire with the topic's retention)."""
+        return {DEAD_LETTER_TOPIC: {"cleanup.policy": "compact,delete"}}
+
     def topics(self) -> dict[str, int]:
         """The topics raymm produces to, with their partition counts, for :func:`ensure_topics`."""
         return {EVENTS_TOPIC: self.partitions, ITEMS_TOPIC: self.item_partitions, DEAD_LETTER_TOPIC: 1}

@@ -16,10 +16,12 @@ there is a previous good one to fall back to.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -38,6 +40,8 @@ FORMAT = "raymm.user-state"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 SUFFIX = ".snap"
+#: How many times a restore lists a partition's snapshots while another owner prunes them.
+_RESTORE_LISTINGS = 3
 
 _SCHEMA = pa.schema(
     [
@@ -207,12 +211,21 @@ class SnapshotStore:
         return io.join(self.root, topic, f"p{partition:05d}")
 
     def save(self, snapshot_bytes: bytes, topic: str, partition: int, applied_offset: int) -> str:
-        """Write one snapshot (atomically) and drop the oldest beyond ``keep``; returns its URI."""
+        """Write one snapshot (atomically) and drop the oldest beyond ``keep``; returns its URI.
+
+        A snapshot is never overwritten: its name is the next offset, the time and a random
+        suffix, so two owners of one partition (an upgrade's two clusters, a roll-out's two sets
+        of shards) writing the same offset at the same microsecond write two files. Both hold
+        the same state, a deterministic fold of the log up to that offset. Either owner may
+        prune the other's old snapshots; one already gone is no error.
+        """
         now_us = int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000)
-        uri = io.join(self.directory(topic, partition), f"{applied_offset + 1:020d}-{now_us:017d}{SUFFIX}")
+        name = f"{applied_offset + 1:020d}-{now_us:017d}-{uuid.uuid4().hex[:8]}{SUFFIX}"
+        uri = io.join(self.directory(topic, partition), name)
         io.write_bytes(snapshot_bytes, uri)
         for old in self.list(topic, partition)[self.keep :]:
-            io.remove(old)
+            with contextlib.suppress(FileNotFoundError):  # the other owner pruned it first
+                io.remove(old)
         return uri
 
     def list(self, topic: str, partition: int) -> list[str]:
@@ -231,32 +244,19 @@ class SnapshotStore:
         of the log when none is valid (the partition is then replayed from its first offset).
         """
         skipped: list[str] = []
-        for uri in self.list(topic, partition):
-            try:
-                snapshot = decode_snapshot(io.read_bytes(uri, "state snapshot"), uri)
-            except (SnapshotCorrupt, DataError) as exc:
-                log.warning("skipping corrupt snapshot of %s partition %d: %s", topic, partition, exc)
-                skipped.append(str(exc))
-                continue
-            if snapshot.topic != topic or snapshot.partition != partition:
-                reason = (
-                    f"{uri}: holds {snapshot.topic} partition {snapshot.partition}, not {topic} {partition}"
-                )
-                log.warning("skipping misplaced snapshot: %s", reason)
-                skipped.append(reason)
-                continue
-            if skipped:
-                log.warning(
-                    "%s partition %d: restored the previous good snapshot %s (applied offset %d) after "
-                    "skipping %d corrupt one(s); replaying from offset %d",
-                    topic,
-                    partition,
-                    uri,
-                    snapshot.applied_offset,
-                    len(skipped),
-                    snapshot.applied_offset + 1,
-                )
-            return Restored(snapshot, uri, tuple(skipped))
+        tried: set[str] = set()
+        listed = self.list(topic, partition)
+        for attempt in range(_RESTORE_LISTINGS):
+            found = _newest_valid(topic, partition, [u for u in listed if u not in tried], skipped)
+            tried.update(listed)
+            if found is not None:
+                return found
+            # Every one listed was corrupt, or some vanished: another owner pruned them after
+            # writing newer ones. List again; stop when the listing no longer changes.
+            again = self.list(topic, partition)
+            if again == listed or attempt == _RESTORE_LISTINGS - 1:
+                break
+            listed = again
         if skipped:
             log.warning(
                 "%s partition %d: no valid snapshot (%d corrupt); replaying the partition from the start "
@@ -266,3 +266,34 @@ class SnapshotStore:
                 len(skipped),
             )
         return Restored(None, None, tuple(skipped))
+
+
+def _newest_valid(topic: str, partition: int, listed: list[str], skipped: list[str]) -> Restored | None:
+    """The first snapshot of ``listed`` (newest first) that is valid; ``skipped`` gets why not."""
+    for uri in listed:
+        try:
+            snapshot = decode_snapshot(io.read_bytes(uri, "state snapshot"), uri)
+        except (SnapshotCorrupt, DataError) as exc:
+            if not io.exists(uri):
+                continue  # pruned by another owner since the listing: not corrupt
+            log.warning("skipping corrupt snapshot of %s partition %d: %s", topic, partition, exc)
+            skipped.append(str(exc))
+            continue
+        if snapshot.topic != topic or snapshot.partition != partition:
+            reason = f"{uri}: holds {snapshot.topic} partition {snapshot.partition}, not {topic} {partition}"
+            log.warning("skipping misplaced snapshot: %s", reason)
+            skipped.append(reason)
+            continue
+        if skipped:
+            log.warning(
+                "%s partition %d: restored the previous good snapshot %s (applied offset %d) after "
+                "skipping %d corrupt one(s); replaying from offset %d",
+                topic,
+                partition,
+                uri,
+                snapshot.applied_offset,
+                len(skipped),
+                snapshot.applied_offset + 1,
+            )
+        return Restored(snapshot, uri, tuple(skipped))
+    return None
