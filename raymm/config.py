@@ -281,6 +281,9 @@ class ServeConfig(StrictModel):
     max_body_bytes: int = Field(65_536, gt=0)
     #: How long a request waits for its user's state before the fallback answers.
     state_timeout_s: float = Field(0.5, gt=0)
+    #: How long a new replica waits for every state shard to catch up (``stream.ready_max_lag``)
+    #: before it takes traffic; past it the replica fails to start, naming the shards behind.
+    ready_timeout_s: float = Field(1_800.0, gt=0)
     #: An event hits when its item was served to the user within this many seconds.
     hit_window_s: float = Field(600.0, gt=0)
     #: Concurrent requests scored together (Serve's batching): the most per batch, and how long

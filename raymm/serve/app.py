@@ -115,6 +115,7 @@ def build_app(
         max_k=settings.max_k,
         max_body_bytes=settings.max_body_bytes,
         state_timeout_s=settings.state_timeout_s,
+        ready_timeout_s=settings.ready_timeout_s,
         index=IndexChoice(settings.index, settings.faiss_min_items, settings.nprobe),
         max_batch_size=settings.max_batch_size,
         batch_wait_ms=settings.batch_wait_ms,

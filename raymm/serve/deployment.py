@@ -62,6 +62,7 @@ class ServeArgs:
     max_k: int
     max_body_bytes: int
     state_timeout_s: float
+    ready_timeout_s: float = 1_800.0
     partitioner: Partitioner = "murmur2"
     max_item_bytes: int = 16 * 1024 * 1024
     index: IndexChoice = field(default_factory=IndexChoice)
@@ -177,6 +178,8 @@ class RecommenderDeployment:
         if self.served is not None and self.served.key == key:
             return
         served = await asyncio.to_thread(ServedModel.load, uri, key, self.args.index)
+        if self.served is None:  # a new replica: take traffic only once the state has caught up
+            await self._wait_until_ready()
         self.served = served  # one assignment: a request sees the old model or the new
         log.info("serving model %s from %s", served.model.version, uri)
         self._start_items_follower()
@@ -184,6 +187,31 @@ class RecommenderDeployment:
     def __del__(self) -> None:
         if self.items is not None:
             self.items.stop(timeout_s=5)
+
+    async def _wait_until_ready(self) -> None:
+        """Wait until every state shard has caught up with its partitions (``ready``).
+
+        Serve counts the replica as starting until then, so a new cluster (a KubeRay
+        ``NewCluster`` upgrade) or a new app version gets no traffic while its shards replay, and
+        the old one keeps answering. Past ``ready_timeout_s`` the replica fails, naming the
+        shards still behind."""
+        deadline = time.monotonic() + self.args.ready_timeout_s
+        next_report = time.monotonic() + 10.0
+        while True:
+            shards = await self.shards.health()
+            behind = [s for s in shards if not (s.get("alive") and s.get("ready"))]
+            if not behind:
+                return
+            now = time.monotonic()
+            if now > deadline:
+                raise RuntimeError(
+                    f"state shards still behind after {self.args.ready_timeout_s:.0f} s "
+                    f"(serve.ready_timeout_s): {behind}"
+                )
+            if now > next_report:
+                log.info("waiting for state shards to catch up: %s", behind)
+                next_report = now + 10.0
+            await asyncio.sleep(0.2)
 
     # -- live items ------------------------------------------------------------------------------
 
@@ -280,7 +308,7 @@ class RecommenderDeployment:
     async def health(self) -> dict[str, Any]:
         shards = await self.shards.health()
         served = self.served
-        ok = served is not None and all(s.get("alive") for s in shards)
+        ok = served is not None and all(s.get("alive") and s.get("ready") for s in shards)
         return {
             "status": "ok" if ok else "degraded",
             "model_version": None if served is None else served.model.version,

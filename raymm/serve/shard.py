@@ -83,6 +83,8 @@ class StateShard:
             partitions=partitions,
         )
         self.hit_window_s = hit_window_s
+        self.ready_max_lag = settings.ready_max_lag
+        self._ready = False
         self._served: dict[str, collections.deque[tuple[float, frozenset[str]]]] = {}
         self._served_lock = threading.Lock()
         self._hits = self._checked = 0
@@ -119,12 +121,18 @@ class StateShard:
 
     def health(self) -> dict[str, Any]:
         metrics = self.consumer.metrics()
+        # None until every owned partition's end is known (right after a start or a move)
+        lag = metrics.total_lag if set(metrics.lag) == set(metrics.partitions) else None
+        # Ready, once and for good, when the replay after a start has caught up: serving takes
+        # traffic only then (raymm.serve.deployment), so an upgrade never switches to a cluster
+        # that is still behind.
+        self._ready = self._ready or (lag is not None and lag <= self.ready_max_lag)
         return {
             "rank": self.rank,
             "alive": self.consumer.alive(),
+            "ready": self._ready,
             "partitions": list(metrics.partitions),
-            # None until every owned partition's end is known (right after a start or a move)
-            "lag": metrics.total_lag if set(metrics.lag) == set(metrics.partitions) else None,
+            "lag": lag,
             "applied": metrics.applied,
             "dead_letters": metrics.dead_letters,
             # events this shard sent on to their owner partition, and forwards it skipped as repeats

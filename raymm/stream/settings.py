@@ -128,6 +128,10 @@ class StreamSettings(BaseModel):
     #: The most records one poll returns, and how long it waits for them.
     poll_max_records: int = Field(2_000, gt=0)
     poll_timeout_ms: int = Field(200, gt=0)
+    #: A state shard answers as ready once, after it starts, every partition it owns is within this
+    #: many messages of the end of its log; serving waits for that before it takes traffic, so an
+    #: upgrade never switches to a cluster that is still replaying.
+    ready_max_lag: int = Field(1_000, ge=0)
     #: A consumer whose loop has not come round for this long reports itself not alive.
     liveness_timeout_s: float = Field(30.0, gt=0)
     limits: EventLimits = Field(default_factory=EventLimits)
