@@ -270,6 +270,9 @@ class EventConsumer(PollLoop):
             self._writer.shutdown(wait=not self._abort)
             self._owned.clear()
 
+    def _rate_count(self) -> int:
+        return self._applied  # events_per_s: applied, not forwarded or refused
+
     def _next_offset(self, partition: int) -> int | None:
         return self.state.applied_offset(partition) + 1 if partition in self._owned else None
 

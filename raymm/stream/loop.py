@@ -56,7 +56,8 @@ class ConsumerError(RaymmError):
 class LoopMetrics:
     """What every poll loop counts, as of its last poll.
 
-    ``handled`` counts messages; ``rate`` is handled messages per second over the last 5 s;
+    ``handled`` counts messages; ``rate`` is per second over the last 5 s, of handled messages or
+    of what the loop counts instead (an event consumer: events applied);
     ``lag`` is per partition (the high watermark minus the next offset to read); latency is from
     the record's Kafka timestamp to its handling, sampled on the last record of each batch.
     """
@@ -135,6 +136,10 @@ class PollLoop:
     def _next_offset(self, partition: int) -> int | None:
         """The next offset to handle in ``partition`` (for the lag); None: not known yet."""
         return self._positions.get(partition)
+
+    def _rate_count(self) -> int:
+        """The running count whose rate ``loop_metrics().rate`` reports (default: messages handled)."""
+        return self._handled
 
     def _producer_options(self) -> dict[str, Any]:
         """Extra producer settings (a subclass that needs ordered sends asks for them here)."""
@@ -267,7 +272,7 @@ class PollLoop:
     def _beat(self, consumer: KafkaConsumer) -> None:
         now = time.monotonic()
         self._last_beat = now
-        self._rate_samples.append((now, self._handled))
+        self._rate_samples.append((now, self._rate_count()))
         while self._rate_samples and now - self._rate_samples[0][0] > _RATE_WINDOW_S:
             self._rate_samples.popleft()
         lag: dict[int, int] = {}
