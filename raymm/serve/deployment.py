@@ -32,6 +32,7 @@ from raymm.recommend.index import IndexChoice
 from raymm.recommend.recommender import Recommendation, Recommender
 from raymm.recommend.search import SEARCH_MODALITIES
 from raymm.serve.http import ApiError, api
+from raymm.serve.metric_tags import tag_keys, tagged
 from raymm.serve.served import ServedModel
 from raymm.serve.shard_client import ShardClient
 from raymm.stream.events import (
@@ -140,20 +141,27 @@ class RecommenderDeployment:
         self._users = batched(self._score_users, args.max_batch_size, args.batch_wait_ms)
         self._sessions = batched(self._score_sessions, args.max_batch_size, args.batch_wait_ms)
         self.items: ItemsFollower | None = None
-        self.latency = metrics.Histogram(
-            "raymm_recommend_latency_ms",
-            "time to answer a recommendation, ms",
-            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
-            tag_keys=("endpoint",),
+        # every series names the cluster and code that exported it (Serve adds the replica)
+        self.latency = tagged(
+            metrics.Histogram(
+                "raymm_recommend_latency_ms",
+                "time to answer a recommendation, ms",
+                boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+                tag_keys=tag_keys("endpoint"),
+            )
         )
-        self.fallbacks = metrics.Counter(
-            "raymm_fallback_total", "answers by the fallback", tag_keys=("reason",)
+        self.fallbacks = tagged(
+            metrics.Counter("raymm_fallback_total", "answers by the fallback", tag_keys=tag_keys("reason"))
         )
-        self.live_items = metrics.Counter("raymm_live_items_total", "items added or updated from raymm.items")
-        self.item_dead_letters = metrics.Counter(
-            "raymm_items_dead_letters_total",
-            "raymm.items messages sent to the dead-letter topic",
-            ("reason",),
+        self.live_items = tagged(
+            metrics.Counter("raymm_live_items_total", "items added or updated from raymm.items", tag_keys())
+        )
+        self.item_dead_letters = tagged(
+            metrics.Counter(
+                "raymm_items_dead_letters_total",
+                "raymm.items messages sent to the dead-letter topic",
+                tag_keys("reason"),
+            )
         )
 
     @property

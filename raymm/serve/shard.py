@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from raymm.serve.metric_tags import tag_keys, tagged
 from raymm.stream.consumer import EventConsumer
 from raymm.stream.events import Event
 from raymm.stream.ownership import Partitioner
@@ -203,22 +204,22 @@ class _ShardMetrics:
     def __init__(self, shard: StateShard) -> None:
         from ray.util import metrics
 
-        tags = ("rank",)
+        def gauge(name: str, description: str, *keys: str) -> metrics.Gauge:
+            # every series names its shard, and the cluster and code that exported it
+            return tagged(metrics.Gauge(name, description, tag_keys("rank", *keys)))
+
         self.shard = shard
-        self.events = metrics.Gauge("raymm_stream_events_per_s", "events applied per second", tags)
-        self.lag = metrics.Gauge(
-            "raymm_stream_lag", "messages behind the end of the log", ("rank", "partition")
+        self.events = gauge("raymm_stream_events_per_s", "events applied per second")
+        self.lag = gauge("raymm_stream_lag", "messages behind the end of the log", "partition")
+        self.dead = gauge("raymm_stream_dead_letters", "messages sent to the dead-letter topic")
+        self.dead_by_reason = gauge(
+            "raymm_stream_dead_letters_by_reason", "messages sent to the dead-letter topic", "reason"
         )
-        self.dead = metrics.Gauge("raymm_stream_dead_letters", "messages sent to the dead-letter topic", tags)
-        self.latency = metrics.Gauge(
-            "raymm_stream_event_to_state_ms", "Kafka timestamp to applied, ms", ("rank", "quantile")
-        )
-        self.hit_rate = metrics.Gauge("raymm_online_hit_rate", "next events that hit a served item", tags)
-        self.forwarded = metrics.Gauge(
-            "raymm_stream_forwarded", "events forwarded to their user's owner partition", tags
-        )
-        self.forwarded_again = metrics.Gauge(
-            "raymm_stream_forwarded_again", "forwarded events skipped: their source offset was applied", tags
+        self.latency = gauge("raymm_stream_event_to_state_ms", "Kafka timestamp to applied, ms", "quantile")
+        self.hit_rate = gauge("raymm_online_hit_rate", "next events that hit a served item")
+        self.forwarded = gauge("raymm_stream_forwarded", "events forwarded to their user's owner partition")
+        self.forwarded_again = gauge(
+            "raymm_stream_forwarded_again", "forwarded events skipped: their source offset was applied"
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="raymm-shard-metrics", daemon=True)
@@ -231,6 +232,8 @@ class _ShardMetrics:
                 rank = {"rank": str(self.shard.rank)}
                 self.events.set(m.events_per_s, rank)
                 self.dead.set(m.dead_letters, rank)
+                for reason, count in m.dead_letters_by_reason.items():
+                    self.dead_by_reason.set(count, {**rank, "reason": reason})
                 self.forwarded.set(m.forwarded, rank)
                 self.forwarded_again.set(m.forwarded_again, rank)
                 for partition, lag in m.lag.items():

@@ -1,0 +1,1 @@
+"""Deploying raymm: the Serve config, Kubernetes manifests and monitoring, rendered from one source."""
