@@ -1,5 +1,6 @@
 """The ``raymm`` command line: ``raymm data synth|validate|import|export``, ``extract``, ``train``,
-``evaluate``, ``quickstart``, ``serve``, and the stream: ``broker``, ``produce`` and ``consume``.
+``evaluate``, ``quickstart``, ``serve``, the stream: ``broker``, ``produce`` and ``consume``, and
+``deploy render`` (the Serve config and Kubernetes manifests).
 
 Every command takes ``--config FILE``, ``--set key=value`` (repeatable), ``--out DIR`` and
 ``--dry-run`` (validate the configuration, print the plan, run nothing). Errors caused by input
@@ -707,6 +708,27 @@ def cmd_serve(args: argparse.Namespace, config: RaymmConfig) -> int:
             time.sleep(1)
 
 
+def cmd_deploy_render(args: argparse.Namespace, config: RaymmConfig) -> int:
+    """Write deploy/serve.yaml and k8s/<variant>/*.yaml under --out (default: here), or --check them."""
+    from raymm.deploy.render import render, stale, write
+
+    root = args.out or "."
+    files = render(config)
+    plan = Plan("deploy render")
+    for path in files:
+        plan.add("render", f"{root}/{path}")
+    if plan.dry_run(args, config):
+        return EXIT_OK
+    if args.check:
+        outdated = stale(files, root)
+        for path in outdated:
+            print_warning(f"{path} differs from what this configuration renders: run `raymm deploy render`")
+        return EXIT_FINDINGS if outdated else EXIT_OK
+    changed = write(files, root)
+    print_summary("deploy render", [("files", f"{len(files)} under {root}, {len(changed)} changed")])
+    return EXIT_OK
+
+
 # --- argument parsing -----------------------------------------------------------------------
 
 
@@ -724,6 +746,7 @@ OUT_MEANING = {
     "produce": "the output root whose data/stream.parquet is replayed by default",
     "consume": "the output root; snapshots go to stream.snapshot_uri or <out>/state",
     "serve": "the output root: the model at <out>/model, snapshots in <out>/state",
+    "render": "the directory that gets deploy/ and k8s/ (default: the current directory)",
 }
 
 
@@ -858,6 +881,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, help="serve.port")
     serve_cmd.set_defaults(handler=cmd_serve)
 
+    deploy = commands.add_parser("deploy", help="render the Serve config and the Kubernetes manifests")
+    deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True, metavar="SUBCOMMAND")
+    render = deploy_commands.add_parser(
+        "render",
+        parents=[_common_options("render")],
+        help="write deploy/serve.yaml and k8s/{dev,prod}/*.yaml from the configuration (deploy: section)",
+    )
+    render.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 naming the files that differ"
+    )
+    render.set_defaults(handler=cmd_deploy_render, starts_ray=False)
+
     broker = commands.add_parser(
         "broker",
         parents=[_common_options("broker")],
@@ -937,7 +972,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, _overrides(args))
         if getattr(args, "quiet", False):
             config.ray.log_to_driver = False
-        if not getattr(args, "dry_run", False):
+        # A command that starts no Ray keeps no log file (deploy render writes into the repository).
+        if not getattr(args, "dry_run", False) and getattr(args, "starts_ray", True):
             routing = console.configure_logging(console.log_file_for(args.out or config.out), args.verbose)
         return handler(args, config)
     except RaymmError as exc:

@@ -3,16 +3,31 @@
 ``load_config("configs/quickstart.yaml", ["synth.size=tiny"])`` returns a validated
 :class:`RaymmConfig`. Unknown keys and wrong types raise :class:`ConfigError` naming the key and
 what was expected. Each stage owns one section; later stages add theirs here.
+
+Environment variables ``RAYMM__<SECTION>__<KEY>`` override keys after the file and before the
+dotted overrides (``RAYMM__KAFKA__SASL_PLAIN_PASSWORD`` sets ``kafka.sasl_plain_password``): how a
+Kubernetes Secret reaches the configuration without being written into a manifest.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
+from raymm.deploy.settings import DeploySettings
 from raymm.errors import ConfigError
 from raymm.models.config import ModelConfig, RankerConfig
 from raymm.stream.settings import KafkaSettings, StreamSettings
@@ -318,6 +333,7 @@ class RaymmConfig(StrictModel):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    deploy: DeploySettings = Field(default_factory=DeploySettings)
 
     @model_validator(mode="after")
     def _cross_section_checks(self) -> RaymmConfig:
@@ -376,15 +392,78 @@ def apply_overrides(document: dict[str, Any], overrides: list[str]) -> dict[str,
     result: dict[str, Any] = yaml.safe_load(yaml.safe_dump(document)) or {}
     for text in overrides:
         parts, value = _parse_override(text)
-        node = result
-        for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                prefix = ".".join(parts[: depth + 1])
-                raise ConfigError(f"override {text!r}: {prefix} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        _set_key(result, parts, value, f"override {text!r}")
     return result
+
+
+def _set_key(document: dict[str, Any], parts: list[str], value: Any, what: str) -> None:
+    node = document
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(parts[: depth + 1])
+            raise ConfigError(f"{what}: {prefix} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+#: Environment variables ``RAYMM__<SECTION>__<KEY>`` override configuration keys.
+ENV_PREFIX = "RAYMM__"
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> list[tuple[str, list[str], Any]]:
+    """``(variable, key parts, value)`` for each ``RAYMM__SECTION__KEY`` in ``environ`` (default:
+    the process environment), sorted by variable.
+
+    Segments are lower-cased (``RAYMM__EXTRACT__TEXT__NUM_GPUS`` -> ``extract.text.num_gpus``).
+    Values are parsed as YAML scalars, as ``--set`` parses them, except for keys that hold text
+    (``kafka.sasl_plain_password``, paths, names), which take the value as it is: a generated
+    password such as ``0123`` or ``yes`` stays a string. Raises :class:`ConfigError` naming the
+    variable when it names no configuration key, or a section instead of a key.
+    """
+    environ = os.environ if environ is None else environ
+    found = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        annotation, problem = _key_type(parts)
+        if problem:
+            raise ConfigError(f"environment variable {name}: {problem}")
+        raw = environ[name]
+        if _holds_text(annotation):
+            value: Any = raw
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"environment variable {name}: {raw!r} is not valid YAML ({exc})") from None
+        found.append((name, parts, value))
+    return found
+
+
+def _key_type(parts: list[str]) -> tuple[Any, str | None]:
+    """The type of the key ``parts`` names, or why it names none. Checking stops at the first key
+    that is not a section (a mapping such as ``rank.event_weights`` takes any key below it)."""
+    model: type[BaseModel] = RaymmConfig
+    for depth, part in enumerate(parts):
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        if field is None:
+            allowed = sorted(f.alias or name for name, f in model.model_fields.items())
+            return None, f"unknown key {'.'.join(parts[: depth + 1])!r}; allowed here: {', '.join(allowed)}"
+        annotation = field.annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return (annotation if depth == len(parts) - 1 else None), None
+        model = annotation
+    return None, f"{'.'.join(parts)!r} is a section, not a key (name one of its keys)"
+
+
+def _holds_text(annotation: Any) -> bool:
+    """Whether a key of this type holds text (``str``, a secret, optionally None)."""
+    options = (
+        [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) else [annotation]
+    )
+    return bool(options) and all(a in (str, SecretStr) for a in options)
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
@@ -419,16 +498,21 @@ def config_from_dict(document: dict[str, Any], source: str = "<dict>") -> RaymmC
         raise ConfigError(_describe(exc, source)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RaymmConfig:
-    """Load ``path`` (YAML; None for defaults), apply ``overrides``, validate.
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> RaymmConfig:
+    """Load ``path`` (YAML; None for defaults), apply the ``RAYMM__*`` environment variables
+    (:func:`env_overrides`; ``environ`` defaults to the process environment), then ``overrides``,
+    and validate.
 
     Raises :class:`ConfigError` for a missing or unreadable file, bad YAML, unknown keys or wrong
-    types, naming the key and what was expected.
+    types, naming the key (or the environment variable) and what was expected.
     """
     document: dict[str, Any] = {}
-    source = "defaults"
     if path is not None:
-        source = str(path)
         file = Path(path)
         if not file.is_file():
             raise ConfigError(f"config file not found: {path}")
@@ -443,7 +527,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 f"config file {path} must hold a mapping at the top, got {type(loaded).__name__}"
             )
         document = loaded
+    source = "defaults" if path is None else str(path)
+    return load_document(document, overrides, source=source, environ=environ)
+
+
+def load_document(
+    document: Mapping[str, Any],
+    overrides: list[str] | None = None,
+    *,
+    source: str = "<document>",
+    environ: Mapping[str, str] | None = None,
+) -> RaymmConfig:
+    """:func:`load_config` for a configuration already read into a mapping (a Serve config's
+    inline ``config``): the environment variables, then ``overrides``, then validation."""
+    result: dict[str, Any] = yaml.safe_load(yaml.safe_dump(dict(document))) or {}
+    from_env = env_overrides(environ)
+    for name, parts, value in from_env:
+        _set_key(result, parts, value, f"environment variable {name}")
+    if from_env:
+        source += " + environment " + " ".join(name for name, _, _ in from_env)
     if overrides:
-        document = apply_overrides(document, overrides)
+        result = apply_overrides(result, overrides)
         source += " + --set " + " ".join(overrides)
-    return config_from_dict(document, source)
+    return config_from_dict(result, source)

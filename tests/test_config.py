@@ -136,3 +136,65 @@ def test_test_hooks_and_twin_knobs_are_gone_from_the_config() -> None:
     ):
         with pytest.raises(ConfigError, match="unknown key"):
             load_config(None, [key])
+
+
+# -- environment variables (RAYMM__<SECTION>__<KEY>) --------------------------------------------------
+
+
+def test_environment_variables_override_the_file_and_yield_to_set(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("kafka:\n  partitions: 4\n  client_id: from-file\nserve:\n  port: 9000\n")
+    environ = {
+        "RAYMM__KAFKA__PARTITIONS": "6",  # parsed as YAML: an int
+        "RAYMM__SERVE__PORT": "9100",
+        "RAYMM__EXTRACT__TEXT__NUM_GPUS": "0.5",  # deeper sections too
+        "RAYMM_NOT_OURS": "x",  # one underscore: not an override
+        "HOME": "/root",
+    }
+    config = load_config(file, ["serve.port=9200"], environ=environ)
+    assert config.kafka.partitions == 6 and config.kafka.client_id == "from-file"
+    assert config.serve.port == 9200  # --set comes last
+    assert config.extract.text.num_gpus == 0.5
+
+
+def test_a_password_from_the_environment_stays_text_and_secret() -> None:
+    base = [
+        "kafka.security_protocol=SASL_SSL",
+        "kafka.sasl_mechanism=SCRAM-SHA-512",
+        "kafka.sasl_plain_username=raymm",
+    ]
+    for password in ("0123", "yes", "1e5", "null", "a: b", "[x"):  # YAML would retype or reject these
+        config = load_config(None, base, environ={"RAYMM__KAFKA__SASL_PLAIN_PASSWORD": password})
+        assert config.kafka.sasl_plain_password is not None
+        assert config.kafka.sasl_plain_password.get_secret_value() == password
+        assert yaml.safe_load(config.to_yaml())["kafka"]["sasl_plain_password"] == "**********"
+    assert load_config(None, environ={"RAYMM__SERVE__MODEL": "007"}).serve.model == "007"
+
+
+@pytest.mark.parametrize(
+    ("variable", "expected"),
+    [
+        (
+            "RAYMM__KAFKA__SASL_PASSWORD",
+            r"RAYMM__KAFKA__SASL_PASSWORD: unknown key 'kafka\.sasl_password'; allowed here: .*sasl_plain_password",
+        ),
+        (
+            "RAYMM__KAFKAA__PARTITIONS",
+            r"RAYMM__KAFKAA__PARTITIONS: unknown key 'kafkaa'; allowed here: .*kafka",
+        ),
+        ("RAYMM__KAFKA", r"RAYMM__KAFKA: 'kafka' is a section, not a key"),
+    ],
+)
+def test_an_unknown_environment_key_names_the_variable(variable: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, environ={variable: "1"})
+
+
+def test_a_wrong_value_from_the_environment_names_the_variable_and_key() -> None:
+    with pytest.raises(ConfigError, match=r"environment RAYMM__KAFKA__PARTITIONS[\s\S]*kafka\.partitions"):
+        load_config(None, environ={"RAYMM__KAFKA__PARTITIONS": "many"})
+
+
+def test_the_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAYMM__SERVE__STATE_SHARDS", "2")
+    assert load_config(None).serve.state_shards == 2

@@ -1,6 +1,7 @@
 """The package's import graph follows the flow: no cycle, eval never imports train, serve never
-imports train or eval, the stream layer never imports Ray or serving, and nothing under models/ or
-the recommendation core imports Ray (read statically from the source)."""
+imports train or eval, the stream layer never imports Ray or serving, nothing under models/ or
+the recommendation core imports Ray, and deploy/ sits above serving, imported only by the CLI (and
+its settings by the configuration) (read statically from the source)."""
 
 from __future__ import annotations
 
@@ -50,11 +51,22 @@ def test_eval_never_imports_train_and_the_core_never_imports_ray() -> None:
                 or any(_in(target, p) for p in ("raymm.train", "raymm.eval", "raymm.workflows"))
             ):
                 offences.append(f"{module} -> {target}")
+            # deploy/ renders from serving and the config; only the door opens it, and the config
+            # holds its section (a plain pydantic module that imports nothing of raymm or Ray).
+            if _in(target, "raymm.deploy") and not (
+                _in(module, "raymm.deploy")
+                or module == "raymm.cli"
+                or (module == "raymm.config" and target == "raymm.deploy.settings")
+            ):
+                offences.append(f"{module} -> {target}")
+            if module == "raymm.deploy.settings" and (_in(target, "raymm") or _in(target, "ray")):
+                offences.append(f"{module} -> {target}")
     assert not offences, offences
 
 
 def test_the_stage_packages_import_each_other_without_a_cycle() -> None:
-    """Packages (raymm.<stage>) form a DAG: data <- features <- models <- recommend <- train/eval <- workflows <- cli."""
+    """Packages (raymm.<stage>) form a DAG: data <- features <- models <- recommend <- train/eval <- workflows
+    <- cli, and stream <- serve <- deploy <- cli."""
     graph = _imports()
 
     def package(module: str) -> str:

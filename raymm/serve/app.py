@@ -1,7 +1,8 @@
 """The Ray Serve application: HTTP in, live recommendations out.
 
-One graph, built by :func:`build_app` for ``serve run``, ``serve build``, ``serve deploy``
-(through :func:`app_builder`) and ``raymm serve`` alike::
+One graph, built by :func:`build_app` for ``serve run``, ``serve deploy`` (through
+:func:`app_builder`, which a Serve config names in ``import_path``; ``raymm deploy render`` writes
+one) and ``raymm serve`` alike::
 
     HTTP -> Recommender (one deployment: RecommenderDeployment, FastAPI via @serve.ingress,
                          OpenAPI at /docs; the artifact's model; batches; user_config rolls
@@ -50,7 +51,9 @@ from raymm.stream.ownership import Ownership
 from raymm.stream.state import StateSpec
 
 __all__ = [
+    "APP_BUILDER",
     "ERROR_KEY",
+    "RECOMMENDER",
     "SERVED_FLUSH_S",
     "ApiError",
     "RecommenderDeployment",
@@ -58,7 +61,15 @@ __all__ = [
     "api",
     "app_builder",
     "build_app",
+    "recommender_options",
 ]
+
+#: The import path a Serve config names (``serve run``/``serve deploy``, a RayService).
+APP_BUILDER = "raymm.serve.app:app_builder"
+#: The one deployment: HTTP ingress and scoring; the state shards are its deployment actors.
+RECOMMENDER = "Recommender"
+#: The keys :func:`app_builder` takes.
+APP_ARGS = ("config", "bootstrap_servers", "model", "set")
 
 
 def _checked_ownership(config: RaymmConfig, bootstrap_servers: str) -> Ownership:
@@ -141,31 +152,52 @@ def build_app(
         for rank in range(settings.state_shards)
     ]
     return serve.deployment(
-        name="Recommender",
-        num_replicas=settings.recommender_replicas,
-        ray_actor_options={"num_cpus": settings.recommender_num_cpus},
+        name=RECOMMENDER,
         deployment_actors=shards,
-        user_config={"model": uri, "version": version or uuid.uuid4().hex[:8]},
-        max_ongoing_requests=256,
+        **recommender_options(config, uri, version or uuid.uuid4().hex[:8]),
     )(RecommenderDeployment).bind(args)
 
 
-def app_builder(args: dict[str, str]) -> serve.Application:
-    """The app for ``serve run`` / ``serve build`` / ``serve deploy`` (Serve's
-    application-builder convention)::
+def recommender_options(config: RaymmConfig, model: str, version: str) -> dict[str, Any]:
+    """The Recommender's Serve options for ``config`` serving the artifact ``model``: what
+    :func:`build_app` deploys with, and what ``raymm deploy render`` writes under the Serve
+    config's ``deployments`` (one place, so the two cannot drift)."""
+    settings = config.serve
+    return {
+        "num_replicas": settings.recommender_replicas,
+        "ray_actor_options": {"num_cpus": settings.recommender_num_cpus},
+        "user_config": {"model": model, "version": version},
+        "max_ongoing_requests": 256,
+    }
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """The app for ``serve run`` and ``serve deploy`` (Serve's application-builder convention)::
 
         serve run raymm.serve.app:app_builder config=configs/quickstart.yaml \\
             bootstrap_servers=broker:9092 [model=s3://bucket/model] [set=serve.state_shards=2,...]
 
-    ``config`` is a raymm YAML file (default: the embedded defaults), ``set`` comma-separated
-    overrides as ``--set`` takes them. Kafka must be reachable (``bootstrap_servers`` or
+    ``config`` is a raymm YAML file, or (in a Serve config's ``args``) the configuration itself
+    as a mapping; default: the embedded defaults. ``RAYMM__*`` environment variables apply to
+    either (:func:`raymm.config.load_config`). ``set`` is overrides as ``--set`` takes them,
+    comma-separated or a list. Kafka must be reachable (``bootstrap_servers`` or
     ``kafka.bootstrap_servers``): ``serve run`` starts no embedded broker (``raymm serve`` does),
     and the topics' partition counts are checked against the config (see :func:`build_app`).
+    ``serve build`` cannot pass arguments to a builder: ``raymm deploy render`` writes the Serve
+    config instead. Raises :class:`~raymm.errors.RaymmError` naming an unknown argument.
     """
-    from raymm.config import load_config
+    from raymm.config import load_config, load_document
 
-    overrides = [o for o in args.get("set", "").split(",") if o]
-    config = load_config(args.get("config"), overrides)
+    unknown = sorted(set(args) - set(APP_ARGS))
+    if unknown:
+        raise RaymmError(f"{APP_BUILDER} takes {', '.join(APP_ARGS)}; got unknown argument(s) {unknown}")
+    given = args.get("set") or []
+    overrides = [o for o in (given.split(",") if isinstance(given, str) else given) if o]
+    source = args.get("config")
+    if isinstance(source, dict):
+        config = load_document(source, overrides, source=f"{APP_BUILDER} args.config")
+    else:
+        config = load_config(source, overrides)
     bootstrap = args.get("bootstrap_servers") or config.kafka.bootstrap_servers
     if not bootstrap:
         raise RaymmError(
