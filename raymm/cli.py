@@ -1,6 +1,7 @@
 """The ``raymm`` command line: ``raymm data synth|validate|import|export``, ``extract``, ``train``,
-``evaluate``, ``quickstart``, ``serve``, the stream: ``broker``, ``produce`` and ``consume``, and
-``deploy render`` (the Serve config and Kubernetes manifests).
+``evaluate``, ``quickstart``, ``serve``, the stream: ``broker``, ``produce`` and ``consume``,
+``deploy render`` (the Serve config and Kubernetes manifests), and ``submit`` (a stage as a job on a
+Ray cluster).
 
 Every command takes ``--config FILE``, ``--set key=value`` (repeatable), ``--out DIR`` and
 ``--dry-run`` (validate the configuration, print the plan, run nothing). Errors caused by input
@@ -517,6 +518,17 @@ def live_lines(demo: Any) -> str:
     return "\n".join(lines)
 
 
+def cmd_submit(args: argparse.Namespace, config: RaymmConfig) -> int:
+    """Run ``raymm extract|train|evaluate ...`` as a job on a Ray cluster (:mod:`raymm.workflows.submit`)."""
+    from raymm.workflows import submit
+
+    options, stage_words = submit.split_options(args)
+    # The stage's own arguments and configuration are checked here, before anything is submitted.
+    stage_args = build_parser().parse_args([args.stage, *stage_words])
+    stage_config = load_config(stage_args.config, _overrides(stage_args))
+    return submit.run(options, args.stage, stage_words, stage_args, stage_config)
+
+
 # --- the stream ---------------------------------------------------------------------------------
 
 
@@ -860,6 +872,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="train and compare evaluate.ablation's variants; report into --out (default: <out>/report)",
     )
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    from raymm.workflows.submit import STAGES, add_options
+
+    submit_cmd = commands.add_parser(
+        "submit",
+        help="run extract, train or evaluate as a job on a Ray cluster, following its logs",
+        description="Run `raymm STAGE ARGS` as a job on a Ray cluster (its job API, --address), in the "
+        "runtime environment of a local run; stream its logs and exit with its status (0 succeeded, "
+        "else the stage's exit code, 3 failed without one, 130 stopped). Ctrl-C asks whether to stop it.",
+    )
+    submit_cmd.add_argument("stage", choices=STAGES, help="the stage to run on the cluster")
+    submit_cmd.add_argument(
+        "stage_args",
+        nargs=argparse.REMAINDER,
+        metavar="ARGS",
+        help="the stage's own arguments, as for a local run",
+    )
+    add_options(submit_cmd)
+    submit_cmd.set_defaults(handler=cmd_submit, starts_ray=False, config=None, overrides=[])
 
     quickstart = commands.add_parser(
         "quickstart",
