@@ -120,6 +120,7 @@ class LoopbackCluster:
             *args,
             f"--num-cpus={NODE_CPUS}",
             f"--temp-dir={self.temp_dir}",
+            "--node-ip-address=127.0.0.1",  # loopback only: no traffic to the machine's other addresses
         ]
         # Each node's agents on ports of their own (their defaults are fixed numbers).
         for option in (
