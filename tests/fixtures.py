@@ -56,3 +56,12 @@ def small_model_config(out: Path, *overrides: str) -> RaymmConfig:
             *overrides,
         ],
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -11,7 +11,6 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ import ray
 import requests
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
-from ray import serve
 
 from raymm.deploy.monitoring import (
     METRICS_PORT_NAME,
@@ -31,14 +29,13 @@ from raymm.deploy.monitoring import (
     queried_metrics,
     queried_series,
 )
-from raymm.serve.app import build_app
 from raymm.serve.metric_tags import metric_tags
-from raymm.stream.broker import EmbeddedBroker, ensure_topics
-from raymm.stream.events import DEAD_LETTER_TOPIC, EVENTS_TOPIC, ITEMS_TOPIC, UserEvent
+from raymm.stream.events import EVENTS_TOPIC, ITEMS_TOPIC, UserEvent
 from raymm.stream.ownership import partition_for
 from tests.conftest import Trained
 from tests.deploy.crds import problems
-from tests.serve.test_app import _free_port, _until
+from tests.serve.live import LiveApp, live_app
+from tests.serve.test_app import _until
 
 PARTITIONS = 2
 SHARDS = 1
@@ -105,40 +102,13 @@ def test_the_dashboard_has_a_panel_per_metric_group_on_the_exported_names() -> N
 # -- the running app's exporter --------------------------------------------------------------------
 
 
-@dataclass
-class App:
-    url: str
-    bootstrap: str
-
-
 @pytest.fixture(scope="module")
-def app(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+def app(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
     """A running app (one state shard over two partitions) on a noida broker."""
-    root = tmp_path_factory.mktemp("monitoring")
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-    with EmbeddedBroker("noida") as broker:
-        ensure_topics(
-            broker.bootstrap_servers, {EVENTS_TOPIC: PARTITIONS, ITEMS_TOPIC: 1, DEAD_LETTER_TOPIC: 1}
-        )
-        config = trained.config.model_copy(deep=True)
-        config.kafka = config.kafka.model_copy(
-            update={"bootstrap_servers": broker.bootstrap_servers, "partitions": PARTITIONS}
-        )
-        config.stream = config.stream.model_copy(update={"snapshot_uri": str(root / "state")})
-        config.serve = config.serve.model_copy(update={"state_shards": SHARDS, "state_timeout_s": 5.0})
-        serve.run(
-            build_app(config, bootstrap_servers=broker.bootstrap_servers, model=str(trained.model)),
-            name="raymm",
-            route_prefix="/",
-        )
-        url = f"http://127.0.0.1:{port}"
-        _until(lambda: _get(url, "/healthz").get("status") == "ok", 90)
-        try:
-            yield App(url, broker.bootstrap_servers)
-        finally:
-            serve.delete("raymm")
-            serve.shutdown()
+    with live_app(
+        trained, tmp_path_factory.mktemp("monitoring"), shards=SHARDS, partitions=PARTITIONS
+    ) as running:
+        yield running
 
 
 def _get(url: str, path: str, **params: object) -> dict[str, Any]:
@@ -184,7 +154,7 @@ def _grew(before: Samples, after: Samples, name: str, labels: dict[str, str]) ->
     )
 
 
-def test_every_series_the_dashboard_queries_is_exported(app: App) -> None:
+def test_every_series_the_dashboard_queries_is_exported(app: LiveApp) -> None:
     url = app.url
     known, hit, misrouted = (f"{role}-{uuid.uuid4().hex[:8]}" for role in ("known", "hit", "misrouted"))
     before = _scrape()

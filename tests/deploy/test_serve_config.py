@@ -24,7 +24,8 @@ from raymm.errors import RaymmError
 from raymm.serve.app import APP_BUILDER, app_builder
 from raymm.stream.broker import EmbeddedBroker
 from tests.conftest import Trained
-from tests.serve.test_app import _event, _free_port, _until
+from tests.fixtures import free_port
+from tests.serve.test_app import _event, _until
 
 
 def test_an_unknown_builder_argument_is_named() -> None:
@@ -60,7 +61,7 @@ def _wait_healthy(url: str, timeout_s: float = 180) -> dict:
 def test_serve_deploy_of_the_rendered_config_answers_over_http(
     trained: Trained, tmp_path: Path, ray_session: None
 ) -> None:
-    port = _free_port()
+    port = free_port()
     with EmbeddedBroker("noida") as broker:
         config = load_config(
             None,

@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import random
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -34,6 +33,7 @@ from raymm.stream.events import DEAD_LETTER_TOPIC, EVENTS_TOPIC, ITEMS_TOPIC, Us
 from raymm.stream.ownership import owner_rank
 from raymm.stream.state import StateSpec, UserStateStore
 from tests.conftest import Trained
+from tests.fixtures import free_port
 
 PARTITIONS = 4
 SHARDS = 2
@@ -104,12 +104,6 @@ def test_serve_run_refuses_a_topic_with_another_partition_count(trained: Trained
 # -- the deployed app ---------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _deploy(
     trained: Trained, bootstrap: str, state_dir: Path, model: Path, version: str
 ) -> serve.handle.DeploymentHandle:
@@ -126,7 +120,7 @@ def _deploy(
 @pytest.fixture(scope="module")
 def live(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("serve")
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     with EmbeddedBroker("noida") as broker:
         ensure_topics(broker.bootstrap_servers, {"raymm.events": PARTITIONS, "raymm.events.dlq": 1})

@@ -16,66 +16,30 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
-import requests
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from ray import serve
 
-from raymm.serve.app import build_app
-from raymm.stream.broker import EmbeddedBroker
 from raymm.stream.consumer import forwarded_source
 from raymm.stream.events import EVENTS_TOPIC, UserEvent
 from raymm.stream.ownership import partition_for
 from raymm.stream.producer import replay
 from tests.conftest import Trained
-from tests.serve.test_app import _free_port, _until
+from tests.serve.live import LiveApp, live_app
+from tests.serve.test_app import _until
 
 PARTITIONS = 6
 SKIPS = 5
 USERS_PER_ROUTE = 3
 
 
-@dataclass
-class App:
-    url: str
-    bootstrap: str
-    shards: int
-
-    def get(self, path: str, **params: object) -> dict:
-        response = requests.get(f"{self.url}{path}", params=params, timeout=30)  # type: ignore[arg-type]
-        assert response.status_code in (200, 503), response.text
-        return response.json()
-
-
 @pytest.fixture(scope="module", params=[2, 3], ids=["2-shards", "3-shards"])
 def app(
     request: pytest.FixtureRequest, trained: Trained, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[App]:
-    shards = request.param
-    root = tmp_path_factory.mktemp(f"interop-{shards}")
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-    with EmbeddedBroker("noida") as broker:
-        config = trained.config.model_copy(deep=True)
-        config.kafka = config.kafka.model_copy(
-            update={"bootstrap_servers": broker.bootstrap_servers, "partitions": PARTITIONS}
-        )
-        config.stream = config.stream.model_copy(update={"snapshot_uri": str(root / "state")})
-        config.serve = config.serve.model_copy(update={"state_shards": shards, "state_timeout_s": 5.0})
-        serve.run(
-            build_app(config, bootstrap_servers=broker.bootstrap_servers, model=str(trained.model)),
-            name="raymm",
-            route_prefix="/",
-        )
-        running = App(f"http://127.0.0.1:{port}", broker.bootstrap_servers, shards)
-        _until(lambda: running.get("/healthz")["status"] == "ok", 90)
-        try:
-            yield running
-        finally:
-            serve.delete("raymm")
-            serve.shutdown()
+) -> Iterator[LiveApp]:
+    root = tmp_path_factory.mktemp(f"interop-{request.param}")
+    with live_app(trained, root, shards=request.param, partitions=PARTITIONS) as running:
+        yield running
 
 
 def _events(route: str, skipped: list[str], liked: str) -> list[UserEvent]:
@@ -166,7 +130,7 @@ def _misrouted(bootstrap: str) -> int:
     return count
 
 
-def test_events_from_every_producer_change_the_users_next_recommendation(app: App, kcat: str) -> None:
+def test_events_from_every_producer_change_the_users_next_recommendation(app: LiveApp, kcat: str) -> None:
     first = app.get(f"/v1/recommendations/nobody-{uuid.uuid4().hex}", k=SKIPS + 1)
     assert first["fallback"] == "unknown_user"
     shown = [item["item_id"] for item in first["items"]]

@@ -4,7 +4,6 @@ everything is taken down again, each shard writing its final snapshot."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from ray import serve
@@ -14,19 +13,14 @@ from raymm.stream.events import EVENTS_TOPIC
 from raymm.stream.snapshot import SnapshotStore
 from raymm.workflows.live import live_demo
 from tests.conftest import Trained
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.fixtures import free_port
 
 
 def test_the_live_demo_shows_events_changing_answers(trained: Trained, tmp_path: Path) -> None:
     (tmp_path / "data").symlink_to(trained.data)
     config = trained.config.model_copy(deep=True)
     config.out = str(tmp_path)
-    config.serve.port = _free_port()
+    config.serve.port = free_port()
     config.kafka = config.kafka.model_copy(update={"partitions": 2})
     try:
         demo = live_demo(config, str(trained.ranked), events=600, rate=2000, samples=5, progress=False)

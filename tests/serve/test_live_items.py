@@ -6,7 +6,6 @@ redeploy, and a text query finds an item that has no text at all."""
 from __future__ import annotations
 
 import base64
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,19 +17,14 @@ from ray import serve
 
 from raymm.serve.runner import LiveClient, running_app
 from tests.conftest import Trained
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.fixtures import free_port
 
 
 @pytest.fixture(scope="module")
 def app(encoded_model: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveClient]:
     config = encoded_model.config.model_copy(deep=True)
     config.out = str(tmp_path_factory.mktemp("live-items"))
-    config.serve.port = _free_port()
+    config.serve.port = free_port()
     config.kafka = config.kafka.model_copy(update={"partitions": 2})
     with running_app(config, str(encoded_model.model)) as running:
         yield running.client()

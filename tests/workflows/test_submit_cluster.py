@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from raymm.config import load_config
 from raymm.data import io
 from raymm.data.synth import synthesize
 from raymm.features.store import load_features
+from tests.fixtures import free_port
 
 NODE_CPUS = 3
 #: Tiny, and sized so that the two encoder actors and the two Train workers land one per node.
@@ -66,12 +66,6 @@ S3_VARIABLES = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass
 class LoopbackCluster:
     """A head and a worker node on this machine, each a ``ray start --block`` process of its own."""
@@ -91,7 +85,7 @@ class LoopbackCluster:
         env.update(
             RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"
         )
-        gcs_port, dashboard_port = _free_port(), _free_port()
+        gcs_port, dashboard_port = free_port(), free_port()
         cluster = cls(temp_dir, f"http://127.0.0.1:{dashboard_port}", [])
         head = [
             "--head",
@@ -99,7 +93,7 @@ class LoopbackCluster:
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard_port}",
-            f"--ray-client-server-port={_free_port()}",
+            f"--ray-client-server-port={free_port()}",
         ]
         try:
             cluster._node(head, env, "head")
@@ -129,7 +123,7 @@ class LoopbackCluster:
             "runtime-env-agent-port",
             "metrics-export-port",
         ):
-            command.append(f"--{option}={_free_port()}")
+            command.append(f"--{option}={free_port()}")
         command += ["--object-store-memory", str(256 * 1024**2), "--disable-usage-stats"]
         log = open(Path(self.temp_dir) / f"{name}.out", "wb")  # noqa: SIM115 (the process owns it)
         # A session of its own: stopping it can reach its whole process group and nothing else.
