@@ -17,6 +17,7 @@ Layout (a local path or any pyarrow filesystem URI)::
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from raymm import __version__
 from raymm.data import io
 from raymm.data.schema import conform_interactions, conform_items
 from raymm.errors import DataError
+from raymm.models.config import POSITIVE_EVENTS
 
 MANIFEST = "dataset.json"
 ITEMS = "items.parquet"
@@ -97,19 +99,58 @@ def split_by_time(
     return parts, iso
 
 
-def held_out_users(splits: dict[str, pa.Table]) -> dict[str, dict[str, int]]:
-    """Per held-out split (validation, test): how many users it has, and how many of them lack train events.
+def held_out_users(
+    splits: dict[str, pa.Table], events: Sequence[str] = POSITIVE_EVENTS
+) -> dict[str, dict[str, int]]:
+    """Per held-out split (validation, test): the users evaluation scores, and how many meet the model
+    with an empty history.
 
-    Returns ``{split: {"users": n, "without_train": m}}``; the ``m`` users meet the model with an
-    empty history. ``splits`` holds at least train, validation and test interactions.
+    Counts as :func:`raymm.eval.evaluate.eval_setup` builds its users (with every item in the
+    catalog, as after an import): a split's users are those with an ``events`` event (the counting
+    events, ``model.user_state.events``) on an item they had no event on before it, and their
+    history is every counting event before the split: train for validation, train and validation
+    for test. Returns ``{split: {"users": n, "without_history": m, "without_train": k}}``: ``m`` of
+    the ``n`` users have no counting event before the split (an empty history), ``k`` have no train
+    event at all (for test ``k`` is usually the larger: validation events are history too).
+    ``splits`` holds at least train, validation and test interactions.
     """
+    counted = pa.array(list(events), pa.string())
     train_users = pc.unique(splits["train"].column("user_id").combine_chunks())
     counts: dict[str, dict[str, int]] = {}
-    for split in SPLITS[1:]:
-        users = pc.unique(splits[split].column("user_id").combine_chunks())
-        known = pc.is_in(users, value_set=train_users).to_numpy(zero_copy_only=False)
-        counts[split] = {"users": len(users), "without_train": int((~known).sum())}
+    for position, split in enumerate(SPLITS[1:], start=1):
+        held = splits[split]
+        positives = _user_item(held.filter(pc.is_in(held.column("event"), value_set=counted)))
+        candidates = pc.unique(positives.column("user_id").combine_chunks())
+        # Only these users' earlier events matter: a large train split never enters the join whole.
+        before = pa.concat_tables([_user_item(splits[s]) for s in SPLITS[:position]])
+        before = before.filter(pc.is_in(before.column("user_id"), value_set=candidates))
+        # A positive on an item the user already had is not recommendable, so not a truth.
+        new = positives.join(
+            before.group_by(["user_id", "item_id"]).aggregate([]),
+            ["user_id", "item_id"],
+            join_type="left anti",
+        )
+        users = pc.unique(new.column("user_id").combine_chunks())
+        history = before.filter(pc.is_in(before.column("event"), value_set=counted))
+        with_history = pc.is_in(users, value_set=pc.unique(history.column("user_id").combine_chunks()))
+        with_train = pc.is_in(users, value_set=train_users)
+        counts[split] = {
+            "users": len(users),
+            "without_history": int((~with_history.to_numpy(zero_copy_only=False)).sum()),
+            "without_train": int((~with_train.to_numpy(zero_copy_only=False)).sum()),
+        }
     return counts
+
+
+def _user_item(table: pa.Table) -> pa.Table:
+    """The user, item and event columns of an interactions table, ids as strings."""
+    return pa.table(
+        {
+            "user_id": table.column("user_id").cast(pa.string()),
+            "item_id": table.column("item_id").cast(pa.string()),
+            "event": table.column("event").cast(pa.string()),
+        }
+    )
 
 
 def _iso_ms(ms: int) -> str:

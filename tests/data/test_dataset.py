@@ -72,21 +72,40 @@ def test_loading_something_that_is_not_a_dataset(tmp_path: Path) -> None:
         load_dataset(str(tmp_path))
 
 
-def test_held_out_users_counts_users_without_train_events() -> None:
-    def users(*ids: str) -> pa.Table:
-        return pa.table({"user_id": pa.array(ids, pa.string())})
+def test_held_out_users_counts_what_evaluation_counts() -> None:
+    def log(*rows: tuple[str, str, str]) -> pa.Table:
+        columns = list(zip(*rows, strict=True)) if rows else [(), (), ()]
+        return pa.table(
+            {
+                name: pa.array(c, pa.string())
+                for name, c in zip(("user_id", "item_id", "event"), columns, strict=True)
+            }
+        )
 
     splits = {
-        "train": users("a", "b", "b"),
-        "validation": users("b", "c"),
-        "test": users("a", "c", "d", "d"),
+        "train": log(("a", "i1", "like"), ("b", "i1", "skip"), ("e", "i1", "like")),
+        "validation": log(("b", "i2", "like"), ("c", "i1", "view"), ("f", "i3", "like")),
+        "test": log(
+            ("a", "i2", "like"),  # history from train
+            ("b", "i3", "like"),  # history from validation (a skip does not count)
+            ("c", "i2", "like"),  # no train event, a validation one
+            ("d", "i1", "like"),  # nothing before: an empty history
+            ("d", "i2", "skip"),
+            ("e", "i1", "like"),  # a repeat of a train item only: no truth, not scored
+            ("g", "i1", "skip"),  # a skip only: not scored
+        ),
     }
     assert held_out_users(splits) == {
-        "validation": {"users": 2, "without_train": 1},
-        "test": {"users": 3, "without_train": 2},
+        # b's train skip is a train event but no history.
+        "validation": {"users": 3, "without_history": 3, "without_train": 2},
+        "test": {"users": 4, "without_history": 1, "without_train": 2},
     }
-    assert held_out_users({"train": users(), "validation": users(), "test": users("a")})["test"] == {
+    # With only likes counting, c's view is no history.
+    assert held_out_users(splits, ["like"])["test"] == {"users": 4, "without_history": 2, "without_train": 2}
+    empty = log()
+    assert held_out_users({"train": empty, "validation": empty, "test": log(("a", "i", "view"))})["test"] == {
         "users": 1,
+        "without_history": 1,
         "without_train": 1,
     }
 

@@ -12,7 +12,8 @@
   itemID i. They become the dataset's ``features`` table (features contract of design.md), encoder
   recorded as ``precomputed:mmrec``; an all-zero row, which is what MMRec pipelines and our
   exporter write for a missing vector, becomes null. Any other ``*_feat.npy`` is not imported and
-  the import warns, naming it.
+  the import warns, naming it. Without any of the three the import warns first thing, naming the
+  files it looked for and where: MMRec ships no raw media, so nothing could make features later.
 
 Items are the itemIDs in the interactions plus those in ``i_id_mapping.csv``; they have no text.
 """
@@ -101,10 +102,13 @@ def read(config: ImportConfig, progress: bool = False) -> ImportedTables:
         for label, split in enumerate(SPLITS)
     }
     extra: dict[str, pa.Table] = {}
+    warnings = events.warnings + unknown_feature_files(directory)
     features = _features(directory, universe_ints, universe_ids)
     if features is not None:
         extra["features"] = features
         details["features"] = [m for m in FEATURE_FILES if m in features.column_names]
+    else:
+        warnings.insert(0, no_features_warning(directory, inter_uri))
     return ImportedTables(
         name=name,
         items=items,
@@ -112,7 +116,7 @@ def read(config: ImportConfig, progress: bool = False) -> ImportedTables:
         split_column=LABEL_FIELD,
         extra_tables=extra,
         details=details,
-        warnings=events.warnings + unknown_feature_files(directory),
+        warnings=warnings,
     )
 
 
@@ -175,6 +179,20 @@ def unknown_feature_files(directory: str) -> list[str]:
         for file in list_files(directory)
         if file.endswith(FEATURE_SUFFIX) and file not in known
     ]
+
+
+def no_features_warning(directory: str, inter_uri: str) -> str:
+    """The warning for an MMRec directory without any of :data:`FEATURE_FILES`: the dataset it makes is a
+    dead end (no media for ``raymm extract`` to encode, so no features to train or evaluate on)."""
+    inter = inter_uri.rstrip("/").rsplit("/", 1)[-1]
+    return (
+        f"no feature files in {directory}: looked for {', '.join(FEATURE_FILES.values())} (one float "
+        f"matrix per modality, row i = itemID i) next to {inter} and found none. MMRec datasets ship "
+        "their item features as these files and no raw media, so `raymm extract` has nothing to "
+        "encode and `raymm train` and `raymm evaluate` have no features: put the dataset's feature "
+        f"files in {directory} (named as above) and import again, or give train and evaluate "
+        "--features, a features directory for these item ids"
+    )
 
 
 def _features(directory: str, item_ints: pa.Array, item_ids: pa.Array) -> pa.Table | None:

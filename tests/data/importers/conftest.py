@@ -33,11 +33,15 @@ def write_source(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def run_import(tmp_path: Path) -> Callable[..., tuple[dict[str, Any], Dataset]]:
-    """Import ``source`` with the given config fields into tmp_path/out; returns (manifest, dataset)."""
+    """Import ``source`` with the given config fields (and counting ``events``) into tmp_path/out;
+    returns (manifest, dataset)."""
 
-    def run(source: Path, **fields: Any) -> tuple[dict[str, Any], Dataset]:
+    def run(source: Path, events: list[str] | None = None, **fields: Any) -> tuple[dict[str, Any], Dataset]:
         out = tmp_path / "out"
-        manifest = import_dataset(ImportConfig(source=str(source), **fields), str(out), progress=False)
+        counting = {} if events is None else {"events": events}
+        manifest = import_dataset(
+            ImportConfig(source=str(source), **fields), str(out), progress=False, **counting
+        )
         return manifest, load_dataset(str(out))
 
     return run

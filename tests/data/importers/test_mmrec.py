@@ -155,3 +155,32 @@ def test_unmapped_id_names_inter_line(write_source, tmp_path):
     source = write_source({"baby.inter": INTER, "u_id_mapping.csv": "user_id\tuserID\nA1\t0\n"})
     with pytest.raises(ImportFormatError, match=r"baby\.inter, line 3: userID 1 is not in u_id_mapping\.csv"):
         _import(source, tmp_path)
+
+
+def test_without_feature_files_the_import_says_first_that_nothing_can_make_features(write_source, run_import):
+    # MMRec ships features, not media: without the files, extract has nothing to encode and train
+    # nothing to train on, so the import says so at once, naming the files and where it looked.
+    source = write_source({"plain.inter": "userID\titemID\tx_label\n3\t7\t0\n4\t7\t1\n3\t8\t2\n"})
+    manifest, data = run_import(source, format="mmrec")
+    assert "features" not in data.tables
+    missing = manifest["warnings"][0]
+    assert missing.startswith(
+        f"no feature files in {source}: looked for text_feat.npy, image_feat.npy, audio_feat.npy"
+    )
+    assert "next to plain.inter and found none" in missing
+    assert "`raymm extract` has nothing to encode" in missing
+    assert f"put the dataset's feature files in {source}" in missing and "--features" in missing
+
+
+def test_an_unknown_feature_file_alone_gives_both_warnings(write_source, run_import):
+    source = write_source({"baby.inter": INTER, "video_feat.npy": _npy(IMAGE)})
+    manifest, _ = run_import(source, format="mmrec")
+    assert manifest["warnings"][0].startswith(f"no feature files in {source}: looked for")
+    assert [w for w in manifest["warnings"] if w.startswith("video_feat.npy in ")]
+
+
+def test_one_feature_file_is_enough_to_give_no_missing_warning(write_source, run_import):
+    manifest, _ = run_import(
+        write_source({"baby.inter": INTER, "image_feat.npy": _npy(IMAGE)}), format="mmrec"
+    )
+    assert not [w for w in manifest["warnings"] if "feature files" in w]

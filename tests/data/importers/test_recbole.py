@@ -116,3 +116,9 @@ def test_real_recbole_ml100k(run_import):
     assert sum(manifest["counts"][s] for s in ("train", "validation", "test")) == 100_000
     toy_story = data.items.filter(pc.equal(data.items.column("item_id"), "1")).to_pylist()[0]
     assert toy_story["text"].startswith("movie_title: Toy Story")
+    # What issue 24 reported: 97 of 166 test users without a train event, but validation events
+    # are history too, so evaluation meets 76 with an empty history (46%: no second warning).
+    assert manifest["split_users"]["test"] == {"users": 166, "without_history": 76, "without_train": 97}
+    [few] = [w for w in manifest["warnings"] if w.startswith("degenerate split")]
+    assert few.startswith("degenerate split: the test split has 166 users")
+    assert "import.split=[0.7,0.1,0.2]: 301 test users, 192 of them (64%) with an empty history" in few
