@@ -11,7 +11,14 @@ contract, the same for text, image and audio:
 
 Encoders subclass :class:`BatchEncoder`, which owns the batching (decode each row on its own,
 then run the model once per ``batch_size`` chunk of the good rows) so no modality re-implements
-it. :class:`TorchRuntime` owns device placement, autocast and host-to-device copies; the pooling
+it. The batching is *canonical*: a row's vector is a function of the row alone, bitwise, not of
+the rows that arrived with it (design.md invariant 6; Ray Data's block splits change with load).
+Float kernels pick their blocking and algorithm by input shape, so the same row gave vectors
+up to 4e-7 apart in batches of other sizes or padded lengths (MiniLM, EfficientNet-Lite0 on CPU,
+measured). Two hooks pin the shape a row is computed in: :meth:`BatchEncoder.group_key` (rows
+of different keys never share a model call; text: its padded length) and
+:attr:`BatchEncoder.fixed_rows` (every model call gets exactly ``batch_size`` rows, the last chunk
+topped up with copies of its first row whose outputs are dropped). :class:`TorchRuntime` owns device placement, autocast and host-to-device copies; the pooling
 functions (:func:`masked_mean`, :func:`last_token`, :func:`first_token`, :func:`l2_normalize`)
 are shared by the ``transformers``-backed encoders.
 """
@@ -114,6 +121,18 @@ class BatchEncoder(ABC):
     revision: str
     pooling: str
     batch_size: int = 32
+    #: Run the model on exactly ``batch_size`` rows every time (see the module docstring). For
+    #: models whose kernels choose their algorithm by batch size (convolutions via oneDNN on CPU,
+    #: cuBLAS on GPU); an encoder whose rows are computed alone whatever the batch (pure per-row
+    #: arithmetic) leaves it off and saves the filler rows.
+    fixed_rows: bool = False
+
+    def group_key(self, decoded: Any) -> int:
+        """The shape class of one decoded row: rows of different keys never share a model call.
+
+        Must depend on the row alone (text: the length it is padded to). Default: one class.
+        """
+        return 0
 
     @abstractmethod
     def decode(self, value: Any) -> Any:
@@ -125,7 +144,15 @@ class BatchEncoder(ABC):
 
     def encode(self, values: Sequence[Any]) -> EncodedBatch:
         """Encode ``values``; see the module docstring for missing and failed rows."""
-        return encode_rows(values, self.decode, self.embed, dim=self.dim, batch_size=self.batch_size)
+        return encode_rows(
+            values,
+            self.decode,
+            self.embed,
+            dim=self.dim,
+            batch_size=self.batch_size,
+            group_key=self.group_key,
+            fixed_rows=self.fixed_rows,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -141,11 +168,16 @@ def encode_rows(
     *,
     dim: int,
     batch_size: int,
+    group_key: Callable[[Any], int] | None = None,
+    fixed_rows: bool = False,
 ) -> EncodedBatch:
     """The batching every encoder shares: decode per row, embed the good rows in chunks.
 
     ``decode`` raises :class:`InputDecodeError` for a bad value; that row fails with the message.
-    Rows are decoded as they are reached, so at most ``batch_size`` decoded rows are held at once.
+    Rows are decoded as they are reached and gathered per ``group_key`` (rows of different keys
+    never share a chunk), so at most ``batch_size`` decoded rows per key are held at once. With
+    ``fixed_rows`` every call of ``embed`` gets exactly ``batch_size`` rows: a short chunk is
+    topped up with copies of its first row, whose outputs are dropped.
     If ``embed`` raises on a chunk, the chunk is retried row by row so that one input the model
     cannot take (or a batch too large for the device) fails only its own row; if every row of
     the chunk fails alone as well, the encoder itself is broken and the first error is raised.
@@ -155,14 +187,19 @@ def encode_rows(
     vectors = np.zeros((n, dim), dtype=np.float32)
     present = np.zeros(n, dtype=bool)
     errors: list[str | None] = [None] * n
-    rows: list[int] = []
-    chunk: list[Any] = []
+    pending: dict[int, tuple[list[int], list[Any]]] = {}
 
-    def flush() -> None:
+    def run(chunk: list[Any]) -> np.ndarray:
+        size = len(chunk)
+        if fixed_rows and size < batch_size:
+            return _checked(embed(chunk + [chunk[0]] * (batch_size - size)), batch_size, dim)[:size]
+        return _checked(embed(chunk), size, dim)
+
+    def flush(rows: list[int], chunk: list[Any]) -> None:
         try:
-            out = _checked(embed(chunk), len(chunk), dim)
+            out = run(chunk)
         except (RuntimeError, ValueError) as exc:
-            out = _embed_one_by_one(chunk, rows, embed, dim, errors, exc)
+            out = _embed_one_by_one(chunk, rows, run, dim, errors, exc)
         finite = np.isfinite(out).all(axis=1)
         for row, ok in zip(rows, finite, strict=True):
             if not ok and errors[row] is None:
@@ -170,22 +207,26 @@ def encode_rows(
         keep = np.asarray(rows)[finite]
         vectors[keep] = out[finite]
         present[keep] = True
-        rows.clear()
-        chunk.clear()
 
     for row, value in enumerate(values):
         if value is None:
             continue
         try:
-            chunk.append(decode(value))
+            decoded = decode(value)
         except InputDecodeError as exc:
             errors[row] = str(exc)
             continue
+        rows, chunk = pending.setdefault(group_key(decoded) if group_key else 0, ([], []))
         rows.append(row)
+        chunk.append(decoded)
         if len(chunk) == batch_size:
-            flush()
-    if chunk:
-        flush()
+            flush(rows, chunk)
+            rows.clear()
+            chunk.clear()
+    for key in sorted(pending):
+        rows, chunk = pending[key]
+        if chunk:
+            flush(rows, chunk)
     return EncodedBatch(vectors=vectors, present=present, errors=errors)
 
 
@@ -198,7 +239,7 @@ def _checked(out: np.ndarray, n: int, dim: int) -> np.ndarray:
 def _embed_one_by_one(
     chunk: list[Any],
     rows: list[int],
-    embed: Callable[[list[Any]], np.ndarray],
+    run: Callable[[list[Any]], np.ndarray],
     dim: int,
     errors: list[str | None],
     batch_error: Exception,
@@ -207,7 +248,7 @@ def _embed_one_by_one(
     failures = 0
     for k, (row, item) in enumerate(zip(rows, chunk, strict=True)):
         try:
-            out[k] = _checked(embed([item]), 1, dim)[0]
+            out[k] = run([item])[0]
         except (RuntimeError, ValueError) as exc:
             errors[row] = f"model failed on this input: {type(exc).__name__}: {exc}"
             failures += 1

@@ -18,6 +18,11 @@ the features contract (design.md) and ``features.json``:
     part-*.parquet    item_id, <modality> vectors, <modality>_error; schema metadata names encoders
     tfidf_idf.json    the fitted IDF, when the text encoder is TF-IDF (reused by incremental runs)
 
+How Ray Data splits and batches blocks (it varies with load) changes no vector, bit for bit: each
+encoder computes a row in a shape fixed by the row and the config alone (see
+:mod:`raymm.features.base`; ``tests/features/test_reproducible.py`` extracts one catalog with other
+block sizes, pool layouts and actor counts and compares every vector).
+
 The same code runs on this 2-core machine and on a GPU cluster: actor resources, pool sizes and
 batch sizes come from the config (``extract.<modality>``, ``extract.shared``).
 """

