@@ -185,11 +185,8 @@ def analyse(work: Path, seed: int) -> dict[str, Any]:
         "users": users,
         "metrics": metrics,
         "fallback_shrinkage": shrinkage,
-        "validation_ndcg_by_fallback_shrinkage": {
-            key: round(value, 4)
-            for key, value in artifact.manifest.metrics.get(
-                "validation_ndcg_by_fallback_shrinkage", {}
-            ).items()
+        "validation_ndcg_by_blend": {
+            key: round(value, 4) for key, value in artifact.manifest.metrics.get("validation_ndcg_by_blend", {}).items()
         },
         "validation_ndcg_beyond_grid": extended,
         "paired_fallback_vs_two_tower": tests,

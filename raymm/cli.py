@@ -300,8 +300,21 @@ def cmd_train(args: argparse.Namespace, config: RaymmConfig) -> int:
     best = result.manifest.metrics["validation"]
     rows += [(f"best epoch {k}", f"{best[k]:.4f}") for k in ("val_recall@20", "val_ndcg@20") if k in best]
     rows.append(("epochs run", len(result.history)))
+    rows.append(("served blend", _blend_label(result.manifest.metrics)))
     print_summary("train", rows, result.elapsed_s)
     return EXIT_OK
+
+
+def _blend_label(metrics: dict[str, Any]) -> str:
+    """What serving blends, as training chose it on validation, with that choice's NDCG."""
+    from raymm.recommend.blend import BlendSettings
+
+    settings = BlendSettings.from_metrics(metrics)
+    if settings is None:
+        return "none recorded"
+    score = metrics.get("validation_ndcg_by_blend", {}).get(settings.label())
+    chosen = "" if score is None else f" (validation ndcg@20 {score:.4f})"
+    return settings.label() + chosen
 
 
 def _train_ranker(args: argparse.Namespace, config: RaymmConfig, data: str, features: str, out: str) -> int:
@@ -353,16 +366,27 @@ def cmd_evaluate(args: argparse.Namespace, config: RaymmConfig) -> int:
     rows: list[tuple[str, Any]] = [("dataset", data), ("features", features), ("model", model)]
     rows.append(("model version", result["model"]["model_version"]))
     k = 20 if 20 in config.evaluate.ks else max(config.evaluate.ks)
+    rows.append(("served blend", result["model"]["blend"]))
+    recent_half_life = result["recent_popularity"]["half_life_days"]
+    # Side by side: what serving answers, its parts, and the two popularity yardsticks.
+    columns = {
+        "served": result["model"]["metrics"],
+        "no fallback": result["model"]["personal_metrics"],
+        "two-tower": result["model"]["two_tower_metrics"],
+        "recent pop" if recent_half_life is None else f"pop {recent_half_life:g}d": result[
+            "recent_popularity"
+        ]["metrics"],
+        "all-time pop": result["popularity"]["metrics"],
+        "content": result["content"]["metrics"],
+    }
     for protocol, about in result["protocols"].items():
-        model_metrics = result["model"]["metrics"][protocol]
-        popularity = result["popularity"]["metrics"][protocol]
-        content = result["content"]["metrics"][protocol]
         rows.append((f"{protocol} users / candidates", f"{about['users']:,} / {about['candidates']:,}"))
         rows += [
             (
                 f"{protocol} {name}@{k}",
-                f"model {model_metrics[f'{name}@{k}']:.4f}   popularity {popularity[f'{name}@{k}']:.4f}   "
-                f"content {content[f'{name}@{k}']:.4f}",
+                "   ".join(
+                    f"{label} {metrics[protocol][f'{name}@{k}']:.4f}" for label, metrics in columns.items()
+                ),
             )
             for name in ("recall", "ndcg")
         ]
@@ -477,7 +501,7 @@ def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
     rows += [
         ("model", model),
         ("two-tower best val_ndcg@20", f"{best.get('val_ndcg@20', float('nan')):.4f}"),
-        ("fallback shrinkage", result.trained.manifest.metrics["fallback_shrinkage"]),
+        ("served blend", _blend_label(result.trained.manifest.metrics)),
         ("ranker val auc", f"{result.ranked.metrics['validation']['auc']:.4f}"),
         ("report", document["report"]),
     ]

@@ -37,16 +37,18 @@ from raymm.features.store import load_features
 from raymm.models.artifact import Artifact, load_artifact
 from raymm.models.config import UserStateConfig
 from raymm.models.towers import TwoTower
+from raymm.recommend.blend import BlendSettings, choose_blend_settings, served_retriever
 from raymm.recommend.catalog import Catalog, build_catalog
+from raymm.recommend.collab import CollaborativeScorer, PersonalScorer
 from raymm.recommend.history import EvalUsers, eval_users, held_out_recency
 from raymm.recommend.scorers import (
+    HALF_LIFE_GRID_DAYS,
     ContentScorer,
     FallbackScorer,
     FitContext,
     PopularityScorer,
     Scorer,
     TwoTowerScorer,
-    choose_blend,
 )
 from raymm.recommend.vectors import encode_catalog
 
@@ -245,34 +247,66 @@ def mean_fusion_weights(model: TwoTower, catalog: Catalog) -> dict[str, float] |
     return {m: float(means[k]) for k, m in enumerate(model.modalities)}
 
 
-def served_scorer(artifact: Artifact, setup: EvalSetup, ks: Sequence[int]) -> tuple[FallbackScorer, float]:
-    """The artifact's recommender as serving answers: two-tower + popularity fallback.
+def served_scorer(
+    artifact: Artifact, setup: EvalSetup, ks: Sequence[int], context: FitContext | None = None
+) -> tuple[FallbackScorer, float]:
+    """The artifact's recommender as serving answers: two-tower + item-item + popularity.
 
-    The fallback's shrinkage and popularity half-life are the ones training chose on validation
-    (recorded in the manifest); an artifact without them (trained before the half-life existed)
-    gets both chosen here on the same validation users, popularity counted on the training split.
-    Popularity is then fitted on ``setup``'s context (the interactions before the evaluated
-    period) with that half-life; ``popularity.half_life_days`` says which.
+    The blend (:class:`~raymm.recommend.blend.BlendSettings`) is the one training chose on
+    validation, recorded in the manifest; an artifact without one (trained before the popularity
+    half-life existed) gets the two-tower's blend with popularity chosen here on the same
+    validation users, popularity counted on the training split. The item-item part and popularity
+    are then fitted on ``context`` (default ``setup.context``, the interactions before the test
+    period; ``setup.train_context`` for choices on validation), as serving's were on everything
+    before it. Returns the scorer and its shrinkage; ``scorer.primary`` is the personal part
+    (no fallback) and ``scorer.popularity.half_life_days`` the half-life.
     """
+    context = setup.context if context is None else context
     two_tower = TwoTowerScorer(artifact.model, setup.catalog.subset(artifact.model.modalities))
-    metrics = artifact.manifest.metrics
-    shrinkage = metrics.get("fallback_shrinkage")
-    half_life = metrics.get("fallback_half_life_days")
-    if shrinkage is None or "fallback_half_life_days" not in metrics:
-        half_life, shrinkage, _ = choose_blend(
-            lambda scorer: validation_ndcg(scorer, setup, ks), two_tower, setup.train_context
+    settings = BlendSettings.from_metrics(artifact.manifest.metrics)
+    if settings is None:
+        settings, _ = choose_blend_settings(
+            lambda scorer: validation_ndcg(scorer, setup, ks),
+            two_tower,
+            None,
+            setup.train_context,
+            setup.validation.history,
         )
-    popularity = PopularityScorer(half_life_days=half_life).fit(setup.context)
-    return FallbackScorer(two_tower, popularity, float(shrinkage)), float(shrinkage)
+    collab = None
+    if settings.collab_weight > 0:
+        rank = int(artifact.manifest.config.get("model", {}).get("collab", {}).get("rank", 128))
+        collab = CollaborativeScorer(l2=settings.collab_l2, rank=rank, seed=context.seed).fit(context)
+        collab.fill_from_content(two_tower.item_vectors())
+    popularity = PopularityScorer(half_life_days=settings.half_life_days).fit(context)
+    return served_retriever(two_tower, collab, popularity, settings), settings.shrinkage
+
+
+def recent_popularity(setup: EvalSetup, ks: Sequence[int]) -> PopularityScorer:
+    """Recent popularity alone: the half-life of :data:`HALF_LIFE_GRID_DAYS` (every event alike
+    included) with the best validation NDCG, counted on the training split, then fitted on
+    ``setup.context``. The yardstick the served model must beat on users with history too."""
+    best: tuple[float, float | None] | None = None
+    for half_life in HALF_LIFE_GRID_DAYS:
+        score = validation_ndcg(
+            PopularityScorer(half_life_days=half_life).fit(setup.train_context), setup, ks
+        )
+        if best is None or score > best[0]:
+            best = (score, half_life)
+    assert best is not None
+    scorer = PopularityScorer(half_life_days=best[1]).fit(setup.context)
+    scorer.name = "recent popularity" if best[1] is not None else "popularity"
+    return scorer
 
 
 def evaluate_model(model_dir: str, setup: EvalSetup, ks: Sequence[int]) -> dict[str, Any]:
     """Load the artifact at ``model_dir`` (validated against the features) and rank it on ``setup``.
 
     Returns ``{"model_dir", "model_version", "modalities", "metrics": {protocol: {...}},
-    "two_tower_metrics", "fallback_shrinkage", "validation_ndcg", "fusion_weights", "history",
-    "best_epoch", "notes"}``: ``metrics`` are the served recommender's (with the popularity
-    fallback), ``two_tower_metrics`` the model alone; ``validation_ndcg`` is the served
+    "personal_metrics", "two_tower_metrics", "fallback_shrinkage", "fallback_half_life_days",
+    "blend", "validation_ndcg", "fusion_weights", "history", "best_epoch", "notes"}``:
+    ``metrics`` are the served recommender's (with the popularity fallback),
+    ``personal_metrics`` its personal part without popularity (two-tower + item-item),
+    ``two_tower_metrics`` the two-tower alone, ``blend`` the settings' label; ``validation_ndcg`` is the served
     recommender's NDCG at 20 (or the largest K) on the validation users, its fallback's
     popularity counted on the training split only (what choices between models are made on);
     ``history`` (one row per epoch, validation metrics prefixed ``val_``), ``best_epoch`` and
@@ -281,20 +315,20 @@ def evaluate_model(model_dir: str, setup: EvalSetup, ks: Sequence[int]) -> dict[
     """
     artifact = load_artifact(model_dir, expected_dims=setup.catalog.dims)
     served, shrinkage = served_scorer(artifact, setup, ks)
-    # On validation users the fallback may only know the training split's popularity.
-    train_popularity = PopularityScorer(half_life_days=served.popularity.half_life_days).fit(
-        setup.train_context
-    )
-    validation = validation_ndcg(FallbackScorer(served.primary, train_popularity, shrinkage), setup, ks)
+    # On validation users the item-item part and popularity may only know the training split.
+    validation = validation_ndcg(served_scorer(artifact, setup, ks, setup.train_context)[0], setup, ks)
     recorded = artifact.manifest.metrics
+    two_tower = served.primary.two_tower if isinstance(served.primary, PersonalScorer) else served.primary
     return {
         "model_dir": model_dir,
         "model_version": artifact.version,
         "modalities": artifact.model.modalities,
         "metrics": protocol_metrics(served, setup, ks),
-        "two_tower_metrics": protocol_metrics(served.primary, setup, ks),
+        "personal_metrics": protocol_metrics(served.primary, setup, ks),
+        "two_tower_metrics": protocol_metrics(two_tower, setup, ks),
         "fallback_shrinkage": shrinkage,
         "fallback_half_life_days": served.popularity.half_life_days,
+        "blend": (BlendSettings.from_metrics(recorded) or BlendSettings()).label(),
         "validation_ndcg": validation,
         "fusion_weights": mean_fusion_weights(
             artifact.model, setup.catalog.subset(artifact.model.modalities)
@@ -307,8 +341,8 @@ def evaluate_model(model_dir: str, setup: EvalSetup, ks: Sequence[int]) -> dict[
 
 def baseline_metrics(setup: EvalSetup, ks: Sequence[int]) -> dict[str, dict[str, dict[str, float]]]:
     """The training-free baselines on every protocol: popularity and the content baseline."""
-    baselines: list[Scorer] = [PopularityScorer(), ContentScorer()]
-    return {b.name: protocol_metrics(b.fit(setup.context), setup, ks) for b in baselines}
+    baselines: list[Scorer] = [PopularityScorer().fit(setup.context), ContentScorer().fit(setup.context)]
+    return {b.name: protocol_metrics(b, setup, ks) for b in baselines}
 
 
 def describe(setup: EvalSetup) -> dict[str, Any]:
@@ -334,7 +368,8 @@ def evaluate(config: RaymmConfig, data_dir: str, features_dir: str, model_dir: s
 
         {"ks", "n_items", "protocols": {name: {"description", "users", "users_without_history",
          "candidates"}}, "skipped": {name: why}, "model": {... see evaluate_model ...},
-         "popularity": {"metrics": {protocol: {...}}}, "content": {"metrics": ...}}
+         "popularity": {"metrics": {protocol: {...}}}, "content": {"metrics": ...},
+         "recent_popularity": {"metrics": ..., "half_life_days"}}
 
     Raises :class:`~raymm.errors.DataError` for missing inputs and
     :class:`~raymm.models.errors.ModelLoadError` for an artifact that does not fit the features.
@@ -342,9 +377,14 @@ def evaluate(config: RaymmConfig, data_dir: str, features_dir: str, model_dir: s
     ks = config.evaluate.ks
     setup = eval_setup(config, io.absolute(data_dir), io.absolute(features_dir))
     baselines = baseline_metrics(setup, ks)
+    recent = recent_popularity(setup, ks)
     return {
         "ks": list(ks),
         **describe(setup),
         "model": evaluate_model(model_dir, setup, ks),
         **{name: {"metrics": metrics} for name, metrics in baselines.items()},
+        "recent_popularity": {
+            "metrics": protocol_metrics(recent, setup, ks),
+            "half_life_days": recent.half_life_days,
+        },
     }

@@ -11,6 +11,9 @@
                           cold-start items included; popularity; and for cross-media search
                           ``aligned_<modality>`` (fixed_size_list<float32>[shared_dim], null where
                           the item lacks the modality) for every modality the model reads
+    collab.safetensors    optional, the item-item part of the served score (raymm.recommend.collab):
+                          ``query`` and ``items`` (N, rank) per catalog row, ``content_map``
+                          (embed_dim + 1, 2 rank): a live item's two from its item vector
     encoders/             optional, fitted state an encoder needs to encode new content the way
                           the features were made (``<modality>.json``: the TF-IDF IDF)
     ranker/               optional, the ranking stage (raymm.models.ranker): config.json,
@@ -44,13 +47,14 @@ import raymm
 from raymm.data import io
 from raymm.errors import DataError
 from raymm.models.errors import ModelLoadError, NoAlignedVectorsError
-from raymm.models.persist import as_uri, read_document
+from raymm.models.persist import as_uri, read_document, read_tensors
 from raymm.models.towers import TwoTower
 
 ARTIFACT_FORMAT = "raymm.model"
 ARTIFACT_VERSION = 1
 MANIFEST = "manifest.json"
 ITEM_VECTORS = "item_vectors.parquet"
+COLLAB = "collab.safetensors"
 #: The ranking stage's sub-directory (written by :mod:`raymm.models.ranker`); see :func:`ranker_dir`.
 RANKER_DIR = "ranker"
 #: Column name prefix of the per-modality aligned vectors in ``item_vectors.parquet``.
@@ -119,6 +123,31 @@ class AlignedVectors:
 
 
 @dataclass
+class CollabVectors:
+    """The item-item part's vectors (see :mod:`raymm.recommend.collab`): ``query`` and ``items``
+    (N, rank) float32, row ``i`` for the item table's row ``i``; ``content_map`` (embed_dim + 1,
+    2 * rank) maps a live item's vector (plus a bias) to its query and item vectors."""
+
+    query: torch.Tensor
+    items: torch.Tensor
+    content_map: torch.Tensor
+
+    def check(self, n_items: int, embed_dim: int, where: str) -> CollabVectors:
+        """Self; :class:`ModelLoadError` naming ``where`` if a shape does not fit."""
+        rank = self.query.shape[1] if self.query.ndim == 2 else -1
+        if (
+            tuple(self.query.shape) != (n_items, rank)
+            or tuple(self.items.shape) != (n_items, rank)
+            or tuple(self.content_map.shape) != (embed_dim + 1, 2 * rank)
+        ):
+            raise ModelLoadError(
+                f"{where}: query {tuple(self.query.shape)}, items {tuple(self.items.shape)} and content_map "
+                f"{tuple(self.content_map.shape)} do not fit {n_items} items of dimension {embed_dim}"
+            )
+        return self
+
+
+@dataclass
 class Artifact:
     """A loaded artifact: the model (eval mode), its manifest and the item vectors table.
 
@@ -143,6 +172,20 @@ class Artifact:
     def vectors(self) -> np.ndarray:
         """(N, embed_dim) float32 item vectors (the retrieval vectors, item-id embedding included)."""
         return vector_matrix(self.item_vectors.column("vector"))[0]
+
+    def collab_vectors(self) -> CollabVectors | None:
+        """The item-item part's vectors, or None for an artifact without one (its blend gives the
+        item-item part weight 0, or it predates it). :class:`ModelLoadError` for a file that does
+        not fit the item table."""
+        if self.directory is None or not io.exists(io.join(self.directory, COLLAB)):
+            return None
+        uri = io.join(self.directory, COLLAB)
+        tensors = read_tensors(uri, "item-item vectors")
+        missing = {"query", "items", "content_map"} - set(tensors)
+        if missing:
+            raise ModelLoadError(f"{uri}: lacks {sorted(missing)}")
+        collab = CollabVectors(tensors["query"], tensors["items"], tensors["content_map"])
+        return collab.check(self.manifest.n_items, self.manifest.embed_dim, uri)
 
     @property
     def has_aligned_vectors(self) -> bool:
@@ -267,6 +310,7 @@ def write_artifact(
     aligned_present: Mapping[str, np.ndarray | torch.Tensor] | None = None,
     encoder_state: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
+    collab: CollabVectors | None = None,
 ) -> Manifest:
     """Write the artifact directory (local path or URI); returns its manifest.
 
@@ -279,7 +323,8 @@ def write_artifact(
     .projected`` / ``.present`` of the same pass); they become the ``aligned_<modality>`` columns
     cross-media search reads (None: an artifact without search). ``encoder_state`` modality -> URI
     of a fitted encoder's state file (the features' TF-IDF IDF) is copied to
-    :func:`encoder_state_uri`. ``notes`` become the manifest's ``notes``. A ranker or encoder state left in ``directory`` by an earlier model
+    :func:`encoder_state_uri`. ``notes`` become the manifest's ``notes``. ``collab`` (the item-item part's
+    vectors) is written to :data:`COLLAB`. A ranker or encoder state left in ``directory`` by an earlier model
     is removed: the ranker was fitted on that model's vectors and would not fit these.
     Raises :class:`ValueError` if the ids and vectors differ in length, the aligned vectors do not
     cover the model's modalities with (N, shared_dim) rows, or an encoder record lacks a field.
@@ -331,7 +376,20 @@ def write_artifact(
     io.remove(io.join(uri, MANIFEST))
     io.remove(ranker_dir(uri))
     io.remove(io.join(uri, ENCODER_STATE_DIR))
+    io.remove(io.join(uri, COLLAB))
+    if collab is not None:
+        collab.check(len(item_ids), int(vectors.shape[1]), "the item-item vectors")
     model.save_pretrained(uri)
+    if collab is not None:
+        io.write_tensors(
+            {
+                "query": collab.query.contiguous(),
+                "items": collab.items.contiguous(),
+                "content_map": collab.content_map.contiguous(),
+            },
+            io.join(uri, COLLAB),
+            {"format": "raymm.collab"},
+        )
     for modality, data in state.items():
         io.write_bytes(data, encoder_state_uri(uri, modality))
     io.write_table(table, io.join(uri, ITEM_VECTORS))

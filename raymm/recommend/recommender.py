@@ -18,13 +18,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raymm.models.artifact import Artifact, load_artifact
+from raymm.models.artifact import Artifact, CollabVectors, load_artifact
 from raymm.models.ranker import RankerInputs, popularity_feature
+from raymm.recommend.blend import BlendSettings, served_retriever
+from raymm.recommend.collab import CollaborativeScorer, PersonalScorer, map_content
 from raymm.recommend.content import EncodedItems
 from raymm.recommend.index import FaissIndex, IndexChoice, ItemIndex
 from raymm.recommend.itemsets import ItemSets
 from raymm.recommend.rerank import Reranker
-from raymm.recommend.scorers import FallbackScorer, PopularityScorer, RetrieveThenRank, Scorer, TwoTowerScorer
+from raymm.recommend.scorers import PopularityScorer, RetrieveThenRank, Scorer, TwoTowerScorer
 from raymm.recommend.topk import top_k
 
 
@@ -47,10 +49,11 @@ class Recommender:
         catalog: tuple[np.ndarray, Tensor, np.ndarray] | None = None,
         index: IndexChoice | ItemIndex | None = None,
         popularity: Tensor | None = None,
+        collab: CollabVectors | None = None,
     ) -> None:
         """``catalog`` (item ids, item vectors, popularity counts) replaces the artifact's own
         (:meth:`with_items` passes the catalog with live items added, with ``popularity``, the
-        scores its items had, and the ``index`` over them). ``index``: how the retriever ranks
+        scores its items had, ``collab``, their item-item vectors, and the ``index`` over them). ``index``: how the retriever ranks
         the catalog (:class:`IndexChoice`; None: exact), or a built index of its item vectors."""
         self.artifact = artifact
         self.top_n = top_n
@@ -58,6 +61,7 @@ class Recommender:
         artifact.model.eval()  # only ever evaluated here; switching modes per request cost ~0.9 ms
         self.reranker = reranker
         if catalog is None:
+            collab = artifact.collab_vectors()
             table = artifact.item_vectors
             width = table.schema.field("vector").type.list_size
             flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
@@ -73,9 +77,14 @@ class Recommender:
         metrics = artifact.manifest.metrics
         self.two_tower = TwoTowerScorer(artifact.model, item_vectors=vectors)
         self.popularity = PopularityScorer(self.counts, scores=popularity)
-        self.retriever = FallbackScorer(
-            self.two_tower, self.popularity, float(metrics.get("fallback_shrinkage", 0.0))
+        self.settings = BlendSettings.from_metrics(metrics) or BlendSettings()
+        self.collab_vectors = collab
+        self.collab = (
+            None
+            if collab is None
+            else CollaborativeScorer(query_vectors=collab.query, item_vectors=collab.items)
         )
+        self.retriever = served_retriever(self.two_tower, self.collab, self.popularity, self.settings)
         self.index_choice = index if isinstance(index, IndexChoice) else IndexChoice()
         if isinstance(index, ItemIndex):
             self.retriever.use_index(index)
@@ -120,10 +129,18 @@ class Recommender:
         counts = np.concatenate([self.counts, np.zeros(grow)])
         # Known items keep their popularity scores (tie-breaks included); new ones score 0.
         popularity = torch.cat([self.popularity.item_vectors(), torch.zeros(grow, 1)])
+        collab = (
+            None
+            if self.collab_vectors is None
+            else self._grown_collab(self.collab_vectors, new_vectors, rows)
+        )
         index: IndexChoice | ItemIndex = self.index_choice
         if isinstance(self.retriever.index, FaissIndex):
-            # The retriever's (N, E + 1) vectors of the changed rows: two-tower, then popularity.
-            changed = torch.cat([vectors[changed_rows], popularity[changed_rows]], dim=1)
+            # The retriever's vectors of the changed rows: two-tower, item-item, then popularity.
+            parts = [vectors[changed_rows]]
+            if isinstance(self.retriever.primary, PersonalScorer) and collab is not None:
+                parts.append(collab.items[changed_rows])
+            changed = torch.cat([*parts, popularity[changed_rows]], dim=1)
             index = self.retriever.index.updated(changed_rows.numpy(), changed)
         reranker = None
         if self.reranker is not None:
@@ -146,6 +163,18 @@ class Recommender:
             (np.asarray(ids, dtype=object), vectors, counts),
             index=index,
             popularity=popularity,
+            collab=collab,
+        )
+
+    def _grown_collab(self, collab: CollabVectors, new_vectors: Tensor, rows: list[int]) -> CollabVectors:
+        """``collab`` with rows for the items :meth:`with_items` appends, predicted from their item
+        vectors (``new_vectors``, one per entry of ``rows``); known items keep theirs (their
+        item-item evidence came from interactions, which new content does not change)."""
+        n_old = len(self.item_ids)
+        new = torch.as_tensor([i for i, row in enumerate(rows) if row >= n_old], dtype=torch.long)
+        query, items = map_content(new_vectors[new], collab.content_map)
+        return CollabVectors(
+            torch.cat([collab.query, query]), torch.cat([collab.items, items]), collab.content_map
         )
 
     @property

@@ -15,9 +15,10 @@ retrieve-then-rank, :class:`~raymm.recommend.rerank.Reranker`. One evaluator
   history items' vectors;
 * :class:`FallbackScorer`: a scorer blended with popularity by history length, so users with
   little or no history get a real answer: score = a(h) * primary + (1 - a(h)) * popularity with
-  a(h) = h / (h + shrinkage), h the number of history items (a(0) = 0: popularity alone). The
-  shrinkage and the popularity's half-life (recent popularity, or every event alike) are chosen
-  on validation (:func:`choose_blend`) and serving applies the same rule;
+  a(h) = h / (h + shrinkage), h the number of history items (a(0) = 0: popularity alone), plus
+  an optional popularity floor for long histories. The shrinkage, the floor and the popularity's
+  half-life (recent popularity, or every event alike) are chosen on validation
+  (:func:`raymm.recommend.blend.choose_blend_settings`) and serving applies the same rule;
 * :class:`RetrieveThenRank`: a retriever's top ``top_n`` re-ordered by the ranker;
 * :class:`PrecomputedScorer`: scores computed elsewhere (a peer library such as Cornac), one
   row per user id, so the same evaluator ranks them; unknown users get a fallback scorer's answer.
@@ -43,10 +44,10 @@ from raymm.recommend.rerank import Reranker
 from raymm.recommend.topk import TopK, top_k, top_k_of_scores
 from raymm.recommend.vectors import encode_catalog, user_vectors
 
-#: Shrinkage values :func:`choose_shrinkage` tries (0: popularity only for users with no history).
+#: Shrinkage values validation tries (:mod:`raymm.recommend.blend`) (0: popularity only for users with no history).
 #: On MovieLens-100k validation NDCG@20 still rose at 8 and peaked near 64 (bench/cold_users.py).
 SHRINKAGE_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-#: Half-lives (days) of recent popularity :func:`choose_blend` tries; None counts every event
+#: Half-lives (days) of recent popularity validation tries; None counts every event
 #: alike. On MovieLens-100k's time split, validation NDCG@20 of popularity alone rose from 0.279
 #: (every event) to 0.326 at 14 days: what was popular last fortnight is what new users pick.
 HALF_LIFE_GRID_DAYS: tuple[float | None, ...] = (None, 3.0, 7.0, 14.0, 30.0, 90.0)
@@ -285,12 +286,27 @@ def history_weight(history: np.ndarray, shrinkage: float) -> Tensor:
 
 
 class FallbackScorer(DotProductScorer):
-    """``primary`` blended with ``popularity`` by history length (see the module docstring)."""
+    """``primary`` blended with ``popularity`` by history length (see the module docstring).
 
-    def __init__(self, primary: DotProductScorer, popularity: PopularityScorer, shrinkage: float) -> None:
+    ``popularity_weight`` (g >= 0) keeps popularity in every answer: score = a(h) * (primary +
+    g * popularity) + (1 - a(h)) * popularity, so a long history still leans on what is popular
+    (items are picked by taste *and* popularity: the synthetic generator's logit adds
+    log-popularity for everyone, and MovieLens users follow the fortnight's hits).
+    """
+
+    def __init__(
+        self,
+        primary: DotProductScorer,
+        popularity: PopularityScorer,
+        shrinkage: float,
+        popularity_weight: float = 0.0,
+    ) -> None:
         if shrinkage < 0:
             raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
+        if popularity_weight < 0:
+            raise ValueError(f"popularity_weight must be >= 0, got {popularity_weight}")
         self.primary, self.popularity, self.shrinkage = primary, popularity, shrinkage
+        self.popularity_weight = popularity_weight
         self.name = f"{primary.name} + popularity fallback"
         self._items: Tensor | None = None
 
@@ -308,7 +324,10 @@ class FallbackScorer(DotProductScorer):
 
     def user_vectors(self, history: np.ndarray) -> Tensor:
         weight = history_weight(history, self.shrinkage).unsqueeze(1)
-        return torch.cat([weight * self.primary.user_vectors(history), 1.0 - weight], dim=1)
+        return torch.cat(
+            [weight * self.primary.user_vectors(history), 1.0 - weight + self.popularity_weight * weight],
+            dim=1,
+        )
 
 
 class RetrieveThenRank(Scorer):
@@ -351,44 +370,6 @@ class RetrieveThenRank(Scorer):
         if not parts:
             return TopK(torch.zeros((0, k), dtype=torch.long), torch.zeros((0, k)))
         return TopK(torch.cat([p.rows for p in parts]), torch.cat([p.scores for p in parts]))
-
-
-def choose_blend(
-    evaluate: Callable[[Scorer], float],
-    primary: DotProductScorer,
-    context: FitContext,
-    half_lives: Sequence[float | None] = HALF_LIFE_GRID_DAYS,
-    grid: Sequence[float] = SHRINKAGE_GRID,
-) -> tuple[float | None, float, dict[str, float]]:
-    """The popularity half-life and shrinkage whose :class:`FallbackScorer` scores best by
-    ``evaluate`` (on validation; popularity fitted on ``context``, the training split). Returns
-    ``(half_life_days, shrinkage, {"<half-life>/<shrinkage>": score})``; ties go to every event
-    alike, then the smallest shrinkage."""
-    scores: dict[str, float] = {}
-    best: tuple[float, float | None, float] | None = None
-    for half_life in half_lives:
-        popularity = PopularityScorer(half_life_days=half_life).fit(context)
-        shrinkage, by_shrinkage = choose_shrinkage(evaluate, primary, popularity, grid)
-        label = "all" if half_life is None else f"{half_life:g}d"
-        scores.update({f"{label}/{value}": score for value, score in by_shrinkage.items()})
-        score = by_shrinkage[str(shrinkage)]
-        if best is None or score > best[0]:
-            best = (score, half_life, shrinkage)
-    assert best is not None
-    return best[1], best[2], scores
-
-
-def choose_shrinkage(
-    evaluate: Callable[[Scorer], float],
-    primary: DotProductScorer,
-    popularity: PopularityScorer,
-    grid: Sequence[float] = SHRINKAGE_GRID,
-) -> tuple[float, dict[str, float]]:
-    """The shrinkage of ``grid`` whose :class:`FallbackScorer` scores best by ``evaluate`` (on
-    validation; the smallest on ties), and every value's score."""
-    scores = {str(value): evaluate(FallbackScorer(primary, popularity, value)) for value in grid}
-    best = max(grid, key=lambda value: (scores[str(value)], -value))
-    return float(best), scores
 
 
 class PrecomputedScorer(Scorer):

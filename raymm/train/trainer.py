@@ -7,9 +7,9 @@ in DDP and runs the one training loop, :func:`raymm.train.loop.fit`: every epoch
 validates with the evaluator of :mod:`raymm.eval.evaluate` (full ranking on the validation split,
 at most ``train.validation_users`` of its users),
 rank 0 checkpoints model + optimizer + loop state, all ranks report. ``FailureConfig`` restarts
-failed workers from the latest checkpoint. At the end the driver chooses on validation the
-shrinkage and the popularity half-life of the fallback for users with little history
-(:func:`~raymm.recommend.scorers.choose_blend`) and writes the model artifact from the best
+failed workers from the latest checkpoint. At the end the driver fits the item-item part
+(:mod:`raymm.recommend.collab`) on the training split, chooses on validation how serving blends
+it with the two-tower and popularity (:func:`~raymm.recommend.blend.choose_blend_settings`) and writes the model artifact from the best
 epoch's weights. What a reader of the metrics must know about the run (an alignment method that
 needs two modalities given one: :func:`training_notes`) is logged at the start and kept in the
 manifest's ``notes``.
@@ -36,12 +36,14 @@ from raymm.data.dataset import MANIFEST as DATASET_MANIFEST
 from raymm.eval.evaluate import evaluate_scorer
 from raymm.features.store import FEATURES_MANIFEST, TFIDF_STATE, load_features, read_encoders
 from raymm.models.align import inactive_alignment
-from raymm.models.artifact import Manifest, write_artifact
+from raymm.models.artifact import CollabVectors, Manifest, write_artifact
 from raymm.models.config import ModelConfig
 from raymm.models.towers import TwoTower
+from raymm.recommend.blend import BlendSettings, choose_blend_settings
 from raymm.recommend.catalog import Catalog, build_catalog
+from raymm.recommend.collab import CollaborativeScorer
 from raymm.recommend.history import EvalUsers, eval_users, item_counts
-from raymm.recommend.scorers import FitContext, Scorer, TwoTowerScorer, choose_blend
+from raymm.recommend.scorers import FitContext, Scorer, TwoTowerScorer
 from raymm.recommend.vectors import encode_catalog
 from raymm.train.examples import Examples, build_examples, target_log_q
 from raymm.train.loop import LoopState, RunHooks, StepOutput, best_row, fit
@@ -216,19 +218,30 @@ class TrainResult:
     elapsed_s: float = 0.0
 
 
-def choose_fallback(
+def choose_served(
     model: TwoTower, prepared: Prepared, train_split: pa.Table, config: RaymmConfig
-) -> tuple[float | None, float, dict[str, float]]:
-    """The popularity fallback's half-life and shrinkage with the best validation NDCG, popularity
-    counted on the training split (see :func:`~raymm.recommend.scorers.choose_blend`)."""
+) -> tuple[BlendSettings, dict[str, float], CollaborativeScorer | None]:
+    """The served blend with the best validation NDCG (see
+    :func:`~raymm.recommend.blend.choose_blend_settings`): the item-item part (unless
+    ``model.collab.enabled`` is off) and popularity fitted on the training split, the item-item
+    rows of items without training events predicted from their two-tower vectors. Returns the
+    settings, every trial's score and the fitted item-item part."""
     k = 20 if 20 in config.evaluate.ks else max(config.evaluate.ks)
     n_items = prepared.catalog.n_items
     context = FitContext(prepared.catalog, train_split, config.model.user_state.events, config.seed)
-    return choose_blend(
+    two_tower = TwoTowerScorer(model, prepared.catalog)
+    collab = None
+    if config.model.collab.enabled:
+        collab = CollaborativeScorer(rank=config.model.collab.rank, seed=config.seed).fit(context)
+        collab.fill_from_content(two_tower.item_vectors())
+    settings, trials = choose_blend_settings(
         lambda scorer: evaluate_scorer(scorer, prepared.validation, (k,), n_items)[f"ndcg@{k}"],
-        TwoTowerScorer(model, prepared.catalog),
+        two_tower,
+        collab,
         context,
+        prepared.validation.history,
     )
+    return settings, trials, collab
 
 
 def train(
@@ -267,13 +280,12 @@ def train(
     saved = run_on_ray(train_loop_per_worker, loop_config, config, run, dataset, "training run", hooks)
     model = TwoTower(prepared.model_config, prepared.catalog.dims, prepared.n_item_ids, prepared.audio_bands)
     model.load_state_dict(saved.state.best_weights or saved.model)
-    half_life, shrinkage, by_setting = choose_fallback(model, prepared, train_split, config)
+    settings, trials, collab = choose_served(model, prepared, train_split, config)
+    log.info(
+        "raymm train: served blend %s (validation NDCG %.4f)", settings.label(), trials[settings.label()]
+    )
     # Serving's fallback ranks by these counts: recent ones when a half-life won on validation.
-    train_counts = item_counts(train_split, prepared.catalog, spec.events, half_life)
-    label = "all" if half_life is None else f"{half_life:g}d"
-    by_shrinkage = {
-        key.split("/", 1)[1]: value for key, value in by_setting.items() if key.startswith(f"{label}/")
-    }
+    train_counts = item_counts(train_split, prepared.catalog, spec.events, settings.half_life_days)
     # One pass gives the retrieval vectors and the aligned vectors cross-media search ranks by.
     encoding = encode_catalog(model, prepared.catalog)
     history = saved.state.history
@@ -288,10 +300,8 @@ def train(
             "best_epoch": saved.state.best_epoch,
             "validation": best_row(saved.state),
             "history": history,
-            "fallback_shrinkage": shrinkage,
-            "fallback_half_life_days": half_life,
-            "validation_ndcg_by_fallback_shrinkage": by_shrinkage,
-            "validation_ndcg_by_fallback": by_setting,
+            **settings.to_metrics(),
+            "validation_ndcg_by_blend": trials,
         },
         data_fingerprint=prepared.fingerprint,
         encoders=read_encoders(features_dir),
@@ -301,6 +311,9 @@ def train(
         # Serving encodes new text with the IDF the catalog's features were made with.
         encoder_state={"text": tfidf_state} if io.exists(tfidf_state) else None,
         notes=notes,
+        collab=None
+        if collab is None or settings.collab_weight == 0 or collab.map is None
+        else CollabVectors(collab.query_vectors(), collab.item_vectors(), collab.map),
     )
     return TrainResult(out, manifest, history, time.perf_counter() - started)
 

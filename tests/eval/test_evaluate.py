@@ -16,6 +16,7 @@ import pytest
 
 from raymm.eval.evaluate import PROTOCOLS, eval_setup, evaluate, served_scorer
 from raymm.models.artifact import load_artifact
+from raymm.recommend.blend import BlendSettings
 from raymm.recommend.scorers import PopularityScorer
 from tests.conftest import Trained
 
@@ -54,8 +55,17 @@ def test_the_validation_ndcg_is_the_one_training_chose_the_fallback_by(
 ) -> None:
     model = result["model"]
     recorded = load_artifact(trained.model).manifest.metrics
-    chosen = recorded["validation_ndcg_by_fallback_shrinkage"][str(model["fallback_shrinkage"])]
+    settings = BlendSettings.from_metrics(recorded)
+    assert settings is not None and model["blend"] == settings.label()
+    chosen = recorded["validation_ndcg_by_blend"][settings.label()]
     assert model["validation_ndcg"] == pytest.approx(chosen, abs=1e-6)
+    # what is printed side by side: the served model, its parts, and both popularity yardsticks
+    for protocol in PROTOCOLS:
+        served, personal = model["metrics"][protocol], model["personal_metrics"][protocol]
+        assert set(served) == set(personal) == set(model["two_tower_metrics"][protocol])
+        assert set(result["recent_popularity"]["metrics"][protocol]) == set(served)
+    if settings.collab_weight == 0:
+        assert model["personal_metrics"] == model["two_tower_metrics"]
     assert model["best_epoch"] == recorded["best_epoch"] and model["notes"] == []
 
 

@@ -10,15 +10,11 @@ import torch
 from raymm.recommend.catalog import Catalog
 from raymm.recommend.history import item_counts
 from raymm.recommend.scorers import (
-    HALF_LIFE_GRID_DAYS,
-    SHRINKAGE_GRID,
     ContentScorer,
     DotProductScorer,
     FallbackScorer,
     FitContext,
     PopularityScorer,
-    choose_blend,
-    choose_shrinkage,
     history_weight,
 )
 
@@ -88,13 +84,6 @@ def test_fallback_gives_popularity_to_empty_histories_and_blends_by_length() -> 
     assert personal_only[2].tolist() == [1, 2, 3, 0] and personal_only[0].tolist() == blended[0].tolist()
 
 
-def test_the_shrinkage_chosen_is_the_best_on_the_given_evaluation() -> None:
-    primary, popularity = _Fixed([0.0, 1.0]), PopularityScorer(np.array([5, 1]))
-    wanted = 4.0
-    best, scores = choose_shrinkage(lambda s: -abs(s.shrinkage - wanted), primary, popularity)  # type: ignore[attr-defined]
-    assert best == wanted and len(scores) == len(SHRINKAGE_GRID)
-
-
 def _events(rows: list[tuple[str, int]]) -> pa.Table:
     """Interactions: (item id, day) pairs, one user each, all 'like'."""
     day = 86_400_000
@@ -121,17 +110,3 @@ def test_recent_popularity_weighs_events_by_their_age() -> None:
     assert PopularityScorer(half_life_days=10.0).fit(context).recommend(history, 1).rows.tolist() == [[1]]
     with pytest.raises(ValueError, match="half_life_days"):
         item_counts(context.interactions, catalog, ["like"], half_life_days=0.0)
-
-
-def test_the_blend_chooses_half_life_and_shrinkage_on_the_given_evaluation() -> None:
-    catalog = _catalog({"text": np.zeros((2, 1))}, {"text": np.ones(2, dtype=bool)})
-    context = FitContext(catalog, _events([("i0", 0)] * 3 + [("i1", 100)] * 2), ["like"])
-    primary = _Fixed([0.0, 1.0])
-
-    def prefers_recent(scorer: FallbackScorer) -> float:
-        half_life = scorer.popularity.half_life_days
-        return (1.0 if half_life == 14.0 else 0.0) - abs(scorer.shrinkage - 2.0) / 100
-
-    half_life, shrinkage, scores = choose_blend(prefers_recent, primary, context)  # type: ignore[arg-type]
-    assert (half_life, shrinkage) == (14.0, 2.0)
-    assert len(scores) == len(HALF_LIFE_GRID_DAYS) * len(SHRINKAGE_GRID) and "all/0.0" in scores

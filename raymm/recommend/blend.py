@@ -1,0 +1,177 @@
+"""What serving answers with, and how validation chooses it.
+
+The served retriever is one dot product (:class:`~raymm.recommend.scorers.FallbackScorer` over
+:class:`~raymm.recommend.collab.PersonalScorer`)::
+
+    a(h) * (two_tower + collab_weight * item_item + popularity_weight * popularity) + (1 - a(h)) * popularity
+
+with ``a(h) = h / (h + shrinkage)`` for a history of ``h`` items and popularity counted with a
+half-life. :class:`BlendSettings` holds the five numbers (and the item-item model's ``l2``);
+:func:`choose_blend_settings` picks them on validation by coordinate search over fixed grids,
+every setting scored by the same evaluator; the manifest records them and every trial.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from raymm.recommend.collab import L2_GRID, CollaborativeScorer, PersonalScorer
+from raymm.recommend.scorers import (
+    HALF_LIFE_GRID_DAYS,
+    SHRINKAGE_GRID,
+    DotProductScorer,
+    FallbackScorer,
+    FitContext,
+    PopularityScorer,
+    Scorer,
+)
+
+#: Weights of the item-item score validation tries, relative to the two-tower's score spread
+#: (:func:`relative_scale`); 0 is the two-tower alone.
+COLLAB_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+#: Weights popularity keeps for a long history (FallbackScorer's ``popularity_weight``).
+POPULARITY_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0, 3.0)
+#: Passes of the coordinate search over the settings.
+ROUNDS = 2
+#: Users whose scores set the item-item score's scale against the two-tower's.
+SCALE_USERS = 256
+
+
+@dataclass(frozen=True)
+class BlendSettings:
+    """The served blend (see the module docstring). ``collab_weight`` is absolute (what serving
+    multiplies by), ``collab_relative`` the grid value it came from; ``collab_l2`` is relative to
+    the item-item Gram matrix's mean diagonal."""
+
+    collab_weight: float = 0.0
+    collab_relative: float = 0.0
+    collab_l2: float = 1.0
+    half_life_days: float | None = None
+    shrinkage: float = 0.0
+    popularity_weight: float = 0.0
+
+    def label(self) -> str:
+        half_life = "all" if self.half_life_days is None else f"{self.half_life_days:g}d"
+        return (
+            f"collab={self.collab_relative:g}/l2={self.collab_l2:g}/pop={half_life}"
+            f"/shrink={self.shrinkage:g}/floor={self.popularity_weight:g}"
+        )
+
+    def to_metrics(self) -> dict[str, Any]:
+        """The manifest's ``metrics`` entries (``fallback_*`` names kept for older readers)."""
+        return {
+            "fallback_shrinkage": self.shrinkage,
+            "fallback_half_life_days": self.half_life_days,
+            "blend": asdict(self),
+        }
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any]) -> BlendSettings | None:
+        """The settings a manifest recorded; an artifact from before the item-item part has only
+        the fallback's shrinkage and half-life; None when it has neither."""
+        if "blend" in metrics:
+            return cls(**metrics["blend"])
+        if metrics.get("fallback_shrinkage") is None or "fallback_half_life_days" not in metrics:
+            return None
+        return cls(
+            shrinkage=float(metrics["fallback_shrinkage"]), half_life_days=metrics["fallback_half_life_days"]
+        )
+
+
+def served_retriever(
+    two_tower: DotProductScorer,
+    collaborative: CollaborativeScorer | None,
+    popularity: PopularityScorer,
+    settings: BlendSettings,
+) -> FallbackScorer:
+    """The served retriever for ``settings``: the item-item part is left out at weight 0 (no extra
+    vector width in the index) or when there is none."""
+    if collaborative is not None and settings.collab_weight > 0:
+        personal: DotProductScorer = PersonalScorer(two_tower, collaborative, settings.collab_weight)
+    else:
+        personal = two_tower
+    return FallbackScorer(personal, popularity, settings.shrinkage, settings.popularity_weight)
+
+
+def relative_scale(
+    two_tower: DotProductScorer, collaborative: CollaborativeScorer, history: np.ndarray
+) -> float:
+    """std(two-tower scores) / std(item-item scores) over the users of ``history`` with any item
+    (at most :data:`SCALE_USERS`): a grid weight of 1 gives both parts the same spread."""
+    rows = history[(history >= 0).any(axis=1)][:SCALE_USERS]
+    if len(rows) == 0:
+        return 1.0
+    first = (two_tower.user_vectors(rows) @ two_tower.item_vectors().T).std()
+    second = (collaborative.user_vectors(rows) @ collaborative.item_vectors().T).std()
+    return float(first / second) if float(second) > 0 else 1.0
+
+
+def choose_blend_settings(
+    evaluate: Callable[[Scorer], float],
+    two_tower: DotProductScorer,
+    collaborative: CollaborativeScorer | None,
+    context: FitContext,
+    history: np.ndarray,
+    rounds: int = ROUNDS,
+) -> tuple[BlendSettings, dict[str, float]]:
+    """The :class:`BlendSettings` with the best ``evaluate`` (validation NDCG), by coordinate
+    search: each setting in turn over its grid, the others held, ``rounds`` passes; a change is
+    kept only when it scores strictly better, so ties keep the simpler start. Popularity is fitted
+    on ``context`` (the training split); ``history`` (validation users' histories) sets the
+    item-item scale. ``collaborative`` (fitted, l2 changed in place) None: two-tower only.
+    Returns the settings and every trial's score by :meth:`BlendSettings.label`."""
+    popularity: dict[float | None, PopularityScorer] = {}
+    scale = 1.0 if collaborative is None else relative_scale(two_tower, collaborative, history)
+    trials: dict[str, float] = {}
+
+    def score(settings: BlendSettings) -> float:
+        label = settings.label()
+        if label not in trials:
+            if settings.half_life_days not in popularity:
+                popularity[settings.half_life_days] = PopularityScorer(
+                    half_life_days=settings.half_life_days
+                ).fit(context)
+            if collaborative is not None and collaborative.l2 != settings.collab_l2:
+                collaborative.set_l2(settings.collab_l2)
+            trials[label] = evaluate(
+                served_retriever(two_tower, collaborative, popularity[settings.half_life_days], settings)
+            )
+        return trials[label]
+
+    grids: list[tuple[str, tuple[Any, ...]]] = [
+        ("half_life_days", HALF_LIFE_GRID_DAYS),
+        ("shrinkage", SHRINKAGE_GRID),
+        ("popularity_weight", POPULARITY_WEIGHT_GRID),
+    ]
+    if collaborative is not None:
+        grids = [("collab_relative", COLLAB_WEIGHT_GRID), ("collab_l2", L2_GRID), *grids]
+    start_relative = 1.0 if collaborative is not None else 0.0
+    best = BlendSettings(collab_weight=start_relative * scale, collab_relative=start_relative, shrinkage=4.0)
+    best_score = score(best)
+    for _ in range(rounds):
+        changed = False
+        for name, grid in grids:
+            for value in grid:
+                candidate = replace(best, **{name: value})
+                if name == "collab_relative":
+                    candidate = replace(candidate, collab_weight=float(value) * scale)
+                if name == "collab_l2" and candidate.collab_relative == 0:
+                    continue  # l2 changes nothing while the item-item part is off
+                value_score = score(candidate)
+                if value_score > best_score:
+                    best, best_score, changed = candidate, value_score, True
+        if not changed:
+            break
+    if collaborative is not None:
+        collaborative.set_l2(best.collab_l2)
+    return best, trials
+
+
+def as_tensor(values: np.ndarray) -> torch.Tensor:
+    """float32 tensor of ``values`` (a helper for callers building scorers from saved columns)."""
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))

@@ -1,0 +1,118 @@
+"""The served blend: the popularity floor, the coordinate search on validation, the manifest record."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from raymm.recommend.blend import (
+    COLLAB_WEIGHT_GRID,
+    BlendSettings,
+    choose_blend_settings,
+    served_retriever,
+)
+from raymm.recommend.catalog import Catalog
+from raymm.recommend.collab import CollaborativeScorer, PersonalScorer
+from raymm.recommend.scorers import DotProductScorer, FallbackScorer, FitContext, PopularityScorer, Scorer
+
+
+class _Fixed(DotProductScorer):
+    name = "fixed"
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = torch.tensor(scores).unsqueeze(1)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.scores
+
+    def user_vectors(self, history: np.ndarray) -> torch.Tensor:
+        return torch.ones(len(history), 1)
+
+
+def _context(n_items: int = 4) -> FitContext:
+    catalog = Catalog(
+        np.array([f"i{k}" for k in range(n_items)], dtype=object),
+        {"text": torch.zeros(n_items, 1)},
+        {"text": torch.ones(n_items, dtype=torch.bool)},
+        torch.zeros(n_items, dtype=torch.long),
+        [[] for _ in range(n_items)],
+        [],
+    )
+    users = [f"u{k % 5}" for k in range(20)]
+    items = [f"i{(k * 7) % n_items}" for k in range(20)]
+    table = pa.table(
+        {
+            "user_id": users,
+            "item_id": items,
+            "event": ["like"] * 20,
+            "ts": pa.array(np.arange(20) * 86_400_000, pa.timestamp("ms", tz="UTC")),
+            "event_id": [f"e{k}" for k in range(20)],
+        }
+    )
+    return FitContext(catalog, table, ["like"])
+
+
+def test_the_popularity_floor_keeps_popularity_in_a_long_historys_answer() -> None:
+    primary = _Fixed([0.0, 1.0, 0.9, 0.8])
+    popularity = PopularityScorer(np.array([100, 0, 1, 50]))
+    long_history = np.array([[0, 1, 2, 3] * 10])
+    plain = FallbackScorer(primary, popularity, shrinkage=1.0).recommend(long_history, 4).rows[0].tolist()
+    floored = FallbackScorer(primary, popularity, 1.0, popularity_weight=10.0).recommend(long_history, 4)
+    assert plain[:2] == [1, 2]  # 40 items of history: the personal score all but alone
+    assert floored.rows[0].tolist()[:2] == [0, 3]  # popularity still counts
+    with pytest.raises(ValueError, match="popularity_weight"):
+        FallbackScorer(primary, popularity, 1.0, popularity_weight=-1.0)
+
+
+def test_the_search_finds_the_setting_validation_prefers() -> None:
+    context = _context()
+    two_tower = _Fixed([0.1, 0.2, 0.3, 0.4])
+    collab = CollaborativeScorer(l2=1.0).fit(context)
+    wanted = {"half_life_days": 14.0, "shrinkage": 8.0, "popularity_weight": 0.3, "collab_l2": 2.0}
+
+    def validation(scorer: Scorer) -> float:
+        assert isinstance(scorer, FallbackScorer)
+        personal = scorer.primary
+        relative = personal.weight if isinstance(personal, PersonalScorer) else 0.0
+        found = {
+            "half_life_days": scorer.popularity.half_life_days,
+            "shrinkage": scorer.shrinkage,
+            "popularity_weight": scorer.popularity_weight,
+            "collab_l2": collab.l2,
+        }
+        score = sum(1.0 for key, value in wanted.items() if found[key] == value)
+        return score + (1.0 if relative > 0 else 0.0)
+
+    history = np.array([[0, 1], [-1, 2]])
+    settings, trials = choose_blend_settings(validation, two_tower, collab, context, history)
+    assert (settings.half_life_days, settings.shrinkage, settings.popularity_weight) == (14.0, 8.0, 0.3)
+    assert settings.collab_l2 == 2.0 and settings.collab_relative > 0 and collab.l2 == 2.0
+    assert trials[settings.label()] == max(trials.values()) == 5.0
+    # Without an item-item part only the popularity settings are searched.
+    alone, tried = choose_blend_settings(validation, two_tower, None, context, history)
+    assert alone.collab_weight == 0 and all(label.startswith("collab=0/") for label in tried)
+    assert len(tried) < len(trials)
+    assert 0.0 in COLLAB_WEIGHT_GRID
+
+
+def test_settings_round_trip_through_the_manifest_and_old_manifests_still_read() -> None:
+    settings = BlendSettings(
+        collab_weight=0.7, collab_relative=1.0, collab_l2=2.0, half_life_days=14.0, shrinkage=8.0
+    )
+    assert BlendSettings.from_metrics(settings.to_metrics()) == settings
+    old = BlendSettings.from_metrics({"fallback_shrinkage": 4.0, "fallback_half_life_days": None})
+    assert old == BlendSettings(shrinkage=4.0)
+    assert BlendSettings.from_metrics({}) is None
+
+
+def test_weight_zero_leaves_the_item_item_part_out_of_the_index() -> None:
+    context = _context()
+    two_tower = _Fixed([0.1, 0.2, 0.3, 0.4])
+    collab = CollaborativeScorer(l2=1.0).fit(context)
+    popularity = PopularityScorer().fit(context)
+    off = served_retriever(two_tower, collab, popularity, BlendSettings())
+    on = served_retriever(two_tower, collab, popularity, BlendSettings(collab_weight=1.0, collab_relative=1.0))
+    assert off.item_vectors().shape[1] == 2
+    assert on.item_vectors().shape[1] == 2 + collab.width
