@@ -28,11 +28,16 @@ import pyarrow as pa
 import pytest
 import torch
 
+from raymm.models.artifact import CollabVectors
 from raymm.models.towers import TwoTower
+from raymm.recommend.blend import BlendSettings, served_retriever
 from raymm.recommend.catalog import Catalog, build_catalog
+from raymm.recommend.collab import CollaborativeScorer, map_content
+from raymm.recommend.content import EncodedItems
 from raymm.recommend.history import EvalUsers, eval_users
+from raymm.recommend.index import IndexChoice
 from raymm.recommend.recommender import Recommender, load_model
-from raymm.recommend.scorers import TwoTowerScorer
+from raymm.recommend.scorers import FitContext, PopularityScorer, TwoTowerScorer
 from raymm.recommend.vectors import encode_catalog
 from raymm.stream.events import Event
 from raymm.stream.state import StateSpec, UserRecord, UserStateStore
@@ -41,6 +46,7 @@ from tests.fixtures import small_model_config
 EPOCH_MS = int(dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
 MAX_HISTORY = 4
 COUNTING = ("click", "like", "purchase", "play")  # view and skip do not count
+BLEND = BlendSettings(collab_weight=0.5, collab_relative=1.0, shrinkage=2.0, popularity_weight=0.3)
 N_ITEMS = 10
 USERS = ("ana", "bo", "cy", "dee")
 
@@ -167,14 +173,23 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
     torch.manual_seed(0)
     two_tower = TwoTower(config.model, catalog.dims).eval()
     two_tower.fit_alignment(catalog.features, catalog.present)
+    vectors = encode_catalog(two_tower, catalog).vectors
+    # The served blend with every part on: item-item (fitted on the log, content for the rest),
+    # popularity with a shrinkage and a floor.
+    collab = (
+        CollaborativeScorer(l2=1.0).fit(FitContext(catalog, _table(LOG), COUNTING)).fill_from_content(vectors)
+    )
+    assert collab.map is not None
     write_artifact(
         directory,
         two_tower,
         catalog.item_ids,
-        encode_catalog(two_tower, catalog).vectors.numpy(),
+        vectors.numpy(),
         config=config.model_dump(mode="json", by_alias=True),
-        metrics={},
+        metrics=BLEND.to_metrics(),
         data_fingerprint="parity-test",
+        popularity=np.arange(N_ITEMS, dtype=np.float64),
+        collab=CollabVectors(collab.query_vectors(), collab.item_vectors(), collab.map),
     )
     return Model(directory, catalog, load_model(directory))
 
@@ -221,6 +236,21 @@ def test_the_stream_and_the_offline_windows_give_the_same_users(model: Model) ->
     online_vectors = recommender.two_tower.user_vectors(rows)
     offline_vectors = TwoTowerScorer(recommender.artifact.model, model.catalog).user_vectors(offline.history)
     torch.testing.assert_close(online_vectors, offline_vectors, rtol=0, atol=1e-5)
+    # The whole served retriever too: two-tower, item-item and popularity parts of the user vector.
+    saved = recommender.artifact.collab_vectors()
+    assert saved is not None and recommender.settings == BLEND
+    offline_retriever = served_retriever(
+        TwoTowerScorer(recommender.artifact.model, model.catalog),
+        CollaborativeScorer(query_vectors=saved.query, item_vectors=saved.items),
+        PopularityScorer(np.arange(N_ITEMS)),
+        BLEND,
+    )
+    torch.testing.assert_close(
+        recommender.retriever.user_vectors(rows),
+        offline_retriever.user_vectors(offline.history),
+        rtol=0,
+        atol=1e-5,
+    )
     # ... and they tell the users apart (a wrong window could not pass by accident).
     assert (
         torch.cdist(offline_vectors, offline_vectors)[~torch.eye(len(USERS), dtype=torch.bool)].min() > 1e-3
@@ -282,3 +312,39 @@ def test_a_repeat_is_recognised_online_while_it_is_among_the_users_last_dedupe_w
         far.apply(_event(row), spec)
     assert near.history == ["i1", "i2"]  # as offline
     assert far.history == ["i1", "i1", "i2", "i3"]  # r1 was forgotten: applied twice
+
+
+@pytest.mark.parametrize("kind", ["exact", "faiss"])
+def test_a_live_item_gets_its_item_item_vectors_from_content_as_training_gave_cold_items(
+    model: Model, kind: str
+) -> None:
+    base = Recommender(
+        model.recommender.artifact,
+        None,
+        50,
+        index=IndexChoice(kind=kind, nprobe=64),  # type: ignore[arg-type]
+    )
+    saved = base.collab_vectors
+    assert saved is not None
+    like = 3  # the new item's content is item 3's
+    vector = base.two_tower.item_vectors()[like : like + 1].numpy()
+    modalities = base.artifact.model.modalities
+    live = base.with_items(
+        EncodedItems(
+            ["new"],
+            vector,
+            {m: np.zeros((1, 32), np.float32) for m in modalities},
+            {m: np.ones(1, dtype=bool) for m in modalities},
+        )
+    )
+    assert live.collab_vectors is not None and len(live.item_ids) == N_ITEMS + 1
+    query, items = map_content(torch.from_numpy(vector), saved.content_map)
+    torch.testing.assert_close(live.collab_vectors.items[-1], items[0])
+    torch.testing.assert_close(live.collab_vectors.query[-1], query[0])
+    torch.testing.assert_close(live.collab_vectors.items[:N_ITEMS], saved.items)  # the others unchanged
+    # It is recommendable at once, and a history holding it moves the item-item part.
+    answer = live.recommend(["i1", "i2"], k=N_ITEMS + 1)
+    assert "new" in [r.item_id for r in answer]
+    with_new = live.retriever.user_vectors(live.history_rows(["i1", "new"]))
+    without = live.retriever.user_vectors(live.history_rows(["i1"]))
+    assert not torch.allclose(with_new, without)
