@@ -348,6 +348,41 @@ class Built:
     info: dict[str, Any]
 
 
+def _grown_collab(artifact: Any, vectors: torch.Tensor, n_tiny: int) -> Any:
+    """The tiny model's item-item vectors for its own items and, for the catalog's other items,
+    the ones its content map gives (as serving gives a live item); None when it has none."""
+    from raymm.models.artifact import CollabVectors
+    from raymm.recommend.collab import map_content
+
+    tiny = artifact.collab_vectors()
+    if tiny is None:
+        return None
+    query, items = map_content(vectors[n_tiny:], tiny.content_map)
+    return CollabVectors(torch.cat([tiny.query, query]), torch.cat([tiny.items, items]), tiny.content_map)
+
+
+def with_blend(model_dir: Path, out: Path, collab: bool) -> Path:
+    """A copy of the artifact at ``model_dir`` whose served blend has the item-item part on (at the
+    weight training chose, or the grid's 1 when it chose 0) or off: what the item-item part costs
+    a request, measured against the same model without it."""
+    from raymm.models.artifact import COLLAB
+    from raymm.recommend.blend import BlendSettings
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(model_dir, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    settings = BlendSettings.from_metrics(manifest["metrics"]) or BlendSettings()
+    if collab:
+        weight = settings.collab_weight or 1.0
+        settings = BlendSettings(**{**settings.__dict__, "collab_weight": weight, "collab_relative": weight})
+    else:
+        settings = BlendSettings(**{**settings.__dict__, "collab_weight": 0.0, "collab_relative": 0.0})
+        (out / COLLAB).unlink(missing_ok=True)
+    manifest["metrics"].update(settings.to_metrics())
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
 def build_artifact(
     work: Path, n_items: int, n_users: int, epochs: int, seed: int, ranker: bool = False
 ) -> Built:
@@ -429,6 +464,7 @@ def build_artifact(
         popularity=counts,
         aligned=encoding.projected,
         aligned_present=encoding.present,
+        collab=_grown_collab(artifact, encoding.vectors, tiny.n_items),
     )
     ranked = None
     if ranker:
@@ -944,10 +980,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--repeats", type=int, default=1, help="deploy and measure each broker this many times (the spread)"
     )
     parser.add_argument(
+        "--in-process-only",
+        action="store_true",
+        help="only the in-process rows, with and without the item-item part (writes serve_latency.collab.json)",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], help="a config override for the app, e.g. serve.nprobe=64"
     )
     args = parser.parse_args(argv)
     n_items = args.items or (10_000 if args.quick else 100_000)
+    if args.in_process_only:
+        return in_process_only(args, n_items)
     if args.quick:
         args.users, args.duration_s, args.warmup_s, args.epochs = min(args.users, 300), 4.0, 1.0, 1
         args.rates, args.idle_s = "25,100", 3.0
@@ -1029,6 +1072,63 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     out = args.out or RESULTS / (f"{BENCH}.quick.json" if args.quick else f"{BENCH}.json")
+    return finish(BENCH, report, out)
+
+
+def folded_states(events: pa.Table, positive: list[str]) -> dict[str, dict[str, Any]]:
+    """Each user's state as the shards would hold it after the log (no Serve): every item seen,
+    the positive ones in time order as the history (the recommender keeps the window)."""
+    ordered = events.sort_by([("user_id", "ascending"), ("ts", "ascending")])
+    states: dict[str, dict[str, Any]] = {}
+    for user, item, event in zip(
+        ordered.column("user_id").to_pylist(),
+        ordered.column("item_id").to_pylist(),
+        ordered.column("event").to_pylist(),
+        strict=True,
+    ):
+        state = states.setdefault(user, {"history": [], "seen": []})
+        state["seen"].append(item)
+        if event in positive:
+            state["history"].append(item)
+    return states
+
+
+def in_process_only(args: argparse.Namespace, n_items: int) -> dict[str, Any]:
+    """What the item-item part costs a request in process: the served index over the same 100k
+    items with the item-item part off (the baseline) and on, one user per call, one thread."""
+    from raymm.config import load_config
+
+    bench_env()
+    started = time.perf_counter()
+    work = args.work or Path(tempfile.mkdtemp(prefix="raymm-servebench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    quiet_logs(work / "logs" / "raymm.log")
+    try:
+        built = build_artifact(work, n_items, args.users, args.epochs, args.seed)
+        config = load_config(None, args.set)
+        index = IndexChoice(config.serve.index, config.serve.faiss_min_items, config.serve.nprobe)
+        states = folded_states(built.events, list(config.model.user_state.events))
+        order = [u for u in sorted(states) if states[u]["history"]][: args.users]
+        rows = {}
+        for name, collab in (("two_tower", False), ("two_tower_item_item", True)):
+            model_dir = with_blend(built.model, work / f"model-{name}", collab)
+            rows[name] = in_process(model_dir, states, order, index)
+    finally:
+        if not args.keep and args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    base, with_collab = (rows[n]["recommend"]["p99_ms"] for n in ("two_tower", "two_tower_item_item"))
+    report = {
+        "question": "in-process p99 of recommend() with the item-item part, against the same model without it",
+        "n_items": n_items,
+        "model": built.info,
+        "in_process_p99_ms": {"two_tower": base, "two_tower_item_item": with_collab},
+        "item_item_vs_two_tower_p99": round(with_collab / base, 2),
+        "target": "at most 2x the two-tower's in-process p99 (issue 24)",
+        "meets_target": bool(with_collab <= 2 * base),
+        "rows": rows,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    out = args.out or RESULTS / f"{BENCH}.collab.json"
     return finish(BENCH, report, out)
 
 
