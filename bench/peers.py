@@ -5,28 +5,52 @@ For one dataset (a raymm dataset directory and its features):
 1. **Export** the split with ``raymm data export --format mmrec`` (:func:`raymm.data.export.export_mmrec`)
    plus what Cornac needs: ``positives.tsv`` (the interactions raymm counts as positives,
    ``model.user_state.events``, per split) and ``item_text.tsv``.
-2. **Peers** run in their own virtualenv, ``bench/.venv-peers`` (made on first use: ``cornac==3.0.1``,
-   torch and DGL 2.1.0 for LightGCN), so raymm's dependencies stay clean: MostPop, BPR,
-   LightGCN, VBPR (on the image features, or the text features where there are no images) and
-   CTR (Collaborative Topic Regression, Cornac's text-aware model that needs no TensorFlow;
-   CDL needs TensorFlow, which Cornac does not install). ``bench/peers_cornac.py`` fits them and
-   writes score matrices.
-3. **raymm** trains through Ray Train exactly as ``raymm train`` does; its served recommender
-   (the two-tower with its popularity fallback) is what is scored. Its ablations and the
-   training-free content baseline run beside it.
-4. **One evaluator.** Every system, raymm's and the peers', is ranked by raymm's evaluator
-   (:mod:`raymm.eval.evaluate`): full ranking, seen items excluded, on the identical users.
-   A peer's user that the peer never saw (no positive before the evaluated period) gets recent
-   popularity's answer (its half-life chosen on validation), as raymm gives its users without
-   history; before 2026-12-01 evening they got MostPop's, which cost the peers on ML-100k.
+2. **Peers** run in their own virtualenv, ``bench/.venv-peers`` (made on first use:
+   :data:`PEERS_REQUIREMENTS`; Cornac 3.0.1, the newest on PyPI, holds every peer, SASRec and
+   GRU4Rec included), so raymm's dependencies stay clean: MostPop, BPR, LightGCN, VBPR (on the
+   image features, or the text features where there are no images), CTR (Collaborative Topic
+   Regression, Cornac's text-aware model that needs no TensorFlow; CDL needs TensorFlow, which
+   Cornac does not install), EASE, ItemKNN (implicit item-based kNN: Cornac's ``ItemKNN`` is
+   degenerate on implicit data, see ``bench/peers_cornac.py``) and GRU4Rec, the sequential peer
+   (trained on each user's positives in time order, it predicts what follows the history the
+   evaluated period starts from; SASRec the same way with ``--systems``, not by default: Cornac
+   trains it one encoder pass per training target, 10+ minutes a fit here). ``bench/peers_cornac.py`` fits them and writes score matrices.
+3. **raymm** trains through Ray Train exactly as ``raymm train`` does, with the package's
+   training defaults (``train.epochs`` 8, ``train.patience`` 2; the quickstart config's 3
+   epochs are for the quickstart's time budget and stopped ML-100k before validation peaked)
+   on the quickstart config's resources; its served recommender (the personal scorer with its
+   popularity fallback) is what is scored. Its ablations and the training-free content
+   baseline run beside it.
+4. **One evaluator, two tables.** Every system, raymm's and the peers', is ranked by raymm's
+   evaluator (:mod:`raymm.eval.evaluate`): full ranking, seen items excluded, on the identical
+   users, in two tables:
+
+   * **blended**: every system's scores blended with recent popularity exactly as raymm's
+     served scorer blends its own (:class:`~raymm.recommend.scorers.FallbackScorer`: score =
+     a(h) primary + (1 - a(h)) popularity, a(h) = h / (h + shrinkage), h the user's history
+     entries), the half-life and shrinkage chosen per system on validation over the same grids
+     (``HALF_LIFE_GRID_DAYS`` x ``SHRINKAGE_GRID``), popularity counted on the training split
+     for validation and on train+validation for test. A peer's scores are first normalised per
+     user (:func:`normalise_rows`: its top item 1, its median item 0) so that one shrinkage
+     grid covers every system (scaling scores by c is dividing the shrinkage by c);
+     raymm's personal scorer is blended as it is served, with the blend training chose.
+   * **plain**: no system blended: raymm's personal scorer without the fallback, each peer's
+     own scores.
+
+   In both, a user a system cannot score (a peer never saw them: no positive before the
+   evaluated period; raymm: an empty history) gets recent popularity's answer: in the blended
+   table with the system's own blend (a(0) = 0), in the plain table with the half-life chosen
+   for recent popularity alone on validation. Rows also hold "recent popularity" (that
+   half-life), "raymm (default)" (:data:`RAYMM_GRID` [0], the shipped defaults, on every dataset)
+   beside the tuned raymm.
 5. **Tuning on validation only.** Each system gets the same small budget (the first
-   ``--grid-size`` settings of :data:`PEER_GRID` / :data:`RAYMM_GRID`: 2 by default, which keeps
-   the synthetic run under 30 minutes here; 4 at most), fitted on train and scored on the validation users
-   (history from train; popularity for fallbacks fitted on train). The best setting by
-   validation NDCG@20 is then refit on train+validation (peers; raymm's histories already read
-   train+validation) and scored on test: raymm and the best peer on validation with every seed of
-   ``--seeds`` (mean +- sd), the other peers with the first (the time budget: one LightGCN fit
-   takes 2-3 minutes here).
+   ``--grid-size`` settings of :data:`PEER_GRID` / :data:`RAYMM_GRID`: 2 by default, 4 at most),
+   fitted on train and scored on the validation users (history from train; popularity for
+   fallbacks fitted on train). The best setting by blended validation NDCG@20 (raymm: its served
+   scorer's, which is blended) is then refit on train+validation (peers; raymm's histories
+   already read train+validation) and scored on test, in both tables: raymm and the best peer on
+   validation with every seed of ``--seeds`` (mean +- sd), the other peers with the first (the
+   time budget: one LightGCN fit takes 2-3 minutes here).
 6. **Statistics.** raymm against the best peer and against popularity: per-user NDCG@20 and
    Recall@20 (each averaged over the seeds) in a paired sign-flip test and a Wilcoxon test
    (:mod:`raymm.eval.stats`); an ordering "holds" only when p < 0.05.
@@ -37,11 +61,16 @@ For one dataset (a raymm dataset directory and its features):
    outside the training inputs) bounds every system: each is reported as a fraction of it.
 
 Prints one JSON line per system and writes ``bench/results/peers.<name>.json``; every dataset's
-summary is merged into ``bench/results/peers.json``.
+summary is merged into ``bench/results/peers.json``. Every system's per-user test metrics go to
+``<work>/per_user.parquet`` (user_id, system, table, seed, history_length, recall@20, ndcg@20)
+and its per-test-item hits to ``<work>/hits.parquet`` (user_id, item_id, item_count,
+history_length, system, table, seed, hit): ``bench/peers_breakdown.py`` reads them.
 
     .venv/bin/python bench/peers.py --dataset synthetic      # out/quickstart (small), made if absent
     .venv/bin/python bench/peers.py --dataset ml100k --grid-size 4   # bench/fetch_ml100k.py
     .venv/bin/python bench/peers.py --data DIR --features DIR --name NAME [--set key=value ...]
+    .venv/bin/python bench/peers.py --dataset ml100k --cornac-only   # the peers' fits alone (cached)
+    .venv/bin/python bench/peers.py --dataset ml100k --systems EASE,GRU4Rec,SASRec --quick
 """
 
 from __future__ import annotations
@@ -63,30 +92,49 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import torch
 from _shared import BASE_CONFIG, QUICKSTART, RESULTS, ROOT, ensure_quickstart, finish, log
+from torch import Tensor
 
-from raymm.config import RaymmConfig, load_config
+from raymm.config import RaymmConfig, TrainConfig, load_config
 from raymm.data.dataset import SPLITS, load_dataset
 from raymm.data.export import export_mmrec
 from raymm.eval.evaluate import EvalSetup, eval_setup, per_user_metrics, served_scorer
 from raymm.eval.oracle import OracleScorer, load_oracle
 from raymm.eval.stats import mean_sd, paired_test
 from raymm.models.artifact import load_artifact
-from raymm.recommend.history import EvalUsers, positive_events
+from raymm.recommend.blend import BlendSettings, choose_blend_settings, served_retriever
+from raymm.recommend.history import EvalUsers, item_counts, positive_events
+from raymm.recommend.itemsets import ItemSets
 from raymm.recommend.scorers import (
     HALF_LIFE_GRID_DAYS,
     ContentScorer,
+    DotProductScorer,
     FallbackScorer,
     PopularityScorer,
     PrecomputedScorer,
     Scorer,
+    history_weight,
 )
+from raymm.recommend.topk import TopK, top_k_of_scores
 
 BENCH = "peers"
 K = 20
 KS = (K,)
 METRICS = (f"recall@{K}", f"ndcg@{K}", f"hit_rate@{K}")
+TABLES = ("blended", "plain")
+#: Peers bench/peers_breakdown.py sets raymm against (those present).
+BREAKDOWN_PEERS = ("LightGCN", "BPR", "EASE", "ItemKNN", "GRU4Rec", "SASRec")
 PEERS_VENV = ROOT / "bench" / ".venv-peers"
-PEERS_REQUIREMENTS = ("cornac==3.0.1", "torch==2.11.0", "dgl==2.1.0")
+#: Cornac 3.0.1 is the newest release on PyPI (2026-12) and holds every peer, SASRec and GRU4Rec
+#: included. Torch: the CPU build where a local wheel offers it (the peers run on CPU); DGL 2.1.0
+#: for LightGCN, whose GraphBolt modules import pandas, PyYAML and pydantic at import time.
+PEERS_REQUIREMENTS = (
+    "cornac==3.0.1",
+    "torch==2.13.0",
+    "dgl==2.1.0",
+    "pandas==3.1.1",
+    "PyYAML==6.0.4",
+    "pydantic==2.14.4",
+)
 #: DGL 2.1.0 imports torchdata.datapipes, which torchdata 0.10 removed; installed without its
 #: torch pin.
 PEERS_NO_DEPS = ("torchdata==0.9.0",)
@@ -123,7 +171,57 @@ PEER_GRID: dict[str, list[dict[str, Any]]] = {
         for w in (0.01, 0.1)
     ],
     "CTR": [{"k": k, "lambda_u": 0.01, "lambda_v": v, "max_iter": 30} for k in (32, 64) for v in (0.01, 1.0)],
+    # EASE's one parameter, the L2 weight (Cornac's default 500 first); a fit is one item x item
+    # inverse (6 s on ml-100k here).
+    "EASE": [{"lamb": lamb} for lamb in (500.0, 100.0, 2000.0, 50.0)],
+    # Implicit item kNN (bench/peers_cornac.py's ItemKNN): neighbours kept and similarity.
+    "ItemKNN": [
+        {"k": 100, "similarity": "cosine"},
+        {"k": 200, "similarity": "cosine"},
+        {"k": 100, "similarity": "jaccard"},
+        {"k": 50, "similarity": "cosine"},
+    ],
+    # SASRec: Cornac trains it on every prefix of every user's sequence (one full encoder pass
+    # per training target, not the paper's all-positions pass), so an epoch costs minutes here:
+    # histories of 20 items, 64 dimensions, epochs and size on the grid.
+    "SASRec": [
+        {
+            "embedding_dim": dim,
+            "n_epochs": epochs,
+            "max_len": 20,
+            "num_blocks": 2,
+            "num_heads": 1,
+            "dropout": 0.2,
+            "learning_rate": 0.001,
+            "batch_size": 512,
+            "n_sample": 256,
+            "loss": "ce",
+        }
+        for dim, epochs in ((64, 5), (64, 10), (32, 5), (128, 5))
+    ],
+    # GRU4Rec (session-parallel GRU, sampled cross-entropy): the default sequential peer, about
+    # 30 s an epoch on ml-100k here at 512 parallel sequences; size and epochs on the grid.
+    "GRU4Rec": [
+        {
+            "layers": [size],
+            "n_epochs": epochs,
+            "batch_size": 256,
+            "learning_rate": 0.05,
+            "momentum": 0.0,
+            "n_sample": 512,
+            "loss": "cross-entropy",
+            "dropout_p_hidden": 0.0,
+        }
+        for size, epochs in ((64, 10), (128, 10), (64, 20), (128, 20))
+    ],
 }
+#: Peers run by default: SASRec only on request (--systems), its fits take 10+ minutes here.
+DEFAULT_SYSTEMS = tuple(system for system in PEER_GRID if system != "SASRec")
+#: The package's training defaults, over configs/quickstart.yaml's (3 epochs: the quickstart's time
+#: budget, which stopped ML-100k before validation peaked; the package's 8 did not).
+PACKAGE_TRAINING = tuple(
+    f"train.{key}={TrainConfig.model_fields[key].default}" for key in ("epochs", "patience")
+)
 #: raymm's grid (config overrides on the dataset's base config): the default and three changes.
 RAYMM_GRID: list[tuple[str, ...]] = [
     (),
@@ -147,7 +245,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", help="result name (default: the dataset's)")
     parser.add_argument("--set", action="append", default=[], help="base config override, key=value")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the final runs")
-    parser.add_argument("--systems", default=",".join(PEER_GRID), help="peers to run")
+    parser.add_argument(
+        "--systems", default=",".join(DEFAULT_SYSTEMS), help=f"peers to run, of {', '.join(PEER_GRID)}"
+    )
+    parser.add_argument(
+        "--cornac-only",
+        action="store_true",
+        help="fit the peers (grid on validation, finals on test; cached) and stop before raymm",
+    )
     parser.add_argument(
         "--work", type=Path, default=None, help="scratch directory (default out/peers/<name>)"
     )
@@ -175,7 +280,8 @@ def peers_python() -> Path:
     """The peers virtualenv's Python, created and filled on first use."""
     python = PEERS_VENV / "bin" / "python"
     marker = PEERS_VENV / ".raymm-peers-ready"
-    if marker.is_file():
+    wanted = " ".join(PEERS_REQUIREMENTS + PEERS_NO_DEPS) + "\n"
+    if marker.is_file() and marker.read_text() == wanted:
         return python
     if not python.is_file():
         log(BENCH, f"creating {PEERS_VENV.relative_to(ROOT)}")
@@ -185,7 +291,7 @@ def peers_python() -> Path:
     subprocess.run([*pip, *PEERS_REQUIREMENTS], check=True, stdout=sys.stderr)
     subprocess.run([*pip, "--no-deps", *PEERS_NO_DEPS], check=True, stdout=sys.stderr)
     _skip_graphbolt(python)
-    marker.write_text(" ".join(PEERS_REQUIREMENTS + PEERS_NO_DEPS) + "\n")
+    marker.write_text(wanted)
     return python
 
 
@@ -239,6 +345,8 @@ class Export:
                         "userID": users,
                         "itemID": items,
                         "x_label": pa.repeat(pa.scalar(label, pa.int64()), table.num_rows),
+                        # Milliseconds since the epoch: the order sequential peers read.
+                        "ts": pc.cast(pc.cast(table.column("ts"), pa.timestamp("ms")), pa.int64()),
                     }
                 )
             )
@@ -329,18 +437,31 @@ def run_cornac(export: Export, jobs: list[dict[str, Any]]) -> dict[str, dict[str
     return {job["id"]: json.loads((export.root / "scores" / f"{job['id']}.json").read_text()) for job in jobs}
 
 
-def peer_scorer(
-    export: Export, setup: EvalSetup, job_id: str, meta: dict[str, Any], popularity: PopularityScorer
-) -> PrecomputedScorer:
-    """A job's scores as a raymm scorer over the catalog; unknown users get ``popularity``."""
+def peer_scores(
+    export: Export, setup: EvalSetup, job_id: str, meta: dict[str, Any]
+) -> tuple[list[str], np.ndarray]:
+    """A job's (user ids, (users, catalog items) scores); catalog items the peer never scored get
+    -3e38, below every scored one."""
     matrix = np.load(export.root / "scores" / f"{job_id}.npy")
     columns = export.catalog_columns(setup)
     scores = np.full((matrix.shape[0], setup.catalog.n_items), np.float32(-3.0e38), dtype=np.float32)
     inside = columns >= 0
     scores[:, columns[inside]] = matrix[:, inside]
-    # Items of the catalog the peer never scored rank below every scored one.
-    user_ids = [export.user_ids[u] for u in meta["users"]]
+    return [export.user_ids[u] for u in meta["users"]], scores
+
+
+def peer_scorer(
+    export: Export, setup: EvalSetup, job_id: str, meta: dict[str, Any], popularity: PopularityScorer
+) -> PrecomputedScorer:
+    """A job's scores as a raymm scorer over the catalog; unknown users get ``popularity``."""
+    user_ids, scores = peer_scores(export, setup, job_id, meta)
     return PrecomputedScorer(job_id, user_ids, scores, fallback=popularity)
+
+
+def peer_matrix(export: Export, setup: EvalSetup, job_id: str, meta: dict[str, Any]) -> MatrixScores:
+    """A job's scores normalised per user (:func:`normalise_rows`), ready to blend."""
+    user_ids, scores = peer_scores(export, setup, job_id, meta)
+    return MatrixScores(job_id, user_ids, normalise_rows(scores))
 
 
 def peer_jobs(
@@ -408,16 +529,139 @@ def train_raymm(
 
 
 def raymm_scorers(model_dir: Path, setup: EvalSetup) -> tuple[FallbackScorer, FallbackScorer]:
-    """The artifact's served recommender for validation (popularity on train) and test
-    (train+validation), with the fallback settings training chose on validation
-    (:func:`~raymm.eval.evaluate.served_scorer`)."""
+    """The artifact's served recommender for validation (what the blend knows counted on the
+    training split) and test (train+validation), with the fallback settings training chose on
+    validation (:func:`~raymm.eval.evaluate.served_scorer`). ``served.primary`` is raymm's personal
+    scorer: raymm without the fallback."""
     artifact = load_artifact(str(model_dir), expected_dims=setup.catalog.dims)
-    test, shrinkage = served_scorer(artifact, setup, KS)
-    half_life = test.popularity.half_life_days
-    validation = FallbackScorer(
-        test.primary, PopularityScorer(half_life_days=half_life).fit(setup.train_context), shrinkage
-    )
+    test, _ = served_scorer(artifact, setup, KS)
+    # Its item-item part and popularity fitted on the training split only, for validation users.
+    validation, _ = served_scorer(artifact, setup, KS, context=setup.train_context)
     return validation, test
+
+
+def plain_scorer(primary: DotProductScorer, popularity: PopularityScorer) -> FallbackScorer:
+    """``primary`` unblended; a user with an empty history gets ``popularity`` (shrinkage 0:
+    a(h) = 1 for h > 0, a(0) = 0)."""
+    return FallbackScorer(primary, popularity, 0.0)
+
+
+# --- blending a peer's scores as raymm blends its own -----------------------------------------
+
+#: Normalised score of items a peer never scored: below any blend of scored items.
+UNSCORED = np.float32(-1.0e4)
+
+
+def normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each user's scores on one scale: ``(s - median) / (max - median)`` over the items the peer
+    scored (top item 1, median item 0; 1 where max = median), so one shrinkage grid covers every
+    system; within a user the order is unchanged. Unscored items (below -1e38) get
+    :data:`UNSCORED`. Recent popularity, the other half of the blend, is log-count / log-max-count
+    (top item 1)."""
+    scored = matrix > np.float32(-1.0e38)
+    values = np.where(scored, matrix, np.nan).astype(np.float64)
+    top = np.nanmax(values, axis=1, keepdims=True)
+    middle = np.nanmedian(values, axis=1, keepdims=True)
+    spread = top - middle
+    spread = np.where(spread > 0, spread, 1.0)
+    out = (values - middle) / spread
+    return np.where(scored, out, UNSCORED).astype(np.float32)
+
+
+class MatrixScores(DotProductScorer):
+    """A peer's normalised score matrix standing where raymm's personal scorer stands in
+    :func:`~raymm.recommend.blend.choose_blend_settings`, so a peer's blend is searched by raymm's
+    own code; :class:`BlendedScorer` ranks it (a (U, N) matrix is no dot product worth doing)."""
+
+    def __init__(self, name: str, user_ids: Sequence[str], scores: np.ndarray) -> None:
+        self.name = name
+        self.precomputed = PrecomputedScorer(name, user_ids, scores)
+
+    def item_vectors(self) -> Tensor:
+        raise NotImplementedError("MatrixScores ranks through BlendedScorer")
+
+    def user_vectors(self, history: np.ndarray) -> Tensor:
+        raise NotImplementedError("MatrixScores ranks through BlendedScorer")
+
+
+class BlendedScorer(Scorer):
+    """A precomputed score matrix blended with popularity exactly as
+    :class:`~raymm.recommend.scorers.FallbackScorer` blends raymm's personal scorer: score =
+    a(h) * (s + g * popularity) + (1 - a(h)) * popularity, a(h) = h / (h + shrinkage) with h the
+    user's history entries (a(0) = 0), g the popularity weight. ``matrix`` holds rows already
+    normalised (:func:`normalise_rows`); a user without a row gets popularity alone (a = 0), as
+    raymm's users without history do."""
+
+    def __init__(
+        self,
+        matrix: MatrixScores,
+        popularity: PopularityScorer,
+        shrinkage: float,
+        popularity_weight: float = 0.0,
+    ) -> None:
+        self.name = f"{matrix.name} + popularity"
+        self.matrix, self.popularity = matrix, popularity
+        self.shrinkage, self.popularity_weight = shrinkage, popularity_weight
+
+    @classmethod
+    def of(cls, served: FallbackScorer) -> BlendedScorer:
+        """The blend ``served`` (what :func:`~raymm.recommend.blend.served_retriever` built around a
+        :class:`MatrixScores`) describes."""
+        assert isinstance(served.primary, MatrixScores)
+        return cls(served.primary, served.popularity, served.shrinkage, served.popularity_weight)
+
+    def recommend(
+        self,
+        history: np.ndarray,
+        k: int,
+        *,
+        exclude: ItemSets | None = None,
+        candidates: np.ndarray | None = None,
+        recency: np.ndarray | None = None,
+        user_ids: np.ndarray | None = None,
+    ) -> TopK:
+        if user_ids is None:
+            raise ValueError(f"{self.name}: precomputed scores need the users' ids")
+        row_of = self.matrix.precomputed.row
+        rows = np.array([row_of.get(str(user), -1) for user in user_ids], dtype=np.int64)
+        unknown = torch.from_numpy(rows < 0)
+        popularity = self.popularity.item_vectors()[:, 0]
+        weight = history_weight(history, self.shrinkage)
+        weight[unknown] = 0.0
+        personal = self.matrix.precomputed.scores[torch.from_numpy(np.maximum(rows, 0))]
+        personal[unknown] = 0.0
+        blended = (
+            weight[:, None] * (personal + self.popularity_weight * popularity[None, :])
+            + (1.0 - weight)[:, None] * popularity[None, :]
+        )
+        return top_k_of_scores(blended, k, exclude=exclude, candidates=candidates)
+
+
+def choose_peer_blend(matrix: MatrixScores, setup: EvalSetup) -> tuple[BlendSettings, float]:
+    """The blend with the best validation NDCG@20, searched by raymm's own
+    :func:`~raymm.recommend.blend.choose_blend_settings` (same grids, same coordinate search,
+    popularity counted on the training split; no item-item part: a peer has its own). Returns the
+    settings and their validation NDCG@20."""
+    settings, trials = choose_blend_settings(
+        lambda served: validation_ndcg(BlendedScorer.of(served), setup),
+        matrix,
+        None,
+        setup.train_context,
+        setup.validation.history,
+    )
+    return settings, trials[settings.label()]
+
+
+def blend_row(settings: BlendSettings) -> dict[str, Any]:
+    return {
+        "half_life_days": settings.half_life_days,
+        "shrinkage": settings.shrinkage,
+        "popularity_weight": settings.popularity_weight,
+    }
+
+
+def validation_ndcg(scorer: Scorer, setup: EvalSetup) -> float:
+    return float(score(scorer, setup, setup.validation)[1][f"ndcg@{K}"].mean())
 
 
 # --- scoring --------------------------------------------------------------------------------
@@ -425,6 +669,25 @@ def raymm_scorers(model_dir: Path, setup: EvalSetup) -> tuple[FallbackScorer, Fa
 
 def score(scorer: Scorer, setup: EvalSetup, users: EvalUsers) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return per_user_metrics(scorer, users, (K,), setup.catalog.n_items)
+
+
+def test_hits(scorer: Scorer, users: EvalUsers) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per held-out (user, item) pair of the users with a truth: (user position in ``users``,
+    catalog row, whether the item is in the user's top K). Same ranking as the evaluator's."""
+    active = np.flatnonzero(users.truth.sizes > 0)
+    owners, items, hits = [], [], []
+    for start in range(0, active.size, 256):
+        chunk = active[start : start + 256]
+        top = scorer.recommend(
+            users.history[chunk], K, exclude=users.seen.take(chunk), user_ids=users.user_ids[chunk]
+        ).rows.numpy()
+        positions, truth = users.truth.gather(chunk)
+        owners.append(chunk[positions])
+        items.append(truth)
+        hits.append((top[positions] == truth[:, None]).any(axis=1))
+    if not owners:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+    return np.concatenate(owners), np.concatenate(items), np.concatenate(hits)
 
 
 def cold_recall(scorer: Scorer, setup: EvalSetup) -> float | None:
@@ -438,7 +701,7 @@ def cold_recall(scorer: Scorer, setup: EvalSetup) -> float | None:
 
 
 class Record:
-    """One system's results: the grid on validation, then per seed on test."""
+    """One system's results in one table: the grid on validation, then per seed on test."""
 
     def __init__(self, system: str, kind: str) -> None:
         self.system, self.kind = system, kind
@@ -447,17 +710,27 @@ class Record:
         self.seeds: list[int] = []
         self.test: list[dict[str, float]] = []
         self.per_user: list[dict[str, np.ndarray]] = []
+        self.hits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.user_ids: np.ndarray | None = None
         self.cold: list[float] = []
         self.fit_s: list[float] = []
         self.extra: dict[str, Any] = {}
 
-    def add_test(self, seed: int, users: np.ndarray, values: dict[str, np.ndarray], fit_s: float) -> None:
+    def add_test(
+        self,
+        seed: int,
+        users: np.ndarray,
+        values: dict[str, np.ndarray],
+        fit_s: float,
+        hits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         if self.user_ids is not None and not np.array_equal(users, self.user_ids):
             raise SystemExit(f"{self.system}: seeds scored different users")
         self.user_ids = users
         self.seeds.append(seed)
         self.per_user.append(values)
+        if hits is not None:
+            self.hits.append(hits)
         self.test.append({m: float(values[m].mean()) for m in METRICS})
         self.fit_s.append(fit_s)
 
@@ -523,7 +796,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = (args.work or ROOT / "out" / "peers" / name).resolve()
     work.mkdir(parents=True, exist_ok=True)
     # Ray workers' output (Ray Train's per-epoch reports) stays in Ray's log files.
-    config = load_config(BASE_CONFIG, [f"out={work}", "ray.log_to_driver=false", *overrides])
+    # The quickstart config's resources, the package's training defaults (its 3 epochs are the
+    # quickstart's time budget; RAYMM_GRID[0] is meant to be what ships).
+    config = load_config(
+        BASE_CONFIG, [f"out={work}", "ray.log_to_driver=false", *PACKAGE_TRAINING, *overrides]
+    )
     from raymm.runtime import init_ray
 
     init_ray(config.ray)
@@ -536,23 +813,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     export = Export(data, features, work / "export", config)
     vbpr_features = "image" if "image" in export.features else ("text" if "text" in export.features else None)
-    records: dict[str, Record] = {}
+    # One Record per (table, system): "blended" and "plain" (see the module docstring).
+    records: dict[str, dict[str, Record]] = {table: {} for table in TABLES}
+
+    def record_pair(system: str, kind: str) -> tuple[Record, Record]:
+        pair = (Record(system, kind), Record(system, kind))
+        for table, record in zip(TABLES, pair, strict=True):
+            records[table][system] = record
+        return pair
+
+    test_users_known = test_users.truth.sizes > 0
+    true_history = _history_lengths(setup, test_users)
+
+    def add_test(
+        record: Record, scorer: Scorer, seed: int, fit_s: float, cold: bool = False
+    ) -> dict[str, np.ndarray]:
+        users, values = score(scorer, setup, test_users)
+        record.add_test(seed, users, values, fit_s, test_hits(scorer, test_users))
+        if cold:
+            recall = cold_recall(scorer, setup)
+            if recall is not None:
+                record.cold.append(recall)
+        return values
 
     # Recent popularity, its half-life chosen on validation as raymm's fallback chooses it: a
     # baseline of its own (how much of raymm's answer is the fallback), and the answer every
-    # peer gives a user it never saw, as raymm gives its users without history.
+    # system gives a user it cannot score in the plain table.
     by_half_life = {
-        half_life: float(
-            score(
-                PopularityScorer(half_life_days=half_life).fit(setup.train_context), setup, setup.validation
-            )[1][f"ndcg@{K}"].mean()
-        )
+        half_life: validation_ndcg(PopularityScorer(half_life_days=half_life).fit(setup.train_context), setup)
         for half_life in HALF_LIFE_GRID_DAYS
     }
     half_life = max(by_half_life, key=lambda h: by_half_life[h])
-    # Peers: the grid on validation, then the best setting refit on train+validation per seed.
     train_popularity = PopularityScorer(half_life_days=half_life).fit(setup.train_context)
     popularity = PopularityScorer(half_life_days=half_life).fit(setup.context)
+
+    # Peers: the grid on validation (each setting blended as raymm's is blended, its blend chosen
+    # on validation too), then the best setting refit on train+validation per seed.
     grid_size = 1 if args.quick else args.grid_size
     jobs = [
         job
@@ -560,30 +856,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if int(job["id"].split("-g")[1].split("-")[0]) < grid_size
     ]
     metas = run_cornac(export, jobs)
+    blends: dict[str, BlendSettings] = {}
+    settings_of: dict[tuple[str, str], BlendSettings] = {}
     for job in jobs:
-        record = records.setdefault(job["system"], Record(job["system"], "peer (Cornac 3.0.1)"))
-        scorer = peer_scorer(export, setup, job["id"], metas[job["id"]], train_popularity)
-        _, values = score(scorer, setup, setup.validation)
-        record.grid.append(
-            {
-                "params": job["params"],
-                "validation_ndcg@20": round(float(values[f"ndcg@{K}"].mean()), 4),
-                "fit_s": metas[job["id"]]["fit_s"],
-            }
+        system = job["system"]
+        if system not in records["blended"]:
+            record_pair(system, "peer (Cornac 3.0.1)")
+        plain_value = validation_ndcg(
+            peer_scorer(export, setup, job["id"], metas[job["id"]], train_popularity), setup
         )
+        settings, blended_value = choose_peer_blend(
+            peer_matrix(export, setup, job["id"], metas[job["id"]]), setup
+        )
+        row = {
+            "params": job["params"],
+            "validation_ndcg@20": round(blended_value, 4),
+            "plain_validation_ndcg@20": round(plain_value, 4),
+            "blend": blend_row(settings),
+            "fit_s": metas[job["id"]]["fit_s"],
+        }
+        settings_of[(system, json.dumps(job["params"], sort_keys=True))] = settings
+        for table in TABLES:
+            records[table][system].grid.append(row)
     test_ids = export.users(test_users.user_ids)
     finals = []
-    # The headline peer (best on validation, MostPop aside) runs every seed; the others one.
+    # The headline peer (best on blended validation, MostPop aside) runs every seed; the others one.
     headline_peer = max(
-        (r for r in records.values() if r.system != "MostPop"),
+        (r for r in records["blended"].values() if r.system != "MostPop"),
         key=lambda r: max(row["validation_ndcg@20"] for row in r.grid),
         default=None,
     )
-    for system, record in records.items():
+    for system, record in records["blended"].items():
         best = max(record.grid, key=lambda row: row["validation_ndcg@20"])
-        record.best = best["params"]
-        if system == "VBPR":
-            record.extra["features"] = vbpr_features
+        blends[system] = settings_of[(system, json.dumps(best["params"], sort_keys=True))]
+        for table in TABLES:
+            records[table][system].best = {**best["params"], "blend": best["blend"]}
+            if system == "VBPR":
+                records[table][system].extra["features"] = vbpr_features
         for seed in seeds if record is headline_peer else seeds[:1]:
             finals.append(
                 {
@@ -598,112 +907,177 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 }
             )
     final_metas = run_cornac(export, finals)
+    if args.cornac_only:
+        log(BENCH, f"{len(jobs)} validation and {len(finals)} test Cornac fits cached in {export.root}")
+        return {"cornac_only": True, "jobs": len(jobs), "finals": len(finals)}
     for job in finals:
-        record = records[job["system"]]
-        scorer = peer_scorer(export, setup, job["id"], final_metas[job["id"]], popularity)
-        users, values = score(scorer, setup, test_users)
-        record.add_test(job["seed"], users, values, final_metas[job["id"]]["fit_s"])
-        record.extra["test_users_unknown_to_it"] = len(test_ids) - len(final_metas[job["id"]]["users"])
+        system, meta = job["system"], final_metas[job["id"]]
+        blend = blends[system]
+        blended = BlendedScorer(
+            peer_matrix(export, setup, job["id"], meta),
+            PopularityScorer(half_life_days=blend.half_life_days).fit(setup.context),
+            blend.shrinkage,
+            blend.popularity_weight,
+        )
+        add_test(records["blended"][system], blended, job["seed"], meta["fit_s"])
+        add_test(
+            records["plain"][system],
+            peer_scorer(export, setup, job["id"], meta, popularity),
+            job["seed"],
+            meta["fit_s"],
+        )
+        for table in TABLES:
+            records[table][system].extra["test_users_unknown_to_it"] = len(test_ids) - len(meta["users"])
     cross_check = None
     for job in finals:
         if job.get("cross_check"):
             cross_check = check_against_cornac(export, setup, job["id"], final_metas[job["id"]], popularity)
 
-    # raymm: the grid on validation, the best refit per seed; ablations at the default settings.
-    raymm = Record("raymm", "raymm (served: two-tower + popularity fallback)")
-    models: dict[str, Path] = {}
+    # raymm: the grid on validation (its served, blended scorer), the best refit per seed; the
+    # default settings (RAYMM_GRID[0]) reported on their own; ablations at the default settings.
+    raymm_blended, raymm_plain = record_pair("raymm", "raymm (tuned on validation)")
     raymm_grid = RAYMM_GRID[:grid_size]
     for index, grid_overrides in enumerate(raymm_grid):
         out = work / "raymm" / f"g{index}-s{seeds[0]}"
         seconds = train_raymm(config, grid_overrides, data, features, out, args.reuse)
-        models[f"g{index}"] = out
-        validation_scorer, _ = raymm_scorers(out, setup)
-        _, values = score(validation_scorer, setup, setup.validation)
-        raymm.grid.append(
-            {
-                "overrides": list(grid_overrides),
-                "validation_ndcg@20": round(float(values[f"ndcg@{K}"].mean()), 4),
-                "fit_s": round(seconds, 1),
-                **_curve(out),
-            }
-        )
-        log(BENCH, f"raymm grid {index} {list(grid_overrides)}: {raymm.grid[-1]['validation_ndcg@20']}")
-    best_index = max(range(len(raymm_grid)), key=lambda i: raymm.grid[i]["validation_ndcg@20"])
-    raymm.best = {"overrides": list(RAYMM_GRID[best_index])}
+        validation_scorer, test_scorer = raymm_scorers(out, setup)
+        row = {
+            "overrides": list(grid_overrides),
+            "validation_ndcg@20": round(validation_ndcg(validation_scorer, setup), 4),
+            "plain_validation_ndcg@20": round(
+                validation_ndcg(plain_scorer(validation_scorer.primary, train_popularity), setup), 4
+            ),
+            "blend": {
+                "half_life_days": test_scorer.popularity.half_life_days,
+                "shrinkage": test_scorer.shrinkage,
+                "popularity_weight": test_scorer.popularity_weight,
+                "personal": test_scorer.primary.name,
+            },
+            "fit_s": round(seconds, 1),
+            **_curve(out),
+        }
+        raymm_blended.grid.append(row)
+        raymm_plain.grid.append(row)
+        log(BENCH, f"raymm grid {index} {list(grid_overrides)}: {row['validation_ndcg@20']}")
+    best_index = max(range(len(raymm_grid)), key=lambda i: raymm_blended.grid[i]["validation_ndcg@20"])
+    default_blended, default_plain = record_pair("raymm (default)", "raymm, shipped defaults (RAYMM_GRID[0])")
+    for record in (raymm_blended, raymm_plain):
+        record.best = {"overrides": list(RAYMM_GRID[best_index])}
+    for record in (default_blended, default_plain):
+        record.best = {"overrides": []}
+        record.grid = raymm_blended.grid[:1]
     for seed in seeds:
         out = work / "raymm" / f"g{best_index}-s{seed}"
-        seconds = raymm.grid[best_index]["fit_s"]
+        seconds = raymm_blended.grid[best_index]["fit_s"]
         if seed != seeds[0]:
             seconds = train_raymm(
                 config, (*RAYMM_GRID[best_index], f"seed={seed}"), data, features, out, args.reuse
             )
         _, test_scorer = raymm_scorers(out, setup)
-        users, values = score(test_scorer, setup, test_users)
-        raymm.add_test(seed, users, values, seconds)
-        recall = cold_recall(test_scorer, setup)
-        if recall is not None:
-            raymm.cold.append(recall)
-    records["raymm"] = raymm
+        add_test(raymm_blended, test_scorer, seed, seconds, cold=True)
+        add_test(raymm_plain, plain_scorer(test_scorer.primary, popularity), seed, seconds, cold=True)
+        if best_index == 0:
+            add_test(default_blended, test_scorer, seed, seconds, cold=True)
+            add_test(default_plain, plain_scorer(test_scorer.primary, popularity), seed, seconds, cold=True)
+    if best_index != 0:
+        # The shipped defaults with the first seed (the model the grid trained).
+        out = work / "raymm" / f"g0-s{seeds[0]}"
+        _, test_scorer = raymm_scorers(out, setup)
+        seconds = raymm_blended.grid[0]["fit_s"]
+        add_test(default_blended, test_scorer, seeds[0], seconds, cold=True)
+        add_test(default_plain, plain_scorer(test_scorer.primary, popularity), seeds[0], seconds, cold=True)
 
-    # Training-free baselines on the same users, and the ablation variants.
+    # Training-free baselines on the same users (content blended as every system is), and the
+    # ablation variants.
     for baseline in (PopularityScorer(), ContentScorer()):
-        record = Record(baseline.name, "baseline (training-free)")
+        pair = record_pair(baseline.name, "baseline (training-free)")
         fitted = baseline.fit(setup.context)
-        users, values = score(fitted, setup, test_users)
-        record.add_test(seeds[0], users, values, 0.0)
-        recall = cold_recall(fitted, setup)
-        if recall is not None:
-            record.cold.append(recall)
-        records[baseline.name] = record
-    recent = Record("recent popularity", "baseline (training-free; half-life chosen on validation)")
-    recent.grid = [{"half_life_days": h, "validation_ndcg@20": round(v, 4)} for h, v in by_half_life.items()]
-    recent.best = {"half_life_days": half_life}
-    fitted = PopularityScorer(half_life_days=half_life).fit(setup.context)
-    users, values = score(fitted, setup, test_users)
-    recent.add_test(seeds[0], users, values, 0.0)
-    records[recent.system] = recent
+        if isinstance(baseline, ContentScorer):
+            content_settings, _ = choose_blend_settings(
+                lambda scorer: validation_ndcg(scorer, setup),
+                ContentScorer().fit(setup.train_context),
+                None,
+                setup.train_context,
+                setup.validation.history,
+            )
+            pair[0].best = {"blend": blend_row(content_settings)}
+            blended_content = served_retriever(
+                fitted,
+                None,
+                PopularityScorer(half_life_days=content_settings.half_life_days).fit(setup.context),
+                content_settings,
+            )
+            add_test(pair[0], blended_content, seeds[0], 0.0, cold=True)
+            add_test(pair[1], plain_scorer(fitted, popularity), seeds[0], 0.0, cold=True)
+        else:
+            for record in pair:
+                add_test(record, fitted, seeds[0], 0.0, cold=True)
+    for record in record_pair(
+        "recent popularity", "baseline (training-free; half-life chosen on validation)"
+    ):
+        record.grid = [
+            {"half_life_days": h, "validation_ndcg@20": round(v, 4)} for h, v in by_half_life.items()
+        ]
+        record.best = {"half_life_days": half_life}
+        add_test(record, popularity, seeds[0], 0.0)
     if not args.no_ablation and "image" in setup.catalog.features:
         for variant, variant_overrides in SYNTHETIC_ABLATION.items():
             out = work / "raymm" / f"ablation-{variant}"
             seconds = train_raymm(config, variant_overrides, data, features, out, args.reuse)
-            record = Record(f"raymm {variant}", "raymm ablation (default settings, one seed)")
+            blended_record, plain_record = record_pair(
+                f"raymm {variant}", "raymm ablation (default settings, one seed)"
+            )
             _, test_scorer = raymm_scorers(out, setup)
-            users, values = score(test_scorer, setup, test_users)
-            record.add_test(seeds[0], users, values, seconds)
-            recall = cold_recall(test_scorer, setup)
-            if recall is not None:
-                record.cold.append(recall)
-            records[record.system] = record
+            add_test(blended_record, test_scorer, seeds[0], seconds, cold=True)
+            add_test(
+                plain_record, plain_scorer(test_scorer.primary, popularity), seeds[0], seconds, cold=True
+            )
 
     oracle: dict[str, float] | None = None
     if oracle_scorer is not None:
-        record = Record("oracle", "the generator's true affinity (upper bound)")
-        users, values = score(oracle_scorer, setup, test_users)
-        record.add_test(seeds[0], users, values, 0.0)
-        recall = cold_recall(oracle_scorer, setup)
-        if recall is not None:
-            record.cold.append(recall)
-        oracle = {m: record.test[0][m] for m in METRICS}
-        records["oracle"] = record
+        for record in record_pair("oracle", "the generator's true affinity (upper bound)"):
+            add_test(record, oracle_scorer, seeds[0], 0.0, cold=True)
+        oracle = {m: records["blended"]["oracle"].test[0][m] for m in METRICS}
 
-    summaries = {name: record.summary(oracle) for name, record in records.items()}
-    for summary in summaries.values():
-        print(json.dumps({"dataset": name, **summary}, default=float), flush=True)
-    peers_only = [
-        r for r in records.values() if r.kind.startswith("peer") and r.system != "MostPop" and r.grid
-    ]
-    best_peer = max(peers_only, key=lambda r: max(row["validation_ndcg@20"] for row in r.grid))
-    comparisons = {
-        f"raymm vs {best_peer.system} (best peer on validation)": _paired(raymm, best_peer),
-        "raymm vs popularity": _paired(raymm, records["popularity"]),
-        "raymm vs recent popularity": _paired(raymm, records["recent popularity"]),
-        "raymm vs MostPop (Cornac)": _paired(raymm, records["MostPop"]) if "MostPop" in records else None,
+    _write_per_user(work, records, setup, test_users, true_history)
+    summaries = {
+        table: {system: record.summary(oracle) for system, record in records[table].items()}
+        for table in TABLES
     }
-    best_test_peer = max(peers_only, key=lambda r: float(np.mean([row[f"ndcg@{K}"] for row in r.test])))
-    if best_test_peer is not best_peer:
-        comparisons[f"raymm vs {best_test_peer.system} (best peer on test, for information)"] = _paired(
-            raymm, best_test_peer
-        )
+    for table in TABLES:
+        for summary in summaries[table].values():
+            print(json.dumps({"dataset": name, "table": table, **summary}, default=float), flush=True)
+    comparisons: dict[str, dict[str, Any]] = {}
+    best_peers: dict[str, str | None] = {}
+    for table in TABLES:
+        chosen = records[table]
+        peers_only = [
+            r for r in chosen.values() if r.kind.startswith("peer") and r.system != "MostPop" and r.grid
+        ]
+        key = "validation_ndcg@20" if table == "blended" else "plain_validation_ndcg@20"
+        best_peer = max(peers_only, key=lambda r: max(row[key] for row in r.grid), default=None)
+        best_peers[table] = None if best_peer is None else best_peer.system
+        raymm_record = chosen["raymm"]
+        table_comparisons: dict[str, Any] = {}
+        if best_peer is not None:
+            table_comparisons[f"raymm vs {best_peer.system} (best peer on validation)"] = _paired(
+                raymm_record, best_peer
+            )
+            best_test_peer = max(
+                peers_only, key=lambda r: float(np.mean([row[f"ndcg@{K}"] for row in r.test]))
+            )
+            if best_test_peer is not best_peer:
+                table_comparisons[
+                    f"raymm vs {best_test_peer.system} (best peer on test, for information)"
+                ] = _paired(raymm_record, best_test_peer)
+        table_comparisons["raymm vs recent popularity"] = _paired(raymm_record, chosen["recent popularity"])
+        table_comparisons["raymm vs popularity"] = _paired(raymm_record, chosen["popularity"])
+        table_comparisons["raymm vs raymm (default)"] = _paired(raymm_record, chosen["raymm (default)"])
+        if "MostPop" in chosen:
+            table_comparisons["raymm vs MostPop (Cornac)"] = _paired(raymm_record, chosen["MostPop"])
+        comparisons[table] = table_comparisons
+    blended_summaries = summaries["blended"]
+
     dataset_doc = load_dataset(str(data), tables=()).manifest
     report = {
         "dataset": name,
@@ -716,32 +1090,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if isinstance(dataset_doc.get("source"), dict)
         else dataset_doc.get("source"),
         "protocol": "raymm's evaluator: test split, full ranking over the catalog, seen items excluded; "
-        "tuning on validation only, peers refit on train+validation for test",
+        "tuning on validation only, peers refit on train+validation for test; two tables: 'blended' "
+        "(every system blended with recent popularity as raymm's served scorer is, the blend chosen "
+        "per system on validation) and 'plain' (no system blended)",
         "users": {
-            "test": int((test_users.truth.sizes > 0).sum()),
-            "test_without_history": int(
-                ((test_users.truth.sizes > 0) & (test_users.history_length == 0)).sum()
-            ),
+            "test": int(test_users_known.sum()),
+            "test_without_history": int((test_users_known & (test_users.history_length == 0)).sum()),
             "validation": int((setup.validation.truth.sizes > 0).sum()),
         },
         "n_items": setup.catalog.n_items,
         "k": K,
         "grid_size": grid_size,
         "cores": os.cpu_count(),
-        "systems": summaries,
-        "best_peer_on_validation": best_peer.system,
+        "raymm_train_defaults": {key: getattr(config.train, key) for key in ("epochs", "patience")},
+        "systems": blended_summaries,
+        "plain": summaries["plain"],
+        "best_peer_on_validation": best_peers,
         "comparisons": comparisons,
         "raymm_at_least_popularity": bool(
-            summaries["raymm"]["test"][f"recall@{K}"]["mean"]
-            >= summaries["popularity"]["test"][f"recall@{K}"]["mean"]
-            and summaries["raymm"]["test"][f"ndcg@{K}"]["mean"]
-            >= summaries["popularity"]["test"][f"ndcg@{K}"]["mean"]
+            blended_summaries["raymm"]["test"][f"recall@{K}"]["mean"]
+            >= blended_summaries["popularity"]["test"][f"recall@{K}"]["mean"]
+            and blended_summaries["raymm"]["test"][f"ndcg@{K}"]["mean"]
+            >= blended_summaries["popularity"]["test"][f"ndcg@{K}"]["mean"]
         ),
         "cross_check": cross_check,
         "notes": [
-            "a peer's user unknown to it (no positive before the evaluated period) gets recent"
-            " popularity's ranking, its half-life chosen on validation (the 'recent popularity' row),"
-            " as raymm's users without history get it",
+            "blended table: each peer's scores normalised per user ((s - median) / (max - median) over"
+            " the items it scored: top item 1, median item 0) and blended as raymm's served scorer is,"
+            " a(h) primary + (1 - a(h)) recent popularity with a(h) = h / (h + shrinkage), the half-life"
+            " and shrinkage chosen per system on validation over raymm's grids; raymm as served (the blend"
+            " its training chose); content blended with raymm's choose_blend",
+            "plain table: no system blended; raymm is its personal scorer without the fallback",
+            "in both tables a user a system cannot score (a peer never saw them, raymm has no history)"
+            " gets recent popularity: its system's blend in the blended table (a(0) = 0), the 'recent"
+            " popularity' row's half-life in the plain table",
+            "each system's setting is chosen by its blended validation NDCG@20 (raymm: its served"
+            " scorer's); the plain table scores the same fitted models",
+            "raymm (default) is RAYMM_GRID[0], the shipped defaults, one seed unless the grid chose it",
             "peers cannot score cold items (Cornac indexes training items only): their cold-start recall is null",
             f"VBPR reads the {vbpr_features} features" if vbpr_features else "VBPR skipped: no features",
         ],
@@ -753,6 +1138,75 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.quick and args.out is None:
         _merge(name, document)
     return document
+
+
+def _history_lengths(setup: EvalSetup, users: EvalUsers) -> np.ndarray:
+    """(U,) each user's counting events before the evaluated period (not capped by the window)."""
+    events = positive_events(setup.context.interactions, setup.context.events)
+    ids, counts = np.unique(np.asarray(events.column("user_id").to_pylist(), dtype=str), return_counts=True)
+    lookup = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+    return np.array([lookup.get(str(u), 0) for u in users.user_ids], dtype=np.int64)
+
+
+def _write_per_user(
+    work: Path,
+    records: dict[str, dict[str, Record]],
+    setup: EvalSetup,
+    users: EvalUsers,
+    history: np.ndarray,
+) -> None:
+    """``per_user.parquet`` and ``hits.parquet`` in ``work`` (bench/peers_breakdown.py reads them)."""
+    import pyarrow.parquet as pq
+
+    position = {str(u): i for i, u in enumerate(users.user_ids)}
+    item_ids = np.asarray(
+        setup.catalog.item_ids.to_pylist()
+        if hasattr(setup.catalog.item_ids, "to_pylist")
+        else setup.catalog.item_ids,
+        dtype=object,
+    )
+    counts = item_counts(setup.context.interactions, setup.catalog, setup.context.events)
+    per_user, hits = [], []
+    for table, by_system in records.items():
+        for system, record in by_system.items():
+            if record.user_ids is None:
+                continue
+            rows = np.array([position[str(u)] for u in record.user_ids], dtype=np.int64)
+            for index, seed in enumerate(record.seeds):
+                values = record.per_user[index]
+                per_user.append(
+                    pa.table(
+                        {
+                            "user_id": pa.array(record.user_ids.astype(str)),
+                            "system": pa.array([system] * rows.size),
+                            "table": pa.array([table] * rows.size),
+                            "seed": pa.array(np.full(rows.size, seed, np.int64)),
+                            "history_length": pa.array(history[rows]),
+                            f"recall@{K}": pa.array(values[f"recall@{K}"].astype(np.float64)),
+                            f"ndcg@{K}": pa.array(values[f"ndcg@{K}"].astype(np.float64)),
+                        }
+                    )
+                )
+                if index < len(record.hits):
+                    owners, items, hit = record.hits[index]
+                    hits.append(
+                        pa.table(
+                            {
+                                "user_id": pa.array(users.user_ids[owners].astype(str)),
+                                "item_id": pa.array(item_ids[items].astype(str)),
+                                "item_count": pa.array(counts[items].astype(np.float64)),
+                                "history_length": pa.array(history[owners]),
+                                "system": pa.array([system] * owners.size),
+                                "table": pa.array([table] * owners.size),
+                                "seed": pa.array(np.full(owners.size, seed, np.int64)),
+                                "hit": pa.array(hit),
+                            }
+                        )
+                    )
+    pq.write_table(pa.concat_tables(per_user), work / "per_user.parquet")
+    if hits:
+        pq.write_table(pa.concat_tables(hits), work / "hits.parquet")
+    log(BENCH, f"per-user metrics and hits in {work}")
 
 
 def _curve(model_dir: Path) -> dict[str, Any]:
@@ -796,8 +1250,6 @@ def check_against_cornac(
     # Cornac drops test items it never saw from the truth; so does this check.
     owners, items = users.truth.gather(np.arange(len(rows)))
     keep = np.isin(items, known_items[known_items >= 0])
-    from raymm.recommend.itemsets import ItemSets
-
     users = EvalUsers(
         users.user_ids, users.history, users.seen, ItemSets.from_pairs(owners[keep], items[keep], len(rows))
     )
@@ -825,15 +1277,13 @@ def check_against_cornac(
 
 
 def _merge(name: str, document: dict[str, Any]) -> None:
-    """Merge one dataset's summary into bench/results/peers.json."""
+    """Merge one dataset's summary into bench/results/peers.json: per table ("blended": every
+    system blended with recent popularity as raymm's served scorer is; "plain": none blended)."""
     path = RESULTS / "peers.json"
     merged = json.loads(path.read_text()) if path.is_file() else {"bench": "peers", "datasets": {}}
-    systems = document["systems"]
-    merged["datasets"][name] = {
-        "date": document["date"],
-        "file": f"bench/results/peers.{name}.json",
-        "users": document["users"],
-        "table": {
+
+    def rows(systems: dict[str, Any]) -> dict[str, Any]:
+        return {
             system: {
                 **{m: summary["test"][m] for m in METRICS},
                 "cold_start_recall@20": summary["cold_start_recall@20"],
@@ -841,14 +1291,25 @@ def _merge(name: str, document: dict[str, Any]) -> None:
                 "oracle_fraction": summary.get("oracle_fraction"),
             }
             for system, summary in systems.items()
-        },
+        }
+
+    merged["datasets"][name] = {
+        "date": document["date"],
+        "file": f"bench/results/peers.{name}.json",
+        "users": document["users"],
+        "tables": {"blended": rows(document["systems"]), "plain": rows(document["plain"])},
+        "best_peer_on_validation": document["best_peer_on_validation"],
         "comparisons": {
-            key: None
-            if value is None
-            else {
-                m: {k: value[m][k] for k in ("mean_difference", "sign_flip_p", "first_better")} for m in value
+            table: {
+                key: None
+                if value is None
+                else {
+                    m: {k: value[m][k] for k in ("mean_difference", "sign_flip_p", "first_better")}
+                    for m in value
+                }
+                for key, value in comparisons.items()
             }
-            for key, value in document["comparisons"].items()
+            for table, comparisons in document["comparisons"].items()
         },
         "raymm_at_least_popularity": document["raymm_at_least_popularity"],
         "cross_check": document["cross_check"],
@@ -862,10 +1323,15 @@ def _merge(name: str, document: dict[str, Any]) -> None:
 ORDER = (
     "oracle",
     "raymm",
+    "raymm (default)",
     "raymm text",
     "raymm concat",
     "LightGCN",
     "BPR",
+    "EASE",
+    "ItemKNN",
+    "GRU4Rec",
+    "SASRec",
     "VBPR",
     "CTR",
     "MostPop",
@@ -873,6 +1339,13 @@ ORDER = (
     "recent popularity",
     "content",
 )
+#: The README's name for raymm's rows in the plain table.
+PLAIN_LABELS = {"raymm": "raymm without fallback", "raymm (default)": "raymm (default) without fallback"}
+
+
+def _tables(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A merged dataset's tables (an entry written before 2026-12-06 holds one, "table")."""
+    return entry.get("tables") or {"blended": entry["table"]}
 
 
 def _ordered(table: dict[str, Any]) -> list[str]:
@@ -880,24 +1353,25 @@ def _ordered(table: dict[str, Any]) -> list[str]:
 
 
 def plot(merged: dict[str, Any], out: Path) -> None:
-    """Recall@20 and NDCG@20 per system and dataset, mean +- sd over the seeds, as one PNG."""
+    """Recall@20 and NDCG@20 per system, dataset and table, mean +- sd over the seeds, as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = list(merged["datasets"])
-    figure, axes = plt.subplots(len(datasets), 1, figsize=(10, 3.6 * len(datasets)), squeeze=False)
-    for axis, name in zip(axes[:, 0], datasets, strict=True):
-        table = merged["datasets"][name]["table"]
+    panels = [(name, table) for name in merged["datasets"] for table in _tables(merged["datasets"][name])]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
+    for axis, (name, which) in zip(axes[:, 0], panels, strict=True):
+        table = _tables(merged["datasets"][name])[which]
         systems = _ordered(table)
         x = np.arange(len(systems))
         for offset, metric in ((-0.2, f"recall@{K}"), (0.2, f"ndcg@{K}")):
             means = [table[s][metric]["mean"] for s in systems]
             errors = [table[s][metric]["sd"] for s in systems]
             axis.bar(x + offset, means, 0.4, yerr=errors, capsize=3, label=metric)
-        axis.set_xticks(x, systems, rotation=30, ha="right")
-        axis.set_title(f"{name}: test split, raymm's evaluator (error bars: sd over seeds)")
+        labels = [PLAIN_LABELS.get(s, s) if which == "plain" else s for s in systems]
+        axis.set_xticks(x, labels, rotation=30, ha="right")
+        axis.set_title(f"{name}, {which}: test split, raymm's evaluator (error bars: sd over seeds)")
         axis.legend()
     figure.tight_layout()
     figure.savefig(out, dpi=90)
@@ -905,31 +1379,39 @@ def plot(merged: dict[str, Any], out: Path) -> None:
 
 
 def markdown(merged: dict[str, Any]) -> str:
-    """One README table per dataset from bench/results/peers.json."""
+    """README tables per dataset and table from bench/results/peers.json."""
     lines = []
     for name, entry in merged["datasets"].items():
-        lines += [
-            f"**{name}** ({entry['file']}, {entry['date'][:10]}; test users {entry['users']['test']}, "
-            f"{entry['users']['test_without_history']} without history; mean +- sd over seeds)",
-            "",
-            "| system | Recall@20 | NDCG@20 | HitRate@20 | cold-start Recall@20 | fit s (2 cores) | of oracle R@20 |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for system in _ordered(entry["table"]):
-            row = entry["table"][system]
-
-            def cell(value: dict[str, Any] | None) -> str:
-                if value is None:
-                    return "n/a"
-                return f"{value['mean']:.4f}" + (f" +- {value['sd']:.4f}" if value["n"] > 1 else "")
-
-            fraction = (row.get("oracle_fraction") or {}).get(f"recall@{K}")
-            lines.append(
-                f"| {system} | {cell(row[f'recall@{K}'])} | {cell(row[f'ndcg@{K}'])} | "
-                f"{cell(row[f'hit_rate@{K}'])} | {cell(row['cold_start_recall@20'])} | "
-                f"{row['fit_s']['mean']:.0f} | {'' if fraction is None else f'{fraction:.2f}'} |"
+        for which, table in _tables(entry).items():
+            blurb = (
+                "every system blended with recent popularity as raymm's served scorer is"
+                if which == "blended"
+                else "no system blended"
             )
-        lines.append("")
+            lines += [
+                f"**{name}, {which}** ({blurb}; {entry['file']}, {entry['date'][:10]}; test users "
+                f"{entry['users']['test']}, {entry['users']['test_without_history']} without history; "
+                "mean +- sd over seeds)",
+                "",
+                "| system | Recall@20 | NDCG@20 | HitRate@20 | cold-start Recall@20 | fit s (2 cores) | of oracle R@20 |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for system in _ordered(table):
+                row = table[system]
+
+                def cell(value: dict[str, Any] | None) -> str:
+                    if value is None:
+                        return "n/a"
+                    return f"{value['mean']:.4f}" + (f" +- {value['sd']:.4f}" if value["n"] > 1 else "")
+
+                fraction = (row.get("oracle_fraction") or {}).get(f"recall@{K}")
+                label = PLAIN_LABELS.get(system, system) if which == "plain" else system
+                lines.append(
+                    f"| {label} | {cell(row[f'recall@{K}'])} | {cell(row[f'ndcg@{K}'])} | "
+                    f"{cell(row[f'hit_rate@{K}'])} | {cell(row['cold_start_recall@20'])} | "
+                    f"{row['fit_s']['mean']:.0f} | {'' if fraction is None else f'{fraction:.2f}'} |"
+                )
+            lines.append("")
     return "\n".join(lines)
 
 
