@@ -135,11 +135,15 @@ def cmd_data_import(args: argparse.Namespace, config: RaymmConfig) -> int:
     if plan.dry_run(args, config):
         return EXIT_OK
     start = time.perf_counter()
-    manifest = import_dataset(cfg, out, progress=not args.quiet)
+    manifest = import_dataset(cfg, out, progress=not args.quiet, events=config.model.user_state.events)
     rows = [("dataset", out), ("format", cfg.format), ("source", cfg.source)]
     rows += _counts_rows(manifest)
     rows += [
-        (f"{split} users", f"{users['users']:,} ({users['without_train']:,} without train events)")
+        (
+            f"{split} users",
+            f"{users['users']:,} ({users['without_history']:,} with an empty history, "
+            f"{users['without_train']:,} without train events)",
+        )
         for split, users in manifest.get("split_users", {}).items()
     ]
     warnings = manifest.get("warnings", [])

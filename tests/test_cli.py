@@ -192,13 +192,15 @@ def test_import_prints_split_users_and_one_line_per_warning(
     source = tmp_path / "mm"
     source.mkdir()
     (source / "toy.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n1\t1\t0\n0\t1\t2\n2\t0\t2\n")
+    np.save(source / "text_feat.npy", np.ones((3, 3), np.float32))  # features, so no warning of their absence
     out = tmp_path / "data"
     assert (
         main(["data", "import", "--format", "mmrec", "--source", str(source), "--out", str(out), "--quiet"])
         == 0
     )
     captured = capsys.readouterr()
-    assert "test users" in captured.out and "2 (1 without train events)" in captured.out
+    assert "test users" in captured.out
+    assert "2 (1 with an empty history, 1 without train events)" in captured.out
     assert f"2 (below, and in {out}/dataset.json)" in captured.out
     warnings = [line for line in captured.err.splitlines() if line.startswith("raymm: warning: ")]
     assert len(warnings) == 2
