@@ -27,7 +27,7 @@ retrieve-then-rank, :class:`~raymm.recommend.rerank.Reranker`. One evaluator
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np

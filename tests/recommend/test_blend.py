@@ -113,6 +113,8 @@ def test_weight_zero_leaves_the_item_item_part_out_of_the_index() -> None:
     collab = CollaborativeScorer(l2=1.0).fit(context)
     popularity = PopularityScorer().fit(context)
     off = served_retriever(two_tower, collab, popularity, BlendSettings())
-    on = served_retriever(two_tower, collab, popularity, BlendSettings(collab_weight=1.0, collab_relative=1.0))
+    on = served_retriever(
+        two_tower, collab, popularity, BlendSettings(collab_weight=1.0, collab_relative=1.0)
+    )
     assert off.item_vectors().shape[1] == 2
     assert on.item_vectors().shape[1] == 2 + collab.width

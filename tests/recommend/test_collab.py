@@ -56,7 +56,9 @@ def interactions() -> tuple[np.ndarray, Catalog]:
     return matrix, _catalog(14)
 
 
-def test_full_rank_scores_unseen_items_exactly_as_dense_ease(interactions: tuple[np.ndarray, Catalog]) -> None:
+def test_full_rank_scores_unseen_items_exactly_as_dense_ease(
+    interactions: tuple[np.ndarray, Catalog],
+) -> None:
     matrix, catalog = interactions
     scorer = CollaborativeScorer(l2=0.5, rank=64).fit(_context(matrix, catalog))
     l2 = 0.5 * matrix.sum(axis=0).mean()  # relative to the Gram matrix's mean diagonal
@@ -139,7 +141,8 @@ class _Fixed(DotProductScorer):
 
 def test_the_personal_score_adds_the_weighted_item_item_score() -> None:
     saved = CollaborativeScorer(
-        query_vectors=torch.eye(3), item_vectors=torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 5.0], [0.0, 0.0, 0.0]])
+        query_vectors=torch.eye(3),
+        item_vectors=torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 5.0], [0.0, 0.0, 0.0]]),
     )
     two_tower = _Fixed([0.3, 0.2, 0.1])
     history = np.array([[-1, 2]])  # item 2's query vector points at item 1
