@@ -60,7 +60,8 @@ For one dataset (a raymm dataset directory and its features):
 8. On the synthetic benchmark, the **oracle** (the generator's true affinity, saved at synth time
    outside the training inputs) bounds every system: each is reported as a fraction of it.
 
-Prints one JSON line per system and writes ``bench/results/peers.<name>.json``; every dataset's
+Prints one JSON line (the report; each system's test means go to stderr) and writes
+``bench/results/peers.<name>.json``; every dataset's
 summary is merged into ``bench/results/peers.json``. Every system's per-user test metrics go to
 ``<work>/per_user.parquet`` (user_id, system, table, seed, history_length, recall@20, ndcg@20)
 and its per-test-item hits to ``<work>/hits.parquet`` (user_id, item_id, item_count,
@@ -909,7 +910,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     final_metas = run_cornac(export, finals)
     if args.cornac_only:
         log(BENCH, f"{len(jobs)} validation and {len(finals)} test Cornac fits cached in {export.root}")
-        return {"cornac_only": True, "jobs": len(jobs), "finals": len(finals)}
+        document = {
+            "bench": f"{BENCH}.{name}",
+            "cornac_only": True,
+            "validation_fits": len(jobs),
+            "test_fits": len(finals),
+            "grid": {system: record.grid for system, record in records["blended"].items()},
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+        print(json.dumps(document, default=float), flush=True)
+        return document
     for job in finals:
         system, meta = job["system"], final_metas[job["id"]]
         blend = blends[system]
@@ -1045,8 +1055,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for table in TABLES
     }
     for table in TABLES:
-        for summary in summaries[table].values():
-            print(json.dumps({"dataset": name, "table": table, **summary}, default=float), flush=True)
+        for system, summary in summaries[table].items():
+            means = {m: round(summary["test"][m]["mean"], 4) for m in (f"recall@{K}", f"ndcg@{K}")}
+            log(BENCH, f"{table} {system}: {means}")
     comparisons: dict[str, dict[str, Any]] = {}
     best_peers: dict[str, str | None] = {}
     for table in TABLES:
