@@ -377,7 +377,7 @@ def cmd_evaluate(args: argparse.Namespace, config: RaymmConfig) -> int:
         "served": result["model"]["metrics"],
         "no fallback": result["model"]["personal_metrics"],
         "two-tower": result["model"]["two_tower_metrics"],
-        "recent pop" if recent_half_life is None else f"pop {recent_half_life:g}d": result[
+        "recent pop (= all)" if recent_half_life is None else f"recent pop {recent_half_life:g}d": result[
             "recent_popularity"
         ]["metrics"],
         "all-time pop": result["popularity"]["metrics"],

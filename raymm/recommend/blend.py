@@ -33,7 +33,7 @@ from raymm.recommend.scorers import (
 
 #: Weights of the item-item score validation tries, relative to the two-tower's score spread
 #: (:func:`relative_scale`); 0 is the two-tower alone.
-COLLAB_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+COLLAB_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 #: Weights popularity keeps for a long history (FallbackScorer's ``popularity_weight``).
 POPULARITY_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0, 3.0)
 #: Passes of the coordinate search over the settings.
