@@ -186,7 +186,8 @@ def analyse(work: Path, seed: int) -> dict[str, Any]:
         "metrics": metrics,
         "fallback_shrinkage": shrinkage,
         "validation_ndcg_by_blend": {
-            key: round(value, 4) for key, value in artifact.manifest.metrics.get("validation_ndcg_by_blend", {}).items()
+            key: round(value, 4)
+            for key, value in artifact.manifest.metrics.get("validation_ndcg_by_blend", {}).items()
         },
         "validation_ndcg_beyond_grid": extended,
         "paired_fallback_vs_two_tower": tests,
