@@ -48,7 +48,7 @@ from raymm.recommend.vectors import encode_catalog
 from raymm.train.examples import Examples, build_examples, target_log_q
 from raymm.train.loop import LoopState, RunHooks, StepOutput, best_row, fit
 from raymm.train.objective import NextItemObjective
-from raymm.train.ray_runner import TrainingError, WorkerRun, run_on_ray, shuffled_examples
+from raymm.train.ray_runner import TrainingError, WorkerRun, deterministic, run_on_ray, shuffled_examples
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +346,7 @@ def train_in_process(
     (:func:`fit`) in this process, on ``threads`` torch threads. For benchmarks and debugging;
     ``raymm train`` is :func:`train`."""
     torch.set_num_threads(threads)
+    deterministic()
     prepared = prepare(config, data_dir, features_dir)
     training_notes(prepared)
     spec = config.model.user_state
