@@ -15,20 +15,8 @@ from raymm.recommend.blend import (
 )
 from raymm.recommend.catalog import Catalog
 from raymm.recommend.collab import CollaborativeScorer, PersonalScorer
-from raymm.recommend.scorers import DotProductScorer, FallbackScorer, FitContext, PopularityScorer, Scorer
-
-
-class _Fixed(DotProductScorer):
-    name = "fixed"
-
-    def __init__(self, scores: list[float]) -> None:
-        self.scores = torch.tensor(scores).unsqueeze(1)
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.scores
-
-    def user_vectors(self, history: np.ndarray) -> torch.Tensor:
-        return torch.ones(len(history), 1)
+from raymm.recommend.scorers import FallbackScorer, FitContext, PopularityScorer, Scorer
+from tests.recommend.fixed import FixedScorer
 
 
 def _context(n_items: int = 4) -> FitContext:
@@ -55,7 +43,7 @@ def _context(n_items: int = 4) -> FitContext:
 
 
 def test_the_popularity_floor_keeps_popularity_in_a_long_historys_answer() -> None:
-    primary = _Fixed([0.0, 1.0, 0.9, 0.8])
+    primary = FixedScorer([0.0, 1.0, 0.9, 0.8])
     popularity = PopularityScorer(np.array([100, 0, 1, 50]))
     long_history = np.array([[0, 1, 2, 3] * 10])
     plain = FallbackScorer(primary, popularity, shrinkage=1.0).recommend(long_history, 4).rows[0].tolist()
@@ -68,7 +56,7 @@ def test_the_popularity_floor_keeps_popularity_in_a_long_historys_answer() -> No
 
 def test_the_search_finds_the_setting_validation_prefers() -> None:
     context = _context()
-    two_tower = _Fixed([0.1, 0.2, 0.3, 0.4])
+    two_tower = FixedScorer([0.1, 0.2, 0.3, 0.4])
     collab = CollaborativeScorer(l2=1.0).fit(context)
     wanted = {"half_life_days": 14.0, "shrinkage": 8.0, "popularity_weight": 0.3, "collab_l2": 2.0}
 
@@ -109,7 +97,7 @@ def test_settings_round_trip_through_the_manifest_and_old_manifests_still_read()
 
 def test_weight_zero_leaves_the_item_item_part_out_of_the_index() -> None:
     context = _context()
-    two_tower = _Fixed([0.1, 0.2, 0.3, 0.4])
+    two_tower = FixedScorer([0.1, 0.2, 0.3, 0.4])
     collab = CollaborativeScorer(l2=1.0).fit(context)
     popularity = PopularityScorer().fit(context)
     off = served_retriever(two_tower, collab, popularity, BlendSettings())

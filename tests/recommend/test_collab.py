@@ -10,7 +10,8 @@ import torch
 from raymm.recommend import collab
 from raymm.recommend.catalog import Catalog
 from raymm.recommend.collab import CollaborativeScorer, PersonalScorer, map_content
-from raymm.recommend.scorers import DotProductScorer, FitContext
+from raymm.recommend.scorers import FitContext
+from tests.recommend.fixed import FixedScorer
 
 
 def _catalog(n: int) -> Catalog:
@@ -126,25 +127,12 @@ def test_bad_settings_and_missing_vectors_are_refused() -> None:
         CollaborativeScorer().set_l2(1.0)
 
 
-class _Fixed(DotProductScorer):
-    name = "fixed"
-
-    def __init__(self, scores: list[float]) -> None:
-        self.scores = torch.tensor(scores).unsqueeze(1)
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.scores
-
-    def user_vectors(self, history: np.ndarray) -> torch.Tensor:
-        return torch.ones(len(history), 1)
-
-
 def test_the_personal_score_adds_the_weighted_item_item_score() -> None:
     saved = CollaborativeScorer(
         query_vectors=torch.eye(3),
         item_vectors=torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 5.0], [0.0, 0.0, 0.0]]),
     )
-    two_tower = _Fixed([0.3, 0.2, 0.1])
+    two_tower = FixedScorer([0.3, 0.2, 0.1])
     history = np.array([[-1, 2]])  # item 2's query vector points at item 1
     assert PersonalScorer(two_tower, saved, 0.0).recommend(history, 3).rows.tolist() == [[0, 1, 2]]
     assert PersonalScorer(two_tower, saved, 1.0).recommend(history, 3).rows.tolist()[0][0] == 1

@@ -11,12 +11,12 @@ from raymm.recommend.catalog import Catalog
 from raymm.recommend.history import item_counts
 from raymm.recommend.scorers import (
     ContentScorer,
-    DotProductScorer,
     FallbackScorer,
     FitContext,
     PopularityScorer,
     history_weight,
 )
+from tests.recommend.fixed import FixedScorer
 
 
 def _catalog(features: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> Catalog:
@@ -58,23 +58,8 @@ def test_content_baseline_finds_the_item_like_the_history() -> None:
     assert top.rows[0, 0] == 3 and top.rows[0, 1] == 7
 
 
-class _Fixed(DotProductScorer):
-    """Scores fixed per item, the same for every user with a history."""
-
-    name = "fixed"
-
-    def __init__(self, scores: list[float]) -> None:
-        self.scores = torch.tensor(scores).unsqueeze(1)
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.scores
-
-    def user_vectors(self, history: np.ndarray) -> torch.Tensor:
-        return torch.ones(len(history), 1)
-
-
 def test_fallback_gives_popularity_to_empty_histories_and_blends_by_length() -> None:
-    primary = _Fixed([0.0, 1.0, 0.5, 0.2])
+    primary = FixedScorer([0.0, 1.0, 0.5, 0.2])
     popularity = PopularityScorer(np.array([9, 0, 1, 4]))
     history = np.array([[-1, -1, -1], [-1, -1, 2], [0, 1, 3]])
     assert history_weight(history, 1.0).tolist() == [0.0, 0.5, 0.75]
