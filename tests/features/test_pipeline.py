@@ -14,9 +14,9 @@ import pytest
 from raymm.config import RaymmConfig, load_config
 from raymm.data import io
 from raymm.data.dataset import ITEMS
-from raymm.data.synth import synthesize
 from raymm.errors import ConfigError
 from raymm.features.pipeline import FEATURES_MANIFEST, extract, extraction_dataset, load_features
+from tests.features.media import synthetic_catalog
 from tests.probes import ridge_probe_accuracy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,14 +30,7 @@ def _config(*overrides: str) -> RaymmConfig:
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("extract") / "data"
-    config = load_config(
-        None,
-        [f"synth.n_items={N_ITEMS}", "synth.n_users=20", "synth.events_per_user=5", "synth.size=tiny"]
-        + [f"synth.missing.{m}=0.2" for m in DIMS],
-    )
-    synthesize(config.synth, str(path), seed=3, progress=False)
-    return path
+    return synthetic_catalog(tmp_path_factory.mktemp("extract") / "data", N_ITEMS, 20, seed=3)
 
 
 @pytest.fixture(scope="module")
