@@ -27,9 +27,8 @@ import pyarrow.compute as pc
 
 from raymm import __version__
 from raymm.data import io
-from raymm.data.schema import conform_interactions, conform_items
+from raymm.data.schema import POSITIVE_EVENTS, conform_interactions, conform_items
 from raymm.errors import DataError
-from raymm.models.config import POSITIVE_EVENTS
 
 MANIFEST = "dataset.json"
 ITEMS = "items.parquet"

@@ -13,6 +13,9 @@ from raymm.errors import DataError
 MODALITIES: tuple[str, ...] = ("text", "image", "audio")
 MEDIA_COLUMNS: tuple[str, ...] = ("image", "audio")
 EVENT_KINDS: tuple[str, ...] = ("view", "click", "like", "purchase", "play", "skip")
+#: Events that say the user wanted the item; ``skip`` (and anything else) is not a positive. The
+#: model's default ``user_state.events``, and what the import counts when it is given none.
+POSITIVE_EVENTS: tuple[str, ...] = ("click", "like", "purchase", "play", "view")
 TIMESTAMP = pa.timestamp("ms", tz="UTC")
 
 ITEMS_SCHEMA = pa.schema(

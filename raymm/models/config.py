@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from raymm.data.schema import POSITIVE_EVENTS
+
 AlignMethod = Literal["contrastive", "cca", "linear", "kg", "none"]
 FusionMethod = Literal["concat", "attention", "gated"]
 UserPooling = Literal["mean", "attention", "transformer"]
@@ -157,10 +159,6 @@ class TowersConfig(_Section):
         2, gt=0, description="Heads of the user tower's attention; must divide embed_dim."
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in the towers' MLPs and attention.")
-
-
-#: Events that say the user wanted the item; ``skip`` (and anything else) is not a positive.
-POSITIVE_EVENTS: tuple[str, ...] = ("click", "like", "purchase", "play", "view")
 
 
 class UserStateConfig(_Section):

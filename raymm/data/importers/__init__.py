@@ -32,9 +32,8 @@ from raymm.data import io
 from raymm.data.dataset import SPLITS, held_out_users, split_by_time, write_dataset
 from raymm.data.importers import amazon2023, mmrec, movielens, recbole
 from raymm.data.importers._tables import ImportedTables, add_missing_items
-from raymm.data.schema import conform_interactions, conform_items
+from raymm.data.schema import POSITIVE_EVENTS, conform_interactions, conform_items
 from raymm.errors import ConfigError, DataError
-from raymm.models.config import POSITIVE_EVENTS
 
 Reader = Callable[[ImportConfig, bool], ImportedTables]
 Fractions = tuple[float, float, float]
