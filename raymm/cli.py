@@ -304,21 +304,11 @@ def cmd_train(args: argparse.Namespace, config: RaymmConfig) -> int:
     best = result.manifest.metrics["validation"]
     rows += [(f"best epoch {k}", f"{best[k]:.4f}") for k in ("val_recall@20", "val_ndcg@20") if k in best]
     rows.append(("epochs run", len(result.history)))
-    rows.append(("served blend", _blend_label(result.manifest.metrics)))
-    print_summary("train", rows, result.elapsed_s)
-    return EXIT_OK
-
-
-def _blend_label(metrics: dict[str, Any]) -> str:
-    """What serving blends, as training chose it on validation, with that choice's NDCG."""
     from raymm.recommend.blend import BlendSettings
 
-    settings = BlendSettings.from_metrics(metrics)
-    if settings is None:
-        return "none recorded"
-    score = metrics.get("validation_ndcg_by_blend", {}).get(settings.label())
-    chosen = "" if score is None else f" (validation ndcg@20 {score:.4f})"
-    return settings.label() + chosen
+    rows.append(("served blend", BlendSettings.chosen(result.manifest.metrics)))
+    print_summary("train", rows, result.elapsed_s)
+    return EXIT_OK
 
 
 def _train_ranker(args: argparse.Namespace, config: RaymmConfig, data: str, features: str, out: str) -> int:
@@ -502,10 +492,12 @@ def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
     rows += _counts_rows(result.dataset)
     rows += _extract_rows(result.extracted)
     best = result.trained.manifest.metrics["validation"]
+    from raymm.recommend.blend import BlendSettings
+
     rows += [
         ("model", model),
         ("two-tower best val_ndcg@20", f"{best.get('val_ndcg@20', float('nan')):.4f}"),
-        ("served blend", _blend_label(result.trained.manifest.metrics)),
+        ("served blend", BlendSettings.chosen(result.trained.manifest.metrics)),
         ("ranker val auc", f"{result.ranked.metrics['validation']['auc']:.4f}"),
         ("report", document["report"]),
     ]

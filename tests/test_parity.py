@@ -348,3 +348,21 @@ def test_a_live_item_gets_its_item_item_vectors_from_content_as_training_gave_co
     with_new = live.retriever.user_vectors(live.history_rows(["i1", "new"]))
     without = live.retriever.user_vectors(live.history_rows(["i1"]))
     assert not torch.allclose(with_new, without)
+
+
+def test_an_artifact_whose_blend_needs_the_item_item_part_refuses_to_load_without_it(
+    model: Model, tmp_path: Path
+) -> None:
+    import shutil
+
+    from raymm.models.artifact import COLLAB
+    from raymm.models.errors import ModelLoadError
+
+    copy = tmp_path / "model"
+    shutil.copytree(model.directory, copy)
+    (copy / COLLAB).unlink()
+    with pytest.raises(ModelLoadError, match=f"weighs the item-item part .* no {COLLAB}"):
+        load_model(copy)
+    manifest = model.recommender.artifact.manifest.metrics
+    assert BlendSettings.chosen(manifest) == BLEND.label()  # no trials recorded: no score shown
+    assert BlendSettings.chosen({}) == "none recorded"

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
-import torch
 
 from raymm.recommend.collab import L2_GRID, CollaborativeScorer, PersonalScorer
 from raymm.recommend.scorers import (
@@ -69,6 +68,15 @@ class BlendSettings:
             "fallback_half_life_days": self.half_life_days,
             "blend": asdict(self),
         }
+
+    @staticmethod
+    def chosen(metrics: Mapping[str, Any]) -> str:
+        """What a manifest's ``metrics`` say serving blends, with that choice's validation NDCG."""
+        settings = BlendSettings.from_metrics(metrics)
+        if settings is None:
+            return "none recorded"
+        score = metrics.get("validation_ndcg_by_blend", {}).get(settings.label())
+        return settings.label() + ("" if score is None else f" (validation ndcg@20 {score:.4f})")
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any]) -> BlendSettings | None:
@@ -170,8 +178,3 @@ def choose_blend_settings(
     if collaborative is not None:
         collaborative.set_l2(best.collab_l2)
     return best, trials
-
-
-def as_tensor(values: np.ndarray) -> torch.Tensor:
-    """float32 tensor of ``values`` (a helper for callers building scorers from saved columns)."""
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))

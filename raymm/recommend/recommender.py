@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raymm.models.artifact import Artifact, CollabVectors, load_artifact
+from raymm.models.artifact import COLLAB, Artifact, CollabVectors, load_artifact
+from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import RankerInputs, popularity_feature
 from raymm.recommend.blend import BlendSettings, served_retriever
 from raymm.recommend.collab import CollaborativeScorer, PersonalScorer, map_content
@@ -78,6 +79,12 @@ class Recommender:
         self.two_tower = TwoTowerScorer(artifact.model, item_vectors=vectors)
         self.popularity = PopularityScorer(self.counts, scores=popularity)
         self.settings = BlendSettings.from_metrics(metrics) or BlendSettings()
+        if self.settings.collab_weight > 0 and collab is None:
+            raise ModelLoadError(
+                f"{artifact.directory or 'the artifact'}: its blend weighs the item-item part "
+                f"({self.settings.collab_weight:g}) but it has no {COLLAB}; re-train, or copy the "
+                f"whole artifact directory"
+            )
         self.collab_vectors = collab
         self.collab = (
             None
