@@ -49,6 +49,8 @@ Reason = Literal[
 #: Why a message went to the dead-letter topic.
 REASONS: tuple[str, ...] = get_args(Reason)
 MAX_ID_LENGTH = 256
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MS = dt.timedelta(milliseconds=1)
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
@@ -87,7 +89,7 @@ class UserEvent(BaseModel):
             "user_id": self.user_id,
             "item_id": self.item_id,
             "event": self.event,
-            "ts": int(self.ts.timestamp() * 1000),
+            "ts": _epoch_ms(self.ts),
         }
         return self.user_id.encode(), json.dumps(document, separators=(",", ":")).encode()
 
@@ -110,20 +112,27 @@ def _utc(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             raise ValueError("the time has no time zone")
-        return value.astimezone(dt.UTC)
+        return _in_utc(value)
     if isinstance(value, bool):
         raise ValueError("a time is epoch milliseconds or ISO-8601 text, not a boolean")
     if isinstance(value, int):
-        try:
-            return dt.datetime.fromtimestamp(value / 1000, tz=dt.UTC)
+        try:  # integer arithmetic: value / 1000 as a float can land a microsecond off the millisecond
+            return _EPOCH + dt.timedelta(milliseconds=value)
         except (OverflowError, OSError, ValueError) as exc:
             raise ValueError(f"epoch milliseconds {value} are not a time ({exc})") from None
     if isinstance(value, str):
         parsed = dt.datetime.fromisoformat(value)
         if parsed.tzinfo is None:
             raise ValueError(f"time {value!r} has no time zone")
-        return parsed.astimezone(dt.UTC)
+        return _in_utc(parsed)
     raise ValueError(f"a time is epoch milliseconds or ISO-8601 text, got {type(value).__name__}")
+
+
+def _in_utc(value: dt.datetime) -> dt.datetime:
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:  # pydantic passes on only ValueError as a validation error
+        raise ValueError(f"time {value.isoformat()} lies outside the years 1..9999 in UTC") from None
 
 
 def _json_object(
@@ -143,7 +152,7 @@ def _json_object(
         raise Rejected("undecodable", f"not UTF-8: {exc}") from None
     try:
         document = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
         raise Rejected("bad_json", str(exc)) from None
     except RecursionError:
         raise Rejected("bad_json", "nested too deeply") from None
@@ -220,10 +229,21 @@ class Event(NamedTuple):
 
 
 def _epoch_ms(ts: dt.datetime) -> int:
-    return int(ts.timestamp() * 1000)
+    """Epoch milliseconds, rounded down, in integer arithmetic (``int(ts.timestamp() * 1000)``, a
+    float product, lands one millisecond short about once in 140 times)."""
+    return (ts - _EPOCH) // _MS
 
 
 _KINDS = frozenset(EVENT_KINDS)
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (it does unless it holds a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class EventDecoder:
@@ -243,7 +263,8 @@ class EventDecoder:
     def window(self, now: dt.datetime | None = None) -> None:
         """Fix the accepted ``ts`` range at ``now`` (default: the current UTC time)."""
         self.now = now or dt.datetime.now(dt.UTC)
-        self._earliest_ms = _epoch_ms(self.limits.earliest)
+        # Rounded up: an earliest bound inside a millisecond must not let that millisecond in.
+        self._earliest_ms = -((_EPOCH - self.limits.earliest) // _MS)
         self._latest_ms = _epoch_ms(self.now + dt.timedelta(seconds=self.limits.max_future_s))
 
     def __call__(self, key: bytes | None, value: bytes | None) -> Event:
@@ -268,10 +289,16 @@ class EventDecoder:
                     type(event_id) is str
                     and type(user_id) is str
                     and type(item_id) is str
+                    and type(kind) is str
                     and type(ts) is int
                     and 0 < len(event_id) <= MAX_ID_LENGTH
                     and 0 < len(user_id) <= MAX_ID_LENGTH
                     and 0 < len(item_id) <= MAX_ID_LENGTH
+                    # A "\ud800" escape decodes to a lone surrogate, which is not text: pydantic
+                    # refuses it, and it cannot be encoded back.
+                    and (event_id.isascii() or _utf8(event_id))
+                    and (user_id.isascii() or _utf8(user_id))
+                    and (item_id.isascii() or _utf8(item_id))
                     and kind in _KINDS
                     and self._earliest_ms <= ts <= self._latest_ms
                     and (key is None or key == user_id.encode("utf-8"))
