@@ -373,6 +373,11 @@ class RaymmConfig(StrictModel):
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
 
 
+#: What ``yaml.safe_load`` raises for text it cannot load: a YAML error, a ValueError from a tag's
+#: constructor (``2026-13-45``, ``!!int abc``, more than 4300 digits), or deep nesting.
+_YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not key=value (e.g. --set synth.size=tiny)")
@@ -382,7 +387,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r} has an empty key segment")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
+    except _YAML_ERRORS as exc:
         raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({exc})") from exc
     return parts, value
 
@@ -436,7 +441,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> list[tuple[str, l
         else:
             try:
                 value = yaml.safe_load(raw) if raw.strip() else None
-            except yaml.YAMLError as exc:
+            except _YAML_ERRORS as exc:
                 raise ConfigError(f"environment variable {name}: {raw!r} is not valid YAML ({exc})") from None
         found.append((name, parts, value))
     return found
@@ -517,8 +522,10 @@ def load_config(
         if not file.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as exc:
+            loaded = yaml.safe_load(file.read_bytes())  # UTF-8, or UTF-16 with a byte-order mark
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+        except _YAML_ERRORS as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if loaded is None:
             loaded = {}
