@@ -74,6 +74,7 @@ from serve_latency import (
 )
 
 from raymm.serve.runner import recommender_handle
+from raymm.stream.settings import KafkaSettings
 
 BENCH = "freshness"
 TARGET_P99_MS = 1000.0
@@ -86,8 +87,8 @@ K = 10
 class Background:
     """``replay(..., rate)`` of successive chunks of ``events`` in a thread until :meth:`stop`."""
 
-    def __init__(self, events: pa.Table, bootstrap: str, rate: float, client_options: dict[str, Any]) -> None:
-        self.events, self.bootstrap, self.rate, self.options = events, bootstrap, rate, client_options
+    def __init__(self, events: pa.Table, bootstrap: str, rate: float, kafka: KafkaSettings) -> None:
+        self.events, self.bootstrap, self.rate, self.kafka = events, bootstrap, rate, kafka
         self.sent = 0
         self.chunks: list[dict[str, float]] = []
         self.error: BaseException | None = None
@@ -110,7 +111,7 @@ class Background:
                     offset = 0  # the ids repeat; a replayed id is applied once, as a duplicate
                 chunk = self.events.slice(offset, CHUNK)
                 offset += CHUNK
-                result = replay(chunk, self.bootstrap, rate=self.rate, **self.options)
+                result = replay(chunk, self.bootstrap, rate=self.rate, kafka=self.kafka)
                 with self._lock:
                     self.sent += result.sent
                     self.chunks.append({"sent": result.sent, "rate": round(result.rate, 1)})
@@ -208,7 +209,7 @@ def measure(
         deploy_s = time.perf_counter() - deploy_started
         log(BENCH, f"[{broker}] deployed in {deploy_s:.0f}s at {app.url}")
         applied_before, _, _ = shard_totals(app.client())
-        load = Background(background, app.bootstrap_servers, args.rate, config.kafka.client_options()).start()
+        load = Background(background, app.bootstrap_servers, args.rate, config.kafka).start()
         time.sleep(args.warmup_s)
         loads["before_probes"] = loadavg()
         producer = KafkaProducer(

@@ -590,7 +590,7 @@ def replay_state(app: Any, events: pa.Table, config: RaymmConfig) -> dict[str, A
 
     client = app.client()
     before, _, _ = shard_totals(client)
-    result = replay(events, app.bootstrap_servers, **config.kafka.client_options())
+    result = replay(events, app.bootstrap_servers, kafka=config.kafka)
     wait_s = wait_applied(client, before + result.sent)
     return {"events": result.sent, "replay_rate": round(result.rate, 1), "applied_after_s": round(wait_s, 2)}
 

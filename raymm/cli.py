@@ -611,8 +611,7 @@ def cmd_produce(args: argparse.Namespace, config: RaymmConfig) -> int:
 
     if not io.exists(events):
         raise RaymmError(f"no events to replay: {events} does not exist (--events FILE)")
-    options = config.kafka.client_options()
-    ensure_topics(bootstrap, config.kafka.topics(), configs=config.kafka.topic_configs(), **options)
+    ensure_topics(bootstrap, config.kafka.topics(), configs=config.kafka.topic_configs(), kafka=config.kafka)
     result = replay(
         events,
         bootstrap,
@@ -620,7 +619,7 @@ def cmd_produce(args: argparse.Namespace, config: RaymmConfig) -> int:
         limit=args.limit,
         progress=not args.quiet,
         partitioner=config.kafka.partitioner,
-        **options,
+        kafka=config.kafka,
     )
     print_summary(
         "produce",
@@ -667,7 +666,7 @@ def cmd_consume(args: argparse.Namespace, config: RaymmConfig) -> int:
         settings,
         rank=args.rank,
         world_size=args.world_size,
-        client_options=config.kafka.client_options(),
+        kafka=config.kafka,
     )
     start = time.monotonic()
     consumer.open()

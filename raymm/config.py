@@ -30,7 +30,7 @@ from pydantic import (
 from raymm.deploy.settings import DeploySettings
 from raymm.errors import ConfigError
 from raymm.models.config import ModelConfig, RankerConfig
-from raymm.stream.settings import KafkaSettings, StreamSettings
+from raymm.stream.settings import MASK, KafkaSettings, StreamSettings
 
 SizeName = Literal["tiny", "small", "large"]
 #: Metrics early stopping can follow (computed by raymm.eval.metrics at every K of evaluate.ks).
@@ -314,6 +314,22 @@ class ServeConfig(StrictModel):
     #: faiss lists scored per request; 128 of 1,024 gave recall@10 0.956 against exact on
     #: bench/serve_latency.py's 100k-item artifact (32: 0.77, 256: 0.99).
     nprobe: int = Field(128, gt=0)
+    #: The key every route but ``/healthz`` requires (``Authorization: Bearer <key>`` or
+    #: ``X-API-Key: <key>``; 401 without it); None, and no ``api_key_file``: the API is open. Set it
+    #: with ``RAYMM__SERVE__API_KEY`` (a Kubernetes Secret): it is never written out, and serving's
+    #: processes read it from their environment (:mod:`raymm.serve.auth`).
+    api_key: SecretStr | None = None
+    #: A file holding the key instead (a Kubernetes Secret mounted as a volume), read by each
+    #: replica when it starts; whitespace around the key is ignored.
+    api_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_api_key(self) -> ServeConfig:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("set serve.api_key or serve.api_key_file, not both")
+        if self.api_key is not None and not self.api_key.get_secret_value():
+            raise ValueError("serve.api_key is empty: set a key, or none to leave the API open")
+        return self
 
 
 class RaymmConfig(StrictModel):
@@ -482,6 +498,19 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return sorted(f.alias or name for name, f in model.model_fields.items())
 
 
+#: Keys whose values an error message never shows.
+SECRET_KEYS = frozenset({"sasl_plain_password", "api_key"})
+
+
+def _redacted(value: Any, key: Any = None) -> Any:
+    """``value`` with every secret key's value masked (an error shows a section's whole input)."""
+    if key in SECRET_KEYS:
+        return MASK
+    if isinstance(value, Mapping):
+        return {k: _redacted(v, k) for k, v in value.items()}
+    return value
+
+
 def _describe(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
@@ -490,7 +519,7 @@ def _describe(error: ValidationError, source: str) -> str:
             allowed = _allowed_keys(tuple(item["loc"]))
             lines.append(f"unknown key {key!r}; allowed here: {', '.join(allowed)}")
         else:
-            got = item.get("input")
+            got = _redacted(item.get("input"), next((p for p in item["loc"] if p in SECRET_KEYS), None))
             lines.append(f"{key}: {item['msg']} (got {got!r})")
     return f"invalid configuration ({source}):\n  " + "\n  ".join(lines)
 

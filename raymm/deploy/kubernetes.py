@@ -11,6 +11,10 @@ Nothing here reads a cluster. Where credentials come from:
   SHA-512, and ``SASL_SSL`` on the ``tls`` listener (9093, the cluster CA mounted from the
   ``<cluster>-cluster-ca-cert`` Secret) or ``SASL_PLAINTEXT`` on the ``plain`` one (9092), as the
   variant's ``kafka.tls`` says. So ``raymm produce`` run in a serving pod reaches Kafka too.
+- **The API key**: the serving pods get ``RAYMM__SERVE__API_KEY`` from the key ``api-key`` of
+  the Secret ``<deploy.rayservice>-api-key`` (:func:`api_key_secret`), marked optional: create
+  the Secret and every route but ``/healthz`` requires the key (:mod:`raymm.serve.auth`);
+  without it the API is open. A new key reaches the pods when they restart.
 - **S3**: every Ray pod loads the Secret ``deploy.s3_secret`` as environment variables
   (``envFrom``): ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` and, for a store
   other than AWS, ``AWS_ENDPOINT_URL``, which pyarrow's S3 filesystem reads.
@@ -30,6 +34,7 @@ __all__ = [
     "SUBMISSION_MODE",
     "UPGRADE_STRATEGY",
     "KafkaConnection",
+    "api_key_secret",
     "image",
     "kafka_cluster",
     "kafka_connection",
@@ -227,6 +232,18 @@ def _kafka_env(settings: DeploySettings, variant: Variant) -> list[dict[str, Any
     return env
 
 
+def api_key_secret(settings: DeploySettings) -> str:
+    """The Secret whose key ``api-key`` holds the HTTP API's key (see the module docstring)."""
+    return f"{settings.rayservice}-api-key"
+
+
+def _api_key_env(settings: DeploySettings) -> dict[str, Any]:
+    return {
+        "name": "RAYMM__SERVE__API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": api_key_secret(settings), "key": "api-key", "optional": True}},
+    }
+
+
 # -- Ray (KubeRay) ----------------------------------------------------------------------------------
 
 
@@ -258,7 +275,7 @@ def _pod_template(
     }
     connection = kafka_connection(settings, variant.kafka)
     if kafka:
-        spec["containers"][0]["env"] = _kafka_env(settings, variant)
+        spec["containers"][0]["env"] = [*_kafka_env(settings, variant), _api_key_env(settings)]
         if connection.ca_secret:
             spec["containers"][0]["volumeMounts"] = [
                 {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True}
@@ -344,8 +361,8 @@ def ray_service(
     settings: DeploySettings, variant: Variant, serve_config_yaml: str, pod_labels: dict[str, str]
 ) -> dict[str, Any]:
     """The ``RayService``: ``serve_config_yaml`` as ``serveConfigV2``, the Ray autoscaler on, the
-    serving worker group, Kafka credentials on every pod, and ``pod_labels`` (what the PodMonitor
-    selects) on its pod templates. Upgrades use :data:`UPGRADE_STRATEGY`."""
+    serving worker group, Kafka credentials and the API key on every pod, and ``pod_labels``
+    (what the PodMonitor selects) on its pod templates. Upgrades use :data:`UPGRADE_STRATEGY`."""
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",

@@ -32,15 +32,17 @@ SERVING_SECTIONS = ("out", "kafka", "stream", "serve")
 def app_document(config: RaymmConfig) -> dict[str, Any]:
     """The :data:`SERVING_SECTIONS` of ``config`` that differ from the defaults, as plain data.
 
-    ``kafka.sasl_plain_password`` is left out, always: it reaches the app from the environment
-    (``RAYMM__KAFKA__SASL_PLAIN_PASSWORD``, from a Kubernetes Secret), never from a file.
+    The secrets are left out, always: ``kafka.sasl_plain_password`` and ``serve.api_key`` reach the
+    app from the environment (``RAYMM__KAFKA__SASL_PLAIN_PASSWORD``, ``RAYMM__SERVE__API_KEY``,
+    from Kubernetes Secrets), never from a file.
     """
     dumped = config.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     document = {section: dumped[section] for section in SERVING_SECTIONS if section in dumped}
-    kafka = document.get("kafka", {})
-    kafka.pop("sasl_plain_password", None)
-    if "kafka" in document and not kafka:
-        del document["kafka"]
+    for section, key in (("kafka", "sasl_plain_password"), ("serve", "api_key")):
+        values = document.get(section, {})
+        values.pop(key, None)
+        if section in document and not values:
+            del document[section]
     return document
 
 

@@ -41,6 +41,7 @@ from raymm.config import RaymmConfig
 from raymm.data import io
 from raymm.errors import RaymmError
 from raymm.recommend.index import IndexChoice
+from raymm.serve.auth import ApiKeySource
 from raymm.serve.deployment import RecommenderDeployment, ServeArgs
 from raymm.serve.http import ERROR_KEY, ApiError, api
 from raymm.serve.shard import StateShard, shard_name
@@ -84,9 +85,7 @@ def _checked_ownership(config: RaymmConfig, bootstrap_servers: str) -> Ownership
 
     kafka = config.kafka
     try:
-        counts = ensure_topics(
-            bootstrap_servers, kafka.topics(), configs=kafka.topic_configs(), **kafka.client_options()
-        )
+        counts = ensure_topics(bootstrap_servers, kafka.topics(), configs=kafka.topic_configs(), kafka=kafka)
     except KafkaError as exc:
         raise RaymmError(
             f"Kafka at {bootstrap_servers} could not create or check raymm's topics ({exc!r}): the app "
@@ -119,7 +118,7 @@ def build_app(
     spec = StateSpec.from_artifact(uri, config.stream.dedupe_window)
     args = ServeArgs(
         bootstrap_servers=bootstrap_servers,
-        client_options=config.kafka.client_options(),
+        kafka=config.kafka.shared(),
         partitions=ownership.n_partitions,
         world_size=ownership.world_size,
         partitioner=ownership.partitioner,
@@ -130,6 +129,7 @@ def build_app(
         index=IndexChoice(settings.index, settings.faiss_min_items, settings.nprobe),
         max_batch_size=settings.max_batch_size,
         batch_wait_ms=settings.batch_wait_ms,
+        api_key=ApiKeySource.of(settings),
     )
     shards: list[dict[Any, Any] | DeploymentActorConfig] = [
         DeploymentActorConfig(
@@ -142,7 +142,7 @@ def build_app(
                 "spec": spec.to_json(),
                 "snapshot_uri": io.absolute(config.snapshot_uri()),
                 "stream": config.stream.model_dump(mode="json"),
-                "client_options": config.kafka.client_options(),
+                "kafka": config.kafka.shared(),
                 "hit_window_s": settings.hit_window_s,
                 "partitioner": ownership.partitioner,
                 "partitions": ownership.n_partitions,

@@ -31,10 +31,12 @@ from ray import serve
 from raymm.recommend.index import IndexChoice
 from raymm.recommend.recommender import Recommendation, Recommender
 from raymm.recommend.search import SEARCH_MODALITIES
+from raymm.serve.auth import ApiKey, ApiKeySource
 from raymm.serve.http import ApiError, api
 from raymm.serve.metric_tags import tag_keys, tagged
 from raymm.serve.served import ServedModel
 from raymm.serve.shard_client import ShardClient
+from raymm.stream.clients import kafka_client
 from raymm.stream.events import (
     DEAD_LETTER_TOPIC,
     EVENTS_TOPIC,
@@ -45,6 +47,7 @@ from raymm.stream.events import (
 )
 from raymm.stream.items import ItemsFollower
 from raymm.stream.ownership import Ownership, Partitioner
+from raymm.stream.settings import KafkaSettings
 
 __all__ = ["RecommenderDeployment", "ServeArgs", "batched"]
 
@@ -54,10 +57,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServeArgs:
     """What a replica needs, resolved once by :func:`~raymm.serve.app.build_app` (plain values:
-    it is pickled). ``partitions`` is the events topic's actual partition count, read from Kafka."""
+    it is pickled). ``partitions`` is the events topic's actual partition count, read from Kafka.
+    ``kafka`` is :meth:`KafkaSettings.shared <raymm.stream.settings.KafkaSettings.shared>` and
+    ``api_key`` says where the key is, never what: the replica reads both secrets from its own
+    environment or files (:mod:`raymm.serve.auth`)."""
 
     bootstrap_servers: str
-    client_options: dict[str, Any]
+    kafka: dict[str, Any]
     partitions: int
     world_size: int
     max_k: int
@@ -72,6 +78,7 @@ class ServeArgs:
     events_topic: str = EVENTS_TOPIC
     items_topic: str = ITEMS_TOPIC
     dead_letter_topic: str = DEAD_LETTER_TOPIC
+    api_key: ApiKeySource = field(default_factory=ApiKeySource)
 
 
 @dataclass
@@ -133,6 +140,8 @@ class RecommenderDeployment:
         from ray.serve import metrics
 
         self.args = args
+        self.kafka = KafkaSettings.received(args.kafka)
+        self._api_key = args.api_key.load()
         self.served: ServedModel | None = None
         self.shards = ShardClient(
             Ownership(args.partitions, args.world_size, args.partitioner), args.state_timeout_s
@@ -175,6 +184,12 @@ class RecommenderDeployment:
     @property
     def max_item_bytes(self) -> int:
         return self.args.max_item_bytes
+
+    @property
+    def api_key(self) -> ApiKey | None:
+        """What :func:`raymm.serve.http.authorized` checks on every route but /healthz; None: the
+        API is open."""
+        return self._api_key
 
     # -- model roll-out ------------------------------------------------------------------------
 
@@ -233,7 +248,7 @@ class RecommenderDeployment:
                 topic=self.args.items_topic,
                 dead_letter_topic=self.args.dead_letter_topic,
                 limits=ItemLimits(max_value_bytes=self.args.max_item_bytes),
-                client_options=self.args.client_options,
+                kafka=self.kafka,
             )
             self.items.on_dead_letter = lambda reason: self.item_dead_letters.inc(tags={"reason": reason})
             self.items.start()
@@ -397,11 +412,8 @@ class RecommenderDeployment:
         if self._producer is None:
             from kafka import KafkaProducer
 
-            self._producer = KafkaProducer(
-                bootstrap_servers=self.args.bootstrap_servers,
-                acks="all",
-                linger_ms=1,
-                **self.args.client_options,
+            self._producer = kafka_client(
+                KafkaProducer, self.args.bootstrap_servers, self.kafka, acks="all", linger_ms=1
             )
         return self._producer
 

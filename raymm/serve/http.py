@@ -8,7 +8,9 @@ batching or state shards.
 
 Every error is answered as ``{"error": code, "detail": ...}``: the replica's refusals as
 :class:`ApiError`, FastAPI's validation errors as ``invalid_request`` (422), unknown paths as
-``not_found`` (404), and anything unexpected as ``internal`` (500, logged).
+``not_found`` (404), and anything unexpected as ``internal`` (500, logged). When the replica has an
+API key, every route but ``/healthz`` depends on :func:`authorized` (401 ``unauthorized``; see
+:mod:`raymm.serve.auth`).
 
 ``@serve.ingress(api)`` copies ``api`` when the deployment class is defined: a route added
 after :mod:`raymm.serve.deployment` is imported would not be served.
@@ -19,14 +21,16 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Protocol, TypeVar, cast
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import raymm
 from raymm.data.schema import EVENT_KINDS
+from raymm.serve.auth import ApiKey
 from raymm.stream.events import ItemMessage, UserEvent
 
 __all__ = [
@@ -39,6 +43,7 @@ __all__ = [
     "Replica",
     "SessionRequest",
     "api",
+    "authorized",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,11 +59,11 @@ ERROR_KEY = "__raymm_error__"
 
 
 class ApiError(Exception):
-    """An error answered as ``{"error": code, "detail": ...}`` with ``status``."""
+    """An error answered as ``{"error": code, "detail": ...}`` with ``status`` (and ``headers``)."""
 
-    def __init__(self, status: int, code: str, detail: Any) -> None:
+    def __init__(self, status: int, code: str, detail: Any, headers: dict[str, str] | None = None) -> None:
         super().__init__(status, code, detail)
-        self.status, self.code, self.detail = status, code, detail
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.detail}"
@@ -71,7 +76,9 @@ class ApiError(Exception):
 
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status)
+    return JSONResponse(
+        {"error": exc.code, "detail": exc.detail}, status_code=exc.status, headers=exc.headers
+    )
 
 
 @api.exception_handler(RequestValidationError)
@@ -154,6 +161,9 @@ class Replica(Protocol):
     @property
     def max_item_bytes(self) -> int: ...
 
+    @property
+    def api_key(self) -> ApiKey | None: ...
+
     async def answer_user(self, user_id: str, k: int) -> dict[str, Any]: ...
 
     async def answer_session(self, item_ids: list[str], k: int) -> dict[str, Any]: ...
@@ -177,6 +187,39 @@ def replica() -> Replica:
 
 
 ReplicaDep = Annotated[Replica, Depends(replica)]
+
+# Two ways to send the key, both in the OpenAPI schema (its clients and fuzzers can send either).
+_bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token (serve.api_key).")
+_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The API key (serve.api_key).")
+
+
+async def authorized(
+    recommender: ReplicaDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    key_header: Annotated[str | None, Security(_key_header)],
+) -> None:
+    """Let the request through when the replica has no API key, or the request carries it
+    (``Authorization: Bearer`` or ``X-API-Key``); otherwise 401 ``unauthorized`` with
+    ``WWW-Authenticate: Bearer``. The answer never repeats what was sent."""
+    key = recommender.api_key
+    if key is None:
+        return
+    presented = [bearer.credentials if bearer is not None else None, key_header]
+    if any([key.matches(p) for p in presented]):  # a list: both are compared, always
+        return
+    detail = (
+        "the API key is wrong"
+        if any(p is not None for p in presented)
+        else "this API needs a key: send Authorization: Bearer <key> or X-API-Key: <key>"
+    )
+    raise ApiError(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+#: What every route but /healthz takes: the key check, and its answer in the schema.
+KEYED: dict[str, Any] = {
+    "dependencies": [Depends(authorized)],
+    "responses": {401: {"description": "Missing or wrong API key (when serve.api_key is set)."}},
+}
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -207,23 +250,23 @@ async def healthz(recommender: ReplicaDep) -> JSONResponse:
     return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
 
-@api.get("/v1/recommendations/{user_id}", response_model=Recommendations)
+@api.get("/v1/recommendations/{user_id}", response_model=Recommendations, **KEYED)
 async def recommendations(recommender: ReplicaDep, user_id: str, k: int = Query(10)) -> dict[str, Any]:
     return await recommender.answer_user(user_id, k)
 
 
-@api.post("/v1/recommendations", response_model=Recommendations)
+@api.post("/v1/recommendations", response_model=Recommendations, **KEYED)
 async def session(recommender: ReplicaDep, request: Request) -> dict[str, Any]:
     body = await read_body(request, SessionRequest, recommender.max_body_bytes)
     return await recommender.answer_session(body.item_ids, body.k)
 
 
-@api.get("/v1/items/{item_id}/similar")
+@api.get("/v1/items/{item_id}/similar", **KEYED)
 async def similar(recommender: ReplicaDep, item_id: str, k: int = Query(10)) -> dict[str, Any]:
     return recommender.answer_similar(item_id, k)
 
 
-@api.get("/v1/search")
+@api.get("/v1/search", **KEYED)
 async def search(
     recommender: ReplicaDep,
     q: str = Query(min_length=1, max_length=512),
@@ -234,7 +277,7 @@ async def search(
     return await recommender.answer_search(q, k, modality)
 
 
-@api.post("/v1/items", status_code=202)
+@api.post("/v1/items", status_code=202, **KEYED)
 async def items(recommender: ReplicaDep, request: Request) -> dict[str, Any]:
     """A new or updated item (the ``raymm.items`` contract), written to Kafka."""
     item = await read_body(request, ItemMessage, recommender.max_item_bytes)
@@ -243,7 +286,7 @@ async def items(recommender: ReplicaDep, request: Request) -> dict[str, Any]:
     return {"item_id": item.item_id, **await recommender.publish_item(item)}
 
 
-@api.post("/v1/events", status_code=202, response_model=Accepted)
+@api.post("/v1/events", status_code=202, response_model=Accepted, **KEYED)
 async def events(recommender: ReplicaDep, request: Request) -> dict[str, Any]:
     event = await read_body(request, UserEvent, recommender.max_body_bytes)
     if event.event not in EVENT_KINDS:

@@ -18,7 +18,8 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from raymm.config import RaymmConfig
@@ -39,13 +40,15 @@ class RunningApp:
     embedded_broker: bool
     model: str
     state_shards: int
+    #: The key the API requires (``serve.api_key``), which :meth:`client` sends.
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def docs_url(self) -> str:
         return f"{self.url}/docs"
 
     def client(self) -> LiveClient:
-        return LiveClient(self.url)
+        return LiveClient(self.url, api_key=self.api_key)
 
 
 @contextlib.contextmanager
@@ -57,10 +60,12 @@ def running_app(
 
     from raymm.runtime import init_ray
     from raymm.serve.app import build_app
+    from raymm.serve.auth import export_secrets
     from raymm.stream.broker import kafka_bootstrap
 
     settings = config.serve
     model_uri = io.absolute(model or settings.model or config.stage_dir("model"))
+    export_secrets(config)  # before a local Ray starts: its processes read them from the environment
     init_ray(config.ray)
     broker_dir = config.stage_dir("broker") if "://" not in config.out else None
     with kafka_bootstrap(config.kafka, data_dir=broker_dir) as bootstrap:
@@ -78,12 +83,22 @@ def running_app(
             config.kafka.bootstrap_servers is None,
             model_uri,
             settings.state_shards,
+            _api_key(config),
         )
         try:
             wait_healthy(running.client(), timeout_s)
             yield running
         finally:
             _stop(settings.app_name, settings.state_shards)
+
+
+def _api_key(config: RaymmConfig) -> str | None:
+    """The API key clients of the app must send, if it has one."""
+    if config.serve.api_key is not None:
+        return config.serve.api_key.get_secret_value()
+    if config.serve.api_key_file is not None:
+        return Path(config.serve.api_key_file).read_text().strip()
+    return None
 
 
 def _route_logs() -> None:
@@ -140,18 +155,22 @@ def wait_healthy(client: LiveClient, timeout_s: float) -> dict[str, Any]:
 
 
 class LiveClient:
-    """A minimal JSON client of the raymm HTTP API (standard library only)."""
+    """A minimal JSON client of the raymm HTTP API (standard library only); ``api_key`` is sent
+    as a bearer token when the API requires one."""
 
-    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 30.0, api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self._headers = {"content-type": "application/json"}
+        if api_key is not None:
+            self._headers["authorization"] = f"Bearer {api_key}"
 
     def request(self, method: str, path: str, body: Any = None, **params: Any) -> tuple[int, Any]:
         """(status, decoded JSON body) of one request; HTTP errors are returned, not raised."""
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
-            f"{self.url}{path}{query}", data=data, method=method, headers={"content-type": "application/json"}
+            f"{self.url}{path}{query}", data=data, method=method, headers=self._headers
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:

@@ -28,7 +28,7 @@ from raymm.serve.metric_tags import tag_keys, tagged
 from raymm.stream.consumer import EventConsumer
 from raymm.stream.events import Event
 from raymm.stream.ownership import Partitioner
-from raymm.stream.settings import StreamSettings
+from raymm.stream.settings import KafkaSettings, StreamSettings
 from raymm.stream.snapshot import SnapshotStore
 from raymm.stream.state import StateSpec, UserStateStore
 
@@ -47,7 +47,9 @@ class StateShard:
 
     ``partitioner`` and ``partitions`` are the owner rule the recommender routes by (the hash, and
     the topic's partition count it read from Kafka): the consumer keeps the same users, and refuses
-    a topic whose count has changed since."""
+    a topic whose count has changed since. ``kafka`` is :meth:`KafkaSettings.shared
+    <raymm.stream.settings.KafkaSettings.shared>`: the password comes from this process's
+    environment, never as an argument (Ray shows these arguments in its dashboard)."""
 
     def __init__(
         self,
@@ -57,7 +59,7 @@ class StateShard:
         spec: dict[str, Any],
         snapshot_uri: str,
         stream: dict[str, Any] | None = None,
-        client_options: dict[str, Any] | None = None,
+        kafka: dict[str, Any] | None = None,
         topic: str | None = None,
         hit_window_s: float = 600.0,
         partitioner: Partitioner = "murmur2",
@@ -78,7 +80,7 @@ class StateShard:
             settings,
             rank=rank,
             world_size=world_size,
-            client_options=client_options,
+            kafka=KafkaSettings.received(kafka or {}),
             observer=self._observe,
             partitioner=partitioner,
             partitions=partitions,

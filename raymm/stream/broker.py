@@ -44,6 +44,7 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from raymm.errors import RaymmError
+from raymm.stream.clients import kafka_client
 from raymm.stream.settings import BrokerKind, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -352,9 +353,10 @@ class EmbeddedBroker:
         # a slow broker only costs another try.
         timeout_ms = int(max(500, min(2000, (deadline - time.monotonic()) * 1000)))
         try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=f"{_LOOPBACK}:{self.port}",
-                client_id="raymm-broker-probe",
+            admin = kafka_client(  # the embedded broker: plaintext on loopback, whatever the config
+                KafkaAdminClient,
+                f"{_LOOPBACK}:{self.port}",
+                KafkaSettings(client_id="raymm-broker-probe"),
                 request_timeout_ms=timeout_ms,
                 bootstrap_timeout_ms=timeout_ms,
             )
@@ -432,7 +434,7 @@ def ensure_topics(
     replication_factor: int = -1,
     timeout_s: float = 30.0,
     configs: Mapping[str, Mapping[str, str]] | None = None,
-    **client_options: Any,
+    kafka: KafkaSettings | None = None,
 ) -> dict[str, int]:
     """Create the missing ``{topic: partitions}`` and check the existing ones; returns the counts.
 
@@ -440,8 +442,8 @@ def ensure_topics(
     ...}}``, e.g. :meth:`KafkaSettings.topic_configs`); existing topics keep theirs.
 
     Idempotent, and safe against another process creating the same topic at the same time.
-    ``replication_factor=-1`` takes the broker's default. ``client_options`` go to
-    ``KafkaAdminClient`` (e.g. :meth:`KafkaSettings.client_options`). Raises
+    ``replication_factor=-1`` takes the broker's default. ``kafka`` gives the admin client its
+    client id and security settings (default: plaintext). Raises
     :class:`TopicMismatchError` naming every topic whose partition count differs (partitions are
     never added: that would move users to other partitions, see design.md section 1), ``ValueError``
     for a partition count below 1, and kafka-python's ``KafkaError`` when the broker refuses.
@@ -450,11 +452,12 @@ def ensure_topics(
         if not isinstance(partitions, int) or partitions < 1:
             raise ValueError(f"topic {name!r}: partitions must be a positive integer, got {partitions!r}")
     timeout_ms = int(timeout_s * 1000)
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
+    admin = kafka_client(
+        KafkaAdminClient,
+        bootstrap_servers,
+        kafka or KafkaSettings(),
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=timeout_ms,
-        **client_options,
     )
     try:
         existing = set(admin.list_topics())

@@ -54,7 +54,7 @@ from kafka.structs import OffsetAndMetadata
 from raymm.stream.events import DEAD_LETTER_TOPIC, Event, EventDecoder, EventLimits, Rejected
 from raymm.stream.loop import ConsumerError, PollLoop
 from raymm.stream.ownership import Ownership, Partitioner, owned_partitions
-from raymm.stream.settings import StreamSettings
+from raymm.stream.settings import KafkaSettings, StreamSettings
 from raymm.stream.snapshot import SnapshotStore, encode_snapshot
 from raymm.stream.state import UserStateStore
 
@@ -161,7 +161,7 @@ class EventConsumer(PollLoop):
         poll_max_records: int = 2000,
         poll_timeout_ms: int = 200,
         liveness_timeout_s: float = 30.0,
-        client_options: dict[str, Any] | None = None,
+        kafka: KafkaSettings | None = None,
         observer: Callable[[Sequence[Event]], None] | None = None,
         partitioner: Partitioner = "murmur2",
         partitions: int | None = None,
@@ -177,7 +177,7 @@ class EventConsumer(PollLoop):
             poll_max_records=poll_max_records,
             poll_timeout_ms=poll_timeout_ms,
             liveness_timeout_s=liveness_timeout_s,
-            client_options=client_options,
+            kafka=kafka,
             consumer_options={"group_id": group_id, "group_instance_id": group_instance_id},
         )
         self.kind = f"consumer-{rank}"
@@ -218,7 +218,7 @@ class EventConsumer(PollLoop):
         **options: Any,
     ) -> EventConsumer:
         """A consumer configured by the ``stream:`` section; ``options`` as the constructor takes
-        them (rank, world_size, group_id, client_options, observer, partitioner, partitions, ...)."""
+        them (rank, world_size, group_id, kafka, observer, partitioner, partitions, ...)."""
         return cls(
             bootstrap_servers,
             state,

@@ -21,6 +21,7 @@ from kafka import KafkaConsumer
 
 from raymm.stream.events import DEAD_LETTER_TOPIC, ITEMS_TOPIC, ItemLimits, ItemMessage, Rejected, decode_item
 from raymm.stream.loop import PollLoop, assign_all
+from raymm.stream.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class ItemsFollower(PollLoop):
         poll_max_records: int = 256,
         poll_timeout_ms: int = 200,
         liveness_timeout_s: float = 30.0,
-        client_options: dict[str, Any] | None = None,
+        kafka: KafkaSettings | None = None,
     ) -> None:
         super().__init__(
             bootstrap_servers,
@@ -58,7 +59,7 @@ class ItemsFollower(PollLoop):
             poll_max_records=poll_max_records,
             poll_timeout_ms=poll_timeout_ms,
             liveness_timeout_s=liveness_timeout_s,
-            client_options=client_options,
+            kafka=kafka,
         )
         self.on_items = on_items
         self.limits = limits or ItemLimits()

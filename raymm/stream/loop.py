@@ -37,7 +37,9 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from raymm.errors import RaymmError
+from raymm.stream.clients import kafka_client
 from raymm.stream.events import DEAD_LETTER_TOPIC, DeadLetter, Rejected
+from raymm.stream.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,8 @@ class LoopMetrics:
 
 
 class PollLoop:
-    """A poll loop over ``topic``; see the module docstring. ``client_options`` go to kafka-python's
-    consumer and producer (security settings: :meth:`raymm.stream.settings.KafkaSettings.client_options`)."""
+    """A poll loop over ``topic``; see the module docstring. ``kafka`` gives the consumer and the
+    producer their client id and security settings (default: plaintext, client id ``raymm``)."""
 
     #: The thread's name prefix and how the log names this loop.
     kind = "poll-loop"
@@ -88,7 +90,7 @@ class PollLoop:
         poll_max_records: int = 2000,
         poll_timeout_ms: int = 200,
         liveness_timeout_s: float = 30.0,
-        client_options: dict[str, Any] | None = None,
+        kafka: KafkaSettings | None = None,
         consumer_options: dict[str, Any] | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
@@ -97,7 +99,7 @@ class PollLoop:
         self.poll_max_records = poll_max_records
         self.poll_timeout_ms = poll_timeout_ms
         self.liveness_timeout_s = liveness_timeout_s
-        self.client_options = dict(client_options or {})
+        self.kafka = kafka or KafkaSettings()
         self._consumer_options = dict(consumer_options or {})
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
@@ -151,16 +153,24 @@ class PollLoop:
         """Connect and take the partitions to read."""
         if self._consumer is not None:
             raise ConsumerError(f"the {self.kind} is open already")
-        common = {"bootstrap_servers": self.bootstrap_servers, **self.client_options}
-        self._consumer = KafkaConsumer(
+        self._consumer = kafka_client(
+            KafkaConsumer,
+            self.bootstrap_servers,
+            self.kafka,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.poll_max_records,
             fetch_max_wait_ms=min(self.poll_timeout_ms, 500),
             **self._consumer_options,
-            **common,
         )
-        self._producer = KafkaProducer(acks="all", linger_ms=20, **self._producer_options(), **common)
+        self._producer = kafka_client(
+            KafkaProducer,
+            self.bootstrap_servers,
+            self.kafka,
+            acks="all",
+            linger_ms=20,
+            **self._producer_options(),
+        )
         try:
             self._on_open(self._consumer)
         except BaseException:

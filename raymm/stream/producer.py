@@ -24,8 +24,10 @@ from raymm import console
 from raymm.data import io
 from raymm.data.schema import conform_interactions
 from raymm.errors import RaymmError
+from raymm.stream.clients import kafka_client
 from raymm.stream.events import EVENTS_TOPIC, UserEvent
 from raymm.stream.ownership import Ownership, Partitioner
+from raymm.stream.settings import KafkaSettings
 
 __all__ = ["ReplayError", "ReplayResult", "replay"]
 
@@ -60,7 +62,7 @@ def replay(
     limit: int | None = None,
     progress: bool = False,
     partitioner: Partitioner = "murmur2",
-    **client_options: Any,
+    kafka: KafkaSettings | None = None,
 ) -> ReplayResult:
     """Produce the interactions ``events`` (a table or a ``stream.parquet`` path) to ``topic``.
 
@@ -72,8 +74,8 @@ def replay(
     acknowledged (``acks="all"``).
 
     The topic should exist with its partition count (:func:`raymm.stream.broker.ensure_topics`):
-    a broker that auto-creates topics would give it its default count. ``client_options`` go to
-    ``KafkaProducer`` (e.g. ``KafkaSettings.client_options()``); ``partitioner`` is the owner
+    a broker that auto-creates topics would give it its default count. ``kafka`` gives the producer
+    its client id and security settings (default: plaintext); ``partitioner`` is the owner
     rule's hash (``kafka.partitioner``): each event goes to its user's owner partition. Raises ``DataError`` for a table
     off the interactions contract, ``ValueError`` for a bad ``rate`` or ``limit``,
     :class:`ReplayError` when the broker refuses events, and kafka-python's ``KafkaError`` when it
@@ -88,7 +90,9 @@ def replay(
     if limit is not None:
         table = table.slice(0, limit)
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5, **client_options)
+    producer = kafka_client(
+        KafkaProducer, bootstrap_servers, kafka or KafkaSettings(), acks="all", linger_ms=5
+    )
     partitions = producer.partitions_for(topic)  # waits for the metadata; a missing topic raises
     owner_partition = Ownership(len(partitions), partitioner=partitioner).partition_cache()
     acked: Counter[int] = Counter()

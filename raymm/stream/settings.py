@@ -3,27 +3,57 @@
 Plain pydantic (no Kafka client), so :mod:`raymm.config` can hold these sections without
 importing kafka-python. :class:`KafkaSettings` is the ``kafka:`` section and
 :class:`StreamSettings` the ``stream:`` section of the configuration.
+
+**The Kafka password never travels as an argument.** Ray shows a Serve deployment actor's
+``init_kwargs`` in its dashboard and ``serve status`` and pickles every actor's arguments into its
+control store, so the settings cross to a state shard or a replica as :meth:`KafkaSettings.shared`
+(no password), and that process takes the password from its own environment
+(:meth:`KafkaSettings.received`, :data:`PASSWORD_ENV`). Kubernetes puts it there from a Secret
+(:mod:`raymm.deploy.kubernetes`); a local Ray instance that raymm starts inherits it from the
+driver (:func:`raymm.serve.auth.export_secrets`). Runtime-env ``env_vars`` would show in the
+dashboard too, so they are not used.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from raymm.errors import ConfigError
 from raymm.stream.events import DEAD_LETTER_TOPIC, EVENTS_TOPIC, ITEMS_TOPIC, EventLimits
 from raymm.stream.ownership import Partitioner
 
 BrokerKind = Literal["tansu", "noida"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"]
+#: The mechanisms that authenticate with ``sasl_plain_username`` and ``sasl_plain_password``.
+PASSWORD_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: Where a process that was handed :meth:`KafkaSettings.shared` finds the password (the variable
+#: :mod:`raymm.config` reads as ``kafka.sasl_plain_password``).
+PASSWORD_ENV = "RAYMM__KAFKA__SASL_PLAIN_PASSWORD"
+#: What a secret looks like wherever it is shown.
+MASK = "**********"
+
+
+class RedactedStr(str):
+    """A secret as kafka-python needs it (a ``str``), whose ``repr`` is masked: kafka-python's admin
+    client logs its whole configuration at DEBUG (a dict, formatted with each value's ``repr``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(MASK)
 
 
 class KafkaSettings(BaseModel):
     """Where raymm's Kafka is and how to reach it; ``bootstrap_servers=None`` starts an embedded one.
 
     :meth:`client_options` gives the security keyword arguments every kafka-python client takes
-    (producer, consumer, admin), so SASL and TLS pass through unchanged. Inconsistent settings
+    (producer, consumer, admin), so SASL and TLS pass through unchanged; every client raymm makes
+    is built with them (:func:`raymm.stream.clients.kafka_client`). Inconsistent settings
     (a SASL mechanism on a non-SASL protocol, PLAIN/SCRAM without credentials, a client
     certificate without its key) raise ``ValidationError`` naming the fields.
     """
@@ -62,7 +92,7 @@ class KafkaSettings(BaseModel):
                 f"sasl_mechanism {self.sasl_mechanism} needs security_protocol SASL_PLAINTEXT or "
                 f"SASL_SSL, got {self.security_protocol}"
             )
-        if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and (
+        if self.sasl_mechanism in PASSWORD_MECHANISMS and (
             self.sasl_plain_username is None or self.sasl_plain_password is None
         ):
             raise ValueError(
@@ -74,18 +104,46 @@ class KafkaSettings(BaseModel):
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for ``KafkaProducer``/``KafkaConsumer``/``KafkaAdminClient``: the
-        client id and the security settings that are set (never ``bootstrap_servers``)."""
+        client id and the security settings that are set (never ``bootstrap_servers``); the
+        password as a :class:`RedactedStr`."""
         options: dict[str, Any] = {"client_id": self.client_id, "security_protocol": self.security_protocol}
         if self.sasl_mechanism is not None:
             options["sasl_mechanism"] = self.sasl_mechanism
         if self.sasl_plain_username is not None:
             options["sasl_plain_username"] = self.sasl_plain_username
         if self.sasl_plain_password is not None:
-            options["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+            options["sasl_plain_password"] = RedactedStr(self.sasl_plain_password.get_secret_value())
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
         return options
+
+    def shared(self) -> dict[str, Any]:
+        """These settings as plain data for another process (a state shard, a Serve replica),
+        without the password: see the module docstring. :meth:`received` rebuilds them there."""
+        return self.model_dump(mode="json", exclude={"sasl_plain_password"})
+
+    @classmethod
+    def received(cls, document: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> KafkaSettings:
+        """The settings :meth:`shared` gave, with the password from ``environ`` (default: this
+        process's environment) at :data:`PASSWORD_ENV`.
+
+        Raises :class:`~raymm.errors.ConfigError` naming the variable when the SASL mechanism
+        needs a password and the environment has none.
+        """
+        environ = os.environ if environ is None else environ
+        fields = dict(document)
+        password = environ.get(PASSWORD_ENV)
+        if password:
+            fields["sasl_plain_password"] = password
+        elif fields.get("sasl_mechanism") in PASSWORD_MECHANISMS:
+            raise ConfigError(
+                f"kafka.sasl_mechanism {fields['sasl_mechanism']} needs the password, which reaches "
+                f"raymm's Ray workers only through their environment: {PASSWORD_ENV} is not set in "
+                f"this process (pid {os.getpid()}). Set it on every Ray node (a Kubernetes Secret, as "
+                "`raymm deploy render` wires it), or let raymm start the local Ray instance"
+            )
+        return cls.model_validate(fields)
 
     def topic_configs(self) -> dict[str, dict[str, str]]:
         """Settings of the topics raymm creates: dead letters are keyed by their source

@@ -78,7 +78,7 @@ def live_demo(
             rate=rate,
             progress=progress,
             partitioner=config.kafka.partitioner,
-            **config.kafka.client_options(),
+            kafka=config.kafka,
         )
         mine = table.filter(pc.equal(table.column("user_id"), user))
         expected = mine.num_rows

@@ -33,17 +33,28 @@ class LiveApp:
 
 
 @contextlib.contextmanager
-def live_app(trained: Trained, root: Path, *, shards: int, partitions: int) -> Iterator[LiveApp]:
-    """The app with ``shards`` state shards over ``partitions`` partitions; snapshots under ``root``."""
+def live_app(
+    trained: Trained,
+    root: Path,
+    *,
+    shards: int,
+    partitions: int,
+    kafka: dict[str, Any] | None = None,
+    serve_settings: dict[str, Any] | None = None,
+) -> Iterator[LiveApp]:
+    """The app with ``shards`` state shards over ``partitions`` partitions; snapshots under ``root``;
+    ``kafka`` and ``serve_settings`` update those sections of the session's config."""
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     with EmbeddedBroker("noida") as broker:
         config = trained.config.model_copy(deep=True)
         config.kafka = config.kafka.model_copy(
-            update={"bootstrap_servers": broker.bootstrap_servers, "partitions": partitions}
+            update={"bootstrap_servers": broker.bootstrap_servers, "partitions": partitions, **(kafka or {})}
         )
         config.stream = config.stream.model_copy(update={"snapshot_uri": str(root / "state")})
-        config.serve = config.serve.model_copy(update={"state_shards": shards, "state_timeout_s": 5.0})
+        config.serve = config.serve.model_copy(
+            update={"state_shards": shards, "state_timeout_s": 5.0, **(serve_settings or {})}
+        )
         serve.run(
             build_app(config, bootstrap_servers=broker.bootstrap_servers, model=str(trained.model)),
             name="raymm",
