@@ -34,8 +34,9 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+from array import array
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ from raymm.models.config import UserStateConfig
 from raymm.stream.events import EVENTS_TOPIC, Event
 
 _SPILL_CHUNK = 10_000
+#: User ids per spill-file query (SQLite allows 32,766 parameters since 3.32, 999 before).
+_READ_CHUNK = 900
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,9 @@ class UserStateStore:
         self._forwarded: dict[int, dict[int, int]] = {}
         self._hot: dict[int, dict[str, UserRecord]] = {}
         self._lru: OrderedDict[tuple[int, str], None] = OrderedDict()
+        #: Per held partition: the users in memory whose spill row is stale (read back and not
+        #: spilled since). A subset of the users in memory, so bounded with them.
+        self._shadowed: dict[int, set[str]] = {}
         self._spill: _Spill | None = None
         self._spill_dir = Path(spill_dir) if spill_dir is not None else None
 
@@ -282,6 +288,7 @@ class UserStateStore:
             self._offsets[partition] = applied_offset
             self._forwarded[partition] = dict(forwarded or {})
             self._hot[partition] = {}
+            self._shadowed[partition] = set()
             for user_id, record in (users or {}).items():
                 self._hot[partition][user_id] = record
                 self._lru[(partition, user_id)] = None
@@ -294,6 +301,7 @@ class UserStateStore:
             self._forwarded.pop(partition, None)
             for user_id in self._hot.pop(partition, {}):
                 self._lru.pop((partition, user_id), None)
+            self._shadowed.pop(partition, None)
             if self._spill is not None:
                 self._spill.drop_partition(partition)
 
@@ -325,6 +333,19 @@ class UserStateStore:
             last = self._offsets[partition]
             users = self._hot[partition]
             watermarks = self._forwarded[partition]
+            # The batch's users not in memory, read back from the spill file in one query (a
+            # user the file does not hold is new). One the batch then skips stays in the file.
+            shadowed = self._shadowed[partition]
+            spilled: dict[str, UserRecord] = {}
+            if self._spill is not None and self._spill.rows(partition):
+                spilled = self._spill.read(
+                    partition,
+                    {
+                        event.user_id
+                        for offset, event in messages
+                        if event is not None and offset > last and event.user_id not in users
+                    },
+                )
             for offset, event in messages:
                 if offset <= last:
                     if offset < 0:
@@ -346,9 +367,11 @@ class UserStateStore:
                 key = (partition, event.user_id)
                 record = users.get(event.user_id)
                 if record is None:
-                    record = self._spill.pop(partition, event.user_id) if self._spill is not None else None
+                    record = spilled.pop(event.user_id, None)
                     if record is None:
                         record = UserRecord()
+                    else:  # its row stays in the file until the user is spilled again
+                        shadowed.add(event.user_id)
                     users[event.user_id] = record
                     self._lru[key] = None
                 else:
@@ -367,10 +390,14 @@ class UserStateStore:
             return
         if self._spill is None:
             self._spill = _Spill(self._spill_dir)
-        batch: list[tuple[int, str, UserRecord]] = []
+        batch: list[tuple[int, str, UserRecord, bool]] = []
         while len(self._lru) > self.max_users_in_memory:
             (partition, user_id), _ = self._lru.popitem(last=False)
-            batch.append((partition, user_id, self._hot[partition].pop(user_id)))
+            shadowed = self._shadowed[partition]
+            stale = user_id in shadowed
+            if stale:
+                shadowed.discard(user_id)
+            batch.append((partition, user_id, self._hot[partition].pop(user_id), stale))
         self._spill.put(batch)
 
     # -- reading (any thread) ----------------------------------------------------------------
@@ -398,7 +425,11 @@ class UserStateStore:
     def counts(self) -> dict[str, int]:
         """Users in memory and in the spill file."""
         with self._lock:
-            return {"in_memory": len(self._lru), "spilled": self._spill.count() if self._spill else 0}
+            rows = self._spill.rows() if self._spill is not None else 0
+            return {
+                "in_memory": len(self._lru),
+                "spilled": rows - sum(len(stale) for stale in self._shadowed.values()),
+            }
 
     def partition_users(self, partition: int) -> Iterator[tuple[str, UserRecord]]:
         """Every user of ``partition`` (in memory, then spilled), for a snapshot.
@@ -407,18 +438,18 @@ class UserStateStore:
         that thread does not apply events. The lock is taken per chunk, never for the whole walk.
         """
         with self._lock:
-            hot = list(self._hot[partition].items())
+            hot = dict(self._hot[partition])
             spill = self._spill
-        yield from hot
+        yield from hot.items()
         if spill is not None:
             after = ""
             while True:
                 with self._lock:
-                    chunk = spill.chunk(partition, after, _SPILL_CHUNK)
+                    # A user read back keeps a stale row until spilled again: memory has the state.
+                    chunk, after = spill.chunk(partition, after, _SPILL_CHUNK, skip=hot)
                 yield from chunk
-                if len(chunk) < _SPILL_CHUNK:
+                if not after:
                     break
-                after = chunk[-1][0]
 
     def export(self) -> dict[int, tuple[int, dict[str, UserRecord]]]:
         """The whole state, ``{partition: (applied offset, {user: record})}``, as copies: what
@@ -439,8 +470,77 @@ class UserStateStore:
                 self._spill = None
 
 
+#: Joins a record's ids into one column of the spill file. An id that holds it makes that record
+#: go to the file as JSON instead (:func:`_spill_row`).
+_SEP = "\x1f"
+_ROW = "history, history_ts, seen_items, seen_counts, recent_ids, n_events, last_ts_ms, record_json"
+
+
+def _joined(ids: Sequence[str]) -> str | None:
+    """``ids`` as one text (None: no ids), or ``ValueError`` if an id holds the separator."""
+    if not ids:
+        return None
+    text = _SEP.join(ids)
+    if text.count(_SEP) != len(ids) - 1:
+        raise ValueError("an id holds the spill separator")
+    return text
+
+
+def _split(text: str | None) -> list[str]:
+    return text.split(_SEP) if text is not None else []
+
+
+def _int64s(values: Iterable[int]) -> bytes:
+    return array("q", values).tobytes()
+
+
+def _from_int64s(data: bytes) -> list[int]:
+    values = array("q")
+    values.frombytes(data)
+    return values.tolist()
+
+
+def _spill_row(record: UserRecord) -> tuple[Any, ...]:
+    """``record`` as the spill file's columns (``_ROW``): ids joined, numbers as int64 arrays."""
+    try:
+        return (
+            _joined(record.history),
+            _int64s(record.history_ts),
+            _joined(list(record.seen)),
+            _int64s(record.seen.values()),
+            _joined(record.recent_ids),
+            record.n_events,
+            record.last_ts_ms,
+            None,
+        )
+    except ValueError:  # an id with the separator in it: rare, so JSON
+        return (None, None, None, None, None, None, None, record.to_json())
+
+
+def _spilled_record(row: Sequence[Any]) -> UserRecord:
+    """The record of a ``_ROW`` row written by :func:`_spill_row`."""
+    history, history_ts, seen_items, seen_counts, recent_ids, n_events, last_ts_ms, record_json = row
+    if record_json is not None:
+        return UserRecord.from_json(record_json)
+    return UserRecord(
+        _split(history),
+        dict(zip(_split(seen_items), _from_int64s(seen_counts), strict=True)),
+        n_events,
+        last_ts_ms,
+        _split(recent_ids),
+        _from_int64s(history_ts),
+    )
+
+
 class _Spill:
-    """Users moved out of memory: one SQLite table on local disk, keyed by (partition, user)."""
+    """Users moved out of memory: one SQLite table on local disk, keyed by (partition, user).
+
+    A cache, not a store: state survives a crash in snapshots and the log (design.md section 3,
+    invariant 1), and a new store never reopens an old file, so the file is written with no
+    journal, no fsync and an exclusive lock. A row is read back without being deleted (the store
+    knows which users in memory have a stale row) and replaced when the user is spilled again.
+    The store's lock guards every call.
+    """
 
     def __init__(self, directory: Path | None) -> None:
         self._owned = directory is None
@@ -450,43 +550,70 @@ class _Spill:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
         self._db.execute(
-            "CREATE TABLE users (partition INTEGER, user_id TEXT, record TEXT, PRIMARY KEY (partition, user_id))"
+            "CREATE TABLE users (partition INTEGER, user_id TEXT, history TEXT, history_ts BLOB, "
+            "seen_items TEXT, seen_counts BLOB, recent_ids TEXT, n_events INTEGER, last_ts_ms INTEGER, "
+            "record_json TEXT, PRIMARY KEY (partition, user_id)) WITHOUT ROWID"
         )
-        self._db.execute("CREATE INDEX users_by_id ON users (user_id)")
+        #: Rows per partition, stale ones included.
+        self._rows: dict[int, int] = {}
 
-    def put(self, rows: Sequence[tuple[int, str, UserRecord]]) -> None:
+    def rows(self, partition: int | None = None) -> int:
+        """Rows in the file (of ``partition``), stale ones included."""
+        return self._rows.get(partition, 0) if partition is not None else sum(self._rows.values())
+
+    def put(self, records: Sequence[tuple[int, str, UserRecord, bool]]) -> None:
+        """Write ``(partition, user, record, has a stale row)`` rows, replacing the stale ones."""
         self._db.executemany(
-            "INSERT OR REPLACE INTO users VALUES (?, ?, ?)", [(p, u, r.to_json()) for p, u, r in rows]
+            f"INSERT OR REPLACE INTO users (partition, user_id, {_ROW}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(partition, user_id, *_spill_row(record)) for partition, user_id, record, _ in records],
         )
+        for partition, _, _, stale in records:
+            if not stale:
+                self._rows[partition] = self._rows.get(partition, 0) + 1
 
-    def pop(self, partition: int, user_id: str) -> UserRecord | None:
+    def read(self, partition: int, user_ids: Collection[str]) -> dict[str, UserRecord]:
+        """The records of those of ``user_ids`` the file holds in ``partition`` (rows stay)."""
+        found: dict[str, UserRecord] = {}
+        wanted = list(user_ids)
+        for start in range(0, len(wanted), _READ_CHUNK):
+            chunk = wanted[start : start + _READ_CHUNK]
+            rows = self._db.execute(
+                f"SELECT user_id, {_ROW} FROM users WHERE partition = ? AND user_id IN "
+                f"({','.join('?' * len(chunk))})",
+                (partition, *chunk),
+            )
+            for row in rows:
+                found[row[0]] = _spilled_record(row[1:])
+        return found
+
+    def get(self, user_id: str, partitions: Collection[int]) -> tuple[int, UserRecord] | None:
+        """``user_id``'s row in the first of ``partitions`` that has one."""
+        if not partitions:
+            return None
         row = self._db.execute(
-            "SELECT record FROM users WHERE partition = ? AND user_id = ?", (partition, user_id)
+            f"SELECT partition, {_ROW} FROM users WHERE partition IN ({','.join('?' * len(partitions))}) "
+            "AND user_id = ? LIMIT 1",
+            (*partitions, user_id),
         ).fetchone()
-        if row is None:
-            return None
-        self._db.execute("DELETE FROM users WHERE partition = ? AND user_id = ?", (partition, user_id))
-        return UserRecord.from_json(row[0])
+        return None if row is None else (int(row[0]), _spilled_record(row[1:]))
 
-    def get(self, user_id: str, partitions: Sequence[int]) -> tuple[int, UserRecord] | None:
-        row = self._db.execute("SELECT partition, record FROM users WHERE user_id = ?", (user_id,)).fetchone()
-        if row is None or row[0] not in partitions:
-            return None
-        return int(row[0]), UserRecord.from_json(row[1])
-
-    def chunk(self, partition: int, after: str, size: int) -> list[tuple[str, UserRecord]]:
+    def chunk(
+        self, partition: int, after: str, size: int, skip: Container[str] = ()
+    ) -> tuple[list[tuple[str, UserRecord]], str]:
+        """The records of up to ``size`` rows of ``partition`` with a user id after ``after``, by
+        user id, less those of the users in ``skip``; and the last user id read ("": no more rows)."""
         rows = self._db.execute(
-            "SELECT user_id, record FROM users WHERE partition = ? AND user_id > ? ORDER BY user_id LIMIT ?",
+            f"SELECT user_id, {_ROW} FROM users WHERE partition = ? AND user_id > ? ORDER BY user_id LIMIT ?",
             (partition, after, size),
         ).fetchall()
-        return [(user_id, UserRecord.from_json(record)) for user_id, record in rows]
+        records = [(row[0], _spilled_record(row[1:])) for row in rows if row[0] not in skip]
+        return records, rows[-1][0] if len(rows) == size else ""
 
     def drop_partition(self, partition: int) -> None:
         self._db.execute("DELETE FROM users WHERE partition = ?", (partition,))
-
-    def count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+        self._rows.pop(partition, None)
 
     def close(self) -> None:
         self._db.close()

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from raymm.models.config import UserStateConfig
 from raymm.stream.events import Event, UserEvent
 from raymm.stream.snapshot import SnapshotCorrupt, SnapshotStore, decode_snapshot, encode_snapshot
-from raymm.stream.state import StateSpec, UserRecord, UserStateStore
+from raymm.stream.state import BatchResult, StateSpec, UserRecord, UserStateStore
 
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 SPEC = StateSpec(max_history=3, events=frozenset({"click", "like"}), dedupe_window=4)
@@ -267,3 +268,119 @@ def test_a_version_1_snapshot_is_read_with_no_forwards_and_unknown_history_times
     record = snapshot.users["u1"]
     assert (record.history, record.history_ts) == (["i1", "i2"], [UNKNOWN_TS, UNKNOWN_TS])
     assert snapshot.applied_offset == 41
+
+
+def _bounded(tmp_path: Path, bound: int, partitions: range = range(3)) -> UserStateStore:
+    store = UserStateStore(SPEC, max_users_in_memory=bound, spill_dir=tmp_path)
+    for partition in partitions:
+        store.add_partition(partition)
+    return store
+
+
+def _by_partition(events: list[Event], partitions: int = 3) -> dict[int, list[tuple[int, Event]]]:
+    """Each partition's (offset, event) messages, a user always on one partition."""
+    messages: dict[int, list[tuple[int, Event]]] = {p: [] for p in range(partitions)}
+    for e in events:
+        partition = int(e.user_id[1:]) % partitions
+        messages[partition].append((len(messages[partition]), e))
+    return messages
+
+
+def test_spilled_users_read_back_a_batch_at_a_time_end_as_read_back_one_event_at_a_time(
+    tmp_path: Path,
+) -> None:
+    messages = _by_partition(random_events(3000, users=150, seed=5))
+    one_by_one = _bounded(tmp_path / "one", 9)
+    batched = _bounded(tmp_path / "batch", 9)
+    unbounded = UserStateStore(SPEC)
+    for partition in range(3):
+        unbounded.add_partition(partition)
+    for partition, batch in messages.items():
+        for offset, e in batch:
+            one_by_one.apply(partition, offset, e)
+    totals = BatchResult()
+    for start in range(
+        0, max(map(len, messages.values())), 250
+    ):  # the partitions' batches interleaved, as polls return them
+        for partition, batch in messages.items():
+            part = batched.apply_batch(partition, batch[start : start + 250])
+            totals = BatchResult(
+                totals.applied + part.applied, duplicates=totals.duplicates + part.duplicates
+            )
+            unbounded.apply_batch(partition, batch[start : start + 250])
+    assert batched.counts()["spilled"] > 100
+    assert totals.applied + totals.duplicates == 3000 and totals.duplicates > 0
+    assert batched.export() == one_by_one.export() == unbounded.export()
+    assert batched.counts() == one_by_one.counts()
+
+
+def test_a_user_read_back_and_spilled_again_keeps_its_latest_state_once(tmp_path: Path) -> None:
+    store = _bounded(tmp_path, 1, range(1))
+    store.apply(0, 0, event(0, "u1"))
+    store.apply(0, 1, event(1, "u2"))  # u1 spilled
+    store.apply(0, 2, event(2, "u1"))  # u1 back in memory (its row in the file is now stale), u2 spilled
+    assert store.counts() == {"in_memory": 1, "spilled": 1}
+    state = store.get("u1")
+    assert state is not None and state.history == ("i0", "i2")
+    users = list(store.partition_users(0))
+    assert sorted(u for u, _ in users) == ["u1", "u2"] and dict(users)["u1"].history == ["i0", "i2"]
+    store.apply(0, 3, event(3, "u2"))  # u1 spilled again over its stale row
+    store.apply(0, 4, event(4, "u3"))
+    assert store.counts() == {"in_memory": 1, "spilled": 2}
+    state = store.get("u1")
+    assert state is not None and state.history == ("i0", "i2") and state.n_events == 2
+    assert store.apply(0, 5, event(6, "u1", event_id="e2")) is False  # still deduped after two trips
+    store.close()
+
+
+def test_a_snapshot_of_a_store_with_spilled_users_round_trips(tmp_path: Path) -> None:
+    store = _bounded(tmp_path / "spill", 5, range(5, 6))
+    store.apply_batch(5, list(enumerate(random_events(500, users=40, seed=6))))
+    assert store.counts()["spilled"] > 30
+    data = encode_snapshot("raymm.events", 5, store.applied_offset(5), SPEC, store.partition_users(5))
+    snapshot = decode_snapshot(data, "memory")
+    assert snapshot.users == store.export()[5][1] == _store_with(random_events(500, 40, 6)).export()[5][1]
+    restored = UserStateStore(SPEC, max_users_in_memory=5, spill_dir=tmp_path / "restored")
+    restored.add_partition(5, snapshot.applied_offset, snapshot.users)
+    assert restored.counts() == {"in_memory": 5, "spilled": len(snapshot.users) - 5}
+    assert restored.export() == store.export()
+
+
+def test_dropping_a_partition_drops_its_spilled_users_and_a_reader_on_another_thread_finds_the_rest(
+    tmp_path: Path,
+) -> None:
+    messages = _by_partition(random_events(600, users=60, seed=7))
+    store = _bounded(tmp_path, 4)
+    for partition, batch in messages.items():
+        store.apply_batch(partition, batch)
+    before = store.export()
+    store.apply(0, len(messages[0]), event(9999, "u0"))  # u0 back in memory, a stale row left behind
+    spilled_0 = [u for u in before[0][1] if u != "u0"]
+    store.drop_partition(0)
+    assert all(store.get(u) is None for u in [*spilled_0, "u0"])
+    assert store.counts()["in_memory"] + store.counts()["spilled"] == len(before[1][1]) + len(before[2][1])
+    found: dict[str, object] = {}
+    reader = threading.Thread(target=lambda: found.update({u: store.get(u) for u in before[1][1]}))
+    reader.start()
+    reader.join()
+    assert {u: s.history for u, s in found.items()} == {  # type: ignore[attr-defined]
+        u: tuple(r.history) for u, r in before[1][1].items()
+    }
+    store.add_partition(0, before[0][0], before[0][1])  # taken over again from its snapshot
+    assert store.export()[0] == before[0]
+
+
+def test_a_record_with_the_spill_separator_in_an_id_spills_as_it_is(tmp_path: Path) -> None:
+    store = _bounded(tmp_path, 1, range(1))
+    odd = "item\x1fwith\x1fseparators"
+    store.apply(0, 0, event(0, "u1", item=odd, event_id="id\x1f1"))
+    store.apply(0, 1, event(1, "u2", kind="view"))  # u1 spilled
+    store.apply(0, 2, event(2, "u2", event_id="id\x1f1"))
+    state = store.get("u1")
+    assert state is not None and state.history == (odd,) and state.seen == {odd: 1}
+    assert store.apply(0, 3, event(3, "u1", event_id="id\x1f1")) is False
+    # Records no event makes (an empty id, nothing seen), restored from a snapshot, spill as they are.
+    odd_records = {"u3": UserRecord(history=[""], seen={"": 2}, recent_ids=[""]), "u4": UserRecord()}
+    store.add_partition(1, 7, odd_records)
+    assert store.counts()["in_memory"] == 1
+    assert dict(store.partition_users(1)) == odd_records
