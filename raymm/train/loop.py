@@ -91,8 +91,9 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: str, device: torch.device | str = "cpu") -> Checkpoint:
-        """Read a checkpoint written by :meth:`save`."""
-        saved = torch.load(path, map_location=device, weights_only=False)
+        """Read a checkpoint written by :meth:`save`: tensors and plain values only (never
+        unpickled objects: whoever can write the training storage must not run code here)."""
+        saved = torch.load(path, map_location=device, weights_only=True)
         return cls(saved["model"], saved["optimizer"], LoopState(**saved["state"]))
 
 
