@@ -94,7 +94,10 @@ class UserEvent(BaseModel):
         return self.user_id.encode(), json.dumps(document, separators=(",", ":")).encode()
 
 
-@dataclass(frozen=True)
+# Not frozen: Python sets an exception's __traceback__ as it passes through a with block of a
+# @contextmanager, and a frozen dataclass turned that into FrozenInstanceError. eq=False keeps
+# exceptions compared and hashed by identity.
+@dataclass(eq=False)
 class Rejected(Exception):
     """A message the decoder refused: ``reason`` one of :data:`REASONS`, ``detail`` for people."""
 

@@ -8,10 +8,13 @@ The ``@example`` rows are the messages these tests found, each fixed in ``raymm/
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -69,6 +72,16 @@ def _with_literal(field: str, literal: str) -> bytes:
 @given(key=st.none() | st.binary(max_size=80), value=st.none() | st.binary(max_size=300))
 def test_the_decoders_agree_on_arbitrary_bytes(key: bytes | None, value: bytes | None) -> None:
     _assert_the_decoders_agree(key, value)
+
+
+def test_a_refusal_passes_through_a_context_manager_as_itself() -> None:
+    @contextlib.contextmanager
+    def block() -> Iterator[None]:
+        yield
+
+    # A frozen dataclass refused the __traceback__ that contextlib sets: FrozenInstanceError instead.
+    with pytest.raises(Rejected, match="bad_json"), block():
+        decode_event(b"u1", b"{", LIMITS, NOW)
 
 
 _SURROGATES = st.sampled_from(["\ud800", "a\udfff", "\udc00\ud800"])
