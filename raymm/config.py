@@ -394,6 +394,16 @@ class RaymmConfig(StrictModel):
 _YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)
 
 
+#: Keys whose values an error message never shows.
+SECRET_KEYS = frozenset({"sasl_plain_password", "api_key"})
+
+
+def _shown_override(text: str) -> str:
+    """``text`` as an error may show it: a secret key's value masked."""
+    key, equals, _ = text.partition("=")
+    return f"{key}={MASK}" if equals and key.strip().split(".")[-1] in SECRET_KEYS else text
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not key=value (e.g. --set synth.size=tiny)")
@@ -404,6 +414,8 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except _YAML_ERRORS as exc:
+        if parts[-1] in SECRET_KEYS:  # neither the value nor YAML's excerpt of it
+            raise ConfigError(f"override {key}: the value is not valid YAML (quote it)") from None
         raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({exc})") from exc
     return parts, value
 
@@ -498,10 +510,6 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return sorted(f.alias or name for name, f in model.model_fields.items())
 
 
-#: Keys whose values an error message never shows.
-SECRET_KEYS = frozenset({"sasl_plain_password", "api_key"})
-
-
 def _redacted(value: Any, key: Any = None) -> Any:
     """``value`` with every secret key's value masked (an error shows a section's whole input)."""
     if key in SECRET_KEYS:
@@ -584,5 +592,5 @@ def load_document(
         source += " + environment " + " ".join(name for name, _, _ in from_env)
     if overrides:
         result = apply_overrides(result, overrides)
-        source += " + --set " + " ".join(overrides)
+        source += " + --set " + " ".join(map(_shown_override, overrides))
     return config_from_dict(result, source)
