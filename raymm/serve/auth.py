@@ -80,10 +80,10 @@ class ApiKeySource:
 
     @classmethod
     def of(cls, serve: ServeConfig) -> ApiKeySource:
-        """The source for ``serve``'s settings (``serve.api_key``, ``serve.api_key_file``)."""
-        return cls(
-            required=serve.api_key is not None or serve.api_key_file is not None, file=serve.api_key_file
-        )
+        """The source for ``serve``'s settings (``serve.api_key``, ``serve.api_key_file``); a
+        relative file is taken from here, since a replica runs in a directory of Ray's."""
+        file = None if serve.api_key_file is None else os.path.abspath(serve.api_key_file)
+        return cls(required=serve.api_key is not None or file is not None, file=file)
 
     def load(self, environ: Mapping[str, str] | None = None) -> ApiKey | None:
         """The key from the file or ``environ`` (default: this process's environment); None: no

@@ -19,6 +19,7 @@ import ast
 import asyncio
 import datetime as dt
 import json
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,9 +29,10 @@ from typing import Any
 import pytest
 import requests
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 import raymm
+from raymm.config import ServeConfig
 from raymm.errors import ConfigError
 from raymm.serve.auth import API_KEY_ENV, ApiKey, ApiKeySource
 from raymm.serve.deployment import RecommenderDeployment, ServeArgs
@@ -180,6 +182,11 @@ def test_the_key_comes_from_the_environment_or_a_file_and_a_required_one_is_neve
         ApiKeySource(required=True, file=str(tmp_path / "empty")).load(environ={})
     with pytest.raises(ConfigError, match="printable ASCII"):
         ApiKey("clé", "a test")
+    # A replica runs in a directory of Ray's: a relative file is the driver's.
+    relative = ApiKeySource.of(ServeConfig(api_key_file="secrets/key"))
+    assert relative == ApiKeySource(required=True, file=os.path.abspath("secrets/key"))
+    with pytest.raises(ValidationError, match="not both"):
+        ServeConfig(api_key=API_KEY, api_key_file="secrets/key")
 
 
 # -- Kafka's security settings on every client --------------------------------------------------
