@@ -6,12 +6,19 @@ is not set, deploys :func:`~raymm.serve.app.build_app` (which creates the topics
 partition counts) and waits until ``/healthz`` says ok. On the way out it asks every state shard
 for its final snapshot, then deletes the application (and the broker it started). :class:`LiveClient` is a small HTTP client
 of the API that the quickstart and the benchmarks use.
+
+**SIGTERM**, as Kubernetes stops a pod, takes the same way out: every shard writes its final
+snapshot, and the process exits 0 (:func:`_stop_on_sigterm`). It never stops Ray itself: a local
+instance ends with the process, a joined cluster keeps running.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import signal
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -25,6 +32,8 @@ from typing import Any
 from raymm.config import RaymmConfig
 from raymm.data import io
 from raymm.errors import RaymmError
+
+log = logging.getLogger(__name__)
 
 
 class ServeError(RaymmError):
@@ -68,7 +77,7 @@ def running_app(
     export_secrets(config)  # before a local Ray starts: its processes read them from the environment
     init_ray(config.ray)
     broker_dir = config.stage_dir("broker") if "://" not in config.out else None
-    with kafka_bootstrap(config.kafka, data_dir=broker_dir) as bootstrap:
+    with _stop_on_sigterm(), kafka_bootstrap(config.kafka, data_dir=broker_dir) as bootstrap:
         # An already running Serve keeps the HTTP options it was started with.
         _route_logs()
         serve.start(http_options={"host": settings.host, "port": settings.port})
@@ -99,6 +108,33 @@ def _api_key(config: RaymmConfig) -> str | None:
     if config.serve.api_key_file is not None:
         return Path(config.serve.api_key_file).read_text().strip()
     return None
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``SystemExit(0)`` in the main thread, so the block's cleanup
+    runs (final snapshots, the app deleted, the embedded broker stopped) and the process exits 0.
+
+    Installed after Ray is up: ``ray.init`` makes SIGTERM ``sys.exit(15)``, and the driver's core
+    worker then puts its crash handler in front, which aborts the process (SIGABRT) 3 s after a
+    SIGTERM, cutting the final snapshots short. A second SIGTERM during the shutdown is ignored
+    (Kubernetes sends SIGKILL when its grace period ends). Outside the main thread (a notebook's
+    worker thread) nothing is installed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log.warning("SIGTERM: stopping the app; each state shard writes its final snapshot")
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _route_logs() -> None:

@@ -1,5 +1,6 @@
-"""What the fault tests share: a noida broker the test owns (so it may kill it), waiting for a
-condition, and a topic's end offsets."""
+"""What the fault tests share: the oracle of produced events, a consumer resumed from snapshots, a
+noida broker the test owns (so it may kill it), waiting for a condition, and a topic's end
+offsets."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from typing import TypeVar
 from kafka import KafkaConsumer, TopicPartition
 
 from raymm.stream.broker import EmbeddedBroker
+from raymm.stream.consumer import EventConsumer
+from raymm.stream.events import Event, UserEvent
+from raymm.stream.snapshot import SnapshotStore
+from raymm.stream.state import StateSpec, UserRecord, UserStateStore
 from tests.fixtures import free_port
 
 T = TypeVar("T")
@@ -30,6 +35,29 @@ def until(check: Callable[[], T], timeout_s: float, what: str) -> T:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout_s:g} s (last: {result!r})")
         time.sleep(0.1)
+
+
+def oracle(events: list[UserEvent], spec: StateSpec) -> dict[str, UserRecord]:
+    """Every user's record from ``events`` applied in order, without Kafka, offsets or snapshots."""
+    users: dict[str, UserRecord] = {}
+    for event in events:
+        users.setdefault(event.user_id, UserRecord()).apply(Event.of(event), spec)
+    return users
+
+
+def resumed_users(bootstrap: str, topic: str, spec: StateSpec, snapshot_root: str) -> dict[str, UserRecord]:
+    """Every user's record after one consumer restores ``snapshot_root``'s snapshots and reads each
+    partition of ``topic`` from them to its end (what a restarted deployment ends with)."""
+    consumer = EventConsumer(bootstrap, UserStateStore(spec, topic=topic), SnapshotStore(snapshot_root))
+    consumer.open()
+    try:
+        consumer.drain()
+        users: dict[str, UserRecord] = {}
+        for _, partition_users in consumer.state.export().values():
+            users.update(partition_users)
+        return users
+    finally:
+        consumer.abort()  # no snapshots of its own: the directory stays as the deployment left it
 
 
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
