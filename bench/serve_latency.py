@@ -695,9 +695,9 @@ class HttpLoad:
     async def call(self, i: int) -> str | None:
         user = self.users[i % len(self.users)]
         async with self.session.get(f"{self.url}/v1/recommendations/{user}", params={"k": K}) as response:
+            if response.status != 200:  # before decoding: HAProxy's 503/504 pages are not JSON
+                return f"HTTP {response.status}: {(await response.text())[:100]}"
             body = await response.json(content_type=None)
-            if response.status != 200:
-                return f"HTTP {response.status}: {str(body)[:100]}"
         if body.get("user_id") != user or body.get("fallback") is not None or len(body["items"]) != K:
             return f"unexpected answer: fallback {body.get('fallback')}, {len(body.get('items', []))} items"
         return None

@@ -158,6 +158,9 @@ class StateShard:
             "latency_ms_p50": m.latency_ms_p50,
             "latency_ms_p99": m.latency_ms_p99,
             "snapshots": m.snapshots,
+            # the LRU bound at work (stream.max_users_in_memory): users held, users in the spill file
+            "users_in_memory": m.users_in_memory,
+            "users_spilled": m.users_spilled,
             "hit_rate": self.hit_rate(),
             "hits": self._hits,
             "hit_checked": self._checked,
