@@ -168,6 +168,10 @@ def recommender_options(config: RaymmConfig, model: str, version: str) -> dict[s
         "ray_actor_options": {"num_cpus": settings.recommender_num_cpus},
         "user_config": {"model": model, "version": version},
         "max_ongoing_requests": 256,
+        # A roll-out starts the new replicas (and their state shards) before it stops the old
+        # ones: with Serve's default of 0, a one-replica app has none while the new one replays
+        # the log, and requests wait or time out (tests/reliability/test_redeploy.py).
+        "max_surge_percent": 100,
     }
 
 
