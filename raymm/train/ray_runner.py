@@ -11,7 +11,9 @@ rank 0) and the fault-injection hook of the tests.
 from __future__ import annotations
 
 import os
+import posixpath
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -33,6 +35,10 @@ class TrainingError(RaymmError):
     """The Ray Train run failed (after its allowed restarts)."""
 
 
+class CheckpointWriteError(TrainingError):
+    """A checkpoint could not be written whole to the run's storage; Ray never registers it."""
+
+
 def deterministic() -> None:
     """Deterministic kernels (invariant 6): with two torch threads the same seed gave weights
     1.8e-5 apart after three epochs, and identical ones with these; an op without a deterministic
@@ -45,7 +51,9 @@ class WorkerRun:
     """One Ray Train worker's view of the run; build it first thing in the per-worker function.
 
     ``loop_config`` is what :func:`run_on_ray` passed: ``config`` (the whole config as JSON),
-    ``storage`` (the run's directory) and ``hooks`` (:class:`RunHooks` as a dict).
+    ``storage`` (the run's directory), ``storage_filesystem`` and ``storage_fs_path`` (the same
+    directory as Ray Train writes it: the driver's filesystem, endpoint included) and ``hooks``
+    (:class:`RunHooks` as a dict).
     """
 
     def __init__(self, loop_config: dict[str, Any]) -> None:
@@ -54,6 +62,8 @@ class WorkerRun:
 
         self.config = RaymmConfig.model_validate(loop_config["config"])
         self.storage: str = loop_config["storage"]
+        self.storage_filesystem: Any = loop_config["storage_filesystem"]
+        self.storage_fs_path: str = loop_config["storage_fs_path"]
         self.hooks = RunHooks(**loop_config.get("hooks", {}))
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
@@ -118,15 +128,46 @@ class WorkerRun:
 
         def report(row: dict[str, float], state: LoopState) -> None:
             with tempfile.TemporaryDirectory() as directory:
-                checkpoint = None
-                if self.rank == 0:
-                    Checkpoint(model.state_dict(), optimizer.state_dict(), state).save(
-                        str(Path(directory) / CHECKPOINT_FILE)
-                    )
-                    checkpoint = ray.train.Checkpoint.from_directory(directory)
-                ray.train.report(row, checkpoint=checkpoint)
+                if self.rank != 0:
+                    ray.train.report(row)
+                    return
+                Checkpoint(model.state_dict(), optimizer.state_dict(), state).save(
+                    str(Path(directory) / CHECKPOINT_FILE)
+                )
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+                ray.train.report(row, checkpoint=checkpoint, checkpoint_upload_fn=self.write_checkpoint)
 
         return report
+
+    def write_checkpoint(self, checkpoint: Any, directory_name: str) -> Any:
+        """Copy ``checkpoint`` (a local directory) to ``directory_name`` in the run's directory on
+        its storage, each file under a temporary name, closed, then moved into place; the Ray
+        ``Checkpoint`` there. Raises :class:`CheckpointWriteError` naming the file when the storage
+        refuses any step, so the report fails and Ray never registers the checkpoint.
+
+        Ray's own upload (``pyarrow.fs.copy_files``) only logs a write the storage refused ("Error
+        ignored when destroying file") and returns as if it had worked: Ray then registered a
+        checkpoint whose weights never reached storage, the one a resumed run would load.
+        """
+        import ray.train
+
+        filesystem = self.storage_filesystem
+        target = posixpath.join(self.storage_fs_path, directory_name)
+        local = Path(checkpoint.path)
+        try:
+            filesystem.create_dir(target)
+            for file in sorted(f for f in local.rglob("*") if f.is_file()):
+                destination = posixpath.join(target, file.relative_to(local).as_posix())
+                temporary = f"{destination}.tmp-{uuid.uuid4().hex}"
+                filesystem.create_dir(posixpath.dirname(destination))
+                with filesystem.open_output_stream(temporary) as stream:
+                    stream.write(file.read_bytes())
+                filesystem.move(temporary, destination)
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"writing checkpoint {io.join(self.storage, directory_name)} failed: {exc}"
+            ) from exc
+        return ray.train.Checkpoint(path=target, filesystem=filesystem)
 
     def before_step(self, state: LoopState) -> None:
         """Fault-injection hook (tests): fail once at ``hooks.fail_at_step`` on rank 0 (a marker
@@ -155,8 +196,8 @@ def run_on_ray(
     (``max_failures``) and checkpoint retention are the same for every stage. ``loop_config``
     gains ``config`` (the whole config, as JSON), ``storage`` (the run's directory) and
     ``hooks``. ``dataset`` is sharded to the workers as ``"train"``. Raises
-    :class:`TrainingError` naming ``what`` if the run fails beyond its restarts or leaves no
-    checkpoint.
+    :class:`TrainingError` naming ``what`` and the run's storage location if the run fails beyond
+    its restarts (storage that stops answering included) or leaves no checkpoint.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -170,6 +211,8 @@ def run_on_ray(
             **loop_config,
             "config": config.model_dump(mode="json", by_alias=True),
             "storage": io.join(storage, name),
+            "storage_filesystem": storage_fs,
+            "storage_fs_path": posixpath.join(storage_path, name),
             "hooks": asdict(hooks or RunHooks()),
         },
         scaling_config=ray.train.ScalingConfig(
@@ -186,12 +229,14 @@ def run_on_ray(
         ),
         datasets={"train": dataset},
     )
+    where = io.join(storage, name)
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors in its own types; surface one clear error
-        raise TrainingError(f"{what} {name!r} failed: {exc}") from exc
+        # Named, since Ray's message gives at most a bucket and key, often only a worker's traceback.
+        raise TrainingError(f"{what} {name!r} (checkpoints in {where}) failed: {exc}") from exc
     if result.checkpoint is None:
-        raise TrainingError(f"{what} {name!r} produced no checkpoint")
+        raise TrainingError(f"{what} {name!r} produced no checkpoint in {where}")
     with result.checkpoint.as_directory() as directory:
         return Checkpoint.load(str(Path(directory) / CHECKPOINT_FILE))
 
