@@ -8,10 +8,12 @@
   sampled negatives: the harder question); a reliability curve is drawn when an output folder is
   given.
 * **listwise**: the users of ``raymm evaluate``'s test protocol. ``retrieval`` ranks the whole
-  catalog by the two-tower score; ``retrieve_then_rank`` re-orders the retriever's top
+  catalog by the served retriever (:func:`~raymm.eval.evaluate.served_scorer`: two-tower,
+  item-item and popularity, blended as training chose); ``retrieve_then_rank`` re-orders its top
   ``rank.retriever_top_n`` by the ranker (:class:`~raymm.recommend.scorers.RetrieveThenRank`,
-  the scorer serving uses). For K <= top-N both see the same candidate set, so the difference is
-  the ranker's ordering alone. Recency at test time is the hours from the user's last
+  the scorer serving uses, over the same retriever). For K <= top-N both see the same candidate
+  set, so the difference is the ranker's ordering alone. ``two_tower`` is the two-tower score
+  alone, for reference. Recency at test time is the hours from the user's last
   train/validation event to the start of the test period (the serving-time analogue).
 
 :func:`evaluate_rank` returns a dict; :func:`rank_markdown` renders it as a markdown section.
@@ -23,9 +25,9 @@ from typing import Any
 
 from raymm.config import RaymmConfig
 from raymm.data import io
-from raymm.eval.evaluate import EvalSetup, eval_setup, evaluate_scorer
+from raymm.eval.evaluate import EvalSetup, eval_setup, evaluate_scorer, served_scorer
 from raymm.eval.pointwise import calibration_curve, classification_metrics, plot_calibration
-from raymm.models.artifact import ranker_dir, read_manifest
+from raymm.models.artifact import load_artifact, ranker_dir, read_manifest
 from raymm.models.ranker import Ranker
 from raymm.recommend.rank_examples import LOGGED, RankSetup, predict, rank_setup, split_examples
 from raymm.recommend.rerank import Reranker
@@ -49,7 +51,7 @@ def evaluate_rank(
     """Pointwise and listwise test metrics of the artifact's ranker (see the module docstring).
 
     Returns ``{"threshold", "top_n", "ks", "pointwise", "pointwise_logged", "calibration",
-    "listwise": {"retrieval", "retrieve_then_rank"}, "users", "plots"}``; with ``out_dir`` the
+    "listwise": {"retrieval", "retrieve_then_rank", "two_tower"}, "users", "plots"}``; with ``out_dir`` the
     reliability curve is written to ``<out_dir>/rank_calibration.png``. ``setup`` and
     ``protocols`` reuse what a caller already loaded. Raises
     :class:`~raymm.models.errors.ModelLoadError` for an artifact without a fitting ranker.
@@ -70,12 +72,21 @@ def evaluate_rank(
     protocol = protocols.protocols["test"]
     top_n = config.rank.retriever_top_n
     ks = config.evaluate.ks
-    retriever = TwoTowerScorer(setup.two_tower, setup.catalog)
+    if list(protocols.catalog.item_ids) != list(setup.catalog.item_ids):
+        raise ValueError(
+            f"{model_dir}: the ranking setup's catalog and the test protocol's differ in items or order"
+        )
+    two_tower = TwoTowerScorer(setup.two_tower, setup.catalog)
+    # Retrieval as serving does it (Recommender.retriever): the blend training chose.
+    retriever, _ = served_scorer(
+        load_artifact(model_dir, expected_dims=protocols.catalog.dims), protocols, ks
+    )
     listwise = {
         name: evaluate_scorer(scorer, protocol.users, ks, setup.catalog.n_items, recency=protocol.recency)
         for name, scorer in (
             ("retrieval", retriever),
-            ("retrieve_then_rank", RetrieveThenRank(retriever, retriever, reranker, top_n)),
+            ("retrieve_then_rank", RetrieveThenRank(retriever, two_tower, reranker, top_n)),
+            ("two_tower", two_tower),
         )
     }
     curve = calibration_curve(test.label, probabilities)
@@ -122,7 +133,11 @@ def rank_markdown(result: dict[str, Any]) -> str:
         "| method | " + " | ".join(f"Recall@{k} | NDCG@{k}" for k in result["ks"]) + " |",
         "|---|" + "---:|---:|" * len(result["ks"]),
     ]
-    for label, key in (("retrieval", "retrieval"), ("retrieve-then-rank", "retrieve_then_rank")):
+    for label, key in (
+        ("retrieval (served blend)", "retrieval"),
+        ("retrieve-then-rank", "retrieve_then_rank"),
+        ("two-tower alone", "two_tower"),
+    ):
         metrics = listwise[key]
         cells = " | ".join(f"{metrics[f'recall@{k}']:.4f} | {metrics[f'ndcg@{k}']:.4f}" for k in result["ks"])
         lines.append(f"| {label} | {cells} |")
