@@ -51,6 +51,10 @@ from raymm.recommend.catalog import Catalog
 from raymm.recommend.vectors import encode_catalog
 
 
+class QueryEncodeError(ValueError):
+    """A text query the text encoder cannot encode: blank, or no word a TF-IDF encoder knows."""
+
+
 class EncoderMismatchError(ModelLoadError):
     """The encoder serving would build (or was given) is not the one the artifact records, or the
     artifact records none for a modality, so new content would not be encoded as the catalog was."""
@@ -288,8 +292,9 @@ class ContentEncoder:
     def encode_query(self, text: str) -> QueryVectors:
         """A text query in the aligned space and in the item tower's space (a text-only item).
 
-        Raises ValueError if the model reads no text, this encoder has no text encoder, or the
-        text cannot be encoded (blank, or no word the TF-IDF encoder knows how to tokenise).
+        Raises ValueError if the model reads no text or this encoder has no text encoder, and
+        :class:`QueryEncodeError` (a ValueError) if the text cannot be encoded (blank, or no word
+        the TF-IDF encoder knows how to tokenise): the query's fault, not the server's.
         """
         if "text" not in self.encoders:
             raise ValueError(
@@ -298,7 +303,7 @@ class ContentEncoder:
             )
         encoded = self.encode_items([RawItem("query", text=text)])
         if not encoded.present["text"][0]:
-            raise ValueError(f"cannot encode the query {text[:80]!r}: {encoded.errors['text'][0]}")
+            raise QueryEncodeError(f"cannot encode the query {text[:80]!r}: {encoded.errors['text'][0]}")
         return QueryVectors(encoded.aligned["text"][0], encoded.vectors[0])
 
 

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from ray import serve
 
+from raymm.recommend.content import QueryEncodeError
 from raymm.recommend.index import IndexChoice
 from raymm.recommend.recommender import Recommendation, Recommender
 from raymm.recommend.search import SEARCH_MODALITIES
@@ -319,7 +320,12 @@ class RecommenderDeployment:
                 "unknown_modality",
                 f"the model was not trained with {modality!r}; try {served.search.modalities}",
             )
-        hits = await asyncio.to_thread(served.search_text, query, k, modality)
+        try:
+            hits = await asyncio.to_thread(served.search_text, query, k, modality)
+        except (
+            QueryEncodeError
+        ) as exc:  # a blank query was a 500 (found by tests/reliability/test_api_fuzz.py)
+            raise ApiError(422, "unencodable_query", str(exc)) from None
         self.latency.observe((time.perf_counter() - start) * 1000, tags={"endpoint": "search"})
         return {
             "query": query,

@@ -155,3 +155,11 @@ def test_no_request_from_the_schema_gets_a_5xx_and_every_4xx_is_a_json_error(
     print(f"{method} {path}: answered {sorted(statuses)}")
     # The fuzzer got past the refusals: some request was answered as asked.
     assert any(200 <= status < 300 for status in statuses), statuses
+
+
+@pytest.mark.parametrize("query", ["\r", " \t\n"])
+def test_a_blank_search_query_is_refused_with_a_json_422(app: LiveApp, query: str) -> None:
+    # The fuzzer's find: a query of whitespace failed in the text encoder, answered 500 internal.
+    response = requests.get(f"{app.url}/v1/search", params={"q": query}, timeout=60)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "unencodable_query"
