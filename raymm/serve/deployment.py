@@ -322,9 +322,7 @@ class RecommenderDeployment:
             )
         try:
             hits = await asyncio.to_thread(served.search_text, query, k, modality)
-        except (
-            QueryEncodeError
-        ) as exc:  # a blank query was a 500 (found by tests/reliability/test_api_fuzz.py)
+        except QueryEncodeError as exc:  # the query's fault (a blank one was a 500)
             raise ApiError(422, "unencodable_query", str(exc)) from None
         self.latency.observe((time.perf_counter() - start) * 1000, tags={"endpoint": "search"})
         return {
