@@ -270,9 +270,10 @@ class RayConfig(StrictModel):
     log_to_driver: bool = True
     #: A local instance runs Serve's high-throughput mode with HAProxy
     #: (:func:`raymm.runtime.serve_env`): ~3x less CPU a request in bench/serve_latency.py, but
-    #: HAProxy reloads its config when Serve's routes change, and a reload can drop a request in
-    #: flight (ray-project/ray#66056): one of three test runs lost one request in a roll-out under
-    #: load. Off by default, so a roll-out fails no request; the serving benchmarks turn it on.
+    #: HAProxy reloads its config when Serve's set of ingress replicas changes (every roll-out),
+    #: and a reload can drop a request in flight (ray-project/ray#66056); clients must retry
+    #: (tests/reliability/test_redeploy.py). Off by default, so a roll-out fails no request; the
+    #: serving benchmarks turn it on.
     serve_throughput_mode: bool = False
 
 
