@@ -165,6 +165,20 @@ def trained(
 S3_BUCKET = "raymm-test"
 
 
+def s3_environment(endpoint: str) -> dict[str, str]:
+    """The environment that points boto3, pyarrow and Ray's storage at the S3 API on ``endpoint``
+    (a moto server on loopback) with test credentials."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "NO_PROXY": "127.0.0.1",
+        "no_proxy": "127.0.0.1",
+    }
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real S3 API on loopback (moto's server mode) with bucket :data:`S3_BUCKET`; yields its URL.
@@ -188,15 +202,7 @@ def s3_endpoint() -> Iterator[str]:
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "NO_PROXY": "127.0.0.1",
-            "no_proxy": "127.0.0.1",
-        }.items():
+        for name, value in s3_environment(endpoint).items():
             patch.setenv(name, value)
         admin = pafs.S3FileSystem(
             access_key="testing",

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
 
+from raymm.config import RaymmConfig
 from raymm.stream.broker import EmbeddedBroker
 from raymm.stream.consumer import EventConsumer
 from raymm.stream.events import Event, UserEvent
@@ -111,3 +112,16 @@ class OwnedNoida:
             if name == topic:
                 return {int(p): part["high_watermark"] for p, part in described["partitions"]}
         return {}
+
+
+def app_config(config: RaymmConfig, bootstrap: str, root: Path, partitions: int, shards: int) -> RaymmConfig:
+    """A copy of ``config`` for an app of the fault tests on ``bootstrap``: ``partitions``
+    partitions, ``shards`` state shards, snapshots under ``root/state`` every 200 events or second
+    (so a kill lands between snapshots with events to replay), a short state timeout."""
+    config = config.model_copy(deep=True)
+    config.kafka = config.kafka.model_copy(update={"bootstrap_servers": bootstrap, "partitions": partitions})
+    config.stream = config.stream.model_copy(
+        update={"snapshot_uri": str(root / "state"), "snapshot_every_events": 200, "snapshot_interval_s": 1.0}
+    )
+    config.serve = config.serve.model_copy(update={"state_shards": shards, "state_timeout_s": 2.0})
+    return config

@@ -20,7 +20,7 @@ import pytest
 
 from raymm.train.ray_runner import CHECKPOINT_FILE, TrainingError
 from raymm.train.trainer import train
-from tests.conftest import shared_config
+from tests.conftest import s3_environment, shared_config
 from tests.fixtures import free_port
 
 BUCKET = "raymm-flaky"
@@ -95,15 +95,7 @@ def flaky_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyS3]:
     server = FlakyS3(free_port(), second_checkpoint_weights)
     server.start()
     endpoint = f"http://127.0.0.1:{server._port}"
-    for name, value in {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "NO_PROXY": "127.0.0.1",
-        "no_proxy": "127.0.0.1",
-    }.items():
+    for name, value in s3_environment(endpoint).items():
         monkeypatch.setenv(name, value)
     pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True).create_dir(BUCKET)
     # The session's Ray workers started before these variables were set and hold no keys: they

@@ -35,7 +35,7 @@ from raymm.stream.snapshot import SnapshotStore
 from raymm.stream.state import StateSpec
 from tests.conftest import Trained
 from tests.fixtures import free_port
-from tests.reliability.faults import end_offsets, oracle, until
+from tests.reliability.faults import app_config, end_offsets, oracle, until
 
 PARTITIONS, SHARDS = 4, 2
 
@@ -87,18 +87,7 @@ def app(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     with EmbeddedBroker("noida") as broker:
         ensure_topics(broker.bootstrap_servers, {EVENTS_TOPIC: PARTITIONS})
-        config = trained.config.model_copy(deep=True)
-        config.kafka = config.kafka.model_copy(
-            update={"bootstrap_servers": broker.bootstrap_servers, "partitions": PARTITIONS}
-        )
-        config.stream = config.stream.model_copy(
-            update={
-                "snapshot_uri": str(root / "state"),
-                "snapshot_every_events": 200,
-                "snapshot_interval_s": 1.0,
-            }
-        )
-        config.serve = config.serve.model_copy(update={"state_shards": SHARDS, "state_timeout_s": 2.0})
+        config = app_config(trained.config, broker.bootstrap_servers, root, PARTITIONS, SHARDS)
         try:
             serve.run(
                 build_app(config, bootstrap_servers=broker.bootstrap_servers, model=str(trained.model)),

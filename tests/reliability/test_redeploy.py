@@ -67,7 +67,7 @@ from raymm.stream.events import EVENTS_TOPIC, UserEvent
 from raymm.stream.state import StateSpec
 from tests.conftest import Trained
 from tests.fixtures import free_port
-from tests.reliability.faults import end_offsets, oracle, until
+from tests.reliability.faults import app_config, end_offsets, oracle, until
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS, SHARDS, USERS = 4, 2, 40
@@ -122,18 +122,7 @@ def roll_out_mid_stream(config: RaymmConfig, model: Path, root: Path, items: lis
     with EmbeddedBroker("noida") as broker:
         bootstrap = broker.bootstrap_servers
         ensure_topics(bootstrap, {EVENTS_TOPIC: PARTITIONS})
-        config = config.model_copy(deep=True)
-        config.kafka = config.kafka.model_copy(
-            update={"bootstrap_servers": bootstrap, "partitions": PARTITIONS}
-        )
-        config.stream = config.stream.model_copy(
-            update={
-                "snapshot_uri": str(root / "state"),
-                "snapshot_every_events": 200,
-                "snapshot_interval_s": 1.0,
-            }
-        )
-        config.serve = config.serve.model_copy(update={"state_shards": SHARDS, "state_timeout_s": 2.0})
+        config = app_config(config, bootstrap, root, PARTITIONS, SHARDS)
 
         def deploy(artifact: Path, version: str) -> None:
             app = build_app(config, bootstrap_servers=bootstrap, model=str(artifact), version=version)
