@@ -348,6 +348,7 @@ class UserStateStore:
                         if event is not None and offset > last and event.user_id not in users
                     },
                 )
+            lru, spec = self._lru, self.spec
             for offset, event in messages:
                 if offset <= last:
                     if offset < 0:
@@ -366,19 +367,19 @@ class UserStateStore:
                             forwarded_again += 1
                             continue
                         watermarks[source_partition] = source_offset
-                key = (partition, event.user_id)
-                record = users.get(event.user_id)
+                user_id = event.user_id
+                record = users.get(user_id)
                 if record is None:
-                    record = spilled.pop(event.user_id, None)
+                    record = spilled.pop(user_id, None)
                     if record is None:
                         record = UserRecord()
                     else:  # its row stays in the file until the user is spilled again
-                        shadowed.add(event.user_id)
-                    users[event.user_id] = record
-                    self._lru[key] = None
+                        shadowed.add(user_id)
+                    users[user_id] = record
+                    lru[partition, user_id] = None
                 else:
-                    self._lru.move_to_end(key)
-                if record.apply(event, self.spec):
+                    lru.move_to_end((partition, user_id))
+                if record.apply(event, spec):
                     applied += 1
                 else:
                     duplicates += 1
