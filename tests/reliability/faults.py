@@ -10,7 +10,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -125,3 +125,15 @@ def app_config(config: RaymmConfig, bootstrap: str, root: Path, partitions: int,
     )
     config.serve = config.serve.model_copy(update={"state_shards": shards, "state_timeout_s": 2.0})
     return config
+
+
+def shard_users(shards: int, app: str = "raymm") -> dict[str, Any]:
+    """Every user the ``shards`` state shards of ``app`` hold, exported through the recommender."""
+    from raymm.serve.runner import recommender_handle
+
+    users: dict[str, Any] = {}
+    for rank in range(shards):
+        exported = recommender_handle(app).shard_call.remote(rank, "export").result()
+        for _, partition_users in exported.values():
+            users.update(partition_users)
+    return users

@@ -35,7 +35,7 @@ from raymm.stream.snapshot import SnapshotStore
 from raymm.stream.state import StateSpec
 from tests.conftest import Trained
 from tests.fixtures import free_port
-from tests.reliability.faults import app_config, end_offsets, oracle, until
+from tests.reliability.faults import app_config, end_offsets, oracle, shard_users, until
 
 PARTITIONS, SHARDS = 4, 2
 
@@ -72,12 +72,7 @@ class App:
         until(done, 180, f"the shards applying every message up to {ends}")
 
     def users(self) -> dict[str, Any]:
-        users: dict[str, Any] = {}
-        for rank in range(SHARDS):
-            exported = recommender_handle("raymm").shard_call.remote(rank, "export").result()
-            for _, partition_users in exported.values():
-                users.update(partition_users)
-        return users
+        return shard_users(SHARDS)
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,7 @@ from raymm.stream.events import EVENTS_TOPIC, UserEvent
 from raymm.stream.state import StateSpec
 from tests.conftest import Trained
 from tests.fixtures import free_port
-from tests.reliability.faults import app_config, end_offsets, oracle, until
+from tests.reliability.faults import app_config, end_offsets, oracle, shard_users, until
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS, SHARDS, USERS = 4, 2, 40
@@ -249,12 +249,7 @@ def _caught_up(bootstrap: str) -> None:
 
 
 def _users() -> dict[str, Any]:
-    users: dict[str, Any] = {}
-    for rank in range(SHARDS):
-        exported = recommender_handle("raymm").shard_call.remote(rank, "export").result()
-        for _, partition_users in exported.values():
-            users.update(partition_users)
-    return users
+    return shard_users(SHARDS)
 
 
 def _state_diff(live: dict[str, Any], expected: dict[str, Any]) -> list[str]:
