@@ -29,6 +29,7 @@ for long, and nothing here holds it while waiting on I/O other than the local sp
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import shutil
 import sqlite3
@@ -485,6 +486,17 @@ class UserStateStore:
 #: goes to the file as JSON instead (:func:`_spill_row`).
 _SEP = "\x1f"
 _ROW = "ids, numbers"
+#: Columns of a spill row: partition, user_id and ``_ROW``.
+_COLUMNS = 4
+#: Rows per INSERT statement when users are spilled (4 parameters a row; SQLite's limit is 32,766).
+_WRITE_CHUNK = 256
+
+
+@functools.cache
+def _insert(rows: int) -> str:
+    """The INSERT statement of ``rows`` spill rows."""
+    row = "(" + ", ".join("?" * _COLUMNS) + ")"
+    return f"INSERT OR REPLACE INTO users (partition, user_id, {_ROW}) VALUES " + ", ".join([row] * rows)
 
 
 def _spill_row(record: UserRecord) -> tuple[str, bytearray]:
@@ -569,19 +581,25 @@ class _Spill:
         return self._rows.get(partition, 0) if partition is not None else sum(self._rows.values())
 
     def put(self, records: Iterable[tuple[int, str, UserRecord, bool]]) -> None:
-        """Write ``(partition, user, record, has a stale row)`` rows, replacing the stale ones."""
+        """Write ``(partition, user, record, has a stale row)`` rows, replacing the stale ones.
+
+        Up to ``_WRITE_CHUNK`` rows an INSERT: sqlite3 releases the GIL around each statement
+        step, so a row a step (``executemany``) handed the GIL to the client's I/O threads once
+        a row, and bound a row at a time.
+        """
         counts = self._rows
-
-        def rows() -> Iterator[tuple[Any, ...]]:
-            for partition, user_id, record, stale in records:
-                if not stale:
-                    counts[partition] = counts.get(partition, 0) + 1
-                yield (partition, user_id, *_spill_row(record))
-
-        self._db.executemany(
-            f"INSERT OR REPLACE INTO users (partition, user_id, {_ROW}) VALUES (?, ?, ?, ?)",
-            rows(),
-        )
+        values: list[Any] = []
+        for partition, user_id, record, stale in records:
+            if not stale:
+                counts[partition] = counts.get(partition, 0) + 1
+            values += (partition, user_id, *_spill_row(record))
+        left, at = len(values) // _COLUMNS, 0
+        while left:
+            # Full chunks, then powers of two: a handful of statement texts, all in sqlite3's cache.
+            rows = _WRITE_CHUNK if left >= _WRITE_CHUNK else 1 << (left.bit_length() - 1)
+            self._db.execute(_insert(rows), values[at : at + rows * _COLUMNS])
+            at += rows * _COLUMNS
+            left -= rows
 
     def read(self, partition: int, user_ids: Collection[str]) -> dict[str, UserRecord]:
         """The records of those of ``user_ids`` the file holds in ``partition`` (rows stay)."""
