@@ -655,7 +655,7 @@ def cmd_consume(args: argparse.Namespace, config: RaymmConfig) -> int:
         raise RaymmError(f"--rank must be in [0, --world-size), got {args.rank} of {args.world_size}")
     bootstrap = _bootstrap(args, config, "consume")
     state = UserStateStore(
-        StateSpec.from_artifact(model, settings.dedupe_window),
+        StateSpec.from_artifact(model, settings.dedupe_window, settings.max_seen),
         max_users_in_memory=settings.max_users_in_memory,
         spill_dir=settings.spill_dir,
     )

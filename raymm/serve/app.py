@@ -115,7 +115,7 @@ def build_app(
     settings = config.serve
     ownership = _checked_ownership(config, bootstrap_servers)
     uri = io.absolute(model or settings.model or config.stage_dir("model"))
-    spec = StateSpec.from_artifact(uri, config.stream.dedupe_window)
+    spec = StateSpec.from_artifact(uri, config.stream.dedupe_window, config.stream.max_seen)
     args = ServeArgs(
         bootstrap_servers=bootstrap_servers,
         kafka=config.kafka.shared(),

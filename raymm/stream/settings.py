@@ -183,6 +183,9 @@ class StreamSettings(BaseModel):
     #: Remember this many recent event ids per user and apply an id seen again only once
     #: (a producer that retried, a client that posted twice). 0 turns it off.
     dedupe_window: int = Field(32, ge=0)
+    #: Items remembered as seen per user (never recommended again), the most recently touched:
+    #: bounds each user's state, as ``max_users_in_memory`` bounds the users. None: every item.
+    max_seen: int | None = Field(10_000, gt=0)
     #: The most records one poll returns, and how long it waits for them.
     poll_max_records: int = Field(2_000, gt=0)
     poll_timeout_ms: int = Field(200, gt=0)

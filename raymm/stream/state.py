@@ -12,7 +12,10 @@ Per user, by :class:`StateSpec` (the artifact's ``model.user_state``):
   first by event time whatever order the events arrive in (:class:`UserRecord`), the window the
   user tower pools (``raymm.recommend.history`` offline; ``tests/test_parity.py`` holds the two
   to the same answer);
-* ``seen``: every item the user had any event on, with its count (never recommended again);
+* ``seen``: the items the user had any event on, with their counts (never recommended again):
+  all of them, or with ``max_seen`` the ``max_seen`` most recently touched, so a user's state is
+  bounded whatever they do (a bot, a years-long user); an item that drops out may be recommended
+  again;
 * ``recent_ids``: the last ``dedupe_window`` event ids, so an event sent twice (a producer retry,
   a client posting again) is applied once.
 
@@ -61,6 +64,8 @@ class StateSpec:
     max_history: int
     events: frozenset[str]
     dedupe_window: int = 32
+    #: Items kept in ``seen`` per user, the most recently touched; None keeps every one.
+    max_seen: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_history < 1:
@@ -69,14 +74,20 @@ class StateSpec:
             raise ValueError("events must name at least one event kind")
         if self.dedupe_window < 0:
             raise ValueError(f"dedupe_window must be >= 0, got {self.dedupe_window}")
+        if self.max_seen is not None and self.max_seen < 1:
+            raise ValueError(f"max_seen must be at least 1 or None, got {self.max_seen}")
 
     @classmethod
-    def of(cls, user_state: UserStateConfig, dedupe_window: int = 32) -> StateSpec:
+    def of(
+        cls, user_state: UserStateConfig, dedupe_window: int = 32, max_seen: int | None = None
+    ) -> StateSpec:
         """The spec of a model's ``user_state`` section."""
-        return cls(user_state.max_history, frozenset(user_state.events), dedupe_window)
+        return cls(user_state.max_history, frozenset(user_state.events), dedupe_window, max_seen)
 
     @classmethod
-    def from_artifact(cls, directory: str | Path, dedupe_window: int = 32) -> StateSpec:
+    def from_artifact(
+        cls, directory: str | Path, dedupe_window: int = 32, max_seen: int | None = None
+    ) -> StateSpec:
         """The spec recorded in a model artifact's manifest (local path or URI)."""
         uri = io.join(str(directory), "manifest.json")
         manifest = io.read_json(uri, "model manifest")
@@ -84,7 +95,7 @@ class StateSpec:
             section = manifest["config"]["model"]["user_state"]
         except (KeyError, TypeError):
             raise DataError(f"{uri} records no model.user_state: not a raymm model artifact") from None
-        return cls.of(UserStateConfig.model_validate(section), dedupe_window)
+        return cls.of(UserStateConfig.model_validate(section), dedupe_window, max_seen)
 
     def to_json(self) -> dict[str, Any]:
         """The spec as recorded in a snapshot."""
@@ -92,13 +103,18 @@ class StateSpec:
             "max_history": self.max_history,
             "events": sorted(self.events),
             "dedupe_window": self.dedupe_window,
+            "max_seen": self.max_seen,
         }
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> StateSpec:
-        """The spec recorded by :meth:`to_json`."""
+        """The spec recorded by :meth:`to_json` (a snapshot from before ``max_seen`` kept every item)."""
+        max_seen = document.get("max_seen")
         return cls(
-            int(document["max_history"]), frozenset(document["events"]), int(document["dedupe_window"])
+            int(document["max_history"]),
+            frozenset(document["events"]),
+            int(document["dedupe_window"]),
+            None if max_seen is None else int(max_seen),
         )
 
 
@@ -121,7 +137,9 @@ class UserRecord:
     state knows no catalog, and live items join it later): serving drops the unknown ones from
     the window at request time (``Recommender.known``), and the offline windows do the same.
     A repeated event id is skipped only while it is among the user's last ``dedupe_window``
-    event ids (offline drops every repeat of a user's event id).
+    event ids (offline drops every repeat of a user's event id). Past ``max_seen`` items, the
+    one touched longest ago *in arrival order* leaves ``seen``: the only part of the state that
+    depends on arrival order, and only for a user beyond the bound.
     """
 
     history: list[str] = field(default_factory=list)
@@ -148,7 +166,13 @@ class UserRecord:
             self.recent_ids.append(event.event_id)
             if len(self.recent_ids) > spec.dedupe_window:
                 del self.recent_ids[0]
-        self.seen[event.item_id] = self.seen.get(event.item_id, 0) + 1
+        seen = self.seen
+        if spec.max_seen is None:
+            seen[event.item_id] = seen.get(event.item_id, 0) + 1
+        else:  # the most recently touched last, so the first is the one to drop
+            seen[event.item_id] = seen.pop(event.item_id, 0) + 1
+            if len(seen) > spec.max_seen:
+                del seen[next(iter(seen))]
         self.n_events += 1
         if event.ts_ms > self.last_ts_ms:
             self.last_ts_ms = event.ts_ms

@@ -71,6 +71,28 @@ def test_the_spec_keeps_a_bounded_window_of_counting_events_and_every_seen_item(
     assert store.get("someone-else") is None
 
 
+def test_max_seen_keeps_the_most_recently_touched_items_through_spill_and_snapshot(tmp_path: Path) -> None:
+    spec = StateSpec(max_history=3, events=frozenset({"click", "like"}), dedupe_window=4, max_seen=3)
+    store = UserStateStore(spec, max_users_in_memory=1, spill_dir=tmp_path)
+    store.add_partition(0)
+    items = ["a", "b", "c", "a", "d", "e", "a"]  # a touched again before it is the oldest
+    for i, item in enumerate(items):
+        store.apply(0, 2 * i, event(i, item=item))
+        store.apply(0, 2 * i + 1, event(100 + i, user="other"))  # "u" goes to the spill file and back
+    state = store.get("u")
+    assert state is not None and state.n_events == len(items)
+    assert list(state.seen) == ["d", "e", "a"] and state.seen["a"] == 3  # b and c dropped, a kept
+    assert state.history == ("d", "e", "a")
+    data = encode_snapshot("raymm.events", 0, store.applied_offset(0), spec, store.partition_users(0))
+    snapshot = decode_snapshot(data, "memory")
+    assert snapshot.spec == spec and list(snapshot.users["u"].seen) == ["d", "e", "a"]
+    # a snapshot written before max_seen existed records no bound: every item was kept
+    assert StateSpec.from_json({k: v for k, v in spec.to_json().items() if k != "max_seen"}).max_seen is None
+    with pytest.raises(ValueError, match="max_seen"):
+        StateSpec(3, frozenset({"like"}), max_seen=0)
+    store.close()
+
+
 def test_apply_is_idempotent_by_offset_and_by_event_id() -> None:
     store = UserStateStore(SPEC)
     store.add_partition(0)
