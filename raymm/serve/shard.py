@@ -12,7 +12,9 @@ the rule the shard's consumer assigns itself partitions by, both from
 
 The shard also keeps the **online hit rate**: the recommender tells it what it served a user
 (:meth:`StateShard.record_served`), and each applied event whose item was served to that user
-within ``hit_window_s`` counts as a hit.
+within ``hit_window_s`` counts as a hit. What was served is kept in a :class:`ServedLog`, bounded
+by the window and by a number of users, so a shard's memory does not grow with the users it
+ever answered for.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class StateShard:
         self.hit_window_s = hit_window_s
         self.ready_max_lag = settings.ready_max_lag
         self._ready = False
-        self._served: dict[str, collections.deque[tuple[float, frozenset[str]]]] = {}
+        self._served = ServedLog(hit_window_s)
         self._served_lock = threading.Lock()
         self._hits = self._checked = 0
         self.consumer.start()
@@ -174,8 +176,8 @@ class StateShard:
         now = time.monotonic()
         with self._served_lock:
             for user_id, item_ids, ago_s in served:
-                log = self._served.setdefault(user_id, collections.deque(maxlen=32))
-                log.append((now - ago_s, frozenset(item_ids)))
+                self._served.record(user_id, item_ids, now - ago_s)
+            self._served.prune(now)
 
     def hit_rate(self) -> float | None:
         """Of the events by users served in the window before them, how many hit a served item."""
@@ -185,22 +187,65 @@ class StateShard:
         now = time.monotonic()
         with self._served_lock:
             for event in events:
-                served = self._served.get(event.user_id)
-                if not served:
-                    continue
-                while served and now - served[0][0] > self.hit_window_s:
-                    served.popleft()
-                if not served:
-                    del self._served[event.user_id]
-                    continue
-                self._checked += 1
-                self._hits += any(event.item_id in items for _, items in served)
+                hit = self._served.hit(event.user_id, event.item_id, now)
+                if hit is not None:
+                    self._checked += 1
+                    self._hits += hit
 
     def stop(self) -> None:
         """Stop consuming with a final snapshot (Serve kills the actor otherwise)."""
         self._metrics.stop()
         self.consumer.stop()
         self.state.close()
+
+
+class ServedLog:
+    """What was served to whom, for the online hit rate: per user the last ``per_user`` answers
+    of the last ``window_s`` seconds, for at most ``max_users`` users (the least recently served
+    go first). Memory is bounded by ``max_users * per_user`` answers whatever the traffic; a user
+    not served within the window is forgotten at the next :meth:`prune`. Not thread-safe: the
+    shard holds a lock around it."""
+
+    def __init__(self, window_s: float, max_users: int = 100_000, per_user: int = 8) -> None:
+        self.window_s, self.max_users, self.per_user = window_s, max_users, per_user
+        self._users: collections.OrderedDict[str, collections.deque[tuple[float, frozenset[str]]]] = (
+            collections.OrderedDict()
+        )
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def record(self, user_id: str, item_ids: Sequence[str], at: float) -> None:
+        """``item_ids`` were served to ``user_id`` at ``at`` (``time.monotonic()``)."""
+        log = self._users.get(user_id)
+        if log is None:
+            log = self._users[user_id] = collections.deque(maxlen=self.per_user)
+        else:
+            self._users.move_to_end(user_id)
+        log.append((at, frozenset(item_ids)))
+        if len(self._users) > self.max_users:
+            self._users.popitem(last=False)
+
+    def prune(self, now: float) -> None:
+        """Forget the users last served before the window (the oldest first, so it stops early)."""
+        users = self._users
+        while users:
+            user_id, log = next(iter(users.items()))
+            if now - log[-1][0] <= self.window_s:
+                break
+            del users[user_id]
+
+    def hit(self, user_id: str, item_id: str, now: float) -> bool | None:
+        """Whether ``item_id`` was among the answers served to ``user_id`` within the window;
+        None when the user was not served within it (the event is not counted)."""
+        log = self._users.get(user_id)
+        while log and now - log[0][0] > self.window_s:
+            log.popleft()
+        if not log:
+            if log is not None:
+                del self._users[user_id]
+            return None
+        return any(item_id in items for _, items in log)
 
 
 class _ShardMetrics:

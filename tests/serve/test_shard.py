@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from raymm.serve.shard import StateShard
+from raymm.serve.shard import ServedLog, StateShard
 from raymm.stream.broker import EmbeddedBroker, ensure_topics
 from raymm.stream.consumer import ConsumerError
 from raymm.stream.events import UserEvent
@@ -73,3 +73,19 @@ def test_a_shard_refuses_a_topic_with_another_partition_count(
     ensure_topics(bootstrap, {topic: 3})
     with pytest.raises(ConsumerError, match=r"has 3 partitions, but this deployment is configured for 4"):
         _shard(bootstrap, topic, tmp_path, partitions=4)
+
+
+def test_the_served_log_counts_hits_within_the_window_and_stays_bounded() -> None:
+    log = ServedLog(window_s=10.0, max_users=3, per_user=2)
+    log.record("u", ["a", "b"], at=0.0)
+    assert log.hit("u", "a", now=5.0) is True and log.hit("u", "z", now=5.0) is False
+    assert log.hit("nobody", "a", now=5.0) is None  # never served: not counted
+    log.record("u", ["c"], at=6.0)
+    log.record("u", ["d"], at=7.0)  # per_user 2: the first answer (a, b) is gone
+    assert log.hit("u", "a", now=8.0) is False and log.hit("u", "c", now=8.0) is True
+    assert log.hit("u", "d", now=18.0) is None and len(log) == 0  # out of the window: forgotten
+    for i in range(5):
+        log.record(f"v{i}", ["a"], at=20.0 + i)
+    assert len(log) == 3 and log.hit("v0", "a", now=25.0) is None  # the least recently served went
+    log.prune(now=32.5)  # v2 (at 22) is older than the window, v3 and v4 are not
+    assert len(log) == 2 and log.hit("v4", "a", now=32.5) is True
