@@ -69,7 +69,14 @@ def test_consumers_reconnect_after_a_broker_restart_and_lose_nothing(
             until(lambda: consumer.metrics().applied >= BEFORE // 4, 60, "the consumer's first quarter")
             until(lambda: follower.items_seen == 30, 60, "the follower's first items")
             if sig == signal.SIGKILL:  # what noida acknowledged but had not yet written is lost to it
-                until(lambda: sum(broker.persisted_ends(topic).values()) == BEFORE, 30, "noida's write")
+                until(
+                    lambda: (
+                        sum(broker.persisted_ends(topic).values()) == BEFORE
+                        and sum(broker.persisted_ends(items_topic).values()) == 30
+                    ),
+                    30,
+                    "noida's write of both topics",
+                )
             broker.kill(sig)
             at_kill = consumer.metrics().applied
             assert at_kill < BEFORE, f"the broker went after the consumer had read everything ({at_kill})"
