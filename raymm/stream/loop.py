@@ -115,6 +115,8 @@ class PollLoop:
         self._latencies: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
         self._lag: dict[int, int] = {}
+        #: Per partition, the log end last found below the next offset to handle (said once).
+        self._ends_behind: dict[int, int] = {}
         self._positions: dict[int, int] = {}
         #: Called with the reason of every dead letter, in the loop's thread (a metrics counter).
         self.on_dead_letter: Callable[[str], None] | None = None
@@ -190,11 +192,16 @@ class PollLoop:
         self._thread.start()
         return self._thread
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop polling, run the subclass's final work (snapshots) and close."""
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop polling, run the subclass's final work (snapshots) and close. ConsumerError when
+        the loop has not finished within ``timeout_s`` (its final work is then not done yet)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                raise ConsumerError(
+                    f"the {self.kind} on {self.topic} did not finish its final work within {timeout_s:g} s"
+                )
             self._thread = None
         else:
             self.close()
@@ -293,7 +300,29 @@ class PollLoop:
             position = self._next_offset(tp.partition)
             if position is not None:
                 lag[tp.partition] = max(0, highwater - position)
+                if highwater < position:
+                    self._behind_applied(tp.partition, highwater, position)
         self._lag = lag
+
+    def _behind_applied(self, partition: int, end: int, position: int) -> None:
+        """The broker's log of ``partition`` ends before what was already handled: it lost
+        messages it had acknowledged (a broker killed before its write, unclean leader election),
+        and the messages it now writes at those offsets are taken as handled. Said once per end."""
+        if self._ends_behind.get(partition) == end:
+            return
+        self._ends_behind[partition] = end
+        log.error(
+            "%s on %s partition %d: the log ends at offset %d, below offset %d already handled: the "
+            "broker lost messages it had acknowledged, and the messages it writes at offsets %d to %d "
+            "will be skipped as handled",
+            self.kind,
+            self.topic,
+            partition,
+            end,
+            position,
+            end,
+            position - 1,
+        )
 
     def dead_letter(self, rejected: Rejected, record: Any) -> None:
         """Send ``record`` to the dead-letter topic with why it was refused, and count it."""

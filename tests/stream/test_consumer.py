@@ -35,7 +35,7 @@ from raymm.stream.events import (
     decode_event,
 )
 from raymm.stream.ownership import owned_partitions, owner_rank, partition_for
-from raymm.stream.snapshot import SnapshotStore
+from raymm.stream.snapshot import SnapshotStore, encode_snapshot
 from raymm.stream.state import StateSpec, UserRecord, UserStateStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -434,6 +434,30 @@ def test_a_running_consumer_snapshots_on_its_interval_and_reports_itself_alive(
     finally:
         consumer.stop()
     assert not consumer.alive()
+
+
+def test_a_log_that_ends_below_the_applied_offset_is_reported_as_messages_the_broker_lost(
+    broker: EmbeddedBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that lost acknowledged messages (noida SIGKILLed before its write) comes back with
+    a log ending below what a snapshot applied: the offsets it reuses would be skipped as
+    replays, so the consumer says so, naming the partition and the offsets."""
+    topic = _topic(broker)
+    events = _events(40, seed=8)
+    _produce(broker.bootstrap_servers, topic, [e.encode() for e in events])
+    snapshots = SnapshotStore(str(tmp_path / "state"))
+    snapshots.save(encode_snapshot(topic, 0, 999, SPEC, []), topic, 0, 999)  # the log lost 0..999
+    consumer = _consumer(broker, topic, snapshots)
+    consumer.open()
+    try:
+        with caplog.at_level(logging.ERROR, logger="raymm.stream.loop"):
+            consumer.drain(timeout_s=30)
+            consumer.poll_once(timeout_ms=100)
+    finally:
+        consumer.close()
+    lost = [r.getMessage() for r in caplog.records if "lost messages it had acknowledged" in r.getMessage()]
+    assert len(lost) == 1 and f"{topic} partition 0: the log ends at offset " in lost[0], lost
+    assert "below offset 1000 already handled" in lost[0]
 
 
 def test_the_fast_decoder_accepts_and_refuses_exactly_what_decode_event_does() -> None:
