@@ -20,6 +20,7 @@ bench/serve_latency.py), for nothing, since the HTTP layer is thin and scales wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -210,7 +211,8 @@ class RecommenderDeployment:
 
     def __del__(self) -> None:
         if self.items is not None:
-            self.items.stop(timeout_s=5)
+            with contextlib.suppress(Exception):  # the follower has no final work: only a close
+                self.items.stop(timeout_s=5)
 
     async def _wait_until_ready(self) -> None:
         """Wait until every state shard has caught up with its partitions (``ready``).
@@ -434,3 +436,18 @@ class RecommenderDeployment:
     async def shard_call(self, rank: int, method: str, *args: Any) -> Any:
         """Call a shard method (for operators and tests: ``export``, ``metrics``, ``offsets``, ``stop``)."""
         return await self.shards.call(rank, method, *args)
+
+    async def stop_shards(self, timeout_s: float) -> dict[int, str | None]:
+        """Every shard stops consuming and writes its final snapshot, all at once, each within
+        ``timeout_s`` (not the request path's ``state_timeout_s``: a final snapshot under load takes
+        longer than a lookup). Per rank, None when it stopped or why not."""
+
+        async def stop(rank: int) -> str | None:
+            try:
+                await self.shards.call(rank, "stop", timeout_s=timeout_s)
+            except Exception as exc:  # every shard is asked, whatever one of them answers
+                return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return None
+
+        ranks = range(self.shards.world_size)
+        return dict(zip(ranks, await asyncio.gather(*(stop(rank) for rank in ranks)), strict=True))

@@ -35,6 +35,11 @@ from raymm.errors import RaymmError
 
 log = logging.getLogger(__name__)
 
+#: How long each state shard has to stop and write its final snapshot on the way out. A pod running
+#: ``raymm serve`` needs a termination grace period above it, or SIGKILL cuts the snapshots short
+#: (the shards then resume from their last periodic snapshot and replay the rest of the log).
+_FINAL_SNAPSHOT_S = 90.0
+
 
 class ServeError(RaymmError):
     """The application did not come up healthy; the message says what ``/healthz`` answered."""
@@ -83,7 +88,6 @@ def running_app(
         serve.start(http_options={"host": settings.host, "port": settings.port})
         _route_logs()  # Serve gives its logger a console handler when it starts
         app = build_app(config, bootstrap_servers=bootstrap, model=model_uri)
-        serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix)
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         prefix = settings.route_prefix.rstrip("/")
         running = RunningApp(
@@ -94,11 +98,14 @@ def running_app(
             settings.state_shards,
             _api_key(config),
         )
+        # From serve.run on, the way out stops the shards: the app answers (and its shards apply
+        # events) before serve.run returns, so a SIGTERM can come while it still waits.
         try:
+            serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix)
             wait_healthy(running.client(), timeout_s)
             yield running
         finally:
-            _stop(settings.app_name, settings.state_shards)
+            _stop(settings.app_name)
 
 
 def _api_key(config: RaymmConfig) -> str | None:
@@ -161,15 +168,18 @@ def recommender_handle(app_name: str) -> Any:
     return handle
 
 
-def _stop(app_name: str, shards: int) -> None:
+def _stop(app_name: str) -> None:
     """Final snapshots from every shard, then the app goes (Serve kills deployment actors)."""
     from ray import serve
 
     try:
         recommender = recommender_handle(app_name)
-        for rank in range(shards):
-            with contextlib.suppress(Exception):  # a shard that is gone has nothing to save
-                recommender.shard_call.remote(rank, "stop").result(timeout_s=60)
+        failed = recommender.stop_shards.remote(_FINAL_SNAPSHOT_S).result(timeout_s=_FINAL_SNAPSHOT_S + 30)
+        for rank, why in sorted(failed.items()):
+            if why is not None:  # it resumes from its last snapshot and replays the rest of the log
+                log.error("state shard %d wrote no final snapshot: %s", rank, why)
+    except Exception as exc:  # the app still goes; the shards resume from their last snapshots
+        log.error("the state shards' final snapshots were not confirmed: %s: %s", type(exc).__name__, exc)
     finally:
         serve.delete(app_name)
 

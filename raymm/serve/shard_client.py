@@ -61,15 +61,17 @@ class ShardClient:
             self._handles[rank] = serve.get_deployment_actor(shard_name(rank))
         return self._handles[rank]
 
-    async def call(self, rank: int, method: str, *args: Any) -> Any:
-        """``method(*args)`` on shard ``rank``, within ``timeout_s``; one retry with a fresh handle
-        (a recreated shard). Raises ``TimeoutError``, ``RayActorError`` or ``ValueError`` (no such
-        actor) when the shard is away."""
+    async def call(self, rank: int, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """``method(*args)`` on shard ``rank``, within ``timeout_s`` (default: the request path's);
+        one retry with a fresh handle (a recreated shard). Raises ``TimeoutError``, ``RayActorError``
+        or ``ValueError`` (no such actor) when the shard is away."""
         for attempt in range(2):
             try:
                 handle = self._handle(rank, refresh=attempt > 0)
                 ref = getattr(handle, method).remote(*args)
-                async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
+                async with asyncio.timeout(
+                    self.timeout_s if timeout_s is None else timeout_s
+                ):  # no extra task, unlike wait_for
                     return await ref
             except (ray.exceptions.RayActorError, ValueError):
                 if attempt:
