@@ -123,7 +123,15 @@ class WorkerRun:
     def reporter(
         self, model: nn.Module, optimizer: torch.optim.Optimizer
     ) -> Callable[[dict[str, float], LoopState], None]:
-        """``on_epoch`` for :func:`fit`: every rank reports the epoch's row; rank 0 attaches the checkpoint."""
+        """``on_epoch`` for :func:`fit`: every rank reports the epoch's row; rank 0 attaches the checkpoint.
+
+        Rank 0 writes a checkpoint only once Ray Train's controller has recorded every earlier report
+        (its ``checkpoint_manager_snapshot.json``, what a resumed run reads). The controller takes
+        reports when it polls the workers (every 2 s): without the wait, storage lost while the next
+        checkpoint was written could also refuse the record of the previous one, whole in storage;
+        the run then failed on the controller's write, and a resumed run did not know that checkpoint.
+        It waits only while the previous epoch's report is not yet taken (epochs shorter than a poll).
+        """
         import ray.train
 
         def report(row: dict[str, float], state: LoopState) -> None:
@@ -131,6 +139,9 @@ class WorkerRun:
                 if self.rank != 0:
                     ray.train.report(row)
                     return
+                ray.train.get_all_reported_checkpoints(
+                    consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED
+                )
                 Checkpoint(model.state_dict(), optimizer.state_dict(), state).save(
                     str(Path(directory) / CHECKPOINT_FILE)
                 )
