@@ -24,6 +24,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypeVar, get_args
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raymm.data.schema import EVENT_KINDS
@@ -279,8 +280,11 @@ class EventDecoder:
             and (key is None or len(key) <= limits.max_key_bytes)
         ):
             try:
-                document = json.loads(value.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError, RecursionError):
+                # orjson refuses what it would read differently from json (NaN, a lone surrogate,
+                # deep nesting) and reads integers past 64 bits as floats, which the checks below
+                # refuse: all of that goes to decode_event, which decides by json.
+                document = orjson.loads(value)
+            except orjson.JSONDecodeError:
                 document = None
             if type(document) is dict:
                 event_id = document.get("event_id")
