@@ -133,6 +133,8 @@ from raymm.stream.settings import KafkaSettings
 
 BENCH = "soak"
 PREFIX = "soak"
+#: The fill passes' seeds (``--fill-passes``): apart from the preload's and the stream's.
+FILL_SEED = 10_000
 #: A process is bounded if its RSS grew by at most max(BOUND_MB, BOUND_FRACTION of its RSS) over
 #: the second half of the counted run (the module docstring says why).
 BOUND_MB = 20.0
@@ -606,6 +608,21 @@ def measure(built: Any, config: RaymmConfig, args: argparse.Namespace) -> dict[s
     started = time.monotonic()
     with deployed(config, built.model) as app:
         log(BENCH, f"deployed in {time.monotonic() - started:.0f}s at {app.url}")
+        filled = None
+        if args.fill_passes:
+            # Every user of the population at its per-user bounds before the clock starts: any
+            # growth after that is not the users' state filling up.
+            fill = pa.concat_tables(
+                [
+                    event_log(built.ids, args.users, FILL_SEED + p, prefix=PREFIX)
+                    for p in range(args.fill_passes)
+                ]
+            )
+            filled = replay_state(app, fill, config)
+            log(
+                BENCH,
+                f"filled: {filled['events']} events of {args.users} users in {filled['applied_after_s']} s",
+            )
         state = replay_state(app, preload, config)
         log(
             BENCH, f"preloaded {state['events']} events of {args.request_users} users; {len(order)} requested"
@@ -679,6 +696,7 @@ def measure(built: Any, config: RaymmConfig, args: argparse.Namespace) -> dict[s
     return {
         "serve": serve_settings(config),
         "preload": state,
+        "filled": filled,
         "requested_users": len(order),
         "stream": stream_report,
         "throughput": throughput,
@@ -746,6 +764,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--address", default=None, help="join this Ray cluster (e.g. auto) instead of a local one"
     )
     parser.add_argument("--set", action="append", default=[], help="a config override, e.g. serve.nprobe=64")
+    parser.add_argument(
+        "--fill-passes",
+        type=int,
+        default=0,
+        help="first replay this many passes of the event log over every user (~20 events a user each), so "
+        "each user's state starts at its bounds (with a small stream.max_seen): growth then is not the state",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -813,6 +838,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "shards": SHARDS,
             "partitions": PARTITIONS,
             "replicas": args.replicas,
+            "fill_passes": args.fill_passes,
             "kafka": args.bootstrap or f"embedded {args.broker}",
             "ray": args.address or "local, 2 CPUs",
             "overrides": overrides,
