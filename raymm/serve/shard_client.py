@@ -65,13 +65,12 @@ class ShardClient:
         """``method(*args)`` on shard ``rank``, within ``timeout_s`` (default: the request path's);
         one retry with a fresh handle (a recreated shard). Raises ``TimeoutError``, ``RayActorError``
         or ``ValueError`` (no such actor) when the shard is away."""
+        limit = self.timeout_s if timeout_s is None else timeout_s
         for attempt in range(2):
             try:
                 handle = self._handle(rank, refresh=attempt > 0)
                 ref = getattr(handle, method).remote(*args)
-                async with asyncio.timeout(
-                    self.timeout_s if timeout_s is None else timeout_s
-                ):  # no extra task, unlike wait_for
+                async with asyncio.timeout(limit):  # no extra task, unlike wait_for
                     return await ref
             except (ray.exceptions.RayActorError, ValueError):
                 if attempt:
