@@ -207,8 +207,17 @@ class LossConfig(_Section):
         "direction (loss = log(batch)) where it has no gradient left to personalise; learned, it can "
         "sharpen once scores carry signal.",
     )
-    logq_correction: bool = Field(
-        True, description="Subtract log(sampling probability) from each candidate's logit (Yi et al. 2019)."
+    logq_correction: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="How much of log(sampling probability) is subtracted from each candidate's logit "
+        "(Yi et al. 2019): 1 the full correction, 0 none (true/false read as 1/0). Fully corrected, "
+        "the model estimates the full softmax, popularity included; uncorrected, in-batch negatives "
+        "push popular items down and the scores are relative to popularity. 1 is the default: on the "
+        "synthetic benchmark 0 and 0.5 lowered the served validation NDCG@20 (3 and 1 seeds), while "
+        "on MovieLens-100k 0 raised it by 0.004 (3 seeds) with the served blend adding popularity "
+        "back.",
     )
     mixed_negatives: int = Field(
         0,

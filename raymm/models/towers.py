@@ -363,17 +363,18 @@ class TwoTower(nn.Module):
         cfg = self.config.loss
         negative_vectors = negatives.vectors if negatives is not None else None
         if cfg.kind == "softmax":
-            if cfg.logq_correction and log_q is None:
-                raise ValueError("loss.logq_correction is on but no log_q was given; pass it or turn it off")
+            weight = cfg.logq_correction
+            if weight and log_q is None:
+                raise ValueError("loss.logq_correction is on but no log_q was given; pass it or set it to 0")
             rec = sampled_softmax_loss(
                 user_vectors,
                 positive.vectors,
                 temperature=self.temperature,
                 item_ids=item_ids,
-                log_q=log_q if cfg.logq_correction else None,
+                log_q=weight * log_q if weight else None,
                 negative_vectors=negative_vectors,
                 negative_ids=negative_ids,
-                negative_log_q=negative_log_q if cfg.logq_correction else None,
+                negative_log_q=weight * negative_log_q if weight and negative_log_q is not None else None,
             )
         else:
             rec = bpr_loss(

@@ -12,6 +12,7 @@ import torch
 from raymm.eval.metrics import ItemSets, ranking_metrics
 from raymm.models.config import ModelConfig
 from raymm.models.errors import ModelLoadError
+from raymm.models.losses import sampled_softmax_loss
 from raymm.models.towers import CONFIG_FILE, TwoTower
 
 from .conftest import paired_views, random_batch
@@ -244,3 +245,35 @@ def test_recommendation_temperature_is_learned_and_clamped() -> None:
     config = _config()
     config.loss.temperature.learn = False
     assert "log_temperature" not in dict(TwoTower(config, DIMS).named_parameters())
+
+
+def test_partial_logq_correction_scales_the_log_sampling_probabilities() -> None:
+    """``loss.logq_correction`` 0.5 is the loss with half of log q subtracted; 0 and false are none."""
+    features, present = random_batch(4, DIMS, p_present=1.0)
+    log_q = torch.log(torch.tensor([0.4, 0.3, 0.2, 0.1]))
+    ids = torch.arange(4)
+
+    def rec_loss(weight: object, scale: float | None) -> tuple[float, float]:
+        model = _model()
+        model.config.loss.logq_correction = ModelConfig.model_validate(
+            {"loss": {"logq_correction": weight}}
+        ).loss.logq_correction
+        with torch.no_grad():
+            items = model.encode_items(features, present)
+            users = model.user_vector(items.vectors.unsqueeze(1), torch.ones(4, 1, dtype=torch.bool))
+            got = model.loss(users, items, item_ids=ids, log_q=log_q).rec
+            expected = sampled_softmax_loss(
+                users,
+                items.vectors,
+                temperature=model.temperature,
+                item_ids=ids,
+                log_q=None if scale is None else scale * log_q,
+            )
+        return float(got), float(expected)
+
+    for weight, scale in [(0.5, 0.5), (1.0, 1.0), (True, 1.0), (0.0, None), (False, None)]:
+        got, expected = rec_loss(weight, scale)
+        assert got == pytest.approx(expected, rel=1e-6), weight
+    assert rec_loss(0.5, 0.5)[0] != pytest.approx(rec_loss(1.0, 1.0)[0], rel=1e-3)
+    with pytest.raises(ValueError, match="logq_correction"):
+        ModelConfig.model_validate({"loss": {"logq_correction": 1.5}})
