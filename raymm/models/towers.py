@@ -371,10 +371,10 @@ class TwoTower(nn.Module):
                 positive.vectors,
                 temperature=self.temperature,
                 item_ids=item_ids,
-                log_q=weight * log_q if weight else None,
+                log_q=log_q * weight if weight and log_q is not None else None,
                 negative_vectors=negative_vectors,
                 negative_ids=negative_ids,
-                negative_log_q=weight * negative_log_q if weight and negative_log_q is not None else None,
+                negative_log_q=negative_log_q * weight if weight and negative_log_q is not None else None,
             )
         else:
             rec = bpr_loss(
