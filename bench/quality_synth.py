@@ -21,6 +21,13 @@ per-seed differences and the exact one-sided sign-flip p-value (2^-n at best, so
 are needed for p < 0.05). One seed reports what it saw, and no ordering "holds" from it.
 
     .venv/bin/python bench/quality_synth.py [--epochs 4] [--seeds 0] [--variants text,concat,...] [--report DIR]
+
+Reproducibility (design.md invariant 6, issue 24): ``--hogs N`` runs it with N processes spinning the
+CPUs, ``--compare RUN.json`` reports the largest difference of any test or cold-start metric of
+any row against another run (``all_test_metrics``), e.g. a quiet run and a loaded one:
+
+    .venv/bin/python bench/quality_synth.py --variants contrastive+gated --out bench/results/quality_synth.quiet.json
+    .venv/bin/python bench/quality_synth.py --variants contrastive+gated --hogs 2 --compare bench/results/quality_synth.quiet.json --out bench/results/quality_synth.loaded.json
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +44,7 @@ from typing import Any
 
 import numpy as np
 from _shared import BASE_CONFIG, QUICKSTART, ROOT, ensure_quickstart, finish, log
+from reproducible import start_hogs, stop_hogs
 
 from raymm.config import EvaluateConfig, load_config
 from raymm.eval.report import FULL, best_single_modality
@@ -100,7 +110,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seeds", default="0", help="comma-separated model seeds (paired test over them)")
     parser.add_argument("--out", type=Path, default=None, help="result JSON path")
+    parser.add_argument(
+        "--hogs", type=int, default=0, help="processes spinning the CPUs for the whole run (a loaded machine)"
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="another run's result JSON: report the largest difference of any test metric against it",
+    )
     return parser.parse_args(argv)
+
+
+def test_metrics(document: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Every row's every test and cold-start metric, unrounded (what two runs must agree on)."""
+    return {
+        row["label"]: {
+            f"{protocol}/{name}": float(value)
+            for protocol in ("test", "cold_start")
+            for name, value in row["metrics"].get(protocol, {}).items()
+        }
+        for row in document["rows"]
+    }
+
+
+def compare(mine: dict[str, dict[str, float]], other_path: Path) -> dict[str, Any]:
+    """The largest absolute difference of any metric both runs report, and where it is."""
+    other = json.loads(other_path.read_text()).get("all_test_metrics") or {}
+    differences = [
+        (abs(value - other[label][name]), f"{label} {name}")
+        for label, metrics in mine.items()
+        for name, value in metrics.items()
+        if name in other.get(label, {})
+    ]
+    if not differences:
+        raise SystemExit(
+            f"{other_path} shares no metric with this run (is it a quality_synth result with all_test_metrics?)"
+        )
+    worst, where = max(differences)
+    return {
+        "against": other_path.name,
+        "metrics_compared": len(differences),
+        "max_abs_diff": worst,
+        "where": where,
+        "identical": worst == 0.0,
+    }
 
 
 def paired(differences: list[float]) -> dict[str, Any]:
@@ -150,18 +204,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
     documents = []
+    hogs = start_hogs(args.hogs)
     # Ray workers' output is forwarded to the driver's stdout; keep stdout for the JSON line.
-    with contextlib.redirect_stdout(sys.stderr):
-        data, features = ensure_quickstart(args.data_root, BENCH)
-        for seed in seeds:
-            seeded = config.model_copy(deep=True)
-            seeded.seed = seed
-            out = args.report if len(seeds) == 1 else args.report / f"seed-{seed}"
-            log(BENCH, f"seed {seed}")
-            documents.append(
-                ablation(seeded, str(data), str(features), str(out), progress=lambda m: log(BENCH, m))
-            )
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            data, features = ensure_quickstart(args.data_root, BENCH)
+            for seed in seeds:
+                seeded = config.model_copy(deep=True)
+                seeded.seed = seed
+                out = args.report if len(seeds) == 1 else args.report / f"seed-{seed}"
+                log(BENCH, f"seed {seed}")
+                documents.append(
+                    ablation(seeded, str(data), str(features), str(out), progress=lambda m: log(BENCH, m))
+                )
+        loadavg = round(os.getloadavg()[0], 2)
+    finally:
+        stop_hogs(hogs)
     document = documents[0]
+    all_metrics = test_metrics(document)
     report = {
         "question": "design.md section 4 quality orderings on the small synthetic benchmark",
         "data": data.name,
@@ -178,7 +238,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "train_s": {row["label"]: round(row["train_s"], 1) for row in document["rows"] if row["train_s"]},
         "runtime_s": round(time.perf_counter() - started, 1),
+        "cpu_hogs": args.hogs,
+        "loadavg_1m_at_end": loadavg,
+        "all_test_metrics": all_metrics,
     }
+    if args.compare is not None:
+        report["compared"] = compare(all_metrics, args.compare)
     return finish(BENCH, report, args.out)
 
 
