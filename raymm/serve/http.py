@@ -10,7 +10,8 @@ Every error is answered as ``{"error": code, "detail": ...}``: the replica's ref
 :class:`ApiError`, FastAPI's validation errors as ``invalid_request`` (422), unknown paths as
 ``not_found`` (404), and anything unexpected as ``internal`` (500, logged). When the replica has an
 API key, every route but ``/healthz`` depends on :func:`authorized` (401 ``unauthorized``; see
-:mod:`raymm.serve.auth`).
+:mod:`raymm.serve.auth`). The docs pages (``/docs``, ``/redoc``) and their assets come from
+:mod:`raymm.serve.docs`, with no network beyond the app.
 
 ``@serve.ingress(api)`` copies ``api`` when the deployment class is defined: a route added
 after :mod:`raymm.serve.deployment` is imported would not be served.
@@ -31,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import raymm
 from raymm.data.schema import EVENT_KINDS
 from raymm.serve.auth import ApiKey
+from raymm.serve.docs import serve_docs
 from raymm.stream.events import ItemMessage, UserEvent
 
 __all__ = [
@@ -52,7 +54,11 @@ api = FastAPI(
     title="raymm",
     version=raymm.__version__,
     description="Live multimodal recommendations: users' events from Kafka, items' text, images and audio.",
+    # FastAPI's own pages load their assets from a CDN: blank on an air-gapped cluster.
+    docs_url=None,
+    redoc_url=None,
 )
+serve_docs(api)
 
 #: The key of an error in an answer given through a handle; see :meth:`ApiError.answer`.
 ERROR_KEY = "__raymm_error__"
