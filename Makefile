@@ -29,8 +29,9 @@ format: venv
 	$(BIN)/ruff check --fix raymm tests bench
 	$(BIN)/ruff format raymm tests bench
 
-# The interop tests produce with kcat (librdkafka), an independent Kafka client. Install it where we
-# can (root with apt-get, as in CI); anywhere else say loudly that those tests cannot run.
+# The interop tests produce with kcat (librdkafka), an independent Kafka client, and the offline docs
+# test renders /docs in headless Chromium. Install them where we can (root with apt-get, as in CI);
+# anywhere else say loudly that those tests cannot run.
 interop-tools:
 	@if command -v kcat >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -40,6 +41,16 @@ interop-tools:
 		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
 		echo "!! kcat is not installed and this user cannot install it (not root, or no apt-get):      !!"; \
 		echo "!! the kcat interop tests CANNOT RUN and will be skipped. Install kcat (librdkafka) first. !!"; \
+		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+	fi
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (Debian's) for the offline docs test: /docs rendered with no network"; \
+		apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; }; \
+	else \
+		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+		echo "!! chromium is not installed and this user cannot install it (not root, or no apt-get):  !!"; \
+		echo "!! the offline docs test CANNOT RUN and will be skipped. Install chromium (Debian) first.  !!"; \
 		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
 	fi
 
