@@ -185,6 +185,11 @@ def test_the_app_is_healthy_and_documents_itself(live: Live) -> None:
     paths = live.get("/openapi.json").json()["paths"]
     assert {"/v1/recommendations/{user_id}", "/v1/recommendations", "/v1/events", "/healthz"} <= set(paths)
     assert live.get("/docs").status_code == 200
+    # The docs' assets come from the app itself (raymm.serve.docs), through Serve's copy of it too;
+    # tests/serve/test_docs_offline.py renders the pages in a browser with no network.
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+        assert live.get(f"/docs/assets/{asset}").status_code == 200, asset
+    assert live.get("/redoc").status_code == 200
 
 
 def test_an_unknown_user_gets_the_fallback_with_the_flag(live: Live) -> None:
