@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raymm.cli import main, resolve_features
+from raymm.cli import build_parser, main, resolve_features
 from raymm.data import io
 from raymm.data.dataset import split_by_time, write_dataset
 from tests.conftest import make_interactions, make_items
@@ -37,12 +39,35 @@ def _digests(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.parquet"))}
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommands ``parser`` registers, by name (argparse keeps them in its subparsers action)."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.update(action.choices)
+    return found
+
+
+def _listed(help_text: str) -> list[str]:
+    """The command names a help text lists: argparse indents each by 4 spaces under the metavar."""
+    return re.findall(r"^    (\S+)", help_text, flags=re.MULTILINE)
+
+
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    assert "data" in out and "quickstart" in out
+    """Every command the parser registers, and every subcommand of a command that has them
+    (``data``, ``deploy``), is listed in the help that ``raymm [COMMAND] --help`` prints."""
+    commands = _subcommands(build_parser())
+    assert {"data", "train", "quickstart", "serve", "consume"} <= set(commands)
+    to_check: list[tuple[list[str], dict[str, argparse.ArgumentParser]]] = [([], commands)]
+    to_check += [([name], _subcommands(sub)) for name, sub in commands.items() if _subcommands(sub)]
+    assert [argv for argv, _ in to_check] == [[], ["data"], ["deploy"]]
+    for argv, registered in to_check:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--help"])
+        assert exit_info.value.code == 0
+        listed = _listed(capsys.readouterr().out)
+        shown = " ".join(["raymm", *argv, "--help"])
+        assert listed == list(registered), f"{shown} lists {listed}; the parser registers {list(registered)}"
 
 
 def test_synth_twice_gives_byte_identical_parquet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
