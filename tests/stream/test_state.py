@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from raymm.errors import DataError
 from raymm.models.config import UserStateConfig
 from raymm.stream.events import Event, UserEvent
 from raymm.stream.snapshot import SnapshotCorrupt, SnapshotStore, decode_snapshot, encode_snapshot
@@ -105,8 +106,9 @@ def test_apply_is_idempotent_by_offset_and_by_event_id() -> None:
     assert store.applied_offset(0) == 4
     state = store.get("u")
     assert state is not None and state.n_events == 3 and state.history == ("i0", "i1", "i3")
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError) as not_held:  # partition 1 was never added
         store.apply(1, 0, event(9))
+    assert not_held.value.args == (1,)
 
 
 def test_a_partition_cannot_be_added_twice_and_dropping_forgets_its_users() -> None:
@@ -148,7 +150,7 @@ def test_the_spec_comes_from_the_model_config_and_the_artifact(tmp_path: Path) -
     )
     assert StateSpec.from_artifact(tmp_path).max_history == 7
     (tmp_path / "manifest.json").write_text(json.dumps({"config": {}}))
-    with pytest.raises(Exception, match=r"records no model\.user_state"):
+    with pytest.raises(DataError, match=r"manifest\.json records no model\.user_state: not a raymm model"):
         StateSpec.from_artifact(tmp_path)
 
 
