@@ -55,8 +55,19 @@ def test_threshold_maximises_f1() -> None:
 def test_calibration_of_a_calibrated_and_an_overconfident_scorer() -> None:
     labels = np.array([1, 0, 0, 0, 1, 1, 1, 0])
     calibrated = np.array([0.25, 0.25, 0.25, 0.25, 0.75, 0.75, 0.75, 0.75])
-    curve = calibration_curve(labels, calibrated, bins=4)
-    assert curve["predicted"] == [0.25, 0.75] and curve["observed"] == [0.25, 0.75]
-    assert curve["ece"] == 0.0
+    # bins 0 and 2 of 4 hold 4 examples each, 1 of 4 and 3 of 4 positive: observed = predicted
+    assert calibration_curve(labels, calibrated, bins=4) == {
+        "predicted": [0.25, 0.75],
+        "observed": [0.25, 0.75],
+        "count": [4, 4],
+        "ece": 0.0,
+    }
+    # the same ranking pushed to 0 and 1: the same examples in the same bins, in the same order
+    # (lowest predicted first), each bin a quarter off what it observes
     overconfident = np.where(calibrated > 0.5, 1.0, 0.0)
-    assert calibration_curve(labels, overconfident, bins=4)["ece"] == pytest.approx(0.25)
+    assert calibration_curve(labels, overconfident, bins=4) == {
+        "predicted": [0.0, 1.0],
+        "observed": [0.25, 0.75],
+        "count": [4, 4],
+        "ece": pytest.approx(0.25),
+    }

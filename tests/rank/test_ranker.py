@@ -122,3 +122,20 @@ def test_platt_scaling_calibrates_an_overconfident_scorer_without_reordering_it(
     np.testing.assert_array_equal(
         np.argsort(calibrated, kind="stable"), np.argsort(overconfident, kind="stable")
     )
+    # and as serving applies it (Ranker.score): a batch's logits, the retriever's weighted part
+    # included, become scale * logit + bias, in the same order as before calibration (64 distinct
+    # logits, so the order is strict)
+    ranker = _ranker()
+    ranker.retrieval_weight = 2.0
+    projected, present = _batch(64)
+    with torch.no_grad():
+        raw = ranker(projected, present, *_pairs(64))
+        ranker.calibration = (scale, bias)
+        served = ranker(projected, present, *_pairs(64))
+    assert torch.unique(raw).numel() == 64
+    np.testing.assert_array_equal(
+        torch.argsort(served).numpy(),
+        torch.argsort(raw).numpy(),
+        err_msg="the calibrated logits rank the batch differently from the raw ones",
+    )
+    torch.testing.assert_close(served, raw * scale + bias)
