@@ -19,12 +19,14 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
+from raymm.stream import loop as poll_loop
 from raymm.stream.broker import EmbeddedBroker, ensure_topics
-from raymm.stream.consumer import EventConsumer
+from raymm.stream.consumer import ConsumerMetrics, EventConsumer
 from raymm.stream.events import (
     DeadLetter,
     Event,
@@ -289,7 +291,9 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on(
     assert not consumer.alive()
     assert metrics.dead_letters == len(poison) and metrics.loop_errors == 0
     assert metrics.dead_letters_by_reason == Counter(reason for reason, _, _ in poison)
-    assert metrics.latency_ms_p99 is not None and metrics.events_per_s >= 0
+    # the loop polled just now, within the 5 s the rate looks back over, and had applied events
+    # there (the exact rate, on a clock the test sets: test_events_per_s_is_...)
+    assert metrics.latency_ms_p99 is not None and metrics.events_per_s > 0
     assert _users(consumer.state.export()) == _oracle(events)
 
     letters = _read(broker, f"{topic}.dlq", len(poison))
@@ -317,6 +321,46 @@ def _read(broker: EmbeddedBroker, topic: str, expected: int) -> list[bytes]:
         while len(values) < expected and time.monotonic() < deadline:
             values.extend(message.value for message in consumer)
         return values
+    finally:
+        consumer.close()
+
+
+def test_events_per_s_is_the_events_applied_per_second_of_the_last_5_s(
+    broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rate counts applied events, not duplicates or dead letters, per second of the loop's
+    clock over its last 5 s; polled here by hand on a clock the test sets."""
+    clock = SimpleNamespace(now=100.0)
+    monkeypatch.setattr(poll_loop, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
+    topic = _topic(broker)
+    consumer = _consumer(broker, topic, None).open()
+
+    def poll_until_handled(n_messages: int) -> ConsumerMetrics:
+        deadline = time.monotonic() + 30
+        metrics = consumer.metrics()
+        while metrics.applied + metrics.duplicates + metrics.dead_letters < n_messages:
+            assert time.monotonic() < deadline, metrics
+            consumer.poll_once(timeout_ms=200)
+            metrics = consumer.metrics()
+        return metrics
+
+    try:
+        assert consumer.poll_once(timeout_ms=100) == 0  # the empty topic: 0 applied at t = 100 s
+        events = _events(200, seed=9)
+        poison = [(key, value) for _, key, value in _poison(events[0])[:3]]
+        _produce(broker.bootstrap_servers, topic, [e.encode() for e in events] + poison)
+        clock.now = 102.5
+        first = poll_until_handled(len(events) + len(poison))
+        assert first.duplicates > 0 and first.dead_letters == len(poison)
+        assert first.events_per_s == pytest.approx(first.applied / 2.5)
+        clock.now = 108.0  # 5.5 s on, nothing new: only this poll's sample is left in the window
+        consumer.poll_once(timeout_ms=100)
+        assert consumer.metrics().events_per_s == 0.0
+        more = _events(60, seed=10)
+        _produce(broker.bootstrap_servers, topic, [e.encode() for e in more])
+        clock.now = 109.5
+        second = poll_until_handled(len(events) + len(poison) + len(more))
+        assert second.events_per_s == pytest.approx((second.applied - first.applied) / 1.5)
     finally:
         consumer.close()
 
