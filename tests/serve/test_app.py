@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -24,9 +25,12 @@ import requests
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ray import serve
 
+from raymm.config import load_config
+from raymm.data import io
 from raymm.errors import ConfigError, RaymmError
-from raymm.serve.app import app_builder, build_app
+from raymm.serve.app import RECOMMENDER, RecommenderDeployment, app_builder, build_app
 from raymm.serve.runner import recommender_handle
+from raymm.serve.shard import shard_name
 from raymm.stream.broker import EmbeddedBroker, TopicMismatchError, ensure_topics
 from raymm.stream.consumer import EventConsumer
 from raymm.stream.events import DEAD_LETTER_TOPIC, EVENTS_TOPIC, ITEMS_TOPIC, UserEvent
@@ -69,9 +73,30 @@ def bootstrap() -> Iterator[str]:
         yield broker.bootstrap_servers
 
 
-def test_serve_run_builds_the_same_graph_and_creates_the_topics(trained: Trained, bootstrap: str) -> None:
-    from ray.serve import Application
+def _graph(app: serve.Application) -> dict[str, Any]:
+    """What deploying ``app`` starts: the ingress deployment's class, arguments and options, and
+    each state shard's name, class, arguments and options (``user_config``'s version is fresh
+    per build, so it is left out)."""
+    deployment = app._bound_deployment
+    options = deployment._deployment_config
+    return {
+        "name": deployment.name,
+        "class": deployment.func_or_class,
+        "args": deployment.init_args,
+        "kwargs": deployment.init_kwargs,
+        "num_replicas": deployment.num_replicas,
+        "ray_actor_options": deployment.ray_actor_options,
+        "user_config": {**deployment.user_config, "version": None},
+        "max_ongoing_requests": deployment.max_ongoing_requests,
+        "max_surge_percent": options.max_surge_percent,
+        "shards": [
+            (shard.name, shard.actor_class, shard.init_kwargs, shard.actor_options)
+            for shard in options.deployment_actors
+        ],
+    }
 
+
+def test_serve_run_builds_the_same_graph_and_creates_the_topics(trained: Trained, bootstrap: str) -> None:
     app = app_builder(
         {
             "model": str(trained.ranked),
@@ -79,7 +104,30 @@ def test_serve_run_builds_the_same_graph_and_creates_the_topics(trained: Trained
             "set": "serve.state_shards=2,kafka.partitions=4",
         }
     )
-    assert isinstance(app, Application)
+    # serve run's builder deploys what build_app (raymm serve's path) builds from the same settings
+    config = load_config(None, ["serve.state_shards=2", "kafka.partitions=4"])
+    graph = _graph(app)
+    assert graph == _graph(build_app(config, bootstrap_servers=bootstrap, model=str(trained.ranked)))
+    # ... and that graph is wired as the arguments say: the artifact, the broker, 4 partitions, 2 shards
+    assert graph["name"] == RECOMMENDER and graph["class"] is RecommenderDeployment
+    assert graph["user_config"]["model"] == io.absolute(str(trained.ranked))
+    (serve_args,) = graph["args"]
+    assert (serve_args.bootstrap_servers, serve_args.partitions, serve_args.world_size) == (bootstrap, 4, 2)
+    spec = StateSpec.from_artifact(trained.ranked, config.stream.dedupe_window, config.stream.max_seen)
+    assert [shard[:2] for shard in graph["shards"]] == [
+        (shard_name(rank), "raymm.serve.shard:StateShard") for rank in range(2)
+    ]
+    for rank, (_, _, kwargs, _) in enumerate(graph["shards"]):
+        wiring = {
+            key: kwargs[key] for key in ("rank", "world_size", "bootstrap_servers", "partitions", "spec")
+        }
+        assert wiring == {
+            "rank": rank,
+            "world_size": 2,
+            "bootstrap_servers": bootstrap,
+            "partitions": 4,
+            "spec": spec.to_json(),
+        }
     # the builder created the missing topics with the configured counts (this call only reads them)
     counts = ensure_topics(bootstrap, {EVENTS_TOPIC: 4, ITEMS_TOPIC: 1, DEAD_LETTER_TOPIC: 1})
     assert counts == {EVENTS_TOPIC: 4, ITEMS_TOPIC: 1, DEAD_LETTER_TOPIC: 1}
