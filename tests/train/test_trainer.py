@@ -50,10 +50,36 @@ def test_the_artifact_holds_every_item_and_a_model_better_than_untrained(trained
     best = artifact.manifest.metrics["validation"]
     assert best["val_recall@20"] > 1.5 * untrained["recall@20"], (best, untrained)
     assert artifact.manifest.metrics["fallback_shrinkage"] in SHRINKAGE_GRID
-    # what serving needs beside the vectors: each item's popularity and the encoders of the features
-    popularity = artifact.item_vectors.column("popularity").to_numpy()
-    assert popularity.sum() > 0 and popularity.min() >= 0
-    assert artifact.model.n_item_ids > 0
+    # what serving needs beside the vectors: each item's popularity, counted here from the
+    # training split's positive events (recency-weighted when a half-life won on validation)
+    train_events = pq.read_table(trained.data / "train.parquet", columns=["item_id", "event", "ts"])
+    positive_kinds = set(trained.config.model.user_state.events)
+    half_life = artifact.manifest.metrics["fallback_half_life_days"]
+    positives = [
+        (item, ts.timestamp() / 86_400)
+        for item, kind, ts in zip(
+            *(train_events.column(c).to_pylist() for c in ("item_id", "event", "ts")), strict=True
+        )
+        if kind in positive_kinds
+    ]
+    latest = max(day for _, day in positives)
+    expected: dict[str, float] = dict.fromkeys(artifact.item_vectors.column("item_id").to_pylist(), 0.0)
+    for item, day in positives:
+        expected[item] += 1.0 if half_life is None else 0.5 ** ((latest - day) / half_life)
+    popularity = dict(
+        zip(
+            artifact.item_vectors.column("item_id").to_pylist(),
+            artifact.item_vectors.column("popularity").to_pylist(),
+            strict=True,
+        )
+    )
+    assert popularity == pytest.approx(expected, rel=1e-9), f"popularity with half-life {half_life}"
+    # one id embedding per warm item: the catalog items with any event in the training split
+    warm = set(train_events.column("item_id").to_pylist()) & set(items.column("item_id").to_pylist())
+    assert trained.config.train.item_id_embeddings
+    assert artifact.model.n_item_ids == len(warm), (
+        f"{artifact.model.n_item_ids} id embeddings, {len(warm)} warm items"
+    )
     with pytest.raises(ModelLoadError, match="text vectors of dimension 22 but the features have 384"):
         load_artifact(trained.model, expected_dims={"text": 384})
 
@@ -122,26 +148,64 @@ def test_two_workers_train_with_gloo_on_cpu(trained: Trained, tmp_path: Path) ->
     assert load_artifact(tmp_path / "model").item_vectors.num_rows == 240
 
 
-def test_mixed_negatives_are_drawn_into_the_loss(facet_data: tuple[Path, Path], tmp_path: Path) -> None:
-    """With loss.mixed_negatives = K the objective scores K uniform catalog items as extra negatives."""
+def test_mixed_negatives_are_drawn_into_the_loss(
+    facet_data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With loss.mixed_negatives = K the objective draws K uniform catalog items and scores them as
+    extra negatives of every row, except where one is that row's own positive: the loss is the
+    sampled softmax written out here over the batch's positives and the drawn items."""
     data, features = facet_data
-    losses = {}
-    for k in (0, 64):
-        config = shared_config(tmp_path, f"model.loss.mixed_negatives={k}")
-        prepared = prepare(config, str(data), str(features))
-        train_table = load_dataset(str(data), tables=()).interactions("train")
-        spec = config.model.user_state
-        examples = build_examples(train_table, prepared.catalog, spec.events, spec.max_history)
-        log_q = target_log_q(examples, prepared.catalog.n_items)
-        objective = NextItemObjective(build_model(prepared, config.seed), prepared.catalog, log_q, False)
-        torch.manual_seed(0)
-        batch = slice(0, 32)
-        losses[k] = objective(
-            torch.from_numpy(examples.history[batch]), torch.from_numpy(examples.target[batch])
-        )
-    assert torch.isfinite(losses[64].rec)
-    # 32 in-batch candidates vs 32 + 64: the softmax has more negatives to push down
-    assert float(losses[64].rec) > float(losses[0].rec)
+    k, batch_size = 64, 32
+    config = shared_config(tmp_path, f"model.loss.mixed_negatives={k}")
+    prepared = prepare(config, str(data), str(features))
+    catalog = prepared.catalog
+    spec = config.model.user_state
+    examples = build_examples(prepared.train_events, catalog, spec.events, spec.max_history)
+    log_q = target_log_q(examples, catalog.n_items)
+    model = build_model(prepared, config.seed).eval()  # no dropout: the loss is a function of the batch
+    objective = NextItemObjective(model, catalog, log_q, False)
+    torch.manual_seed(0)
+    drawn = torch.randint(0, catalog.n_items, (k,))  # the objective's first draw after seeding 0
+    # half the rows have a positive among the drawn items, where that drawn copy must not count
+    collides = np.isin(examples.target, drawn.numpy())
+    half = batch_size // 2
+    rows = np.concatenate([np.flatnonzero(collides)[:half], np.flatnonzero(~collides)[:half]])
+    assert len(rows) == batch_size
+    history, target = torch.from_numpy(examples.history[rows]), torch.from_numpy(examples.target[rows])
+    given: dict[str, object] = {}
+    loss = model.loss
+
+    def spy(*args: object, **kwargs: object) -> object:
+        given.update(kwargs)
+        return loss(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model, "loss", spy)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        rec = float(objective(history, target).rec)
+        vectors = model.encode_items(*catalog.rows(slice(None))).vectors  # every item, once
+        valid = history >= 0
+        users = model.user_vector(vectors[history.clamp(min=0)] * valid.unsqueeze(-1), valid)
+        temperature = model.temperature
+    torch.testing.assert_close(given["negative_ids"], drawn, msg=lambda m: f"not the K items drawn: {m}")
+
+    candidates = torch.cat([target, drawn])  # B in-batch positives, then the K drawn items
+    p = torch.from_numpy(log_q).double().exp()
+    mixed_log_q = torch.log((batch_size * p + k / catalog.n_items) / (batch_size + k)).float()
+    logits = users @ vectors[candidates].T / temperature
+    logits = logits - config.model.loss.logq_correction * mixed_log_q[candidates]
+    same_item = candidates.unsqueeze(0) == target.unsqueeze(1)
+    same_item[torch.arange(batch_size), torch.arange(batch_size)] = False  # the positive itself
+    assert int(same_item[:, batch_size:].any(dim=1).sum()) == half
+
+    def softmax_loss(not_negative: torch.Tensor) -> float:
+        masked = logits.masked_fill(not_negative, float("-inf"))
+        return float((torch.logsumexp(masked, dim=1) - logits.diagonal()).mean())
+
+    assert rec == pytest.approx(softmax_loss(same_item), rel=1e-5)
+    counted = same_item.clone()
+    counted[:, batch_size:] = False  # drawn copies of a row's positive counted as its negatives
+    assert softmax_loss(counted) > rec + 1e-3
 
 
 def test_standardisation_pca_and_cca_are_fitted_on_warm_items_only() -> None:
