@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ import pytest
 
 from raymm.config import RaymmConfig
 from raymm.errors import ConfigError
-from raymm.eval.evaluate import baseline_metrics, eval_setup
+from raymm.eval.evaluate import baseline_metrics, eval_setup, evaluate_model
 from raymm.eval.report import best_single_modality, quality_orderings
+from raymm.recommend.blend import BlendSettings
 from raymm.workflows.ablation import ablation, drop_modality, headline_variant, variant_config, variants
 from tests.conftest import Trained
 from tests.fixtures import small_model_config
@@ -210,14 +212,39 @@ def test_the_ablation_trains_evaluates_and_writes_the_report(trained: Trained, t
     rows = {row["label"]: row for row in document["rows"]}
     for name in ("popularity", "content"):  # the same evaluator ranks baselines and models
         assert rows[name]["metrics"] == baselines[name]
+    # the missing-image copy: exactly half of the items with an image lose it, nothing else changes
+    degraded_dir = out / "features-missing-image-50"
+    source, degraded = pq.read_table(features), pq.read_table(degraded_dir / "part-00000.parquet")
+    present = source.num_rows - source.column("image").null_count
+    hidden = round(0.5 * present)
+    assert document["missing"] == {
+        "features_dir": str(degraded_dir),
+        "modality": "image",
+        "rate": 0.5,
+        "present": present,
+        "hidden": hidden,
+    }
+    assert degraded.column("image").null_count == source.column("image").null_count + hidden
+    assert degraded.drop_columns(["image"]).equals(source.drop_columns(["image"]))
+    # "same model" is the reused model ranked on that copy, which hides what the full row saw
+    same_model = rows["contrastive+gated [image 50% missing, same model]"]
+    assert same_model["model_dir"] == str(trained.model)
+    on_degraded = eval_setup(config, str(data), str(degraded_dir))
     assert (
-        rows["contrastive+gated [image 50% missing, same model]"]["metrics"]
-        != rows["contrastive+gated"]["metrics"]
+        same_model["metrics"]
+        == evaluate_model(str(trained.model), on_degraded, config.evaluate.ks)["metrics"]
     )
+    assert same_model["metrics"] != rows["contrastive+gated"]["metrics"]
     assert hashlib.sha256(features.read_bytes()).hexdigest() == before
     for label in ("text", "concat", "contrastive+gated", "concat [image 50% missing, re-trained]"):
         row = rows[label]  # every trained row: its validation number, best epoch and curve
-        assert 0.0 <= row["validation_ndcg@20"] <= 1.0 and row["val_metric"] == "ndcg@20"
+        # the served blend's validation NDCG@20, as training measured it when it chose that blend
+        recorded = json.loads((Path(row["model_dir"]) / "manifest.json").read_text())["metrics"]
+        chosen = BlendSettings.from_metrics(recorded)
+        assert chosen is not None and row["val_metric"] == "ndcg@20"
+        assert row["validation_ndcg@20"] == pytest.approx(
+            recorded["validation_ndcg_by_blend"][chosen.label()], abs=1e-6
+        ), label
         assert row["validation_curve"] == [h["val_ndcg@20"] for h in row["history"]]
         assert row["best_epoch"] in range(len(row["history"]))
         assert row["validation_curve"][row["best_epoch"]] == max(row["validation_curve"])
@@ -238,8 +265,13 @@ def test_the_ablation_trains_evaluates_and_writes_the_report(trained: Trained, t
         json.loads((out / "report.json").read_text())["rows"][0]["metrics"] == document["rows"][0]["metrics"]
     )
 
-    plots = document["plots"]
-    assert plots["recall_at_k"] and plots["training_curves"]
-    assert plots["fusion_weights"]  # contrastive+gated weighs its three modalities
-    for path in filter(None, plots.values()):
-        assert Path(path).read_bytes()[:8] == PNG_MAGIC
+    # every plot drawn (contrastive+gated weighs its three modalities: a fusion-weights plot), as
+    # a PNG named after it in the report directory
+    names = ("recall_at_k", "fusion_weights", "training_curves")
+    assert document["plots"] == {name: str(out / f"{name}.png") for name in names}
+    for name in names:
+        png = (out / f"{name}.png").read_bytes()
+        width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk, first after the magic
+        assert png[:8] == PNG_MAGIC and png[12:16] == b"IHDR" and width > 100 and height > 100, name
+    weights = rows["contrastive+gated"]["fusion_weights"]
+    assert set(weights) == {"text", "image", "audio"} and sum(weights.values()) == pytest.approx(1.0)
