@@ -214,10 +214,9 @@ class LossConfig(_Section):
         description="How much of log(sampling probability) is subtracted from each candidate's logit "
         "(Yi et al. 2019): 1 the full correction, 0 none (true/false read as 1/0). Fully corrected, "
         "the model estimates the full softmax, popularity included; uncorrected, in-batch negatives "
-        "push popular items down and the scores are relative to popularity. 1 is the default: on the "
-        "synthetic benchmark 0 and 0.5 lowered the served validation NDCG@20 (3 and 1 seeds), while "
-        "on MovieLens-100k 0 raised it by 0.004 (3 seeds) with the served blend adding popularity "
-        "back.",
+        "push popular items down and the scores are relative to popularity, which the served blend "
+        "adds back. 1 is the default: less correction served better on MovieLens-100k and worse on "
+        "the synthetic benchmark (README, Quality).",
     )
     mixed_negatives: int = Field(
         0,

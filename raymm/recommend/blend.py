@@ -34,7 +34,7 @@ from raymm.recommend.scorers import (
 #: (:func:`relative_scale`); 0 is the two-tower alone.
 COLLAB_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 #: Weights popularity keeps for a long history (FallbackScorer's ``popularity_weight``). 10 and 30:
-#: MovieLens-100k chose 3, the old top, on every seed, and 10 on two of three when offered.
+#: MovieLens-100k chose 3, then the top, on every seed, and more when offered.
 POPULARITY_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 #: Passes of the coordinate search over the settings.
 ROUNDS = 2
