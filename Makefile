@@ -29,30 +29,26 @@ format: venv
 	$(BIN)/ruff check --fix raymm tests bench
 	$(BIN)/ruff format raymm tests bench
 
-# The interop tests produce with kcat (librdkafka), an independent Kafka client, and the offline docs
-# test renders /docs in headless Chromium. Install them where we can (root with apt-get, as in CI);
-# anywhere else say loudly that those tests cannot run.
+# $(call need-tool,COMMAND,DEBIAN PACKAGE,WHAT NEEDS IT): install the package where we can (root
+# with apt-get, as in CI); anywhere else say loudly that what needs it cannot run.
+define need-tool
+	@if command -v $(1) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing $(2) (Debian's) for $(3)"; \
+		apt-get install -y -qq $(2) >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq $(2) >/dev/null; }; \
+	else \
+		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+		echo "!! $(1) is not installed and this user cannot install it (not root, or no apt-get):"; \
+		echo "!! $(3) CANNOT RUN and will be skipped. Install $(2) (Debian) first."; \
+		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+	fi
+endef
+
+# The interop tests produce with kcat (librdkafka), an independent Kafka client; the offline docs
+# test renders /docs in headless Chromium.
 interop-tools:
-	@if command -v kcat >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing kcat (librdkafka's command-line client) for the interop tests"; \
-		apt-get install -y -qq kcat >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq kcat >/dev/null; }; \
-	else \
-		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
-		echo "!! kcat is not installed and this user cannot install it (not root, or no apt-get):      !!"; \
-		echo "!! the kcat interop tests CANNOT RUN and will be skipped. Install kcat (librdkafka) first. !!"; \
-		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
-	fi
-	@if command -v chromium >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing chromium (Debian's) for the offline docs test: /docs rendered with no network"; \
-		apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; }; \
-	else \
-		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
-		echo "!! chromium is not installed and this user cannot install it (not root, or no apt-get):  !!"; \
-		echo "!! the offline docs test CANNOT RUN and will be skipped. Install chromium (Debian) first.  !!"; \
-		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
-	fi
+	$(call need-tool,kcat,kcat,the kcat interop tests)
+	$(call need-tool,chromium,chromium,the offline docs test)
 
 test: lint interop-tools
 	$(BIN)/python -m pytest tests --durations=15
