@@ -51,6 +51,8 @@ from raymm.eval.report import FULL, best_single_modality
 from raymm.workflows.ablation import ablation
 
 BENCH = "quality_synth"
+#: Ray starts its worker processes at this niceness.
+RAY_WORKER_NICENESS = 15
 #: The full default ablation (``evaluate.ablation``) plus the other aligners and fusions.
 _BASELINES = ("popularity", "content")
 VARIANTS = (
@@ -204,7 +206,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
     documents = []
-    hogs = start_hogs(args.hogs)
+    # At Ray's worker niceness (15): at 0 they would starve Ray's workers rather than share the cores
+    # (reproducible.py's training took 200x longer under two such hogs).
+    hogs = start_hogs(args.hogs, niceness=RAY_WORKER_NICENESS)
     # Ray workers' output is forwarded to the driver's stdout; keep stdout for the JSON line.
     try:
         with contextlib.redirect_stdout(sys.stderr):

@@ -52,9 +52,12 @@ MODALITIES = ("text", "image", "audio")
 HOG = "while True:\n    pass\n"
 
 
-def start_hogs(n: int) -> list[subprocess.Popen[bytes]]:
-    """``n`` Python processes each spinning one CPU at 100% until stopped."""
-    return [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(n)]
+def start_hogs(n: int, niceness: int = 0) -> list[subprocess.Popen[bytes]]:
+    """``n`` Python processes each spinning one CPU at 100% until stopped, at ``niceness``."""
+    return [
+        subprocess.Popen([sys.executable, "-c", HOG], preexec_fn=lambda: os.nice(niceness))
+        for _ in range(n)
+    ]
 
 
 def stop_hogs(hogs: list[subprocess.Popen[bytes]]) -> None:
