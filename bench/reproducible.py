@@ -55,8 +55,7 @@ HOG = "while True:\n    pass\n"
 def start_hogs(n: int, niceness: int = 0) -> list[subprocess.Popen[bytes]]:
     """``n`` Python processes each spinning one CPU at 100% until stopped, at ``niceness``."""
     return [
-        subprocess.Popen([sys.executable, "-c", HOG], preexec_fn=lambda: os.nice(niceness))
-        for _ in range(n)
+        subprocess.Popen([sys.executable, "-c", HOG], preexec_fn=lambda: os.nice(niceness)) for _ in range(n)
     ]
 
 
