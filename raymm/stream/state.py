@@ -51,6 +51,20 @@ if TYPE_CHECKING:
 _SPILL_CHUNK = 10_000
 
 
+class PartitionNotHeld(KeyError):
+    """A partition this store does not hold (never added, or dropped after a rebalance): a
+    ``KeyError``, so callers that catch that keep working, whose message names the partition, the
+    topic and the partitions that are held."""
+
+    def __init__(self, partition: int, topic: str, held: Sequence[int]) -> None:
+        super().__init__(partition)
+        self.partition = partition
+        self.message = f"partition {partition} of {topic} is not held here (held: {sorted(held) or 'none'})"
+
+    def __str__(self) -> str:  # KeyError's own str() is the repr of its argument
+        return self.message
+
+
 @dataclass(frozen=True)
 class StateSpec:
     """What a user's live state keeps: the model's user-state spec and the dedupe window."""
@@ -277,8 +291,9 @@ class UserStateStore:
             return sorted(self._offsets)
 
     def applied_offset(self, partition: int) -> int:
-        """The offset applied last in ``partition`` (-1: none); ``KeyError`` if not held."""
+        """The offset applied last in ``partition`` (-1: none); :class:`PartitionNotHeld` if not held."""
         with self._lock:
+            self._check_held(partition)
             return self._offsets[partition]
 
     def offsets(self) -> dict[int, int]:
@@ -289,6 +304,7 @@ class UserStateStore:
     def forwarded_offsets(self, partition: int) -> dict[int, int]:
         """``partition``'s {source partition: highest source offset applied} of forwarded events."""
         with self._lock:
+            self._check_held(partition)
             return dict(self._forwarded[partition])
 
     def add_partition(
@@ -314,6 +330,11 @@ class UserStateStore:
                 self._hot[partition][user_id] = record
                 self._lru[(partition, user_id)] = None
             self._evict()
+
+    def _check_held(self, partition: int) -> None:
+        """:class:`PartitionNotHeld` unless ``partition`` is held; call with the lock taken."""
+        if partition not in self._offsets:
+            raise PartitionNotHeld(partition, self.topic, list(self._offsets))
 
     def drop_partition(self, partition: int) -> None:
         """Forget ``partition`` and its users (its new owner restores them from a snapshot)."""
@@ -346,11 +367,12 @@ class UserStateStore:
         A message at or below the applied offset is skipped; ``event=None`` (a message the decoder
         refused, or one forwarded elsewhere) only moves the offset on. ``sources`` maps the offset
         of a forwarded event to its (source partition, source offset); one at or below the highest
-        source offset applied from that partition was forwarded again and is skipped. ``KeyError``
-        if the partition is not held; ``ValueError`` if the offsets go backwards within the batch.
+        source offset applied from that partition was forwarded again and is skipped.
+        :class:`PartitionNotHeld` (a ``KeyError``) if the partition is not held; ``ValueError`` if the offsets go backwards within the batch.
         """
         applied = replayed = duplicates = rejected = forwarded_again = 0
         with self._lock:
+            self._check_held(partition)
             last = self._offsets[partition]
             users = self._hot[partition]
             watermarks = self._forwarded[partition]
@@ -470,6 +492,7 @@ class UserStateStore:
         that thread does not apply events. The lock is taken per chunk, never for the whole walk.
         """
         with self._lock:
+            self._check_held(partition)
             hot = dict(self._hot[partition])
             spill = self._spill
         yield from hot.items()
