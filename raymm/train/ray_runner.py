@@ -10,15 +10,20 @@ rank 0) and the fault-injection hook of the tests.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import posixpath
+import socket
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 
@@ -37,6 +42,54 @@ class TrainingError(RaymmError):
 
 class CheckpointWriteError(TrainingError):
     """A checkpoint could not be written whole to the run's storage; Ray never registers it."""
+
+
+class RunInProgressError(TrainingError):
+    """Another process is training the same run (same name, same storage) right now."""
+
+
+#: Where runs whose storage is remote (S3, GCS) keep their lock: on the driver's machine.
+REMOTE_LOCK_DIR = Path(tempfile.gettempdir()) / "raymm-run-locks"
+
+
+def lock_path(storage_fs: pafs.FileSystem, storage_path: str, name: str) -> Path:
+    """The lock file of run ``name``: beside its directory for local storage (every process that
+    can write the run sees it, NFS included), under :data:`REMOTE_LOCK_DIR` keyed by the run's
+    URI for remote storage (so it guards against a second run from the same machine only)."""
+    if isinstance(storage_fs, pafs.LocalFileSystem):
+        return Path(storage_path) / f"{name}.lock"
+    key = hashlib.sha256(f"{storage_fs.type_name}://{storage_path}/{name}".encode()).hexdigest()[:16]
+    return REMOTE_LOCK_DIR / f"{name}-{key}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(path: Path, name: str, where: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the run ``name`` (checkpoints in ``where``).
+
+    Two runs with the same run key share a checkpoint directory: each would resume from, and
+    prune, the other's checkpoints. The second raises :class:`RunInProgressError` naming the
+    holder's process and host. The kernel drops the lock when its holder exits, however it
+    exits, so a killed run leaves no stale lock behind.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunInProgressError(
+                f"run {name!r} (checkpoints in {where}) is being trained by {holder} right now "
+                f"(lock {path}); wait for it to finish, or train into another out/train.storage_path"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def deterministic() -> None:
@@ -208,14 +261,33 @@ def run_on_ray(
     gains ``config`` (the whole config, as JSON), ``storage`` (the run's directory) and
     ``hooks``. ``dataset`` is sharded to the workers as ``"train"``. Raises
     :class:`TrainingError` naming ``what`` and the run's storage location if the run fails beyond
-    its restarts (storage that stops answering included) or leaves no checkpoint.
+    its restarts (storage that stops answering included) or leaves no checkpoint, and
+    :class:`RunInProgressError` at once if another process is training the same run.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     storage = io.absolute(config.train.storage_path or config.stage_dir("train"))
     storage_fs, storage_path = io.resolve(storage)
     io.makedirs(storage)
+    where = io.join(storage, name)
+    with run_lock(lock_path(storage_fs, storage_path, name), name, where):
+        return _fit(loop, loop_config, config, name, dataset, what, hooks, storage, storage_fs, storage_path)
+
+
+def _fit(
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    config: RaymmConfig,
+    name: str,
+    dataset: Any,
+    what: str,
+    hooks: RunHooks | None,
+    storage: str,
+    storage_fs: pafs.FileSystem,
+    storage_path: str,
+) -> Checkpoint:
+    """:func:`run_on_ray`'s Ray Train run, with the run's lock held."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
     trainer = TorchTrainer(
         loop,
         train_loop_config={
