@@ -61,7 +61,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from _shared import RESULTS, ROOT, finish, log
+from _shared import ROOT, finish, log, result_path
+from _shared.facets import SHOWN, add_noise, cardinalities, facet_codes, one_hots, vector_column
 
 from raymm.config import RaymmConfig, load_config
 from raymm.data.dataset import load_dataset
@@ -75,11 +76,8 @@ from raymm.recommend.vectors import encode_catalog
 
 BENCH = "eval_scale"
 MIB = 1024 * 1024
-#: The facets each modality shows, and the widths of their noisy one-hots (tests/fixtures.py).
-SHOWN = {"text": ("genre", "style", "topic"), "image": ("style", "palette"), "audio": ("genre", "mood")}
 #: Output widths of the encoders raymm extracts with (MiniLM, EfficientNet-Lite0, mel_stats).
 ENCODER_DIMS = {"text": 384, "image": 1280, "audio": 1024}
-NOISE = 0.3
 SAMPLE_S = 0.2
 FLOOR_SCRIPT = "import raymm.cli, raymm.eval.evaluate"
 
@@ -108,15 +106,6 @@ def synth_data(data: Path, n_items: int | None, n_users: int | None, events: int
     }
 
 
-def facet_one_hots(facets: pa.Table, names: tuple[str, ...]) -> np.ndarray:
-    """(N, sum of cardinalities) float32 one-hots of the facets ``names``, concatenated."""
-    parts = []
-    for name in names:
-        codes = facets.column(name).to_numpy()
-        parts.append(np.eye(int(codes.max()) + 1, dtype=np.float32)[codes])
-    return np.concatenate(parts, axis=1)
-
-
 def write_features(data: Path, path: Path, widths: str, seed: int = 0) -> dict[str, int]:
     """Write a features parquet (item_id + one fixed-size list column per modality); returns the widths.
 
@@ -124,15 +113,15 @@ def write_features(data: Path, path: Path, widths: str, seed: int = 0) -> dict[s
     fixed (d, D) Gaussian projection to the encoders' widths, plus noise. Every item has every modality.
     """
     facets = pq.read_table(data / "facets.parquet")
+    codes, cardinality = facet_codes(facets), cardinalities(facets)
     rng = np.random.default_rng(seed)
     columns: dict[str, pa.Array] = {"item_id": facets.column("item_id").combine_chunks()}
     for modality, names in SHOWN.items():
-        matrix = facet_one_hots(facets, names)
+        matrix = one_hots(codes, cardinality, modality)
         if widths == "encoder":
             projection = rng.normal(0, 1 / np.sqrt(len(names)), (matrix.shape[1], ENCODER_DIMS[modality]))
             matrix = matrix @ projection.astype(np.float32)
-        matrix += rng.normal(0, NOISE, matrix.shape).astype(np.float32)
-        columns[modality] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+        columns[modality] = vector_column(add_noise(matrix, rng))
     table = pa.table(columns)
     pq.write_table(table, path)
     return {m: table.schema.field(m).type.list_size for m in SHOWN}
@@ -304,8 +293,7 @@ def main() -> None:
         "total_s": round(time.perf_counter() - started, 1),
         "children_max_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
-    out = args.out or (RESULTS / f"{BENCH}.quick.json" if args.quick else None)
-    finish(BENCH, report, out)
+    finish(BENCH, report, args.out or result_path(BENCH, args.quick))
     if any(run["evaluate"]["returncode"] != 0 for run in runs.values()):
         sys.exit(1)
 

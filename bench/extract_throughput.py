@@ -68,7 +68,8 @@ actor per GPU) and land under ``"gpu"``; there is no GPU target in design.md, so
 are reported, not judged.
 
 Prints one JSON line on stdout and writes it, indented, to ``bench/results/extract_throughput.json``
-(``--quick``: a smoke run on 128 items, written to ``extract_throughput.quick.json``).
+(``--quick``: a smoke run of phase ``modalities`` alone, 128 items of the ``tiny`` catalog, the
+``per_modality`` variant alone, written to ``extract_throughput.quick.json``).
 
     .venv/bin/python bench/extract_throughput.py [--phases modalities,pools,workers]
 """
@@ -77,10 +78,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -94,6 +92,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from _shared import BASE_CONFIG, finish, log, result_path
 
 from raymm.config import EncoderResources, RayConfig, RaymmConfig, load_config
 from raymm.data import io
@@ -103,9 +102,9 @@ from raymm.features.pipeline import extract
 from raymm.features.registry import build_encoder
 from raymm.runtime import init_ray
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE_CONFIG = ROOT / "configs" / "quickstart.yaml"
-RESULTS = ROOT / "bench" / "results"
+BENCH = "extract_throughput"
+#: The target of design.md section 4 this benchmark measures: `make bench` runs it.
+DESIGN_TARGET = "Extraction"
 MODALITIES = ("text", "image", "audio")
 PHASES = ("modalities", "pools", "workers")
 #: The encoder of each modality under test, on top of quickstart.yaml's settings.
@@ -122,6 +121,9 @@ DEFAULT_ITEMS = {"text": 2000, "image": 1000, "audio": 2000}
 DEFAULT_REPLICAS = {"text": 5, "image": 4, "audio": 5}
 DEFAULT_POOL_ITEMS = 2000
 QUICK_ITEMS = 128
+#: ``--quick``: the catalog it takes its items from, and the one Ray variant it runs (the default layout).
+QUICK_CATALOG = "tiny"
+QUICK_VARIANTS = ("per_modality",)
 CPU_THREADS = 2  # the cores of the benchmark: (c) runs this many 1-thread actors
 #: Torch threads of the single-process baselines. 2 uses both cores; 1 is measured too because on a
 #: 2-core host shared with other work, 2 intra-op threads can be many times slower than 1 (a busy
@@ -227,18 +229,18 @@ def base_config(modalities: list[str], extra: list[str] | None = None) -> RaymmC
     return load_config(BASE_CONFIG, overrides)
 
 
-def ensure_catalog(cache: Path) -> Path:
-    """The ``small`` synthetic catalog with no missing modality, generated once into ``cache``."""
-    catalog = cache / "catalog-small-complete"
+def ensure_catalog(cache: Path, size: str = "small") -> Path:
+    """The ``size`` synthetic catalog with no missing modality, generated once into ``cache``."""
+    catalog = cache / f"catalog-{size}-complete"
     if (catalog / ITEMS).is_file() and (catalog / "dataset.json").is_file():
         return catalog
     config = load_config(
         BASE_CONFIG,
-        ["synth.size=small", "synth.missing.text=0", "synth.missing.image=0", "synth.missing.audio=0"],
+        [f"synth.size={size}", "synth.missing.text=0", "synth.missing.image=0", "synth.missing.audio=0"],
     )
     started = time.perf_counter()
     synthesize(config.synth, str(catalog), seed=0, progress=False)
-    log(f"synthesized the small catalog in {time.perf_counter() - started:.1f}s")
+    log(BENCH, f"synthesized the {size} catalog in {time.perf_counter() - started:.1f}s")
     return catalog
 
 
@@ -370,8 +372,11 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 3)
 
 
-def measure(modality: str, data_dir: Path, work: Path, naive_items: int) -> dict[str, Any]:
-    """(a), (b) at each of :data:`BASELINE_THREADS`, then (c) in each variant."""
+def measure(
+    modality: str, data_dir: Path, work: Path, naive_items: int, variants: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """(a), (b) at each of :data:`BASELINE_THREADS`, then (c) in each variant (of ``variants``
+    where given)."""
     section = section_of(base_config([modality]), modality)
     n_items = pq.ParquetFile(data_dir / ITEMS).metadata.num_rows
     naive_values = pq.read_table(data_dir / ITEMS, columns=[modality]).column(modality)
@@ -382,22 +387,22 @@ def measure(modality: str, data_dir: Path, work: Path, naive_items: int) -> dict
     for threads in BASELINE_THREADS:
         naive[threads] = run_naive(modality, section, naive_values, naive_items, threads)
         load[f"naive_{threads}t"] = os.getloadavg()[0]
-        log(f"{modality}: naive, {threads} thread(s): {naive[threads]}")
+        log(BENCH, f"{modality}: naive, {threads} thread(s): {naive[threads]}")
     for threads in BASELINE_THREADS:
         out = work / modality / f"batched-{threads}t"
         batched[threads] = run_batched(modality, section, data_dir, out, "cpu", threads)
         shutil.rmtree(out)
         load[f"batched_{threads}t"] = os.getloadavg()[0]
-        log(f"{modality}: batched, {threads} thread(s): {batched[threads]}")
+        log(BENCH, f"{modality}: batched, {threads} thread(s): {batched[threads]}")
     decode = measure_decode(modality, section, naive_values)
     ray: dict[str, Run] = {}
     for name, (applies_to, overrides) in MODALITY_VARIANTS.items():
-        if modality not in applies_to:
+        if modality not in applies_to or (variants is not None and name not in variants):
             continue
         extra = [o.format(block4=4 * section.batch_size) for o in overrides]
         ray[name] = run_ray(ray_config(modality, extra), data_dir, work / modality / f"ray-{name}")
         load[f"ray_{name}"] = os.getloadavg()[0]
-        log(f"{modality}: ray {name}: {ray[name]}")
+        log(BENCH, f"{modality}: ray {name}: {ray[name]}")
     best_naive = max(naive.values(), key=lambda run: run.items_s)
     best_threads = max(batched, key=lambda t: batched[t].items_s)
     best = batched[best_threads]
@@ -463,7 +468,7 @@ def measure_pools(data_dir: Path, work: Path) -> dict[str, Any]:
                 for m in MODALITIES
             )
         runs[name] = run_ray(config, data_dir, work / "pools" / name)
-        log(f"pools: {name} ({plans[name]}): {runs[name]}")
+        log(BENCH, f"pools: {name} ({plans[name]}): {runs[name]}")
     base = runs["per_modality"]
     return {
         "n_items": base.items,
@@ -497,7 +502,7 @@ def measure_workers(modality: str, data_dir: Path, work: Path) -> dict[str, Any]
         section.min_actors = section.max_actors = actors
         section.num_cpus = 1.0
         runs[actors] = run_ray(config, data_dir, work / "workers" / f"{actors}")
-        log(f"workers: {modality}, {actors} actor(s) x 1 CPU: {runs[actors]}")
+        log(BENCH, f"workers: {modality}, {actors} actor(s) x 1 CPU: {runs[actors]}")
     return {
         "modality": modality,
         "n_items": runs[1].items,
@@ -516,7 +521,7 @@ def measure_gpu(modality: str, data_dir: Path, work: Path, gpus: int) -> dict[st
     section = section_of(config, modality)
     batched = run_batched(modality, section, data_dir, work / modality / "gpu-batched", "cuda", 1)
     ray = run_ray(config, data_dir, work / modality / "gpu-ray")
-    log(f"{modality} gpu: batched {batched}, ray {ray}")
+    log(BENCH, f"{modality} gpu: batched {batched}, ray {ray}")
     return {
         "n_items": batched.items,
         "precision": section.precision,
@@ -526,25 +531,6 @@ def measure_gpu(modality: str, data_dir: Path, work: Path, gpus: int) -> dict[st
         "steady_vs_batched": ratio(ray.steady_items_s, batched.steady_items_s),
         "total_vs_batched": ratio(ray.items_s, batched.items_s),
     }
-
-
-def machine() -> dict[str, Any]:
-    import ray
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "cpus": os.cpu_count(),
-        "gpu": gpu,
-        "gpus": torch.cuda.device_count() if gpu else 0,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "platform": platform.platform(),
-    }
-
-
-def log(message: str) -> None:
-    print(f"[extract_throughput] {message}", file=sys.stderr, flush=True)
 
 
 def _replicas(spec: str | None, audio: int | None, quick: bool) -> dict[str, int]:
@@ -581,7 +567,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--naive-items", type=int, default=None, help="items timed in the naive loop (12)")
     parser.add_argument("--modalities", default=",".join(MODALITIES), help="comma-separated subset")
     parser.add_argument(
-        "--phases", default=",".join(PHASES), help="comma-separated subset of " + ",".join(PHASES)
+        "--phases",
+        default=None,
+        help=f"comma-separated subset of {','.join(PHASES)} (default all; --quick modalities)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: few items, separate result file")
     parser.add_argument("--cache", type=Path, default=None, help="keep the synthetic catalog here")
@@ -597,11 +585,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.modalities) - set(MODALITIES)
     if unknown or not args.modalities:
         parser.error(f"--modalities takes a subset of {','.join(MODALITIES)}, got {args.modalities}")
-    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    args.phases = [
+        p.strip() for p in (args.phases or ("modalities" if quick else ",".join(PHASES))).split(",")
+    ]
+    args.phases = [p for p in args.phases if p]
     if set(args.phases) - set(PHASES) or not args.phases:
         parser.error(f"--phases takes a subset of {','.join(PHASES)}, got {args.phases}")
-    name = "extract_throughput.quick.json" if quick else "extract_throughput.json"
-    args.out = args.out or RESULTS / name
+    args.out = args.out or result_path(BENCH, quick)
     return args
 
 
@@ -621,7 +611,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Ray workers' output is forwarded to the driver's stdout; keep stdout for the JSON line.
     with contextlib.redirect_stdout(sys.stderr):
         try:
-            catalog = ensure_catalog(cache)
+            catalog = ensure_catalog(cache, QUICK_CATALOG if args.quick else "small")
             init_ray(RayConfig(num_cpus=CPU_THREADS))
             data_dirs: dict[str, Path] = {}
             for modality in MODALITIES:
@@ -632,7 +622,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     data_dirs[modality] = write_items(catalog, [modality], n_items, replicas, work / modality)
             if "modalities" in args.phases:
                 for modality in args.modalities:
-                    results[modality] = measure(modality, data_dirs[modality], work, args.naive_items)
+                    variants = QUICK_VARIANTS if args.quick else None
+                    results[modality] = measure(
+                        modality, data_dirs[modality], work, args.naive_items, variants
+                    )
                     if torch.cuda.is_available():
                         gpus = torch.cuda.device_count()
                         gpu_results[modality] = measure_gpu(modality, data_dirs[modality], work, gpus)
@@ -647,9 +640,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ray.shutdown()
             shutil.rmtree(work, ignore_errors=True)
     report: dict[str, Any] = {
-        "bench": "extract_throughput",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {**machine(), "loadavg_1m": {"start": load_before[0], "end": os.getloadavg()[0]}},
+        "machine": {"loadavg_1m": {"start": load_before[0], "end": os.getloadavg()[0]}},
         "quick": args.quick,
         "definitions": {
             "first_batch_s": "seconds from the start of the run to its first output batch",
@@ -668,10 +659,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "gpu": gpu_results or None,
         "runtime_s": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report), flush=True)
-    return report
+    return finish(BENCH, report, args.out)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,6 @@ cores.
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -54,22 +52,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import requests
-from _shared import RESULTS, finish, log
-from serve_latency import (
+from _shared import finish, log, result_path
+from _shared.measure import loadavg, machine_busy_s, other_work_cores, percentiles
+from _shared.serving import (
     PARTITIONS,
+    REPLAY_CHUNK,
     SHARDS,
-    bench_env,
     build_artifact,
     cpu_by_component,
     deployed,
     event_log,
-    loadavg,
-    machine_busy_s,
-    other_work_cores,
-    percentiles,
-    quiet_logs,
     serve_config,
     serve_settings,
+    serving_work,
     shard_totals,
 )
 
@@ -77,10 +72,11 @@ from raymm.serve.runner import recommender_handle
 from raymm.stream.settings import KafkaSettings
 
 BENCH = "freshness"
+#: The target of design.md section 4 this benchmark measures: `make bench` runs it.
+DESIGN_TARGET = "Freshness"
 TARGET_P99_MS = 1000.0
 RATE = 1000.0
 TIMEOUT_S = 5.0
-CHUNK = 10_000
 K = 10
 
 
@@ -107,10 +103,10 @@ class Background:
         offset = 0
         try:
             while not self._stop.is_set():
-                if offset + CHUNK > self.events.num_rows:
+                if offset + REPLAY_CHUNK > self.events.num_rows:
                     offset = 0  # the ids repeat; a replayed id is applied once, as a duplicate
-                chunk = self.events.slice(offset, CHUNK)
-                offset += CHUNK
+                chunk = self.events.slice(offset, REPLAY_CHUNK)
+                offset += REPLAY_CHUNK
                 result = replay(chunk, self.bootstrap, rate=self.rate, kafka=self.kafka)
                 with self._lock:
                     self.sent += result.sent
@@ -316,24 +312,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.probes, args.warmup_s, args.epochs, args.users = 50, 2.0, 1, min(args.users, 300)
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
-    bench_env()
-
-    import ray
-
     started = time.perf_counter()
-    work = args.work or Path(tempfile.mkdtemp(prefix="raymm-freshness-"))
-    work.mkdir(parents=True, exist_ok=True)
-    quiet_logs(work / "logs" / "raymm.log")
-    loads: dict[str, Any] = {"start": loadavg()}
-    try:
+    with serving_work(args.work, args.keep, "raymm-freshness-") as work:
+        loads: dict[str, Any] = {"start": loadavg()}
         built = build_artifact(work, n_items, args.users, args.epochs, args.seed)
         loads["after_build"] = loadavg()
         background = event_log(built.ids, args.background_users, args.seed + 7, prefix="bg")
         runs = {broker: measure(built, background, work, broker, args) for broker in brokers}
-    finally:
-        ray.shutdown()
-        if not args.keep and args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
 
     headline = runs[brokers[0]]
     report = {
@@ -370,8 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loadavg_1m": {**loads, "end": loadavg()},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    out = args.out or RESULTS / (f"{BENCH}.quick.json" if args.quick else f"{BENCH}.json")
-    return finish(BENCH, report, out)
+    return finish(BENCH, report, args.out or result_path(BENCH, args.quick))
 
 
 if __name__ == "__main__":

@@ -44,26 +44,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from _shared import BASE_CONFIG, finish, log
+from _shared.measure import start_hogs, stop_hogs
 
 from raymm.config import RaymmConfig, load_config
 
 BENCH = "reproducible"
 MODALITIES = ("text", "image", "audio")
-HOG = "while True:\n    pass\n"
-
-
-def start_hogs(n: int, niceness: int = 0) -> list[subprocess.Popen[bytes]]:
-    """``n`` Python processes each spinning one CPU at 100% until stopped, at ``niceness``."""
-    return [
-        subprocess.Popen([sys.executable, "-c", HOG], preexec_fn=lambda: os.nice(niceness)) for _ in range(n)
-    ]
-
-
-def stop_hogs(hogs: list[subprocess.Popen[bytes]]) -> None:
-    for hog in hogs:  # only the processes this benchmark started, each by its own handle
-        hog.kill()
-    for hog in hogs:
-        hog.wait()
 
 
 def run_pipeline(config: RaymmConfig, data: Path, root: Path) -> dict[str, Any]:

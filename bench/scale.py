@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from _shared import BASE_CONFIG, RESULTS, ROOT, finish, log
+from _shared import SCALE_SETTINGS as SETTINGS
 
 from raymm.config import load_config
 from raymm.data.synth import resolve_sizes
@@ -80,22 +81,6 @@ PSS_EVERY_S = 5.0
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 STAGES = ("synth", "extract", "train", "rank", "evaluate")
-#: Overrides on configs/quickstart.yaml at every size (see the module docstring).
-SETTINGS = (
-    "extract.image.image_size=64",
-    # Two text actors: MiniLM is the slowest encoder (~16 ms per item on one thread here), and one
-    # single-threaded actor would leave the second core to the light image and audio pools. The
-    # four actors share the 1 CPU the pools may reserve (the other is Ray Data's file listing).
-    "extract.text.min_actors=2",
-    "extract.text.max_actors=2",
-    "extract.text.num_cpus=0.25",
-    "extract.image.num_cpus=0.25",
-    "extract.audio.num_cpus=0.25",
-    "train.epochs=1",
-    "train.batch_size=1024",
-    "rank.epochs=1",
-    "rank.batch_size=1024",
-)
 
 
 @dataclass(frozen=True)

@@ -75,161 +75,50 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import functools
 import json
-import logging
-import os
 import shutil
-import socket
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-from _shared import RESULTS, finish, log
+from _shared import finish, log, result_path
+from _shared.measure import loadavg, machine_busy_s, other_work_cores, percentiles
+from _shared.serving import (
+    PARTITIONS,
+    REQUEST_TIMEOUT_S,
+    SHARDS,
+    Built,
+    HttpLoad,
+    K,
+    build_artifact,
+    cpu_by_component,
+    deployed,
+    folded_states,
+    replay_state,
+    serve_config,
+    serve_settings,
+    serving_work,
+    shard_totals,
+)
 
-from raymm.config import RaymmConfig, load_config
+from raymm.config import load_config
 from raymm.recommend.index import IndexChoice
 from raymm.serve.runner import recommender_handle
 
 BENCH = "serve_latency"
+#: The target of design.md section 4 this benchmark measures: `make bench` runs it.
+DESIGN_TARGET = "Serving"
 TARGET_P99_MS = 50.0
 TARGET_RATE = 100.0
-K = 10
-#: The facets each modality shows (tests/fixtures.py), and the share of images it leaves out.
-SHOWN = {"text": ("genre", "style", "topic"), "image": ("style", "palette"), "audio": ("genre", "mood")}
-NOISE = 0.3
-MISSING_IMAGE = 0.3
-KINDS = ("view", "click", "like", "purchase", "play", "skip")
-KIND_WEIGHTS = (0.5, 0.2, 0.1, 0.05, 0.1, 0.05)
-ZIPF = 0.8
-PARTITIONS = 4
-SHARDS = 2
-REPLICAS = 2
 BATCH = 32  # the recommender's @serve.batch max_batch_size
-DAY_MS = 86_400_000
-#: A request not answered in this long is an error (and its latency this long).
-REQUEST_TIMEOUT_S = 20.0
 #: A rate whose p50 is above this saturated the app: the rates above it (but the target's) are skipped.
 SATURATED_P50_MS = 1000.0
 
 
-def loadavg() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-def quiet_logs(log_file: Path) -> None:
-    """Ray's, Serve's and kafka-python's INFO go to ``log_file``; the console keeps the stages."""
-    import ray.serve  # noqa: F401  its import adds a console handler to "ray.serve": route after it
-
-    from raymm import console
-
-    console.configure_logging(str(log_file), verbose=False)
-    for name in ("kafka", "aiohttp"):
-        logger = logging.getLogger(name)
-        logger.addHandler(logging.NullHandler())
-        logger.propagate = False
-
-
-@functools.cache
-def serve_port() -> int:
-    """A free port, chosen once per process: Serve's HTTP proxy keeps the port it started with
-    for every later deployment in the same Ray instance."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def percentiles(values_ms: np.ndarray | list[float]) -> dict[str, float | int | None]:
-    values = np.asarray(values_ms, dtype=np.float64)
-    if values.size == 0:
-        return {"n": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
-    return {
-        "n": int(values.size),
-        "p50_ms": round(float(np.percentile(values, 50)), 3),
-        "p90_ms": round(float(np.percentile(values, 90)), 3),
-        "p99_ms": round(float(np.percentile(values, 99)), 3),
-        "max_ms": round(float(values.max()), 3),
-        "mean_ms": round(float(values.mean()), 3),
-    }
-
-
 # -- CPU time by component ------------------------------------------------------------------------
-
-#: Process title (``/proc/<pid>/cmdline``) prefixes -> component; the first match wins.
-COMPONENTS = (
-    ("ray::ProxyActor", "serve_proxy"),
-    ("ray::ServeController", "serve_controller"),
-    ("ray::ServeReplica", "replica"),  # + its deployment's name, below
-    ("ray::StateShard", "state_shards"),
-    ("ray::", "ray_other_actors"),
-)
-
-
-def _processes() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, title, CPU seconds) of every process we may read."""
-    tick = os.sysconf("SC_CLK_TCK")
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                title = cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        found[int(entry)] = (int(fields[1]), title, (int(fields[11]) + int(fields[12])) / tick)
-    return found
-
-
-def _component(pid: int, title: str) -> str:
-    if pid == os.getpid():
-        return "driver_and_load_client"
-    if "noida" in title or "tansu" in title:
-        return "broker"
-    if title.split(" ", 1)[0].endswith("/haproxy"):  # Serve's HTTP proxy in throughput mode
-        return "serve_proxy"
-    for prefix, name in COMPONENTS:
-        if title.startswith(prefix):
-            if name == "replica":  # ray::ServeReplica:<app>:<deployment>[.<method running>]
-                return f"replica_{title.split()[0].rsplit(':', 1)[-1].split('.')[0].lower()}"
-            return name
-    return "ray_core"  # raylet, gcs_server, dashboard and agents
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (``/proc/stat``: all but idle and iowait)."""
-    with open("/proc/stat") as stat:
-        fields = [int(v) for v in stat.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_by_component() -> dict[str, float]:
-    """CPU seconds so far of this process and its descendants (the Ray instance it started, the
-    broker), summed by component. Other work on the machine is not counted."""
-    processes = _processes()
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _, _) in processes.items():
-        children.setdefault(parent, []).append(pid)
-    totals: dict[str, float] = {}
-    stack = [os.getpid()]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        if pid in processes:
-            _, title, cpu = processes[pid]
-            name = _component(pid, title)
-            totals[name] = totals.get(name, 0.0) + cpu
-    return totals
 
 
 def idle_cores(seconds: float) -> dict[str, float]:
@@ -243,12 +132,6 @@ def idle_cores(seconds: float) -> dict[str, float]:
     return {**cores, "other_work": other_work_cores(busy, machine_busy_s(), ours, wall)}
 
 
-def other_work_cores(busy_before: float, busy_after: float, ours: float, wall: float) -> float:
-    """Cores the machine spent on work outside this benchmark's processes over ``wall`` seconds
-    (``ours`` = CPU seconds of this process and its descendants meanwhile)."""
-    return round(max(0.0, busy_after - busy_before - ours) / wall, 2)
-
-
 def cpu_ms_per_request(
     before: dict[str, float], after: dict[str, float], requests: int, wall: float, idle: dict[str, float]
 ) -> dict[str, float]:
@@ -259,106 +142,7 @@ def cpu_ms_per_request(
     return {**per, "total": round(1000 * sum(spent.values()) / requests, 3)}
 
 
-# -- the model: trained on the tiny facet dataset, item tower over 100k items -------------------
-
-
-def tiny_facet_dataset(root: Path, seed: int) -> tuple[Path, Path]:
-    """(data directory, features file): the ``tiny`` benchmark and its facet features, as
-    ``tests/fixtures.py::facet_dataset`` makes them."""
-    from raymm.data.synth import synthesize
-
-    config = load_config(None, ["synth.size=tiny", f"synth.missing.image={MISSING_IMAGE}"])
-    synthesize(config.synth, str(root / "data"), seed=seed, progress=False)
-    facets = pq.read_table(root / "data" / "facets.parquet")
-    items = pq.read_table(root / "data" / "items.parquet")
-    rng = np.random.default_rng(0)
-    columns: dict[str, pa.Array] = {"item_id": facets.column("item_id").combine_chunks()}
-    for modality, names in SHOWN.items():
-        codes = [facets.column(n).to_numpy() for n in names]
-        matrix = np.concatenate([np.eye(int(c.max()) + 1)[c] for c in codes], axis=1).astype(np.float32)
-        matrix += rng.normal(0, NOISE, matrix.shape).astype(np.float32)
-        missing = pa.array(np.asarray(items.column(modality).is_null()))
-        values = pa.array(matrix.reshape(-1))
-        columns[modality] = pa.FixedSizeListArray.from_arrays(values, matrix.shape[1], mask=missing)
-    pq.write_table(pa.table(columns), root / "features.parquet")
-    return root / "data", root / "features.parquet"
-
-
-def train_config(out: Path, epochs: int) -> RaymmConfig:
-    """The model's default widths; the Ray and batch settings of ``small_model_config``."""
-    return load_config(
-        None,
-        [
-            f"out={out}",
-            "ray.num_cpus=2",
-            "train.batch_size=128",
-            f"train.epochs={epochs}",
-            "train.patience=5",
-            "rank.epochs=3",
-            "rank.batch_size=256",
-        ],
-    )
-
-
-def item_ids(n_items: int, tiny_ids: list[str]) -> list[str]:
-    """The tiny catalog's ids, then ``bench-NNNNNN`` up to ``n_items``."""
-    return tiny_ids + [f"bench-{k:06d}" for k in range(n_items - len(tiny_ids))]
-
-
-def event_log(ids: list[str], n_users: int, seed: int, prefix: str = "user") -> pa.Table:
-    """A time-ordered interactions table: ``n_users`` users with 10-30 events each over ``ids``."""
-    rng = np.random.default_rng(seed)
-    per_user = rng.integers(10, 31, size=n_users)
-    users = np.repeat(np.arange(n_users), per_user)
-    rng.shuffle(users)
-    n = users.size
-    weights = 1.0 / np.arange(1, len(ids) + 1) ** ZIPF
-    items = rng.permutation(len(ids))[rng.choice(len(ids), size=n, p=weights / weights.sum())]
-    kinds = rng.choice(len(KINDS), size=n, p=KIND_WEIGHTS)
-    now_ms = int(time.time() * 1000)
-    ts = np.sort(now_ms - rng.integers(60_000, DAY_MS, size=n))
-    id_array = np.asarray(ids, dtype=object)
-    return pa.table(
-        {
-            "user_id": pa.array([f"{prefix}-{u:05d}" for u in users.tolist()]),
-            "item_id": pa.array(id_array[items].tolist()),
-            "event": pa.array([KINDS[k] for k in kinds.tolist()]),
-            "ts": pa.array(ts, pa.timestamp("ms", tz="UTC")),
-            "event_id": pa.array([f"{prefix}-e{seed}-{i}" for i in range(n)]),
-        }
-    )
-
-
-def positive_counts(events: pa.Table, ids: list[str], positive: list[str]) -> np.ndarray:
-    import pyarrow.compute as pc
-
-    kept = events.filter(pc.is_in(events.column("event"), value_set=pa.array(positive)))
-    rows = pc.index_in(kept.column("item_id"), value_set=pa.array(ids)).to_numpy(zero_copy_only=False)
-    return np.bincount(rows.astype(np.int64), minlength=len(ids))
-
-
-@dataclass
-class Built:
-    """The artifacts and what went into them."""
-
-    model: Path
-    ranked: Path | None
-    ids: list[str]
-    events: pa.Table
-    info: dict[str, Any]
-
-
-def _grown_collab(artifact: Any, vectors: torch.Tensor, n_tiny: int) -> Any:
-    """The tiny model's item-item vectors for its own items and, for the catalog's other items,
-    the ones its content map gives (as serving gives a live item); None when it has none."""
-    from raymm.models.artifact import CollabVectors
-    from raymm.recommend.collab import map_content
-
-    tiny = artifact.collab_vectors()
-    if tiny is None:
-        return None
-    query, items = map_content(vectors[n_tiny:], tiny.content_map)
-    return CollabVectors(torch.cat([tiny.query, query]), torch.cat([tiny.items, items]), tiny.content_map)
+# -- the model's served blend ---------------------------------------------------------------------
 
 
 def with_blend(model_dir: Path, out: Path, collab: bool) -> Path:
@@ -381,218 +165,6 @@ def with_blend(model_dir: Path, out: Path, collab: bool) -> Path:
     manifest["metrics"].update(settings.to_metrics())
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
-
-
-def build_artifact(
-    work: Path, n_items: int, n_users: int, epochs: int, seed: int, ranker: bool = False
-) -> Built:
-    """Train on the tiny facet dataset, encode ``n_items`` items with its item tower and write the
-    artifact (and a copy with the ranker); see the module docstring, step 1."""
-    from raymm.models.artifact import load_artifact, ranker_dir, record_stage, write_artifact
-    from raymm.models.ranker import write_item_inputs
-    from raymm.recommend.catalog import Catalog
-    from raymm.recommend.rerank import ranker_inputs
-    from raymm.recommend.vectors import encode_catalog
-    from raymm.train.rank_trainer import train_ranker
-    from raymm.train.trainer import prepare, train
-
-    saved = work / "built.json"
-    if saved.is_file() and (work / "model" / "manifest.json").is_file():
-        document = json.loads(saved.read_text())
-        if document["key"] == [n_items, n_users, epochs, seed] and (not ranker or document["ranked"]):
-            log(BENCH, f"reusing the artifact built in {work} before")
-            ranked = work / "ranked" if ranker else None
-            events = pq.read_table(work / "events.parquet")
-            return Built(
-                work / "model", ranked, document["ids"], events, {**document["info"], "reused": True}
-            )
-    shutil.rmtree(work / "tiny", ignore_errors=True)
-    started = time.perf_counter()
-    data, features_file = tiny_facet_dataset(work / "tiny", seed)
-    config = train_config(work / "tiny", epochs)
-    train(config, str(data), str(features_file), str(work / "tiny" / "model"))
-    train_s = time.perf_counter() - started
-    log(BENCH, f"trained the two-tower model on the tiny facet dataset in {train_s:.0f}s")
-    if ranker:
-        shutil.copytree(work / "tiny" / "model", work / "tiny" / "ranked")
-        train_ranker(config, str(data), str(features_file), str(work / "tiny" / "ranked"))
-        log(BENCH, f"trained the ranker in {time.perf_counter() - started - train_s:.0f}s")
-
-    encode_started = time.perf_counter()
-    artifact = load_artifact(work / "tiny" / "model")
-    model = artifact.model
-    tiny = prepare(config, str(data), str(features_file)).catalog
-    rng = np.random.default_rng(seed + 1)
-    extra = n_items - tiny.n_items
-    facets = pq.read_table(data / "facets.parquet")
-    cardinality = {
-        name: int(facets.column(name).to_numpy().max()) + 1 for names in SHOWN.values() for name in names
-    }
-    codes = {name: rng.integers(0, size, size=extra) for name, size in cardinality.items()}
-    features, present = {}, {}
-    for modality, names in SHOWN.items():
-        matrix = np.concatenate([np.eye(cardinality[n], dtype=np.float32)[codes[n]] for n in names], axis=1)
-        matrix += rng.normal(0, NOISE, matrix.shape).astype(np.float32)
-        missing_rate = 1.0 - float(tiny.present[modality].float().mean())
-        mask = rng.random(extra) >= missing_rate
-        matrix[~mask] = 0.0
-        features[modality] = torch.cat([tiny.features[modality], torch.from_numpy(matrix)])
-        present[modality] = torch.cat([tiny.present[modality], torch.from_numpy(mask)])
-    ids = item_ids(n_items, [str(i) for i in tiny.item_ids])
-    catalog = Catalog(
-        np.asarray(ids, dtype=object),
-        features,
-        present,
-        torch.cat([tiny.id_index, torch.zeros(extra, dtype=torch.long)]),
-        [[] for _ in ids],
-        [],
-    )
-    torch.set_num_threads(2)
-    encoding = encode_catalog(model, catalog)
-    events = event_log(ids, n_users, seed)
-    counts = positive_counts(events, ids, list(model.config.user_state.events))
-    manifest = artifact.manifest
-    write_artifact(
-        work / "model",
-        model,
-        catalog.item_ids,
-        encoding.vectors.numpy(),
-        config=manifest.config,
-        metrics=manifest.metrics,
-        data_fingerprint="servebench",
-        encoders={m: e.model_dump() for m, e in manifest.encoders.items()},
-        popularity=counts,
-        aligned=encoding.projected,
-        aligned_present=encoding.present,
-        collab=_grown_collab(artifact, encoding.vectors, tiny.n_items),
-    )
-    ranked = None
-    if ranker:
-        ranked = work / "ranked"
-        shutil.copytree(work / "model", ranked)
-        source = Path(ranker_dir(work / "tiny" / "ranked"))
-        target = Path(ranker_dir(ranked))
-        target.mkdir(exist_ok=True)
-        for name in ("config.json", "weights.safetensors"):
-            shutil.copy2(source / name, target / name)
-        write_item_inputs(target, ranker_inputs(model, catalog, counts))
-        tiny_manifest = load_artifact(work / "tiny" / "ranked").manifest
-        record_stage(ranked, "rank", dict(tiny_manifest.stages["rank"]))
-    info = {
-        "trained_on": "tiny synthetic benchmark (240 items, 120 users), facet features",
-        "epochs": epochs,
-        "train_s": round(train_s, 1),
-        "encode_and_write_s": round(time.perf_counter() - encode_started, 1),
-        "embed_dim": int(encoding.vectors.shape[1]),
-        "shared_dim": int(model.config.align.shared_dim),
-        "align": model.config.align.method,
-        "fusion": model.config.fusion.method,
-        "user_pooling": model.config.user_state.pooling,
-        "max_history": model.config.user_state.max_history,
-        "n_items": n_items,
-        "trained_items_with_id_embedding": int((tiny.id_index > 0).sum()),
-        "fallback_shrinkage": manifest.metrics.get("fallback_shrinkage"),
-        "validation": manifest.metrics.get("validation"),
-    }
-    pq.write_table(events, work / "events.parquet")
-    saved.write_text(
-        json.dumps({"key": [n_items, n_users, epochs, seed], "ranked": ranker, "ids": ids, "info": info})
-    )
-    log(
-        BENCH,
-        f"{n_items} items through the item tower ({info['embed_dim']}-d) and written in "
-        f"{info['encode_and_write_s']:.0f}s",
-    )
-    return Built(work / "model", ranked, ids, events, info)
-
-
-# -- the deployment -------------------------------------------------------------------------------
-
-
-def bench_env() -> None:
-    """The serving benchmarks' process environment, set before any Ray start (building the model
-    starts Ray): offline Hugging Face, and Serve's throughput mode (``raymm.runtime.serve_env``)."""
-    from raymm.runtime import serve_env
-
-    for name, value in {"HF_HUB_OFFLINE": "1", **serve_env()}.items():
-        os.environ.setdefault(name, value)
-
-
-def serve_config(work: Path, broker: str = "noida", overrides: list[str] | None = None) -> RaymmConfig:
-    """Serving under ``work/serve`` (broker data, snapshots) with the embedded ``broker``: emptied
-    first, so a reused work directory starts with an empty topic and no state. ``overrides`` are
-    ``--set`` strings (``serve.recommender_replicas=2``)."""
-    shutil.rmtree(work / "serve", ignore_errors=True)
-    # One recommender replica per core: a replica answers HTTP, batches and calls the shards on
-    # one Python thread, which saturated near 100 requests/s here (p50 > 1 s in one of three runs).
-    base = [
-        f"out={work / 'serve'}",
-        "ray.num_cpus=2",
-        "ray.serve_throughput_mode=true",  # HAProxy and direct ingress (raymm.runtime.serve_env)
-        f"serve.state_shards={SHARDS}",
-    ]
-    config = load_config(None, [*base, f"serve.recommender_replicas={REPLICAS}", *(overrides or [])])
-    config.serve.port = serve_port()
-    config.kafka = config.kafka.model_copy(update={"partitions": PARTITIONS, "embedded_broker": broker})
-    return config
-
-
-def serve_settings(config: RaymmConfig) -> dict[str, Any]:
-    s = config.serve
-    return {
-        "partitions": config.kafka.partitions,
-        "state_shards": s.state_shards,
-        "recommender_replicas": s.recommender_replicas,
-        "recommender_num_cpus": s.recommender_num_cpus,
-        "index": s.index,
-        "faiss_min_items": s.faiss_min_items,
-        "nprobe": s.nprobe,
-        "serve_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("RAY_SERVE_")},
-        "shard_num_cpus": s.shard_num_cpus,
-        "broker": config.kafka.embedded_broker,
-        "ray_num_cpus": config.ray.num_cpus,
-        "batch": {"max_batch_size": s.max_batch_size, "batch_wait_ms": s.batch_wait_ms},
-    }
-
-
-def shard_totals(client: Any) -> tuple[int, int | None, list[dict[str, Any]]]:
-    """(events applied, total lag or None, the shards' reports) from ``/healthz``."""
-    _, body = client.request("GET", "/healthz")
-    shards = body.get("shards", []) if isinstance(body, dict) else []
-    applied = sum(int(s.get("applied", 0)) for s in shards)
-    lags = [s.get("lag") for s in shards]
-    lag = None if any(v is None for v in lags) else sum(lags)
-    return applied, lag, shards
-
-
-def wait_applied(client: Any, expected: int, timeout_s: float = 300.0) -> float:
-    """Seconds until the shards have applied ``expected`` events (TimeoutError otherwise)."""
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout_s:
-        applied, lag, _ = shard_totals(client)
-        if applied >= expected and lag == 0:
-            return time.perf_counter() - started
-        time.sleep(0.25)
-    raise TimeoutError(f"shards applied {applied} of {expected} events in {timeout_s:.0f}s")
-
-
-@contextlib.contextmanager
-def deployed(config: RaymmConfig, model: Path) -> Iterator[Any]:
-    from raymm.serve.runner import running_app
-
-    with running_app(config, str(model)) as app:
-        yield app
-
-
-def replay_state(app: Any, events: pa.Table, config: RaymmConfig) -> dict[str, Any]:
-    """Replay ``events`` as fast as the producer goes and wait until every one is applied."""
-    from raymm.stream.producer import replay
-
-    client = app.client()
-    before, _, _ = shard_totals(client)
-    result = replay(events, app.bootstrap_servers, kafka=config.kafka)
-    wait_s = wait_applied(client, before + result.sent)
-    return {"events": result.sent, "replay_rate": round(result.rate, 1), "applied_after_s": round(wait_s, 2)}
 
 
 # -- open-loop load -------------------------------------------------------------------------------
@@ -673,34 +245,6 @@ async def open_loop(
         # the machine's busy CPU less ours: other jobs sharing the cores (should be ~0)
         "other_work_cores": other_work_cores(busy0, busy1, ours, wall),
     }
-
-
-class HttpLoad:
-    """GET /v1/recommendations/{user}?k=10 over keep-alive connections (aiohttp)."""
-
-    def __init__(self, url: str, users: list[str]) -> None:
-        self.url, self.users = url.rstrip("/"), users
-        self.session: Any = None
-
-    async def __aenter__(self) -> HttpLoad:
-        import aiohttp
-
-        connector = aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=60)
-        self.session = aiohttp.ClientSession(connector=connector)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.session.close()
-
-    async def call(self, i: int) -> str | None:
-        user = self.users[i % len(self.users)]
-        async with self.session.get(f"{self.url}/v1/recommendations/{user}", params={"k": K}) as response:
-            if response.status != 200:  # before decoding: HAProxy's 503/504 pages are not JSON
-                return f"HTTP {response.status}: {(await response.text())[:100]}"
-            body = await response.json(content_type=None)
-        if body.get("user_id") != user or body.get("fallback") is not None or len(body["items"]) != K:
-            return f"unexpected answer: fallback {body.get('fallback')}, {len(body.get('items', []))} items"
-        return None
 
 
 async def http_rates(
@@ -998,16 +542,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     if TARGET_RATE not in rates:
         parser.error(f"--rates must include {TARGET_RATE:g} (the target's rate)")
-    bench_env()
-
-    import ray
-
     started = time.perf_counter()
-    work = args.work or Path(tempfile.mkdtemp(prefix="raymm-servebench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    quiet_logs(work / "logs" / "raymm.log")
-    loads: dict[str, Any] = {"start": loadavg()}
-    try:
+    with serving_work(args.work, args.keep, "raymm-servebench-") as work:
+        loads: dict[str, Any] = {"start": loadavg()}
         built = build_artifact(work, n_items, args.users, args.epochs, args.seed, ranker=args.ranker)
         loads["after_build"] = loadavg()
         runs = {}
@@ -1019,10 +556,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs[f"ranker_{brokers[0]}"] = measure_app(
                 built, built.ranked, args, [TARGET_RATE], work, f"ranker_{brokers[0]}", brokers[0]
             )
-    finally:
-        ray.shutdown()
-        if not args.keep and args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
 
     summary = {}
     for name, run in runs.items():
@@ -1071,39 +604,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 1),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    out = args.out or RESULTS / (f"{BENCH}.quick.json" if args.quick else f"{BENCH}.json")
-    return finish(BENCH, report, out)
-
-
-def folded_states(events: pa.Table, positive: list[str]) -> dict[str, dict[str, Any]]:
-    """Each user's state as the shards would hold it after the log (no Serve): every item seen,
-    the positive ones in time order as the history (the recommender keeps the window)."""
-    ordered = events.sort_by([("user_id", "ascending"), ("ts", "ascending")])
-    states: dict[str, dict[str, Any]] = {}
-    for user, item, event in zip(
-        ordered.column("user_id").to_pylist(),
-        ordered.column("item_id").to_pylist(),
-        ordered.column("event").to_pylist(),
-        strict=True,
-    ):
-        state = states.setdefault(user, {"history": [], "seen": []})
-        state["seen"].append(item)
-        if event in positive:
-            state["history"].append(item)
-    return states
+    return finish(BENCH, report, args.out or result_path(BENCH, args.quick))
 
 
 def in_process_only(args: argparse.Namespace, n_items: int) -> dict[str, Any]:
     """What the item-item part costs a request in process: the served index over the same 100k
     items with the item-item part off (the baseline) and on, one user per call, one thread."""
-    from raymm.config import load_config
 
-    bench_env()
     started = time.perf_counter()
-    work = args.work or Path(tempfile.mkdtemp(prefix="raymm-servebench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    quiet_logs(work / "logs" / "raymm.log")
-    try:
+    with serving_work(args.work, args.keep, "raymm-servebench-") as work:
         built = build_artifact(work, n_items, args.users, args.epochs, args.seed)
         config = load_config(None, args.set)
         index = IndexChoice(config.serve.index, config.serve.faiss_min_items, config.serve.nprobe)
@@ -1113,9 +622,6 @@ def in_process_only(args: argparse.Namespace, n_items: int) -> dict[str, Any]:
         for name, collab in (("two_tower", False), ("two_tower_item_item", True)):
             model_dir = with_blend(built.model, work / f"model-{name}", collab)
             rows[name] = in_process(model_dir, states, order, index)
-    finally:
-        if not args.keep and args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
     base, with_collab = (rows[n]["recommend"]["p99_ms"] for n in ("two_tower", "two_tower_item_item"))
     report = {
         "question": "in-process p99 of recommend() with the item-item part, against the same model without it",
@@ -1128,8 +634,7 @@ def in_process_only(args: argparse.Namespace, n_items: int) -> dict[str, Any]:
         "rows": rows,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    out = args.out or RESULTS / f"{BENCH}.collab.json"
-    return finish(BENCH, report, out)
+    return finish(BENCH, report, args.out or result_path(BENCH, variant="collab"))
 
 
 if __name__ == "__main__":

@@ -98,8 +98,6 @@ import concurrent.futures
 import math
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -108,24 +106,22 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from _shared import RESULTS, finish, log
-from freshness import CHUNK
-from serve_latency import (
+from _shared import finish, log, result_path
+from _shared.measure import loadavg, percentiles
+from _shared.serving import (
     PARTITIONS,
+    REPLAY_CHUNK,
     REQUEST_TIMEOUT_S,
     SHARDS,
     HttpLoad,
-    bench_env,
     build_artifact,
     deployed,
     event_log,
     folded_states,
-    loadavg,
-    percentiles,
-    quiet_logs,
     replay_state,
     serve_config,
     serve_settings,
+    serving_work,
 )
 
 from raymm.config import RaymmConfig
@@ -184,8 +180,8 @@ class EventStream:
         self.first = event_log(ids, n_users, seed + 1, PREFIX)
         self.bootstrap, self.rate, self.kafka = bootstrap, rate, config.kafka
         self.sent = self.passes = 0
-        # 10,000 events (freshness.py's chunk) or 5 s of them: the pace is set again each chunk
-        self.chunk = min(CHUNK, max(1, round(CHUNK_S * rate)))
+        # REPLAY_CHUNK events (as freshness.py's) or 5 s of them: the pace is set again each chunk
+        self.chunk = min(REPLAY_CHUNK, max(1, round(CHUNK_S * rate)))
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soak-events", daemon=True)
@@ -789,14 +785,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not 0 <= args.warmup_s < args.duration_s or args.sample_s <= 0 or args.window_s <= 0:
         parser.error("need 0 <= --warmup-s < --duration-s, and positive --sample-s and --window-s")
     bound = max(1, math.ceil(args.in_memory_fraction * args.users / SHARDS))
-    bench_env()
-
-    import ray
-
     started = time.perf_counter()
-    work = args.work or Path(tempfile.mkdtemp(prefix="raymm-soak-"))
-    work.mkdir(parents=True, exist_ok=True)
-    quiet_logs(work / "logs" / "raymm.log")
     overrides = [
         f"serve.recommender_replicas={args.replicas}",
         f"stream.max_users_in_memory={bound}",
@@ -804,9 +793,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         *([f"kafka.bootstrap_servers={args.bootstrap}"] if args.bootstrap else []),
         *args.set,
     ]
-    config = serve_config(work / "soak", args.broker, overrides)
-    loads: dict[str, Any] = {"start": loadavg()}
-    try:
+    with serving_work(args.work, args.keep, "raymm-soak-") as work:
+        config = serve_config(work / "soak", args.broker, overrides)
+        loads: dict[str, Any] = {"start": loadavg()}
         if args.address:  # before the build, which would start a local instance
             from raymm.runtime import init_ray
 
@@ -814,10 +803,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         built = build_artifact(work, n_items, args.artifact_users, args.epochs, args.seed)
         loads["after_build"] = loadavg()
         run = measure(built, config, args)
-    finally:
-        ray.shutdown()
-        if not args.keep and args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
 
     report = {
         "question": "throughput, p50/p99, lag and each process's memory under 1k events/s and 100 requests/s, "
@@ -863,8 +848,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loadavg_1m": {**loads, **run["loadavg_1m"], "end": loadavg()},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    out = args.out or RESULTS / (f"{BENCH}.quick.json" if args.quick else f"{BENCH}.json")
-    return finish(BENCH, report, out)
+    return finish(BENCH, report, args.out or result_path(BENCH, args.quick))
 
 
 if __name__ == "__main__":

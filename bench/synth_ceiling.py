@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 from _shared import BASE_CONFIG, QUICKSTART, ensure_quickstart, finish, log
-from peers import PACKAGE_TRAINING, score, validation_ndcg
+from _shared.quality import PACKAGE_TRAINING, K, score, validation_ndcg
 from sklearn.linear_model import LogisticRegression
 
 from raymm.config import load_config
@@ -51,7 +51,6 @@ from raymm.recommend.history import EvalUsers
 from raymm.recommend.scorers import PrecomputedScorer
 
 BENCH = "synth_ceiling"
-K = 20
 BETA_GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 PROBE_C_GRID = (0.0003, 0.001, 0.003, 0.01, 0.03)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from _shared import BASE_CONFIG, RESULTS, finish, log
+from _shared import SCALE_SETTINGS as SETTINGS
 
 from raymm.config import load_config
 
@@ -149,7 +150,6 @@ def main() -> None:
     data, features = root / "data", root / "features"
     if not (data / "dataset.json").is_file() or not (features / "features.json").is_file():
         parser.error(f"{root} holds no data and features: run bench/scale.py --work {args.work} first")
-    from scale import SETTINGS
 
     from raymm.runtime import init_ray
 

@@ -1,4 +1,11 @@
-"""What the training and quality benchmarks share: the quickstart data, the machine, the result file."""
+"""What every benchmark shares: the paths, progress lines, the quickstart data, the machine, the result file.
+
+The one home of bench/'s shared parts; its modules hold the rest: :mod:`_shared.facets` (facet
+features without an encoder), :mod:`_shared.measure` (load, percentiles, CPU hogs),
+:mod:`_shared.serving` (the serving benchmarks' artifact, deployment and load).
+Scripts run as ``python bench/<name>.py``, so ``bench/`` is on ``sys.path`` and this package
+imports as ``_shared``.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +22,27 @@ import torch
 
 from raymm.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # bench/_shared/__init__.py -> the repository
 BASE_CONFIG = ROOT / "configs" / "quickstart.yaml"
 RESULTS = ROOT / "bench" / "results"
 QUICKSTART = ROOT / "out" / "quickstart"
+#: scale.py's overrides on configs/quickstart.yaml at every size (see its docstring); train_memory.py
+#: trains with them on a scale.py work directory.
+SCALE_SETTINGS = (
+    "extract.image.image_size=64",
+    # Two text actors: MiniLM is the slowest encoder (~16 ms per item on one thread here), and one
+    # single-threaded actor would leave the second core to the light image and audio pools. The
+    # four actors share the 1 CPU the pools may reserve (the other is Ray Data's file listing).
+    "extract.text.min_actors=2",
+    "extract.text.max_actors=2",
+    "extract.text.num_cpus=0.25",
+    "extract.image.num_cpus=0.25",
+    "extract.audio.num_cpus=0.25",
+    "train.epochs=1",
+    "train.batch_size=1024",
+    "rank.epochs=1",
+    "rank.batch_size=1024",
+)
 
 
 def log(bench: str, message: str) -> None:
@@ -52,6 +76,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpus": torch.cuda.device_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "ray": ray.__version__,
@@ -60,10 +85,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def result_path(bench: str, quick: bool = False, variant: str | None = None) -> Path:
+    """``bench/results/<bench>[.<variant>].json``; a ``--quick`` run writes ``<bench>.quick.json``
+    (git-ignored), so a smoke run never replaces a committed result."""
+    suffix = ".quick" if quick else (f".{variant}" if variant else "")
+    return RESULTS / f"{bench}{suffix}.json"
+
+
 def finish(bench: str, report: dict[str, Any], out: Path | None = None) -> dict[str, Any]:
-    """Stamp the report, write it indented to ``bench/results/<bench>.json`` and print one JSON line."""
+    """Stamp the report (bench, date, machine), write it indented to ``out`` (default
+    ``bench/results/<bench>.json``) and print it as one JSON line on stdout."""
     report = {"bench": bench, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **report}
-    report["machine"] = machine()
+    report["machine"] = {**machine(), **report.get("machine", {})}  # the caller's entries win
     path = out or RESULTS / f"{bench}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=float) + "\n")
