@@ -56,12 +56,19 @@ test: lint interop-tools
 quickstart: venv
 	$(BIN)/raymm quickstart --config configs/quickstart.yaml
 
+# Every benchmark behind a target of design.md section 4, one line each (tests/test_bench.py checks
+# that none is missing). `make bench QUICK=1` runs each one's smoke mode instead: about a minute
+# each here, results in bench/results/<name>.quick.json (git-ignored), never over a committed one.
+# $(call bench-args,FULL RUN'S ARGUMENTS): those arguments, or --quick with QUICK set.
+bench-args = $(if $(QUICK),--quick,$(1))
 bench: venv
-	$(BIN)/python bench/quickstart.py
-	$(BIN)/python bench/extract_throughput.py
-	$(BIN)/python bench/train_scaling.py
-	$(BIN)/python bench/quality_synth.py
-	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/extract_throughput.py $(call bench-args)
+	$(BIN)/python bench/retrieval.py $(call bench-args)
+	$(BIN)/python bench/serve_latency.py $(call bench-args,--ranker)
+	$(BIN)/python bench/freshness.py $(call bench-args)
+	$(BIN)/python bench/ingest.py $(call bench-args)
+	$(BIN)/python bench/quality_synth.py $(call bench-args)
+	$(BIN)/python bench/peers.py $(call bench-args,--dataset synthetic)
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
