@@ -72,6 +72,12 @@ history_length, system, table, seed, hit): ``bench/peers_breakdown.py`` reads th
     .venv/bin/python bench/peers.py --data DIR --features DIR --name NAME [--set key=value ...]
     .venv/bin/python bench/peers.py --dataset ml100k --cornac-only   # the peers' fits alone (cached)
     .venv/bin/python bench/peers.py --dataset ml100k --systems EASE,GRU4Rec,SASRec --quick
+    .venv/bin/python bench/peers.py --quick   # smoke run (make bench QUICK=1): tiny facet dataset, quick peers
+
+``--quick``: the first grid setting of every system, one seed, no ablation, raymm for one epoch;
+without ``--dataset`` or ``--data``, the ``tiny`` benchmark with facet features
+(``_shared.facets``) and :data:`QUICK_SYSTEMS`. It writes ``peers.<name>.quick.json`` and merges
+nothing into ``peers.json``.
 """
 
 from __future__ import annotations

@@ -21,6 +21,12 @@ per-seed differences and the exact one-sided sign-flip p-value (2^-n at best, so
 are needed for p < 0.05). One seed reports what it saw, and no ordering "holds" from it.
 
     .venv/bin/python bench/quality_synth.py [--epochs 4] [--seeds 0] [--variants text,concat,...] [--report DIR]
+    .venv/bin/python bench/quality_synth.py --quick   # smoke run (make bench QUICK=1): quality_synth.quick.json
+
+``--quick`` trains :data:`QUICK_VARIANTS` for one epoch on the ``tiny`` benchmark with facet
+features (``_shared.facets``: no extraction) into ``out/quality_synth-quick``, and re-trains only
+the headline on the degraded features: it checks that the ablation and its report run, not the
+orderings.
 
 Reproducibility (design.md invariant 6, issue 24): ``--hogs N`` runs it with N processes spinning the
 CPUs, ``--compare RUN.json`` reports the largest difference of any test or cold-start metric of

@@ -92,12 +92,26 @@ def result_path(bench: str, quick: bool = False, variant: str | None = None) -> 
     return RESULTS / f"{bench}{suffix}.json"
 
 
+def repository_relative(value: Any) -> Any:
+    """``value`` with every string that names a path in this checkout made relative to it, in
+    nested dicts and lists too: a result file names no machine's paths."""
+    if isinstance(value, str):
+        return value.replace(f"{ROOT}/", "") if str(ROOT) in value else value
+    if isinstance(value, dict):
+        return {key: repository_relative(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [repository_relative(item) for item in value]
+    return value
+
+
 def finish(bench: str, report: dict[str, Any], out: Path | None = None) -> dict[str, Any]:
     """Stamp the report (bench, date, machine), write it indented to ``out`` (default
-    ``bench/results/<bench>.json``) and print it as one JSON line on stdout."""
+    ``bench/results/<bench>.json``) and print it as one JSON line on stdout. Paths in this
+    checkout are written relative to it (:func:`repository_relative`)."""
     report = {"bench": bench, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **report}
     report["machine"] = {**machine(), **report.get("machine", {})}  # the caller's entries win
-    path = out or RESULTS / f"{bench}.json"
+    report = repository_relative(report)
+    path = out or result_path(bench)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=float) + "\n")
     print(json.dumps(report, default=float), flush=True)
