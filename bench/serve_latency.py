@@ -66,7 +66,7 @@ repeated.
 
     .venv/bin/python bench/serve_latency.py --ranker        # ~15 min on 2 cores (the committed run)
     .venv/bin/python bench/serve_latency.py --brokers tansu --rates 10,25,100 --work /tmp/sb --keep
-    .venv/bin/python bench/serve_latency.py --quick         # smoke run, 10k items, serve_latency.quick.json
+    .venv/bin/python bench/serve_latency.py --quick         # smoke run, 10k items, noida alone: serve_latency.quick.json
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ import torch
 from _shared import finish, log, result_path
 from _shared.measure import loadavg, machine_busy_s, other_work_cores, percentiles
 from _shared.serving import (
+    BROKERS,
     PARTITIONS,
     REQUEST_TIMEOUT_S,
     SHARDS,
@@ -512,13 +513,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument(
-        "--brokers", default="noida,tansu", help="embedded brokers; the first is the headline"
+        "--brokers", default=BROKERS, help="embedded brokers; the first is the headline (--quick: it alone)"
     )
     parser.add_argument("--ranker", action="store_true", help="also the two-tower + ranker artifact at 100/s")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 10k items, 300 users, short rates")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 10k items, 300 users, short rates, the first broker, no handle breakdown",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--repeats", type=int, default=1, help="deploy and measure each broker this many times (the spread)"
@@ -537,9 +542,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return in_process_only(args, n_items)
     if args.quick:
         args.users, args.duration_s, args.warmup_s, args.epochs = min(args.users, 300), 4.0, 1.0, 1
-        args.rates, args.idle_s = "25,100", 3.0
+        args.rates, args.idle_s, args.breakdown_rate = "25,100", 3.0, 0.0
     rates = [float(r) for r in args.rates.split(",")]
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    if args.quick and args.brokers == BROKERS:
+        brokers = brokers[:1]  # the headline's
     if TARGET_RATE not in rates:
         parser.error(f"--rates must include {TARGET_RATE:g} (the target's rate)")
     started = time.perf_counter()

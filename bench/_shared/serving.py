@@ -41,6 +41,8 @@ MISSING_IMAGE = 0.3
 KINDS = ("view", "click", "like", "purchase", "play", "skip")
 KIND_WEIGHTS = (0.5, 0.2, 0.1, 0.05, 0.1, 0.05)
 ZIPF = 0.8
+#: The embedded brokers a serving benchmark deploys on by default, the headline first.
+BROKERS = "noida,tansu"
 #: The deployment: topic partitions, state shards, Recommender replicas (one per core).
 PARTITIONS = 4
 SHARDS = 2
