@@ -345,3 +345,72 @@ def summary(
     heading = f"raymm {title}" + (f"  ({elapsed_s:.1f} s)" if elapsed_s is not None else "")
     lines = [bar, heading, "-" * 72, *(f"  {key:<{width}}  {value}" for key, value in rows), bar]
     print("\n".join(lines), file=out, flush=True)
+
+
+@dataclass
+class Plan:
+    """What a command will do: the steps and where each writes. Printed by ``--dry-run``."""
+
+    command: str
+    steps: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, step: str, target: str) -> None:
+        self.steps.append((step, target))
+
+    def render(self, resolved_config: str) -> str:
+        """The plan, then ``resolved_config`` (the configuration as YAML)."""
+        lines = [f"plan for `raymm {self.command}` (dry run: nothing is written)"]
+        lines += [f"  {i}. {step:<34} -> {target}" for i, (step, target) in enumerate(self.steps, 1)]
+        lines += ["", "resolved configuration:", resolved_config]
+        return "\n".join(lines)
+
+
+class StageResult:
+    """A stage's typed result that knows how to print its own summary (:func:`print_result`).
+
+    Subclasses are dataclasses; they set ``title`` and override :meth:`summary_rows`, and where they
+    have them ``elapsed_s``, :meth:`details`, :meth:`warnings` and :attr:`ok`.
+    """
+
+    title: str = ""
+
+    @property
+    def elapsed_s(self) -> float | None:
+        """Seconds the stage took, shown in the block's heading (None: not shown)."""
+        return None
+
+    def summary_rows(self) -> list[tuple[str, Any]]:
+        """The summary block's rows (an empty list prints no block)."""
+        raise NotImplementedError
+
+    def details(self) -> list[str]:
+        """Lines printed after the block, on stdout."""
+        return []
+
+    def warnings(self) -> list[str]:
+        """Messages for people, printed as ``raymm: warning: ...`` on stderr after the block."""
+        return []
+
+    @property
+    def ok(self) -> bool:
+        """False when the stage found problems (the CLI exits 1)."""
+        return True
+
+
+def warning(message: str) -> None:
+    """Print one ``raymm: warning: ...`` line on stderr, the form of ``raymm: error: ...``.
+
+    Not a Python warning: the console routing sends those to the log file, and these are for people.
+    """
+    print(f"raymm: warning: {message}", file=sys.stderr, flush=True)
+
+
+def print_result(result: StageResult) -> None:
+    """Print ``result``'s summary block, then its detail lines and its warnings."""
+    rows = result.summary_rows()
+    if rows:
+        summary(result.title, rows, result.elapsed_s)
+    for line in result.details():
+        print(line, flush=True)
+    for message in result.warnings():
+        warning(message)
