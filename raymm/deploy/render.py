@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from raymm.config import RaymmConfig, apply_overrides, config_from_dict
+from raymm.console import Plan, StageResult
 from raymm.deploy import kubernetes as k8s
 from raymm.deploy import monitoring
 from raymm.deploy.serve_config import SERVING_SECTIONS, serve_config
@@ -182,3 +184,47 @@ def stale(files: Mapping[str, str], root: str | Path) -> list[str]:
         if str(path.relative_to(root)) not in files and path.read_text().startswith(HEADER)
     ]
     return differ + extra
+
+
+@dataclass
+class Rendered(StageResult):
+    """What ``raymm deploy render`` did under ``root``: the files it wrote (``changed``), or with
+    ``check`` the files that differ from what the configuration renders (``outdated``)."""
+
+    root: str
+    files: dict[str, str]
+    changed: list[Path] = field(default_factory=list)
+    outdated: list[str] | None = None
+    title = "deploy render"
+
+    def summary_rows(self) -> list[tuple[str, Any]]:
+        if self.outdated is not None:
+            return []
+        return [("files", f"{len(self.files)} under {self.root}, {len(self.changed)} changed")]
+
+    def warnings(self) -> list[str]:
+        return [
+            f"{path} differs from what this configuration renders: run `raymm deploy render`"
+            for path in self.outdated or []
+        ]
+
+    @property
+    def ok(self) -> bool:
+        return not self.outdated
+
+
+def plan_render(config: RaymmConfig, *, root: str = ".") -> Plan:
+    """The files :func:`render_deploy` writes under ``root``; raises as :func:`render` does."""
+    plan = Plan("deploy render")
+    for path in render(config):
+        plan.add("render", f"{root}/{path}")
+    return plan
+
+
+def render_deploy(config: RaymmConfig, *, root: str = ".", check: bool = False) -> Rendered:
+    """Write ``deploy/serve.yaml`` and ``k8s/<variant>/*.yaml`` under ``root``; with ``check``, write
+    nothing and list the files that differ. Raises as :func:`render` does."""
+    files = render(config)
+    if check:
+        return Rendered(root, files, outdated=stale(files, root))
+    return Rendered(root, files, changed=write(files, root))

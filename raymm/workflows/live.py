@@ -52,6 +52,34 @@ class LiveDemo:
     def freshness_p99_ms(self) -> float:
         return float(np.percentile(self.freshness_s, 99) * 1000)
 
+    def render(self) -> str:
+        """The live part for people: one user before and after, freshness, a search."""
+
+        def items(answer: dict[str, Any]) -> str:
+            flag = f"  [fallback: {answer['fallback']}]" if answer.get("fallback") else ""
+            return ", ".join(i["item_id"] for i in answer["items"][:10]) + flag
+
+        lines = [
+            "",
+            f"live: {self.url} (docs {self.docs_url}); Kafka {self.bootstrap_servers}",
+            f"  replayed {self.replayed:,} events of stream.parquet at {self.replay_rate:,.0f} events/s",
+            f"  user {self.user}: {len(self.user_events)} events, e.g. "
+            + ", ".join(f"{e['event']} {e['item_id']}" for e in self.user_events[:4]),
+            f"    before: {items(self.before)}",
+            f"    after:  {items(self.after)}",
+            f"  freshness (event posted -> reflected in a recommendation), {len(self.freshness_s)} users: "
+            f"p50 {self.freshness_p50_ms:.0f} ms, p99 {self.freshness_p99_ms:.0f} ms (target p99 < 1000 ms)",
+        ]
+        if self.search is not None:
+            rank = self.search["rank"]
+            lines.append(
+                f"  search (by image) {self.search['query'][:70]!r}...: the text-less item {self.search['item_id']}, "
+                f"posted live with {self.search['source']}'s image and audio, "
+                + (f"ranks #{rank}" if rank else "is not in the top 10")
+                + f" of: {items(self.search['answer'])}"
+            )
+        return "\n".join(lines)
+
 
 def live_demo(
     config: RaymmConfig,
