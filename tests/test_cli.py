@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raymm.cli import build_parser, main, resolve_features
+from raymm.cli import build_parser, main
 from raymm.data import io
 from raymm.data.dataset import split_by_time, write_dataset
+from raymm.workflows.extract import resolve_features
 from tests.conftest import make_interactions, make_items
 
 ROOT = Path(__file__).resolve().parents[1]

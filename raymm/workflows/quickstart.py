@@ -7,24 +7,26 @@ What ``make quickstart`` runs on the embedded defaults (``configs/quickstart.yam
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from raymm.config import RaymmConfig
+from raymm.console import Plan, Stage, StageResult
 
 #: The stages, in order, as the console numbers them.
 STAGES: tuple[str, ...] = ("synthesize", "validate", "extract", "train", "rank", "report", "live")
 
 
 @dataclass
-class QuickstartResult:
+class QuickstartResult(StageResult):
     """What each stage produced: the dataset manifest, the extraction, the two training runs and
     the ablation document (None from the first stage that did not run: validation findings stop
     the pipeline, and ``problems`` lists them)."""
 
+    out: str
     dataset: dict[str, Any]
     problems: list[str]
     extracted: Any = None
@@ -32,21 +34,100 @@ class QuickstartResult:
     ranked: Any = None
     report: dict[str, Any] | None = None
     live: Any = None
-    elapsed_s: float = 0.0
+    elapsed_s: float | None = 0.0
+    title = "quickstart"
+
+    @property
+    def ok(self) -> bool:
+        return self.report is not None
+
+    def summary_rows(self) -> list[tuple[str, Any]]:
+        """The block of a finished run (none when validation stopped it)."""
+        if self.report is None:
+            return []
+        from raymm.recommend.blend import BlendSettings
+        from raymm.workflows.data import counts_rows
+        from raymm.workflows.extract import extract_rows
+
+        data, features, model = (f"{self.out}/{stage}" for stage in ("data", "features", "model"))
+        rows: list[tuple[str, Any]] = [("output root", self.out), ("dataset", data), ("features", features)]
+        rows += counts_rows(self.dataset)
+        rows += extract_rows(self.extracted)
+        best = self.trained.manifest.metrics["validation"]
+        rows += [
+            ("model", model),
+            ("two-tower best val_ndcg@20", f"{best.get('val_ndcg@20', float('nan')):.4f}"),
+            ("served blend", BlendSettings.chosen(self.trained.manifest.metrics)),
+            ("ranker val auc", f"{self.ranked.metrics['validation']['auc']:.4f}"),
+            ("report", self.report["report"]),
+        ]
+        return rows
+
+    def details(self) -> list[str]:
+        """The report table, its orderings and the live part; or the problems that stopped the run."""
+        if self.report is None:
+            return [f"  problem: {problem}" for problem in self.problems]
+        from raymm.eval.report import orderings_line, report_table
+
+        lines = [report_table(self.report), f"  orderings: {orderings_line(self.report['orderings'])}"]
+        if self.live is not None:
+            lines.append(self.live.render())
+        return lines
+
+
+def plan_quickstart(config: RaymmConfig, *, out: str | None = None) -> Plan:
+    """The quickstart's steps under ``out`` (default: the configuration's ``out``)."""
+    from raymm.workflows.extract import plan_extract
+
+    config = _rooted(config, out)
+    data, features = config.stage_dir("data"), config.stage_dir("features")
+    model, report_dir = config.stage_dir("model"), config.stage_dir("report")
+    cfg = config.train
+    plan = Plan("quickstart")
+    plan.add(f"synthesize '{config.synth.size}' benchmark", data)
+    plan.add("validate it", data)
+    plan_extract(config, out=features, plan=plan)
+    plan.add(
+        f"Ray Train the two towers ({config.model.align.method} + {config.model.fusion.method}, "
+        f"{cfg.num_workers} worker(s), up to {cfg.epochs} epochs)",
+        model,
+    )
+    plan.add(f"Ray Train the ranker (up to {config.rank.epochs} epochs)", f"{model}/ranker")
+    plan.add(f"ablation {config.evaluate.ablation} + the ranking stage", report_dir)
+    plan.add(
+        "serve it live (broker, Ray Serve app, replayed stream.parquet, freshness)",
+        f"http://{config.serve.host}:{config.serve.port}",
+    )
+    return plan
+
+
+def _rooted(config: RaymmConfig, out: str | None) -> RaymmConfig:
+    if out is None:
+        return config
+    rooted = config.model_copy(deep=True)
+    rooted.out = out
+    return rooted
+
+
+def _wait_for_interrupt(app: Any) -> None:
+    print(f"\nthe live app stays up at {app.url} (docs: {app.docs_url}); Ctrl-C stops it", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(1)
 
 
 def quickstart(
     config: RaymmConfig,
     *,
+    out: str | None = None,
     progress: bool = True,
-    stage: Callable[[int, str], AbstractContextManager[Any]] | None = None,
-    say: Callable[[str], None] | None = None,
-    keep_running: Callable[[Any], None] | None = None,
+    keep_running: bool = False,
 ) -> QuickstartResult:
-    """Run the whole job under ``config.out``; each stage runs inside ``stage(i, message)`` (a
-    context manager, e.g. :class:`raymm.console.Stage`, that shows it to people).
+    """Run the whole job under ``out`` (default: the configuration's ``out``).
 
-    Raises what the stages raise (:class:`~raymm.errors.RaymmError` for bad input).
+    Each stage is numbered on the console (:class:`raymm.console.Stage`); ``progress`` adds progress
+    bars and the ablation's steps. With ``keep_running``, the live app stays up at the end
+    until Ctrl-C. Raises what the stages raise (:class:`~raymm.errors.RaymmError` for bad input).
     """
     from raymm.data.synth import synthesize
     from raymm.data.validate import validate_dataset
@@ -56,7 +137,12 @@ def quickstart(
     from raymm.workflows.ablation import ablation, headline_variant
     from raymm.workflows.live import live_demo
 
-    announce = stage or (lambda _i, _message: nullcontext())
+    config = _rooted(config, out)
+
+    def announce(index: int, message: str) -> AbstractContextManager[Any]:
+        return Stage(index + 1, len(STAGES), message)
+
+    say = (lambda message: print(f"[ablation] {message}", flush=True)) if progress else None
     started = time.perf_counter()
     data, features = config.stage_dir("data"), config.stage_dir("features")
     model, report_dir = config.stage_dir("model"), config.stage_dir("report")
@@ -64,7 +150,7 @@ def quickstart(
         manifest = synthesize(config.synth, data, seed=config.seed, progress=progress)
     with announce(1, f"validating {data}"):
         report = validate_dataset(data, config.validate_, progress=progress)
-    result = QuickstartResult(manifest, [str(p) for p in report.problems])
+    result = QuickstartResult(config.out, manifest, [str(p) for p in report.problems])
     if not report.ok:
         return result
     with announce(2, f"extracting features into {features} (Ray Data actor pools)"):
@@ -85,6 +171,8 @@ def quickstart(
             ranked_model=model,
         )
     with announce(6, "serving it live: broker, Ray Serve app, replayed events, freshness"):
-        result.live = live_demo(config, model, progress=progress, keep_running=keep_running)
+        result.live = live_demo(
+            config, model, progress=progress, keep_running=_wait_for_interrupt if keep_running else None
+        )
     result.elapsed_s = time.perf_counter() - started
     return result
