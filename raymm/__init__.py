@@ -3,8 +3,12 @@
 The public API is small; everything else may change:
 
 * :func:`load_config`: the typed configuration (YAML + dotted overrides);
-* :func:`extract`, :func:`train`, :func:`train_ranker`, :func:`evaluate`: the stages;
+* :func:`extract`, :func:`train`, :func:`train_ranker`, :func:`evaluate`: the stages, the functions
+  ``raymm extract|train|evaluate`` call, with paths by keyword (``data=``, ``features=``, ``out=``,
+  ``model=``) whose defaults come from the config (``<out>/data`` and so on); each returns a typed
+  result that prints its summary with :func:`raymm.console.print_result`;
 * :func:`quickstart`: the whole job end to end;
+* :func:`build_app`: the Ray Serve application (``serve run``, ``serve deploy``, ``raymm serve``);
 * :func:`load_model`: a trained artifact as a :class:`~raymm.recommend.recommender.Recommender`
   whose ``recommend(history, k)`` answers as serving does.
 
@@ -21,11 +25,12 @@ __version__ = "0.1.0"
 #: Public name -> "module:attribute".
 _EXPORTS = {
     "load_config": "raymm.config:load_config",
-    "extract": "raymm.features.pipeline:extract",
-    "train": "raymm.train.trainer:train",
-    "train_ranker": "raymm.train.rank_trainer:train_ranker",
-    "evaluate": "raymm.eval.evaluate:evaluate",
+    "extract": "raymm.workflows.extract:extract",
+    "train": "raymm.workflows.train:train",
+    "train_ranker": "raymm.workflows.train:train_ranker",
+    "evaluate": "raymm.workflows.evaluate:evaluate",
     "quickstart": "raymm.workflows.quickstart:quickstart",
+    "build_app": "raymm.serve.app:build_app",
     "load_model": "raymm.recommend.recommender:load_model",
     "Recommender": "raymm.recommend.recommender:Recommender",
 }
@@ -38,18 +43,19 @@ __all__ = [  # noqa: RUF022 (the version first, then the API in reading order)
     "train_ranker",
     "evaluate",
     "quickstart",
+    "build_app",
     "load_model",
     "Recommender",
 ]
 
 if TYPE_CHECKING:
     from raymm.config import load_config
-    from raymm.eval.evaluate import evaluate
-    from raymm.features.pipeline import extract
     from raymm.recommend.recommender import Recommender, load_model
-    from raymm.train.rank_trainer import train_ranker
-    from raymm.train.trainer import train
+    from raymm.serve.app import build_app
+    from raymm.workflows.evaluate import evaluate
+    from raymm.workflows.extract import extract
     from raymm.workflows.quickstart import quickstart
+    from raymm.workflows.train import train, train_ranker
 
 
 def __getattr__(name: str) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import get_args
 
 from raymm import __version__, console
@@ -27,109 +28,106 @@ from raymm.errors import RaymmError
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT_ERROR = 0, 1, 2
 
 
-def dry_run(args: argparse.Namespace, config: RaymmConfig, plan: Plan) -> bool:
-    """With ``--dry-run``, print the plan and the resolved config and say so (the caller stops)."""
-    if args.dry_run:
-        print(plan.render(config.to_yaml()))
-    return bool(args.dry_run)
-
-
 def print_summary(result: StageResult) -> int:
     """Print a stage's summary (:func:`raymm.console.print_result`); its exit code: 0, or 1 for findings."""
     console.print_result(result)
     return EXIT_OK if result.ok else EXIT_FINDINGS
 
 
+#: What a command's handler returns: the plan ``--dry-run`` prints (None: the command has its own),
+#: and the call that runs the stage: a result to summarise, an exit code, or None (served until Ctrl-C).
+Delegation = tuple[Plan | None, Callable[[], StageResult | int | None]]
+
+
 def _say(message: str) -> None:
     print(message, flush=True)
 
 
-# --- commands -------------------------------------------------------------------------------
+def _ablation_progress(message: str) -> None:
+    print(f"[ablation] {message}", flush=True)
 
 
-def cmd_data_synth(args: argparse.Namespace, config: RaymmConfig) -> int:
+def _root(args: argparse.Namespace, config: RaymmConfig) -> RaymmConfig:
+    """The config with ``--out`` as its output root, for the commands where it names the root."""
+    if args.out:
+        config.out = args.out
+    return config
+
+
+# --- commands: each parses its flags and hands them to one function of the package -------------
+
+
+def cmd_data_synth(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     from raymm.workflows import data
 
-    if dry_run(args, config, data.plan_synth(config, out=args.out)):
-        return EXIT_OK
-    return print_summary(data.synth(config, out=args.out, progress=not args.quiet))
+    return data.plan_synth(config, out=args.out), partial(
+        data.synth, config, out=args.out, progress=not args.quiet
+    )
 
 
-def cmd_data_validate(args: argparse.Namespace, config: RaymmConfig) -> int:
+def cmd_data_validate(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     from raymm.workflows import data
 
-    if dry_run(args, config, data.plan_validate(config, path=args.path)):
-        return EXIT_OK
-    return print_summary(data.validate(config, path=args.path, report_dir=args.out, progress=not args.quiet))
+    run = partial(data.validate, config, path=args.path, report_dir=args.out, progress=not args.quiet)
+    return data.plan_validate(config, path=args.path), run
 
 
-def cmd_data_import(args: argparse.Namespace, config: RaymmConfig) -> int:
+def cmd_data_import(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     from raymm.workflows import data
 
-    if dry_run(args, config, data.plan_import(config, out=args.out)):
-        return EXIT_OK
-    return print_summary(data.import_data(config, out=args.out, progress=not args.quiet))
+    run = partial(data.import_data, config, out=args.out, progress=not args.quiet)
+    return data.plan_import(config, out=args.out), run
 
 
-def cmd_data_export(args: argparse.Namespace, config: RaymmConfig) -> int:
+def cmd_data_export(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     from raymm.workflows import data
 
     paths = {"data": args.data, "out": args.out, "name": args.name}
-    if dry_run(args, config, data.plan_export(config, **paths)):
-        return EXIT_OK
-    return print_summary(data.export_data(config, **paths))
+    return data.plan_export(config, **paths), partial(data.export_data, config, **paths)
 
 
-def cmd_extract(args: argparse.Namespace, config: RaymmConfig) -> int:
+def cmd_extract(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     from raymm.workflows import extract
 
-    if dry_run(args, config, extract.plan_extract(config, out=args.out, incremental=args.incremental)):
-        return EXIT_OK
-    result = extract.extract(
-        config, data=args.data, out=args.out, incremental=args.incremental, progress=not args.quiet
-    )
-    return print_summary(result)
+    options = {"out": args.out, "incremental": args.incremental}
+    run = partial(extract.extract, config, data=args.data, **options, progress=not args.quiet)
+    return extract.plan_extract(config, **options), run
 
 
-def cmd_train(args: argparse.Namespace, config: RaymmConfig) -> int:
+def cmd_train(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     from raymm.workflows import train
 
     paths = {"data": args.data, "features": args.features}
     if args.stage == "rank":
-        if dry_run(args, config, train.plan_train_ranker(config, model=args.out)):
-            return EXIT_OK
-        return print_summary(train.train_ranker(config, **paths, model=args.out, say=_say))
-    if dry_run(args, config, train.plan_train(config, out=args.out)):
-        return EXIT_OK
-    return print_summary(train.train(config, **paths, out=args.out, say=_say))
+        run = partial(train.train_ranker, config, **paths, model=args.out, say=_say)
+        return train.plan_train_ranker(config, model=args.out), run
+    return train.plan_train(config, out=args.out), partial(
+        train.train, config, **paths, out=args.out, say=_say
+    )
 
 
-def cmd_evaluate(args: argparse.Namespace, config: RaymmConfig) -> int:
+def cmd_evaluate(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     from raymm.workflows import evaluate
 
     paths = {"data": args.data, "features": args.features, "out": args.out}
     if args.ablation:
-        if dry_run(args, config, evaluate.plan_ablation(config, out=args.out)):
-            return EXIT_OK
-        progress = None if args.quiet else (lambda message: _say(f"[ablation] {message}"))
-        return print_summary(evaluate.run_ablation(config, **paths, progress=progress, say=_say))
-    if dry_run(args, config, evaluate.plan_evaluate(config, model=args.model, out=args.out)):
-        return EXIT_OK
-    return print_summary(evaluate.evaluate(config, **paths, model=args.model, say=_say))
+        progress = None if args.quiet else _ablation_progress
+        ablation = partial(evaluate.run_ablation, config, **paths, progress=progress, say=_say)
+        return evaluate.plan_ablation(config, out=args.out), ablation
+    run = partial(evaluate.evaluate, config, **paths, model=args.model, say=_say)
+    return evaluate.plan_evaluate(config, model=args.model, out=args.out), run
 
 
-def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> int:
+def cmd_quickstart(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     """synth -> validate -> extract -> train (two towers, then the ranker) -> ablation report -> live."""
     from raymm.workflows.quickstart import plan_quickstart, quickstart
 
-    if args.out:
-        config.out = args.out
-    if dry_run(args, config, plan_quickstart(config)):
-        return EXIT_OK
-    return print_summary(quickstart(config, progress=not args.quiet, keep_running=args.keep_running))
+    config = _root(args, config)
+    run = partial(quickstart, config, progress=not args.quiet, keep_running=args.keep_running)
+    return plan_quickstart(config), run
 
 
-def cmd_submit(args: argparse.Namespace, config: RaymmConfig) -> int:
+def cmd_submit(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     """Run ``raymm extract|train|evaluate ...`` as a job on a Ray cluster (:mod:`raymm.workflows.submit`)."""
     from raymm.workflows import submit
 
@@ -137,79 +135,64 @@ def cmd_submit(args: argparse.Namespace, config: RaymmConfig) -> int:
     # The stage's own arguments and configuration are checked here, before anything is submitted.
     stage_args = build_parser().parse_args([args.stage, *stage_words])
     stage_config = load_config(stage_args.config, _overrides(stage_args))
-    return submit.run(options, args.stage, stage_words, stage_args, stage_config)
+    return None, partial(submit.run, options, args.stage, stage_words, stage_args, stage_config)
 
 
-# --- the stream and serving ----------------------------------------------------------------
-
-
-def cmd_broker(args: argparse.Namespace, config: RaymmConfig) -> int:
+def cmd_broker(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     """Start an embedded Kafka-protocol broker, create raymm's topics, and serve until Ctrl-C."""
     from raymm.workflows import stream
 
-    if dry_run(args, config, stream.plan_broker(config, kind=args.kind, port=args.port)):
-        return EXIT_OK
-    stopped = stream.run_broker(
-        config, kind=args.kind, port=args.port, data_dir=args.data_dir, on_ready=console.print_result
-    )
-    print(f"raymm: the broker stopped on its own; its last output:\n{stopped.log_tail}", file=sys.stderr)
-    return EXIT_FINDINGS
+    options = {"kind": args.kind, "port": args.port}
+
+    def run() -> int:
+        stopped = stream.run_broker(config, **options, data_dir=args.data_dir, on_ready=console.print_result)
+        print(f"raymm: the broker stopped on its own; its last output:\n{stopped.log_tail}", file=sys.stderr)
+        return EXIT_FINDINGS
+
+    return stream.plan_broker(config, **options), run
 
 
-def cmd_produce(args: argparse.Namespace, config: RaymmConfig) -> int:
+def cmd_produce(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     """Replay a dataset's ``stream.parquet`` onto ``raymm.events`` at a steady rate."""
     from raymm.workflows import stream
 
-    if args.out:
-        config.out = args.out
+    config = _root(args, config)
     replay = {"events": args.events, "rate": args.rate, "limit": args.limit}
-    if dry_run(args, config, stream.plan_produce(config, **replay)):
-        return EXIT_OK
-    return print_summary(stream.produce(config, **replay, bootstrap=args.bootstrap, progress=not args.quiet))
+    run = partial(stream.produce, config, **replay, bootstrap=args.bootstrap, progress=not args.quiet)
+    return stream.plan_produce(config, **replay), run
 
 
-def cmd_consume(args: argparse.Namespace, config: RaymmConfig) -> int:
+def cmd_consume(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     """Keep user state from ``raymm.events`` by a model's user-state spec, with snapshots."""
     from raymm.workflows import stream
 
-    if args.out:
-        config.out = args.out
-    if dry_run(
-        args,
-        config,
-        stream.plan_consume(config, model=args.model, rank=args.rank, world_size=args.world_size),
-    ):
-        return EXIT_OK
+    config = _root(args, config)
+    plan = stream.plan_consume(config, model=args.model, rank=args.rank, world_size=args.world_size)
     options = stream.ConsumeOptions(args.rank, args.world_size, drain=args.drain, timeout_s=args.timeout)
-    return print_summary(
-        stream.consume(config, model=args.model, bootstrap=args.bootstrap, options=options, say=_say)
+    return plan, partial(
+        stream.consume, config, model=args.model, bootstrap=args.bootstrap, options=options, say=_say
     )
 
 
-def cmd_serve(args: argparse.Namespace, config: RaymmConfig) -> int:
+def cmd_serve(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     """Deploy the live application and keep it up until Ctrl-C."""
     from raymm.workflows.serve import plan_serve, serve
 
-    if args.out:
-        config.out = args.out
+    config = _root(args, config)
     if args.port is not None:
         config.serve.port = args.port
     if args.host is not None:
         config.serve.host = args.host
-    if dry_run(args, config, plan_serve(config, model=args.model)):
-        return EXIT_OK
-    serve(config, model=args.model, on_ready=console.print_result)
-    return EXIT_OK  # not reached: it serves until Ctrl-C
+    run = partial(serve, config, model=args.model, on_ready=console.print_result)
+    return plan_serve(config, model=args.model), run
 
 
-def cmd_deploy_render(args: argparse.Namespace, config: RaymmConfig) -> int:
+def cmd_deploy_render(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     """Write deploy/serve.yaml and k8s/<variant>/*.yaml under --out (default: here), or --check them."""
     from raymm.deploy.render import plan_render, render_deploy
 
     root = args.out or "."
-    if dry_run(args, config, plan_render(config, root=root)):
-        return EXIT_OK
-    return print_summary(render_deploy(config, root=root, check=args.check))
+    return plan_render(config, root=root), partial(render_deploy, config, root=root, check=args.check)
 
 
 # --- argument parsing -----------------------------------------------------------------------
@@ -468,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``raymm`` console script; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace, RaymmConfig], int] = args.handler
+    handler: Callable[[argparse.Namespace, RaymmConfig], Delegation] = args.handler
     routing: console.ConsoleRouting | None = None
     try:
         config = load_config(args.config, _overrides(args))
@@ -477,7 +460,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A command that starts no Ray keeps no log file (deploy render writes into the repository).
         if not getattr(args, "dry_run", False) and getattr(args, "starts_ray", True):
             routing = console.configure_logging(console.log_file_for(args.out or config.out), args.verbose)
-        return handler(args, config)
+        plan, run = handler(args, config)
+        if plan is not None and args.dry_run:
+            print(plan.render(config.to_yaml()))
+            return EXIT_OK
+        outcome = run()
+        if outcome is None or isinstance(outcome, int):
+            return outcome or EXIT_OK
+        return print_summary(outcome)
     except RaymmError as exc:
         print(f"raymm: error: {exc}", file=sys.stderr)
         if routing is not None and routing.log_file:

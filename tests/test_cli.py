@@ -18,7 +18,6 @@ import pytest
 from raymm.cli import build_parser, main
 from raymm.data import io
 from raymm.data.dataset import split_by_time, write_dataset
-from raymm.workflows.extract import resolve_features
 from tests.conftest import make_interactions, make_items
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,17 +249,6 @@ def _mmrec_with_features(tmp_path: Path) -> Path:
         == 0
     )
     return data
-
-
-def test_resolve_features_prefers_the_flag_then_extracted_then_imported(tmp_path: Path) -> None:
-    data = _mmrec_with_features(tmp_path)
-    imported = str(data / "features.parquet")
-    default = tmp_path / "o" / "features"
-    assert resolve_features("mine", str(default), str(data)) == ("mine", False)
-    assert resolve_features(None, str(default), str(data)) == (imported, True)
-    assert resolve_features(None, str(default), str(tmp_path / "not-a-dataset")) == (str(default), False)
-    default.mkdir()
-    assert resolve_features(None, str(default), str(data)) == (str(default), False)
 
 
 def test_after_an_mmrec_import_extract_points_at_the_features_and_train_uses_them(
