@@ -60,9 +60,8 @@ def _root(args: argparse.Namespace, config: RaymmConfig) -> RaymmConfig:
 def cmd_data_synth(args: argparse.Namespace, config: RaymmConfig) -> Delegation:
     from raymm.workflows import data
 
-    return data.plan_synth(config, out=args.out), partial(
-        data.synth, config, out=args.out, progress=not args.quiet
-    )
+    run = partial(data.synth, config, out=args.out, progress=not args.quiet)
+    return data.plan_synth(config, out=args.out), run
 
 
 def cmd_data_validate(args: argparse.Namespace, config: RaymmConfig) -> Delegation:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from raymm.config import RaymmConfig
@@ -17,9 +17,9 @@ from raymm.console import Plan, StageResult
 from raymm.errors import RaymmError
 
 if TYPE_CHECKING:
-    from raymm.stream.settings import BrokerKind
     from raymm.stream.consumer import ConsumerMetrics
     from raymm.stream.producer import ReplayResult
+    from raymm.stream.settings import BrokerKind
 
 
 def bootstrap_servers(config: RaymmConfig, bootstrap: str | None, command: str) -> str:
@@ -215,7 +215,7 @@ class ConsumeOptions:
     world_size: int = 1
     drain: bool = False
     timeout_s: float = 600.0
-    report_every_s: float = field(default=10.0, repr=False)
+    report_every_s: float = 10.0
 
 
 def consume(

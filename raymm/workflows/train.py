@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from raymm.config import RaymmConfig
 from raymm.console import Plan, StageResult
@@ -17,6 +17,31 @@ from raymm.workflows.extract import features_for
 if TYPE_CHECKING:
     from raymm.train.rank_trainer import RankTrainResult
     from raymm.train.trainer import TrainResult
+
+
+class _Timed(Protocol):
+    @property
+    def elapsed_s(self) -> float: ...
+
+
+RunResult = TypeVar("RunResult", bound=_Timed)
+
+
+@dataclass
+class _ModelRun(StageResult, Generic[RunResult]):
+    """A training run on ``dataset`` with ``features`` whose artifact is at ``model``."""
+
+    dataset: str
+    features: str
+    model: str
+    result: RunResult
+
+    @property
+    def elapsed_s(self) -> float | None:
+        return self.result.elapsed_s
+
+    def _inputs(self) -> list[tuple[str, Any]]:
+        return [("dataset", self.dataset), ("features", self.features), ("model", self.model)]
 
 
 def _storage(config: RaymmConfig) -> str:
