@@ -19,6 +19,7 @@ from raymm.cli import build_parser, main
 from raymm.data import io
 from raymm.data.dataset import split_by_time, write_dataset
 from tests.conftest import make_interactions, make_items
+from tests.workflows.test_extract import mmrec_source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -235,14 +236,8 @@ def test_import_prints_split_users_and_one_line_per_warning(
 
 
 def _mmrec_with_features(tmp_path: Path) -> Path:
-    """A tiny MMRec source with text, image and audio vectors imported to <tmp>/o/data; returns the dataset."""
-    source = tmp_path / "mm"
-    source.mkdir()
-    (source / "toy.inter").write_text(
-        "userID\titemID\ttimestamp\tx_label\n0\t0\t1\t0\n1\t1\t2\t0\n0\t1\t3\t1\n1\t0\t4\t2\n"
-    )
-    for modality, dim in (("text", 3), ("image", 2), ("audio", 4)):
-        np.save(source / f"{modality}_feat.npy", np.ones((2, dim), dtype=np.float32))
+    """:func:`~tests.workflows.test_extract.mmrec_source` imported to <tmp>/o/data; returns the dataset."""
+    source = mmrec_source(tmp_path)
     data = tmp_path / "o" / "data"
     assert (
         main(["data", "import", "--format", "mmrec", "--source", str(source), "--out", str(data), "--quiet"])

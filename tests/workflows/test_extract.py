@@ -12,8 +12,8 @@ from raymm.workflows import data
 from raymm.workflows.extract import extract, features_for, plan_extract, resolve_features
 
 
-def _mmrec_import(tmp_path: Path) -> tuple[RaymmConfig, Path]:
-    """A tiny MMRec source with text, image and audio vectors imported to <tmp>/o/data."""
+def mmrec_source(tmp_path: Path) -> Path:
+    """A tiny MMRec source (``<tmp>/mm``, dataset ``toy``) with text, image and audio vectors and no media."""
     source = tmp_path / "mm"
     source.mkdir()
     (source / "toy.inter").write_text(
@@ -21,6 +21,12 @@ def _mmrec_import(tmp_path: Path) -> tuple[RaymmConfig, Path]:
     )
     for modality, dim in (("text", 3), ("image", 2), ("audio", 4)):
         np.save(source / f"{modality}_feat.npy", np.ones((2, dim), dtype=np.float32))
+    return source
+
+
+def _mmrec_import(tmp_path: Path) -> tuple[RaymmConfig, Path]:
+    """:func:`mmrec_source` imported to <tmp>/o/data."""
+    source = mmrec_source(tmp_path)
     config = load_config(
         None, [f"out={tmp_path / 'o'}", "import.format=mmrec", f"import.source={source}", "import.name=toy"]
     )
