@@ -18,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import get_args
+from typing import Any, get_args
 
 from raymm import __version__, console
 from raymm.config import ImportFormat, RaymmConfig, SizeName, load_config
@@ -240,6 +240,28 @@ def _common_options(command: str) -> argparse.ArgumentParser:
     return common
 
 
+def _command(
+    parent: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    handler: Callable[[argparse.Namespace, RaymmConfig], Delegation],
+    help_text: str,
+    **defaults: Any,
+) -> argparse.ArgumentParser:
+    """The subcommand ``name`` of ``parent``, with the common options, run by ``handler``."""
+    command = parent.add_parser(name, parents=[_common_options(name)], help=help_text)
+    command.set_defaults(handler=handler, **defaults)
+    return command
+
+
+def _inputs(command: argparse.ArgumentParser) -> None:
+    """``--data`` and ``--features``, the inputs of train and evaluate."""
+    command.add_argument("--data", help="dataset directory (default: <out>/data)")
+    command.add_argument(
+        "--features",
+        help="features directory (default: <out>/features, else the dataset's imported features.parquet)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``raymm`` console script."""
     parser = argparse.ArgumentParser(
@@ -251,54 +273,36 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="make, check, import and export datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
 
-    synth = data_commands.add_parser(
-        "synth", parents=[_common_options("synth")], help="generate the synthetic benchmark"
-    )
+    synth = _command(data_commands, "synth", cmd_data_synth, "generate the synthetic benchmark")
     synth.add_argument("--size", choices=get_args(SizeName), help="preset (synth.size)")
     synth.add_argument("--seed", type=int, help="random seed (seed)")
-    synth.set_defaults(handler=cmd_data_synth)
 
-    validate = data_commands.add_parser(
+    validate = _command(
+        data_commands,
         "validate",
-        parents=[_common_options("validate")],
-        help="check a dataset and report every problem with row numbers",
+        cmd_data_validate,
+        "check a dataset and report every problem with row numbers",
     )
     validate.add_argument("path", nargs="?", help="dataset directory (default: <out>/data)")
-    validate.set_defaults(handler=cmd_data_validate)
 
-    imp = data_commands.add_parser(
-        "import", parents=[_common_options("import")], help="import a public dataset"
-    )
+    imp = _command(data_commands, "import", cmd_data_import, "import a public dataset")
     imp.add_argument("--format", choices=get_args(ImportFormat), help="import.format")
     imp.add_argument("--source", help="source directory or file (import.source)")
     imp.add_argument("--name", help="dataset name inside the source, for recbole/mmrec (import.name)")
-    imp.set_defaults(handler=cmd_data_import)
 
-    export = data_commands.add_parser(
-        "export", parents=[_common_options("export")], help="export a dataset for peer libraries"
-    )
+    export = _command(data_commands, "export", cmd_data_export, "export a dataset for peer libraries")
     export.add_argument("--format", choices=["mmrec"], default="mmrec")
     export.add_argument("--data", help="dataset directory to export (default: <out>/data)")
     export.add_argument("--name", default="raymm", help="dataset name in the exported files")
-    export.set_defaults(handler=cmd_data_export)
 
-    extract = commands.add_parser(
-        "extract",
-        parents=[_common_options("extract")],
-        help="encode items' text, images and audio with Ray Data actor pools",
+    extract = _command(
+        commands, "extract", cmd_extract, "encode items' text, images and audio with Ray Data actor pools"
     )
     extract.add_argument("--data", help="dataset directory (default: <out>/data)")
     extract.add_argument("--incremental", action="store_true", help="encode only items without features")
-    extract.set_defaults(handler=cmd_extract)
 
-    train = commands.add_parser(
-        "train", parents=[_common_options("train")], help="align, fuse and train the two towers on Ray Train"
-    )
-    train.add_argument("--data", help="dataset directory (default: <out>/data)")
-    train.add_argument(
-        "--features",
-        help="features directory (default: <out>/features, else the dataset's imported features.parquet)",
-    )
+    train = _command(commands, "train", cmd_train, "align, fuse and train the two towers on Ray Train")
+    _inputs(train)
     train.add_argument(
         "--stage",
         choices=["retrieval", "rank"],
@@ -306,25 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrieval: the two towers, written to --out (default <out>/model); rank: the ranker, added "
         "to the two-tower artifact already at --out",
     )
-    train.set_defaults(handler=cmd_train)
 
-    evaluate = commands.add_parser(
+    evaluate = _command(
+        commands,
         "evaluate",
-        parents=[_common_options("evaluate")],
-        help="rank a model and popularity offline (test and cold-start protocols), or run the ablation",
+        cmd_evaluate,
+        "rank a model and popularity offline (test and cold-start protocols), or run the ablation",
     )
-    evaluate.add_argument("--data", help="dataset directory (default: <out>/data)")
-    evaluate.add_argument(
-        "--features",
-        help="features directory (default: <out>/features, else the dataset's imported features.parquet)",
-    )
+    _inputs(evaluate)
     evaluate.add_argument("--model", help="model artifact directory (default: <out>/model)")
     evaluate.add_argument(
         "--ablation",
         action="store_true",
         help="train and compare evaluate.ablation's variants; report into --out (default: <out>/report)",
     )
-    evaluate.set_defaults(handler=cmd_evaluate)
 
     from raymm.workflows.submit import STAGES, add_options
 
@@ -345,63 +344,59 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(submit_cmd)
     submit_cmd.set_defaults(handler=cmd_submit, starts_ray=False, config=None, overrides=[])
 
-    quickstart = commands.add_parser(
-        "quickstart",
-        parents=[_common_options("quickstart")],
-        help="run the main job end to end on the embedded defaults",
+    quickstart = _command(
+        commands, "quickstart", cmd_quickstart, "run the main job end to end on the embedded defaults"
     )
     quickstart.add_argument(
         "--keep-running", action="store_true", help="leave the live app up at the end, until Ctrl-C"
     )
-    quickstart.set_defaults(handler=cmd_quickstart)
 
-    serve_cmd = commands.add_parser(
+    serve_cmd = _command(
+        commands,
         "serve",
-        parents=[_common_options("serve")],
-        help="deploy the live app on Ray Serve (an embedded broker when kafka.bootstrap_servers is unset)",
+        cmd_serve,
+        "deploy the live app on Ray Serve (an embedded broker when kafka.bootstrap_servers is unset)",
     )
     serve_cmd.add_argument("--model", help="model artifact (default: serve.model, else <out>/model)")
     serve_cmd.add_argument("--host", help="serve.host")
     serve_cmd.add_argument("--port", type=int, help="serve.port")
-    serve_cmd.set_defaults(handler=cmd_serve)
 
     deploy = commands.add_parser("deploy", help="render the Serve config and the Kubernetes manifests")
     deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True, metavar="SUBCOMMAND")
-    render = deploy_commands.add_parser(
+    render = _command(
+        deploy_commands,
         "render",
-        parents=[_common_options("render")],
-        help="write deploy/serve.yaml and k8s/{dev,prod}/*.yaml from the configuration (deploy: section)",
+        cmd_deploy_render,
+        "write deploy/serve.yaml and k8s/{dev,prod}/*.yaml from the configuration (deploy: section)",
+        starts_ray=False,
     )
     render.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 naming the files that differ"
     )
-    render.set_defaults(handler=cmd_deploy_render, starts_ray=False)
 
-    broker = commands.add_parser(
+    broker = _command(
+        commands,
         "broker",
-        parents=[_common_options("broker")],
-        help="run an embedded Kafka-protocol broker on loopback (for a laptop; production brings its Kafka)",
+        cmd_broker,
+        "run an embedded Kafka-protocol broker on loopback (for a laptop; production brings its Kafka)",
     )
     broker.add_argument("--kind", choices=["noida", "tansu"], help="kafka.embedded_broker")
     broker.add_argument("--port", type=int, help="listen port (default: a free one)")
     broker.add_argument("--data-dir", help="noida's data directory (kept across restarts)")
-    broker.set_defaults(handler=cmd_broker)
 
-    produce = commands.add_parser(
-        "produce", parents=[_common_options("produce")], help="replay stream.parquet onto raymm.events"
-    )
+    produce = _command(commands, "produce", cmd_produce, "replay stream.parquet onto raymm.events")
     produce.add_argument("--events", help="interactions parquet (default: <out>/data/stream.parquet)")
     produce.add_argument(
         "--rate", type=_positive_float, help="events per second (default: as fast as it goes)"
     )
     produce.add_argument("--limit", type=_positive_int, help="send only the first LIMIT events")
     produce.add_argument("--bootstrap", help="Kafka bootstrap servers (kafka.bootstrap_servers)")
-    produce.set_defaults(handler=cmd_produce)
 
-    consume = commands.add_parser(
+    consume = _command(
+        commands,
         "consume",
-        parents=[_common_options("consume")],
-        help="keep user state from raymm.events with exactly-once effect and snapshots",
+        cmd_consume,
+        "keep user state from raymm.events with exactly-once effect and snapshots",
     )
     consume.add_argument(
         "--model", help="model artifact whose user-state spec to keep (default: <out>/model)"
@@ -413,7 +408,6 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--bootstrap", help="Kafka bootstrap servers (kafka.bootstrap_servers)")
     consume.add_argument("--drain", action="store_true", help="stop once caught up with the end of the log")
     consume.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds --drain may take")
-    consume.set_defaults(handler=cmd_consume)
     return parser
 
 
