@@ -49,7 +49,8 @@ class QuickstartResult(StageResult):
         from raymm.workflows.data import counts_rows
         from raymm.workflows.extract import extract_rows
 
-        data, features, model = (f"{self.out}/{stage}" for stage in ("data", "features", "model"))
+        root = self.out.rstrip("/")  # as RaymmConfig.stage_dir joins
+        data, features, model = (f"{root}/{stage}" for stage in ("data", "features", "model"))
         rows: list[tuple[str, Any]] = [("output root", self.out), ("dataset", data), ("features", features)]
         rows += counts_rows(self.dataset)
         rows += extract_rows(self.extracted)
