@@ -276,3 +276,40 @@ def test_after_an_mmrec_import_extract_points_at_the_features_and_train_uses_the
         f"{tmp_path / 'o' / 'features'} does not exist, so using the features imported with the dataset"
         in printed
     )
+
+
+def test_the_cli_and_the_python_api_call_the_same_functions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``raymm.<stage>`` is the workflow ``raymm <stage>`` calls, with its flags as keyword paths."""
+    import raymm
+    import raymm.workflows.evaluate
+    import raymm.workflows.extract
+    import raymm.workflows.train
+    from raymm.console import StageResult
+
+    for name, module in (
+        ("extract", raymm.workflows.extract),
+        ("train", raymm.workflows.train),
+        ("train_ranker", raymm.workflows.train),
+        ("evaluate", raymm.workflows.evaluate),
+    ):
+        assert getattr(raymm, name) is getattr(module, name)
+    assert "build_app" in raymm.__all__ and raymm.build_app.__module__ == "raymm.serve.app"
+
+    class Done(StageResult):
+        title = "train"
+
+        def summary_rows(self) -> list[tuple[str, object]]:
+            return [("called", "yes")]
+
+    given: list[dict[str, object]] = []
+
+    def recorded(config: object, **paths: object) -> Done:
+        given.append({k: v for k, v in paths.items() if k != "say"})
+        return Done()
+
+    monkeypatch.setattr(raymm.workflows.train, "train", recorded)
+    assert main(["train", "--data", "d", "--features", "f", "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    assert given == [{"data": "d", "features": "f", "out": str(tmp_path / "m")}]
+    assert re.search(r"called\s+yes", capsys.readouterr().out)
