@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 # The image's pip mirrors print one warning per package; hide those lines, keep real errors.
 PIP_QUIET := grep -v '^WARNING: Location .* is ignored' || true
 
-.PHONY: venv lint format test quickstart bench clean interop-tools
+.PHONY: venv lint format test quickstart bench docs clean interop-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,12 @@ bench: venv
 	$(BIN)/python bench/ingest.py $(call bench-args)
 	$(BIN)/python bench/quality_synth.py $(call bench-args)
 	$(BIN)/python bench/peers.py $(call bench-args,--dataset synthetic)
+
+# The generated pages: docs/reference/configuration.md, docs/results/*.md and the results blocks
+# in README.md and docs/*.md, from raymm/config.py's types and bench/results/*.json
+# (tests/test_docs.py fails when a committed one is stale).
+docs: venv
+	$(BIN)/python docs/generate.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
