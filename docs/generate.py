@@ -90,6 +90,12 @@ def provenance(name: str, document: dict[str, Any]) -> str:
     )
 
 
+def question(document: dict[str, Any]) -> str:
+    """The benchmark's own question, as a sentence."""
+    text = str(document["question"]).strip()
+    return f"The question: {text}" + ("" if text[-1] in ".?!" else ".")
+
+
 def page(title: str, sources: list[str], sections: list[str]) -> str:
     header = GENERATED.format(source=", ".join(f"bench/results/{s}" for s in sources))
     return "\n\n".join([f"# {title}", header, *sections]).rstrip() + "\n"
@@ -149,20 +155,22 @@ def _source_comments(cls: type) -> dict[str, str]:
     return comments
 
 
+#: Where a sentence ends: a full stop, then a capital, a digit, a backtick or a bracket (not "e.g.", "i.e.").
+SENTENCE_END = re.compile(r"(?<!\be\.g\.)(?<!\bi\.e\.)(?<=[.!?])\s+(?=[A-Z0-9`(])")
+
+
+def _sentences(text: str) -> list[str]:
+    return SENTENCE_END.split(" ".join(text.split()))
+
+
 def _sentence_naming(docstring: str, name: str) -> str:
     """The first sentence of ``docstring`` that names ``name`` in double backticks."""
-    text = " ".join(docstring.split())
-    for sentence in re.split(r"(?<=[.;:])\s+(?=[A-Z`(])", text):
-        if f"``{name}``" in sentence:
-            return sentence.rstrip(";:,") + ("" if sentence.endswith(".") else ".")
-    return ""
+    return next((s for s in _sentences(docstring) if f"``{name}``" in s), "")
 
 
 def _first_sentence(text: str) -> str:
-    """One line of meaning: the text up to its first full stop followed by a space."""
-    text = " ".join(text.split())
-    match = re.search(r"(?<![.\w]\w)\.\s", text)
-    return text if match is None else text[: match.start() + 1]
+    """One line of meaning: the first sentence of ``text``."""
+    return _sentences(text)[0] if text.strip() else ""
 
 
 def _meaning(cls: type[BaseModel], name: str) -> str:
@@ -279,7 +287,7 @@ def serving_page() -> str:
     document = load("serve_latency.json")
     sections = [
         provenance("serve_latency.json", document),
-        f"The question: {document['question']}. {document['n_items']:,} items, "
+        f"{question(document)} {document['n_items']:,} items, "
         f"{document['users_with_state']:,} users with live state, {document['shards']} state shards, "
         f"{document['partitions']} partitions; load: {document['load']}. "
         f"Target p99 under {document['target_p99_ms']:.0f} ms at 100 requests/s.",
@@ -334,7 +342,7 @@ def freshness_page() -> str:
         ["freshness.json"],
         [
             provenance("freshness.json", document),
-            f"The question: {document['question']}. {document['probes']} probes of fresh users, "
+            f"{question(document)} {document['probes']} probes of fresh users, "
             f"{document['n_items']:,} items, a background replay at {document['background_rate']:,.0f} events/s. "
             f"Target p99 under {document['target_p99_ms']:,.0f} ms.",
             table(["broker", "p50 ms", "p99 ms", "max ms", "timeouts", "target"], rows),
@@ -364,7 +372,7 @@ def ingest_page() -> str:
         ["ingest.json"],
         [
             provenance("ingest.json", document),
-            f"The question: {document['question']}. {document['n_events']:,} events on "
+            f"{question(document)} {document['n_events']:,} events on "
             f"{document['partitions']} partitions; ratios are raymm's replica against a raw kafka-python "
             f"consumer on the same broker (target >= {document['target_ratio']}). *Spill*: at most "
             f"{document['settings']['spill_max_users_in_memory']:,} users in memory; *misrouted*: "
@@ -428,7 +436,7 @@ def retrieval_page() -> str:
         ["retrieval.json"],
         [
             provenance("retrieval.json", document),
-            f"The question: {document['question']}. Target p99 under {target['p99_ms']:.0f} ms with "
+            f"{question(document)} Target p99 under {target['p99_ms']:.0f} ms with "
             f"recall@100 >= {target['recall_at_100']}: p99 {met(document['met']['p99'])}, recall "
             f"{met(document['met']['recall'])}.",
             table(["index", "p50 ms", "p99 ms", "batched queries/s", "recall@100", "MiB"], rows),
@@ -523,12 +531,12 @@ def training_page() -> str:
         [
             "## Scaling (`train_scaling.json`)",
             provenance("train_scaling.json", scaling),
-            f"The question: {scaling['question']}. {scaling['epochs']} epochs, batch {scaling['batch_size']}.",
+            f"{question(scaling)} {scaling['epochs']} epochs, batch {scaling['batch_size']}.",
             table(["run", "samples/s", "wall s"], rows),
             table(["ratio", "value"], [[name, f"{value:.3f}"] for name, value in scaling["ratios"].items()]),
             "## Worker memory (`train_memory.json`)",
             provenance("train_memory.json", memory),
-            f"The question: {memory['question']}",
+            question(memory),
             table(
                 [
                     "run",
@@ -585,7 +593,7 @@ def soak_page() -> str:
         ["soak.json"],
         [
             provenance("soak.json", document),
-            f"The question: {document['question']}. {config['duration_s']:.0f} s after {config['warmup_s']:.0f} s of "
+            f"{question(document)} {config['duration_s']:.0f} s after {config['warmup_s']:.0f} s of "
             f"warm-up, {config['n_items']:,} items, {config['users']:,} users, {config['shards']} shards, "
             f"{config['replicas']} replicas, Kafka: {config['kafka']}, Ray: {config['ray']}. "
             f"Memory bound: {config['bound']}.",
@@ -639,7 +647,7 @@ def reproducibility_page() -> str:
         [
             "## Extract, train, evaluate (`reproducible.json`)",
             provenance("reproducible.json", document),
-            f"The question: {document['question']} Identical: {'yes' if document['identical'] else '**no**'}.",
+            f"{question(document)} Identical: {'yes' if document['identical'] else '**no**'}.",
             table(
                 ["run", "CPU hogs", "extract s", "train s", "evaluate s", "load at end", "test Recall@10"],
                 rows,
