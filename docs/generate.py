@@ -101,6 +101,11 @@ def page(title: str, sources: list[str], sections: list[str]) -> str:
     return "\n\n".join([f"# {title}", header, *sections]).rstrip() + "\n"
 
 
+def one_file_page(title: str, name: str, document: dict[str, Any], sections: list[str]) -> str:
+    """A page of one results file: where it comes from, then ``sections``."""
+    return page(title, [name], [provenance(name, document), *sections])
+
+
 # ---------------------------------------------------------------------------------------------
 # The configuration reference
 
@@ -337,11 +342,11 @@ def freshness_page() -> str:
         [broker, num(s["p50_ms"]), num(s["p99_ms"]), num(s["max_ms"]), s["timeouts"], met(s["meets_target"])]
         for broker, s in document["summary"].items()
     ]
-    return page(
+    return one_file_page(
         "Freshness",
-        ["freshness.json"],
+        "freshness.json",
+        document,
         [
-            provenance("freshness.json", document),
             f"{question(document)} {document['probes']} probes of fresh users, "
             f"{document['n_items']:,} items, a background replay at {document['background_rate']:,.0f} events/s. "
             f"Target p99 under {document['target_p99_ms']:,.0f} ms.",
@@ -367,11 +372,11 @@ def ingest_page() -> str:
                 met(b["meets_target"] and b["spill_meets_target"]),
             ]
         )
-    return page(
+    return one_file_page(
         "Ingestion",
-        ["ingest.json"],
+        "ingest.json",
+        document,
         [
-            provenance("ingest.json", document),
             f"{question(document)} {document['n_events']:,} events on "
             f"{document['partitions']} partitions; ratios are raymm's replica against a raw kafka-python "
             f"consumer on the same broker (target >= {document['target_ratio']}). *Spill*: at most "
@@ -431,11 +436,11 @@ def retrieval_page() -> str:
         for p in document["random_worst_case"]["sweep"]
     ]
     target = document["target"]
-    return page(
+    return one_file_page(
         "Retrieval",
-        ["retrieval.json"],
+        "retrieval.json",
+        document,
         [
-            provenance("retrieval.json", document),
             f"{question(document)} Target p99 under {target['p99_ms']:.0f} ms with "
             f"recall@100 >= {target['recall_at_100']}: p99 {met(document['met']['p99'])}, recall "
             f"{met(document['met']['recall'])}.",
@@ -588,11 +593,11 @@ def soak_page() -> str:
         ]
         for process, m in document["memory"].items()
     ]
-    return page(
+    return one_file_page(
         "Soak",
-        ["soak.json"],
+        "soak.json",
+        document,
         [
-            provenance("soak.json", document),
             f"{question(document)} {config['duration_s']:.0f} s after {config['warmup_s']:.0f} s of "
             f"warm-up, {config['n_items']:,} items, {config['users']:,} users, {config['shards']} shards, "
             f"{config['replicas']} replicas, Kafka: {config['kafka']}, Ray: {config['ray']}. "
@@ -680,11 +685,11 @@ def quickstart_page() -> str:
         [name, "holds" if value else "**does not hold**"]
         for name, value in document["orderings_one_seed"].items()
     ]
-    return page(
+    return one_file_page(
         "The quickstart",
-        ["quickstart.json"],
+        "quickstart.json",
+        document,
         [
-            provenance("quickstart.json", document),
             f"{num(document['wall_s'])} s of a {document['budget_s']} s budget; peak RSS "
             f"{num(document['peak_rss_mib'], 0)} MiB; {document['console_lines']} console lines.",
             table(["stage", "seconds"], stages),
