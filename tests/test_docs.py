@@ -104,3 +104,36 @@ def test_relative_links_resolve(page: Path) -> None:
         elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
             broken.append(f"{target} (no heading #{anchor} in {resolved.relative_to(ROOT)})")
     assert broken == [], f"{page.relative_to(ROOT)} links to nothing: {broken}"
+
+
+def test_the_readme_python_example_calls_the_api_as_it_is() -> None:
+    """Every ``raymm.<name>(...)`` call in README.md's Python block binds to the public function's
+    signature (positional and keyword arguments alike), and the names are the public API."""
+    import ast
+    import inspect
+
+    import raymm
+
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks, "README.md has no Python example"
+    calls = [
+        node
+        for node in ast.walk(ast.parse(blocks[0]))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "raymm"
+    ]
+    assert {call.func.attr for call in calls} >= {"load_config", "extract", "train", "evaluate", "load_model"}
+    for call in calls:
+        name = call.func.attr
+        assert name in raymm.__all__, f"README calls raymm.{name}, which is not public API"
+        function = getattr(raymm, name)
+        assert callable(function), f"raymm.{name} is {function!r}, not the function"
+        positional = [object()] * len(call.args)
+        keywords = {keyword.arg: object() for keyword in call.keywords if keyword.arg is not None}
+        try:
+            inspect.signature(function).bind(*positional, **keywords)
+        except TypeError as exc:
+            pytest.fail(f"README's raymm.{name}(...) does not match its signature: {exc}")
