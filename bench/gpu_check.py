@@ -12,7 +12,7 @@ are checked against the CPU's on the same inputs (cosine > 0.99).
 The text model is a BERT of all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads, FFN 1536,
 vocab 30522) with random weights and a WordPiece tokenizer trained here on the synthetic texts:
 the packaged MiniLM cannot be installed on the GPU machine, and random weights cost exactly what
-trained ones do. ``raymm.features.pipeline`` (and so ``raymm.train.trainer``) imports Ray at the
+trained ones do. ``raymm.features.pipeline`` (and so ``raymm.training.trainer``) imports Ray at the
 top, so the model is built here as ``trainer.build_model`` does, without importing it.
 
 Prints one JSON line on stdout and writes it indented to ``<out>/gpu_check.json``
@@ -59,10 +59,10 @@ from raymm.models.config import ModelConfig, UserStateConfig  # noqa: E402
 from raymm.models.towers import TwoTower  # noqa: E402
 from raymm.recommend.catalog import Catalog  # noqa: E402
 from raymm.recommend.vectors import encode_catalog, user_vectors  # noqa: E402
-from raymm.train.examples import Examples, target_log_q  # noqa: E402
-from raymm.train.loop import StepOutput, fit  # noqa: E402
-from raymm.train.objective import NextItemObjective  # noqa: E402
-from raymm.train.trainer import two_tower_step  # noqa: E402
+from raymm.training.examples import Examples, target_log_q  # noqa: E402
+from raymm.training.loop import StepOutput, fit  # noqa: E402
+from raymm.training.objective import NextItemObjective  # noqa: E402
+from raymm.training.trainer import two_tower_step  # noqa: E402
 
 BENCH = "gpu_check"
 #: Feature widths of the default encoders: MiniLM text, EfficientNet-Lite0 image, 64 mels x 16 frames audio.
@@ -338,7 +338,7 @@ def random_walk_examples(n_items: int, n_examples: int, max_history: int, seed: 
 
 
 def build_two_tower(catalog: Catalog, seed: int) -> TwoTower:
-    """``raymm.train.trainer.build_model`` without importing it (it imports Ray at the top).
+    """``raymm.training.trainer.build_model`` without importing it (it imports Ray at the top).
 
     ModelConfig defaults, item-id embeddings for the warm items (``train.item_id_embeddings``
     default), and the closed-form standardisation fitted on the warm items.

@@ -30,9 +30,9 @@ from raymm.config import load_config
 from raymm.data.dataset import load_dataset
 from raymm.features.store import load_features
 from raymm.recommend.catalog import build_catalog
-from raymm.train.loop import best_row
-from raymm.train.objective import informative_tags
-from raymm.train.trainer import train_in_process
+from raymm.training.loop import best_row
+from raymm.training.objective import informative_tags
+from raymm.training.trainer import train_in_process
 
 BENCH = "kg_alignment"
 

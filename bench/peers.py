@@ -525,7 +525,7 @@ def train_raymm(
     """One ``raymm train`` run (Ray Train) with ``overrides``; its wall seconds. With ``reuse``, a model
     this script trained before with exactly this config is kept (and its recorded seconds returned)."""
     from raymm.config import apply_overrides, config_from_dict
-    from raymm.train.trainer import train
+    from raymm.training.trainer import train
 
     storage = out.parent / f"{out.name}-checkpoints"
     document = config.model_dump(mode="json", by_alias=True)

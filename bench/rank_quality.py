@@ -31,8 +31,8 @@ from _shared import BASE_CONFIG, QUICKSTART, ROOT, ensure_quickstart, finish, lo
 from raymm.config import load_config
 from raymm.eval.rank import evaluate_rank, rank_markdown
 from raymm.runtime import init_ray
-from raymm.train.rank_trainer import train_ranker
-from raymm.train.trainer import train
+from raymm.training.rank_trainer import train_ranker
+from raymm.training.trainer import train
 
 BENCH = "rank_quality"
 

@@ -56,7 +56,7 @@ def run_pipeline(config: RaymmConfig, data: Path, root: Path) -> dict[str, Any]:
     """extract -> train -> evaluate into ``root``; metrics and timings (no paths)."""
     from raymm.eval.evaluate import evaluate
     from raymm.features.pipeline import extract
-    from raymm.train.trainer import train
+    from raymm.training.trainer import train
 
     features, model = root / "features", root / "model"
     seconds: dict[str, float] = {}

@@ -332,7 +332,7 @@ def items_per_step(data: Path, steps: int = 50, seed: int = 0) -> dict[str, Any]
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from raymm.train.examples import examples_by_position
+    from raymm.training.examples import examples_by_position
 
     config = load_config(BASE_CONFIG, list(SETTINGS))
     batch, window = config.train.batch_size, config.model.user_state.max_history

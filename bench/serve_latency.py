@@ -3,7 +3,7 @@
 design.md's target: p99 under 50 ms at 100 requests/s with 100,000 items, here (2 CPU cores,
 no GPU). What runs, in a temporary work directory (deleted after unless ``--keep``):
 
-1. **model** (``--work`` with a kept directory reuses it): the two-tower model is trained (``raymm.train.trainer.train``, Ray Train, ``--epochs``
+1. **model** (``--work`` with a kept directory reuses it): the two-tower model is trained (``raymm.training.trainer.train``, Ray Train, ``--epochs``
    2) on the ``tiny`` synthetic benchmark with facet features made as ``tests/fixtures.py::
    facet_dataset`` makes them (noisy one-hots of the true facets: text 22-d, image 12-d, audio
    13-d, 30% of images missing), at the model's default widths (``ModelConfig()``: 64-d item and

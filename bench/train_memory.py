@@ -85,12 +85,12 @@ class Sampler(threading.Thread):
 
 
 def one_run(config: Any, data: Path, features: Path, steps: int, name: str) -> dict[str, Any]:
-    """The two-tower steps of ``raymm train`` (:func:`raymm.train.trainer.train` up to its Ray Train
+    """The two-tower steps of ``raymm train`` (:func:`raymm.training.trainer.train` up to its Ray Train
     run), cut to ``steps`` steps, with the worker's memory sampled."""
-    from raymm.train.examples import build_examples, target_log_q
-    from raymm.train.loop import RunHooks
-    from raymm.train.ray_runner import run_on_ray, shuffled_examples
-    from raymm.train.trainer import prepare, train_loop_per_worker
+    from raymm.training.examples import build_examples, target_log_q
+    from raymm.training.loop import RunHooks
+    from raymm.training.ray_runner import run_on_ray, shuffled_examples
+    from raymm.training.trainer import prepare, train_loop_per_worker
 
     prepared = prepare(config, str(data), str(features))
     spec = config.model.user_state

@@ -46,14 +46,14 @@ from _shared import BASE_CONFIG, QUICKSTART, ensure_quickstart, finish, log
 
 from raymm.config import RaymmConfig, load_config
 from raymm.runtime import init_ray
-from raymm.train.trainer import train, train_in_process
+from raymm.training.trainer import train, train_in_process
 
 BENCH = "train_scaling"
 
 
 def single_process(config: RaymmConfig, data: Path, features: Path, threads: int) -> dict[str, Any]:
-    """(a): the same training loop (:func:`raymm.train.trainer.train_in_process`: examples,
-    objective, step, per-epoch validation, :func:`raymm.train.loop.fit`) in this process, no Ray."""
+    """(a): the same training loop (:func:`raymm.training.trainer.train_in_process`: examples,
+    objective, step, per-epoch validation, :func:`raymm.training.loop.fit`) in this process, no Ray."""
     started = time.perf_counter()
     _, state = train_in_process(config, str(data), str(features), threads=threads)
     epochs = [

@@ -150,8 +150,8 @@ def trained(
 
     Tests that change an artifact copy it first.
     """
-    from raymm.train.rank_trainer import train_ranker
-    from raymm.train.trainer import train
+    from raymm.training.rank_trainer import train_ranker
+    from raymm.training.trainer import train
 
     root = tmp_path_factory.mktemp("trained")
     data, features = facet_data
@@ -232,7 +232,7 @@ def encoded_model(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -
     from raymm.config import load_config
     from raymm.data.synth import synthesize
     from raymm.features.pipeline import extract
-    from raymm.train.trainer import train
+    from raymm.training.trainer import train
 
     root = tmp_path_factory.mktemp("encoded")
     config = load_config(

@@ -259,7 +259,7 @@ def test_after_an_mmrec_import_extract_points_at_the_features_and_train_uses_the
     assert f"already imported: {imported} (text, image, audio: precomputed:mmrec)" in printed
     assert not (tmp_path / "o" / "features").exists()
 
-    import raymm.train.trainer
+    import raymm.training.trainer
 
     given: list[str] = []
 
@@ -268,7 +268,7 @@ def test_after_an_mmrec_import_extract_points_at_the_features_and_train_uses_the
         manifest = SimpleNamespace(model_version="v", metrics={"validation": {}})
         return SimpleNamespace(manifest=manifest, history=[], elapsed_s=0.0)
 
-    monkeypatch.setattr(raymm.train.trainer, "train", fake_train)
+    monkeypatch.setattr(raymm.training.trainer, "train", fake_train)
     assert main(["train", *common]) == 0
     assert given == [imported]
     printed = capsys.readouterr().out
@@ -294,9 +294,11 @@ def test_the_cli_and_the_python_api_call_the_same_functions(
         ("train_ranker", raymm.workflows.train),
         ("evaluate", raymm.workflows.evaluate),
     ):
-        # Through the package's lazy lookup: once the subpackage raymm.train is imported, Python's
-        # import system sets the attribute raymm.train to it, hiding the function of that name.
-        assert raymm.__getattr__(name) is getattr(module, name)
+        # Read as a user does, after the training subpackage is imported: the subpackage is
+        # raymm.training, so it cannot hide the function raymm.train (it did while both were "train").
+        import raymm.training.trainer
+
+        assert getattr(raymm, name) is getattr(module, name)
     assert "build_app" in raymm.__all__ and raymm.build_app.__module__ == "raymm.serve.app"
 
     class Done(StageResult):

@@ -225,8 +225,8 @@ def build_artifact(
     from raymm.recommend.catalog import Catalog
     from raymm.recommend.rerank import ranker_inputs
     from raymm.recommend.vectors import encode_catalog
-    from raymm.train.rank_trainer import train_ranker
-    from raymm.train.trainer import prepare, train
+    from raymm.training.rank_trainer import train_ranker
+    from raymm.training.trainer import prepare, train
 
     saved = work / "built.json"
     if saved.is_file() and (work / "model" / "manifest.json").is_file():

@@ -184,7 +184,7 @@ def _train_variant(
     config: RaymmConfig, name: str, data_dir: str, features_dir: str, out_dir: str, label: str
 ) -> tuple[str, float]:
     """One Ray Train run of the variant ``name``; returns (artifact directory, seconds)."""
-    from raymm.train.trainer import train
+    from raymm.training.trainer import train
 
     storage = io.join(out_dir, "train", _run_name(label))
     _remove_tree(storage)  # a re-run of the report trains afresh, never resumes
@@ -249,7 +249,7 @@ def ablation(
     "rows": [{"variant", "setting", "label", "metrics": {protocol: {...}}, "validation_ndcg@<k>",
     "best_epoch", "val_metric", "validation_curve", "notes", ...}] (see :class:`Row`), "orderings",
     "plots", "report"}``. Raises :class:`ConfigError` for an unknown variant before training
-    anything, and what :func:`~raymm.train.trainer.train` raises.
+    anything, and what :func:`~raymm.training.trainer.train` raises.
     """
     say = progress or (lambda _message: None)
     cfg = config.evaluate

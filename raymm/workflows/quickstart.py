@@ -133,8 +133,8 @@ def quickstart(
     from raymm.data.synth import synthesize
     from raymm.data.validate import validate_dataset
     from raymm.features.pipeline import extract
-    from raymm.train.rank_trainer import train_ranker
-    from raymm.train.trainer import train
+    from raymm.training.rank_trainer import train_ranker
+    from raymm.training.trainer import train
     from raymm.workflows.ablation import ablation, headline_variant
     from raymm.workflows.live import live_demo
 

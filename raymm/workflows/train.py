@@ -15,8 +15,8 @@ from raymm.console import Plan, StageResult
 from raymm.workflows.extract import features_for
 
 if TYPE_CHECKING:
-    from raymm.train.rank_trainer import RankTrainResult
-    from raymm.train.trainer import TrainResult
+    from raymm.training.rank_trainer import RankTrainResult
+    from raymm.training.trainer import TrainResult
 
 
 class _Timed(Protocol):
@@ -102,9 +102,9 @@ def train(
     """Train the two towers with Ray Train and write the artifact to ``out`` (default ``<out>/model``).
 
     ``say`` is told which features are used when they fall back to the dataset's imported ones.
-    Raises what :func:`raymm.train.trainer.train` raises.
+    Raises what :func:`raymm.training.trainer.train` raises.
     """
-    from raymm.train import trainer
+    from raymm.training import trainer
 
     data = data or config.stage_dir("data")
     features = features_for(config, data, features, say)
@@ -160,8 +160,8 @@ def train_ranker(
     say: Callable[[str], None] | None = None,
 ) -> RankTrainRun:
     """Train the ranker with Ray Train and add it to the two-tower artifact at ``model`` (default
-    ``<out>/model``). Raises what :func:`raymm.train.rank_trainer.train_ranker` raises."""
-    from raymm.train import rank_trainer
+    ``<out>/model``). Raises what :func:`raymm.training.rank_trainer.train_ranker` raises."""
+    from raymm.training import rank_trainer
 
     data = data or config.stage_dir("data")
     features = features_for(config, data, features, say)

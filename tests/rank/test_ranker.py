@@ -13,7 +13,7 @@ from raymm.eval.pointwise import log_loss
 from raymm.models.config import FusionConfig, RankerConfig
 from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import CONFIG_FILE, Ranker
-from raymm.train.rank_objective import platt_scaling
+from raymm.training.rank_objective import platt_scaling
 
 MODALITIES = ["text", "image", "audio"]
 SHARED, EMBED = 16, 8

@@ -26,10 +26,10 @@ from raymm.recommend.recommender import load_model
 from raymm.recommend.rerank import Reranker
 from raymm.recommend.scorers import RetrieveThenRank, TwoTowerScorer
 from raymm.recommend.vectors import user_vectors
-from raymm.train.loop import RunHooks
-from raymm.train.rank_objective import RankObjective
-from raymm.train.rank_trainer import train_ranker
-from raymm.train.ray_runner import INJECTED_FAILURE_MARKER
+from raymm.training.loop import RunHooks
+from raymm.training.rank_objective import RankObjective
+from raymm.training.rank_trainer import train_ranker
+from raymm.training.ray_runner import INJECTED_FAILURE_MARKER
 from tests.conftest import RANK_OVERRIDES, Trained, shared_config
 
 

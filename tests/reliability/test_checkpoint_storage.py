@@ -23,8 +23,8 @@ import moto.moto_server.threaded_moto_server as moto_server
 import pyarrow.fs as pafs
 import pytest
 
-from raymm.train.ray_runner import CHECKPOINT_FILE, TrainingError
-from raymm.train.trainer import train
+from raymm.training.ray_runner import CHECKPOINT_FILE, TrainingError
+from raymm.training.trainer import train
 from tests.conftest import s3_environment, shared_config
 from tests.fixtures import free_port
 

@@ -26,7 +26,7 @@ from raymm.deploy.render import render
 from raymm.serve.auth import API_KEY_ENV, ApiKeySource, export_secrets
 from raymm.stream.broker import ensure_topics
 from raymm.stream.settings import MASK, PASSWORD_ENV, KafkaSettings
-from raymm.train.trainer import train
+from raymm.training.trainer import train
 from tests.conftest import Trained
 from tests.fixtures import free_port
 

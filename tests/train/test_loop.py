@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from raymm.train.loop import Checkpoint, LoopState, StepOutput, fit
+from raymm.training.loop import Checkpoint, LoopState, StepOutput, fit
 
 
 def _regression(
@@ -143,7 +143,7 @@ def test_batches_are_requested_per_epoch() -> None:
 
 
 def test_the_loop_hands_freed_heap_back_every_n_steps_and_after_validation(monkeypatch) -> None:
-    from raymm.train import loop
+    from raymm.training import loop
 
     assert loop.release_freed_heap() is (loop._libc() is not None)  # glibc here: True
     calls: list[int] = []

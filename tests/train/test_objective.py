@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from raymm.train.objective import informative_tags
+from raymm.training.objective import informative_tags
 
 
 def test_tags_on_more_than_the_share_of_items_are_dropped() -> None:

@@ -11,13 +11,13 @@ import pyarrow.fs as pafs
 import pytest
 
 from raymm.config import load_config
-from raymm.train.ray_runner import REMOTE_LOCK_DIR, RunInProgressError, lock_path, run_lock, run_on_ray
+from raymm.training.ray_runner import REMOTE_LOCK_DIR, RunInProgressError, lock_path, run_lock, run_on_ray
 
 HOLD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from raymm.train.ray_runner import run_lock
+    from raymm.training.ray_runner import run_lock
     with run_lock(Path(sys.argv[1]), "model-abc", "storage"):
         print("held", flush=True)
         time.sleep(120)

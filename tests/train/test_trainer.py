@@ -24,11 +24,11 @@ from raymm.models.errors import ModelLoadError
 from raymm.models.towers import TwoTower
 from raymm.recommend.catalog import Catalog
 from raymm.recommend.scorers import SHRINKAGE_GRID, TwoTowerScorer
-from raymm.train.examples import build_examples, target_log_q
-from raymm.train.loop import RunHooks
-from raymm.train.objective import NextItemObjective
-from raymm.train.ray_runner import INJECTED_FAILURE_MARKER
-from raymm.train.trainer import Prepared, build_model, prepare, run_key, train, training_notes
+from raymm.training.examples import build_examples, target_log_q
+from raymm.training.loop import RunHooks
+from raymm.training.objective import NextItemObjective
+from raymm.training.ray_runner import INJECTED_FAILURE_MARKER
+from raymm.training.trainer import Prepared, build_model, prepare, run_key, train, training_notes
 from tests.conftest import Trained, shared_config
 
 
@@ -248,7 +248,7 @@ def test_a_single_modality_run_says_once_that_its_alignment_is_inactive(
 ) -> None:
     data, features = facet_data
     single = prepare(shared_config(tmp_path, "train.modalities=[text]"), str(data), str(features))
-    with caplog.at_level("WARNING", logger="raymm.train.trainer"):
+    with caplog.at_level("WARNING", logger="raymm.training.trainer"):
         notes = training_notes(single)
     assert len(notes) == 1 and "align.method='contrastive'" in notes[0] and "only text" in notes[0]
     assert [r.getMessage() for r in caplog.records] == [f"raymm train: {notes[0]}"]

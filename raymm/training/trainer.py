@@ -1,9 +1,9 @@
 """``raymm train``: align -> fuse -> two towers, distributed with Ray Train.
 
-The driver builds next-item examples from the training split (:mod:`raymm.train.examples`) and
-hands them to Ray Train as a Ray Dataset (:mod:`raymm.train.ray_runner`); each worker loads the
-catalog from storage, builds the model, wraps :class:`~raymm.train.objective.NextItemObjective`
-in DDP and runs the one training loop, :func:`raymm.train.loop.fit`: every epoch rank 0
+The driver builds next-item examples from the training split (:mod:`raymm.training.examples`) and
+hands them to Ray Train as a Ray Dataset (:mod:`raymm.training.ray_runner`); each worker loads the
+catalog from storage, builds the model, wraps :class:`~raymm.training.objective.NextItemObjective`
+in DDP and runs the one training loop, :func:`raymm.training.loop.fit`: every epoch rank 0
 validates with the evaluator of :mod:`raymm.eval.evaluate` (full ranking on the validation split,
 at most ``train.validation_users`` of its users),
 rank 0 checkpoints model + optimizer + loop state, all ranks report. ``FailureConfig`` restarts
@@ -45,10 +45,10 @@ from raymm.recommend.collab import CollaborativeScorer
 from raymm.recommend.history import EvalUsers, eval_users, item_counts
 from raymm.recommend.scorers import FitContext, Scorer, TwoTowerScorer
 from raymm.recommend.vectors import encode_catalog
-from raymm.train.examples import Examples, build_examples, target_log_q
-from raymm.train.loop import LoopState, RunHooks, StepOutput, best_row, fit
-from raymm.train.objective import NextItemObjective
-from raymm.train.ray_runner import TrainingError, WorkerRun, deterministic, run_on_ray, shuffled_examples
+from raymm.training.examples import Examples, build_examples, target_log_q
+from raymm.training.loop import LoopState, RunHooks, StepOutput, best_row, fit
+from raymm.training.objective import NextItemObjective
+from raymm.training.ray_runner import TrainingError, WorkerRun, deterministic, run_on_ray, shuffled_examples
 
 log = logging.getLogger(__name__)
 

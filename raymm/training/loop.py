@@ -1,7 +1,7 @@
 """The one training loop, plain PyTorch: epochs, steps, validation, early stopping, best weights.
 
 Both stages (two-tower, ranker) and the benchmarks run :func:`fit`; Ray Train wraps it
-(:mod:`raymm.train.ray_runner`) by passing the batches of its dataset shard, a validation that
+(:mod:`raymm.training.ray_runner`) by passing the batches of its dataset shard, a validation that
 runs on rank 0 and is broadcast, and an ``on_epoch`` that reports and checkpoints. Everything
 the loop carries from epoch to epoch is in :class:`LoopState`, so a run resumes from a
 checkpoint (model, optimizer, state) exactly where it stopped.

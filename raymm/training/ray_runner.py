@@ -1,4 +1,4 @@
-"""The thin Ray Train wrapper around :func:`raymm.train.loop.fit`, shared by both stages.
+"""The thin Ray Train wrapper around :func:`raymm.training.loop.fit`, shared by both stages.
 
 Driver side, :func:`run_on_ray` starts a ``TorchTrainer`` with the run's scaling, failure
 handling and checkpoint retention, and returns the last checkpoint. Worker side,
@@ -30,7 +30,7 @@ from torch import nn
 from raymm.config import RaymmConfig
 from raymm.data import io
 from raymm.errors import RaymmError
-from raymm.train.loop import Checkpoint, InjectedFailure, LoopState, RunHooks
+from raymm.training.loop import Checkpoint, InjectedFailure, LoopState, RunHooks
 
 CHECKPOINT_FILE = "state.pt"
 INJECTED_FAILURE_MARKER = ".injected-failure-done"

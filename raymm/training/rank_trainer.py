@@ -4,8 +4,8 @@ The driver loads the artifact (the frozen retriever) and builds labelled example
 (:mod:`raymm.recommend.rank_examples`) for the training split (histories from it) and the
 validation split (histories from train + validation). The training examples go to Ray Train as a
 Ray Dataset, the validation examples in the loop config. Each worker rebuilds the per-item
-ranker inputs from storage, wraps :class:`~raymm.train.rank_objective.RankObjective` in DDP and
-runs the one training loop (:func:`raymm.train.loop.fit`): every epoch rank 0 scores the
+ranker inputs from storage, wraps :class:`~raymm.training.rank_objective.RankObjective` in DDP and
+runs the one training loop (:func:`raymm.training.loop.fit`): every epoch rank 0 scores the
 validation examples as serving scores them (:class:`~raymm.recommend.rerank.Reranker`), early
 stopping on validation AUC; ``FailureConfig`` restarts failed workers from the latest checkpoint.
 
@@ -40,10 +40,10 @@ from raymm.recommend.rank_examples import LOGGED, RankExamples, RankSetup, predi
 from raymm.recommend.rerank import Reranker
 from raymm.recommend.scorers import RetrieveThenRank, TwoTowerScorer
 from raymm.recommend.vectors import user_vectors
-from raymm.train.loop import RunHooks, StepOutput, fit
-from raymm.train.rank_objective import RankObjective, context_matrix, platt_scaling
-from raymm.train.ray_runner import TrainingError, WorkerRun, run_on_ray, shuffled_examples
-from raymm.train.trainer import run_key
+from raymm.training.loop import RunHooks, StepOutput, fit
+from raymm.training.rank_objective import RankObjective, context_matrix, platt_scaling
+from raymm.training.ray_runner import TrainingError, WorkerRun, run_on_ray, shuffled_examples
+from raymm.training.trainer import run_key
 
 #: Candidate weights of the retriever's logit in the ranker's score, tried on validation. Large
 #: weights tend to retrieval alone (bench/rank_quality.py reports where validation peaks).
