@@ -41,9 +41,9 @@ from raymm.recommend.scorers import DotProductScorer, FitContext
 #: ones by a truncated SVD of the sparse ``X`` (ARPACK, ``rank`` vectors).
 DENSE_MAX_ITEMS = 4096
 #: l2 values validation tries, as multiples of the mean diagonal of G (an item's mean number of
-#: users): relative, so one grid fits a 1k-user and a 1M-user log. EASE's paper used l2 = 500 on
-#: ML-20M (mean diagonal ~ 700) and smaller on sparser data; blended with the two-tower, the
-#: synthetic benchmark chose 0.25, MovieLens-100k 2.
+#: users): relative, so one grid fits a 1k-user and a 1M-user log. EASE's paper regularised at
+#: about the mean diagonal on its densest dataset and less on sparser ones; what the benchmarks
+#: choose blended with the two-tower is in bench/results/peers.*.json (each model's ``blend``).
 L2_GRID: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0)
 #: Ridge strength of the content -> collaborative map, relative to the mean squared content norm.
 CONTENT_MAP_L2 = 0.1

@@ -183,8 +183,9 @@ class ExactIndex(ItemIndex):
 
 # faiss warns below 39 training points per list: k-means then places centroids on too few points.
 MIN_POINTS_PER_LIST = 39
-# bench/retrieval.py's sweep on clustered 1M x 64 items: 32 probes reach recall@100 >= 0.95 at every
-# nlist it measured (1024-4096) for well under a millisecond of CPU per query.
+# bench/retrieval.py's sweep on clustered 1M x 64 items (bench/results/retrieval.json): this many
+# probes reached design.md's recall@100 target at every nlist it measured, at a small share of the
+# latency target.
 DEFAULT_NPROBE = 32
 
 
@@ -368,8 +369,8 @@ class FaissIndex(ItemIndex):
 
 IndexKind = Literal["exact", "faiss"]
 
-#: From this many items ``auto`` picks faiss: bench/serve_latency.py measured exact search at ~3.4
-#: ms of one core per single-user request over 100k items (memory-bound), most of the request.
+#: From this many items ``auto`` picks faiss: at bench/serve_latency.py's 100k items exact search
+#: (memory-bound) was most of a single-user request's CPU (bench/results/serve_latency.json).
 FAISS_MIN_ITEMS = 50_000
 
 
