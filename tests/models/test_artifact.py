@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from raymm.models.config import FusionConfig, ModelConfig, RankerConfig
 from raymm.models.errors import ModelLoadError, NoAlignedVectorsError
 from raymm.models.ranker import Ranker, RankerInputs, read_item_inputs, write_item_inputs
 from raymm.models.towers import TwoTower
+from tests.conftest import Trained
 
 from .conftest import random_batch
 
@@ -303,3 +305,22 @@ def test_s3_round_trip_writes_nothing_locally(
     _write(directory, model)  # a new model: the stale ranker goes, on S3 too
     assert not io.exists(ranker_dir(directory))
     assert list(tmp_path.iterdir()) == [] and not Path("s3:").exists()
+
+
+def test_writing_a_new_two_tower_model_removes_the_old_ranker(trained: Trained, tmp_path: Path) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(trained.ranked, copy)
+    artifact = load_artifact(copy)
+    assert (copy / RANKER_DIR).is_dir()
+    vectors = np.stack(artifact.item_vectors.column("vector").to_numpy(zero_copy_only=False))
+    manifest = write_artifact(
+        copy,
+        artifact.model,
+        np.asarray(artifact.item_vectors.column("item_id").to_pylist()),
+        vectors,
+        config=artifact.manifest.config,
+        metrics={},
+        data_fingerprint=artifact.manifest.data_fingerprint,
+    )
+    assert not (copy / RANKER_DIR).exists()  # fitted on the old vectors: it would not fit these
+    assert set(manifest.stages) == {"retrieval"}
