@@ -1,15 +1,17 @@
 """A state shard on its own (no Serve): it answers as ready only once its replay has caught up,
-and stays ready; it refuses a topic whose partition count is not the deployment's."""
+and stays ready; it refuses a topic whose partition count is not the deployment's; it answers with
+the state it consumed and counts online hits on what it was told was served."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from raymm.serve.shard import ServedLog, StateShard
+from raymm.serve.shard import ServedLog, StateShard, shard_name
 from raymm.stream.broker import EmbeddedBroker, ensure_topics
 from raymm.stream.consumer import ConsumerError
 from raymm.stream.events import UserEvent
@@ -89,3 +91,53 @@ def test_the_served_log_counts_hits_within_the_window_and_stays_bounded() -> Non
     assert len(log) == 3 and log.hit("v0", "a", now=25.0) is None  # the least recently served went
     log.prune(now=32.5)  # v2 (at 22) is older than the window, v3 and v4 are not
     assert len(log) == 2 and log.hit("v4", "a", now=32.5) is True
+
+
+def _event(i: int, user: str, item: str, kind: str = "like") -> tuple[bytes, bytes]:
+    return UserEvent(
+        event_id=f"e{i}", user_id=user, item_id=item, event=kind, ts=EPOCH + dt.timedelta(seconds=i)
+    ).encode()
+
+
+def _applied(shard: StateShard, n: int) -> dict[str, object]:
+    """The shard's metrics once it has applied ``n`` events (at most 60 s)."""
+    deadline = time.monotonic() + 60
+    while shard.metrics()["applied"] < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    metrics = shard.metrics()
+    assert metrics["applied"] == n
+    return metrics
+
+
+def test_a_shard_answers_with_the_state_it_consumed_and_counts_online_hits(
+    ray_session: None, bootstrap: str, tmp_path: Path
+) -> None:
+    topic = f"events.{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, {topic: 2})
+    _produce(bootstrap, topic, [_event(0, "u0", "i1"), _event(1, "u0", "i2"), _event(2, "u0", "i3", "view")])
+    _produce(bootstrap, topic, [_event(3, "u1", "i4")])
+    shard = _shard(bootstrap, topic, tmp_path)
+    try:
+        _applied(shard, 4)
+        ms = [int((EPOCH + dt.timedelta(seconds=i)).timestamp() * 1000) for i in range(10)]
+        assert shard.get_users(["u0", "u1", "nobody"]) == [
+            {"history": ["i1", "i2"], "seen": ["i1", "i2", "i3"], "n_events": 3, "last_ts_ms": ms[2]},
+            {"history": ["i4"], "seen": ["i4"], "n_events": 1, "last_ts_ms": ms[3]},
+            None,
+        ]
+        assert shard.partitions() == [0, 1] and sum(o + 1 for o in shard.offsets().values()) == 4
+        assert shard.hit_rate() is None  # nothing served yet: no rate, not 0
+        shard.record_served([("u0", ["i5", "i6"], 0.0), ("u1", ["i7"], 0.0)])
+        # u0 takes a served item and one not served, u1 a served one; u2 was never served
+        _produce(bootstrap, topic, [_event(4, "u0", "i5"), _event(5, "u0", "i9"), _event(6, "u1", "i7")])
+        _produce(bootstrap, topic, [_event(7, "u2", "i5")])
+        metrics = _applied(shard, 8)
+        assert (metrics["hits"], metrics["hit_checked"]) == (2, 3)
+        assert metrics["hit_rate"] == shard.hit_rate() == pytest.approx(2 / 3)
+        # served before the window: the next event is not counted
+        shard.record_served([("u2", ["i8"], shard.hit_window_s + 5)])
+        _produce(bootstrap, topic, [_event(8, "u2", "i8")])
+        assert (_applied(shard, 9)["hits"], shard.metrics()["hit_checked"]) == (2, 3)
+        assert shard_name(3) == "state-3"
+    finally:
+        shard.stop()
