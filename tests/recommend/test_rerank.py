@@ -4,11 +4,15 @@ input and artifacts whose ranker is missing or does not fit."""
 
 from __future__ import annotations
 
+import collections
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -16,8 +20,9 @@ from raymm.models.artifact import RANKER_DIR
 from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import CONFIG_FILE, Ranker
 from raymm.recommend.rank_examples import predict, rank_setup, split_examples
-from raymm.recommend.rerank import Reranker
+from raymm.recommend.rerank import Reranker, ranker_inputs
 from raymm.recommend.scorers import RetrieveThenRank, TwoTowerScorer
+from raymm.recommend.topk import TopK
 from raymm.recommend.vectors import user_vectors
 from raymm.train.rank_objective import RankObjective
 from tests.conftest import Trained
@@ -91,3 +96,84 @@ def test_a_missing_or_mismatched_ranker_is_refused(trained: Trained, tmp_path: P
     config_path.write_text(json.dumps(document))
     with pytest.raises(ModelLoadError, match="embed_dim: ranker has 16, expected 32"):
         Reranker.from_artifact(copy)
+
+
+def _users(reranker: Reranker, n: int, seed: int = 1) -> torch.Tensor:
+    """``n`` random L2-normalised user vectors of the artifact's width."""
+    users = np.random.default_rng(seed).normal(size=(n, reranker.inputs.vectors.shape[1])).astype(np.float32)
+    return torch.from_numpy(users / np.linalg.norm(users, axis=1, keepdims=True))
+
+
+def test_the_inputs_of_the_catalog_are_those_saved_beside_the_ranker(trained: Trained) -> None:
+    setup = rank_setup(str(trained.data), str(trained.features), str(trained.model))
+    events = set(setup.two_tower.config.user_state.events)
+    train = pq.read_table(trained.data / "train.parquet").to_pylist()
+    counted = collections.Counter(row["item_id"] for row in train if row["event"] in events)
+    counts = np.array([counted[item_id] for item_id in setup.catalog.item_ids], dtype=np.float64)
+    inputs = ranker_inputs(setup.two_tower, setup.catalog, counts)
+    saved = Reranker.from_artifact(trained.ranked).inputs  # items.safetensors and item_vectors.parquet
+    torch.testing.assert_close(inputs.popularity, torch.from_numpy(np.log1p(counts).astype(np.float32)))
+    torch.testing.assert_close(inputs.popularity, saved.popularity)
+    torch.testing.assert_close(inputs.vectors, saved.vectors, atol=1e-6, rtol=0)
+    torch.testing.assert_close(inputs.content_vectors, saved.content_vectors, atol=1e-6, rtol=0)
+    assert set(inputs.projected) == set(saved.projected) == set(setup.two_tower.modalities)
+    for m in setup.two_tower.modalities:
+        torch.testing.assert_close(inputs.projected[m], saved.projected[m], atol=1e-6, rtol=0)
+        assert torch.equal(inputs.present[m], saved.present[m])
+        assert torch.equal(inputs.present[m], setup.catalog.present[m])
+    # the content vectors leave the item-id embedding out: warm items differ from their full vectors
+    assert not torch.allclose(inputs.content_vectors, inputs.vectors, atol=1e-3)
+
+
+def test_rerank_keeps_each_users_best_k_candidates_by_logit_and_pads_with_minus_one(trained: Trained) -> None:
+    reranker = Reranker.from_artifact(trained.ranked)
+    users = _users(reranker, 2)
+    rows = torch.tensor([[3, 8, 1, 20, 11, 5], [7, 2, 30, 4, -1, -1]])
+    recency = torch.tensor([math.log1p(3.0), math.nan])
+    logits = reranker.score_rows(users, rows, recency)
+    assert torch.isfinite(logits[0]).all() and torch.isfinite(logits[1, :4]).all()
+    assert logits[1, 4:].tolist() == [-math.inf, -math.inf]
+    for u, n_real in ((0, 6), (1, 4)):  # a candidate scores the same alone as in a batch
+        for j in range(n_real):
+            alone = reranker.score_rows(users[u : u + 1], rows[u : u + 1, j : j + 1], recency[u : u + 1])
+            assert alone.item() == pytest.approx(logits[u, j].item(), abs=1e-5)
+    top = reranker.rerank(TopK(rows, torch.zeros(2, 6)), users, recency, k=5)
+    for u, n_real in ((0, 6), (1, 4)):
+        order = np.argsort(-logits[u, :n_real].numpy(), kind="stable")
+        assert top.rows[u].tolist() == ([rows[u, j].item() for j in order] + [-1])[:5]
+        assert top.scores[u, :n_real].tolist() == pytest.approx(logits[u, order[:5]].tolist())
+    assert top.scores[1, 4].item() == -math.inf
+    assert reranker.rerank(TopK(rows, torch.zeros(2, 6)), users, recency, k=50).rows.shape == (2, 6)
+
+
+def test_rank_gives_the_probabilities_of_the_logits_and_reads_recency_in_hours(trained: Trained) -> None:
+    reranker = Reranker.from_artifact(trained.ranked)
+    user = _users(reranker, 1)
+    rows = np.array([5, 9, 14, 2, 30])
+
+    def expected(log1p_hours: float) -> np.ndarray:
+        logits = reranker.score_rows(user, torch.from_numpy(rows)[None], torch.tensor([log1p_hours]))[0]
+        return torch.sigmoid(logits).numpy()
+
+    for hours, log1p_hours in ((3.0, math.log1p(3.0)), (None, math.nan)):  # None: unknown, the mean
+        ordered, probabilities = reranker.rank(user[0].numpy(), rows, recency=hours)
+        want = expected(log1p_hours)
+        order = np.argsort(-want, kind="stable")
+        assert ordered.tolist() == rows[order].tolist()
+        assert probabilities.dtype == np.float32
+        np.testing.assert_allclose(probabilities, want[order], rtol=1e-6)
+    assert not np.allclose(expected(math.log1p(3.0)), expected(math.nan))  # recency is read at all
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(
+            ValueError, match=re.escape(f"recency must be finite hours >= 0 or None, got {bad}")
+        ):
+            reranker.rank(user[0].numpy(), rows, recency=bad)
+    n = reranker.n_items
+    with pytest.raises(
+        ValueError, match=re.escape(f"candidate rows [-1, {n}] are outside the catalog [0, {n})")
+    ):
+        reranker.rank(user[0].numpy(), np.array([0, -1, n]))
+    with pytest.raises(
+        ValueError, match=re.escape("candidates must be a non-empty 1-D sequence, got shape (0,)")
+    ):
+        reranker.rank(user[0].numpy(), [])
