@@ -24,7 +24,7 @@ from raymm.recommend.rerank import Reranker, ranker_inputs
 from raymm.recommend.scorers import RetrieveThenRank, TwoTowerScorer
 from raymm.recommend.topk import TopK
 from raymm.recommend.vectors import user_vectors
-from raymm.train.rank_objective import RankObjective
+from raymm.training.rank_objective import RankObjective
 from tests.conftest import Trained
 
 

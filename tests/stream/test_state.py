@@ -14,7 +14,7 @@ from raymm.errors import DataError
 from raymm.models.config import UserStateConfig
 from raymm.stream.events import Event
 from raymm.stream.snapshot import decode_snapshot, encode_snapshot
-from raymm.stream.state import BatchResult, StateSpec, UserRecord, UserStateStore
+from raymm.stream.state import BatchResult, PartitionNotHeld, StateSpec, UserRecord, UserStateStore
 from tests.stream.state_events import EPOCH, SPEC, bounded_store, event, random_events
 
 
@@ -68,9 +68,14 @@ def test_apply_is_idempotent_by_offset_and_by_event_id() -> None:
     assert store.applied_offset(0) == 4
     state = store.get("u")
     assert state is not None and state.n_events == 3 and state.history == ("i0", "i1", "i3")
-    with pytest.raises(KeyError) as not_held:  # partition 1 was never added
-        store.apply(1, 0, event(9))
-    assert not_held.value.args == (1,)
+    with pytest.raises(
+        PartitionNotHeld, match=r"^partition 1 of .* is not held here \(held: \[0\]\)$"
+    ) as not_held:
+        store.apply(1, 0, event(9))  # partition 1 was never added
+    assert isinstance(not_held.value, KeyError) and not_held.value.partition == 1
+    store.drop_partition(0)
+    with pytest.raises(PartitionNotHeld, match=r"held: none"):
+        store.applied_offset(0)  # dropped: its offset is gone with it
 
 
 def test_a_partition_cannot_be_added_twice_and_dropping_forgets_its_users() -> None:

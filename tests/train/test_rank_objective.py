@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from raymm.eval.pointwise import log_loss
-from raymm.train.rank_objective import platt_scaling
+from raymm.training.rank_objective import platt_scaling
 from tests.models.rankers import batch, pairs, small_ranker
 
 

@@ -17,9 +17,9 @@ import pytest
 from raymm.cli import main
 from raymm.eval.rank import rank_markdown
 from raymm.models.artifact import MANIFEST, read_manifest
-from raymm.train.loop import RunHooks
-from raymm.train.rank_trainer import train_ranker
-from raymm.train.ray_runner import INJECTED_FAILURE_MARKER
+from raymm.training.loop import RunHooks
+from raymm.training.rank_trainer import train_ranker
+from raymm.training.ray_runner import INJECTED_FAILURE_MARKER
 from tests.conftest import RANK_OVERRIDES, Trained, shared_config
 
 

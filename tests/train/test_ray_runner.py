@@ -1,4 +1,4 @@
-"""The Ray Train wrapper (raymm/train/ray_runner.py) on its own, with a loop of a few lines on the
+"""The Ray Train wrapper (raymm/training/ray_runner.py) on its own, with a loop of a few lines on the
 session's Ray: what :func:`run_on_ray` returns and keeps in storage, the error a failed run raises,
 the per-epoch reshuffle of :func:`shuffled_examples`, and :func:`deterministic`."""
 
@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from raymm.train.loop import Checkpoint, RunHooks, StepOutput, fit
-from raymm.train.ray_runner import (
+from raymm.training.loop import Checkpoint, RunHooks, StepOutput, fit
+from raymm.training.ray_runner import (
     CHECKPOINT_FILE,
     INJECTED_FAILURE_MARKER,
     TrainingError,
