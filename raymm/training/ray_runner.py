@@ -53,11 +53,12 @@ REMOTE_LOCK_DIR = Path(tempfile.gettempdir()) / "raymm-run-locks"
 
 
 def lock_path(storage_fs: pafs.FileSystem, storage_path: str, name: str) -> Path:
-    """The lock file of run ``name``: beside its directory for local storage (every process that
-    can write the run sees it, NFS included), under :data:`REMOTE_LOCK_DIR` keyed by the run's
-    URI for remote storage (so it guards against a second run from the same machine only)."""
+    """The lock file of run ``name``: in the storage's ``.locks/`` for local storage (every process
+    that can write the run sees it, NFS included; out of the way of anything listing the runs),
+    under :data:`REMOTE_LOCK_DIR` keyed by the run's URI for remote storage (so it guards against a
+    second run from the same machine only)."""
     if isinstance(storage_fs, pafs.LocalFileSystem):
-        return Path(storage_path) / f"{name}.lock"
+        return Path(storage_path) / ".locks" / f"{name}.lock"
     key = hashlib.sha256(f"{storage_fs.type_name}://{storage_path}/{name}".encode()).hexdigest()[:16]
     return REMOTE_LOCK_DIR / f"{name}-{key}.lock"
 
@@ -264,64 +265,47 @@ def run_on_ray(
     its restarts (storage that stops answering included) or leaves no checkpoint, and
     :class:`RunInProgressError` at once if another process is training the same run.
     """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
     storage = io.absolute(config.train.storage_path or config.stage_dir("train"))
     storage_fs, storage_path = io.resolve(storage)
     io.makedirs(storage)
     where = io.join(storage, name)
     with run_lock(lock_path(storage_fs, storage_path, name), name, where):
-        return _fit(loop, loop_config, config, name, dataset, what, hooks, storage, storage_fs, storage_path)
-
-
-def _fit(
-    loop: Callable[[dict[str, Any]], None],
-    loop_config: dict[str, Any],
-    config: RaymmConfig,
-    name: str,
-    dataset: Any,
-    what: str,
-    hooks: RunHooks | None,
-    storage: str,
-    storage_fs: pafs.FileSystem,
-    storage_path: str,
-) -> Checkpoint:
-    """:func:`run_on_ray`'s Ray Train run, with the run's lock held."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config={
-            **loop_config,
-            "config": config.model_dump(mode="json", by_alias=True),
-            "storage": io.join(storage, name),
-            "storage_filesystem": storage_fs,
-            "storage_fs_path": posixpath.join(storage_path, name),
-            "hooks": asdict(hooks or RunHooks()),
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.train.num_workers,
-            use_gpu=config.train.use_gpu,
-            resources_per_worker={"CPU": config.train.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-        datasets={"train": dataset},
-    )
-    where = io.join(storage, name)
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors in its own types; surface one clear error
-        # Named, since Ray's message gives at most a bucket and key, often only a worker's traceback.
-        raise TrainingError(f"{what} {name!r} (checkpoints in {where}) failed: {exc}") from exc
-    if result.checkpoint is None:
-        raise TrainingError(f"{what} {name!r} produced no checkpoint in {where}")
-    with result.checkpoint.as_directory() as directory:
-        return Checkpoint.load(str(Path(directory) / CHECKPOINT_FILE))
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config={
+                **loop_config,
+                "config": config.model_dump(mode="json", by_alias=True),
+                "storage": io.join(storage, name),
+                "storage_filesystem": storage_fs,
+                "storage_fs_path": posixpath.join(storage_path, name),
+                "hooks": asdict(hooks or RunHooks()),
+            },
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=config.train.num_workers,
+                use_gpu=config.train.use_gpu,
+                resources_per_worker={"CPU": config.train.cpus_per_worker},
+            ),
+            run_config=ray.train.RunConfig(
+                name=name,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
+                failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            ),
+            datasets={"train": dataset},
+        )
+        try:
+            result = trainer.fit()
+        except Exception as exc:  # Ray wraps worker errors in its own types; surface one clear error
+            # Named, since Ray's message gives at most a bucket and key, often only a worker's traceback.
+            raise TrainingError(f"{what} {name!r} (checkpoints in {where}) failed: {exc}") from exc
+        if result.checkpoint is None:
+            raise TrainingError(f"{what} {name!r} produced no checkpoint in {where}")
+        with result.checkpoint.as_directory() as directory:
+            return Checkpoint.load(str(Path(directory) / CHECKPOINT_FILE))
 
 
 def shuffled_examples(table: Any, seed: int) -> Any:

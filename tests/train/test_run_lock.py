@@ -34,7 +34,7 @@ def hold_lock(path: Path) -> subprocess.Popen[str]:
 
 def test_a_second_run_is_refused_naming_the_holder_and_a_killed_holder_leaves_no_lock(tmp_path: Path) -> None:
     path = lock_path(pafs.LocalFileSystem(), str(tmp_path), "model-abc")
-    assert path == tmp_path / "model-abc.lock"  # beside the run's directory, not inside it
+    assert path == tmp_path / ".locks" / "model-abc.lock"  # not among the runs' directories
     child = hold_lock(path)
     try:
         with (
@@ -57,7 +57,7 @@ def test_run_on_ray_takes_the_lock_before_starting_ray_train(tmp_path: Path) -> 
     config = load_config(None, [f"out={tmp_path}"])
     storage = tmp_path / "train"
     storage.mkdir()
-    child = hold_lock(storage / "model-abc.lock")
+    child = hold_lock(storage / ".locks" / "model-abc.lock")
     try:
         # No Ray, no dataset: refused before a trainer is built.
         with pytest.raises(RunInProgressError, match=r"model-abc"):
