@@ -21,8 +21,9 @@ from functools import partial
 from typing import Any, get_args
 
 from raymm import __version__, console
-from raymm.config import ImportFormat, RaymmConfig, SizeName, load_config
+from raymm.config import RaymmConfig, load_config
 from raymm.console import Plan, StageResult
+from raymm.data.settings import ImportFormat, SizeName
 from raymm.errors import RaymmError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT_ERROR = 0, 1, 2

@@ -19,7 +19,6 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     PositiveInt,
     SecretStr,
@@ -27,83 +26,62 @@ from pydantic import (
     model_validator,
 )
 
+from raymm.data.settings import (
+    ImportConfig,
+    ImportFormat,
+    MissingRates,
+    SizeName,
+    SplitFractions,
+    SynthConfig,
+    ValidateConfig,
+)
 from raymm.deploy.settings import DeploySettings
 from raymm.errors import ConfigError
 from raymm.models.config import ModelConfig, RankerConfig
+from raymm.settings_base import Precision, StrictModel
 from raymm.stream.settings import MASK, KafkaSettings, StreamSettings
 
-SizeName = Literal["tiny", "small", "large"]
+# Each stage defines its sections next to its code; they are re-exported here, so
+# ``from raymm.config import SynthConfig`` keeps working for callers outside raymm/.
+__all__ = [
+    "ENV_PREFIX",
+    "SECRET_KEYS",
+    "VALIDATION_METRICS",
+    "AudioEncoderConfig",
+    "ConfigError",
+    "DeploySettings",
+    "EncoderResources",
+    "EvaluateConfig",
+    "ExtractConfig",
+    "ImageEncoderConfig",
+    "ImportConfig",
+    "ImportFormat",
+    "KafkaSettings",
+    "MissingRates",
+    "ModelConfig",
+    "Precision",
+    "RankerConfig",
+    "RayConfig",
+    "RaymmConfig",
+    "ServeConfig",
+    "SharedPoolConfig",
+    "SizeName",
+    "SplitFractions",
+    "StreamSettings",
+    "StrictModel",
+    "SynthConfig",
+    "TextEncoderConfig",
+    "TrainConfig",
+    "ValidateConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "env_overrides",
+    "load_config",
+    "load_document",
+]
+
 #: Metrics early stopping can follow (computed by raymm.eval.metrics at every K of evaluate.ks).
 VALIDATION_METRICS: tuple[str, ...] = ("recall", "ndcg", "hit_rate", "mrr", "precision", "f1", "coverage")
-
-
-class StrictModel(BaseModel):
-    """A config section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
-
-
-class MissingRates(StrictModel):
-    """Probability that an item's modality is missing (null) in the synthetic catalog."""
-
-    text: float = Field(0.05, ge=0.0, le=1.0)
-    image: float = Field(0.1, ge=0.0, le=1.0)
-    audio: float = Field(0.1, ge=0.0, le=1.0)
-
-
-class SynthConfig(StrictModel):
-    """The synthetic multimodal benchmark (``raymm data synth``).
-
-    ``size`` picks a preset (tiny: tests, small: quickstart, large: 100k items for benchmarks);
-    ``n_items``/``n_users``/``events_per_user`` override the preset's numbers when set.
-    """
-
-    size: SizeName = "small"
-    seed: int | None = None
-    n_items: int | None = Field(None, gt=0)
-    n_users: int | None = Field(None, gt=0)
-    events_per_user: int | None = Field(None, gt=0)
-    cold_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    stream_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    missing: MissingRates = Field(default_factory=MissingRates)
-    image_size: int = Field(64, ge=16, le=512)
-    audio_sample_rate: int = Field(16000, ge=8000, le=48000)
-    noise: float = Field(0.15, ge=0.0, le=1.0)
-    popularity_bias: float = Field(0.5, ge=0.0)
-    #: Processes that render the media and sample the users (None: one per CPU this process may
-    #: use); the dataset's bytes are the same for any number.
-    workers: int | None = Field(None, gt=0)
-
-
-SplitFractions = tuple[float, float, float]
-#: The importers' names (raymm.data.importers.IMPORTERS; a test keeps the two in step).
-ImportFormat = Literal["movielens", "recbole", "amazon2023", "mmrec"]
-
-
-class ImportConfig(StrictModel):
-    """``raymm data import``: which format, where its files are, how to split by time."""
-
-    format: ImportFormat | None = None
-    source: str | None = None
-    name: str | None = None
-    like_threshold: float = 4.0
-    split: SplitFractions = (0.8, 0.1, 0.1)
-
-    @model_validator(mode="after")
-    def _split_sums_to_one(self) -> ImportConfig:
-        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
-            raise ValueError(f"split must be three non-negative fractions summing to 1, got {self.split}")
-        return self
-
-
-class ValidateConfig(StrictModel):
-    """``raymm data validate``: how deep to look."""
-
-    decode_media: bool = True
-    max_problems: int = Field(200, gt=0)
-
-
-Precision = Literal["fp32", "fp16", "bf16"]
 
 
 class EncoderResources(StrictModel):
@@ -176,7 +154,7 @@ class ExtractConfig(StrictModel):
     text: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
     image: ImageEncoderConfig = Field(default_factory=ImageEncoderConfig)
     audio: AudioEncoderConfig = Field(default_factory=AudioEncoderConfig)
-    modalities: list[Literal["text", "image", "audio"]] = ["text", "image", "audio"]
+    modalities: list[Literal["text", "image", "audio"]] = Field(["text", "image", "audio"])
     rows_per_file: int = Field(50_000, gt=0)
     io_cpus: float = Field(0.25, gt=0)  # CPUs reserved per read/write task beside the actor pools
     #: ``per_modality``: one actor pool per modality (``extract.<modality>`` resources), chained;
@@ -243,20 +221,22 @@ class EvaluateConfig(StrictModel):
     """
 
     ks: list[PositiveInt] = Field([10, 20, 50], min_length=1)
-    ablation: list[str] = [
-        "text",
-        "image",
-        "audio",
-        "concat",
-        "none+gated",
-        "contrastive+concat",
-        "contrastive+gated",
-        "popularity",
-        "content",
-    ]
+    ablation: list[str] = Field(
+        [
+            "text",
+            "image",
+            "audio",
+            "concat",
+            "none+gated",
+            "contrastive+concat",
+            "contrastive+gated",
+            "popularity",
+            "content",
+        ]
+    )
     missing_modality: Literal["text", "image", "audio"] | None = "image"
     missing_rate: float = Field(0.5, ge=0.0, le=1.0)
-    missing_retrain: list[str] = ["concat", "contrastive+gated"]
+    missing_retrain: list[str] = Field(["concat", "contrastive+gated"])
 
 
 class RayConfig(StrictModel):

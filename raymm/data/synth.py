@@ -40,11 +40,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raymm.config import SynthConfig
 from raymm.console import progress as progress_bar
 from raymm.data import io
 from raymm.data.dataset import ITEMS, MANIFEST, _iso_ms, write_dataset
 from raymm.data.schema import EVENT_KINDS, ITEMS_SCHEMA, MODALITIES, TIMESTAMP
+from raymm.data.settings import SynthConfig
 from raymm.data.synth_media import (
     CARDINALITIES,
     FACETS,

@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raymm.config import ValidateConfig
 from raymm.console import progress as progress_bar
 from raymm.data import io
 from raymm.data.dataset import INTERACTION_FILES, ITEMS, MANIFEST, SPLITS
@@ -27,6 +26,7 @@ from raymm.data.schema import (
     REQUIRED_INTERACTION_COLUMNS,
     REQUIRED_ITEM_COLUMNS,
 )
+from raymm.data.settings import ValidateConfig
 from raymm.errors import DataError
 
 # Timestamps outside this window are almost surely unit mistakes (seconds read as ms, etc.).

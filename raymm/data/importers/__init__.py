@@ -27,12 +27,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from raymm.config import ImportConfig
 from raymm.data import io
 from raymm.data.dataset import SPLITS, held_out_users, split_by_time, write_dataset
 from raymm.data.importers import amazon2023, mmrec, movielens, recbole
 from raymm.data.importers._tables import ImportedTables, add_missing_items
 from raymm.data.schema import POSITIVE_EVENTS, conform_interactions, conform_items
+from raymm.data.settings import ImportConfig
 from raymm.errors import ConfigError, DataError
 
 Reader = Callable[[ImportConfig, bool], ImportedTables]

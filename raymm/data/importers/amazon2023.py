@@ -21,7 +21,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from raymm.config import ImportConfig
 from raymm.data import io
 from raymm.data.importers._parsing import (
     epoch_to_timestamp,
@@ -32,6 +31,7 @@ from raymm.data.importers._parsing import (
 )
 from raymm.data.importers._tables import ImportedTables, collect_tags, interactions_table, rating_events
 from raymm.data.schema import TIMESTAMP
+from raymm.data.settings import ImportConfig
 from raymm.errors import DataError, ImportFormatError
 
 SUFFIXES: tuple[str, ...] = (".jsonl", ".jsonl.gz")

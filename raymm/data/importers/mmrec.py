@@ -27,7 +27,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raymm.config import ImportConfig
 from raymm.data import io
 from raymm.data.dataset import SPLITS
 from raymm.data.importers._parsing import (
@@ -39,6 +38,7 @@ from raymm.data.importers._parsing import (
     read_text_table,
 )
 from raymm.data.importers._tables import ImportedTables, interactions_table, optional_rating_and_time
+from raymm.data.settings import ImportConfig
 from raymm.errors import DataError, ImportFormatError
 
 USER_FIELD, ITEM_FIELD, LABEL_FIELD = "userID", "itemID", "x_label"

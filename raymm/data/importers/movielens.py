@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raymm.config import ImportConfig
 from raymm.data import io
 from raymm.data.importers._parsing import (
     CSV,
@@ -47,6 +46,7 @@ from raymm.data.importers._tables import (
     rating_events,
 )
 from raymm.data.schema import TIMESTAMP
+from raymm.data.settings import ImportConfig
 from raymm.errors import DataError
 
 # u.genre of ml-100k, used when the file is absent.

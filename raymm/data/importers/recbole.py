@@ -23,7 +23,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raymm.config import ImportConfig
 from raymm.data.importers._parsing import (
     TSV,
     TextTable,
@@ -40,6 +39,7 @@ from raymm.data.importers._tables import (
     join_pieces,
     optional_rating_and_time,
 )
+from raymm.data.settings import ImportConfig
 from raymm.errors import ImportFormatError
 
 FIELD_TYPES: tuple[str, ...] = ("token", "token_seq", "float", "float_seq")
