@@ -38,6 +38,7 @@ from raymm.data.settings import (
 from raymm.deploy.settings import DeploySettings
 from raymm.errors import ConfigError
 from raymm.models.config import ModelConfig, RankerConfig
+from raymm.runtime import RayConfig
 from raymm.settings_base import Precision, StrictModel
 from raymm.stream.settings import MASK, KafkaSettings, StreamSettings
 
@@ -237,24 +238,6 @@ class EvaluateConfig(StrictModel):
     missing_modality: Literal["text", "image", "audio"] | None = "image"
     missing_rate: float = Field(0.5, ge=0.0, le=1.0)
     missing_retrain: list[str] = Field(["concat", "contrastive+gated"])
-
-
-class RayConfig(StrictModel):
-    """Where Ray runs: ``address`` None starts a local instance; ``auto`` joins a cluster."""
-
-    address: str | None = None
-    num_cpus: int | None = Field(None, gt=0)
-    num_gpus: int | None = Field(None, ge=0)
-    #: Forward Ray workers' stdout/stderr (progress bars, worker logs) to the driver; ``--quiet``
-    #: turns it off. Worker errors still reach the driver in the exceptions Ray raises.
-    log_to_driver: bool = True
-    #: A local instance runs Serve's high-throughput mode with HAProxy
-    #: (:func:`raymm.runtime.serve_env`): ~3x less CPU a request in bench/serve_latency.py, but
-    #: HAProxy reloads its config when Serve's set of ingress replicas changes (every roll-out),
-    #: and a reload can drop a request in flight (ray-project/ray#66056); clients must retry
-    #: (tests/reliability/test_redeploy.py). Off by default, so a roll-out fails no request; the
-    #: serving benchmarks turn it on.
-    serve_throughput_mode: bool = False
 
 
 class ServeConfig(StrictModel):

@@ -1,12 +1,34 @@
-"""Starting or joining Ray, the one place the rest of raymm asks for a cluster."""
+"""Starting or joining Ray, the one place the rest of raymm asks for a cluster, and the ``ray``
+configuration section (:class:`RayConfig`) that says where."""
 
 from __future__ import annotations
 
 import logging
 import os
 
+from pydantic import Field
+
 from raymm import console
-from raymm.config import RayConfig
+from raymm.settings_base import StrictModel
+
+
+class RayConfig(StrictModel):
+    """Where Ray runs: ``address`` None starts a local instance; ``auto`` joins a cluster."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, gt=0)
+    num_gpus: int | None = Field(None, ge=0)
+    #: Forward Ray workers' stdout/stderr (progress bars, worker logs) to the driver; ``--quiet``
+    #: turns it off. Worker errors still reach the driver in the exceptions Ray raises.
+    log_to_driver: bool = True
+    #: A local instance runs Serve's high-throughput mode with HAProxy
+    #: (:func:`raymm.runtime.serve_env`): ~3x less CPU a request in bench/serve_latency.py, but
+    #: HAProxy reloads its config when Serve's set of ingress replicas changes (every roll-out),
+    #: and a reload can drop a request in flight (ray-project/ray#66056); clients must retry
+    #: (tests/reliability/test_redeploy.py). Off by default, so a roll-out fails no request; the
+    #: serving benchmarks turn it on.
+    serve_throughput_mode: bool = False
+
 
 # Ray Train's preemption watcher polls the drain state of the nodes running workers (spot instances,
 # KubeRay scale-down). A local instance is one node that is never drained, so the watcher is an idle
