@@ -34,7 +34,6 @@ import soundfile
 import torch
 import torchaudio
 
-from raymm.config import AudioEncoderConfig
 from raymm.errors import ConfigError
 from raymm.features.base import (
     BatchEncoder,
@@ -48,6 +47,7 @@ from raymm.features.base import (
     revision_hash,
     to_numpy,
 )
+from raymm.features.settings import AudioEncoderConfig
 
 WINDOW_SECONDS = 0.025
 HOP_SECONDS = 0.010

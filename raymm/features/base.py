@@ -40,8 +40,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from raymm.config import Precision
 from raymm.errors import ConfigError, DataError, RaymmError
+from raymm.settings_base import Precision
 
 #: Seconds an http(s) media fetch may take before the row fails.
 HTTP_TIMEOUT_S = 10.0

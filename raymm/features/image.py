@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from raymm.config import ImageEncoderConfig
 from raymm.errors import ConfigError
 from raymm.features.base import (
     BatchEncoder,
@@ -43,6 +42,7 @@ from raymm.features.base import (
     revision_hash,
     to_numpy,
 )
+from raymm.features.settings import ImageEncoderConfig
 
 #: Fraction of the resized image kept by the centre crop (ImageNet evaluation convention).
 CROP_FRACTION = 0.875

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -43,10 +43,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data.datasource import FilenameProvider
 
-from raymm.config import EncoderResources, ExtractConfig, RaymmConfig
 from raymm.data import io
 from raymm.data.dataset import ITEMS
 from raymm.errors import ConfigError, DataError, RaymmError
+from raymm.features.settings import EncoderResources, ExtractConfig
 from raymm.features.store import (
     FEATURES_MANIFEST,
     TFIDF_STATE,
@@ -54,9 +54,22 @@ from raymm.features.store import (
     feature_files,
     load_features,
 )
+from raymm.runtime import RayConfig
 
 METADATA_PREFIX = "raymm.encoder."
 FORMAT_VERSION = 1
+
+
+class ExtractJobConfig(Protocol):
+    """What :func:`extract` reads of the configuration: the ``extract`` section, and ``ray`` for
+    where it runs. A :class:`raymm.config.RaymmConfig` is one; named by shape, so the features
+    stage does not import the configuration hub that assembles its section."""
+
+    @property
+    def extract(self) -> ExtractConfig: ...
+
+    @property
+    def ray(self) -> RayConfig: ...
 
 
 def _section(config: ExtractConfig, modality: str) -> EncoderResources:
@@ -271,14 +284,14 @@ def _check_fits(config: ExtractConfig, modalities: list[str], total_cpus: float)
         )
 
 
-def _fit_tfidf(config: RaymmConfig, items_uri: str, out: str, incremental: bool) -> str:
+def _fit_tfidf(config: ExtractConfig, items_uri: str, out: str, incremental: bool) -> str:
     from raymm.features.text import TfidfTextEncoder
 
     state = io.join(out, TFIDF_STATE)
     if incremental and io.exists(state):
         return state  # keep the catalog IDF of the first run, so old and new vectors agree
     texts = io.read_table(items_uri, "items file", columns=["text"]).column("text").to_pylist()
-    encoder = TfidfTextEncoder(config.extract.text, "cpu")
+    encoder = TfidfTextEncoder(config.text, "cpu")
     encoder.fit(texts)
     encoder.save(state)
     return state
@@ -415,7 +428,7 @@ def extraction_dataset(
 
 
 def extract(
-    config: RaymmConfig,
+    config: ExtractJobConfig,
     data_dir: str,
     out: str,
     incremental: bool = False,
@@ -458,7 +471,7 @@ def extract(
     io.makedirs(out)
     tfidf_uri = None
     if "text" in modalities and extract_config.text.kind == "tfidf":
-        tfidf_uri = _fit_tfidf(config, items_uri, out, incremental)
+        tfidf_uri = _fit_tfidf(extract_config, items_uri, out, incremental)
 
     known_ids = ray.put(_known_item_ids(out)) if previous is not None else None
     dataset = extraction_dataset(
@@ -496,7 +509,7 @@ def extract(
         for stale in before:  # a full re-extract replaces the earlier parts only once it succeeded
             out_fs.delete_file(stale)
     new_files = sorted(set(feature_files(out)) - before)
-    manifest = _write_manifest(out, config, modalities, skipped, previous, new_files)
+    manifest = _write_manifest(out, extract_config, modalities, skipped, previous, new_files)
     encoded = sum(pq.ParquetFile(out_fs.open_input_file(f)).metadata.num_rows for f in new_files)
     return ExtractResult(out, manifest, encoded, skipped, time.perf_counter() - start)
 
@@ -530,7 +543,7 @@ def _output_settings(section: EncoderResources) -> dict[str, Any]:
 
 def _write_manifest(
     out: str,
-    config: RaymmConfig,
+    config: ExtractConfig,
     modalities: list[str],
     skipped: dict[str, str],
     previous: dict[str, Any] | None,
@@ -559,7 +572,7 @@ def _write_manifest(
         "modalities": modalities,
         "skipped": skipped,
         "encoders": encoders,
-        "config": {m: _output_settings(_section(config.extract, m)) for m in modalities},
+        "config": {m: _output_settings(_section(config, m)) for m in modalities},
         "counts": counts,
         "items": counts["items"],
     }

@@ -20,11 +20,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from raymm.config import AudioEncoderConfig, EncoderResources, ImageEncoderConfig, TextEncoderConfig
 from raymm.errors import ConfigError
 from raymm.features.audio import HFAudioEncoder, MelStatsEncoder
 from raymm.features.base import BatchEncoder, Encoder
 from raymm.features.image import EfficientNetLite0Encoder, HFImageEncoder
+from raymm.features.settings import (
+    AudioEncoderConfig,
+    EncoderResources,
+    ImageEncoderConfig,
+    TextEncoderConfig,
+)
 from raymm.features.text import HFTextEncoder, TfidfTextEncoder
 
 EncoderConfig = TextEncoderConfig | ImageEncoderConfig | AudioEncoderConfig

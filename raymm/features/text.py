@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from raymm.config import TextEncoderConfig
 from raymm.errors import DataError
 from raymm.features.base import (
     BatchEncoder,
@@ -49,6 +48,7 @@ from raymm.features.base import (
     revision_hash,
     to_numpy,
 )
+from raymm.features.settings import TextEncoderConfig
 
 #: Model names that resolve to a model shipped inside a PyPI package: name -> (module, install name).
 PACKAGED_TEXT_MODELS: dict[str, tuple[str, str]] = {
