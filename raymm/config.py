@@ -20,7 +20,6 @@ import yaml
 from pydantic import (
     BaseModel,
     Field,
-    PositiveInt,
     SecretStr,
     ValidationError,
     model_validator,
@@ -37,6 +36,7 @@ from raymm.data.settings import (
 )
 from raymm.deploy.settings import DeploySettings
 from raymm.errors import ConfigError
+from raymm.eval.settings import EvaluateConfig
 from raymm.features.settings import (
     AudioEncoderConfig,
     EncoderResources,
@@ -89,38 +89,6 @@ __all__ = [
     "load_config",
     "load_document",
 ]
-
-
-class EvaluateConfig(StrictModel):
-    """``raymm evaluate``: cut-offs, and which variants the ablation report trains and compares.
-
-    ``ablation`` names variants (see :mod:`raymm.workflows.ablation`). The default holds each
-    modality alone, ``concat`` (no alignment, concatenation), ``contrastive+gated`` (aligned and
-    fused), and between them ``none+gated`` (fusion without alignment) and ``contrastive+concat``
-    (alignment without the gated fusion), so that alignment and fusion are measured apart; then
-    the popularity and content baselines. With ``missing_modality`` set, the
-    report hides ``missing_rate`` of that modality's present rows (a seeded subset of items) in a
-    copy of the features, re-evaluates every trained variant on it, and re-trains on it the
-    variants listed in ``missing_retrain`` that are also in ``ablation``.
-    """
-
-    ks: list[PositiveInt] = Field([10, 20, 50], min_length=1)
-    ablation: list[str] = Field(
-        [
-            "text",
-            "image",
-            "audio",
-            "concat",
-            "none+gated",
-            "contrastive+concat",
-            "contrastive+gated",
-            "popularity",
-            "content",
-        ]
-    )
-    missing_modality: Literal["text", "image", "audio"] | None = "image"
-    missing_rate: float = Field(0.5, ge=0.0, le=1.0)
-    missing_retrain: list[str] = Field(["concat", "contrastive+gated"])
 
 
 class ServeConfig(StrictModel):
