@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -47,6 +47,7 @@ from raymm.features.settings import (
 )
 from raymm.models.config import ModelConfig, RankerConfig
 from raymm.runtime import RayConfig
+from raymm.serve.settings import ServeConfig
 from raymm.settings_base import Precision, StrictModel
 from raymm.stream.settings import MASK, KafkaSettings, StreamSettings
 from raymm.training.settings import VALIDATION_METRICS, TrainConfig
@@ -89,62 +90,6 @@ __all__ = [
     "load_config",
     "load_document",
 ]
-
-
-class ServeConfig(StrictModel):
-    """The live application (``raymm serve``): where it listens, how it is sized, its limits."""
-
-    #: The model artifact to serve (local path or URI); None: ``<out>/model``.
-    model: str | None = None
-    app_name: str = "raymm"
-    host: str = "127.0.0.1"
-    port: int = Field(8000, gt=0, lt=65536)
-    route_prefix: str = "/"
-    #: State shards (event consumers), each owning ``partition % state_shards == rank``; at most
-    #: ``kafka.partitions``.
-    state_shards: int = Field(1, gt=0)
-    recommender_replicas: int = Field(1, gt=0)
-    shard_num_cpus: float = Field(0.25, ge=0)
-    recommender_num_cpus: float = Field(0.5, ge=0)
-    #: The largest ``k`` a request may ask for (also capped by the ranker's ``retriever_top_n``).
-    max_k: int = Field(100, gt=0)
-    max_body_bytes: int = Field(65_536, gt=0)
-    #: How long a request waits for its user's state before the fallback answers.
-    state_timeout_s: float = Field(0.5, gt=0)
-    #: How long a new replica waits for every state shard to catch up (``stream.ready_max_lag``)
-    #: before it takes traffic; past it the replica fails to start, naming the shards behind.
-    ready_timeout_s: float = Field(1_800.0, gt=0)
-    #: An event hits when its item was served to the user within this many seconds.
-    hit_window_s: float = Field(600.0, gt=0)
-    #: Concurrent requests scored together (Serve's batching): the most per batch, and how long
-    #: the first waits for company (at 100 requests/s on 2 replicas here, 1 ms gave p50/p99 15/69
-    #: ms where 3 ms gave 28/119: the wait is latency and the batches stay small at that rate).
-    max_batch_size: int = Field(32, gt=0)
-    batch_wait_ms: float = Field(1.0, ge=0)
-    #: How requests search the catalog: ``exact`` reads every item vector (memory-bound: ~3.4 ms
-    #: of a core per request over 100k items here), ``faiss`` an IVF-Flat index that reads
-    #: ``nprobe`` of its ~4 sqrt(N) lists, ``auto`` faiss from ``faiss_min_items`` items on.
-    index: Literal["auto", "exact", "faiss"] = "auto"
-    faiss_min_items: int = Field(50_000, gt=0)
-    #: faiss lists scored per request; 128 of 1,024 gave recall@10 0.956 against exact on
-    #: bench/serve_latency.py's 100k-item artifact (32: 0.77, 256: 0.99).
-    nprobe: int = Field(128, gt=0)
-    #: The key every route but ``/healthz`` requires (``Authorization: Bearer <key>`` or
-    #: ``X-API-Key: <key>``; 401 without it); None, and no ``api_key_file``: the API is open. Set it
-    #: with ``RAYMM__SERVE__API_KEY`` (a Kubernetes Secret): it is never written out, and serving's
-    #: processes read it from their environment (:mod:`raymm.serve.auth`).
-    api_key: SecretStr | None = None
-    #: A file holding the key instead (a Kubernetes Secret mounted as a volume), read by each
-    #: replica when it starts; whitespace around the key is ignored.
-    api_key_file: str | None = None
-
-    @model_validator(mode="after")
-    def _one_api_key(self) -> ServeConfig:
-        if self.api_key is not None and self.api_key_file is not None:
-            raise ValueError("set serve.api_key or serve.api_key_file, not both")
-        if self.api_key is not None and not self.api_key.get_secret_value():
-            raise ValueError("serve.api_key is empty: set a key, or none to leave the API open")
-        return self
 
 
 class RaymmConfig(StrictModel):

@@ -30,8 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from raymm.config import RaymmConfig, ServeConfig
+from raymm.config import RaymmConfig
 from raymm.errors import ConfigError
+from raymm.serve.settings import ServeConfig
 from raymm.stream.settings import MASK, PASSWORD_ENV
 
 __all__ = ["API_KEY_ENV", "ApiKey", "ApiKeySource", "export_secrets"]
