@@ -2,7 +2,16 @@
 
 ``load_config("configs/quickstart.yaml", ["synth.size=tiny"])`` returns a validated
 :class:`RaymmConfig`. Unknown keys and wrong types raise :class:`ConfigError` naming the key and
-what was expected. Each stage owns one section; later stages add theirs here.
+what was expected.
+
+Each stage defines its own section types next to its code (``raymm/data/settings.py``,
+``raymm/features/settings.py``, ``raymm/models/config.py``, ``raymm/training/settings.py``,
+``raymm/eval/settings.py``, ``raymm/stream/settings.py``, ``raymm/serve/settings.py``,
+``raymm/deploy/settings.py``, :class:`raymm.runtime.RayConfig`) on
+:class:`raymm.settings_base.StrictModel`; this module only assembles them into
+:class:`RaymmConfig`, checks what spans sections, and loads it. Only the stages that take the
+whole configuration (training, evaluation, serving, deployment, workflows, the CLI) import this
+hub; ``tests/test_layers.py`` keeps it so.
 
 Environment variables ``RAYMM__<SECTION>__<KEY>`` override keys after the file and before the
 dotted overrides (``RAYMM__KAFKA__SASL_PLAIN_PASSWORD`` sets ``kafka.sasl_plain_password``): how a
