@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,6 +111,25 @@ def test_name_lists_follow_the_registries() -> None:
 
     assert set(get_args(ImportFormat)) == set(IMPORTERS)
     assert set(get_args(SizeName)) == set(SIZES)
+
+
+def test_loading_the_config_loads_no_framework() -> None:
+    """Each stage's section is plain pydantic and ``raymm.features`` loads its names lazily, so
+    assembling every section (a ``--dry-run``, a config check) imports no torch, Ray or web stack."""
+    frameworks = ("torch", "ray", "kafka", "fastapi", "starlette")
+    script = (
+        "import sys; from raymm.config import load_config; load_config(sys.argv[1]); "
+        f"print(','.join(m for m in {frameworks!r} if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "configs" / "quickstart.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == ""
 
 
 def test_the_validation_metric_must_be_computed() -> None:
