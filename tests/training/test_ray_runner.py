@@ -35,7 +35,7 @@ def _linear_loop() -> Callable[[dict[str, Any]], None]:
     """A loop that fits y = 2 x0 - x1 with one linear layer, through every hook :class:`WorkerRun` gives.
 
     Made here, not at module level: Ray pickles a module-level function by its module's name, which
-    pytest imports as ``train.test_ray_runner``, a name the workers cannot import.
+    pytest imports as ``training.test_ray_runner``, a name the workers cannot import.
     """
 
     def loop(loop_config: dict[str, Any]) -> None:
@@ -80,7 +80,7 @@ def _examples() -> pa.Table:
 def test_a_run_returns_its_last_checkpoint_and_keeps_two_whole_ones(
     ray_session: None, tmp_path: Path
 ) -> None:
-    # a worker that fails and resumes is tests/train/test_trainer.py's and test_rank_trainer.py's
+    # a worker that fails and resumes is tests/training/test_trainer.py's and test_rank_trainer.py's
     config = small_model_config(tmp_path)
     saved = run_on_ray(
         _linear_loop(), {"epochs": 3}, config, "tiny", shuffled_examples(_examples(), 0), "tiny run"
