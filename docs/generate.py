@@ -236,7 +236,7 @@ def configuration_reference() -> tuple[str, list[str]]:
         sections.append(f"## {title}\n\n{doc}\n\n" + table(["key", "type", "default", "meaning"], rows))
     count = sum(1 for line in "\n".join(sections).splitlines() if line.startswith("| `"))
     intro = (
-        f"# Configuration reference\n\n{GENERATED.format(source='the types in raymm/config.py')}\n\n"
+        f"# Configuration reference\n\n{GENERATED.format(source='the section types each stage defines, assembled in raymm/config.py')}\n\n"
         f"Every one of the {count} keys, walked from `raymm.config.RaymmConfig` and the sections it "
         "includes, with its type, its default (the defaults of a bare `RaymmConfig()`, before a "
         "YAML file or `--set`) and one line of meaning from the code. How a configuration is loaded "

@@ -42,17 +42,17 @@ class ServeConfig(StrictModel):
     #: An event hits when its item was served to the user within this many seconds.
     hit_window_s: float = Field(600.0, gt=0)
     #: Concurrent requests scored together (Serve's batching): the most per batch, and how long
-    #: the first waits for company (at 100 requests/s on 2 replicas here, 1 ms gave p50/p99 15/69
-    #: ms where 3 ms gave 28/119: the wait is latency and the batches stay small at that rate).
+    #: the first waits for company. Keep the wait short: at moderate rates the batches stay small
+    #: and the wait is added latency (bench/serve_latency.py measures both).
     max_batch_size: int = Field(32, gt=0)
     batch_wait_ms: float = Field(1.0, ge=0)
-    #: How requests search the catalog: ``exact`` reads every item vector (memory-bound: ~3.4 ms
-    #: of a core per request over 100k items here), ``faiss`` an IVF-Flat index that reads
-    #: ``nprobe`` of its ~4 sqrt(N) lists, ``auto`` faiss from ``faiss_min_items`` items on.
+    #: How requests search the catalog: ``exact`` reads every item vector (memory-bound, so its
+    #: cost grows with the catalog), ``faiss`` an IVF-Flat index that reads ``nprobe`` of its
+    #: ~4 sqrt(N) lists, ``auto`` faiss from ``faiss_min_items`` items on.
     index: Literal["auto", "exact", "faiss"] = "auto"
     faiss_min_items: int = Field(50_000, gt=0)
-    #: faiss lists scored per request; 128 of 1,024 gave recall@10 0.956 against exact on
-    #: bench/serve_latency.py's 100k-item artifact (32: 0.77, 256: 0.99).
+    #: faiss lists scored per request: more lists, higher recall against exact search and more
+    #: CPU (bench/retrieval.py sweeps it against exact search: bench/results/retrieval.json).
     nprobe: int = Field(128, gt=0)
     #: The key every route but ``/healthz`` requires (``Authorization: Bearer <key>`` or
     #: ``X-API-Key: <key>``; 401 without it); None, and no ``api_key_file``: the API is open. Set it

@@ -31,8 +31,9 @@ class TrainConfig(StrictModel):
     early stopping and the choices made on validation rank: the fallback's half-life and
     shrinkage (54 full-catalog passes), the ranker's retrieval weight (8), and evaluation's
     ``validation_ndcg``. Each pass costs users x items, so with every user the large benchmark's
-    choices alone would take hours on 2 CPUs (bench/scale.py); 4,096 users hold the standard
-    error of NDCG@20 near 0.002. None ranks them all.
+    choices alone would take hours on a small machine (bench/scale.py); a few thousand users
+    hold the standard error of NDCG@20 well below the differences those choices act on. None
+    ranks them all.
     """
 
     epochs: int = Field(8, gt=0)
