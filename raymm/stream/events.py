@@ -50,6 +50,8 @@ Reason = Literal[
 #: Why a message went to the dead-letter topic.
 REASONS: tuple[str, ...] = get_args(Reason)
 MAX_ID_LENGTH = 256
+#: The key of a message is its id in UTF-8: at most 4 bytes a character.
+MAX_KEY_BYTES = 4 * MAX_ID_LENGTH
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MS = dt.timedelta(milliseconds=1)
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -61,7 +63,9 @@ class EventLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_key_bytes: int = Field(512, gt=0)
+    #: Room for the longest valid id (MAX_ID_LENGTH characters of up to 4 UTF-8 bytes each): a
+    #: smaller default refused keys that raymm's own producer writes for valid ids.
+    max_key_bytes: int = Field(MAX_KEY_BYTES, gt=0)
     max_value_bytes: int = Field(16_384, gt=0)
     earliest: dt.datetime = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
     max_future_s: float = Field(86_400.0, ge=0)
@@ -319,7 +323,7 @@ class ItemLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_key_bytes: int = Field(512, gt=0)
+    max_key_bytes: int = Field(MAX_KEY_BYTES, gt=0)  # as EventLimits': the longest valid id fits
     max_value_bytes: int = Field(16 * 1024 * 1024, gt=0)
 
 

@@ -184,8 +184,8 @@ def test_a_valid_event_round_trips_through_both_decoders_to_the_millisecond(
     event = UserEvent(event_id=event_id, user_id=user_id, item_id=item_id, event=kind, ts=ts)
     key, value = event.encode()
     assert json.loads(value)["ts"] == ts_ms
-    # Room for ids of 256 characters of 4 UTF-8 bytes each (the default key limit is 512 bytes).
-    limits = LIMITS.model_copy(update={"max_key_bytes": 4 * MAX_ID_LENGTH, "max_value_bytes": 16_384})
+    # The default limits: every valid id's key fits (ids of 256 characters of 4 UTF-8 bytes each).
+    limits = EventLimits(earliest=LIMITS.earliest, max_future_s=LIMITS.max_future_s)
     assert decode_event(key, value, limits, NOW) == event
     expected = Event(event_id, user_id, item_id, kind, ts_ms)
     assert Event.of(event) == expected
@@ -271,7 +271,9 @@ def test_a_valid_item_round_trips(
     item = ItemMessage(item_id=item_id, text=text, image=image, audio=audio, tags=tags, created_at=created_at)
     key, value = item.encode()
     if text is None and image is None and audio is None:
-        assert _decode_item(key, value) == "no_content"
+        with pytest.raises(Rejected) as refused:  # the default limits: every valid id's key fits
+            decode_item(key, value, ItemLimits())
+        assert refused.value.reason == "no_content"
         return
     decoded = decode_item(key, value, ItemLimits())
     assert decoded == item
