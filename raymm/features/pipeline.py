@@ -37,6 +37,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+# First: the encoders' native libraries (torch, torchaudio, transformers) load before pyarrow and
+# Ray Data. Loaded after them (once raymm.features' names became lazy), `raymm extract` run as a
+# Ray job writing to S3 died with SIGSEGV, or exit 2, before printing anything
+# (tests/workflows/test_submit_cluster.py); this is the order the package had before.
+import raymm.features.registry  # noqa: F401  isort: skip
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
