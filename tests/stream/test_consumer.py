@@ -28,6 +28,7 @@ from raymm.stream import loop as poll_loop
 from raymm.stream.broker import EmbeddedBroker, ensure_topics
 from raymm.stream.consumer import ConsumerMetrics, EventConsumer
 from raymm.stream.events import (
+    MAX_KEY_BYTES,
     DeadLetter,
     Event,
     EventDecoder,
@@ -242,7 +243,7 @@ def _poison(good: UserEvent) -> list[tuple[str, bytes | None, bytes | None]]:
 
     without_item = {k: v for k, v in document.items() if k != "item_id"}
     return [
-        ("oversized_key", b"k" * 1000, value()),
+        ("oversized_key", b"k" * (MAX_KEY_BYTES + 1), value()),
         ("oversized_value", key, value(padding="x" * 20_000)),
         ("undecodable", key, b"\xff\xfe{}"),
         ("bad_json", key, b'{"user_id": '),
