@@ -66,6 +66,8 @@ class EventLimits(BaseModel):
     #: Room for the longest valid id (MAX_ID_LENGTH characters of up to 4 UTF-8 bytes each): a
     #: smaller default refused keys that raymm's own producer writes for valid ids.
     max_key_bytes: int = Field(MAX_KEY_BYTES, gt=0)
+    #: The largest event (its JSON value) a consumer accepts, in bytes; a larger one goes to the
+    #: dead-letter topic as ``oversized_value``.
     max_value_bytes: int = Field(16_384, gt=0)
     earliest: dt.datetime = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
     max_future_s: float = Field(86_400.0, ge=0)

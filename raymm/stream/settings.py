@@ -60,17 +60,31 @@ class KafkaSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: The brokers to connect to, ``host:port`` pairs separated by commas; None: ``raymm serve``
+    #: and ``raymm quickstart`` start an embedded broker (``embedded_broker``).
     bootstrap_servers: str | None = None
     #: The broker started when ``bootstrap_servers`` is None; noida joins consumer groups in ~0.4 s
     #: (Tansu takes ~23 s) and keeps its data across restarts.
     embedded_broker: BrokerKind = "noida"
+    #: How clients talk to the brokers: ``SSL`` and ``SASL_SSL`` encrypt with TLS, the ``SASL_``
+    #: ones authenticate with ``sasl_mechanism``.
     security_protocol: SecurityProtocol = "PLAINTEXT"
+    #: How a ``SASL_`` protocol authenticates; required with one, refused with any other.
     sasl_mechanism: SaslMechanism | None = None
+    #: The user that PLAIN and SCRAM mechanisms log in as.
     sasl_plain_username: str | None = None
+    #: That user's password, best set with ``RAYMM__KAFKA__SASL_PLAIN_PASSWORD``: raymm's Ray
+    #: workers read it from their environment, never from an argument (:mod:`raymm.stream.settings`
+    #: says why).
     sasl_plain_password: SecretStr | None = None
+    #: CA bundle (PEM) that verifies the brokers' certificates under TLS; None: the system's CAs.
     ssl_cafile: str | None = None
+    #: Client certificate (PEM) for brokers that require TLS client authentication; needs
+    #: ``ssl_keyfile``.
     ssl_certfile: str | None = None
+    #: Private key (PEM) of ``ssl_certfile``.
     ssl_keyfile: str | None = None
+    #: The name every raymm client gives the brokers, as it appears in their logs and quotas.
     client_id: str = "raymm"
     #: Partitions of ``raymm.events``: the most consumer replicas that can share the stream.
     partitions: int = Field(8, gt=0)
@@ -186,8 +200,9 @@ class StreamSettings(BaseModel):
     #: Items remembered as seen per user (never recommended again), the most recently touched:
     #: bounds each user's state, as ``max_users_in_memory`` bounds the users. None: every item.
     max_seen: int | None = Field(10_000, gt=0)
-    #: The most records one poll returns, and how long it waits for them.
+    #: The most records one poll returns.
     poll_max_records: int = Field(2_000, gt=0)
+    #: How long a poll waits for records when none are ready, in milliseconds.
     poll_timeout_ms: int = Field(200, gt=0)
     #: A state shard answers as ready once, after it starts, every partition it owns is within this
     #: many messages of the end of its log; serving waits for that before it takes traffic, so an
