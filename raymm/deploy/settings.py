@@ -26,8 +26,12 @@ class PodResources(_Section):
     """One Ray pod's container: CPUs, memory (a Kubernetes quantity) and NVIDIA GPUs; requests
     equal limits, as Ray reads its resources from the limits."""
 
+    #: CPUs of each pod (a fraction is rendered in millicores, ``0.5`` as ``500m``).
     cpus: float = Field(2.0, gt=0)
+    #: Memory of each pod, a Kubernetes quantity such as ``512Mi`` or ``16Gi``.
     memory: str = "8Gi"
+    #: NVIDIA GPUs of each pod; more than 0 runs the ``-gpu`` image and tolerates the
+    #: ``nvidia.com/gpu`` taint of GPU nodes.
     gpus: int = Field(0, ge=0)
 
 
@@ -35,6 +39,7 @@ class WorkerGroup(PodResources):
     """A Ray worker group: ``replicas`` at start, the Ray autoscaler moves it within
     ``min_replicas``..``max_replicas``. A group with ``gpus`` runs the ``-gpu`` image."""
 
+    #: The group's ``groupName`` in the RayCluster.
     name: str = "cpu"
     replicas: int = Field(1, ge=0)
     min_replicas: int = Field(1, ge=0)
@@ -64,6 +69,8 @@ class KafkaCluster(_Section):
     controllers: int = Field(0, ge=0)
     brokers: int = Field(1, ge=1)
     storage: str = "ephemeral"
+    #: The StorageClass of the volumes a ``storage`` size claims; None: the cluster's default
+    #: (unused with ``ephemeral``).
     storage_class: str | None = None
     tls: bool = False
     replication: int = Field(1, ge=1)
@@ -181,13 +188,19 @@ class DeploySettings(_Section):
 
     image: str = "ghcr.io/raymm/raymm"
     version: str | None = None
+    #: The Kubernetes namespace every rendered resource goes into.
     namespace: str = "raymm"
     storage: str = "s3://raymm"
     s3_secret: str = "raymm-s3"
     model_tag: str = "v1"
     bootstrap_servers: str = "localhost:9092"
+    #: The RayService's name; it also names the API key Secret (``<rayservice>-api-key``) and
+    #: labels the pods that the PodMonitor scrapes.
     rayservice: str = "raymm"
+    #: The Strimzi Kafka's name (its bootstrap service is ``<kafka_cluster>-kafka-bootstrap``).
     kafka_cluster: str = "raymm"
+    #: The Strimzi KafkaUser the serving pods authenticate as; its password is in the Secret of
+    #: the same name.
     kafka_user: str = "raymm"
     dev: Variant = Field(default_factory=lambda: Variant.model_validate(PRESETS["dev"]))
     prod: Variant = Field(default_factory=lambda: Variant.model_validate(PRESETS["prod"]))
