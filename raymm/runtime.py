@@ -16,7 +16,11 @@ class RayConfig(StrictModel):
     """Where Ray runs: ``address`` None starts a local instance; ``auto`` joins a cluster."""
 
     address: str | None = None
+    #: CPUs a local instance offers to Ray's scheduler (None: every CPU of the machine); unused
+    #: when joining a cluster, whose nodes declare their own.
     num_cpus: int | None = Field(None, gt=0)
+    #: GPUs a local instance offers to Ray's scheduler (None: every GPU Ray detects); unused when
+    #: joining a cluster.
     num_gpus: int | None = Field(None, ge=0)
     #: Forward Ray workers' stdout/stderr (progress bars, worker logs) to the driver; ``--quiet``
     #: turns it off. Worker errors still reach the driver in the exceptions Ray raises.
