@@ -7,13 +7,14 @@ The served retriever is one dot product (:class:`~raymm.recommend.scorers.Fallba
 
 with ``a(h) = h / (h + shrinkage)`` for a history of ``h`` items and popularity counted with a
 half-life. :class:`BlendSettings` holds the five numbers (and the item-item model's ``l2``);
-:func:`choose_blend_settings` picks them on validation by coordinate search over fixed grids,
+:func:`choose_blend_settings` picks them on validation by coordinate search over fixed grids (the
+item-item weight and ``l2`` jointly),
 every setting scored by the same evaluator; the manifest records them and every trial.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -32,7 +33,7 @@ from raymm.recommend.scorers import (
 
 #: Weights of the item-item score validation tries, relative to the two-tower's score spread
 #: (:func:`relative_scale`); 0 is the two-tower alone.
-COLLAB_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+COLLAB_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 #: Weights popularity keeps for a long history (FallbackScorer's ``popularity_weight``). The grid
 #: reaches far because MovieLens-100k's validation kept choosing the top of a shorter one.
 POPULARITY_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -45,8 +46,9 @@ SCALE_USERS = 256
 @dataclass(frozen=True)
 class BlendSettings:
     """The served blend (see the module docstring). ``collab_weight`` is absolute (what serving
-    multiplies by), ``collab_relative`` the grid value it came from; ``collab_l2`` is relative to
-    the item-item Gram matrix's mean diagonal."""
+    multiplies by), ``collab_relative`` the grid value it came from (relative to the score spread
+    at ``collab_l2``, :func:`relative_scale`); ``collab_l2`` is relative to the item-item Gram
+    matrix's mean diagonal."""
 
     collab_weight: float = 0.0
     collab_relative: float = 0.0
@@ -129,14 +131,30 @@ def choose_blend_settings(
     rounds: int = ROUNDS,
 ) -> tuple[BlendSettings, dict[str, float]]:
     """The :class:`BlendSettings` with the best ``evaluate`` (validation NDCG), by coordinate
-    search: each setting in turn over its grid, the others held, ``rounds`` passes; a change is
+    search: each coordinate in turn over its grid, the others held, ``rounds`` passes; a change is
     kept only when it scores strictly better, so ties keep the simpler start. Popularity is fitted
     on ``context`` (the training split); ``history`` (validation users' histories) sets the
     item-item scale. ``collaborative`` (fitted, l2 changed in place) None: two-tower only.
-    Returns the settings and every trial's score by :meth:`BlendSettings.label`."""
+
+    The item-item weight and its ``l2`` are one coordinate, searched jointly over
+    :data:`COLLAB_WEIGHT_GRID` x :data:`L2_GRID`: ``l2`` changes the item-item scores' spread, so
+    the weight that suits one ``l2`` does not suit another, and searched one at a time they stop
+    where neither alone improves (seen on the synthetic benchmark: weight 0 chosen where a larger
+    ``l2`` with a larger weight scored higher on validation). The weight is relative to the
+    spread at its own ``l2`` (:func:`relative_scale`). Returns the settings and every trial's
+    score by :meth:`BlendSettings.label`."""
     popularity: dict[float | None, PopularityScorer] = {}
-    scale = 1.0 if collaborative is None else relative_scale(two_tower, collaborative, history)
+    scales: dict[float, float] = {}
     trials: dict[str, float] = {}
+
+    def scale_at(l2: float) -> float:
+        """What a relative weight of 1 is in absolute terms at ``l2``."""
+        if collaborative is None:
+            return 1.0
+        if l2 not in scales:
+            collaborative.set_l2(l2)
+            scales[l2] = relative_scale(two_tower, collaborative, history)
+        return scales[l2]
 
     def score(settings: BlendSettings) -> float:
         label = settings.label()
@@ -152,28 +170,38 @@ def choose_blend_settings(
             )
         return trials[label]
 
-    grids: list[tuple[str, tuple[Any, ...]]] = [
-        ("half_life_days", HALF_LIFE_GRID_DAYS),
-        ("shrinkage", SHRINKAGE_GRID),
-        ("popularity_weight", POPULARITY_WEIGHT_GRID),
+    def item_item(best: BlendSettings, relative: float, l2: float) -> BlendSettings:
+        return replace(best, collab_relative=relative, collab_weight=relative * scale_at(l2), collab_l2=l2)
+
+    def item_item_grid(best: BlendSettings) -> Iterator[BlendSettings]:
+        """Off (``l2`` then changes nothing), or on at every weight x ``l2``, ``l2``-major so that
+        each ``l2``'s item vectors are computed once a pass."""
+        yield item_item(best, 0.0, best.collab_l2)
+        for l2 in L2_GRID:
+            for relative in COLLAB_WEIGHT_GRID:
+                if relative > 0:
+                    yield item_item(best, relative, l2)
+
+    def grid(name: str, values: tuple[Any, ...]) -> Callable[[BlendSettings], Iterator[BlendSettings]]:
+        return lambda best: (replace(best, **{name: value}) for value in values)
+
+    coordinates = [
+        grid("half_life_days", HALF_LIFE_GRID_DAYS),
+        grid("shrinkage", SHRINKAGE_GRID),
+        grid("popularity_weight", POPULARITY_WEIGHT_GRID),
     ]
     if collaborative is not None:
-        grids = [("collab_relative", COLLAB_WEIGHT_GRID), ("collab_l2", L2_GRID), *grids]
+        coordinates.insert(0, item_item_grid)
     start_relative = 1.0 if collaborative is not None else 0.0
-    best = BlendSettings(collab_weight=start_relative * scale, collab_relative=start_relative, shrinkage=4.0)
+    best = item_item(BlendSettings(shrinkage=4.0), start_relative, 1.0)
     best_score = score(best)
     for _ in range(rounds):
         changed = False
-        for name, grid in grids:
-            for value in grid:
-                candidate = replace(best, **{name: value})
-                if name == "collab_relative":
-                    candidate = replace(candidate, collab_weight=float(value) * scale)
-                if name == "collab_l2" and candidate.collab_relative == 0:
-                    continue  # l2 changes nothing while the item-item part is off
-                value_score = score(candidate)
-                if value_score > best_score:
-                    best, best_score, changed = candidate, value_score, True
+        for coordinate in coordinates:
+            for candidate in coordinate(best):
+                candidate_score = score(candidate)
+                if candidate_score > best_score:
+                    best, best_score, changed = candidate, candidate_score, True
         if not changed:
             break
     if collaborative is not None:

@@ -11,6 +11,7 @@ from raymm.recommend.blend import (
     COLLAB_WEIGHT_GRID,
     BlendSettings,
     choose_blend_settings,
+    relative_scale,
     served_retriever,
 )
 from raymm.recommend.catalog import Catalog
@@ -83,6 +84,30 @@ def test_the_search_finds_the_setting_validation_prefers() -> None:
     assert alone.collab_weight == 0 and all(label.startswith("collab=0/") for label in tried)
     assert len(tried) < len(trials)
     assert 0.0 in COLLAB_WEIGHT_GRID
+
+
+def test_the_item_item_weight_and_l2_are_searched_together() -> None:
+    """Validation that prefers a weight and an l2 only together (each alone scores below the start):
+    searched one at a time, the search would stop at the start."""
+    context = _context()
+    two_tower = FixedScorer([0.1, 0.2, 0.3, 0.4])
+    collab = CollaborativeScorer(l2=1.0).fit(context)
+    scale = relative_scale(two_tower, collab.set_l2(16.0), np.array([[0, 1], [-1, 2]]))
+
+    def validation(scorer: Scorer) -> float:
+        assert isinstance(scorer, FallbackScorer)
+        personal = scorer.primary
+        weight = personal.weight if isinstance(personal, PersonalScorer) else 0.0
+        if collab.l2 == 16.0 and weight == pytest.approx(4.0 * scale):
+            return 2.0
+        return 1.0 if (collab.l2, weight > 0) == (1.0, True) else 0.0
+
+    settings, trials = choose_blend_settings(
+        validation, two_tower, collab, context, np.array([[0, 1], [-1, 2]])
+    )
+    assert (settings.collab_relative, settings.collab_l2) == (4.0, 16.0)
+    assert settings.collab_weight == pytest.approx(4.0 * scale) and collab.l2 == 16.0
+    assert trials[settings.label()] == 2.0
 
 
 def test_settings_round_trip_through_the_manifest_and_old_manifests_still_read() -> None:
