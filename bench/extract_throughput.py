@@ -40,7 +40,7 @@ loaded (not ``mel_stats``, which has no model; ``null`` there). ``met`` records 
 Variants of (c), each changing one thing against ``per_modality`` (2 actors x 0.5 CPU, 1 torch
 thread each, blocks of ``batch_size`` rows):
   ``block_rows_x4``  blocks of 4 x ``batch_size`` rows (``extract.block_rows``)
-  ``tasks``          audio only: Ray tasks instead of actors (``extract.audio.compute=tasks``,
+  ``tasks``          audio only: Ray tasks instead of actors (``extract.audio.resources.compute=tasks``,
                      at most 2 at once, 0.5 CPU each); ``mel_stats`` loads no model
 
 Decoding in the read stage is not a variant: ``decode`` reports the encoder's per-row decode
@@ -94,18 +94,18 @@ import pyarrow.parquet as pq
 import torch
 from _shared import BASE_CONFIG, finish, log, result_path
 
-from raymm.config import EncoderResources, RayConfig, RaymmConfig, load_config
+from raymm.config import EncoderResources, EncoderSection, RayConfig, RaymmConfig, load_config
 from raymm.data import io
 from raymm.data.dataset import ITEMS
 from raymm.data.synth import synthesize
 from raymm.features.pipeline import extract
 from raymm.features.registry import build_encoder
 from raymm.runtime import init_ray
+from raymm.settings_base import MODALITIES
 
 BENCH = "extract_throughput"
 #: The target of design.md section 4 this benchmark measures: `make bench` runs it.
 DESIGN_TARGET = "Extraction"
-MODALITIES = ("text", "image", "audio")
 PHASES = ("modalities", "pools", "workers")
 #: The encoder of each modality under test, on top of quickstart.yaml's settings.
 ENCODER_OVERRIDES = {
@@ -139,7 +139,7 @@ TARGETS = {"ray_steady_vs_batched_min": 0.8, "ray_total_vs_naive_min": 5.0}
 MODALITY_VARIANTS: dict[str, tuple[tuple[str, ...], list[str]]] = {
     "per_modality": (MODALITIES, []),
     "block_rows_x4": (MODALITIES, ["extract.block_rows={block4}"]),
-    "tasks": (("audio",), ["extract.audio.compute=tasks"]),
+    "tasks": (("audio",), ["extract.audio.resources.compute=tasks"]),
 }
 #: Variants of the all-modality run (phase ``pools``).
 POOL_VARIANTS: dict[str, list[str]] = {
@@ -261,8 +261,13 @@ def write_items(catalog: Path, columns: list[str], n_items: int, replicas: int, 
 
 
 def section_of(config: RaymmConfig, modality: str) -> Any:
-    section: EncoderResources = getattr(config.extract, modality)
+    section: EncoderSection = getattr(config.extract, modality)
     return section
+
+
+def resources_of(config: RaymmConfig, modality: str) -> EncoderResources:
+    """``extract.<modality>.resources``: how that modality's encoder runs in Ray Data."""
+    return section_of(config, modality).resources
 
 
 def run_naive(modality: str, section: Any, values: list[Any], min_items: int, threads: int) -> Run:
@@ -290,8 +295,9 @@ def run_batched(modality: str, section: Any, data_dir: Path, out: Path, device: 
     column = table.column(modality)
     chunks = []
     batches = []
-    for start in range(0, table.num_rows, section.batch_size):
-        encoded = encoder.encode(column.slice(start, section.batch_size).to_pylist())
+    batch_size = section.resources.batch_size
+    for start in range(0, table.num_rows, batch_size):
+        encoded = encoder.encode(column.slice(start, batch_size).to_pylist())
         if not encoded.present.all():
             raise RuntimeError(f"batched {modality}: rows failed: {set(encoded.errors) - {None}}")
         chunks.append(encoded.vectors)
@@ -319,7 +325,7 @@ def run_ray(config: RaymmConfig, data_dir: Path, out: Path) -> Run:
     # One file per block: each block is written as it arrives (see the module docstring).
     extract_config = config.extract
     block_rows = extract_config.block_rows or max(
-        section_of(config, m).batch_size for m in extract_config.modalities
+        resources_of(config, m).batch_size for m in extract_config.modalities
     )
     config.extract.rows_per_file = block_rows
     started_wall = time.time()
@@ -353,16 +359,16 @@ def ray_config(modality: str, extra: list[str], gpus: int = 0) -> RaymmConfig:
     """The pipeline's plan: CPU, 2 actors x 0.5 CPU; GPU, one actor per GPU in bf16."""
     config = base_config([modality], extra)
     config.ray = RayConfig(num_cpus=CPU_THREADS)
-    section = section_of(config, modality)
+    resources = resources_of(config, modality)
     if gpus:
         config.extract.device = "cuda"
-        section.min_actors = section.max_actors = gpus
-        section.num_cpus = (CPU_THREADS - 1) / gpus  # what the listing task leaves
-        section.num_gpus = 1.0
-        section.precision = "bf16"
+        resources.min_actors = resources.max_actors = gpus
+        resources.num_cpus = (CPU_THREADS - 1) / gpus  # what the listing task leaves
+        resources.num_gpus = 1.0
+        resources.precision = "bf16"
     else:
-        section.min_actors = section.max_actors = RAY_ACTORS
-        section.num_cpus = RAY_ACTOR_CPUS
+        resources.min_actors = resources.max_actors = RAY_ACTORS
+        resources.num_cpus = RAY_ACTOR_CPUS
     return config
 
 
@@ -399,7 +405,7 @@ def measure(
     for name, (applies_to, overrides) in MODALITY_VARIANTS.items():
         if modality not in applies_to or (variants is not None and name not in variants):
             continue
-        extra = [o.format(block4=4 * section.batch_size) for o in overrides]
+        extra = [o.format(block4=4 * section.resources.batch_size) for o in overrides]
         ray[name] = run_ray(ray_config(modality, extra), data_dir, work / modality / f"ray-{name}")
         load[f"ray_{name}"] = os.getloadavg()[0]
         log(BENCH, f"{modality}: ray {name}: {ray[name]}")
@@ -427,7 +433,7 @@ def measure(
     }
     return {
         "n_items": n_items,
-        "batch_size": section.batch_size,
+        "batch_size": section.resources.batch_size,
         "model_loaded": MODEL_LOADED[modality],
         "ray_plan": f"{RAY_ACTORS} x {RAY_ACTOR_CPUS} CPU, 1 torch thread each; rows_per_file = block rows",
         "naive": {
@@ -464,7 +470,7 @@ def measure_pools(data_dir: Path, work: Path) -> dict[str, Any]:
             plans[name] = f"1 shared pool: {shared.min_actors} x {shared.num_cpus:g} CPU"
         else:
             plans[name] = ", ".join(
-                f"{m}: {section_of(config, m).min_actors} x {section_of(config, m).num_cpus:g} CPU"
+                f"{m}: {resources_of(config, m).min_actors} x {resources_of(config, m).num_cpus:g} CPU"
                 for m in MODALITIES
             )
         runs[name] = run_ray(config, data_dir, work / "pools" / name)
@@ -498,9 +504,9 @@ def measure_workers(modality: str, data_dir: Path, work: Path) -> dict[str, Any]
     for actors in (1, 2):
         config = ray_config(modality, [])
         config.ray = RayConfig(num_cpus=CPU_THREADS + 1)
-        section = section_of(config, modality)
-        section.min_actors = section.max_actors = actors
-        section.num_cpus = 1.0
+        resources = resources_of(config, modality)
+        resources.min_actors = resources.max_actors = actors
+        resources.num_cpus = 1.0
         runs[actors] = run_ray(config, data_dir, work / "workers" / f"{actors}")
         log(BENCH, f"workers: {modality}, {actors} actor(s) x 1 CPU: {runs[actors]}")
     return {
@@ -524,7 +530,7 @@ def measure_gpu(modality: str, data_dir: Path, work: Path, gpus: int) -> dict[st
     log(BENCH, f"{modality} gpu: batched {batched}, ray {ray}")
     return {
         "n_items": batched.items,
-        "precision": section.precision,
+        "precision": section.resources.precision,
         "ray_plan": f"{gpus} actors x 1 GPU",
         "batched": batched.as_dict(),
         "ray": ray.as_dict(),

@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:
 
 from raymm.config import (  # noqa: E402
     AudioEncoderConfig,
+    EncoderResources,
     ImageEncoderConfig,
     TextEncoderConfig,
     TrainConfig,
@@ -59,6 +60,7 @@ from raymm.models.config import ModelConfig, UserStateConfig  # noqa: E402
 from raymm.models.towers import TwoTower  # noqa: E402
 from raymm.recommend.catalog import Catalog  # noqa: E402
 from raymm.recommend.vectors import encode_catalog, user_vectors  # noqa: E402
+from raymm.settings_base import MODALITIES  # noqa: E402
 from raymm.training.examples import Examples, target_log_q  # noqa: E402
 from raymm.training.loop import StepOutput, fit  # noqa: E402
 from raymm.training.objective import NextItemObjective  # noqa: E402
@@ -218,9 +220,13 @@ def encoder_configs(text_model: Path, batch: dict[str, int]) -> dict[str, Any]:
     fp32 everywhere, so CUDA and CPU vectors are comparable (reduced precision is a separate question).
     """
     return {
-        "text": TextEncoderConfig(kind="hf", model=str(text_model), batch_size=batch["text"]),
-        "image": ImageEncoderConfig(kind="efficientnet_lite0", batch_size=batch["image"]),
-        "audio": AudioEncoderConfig(kind="mel_stats", batch_size=batch["audio"]),
+        "text": TextEncoderConfig(
+            kind="hf", model=str(text_model), resources=EncoderResources(batch_size=batch["text"])
+        ),
+        "image": ImageEncoderConfig(
+            kind="efficientnet_lite0", resources=EncoderResources(batch_size=batch["image"])
+        ),
+        "audio": AudioEncoderConfig(kind="mel_stats", resources=EncoderResources(batch_size=batch["audio"])),
     }
 
 
@@ -261,7 +267,7 @@ def check_extraction(
     device_configs = encoder_configs(text_model, DEVICE_BATCH)
     cpu_configs = encoder_configs(text_model, CPU_BATCH)
     report: dict[str, Any] = {}
-    for modality in ("text", "image", "audio"):
+    for modality in MODALITIES:
         with failures.stage(f"extraction.{modality}"):
             values = media[modality]
             reset_peak(device)

@@ -47,9 +47,9 @@ from _shared import BASE_CONFIG, finish, log
 from _shared.measure import start_hogs, stop_hogs
 
 from raymm.config import RaymmConfig, load_config
+from raymm.settings_base import MODALITIES
 
 BENCH = "reproducible"
-MODALITIES = ("text", "image", "audio")
 
 
 def run_pipeline(config: RaymmConfig, data: Path, root: Path) -> dict[str, Any]:

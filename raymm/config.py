@@ -49,6 +49,7 @@ from raymm.eval.settings import EvaluateConfig
 from raymm.features.settings import (
     AudioEncoderConfig,
     EncoderResources,
+    EncoderSection,
     ExtractConfig,
     ImageEncoderConfig,
     SharedPoolConfig,
@@ -71,6 +72,7 @@ __all__ = [
     "ConfigError",
     "DeploySettings",
     "EncoderResources",
+    "EncoderSection",
     "EvaluateConfig",
     "ExtractConfig",
     "ImageEncoderConfig",
@@ -217,7 +219,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> list[tuple[str, l
     """``(variable, key parts, value)`` for each ``RAYMM__SECTION__KEY`` in ``environ`` (default:
     the process environment), sorted by variable.
 
-    Segments are lower-cased (``RAYMM__EXTRACT__TEXT__NUM_GPUS`` -> ``extract.text.num_gpus``).
+    Segments are lower-cased (``RAYMM__EXTRACT__TEXT__RESOURCES__NUM_GPUS`` -> ``extract.text.resources.num_gpus``).
     Values are parsed as YAML scalars, as ``--set`` parses them, except for keys that hold text
     (``kafka.sasl_plain_password``, paths, names), which take the value as it is: a generated
     password such as ``0123`` or ``yes`` stays a string. Raises :class:`ConfigError` naming the

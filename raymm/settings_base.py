@@ -8,11 +8,11 @@ use it without reaching the hub.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Precision", "StrictModel"]
+__all__ = ["MODALITIES", "Modality", "Precision", "StrictModel"]
 
 
 class StrictModel(BaseModel):
@@ -21,5 +21,11 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
-#: Numeric precision an encoder runs in (``extract.<modality>.precision``).
+#: Numeric precision an encoder runs in (``extract.<modality>.resources.precision``).
 Precision = Literal["fp32", "fp16", "bf16"]
+
+
+#: A kind of item content raymm encodes; every list of modalities derives from this one.
+Modality = Literal["text", "image", "audio"]
+#: The modalities in their canonical order (the items table's columns, the features' columns).
+MODALITIES: tuple[Modality, ...] = get_args(Modality)

@@ -169,14 +169,14 @@ def test_environment_variables_override_the_file_and_yield_to_set(tmp_path: Path
     environ = {
         "RAYMM__KAFKA__PARTITIONS": "6",  # parsed as YAML: an int
         "RAYMM__SERVE__PORT": "9100",
-        "RAYMM__EXTRACT__TEXT__NUM_GPUS": "0.5",  # deeper sections too
+        "RAYMM__EXTRACT__TEXT__RESOURCES__NUM_GPUS": "0.5",  # deeper sections too
         "RAYMM_NOT_OURS": "x",  # one underscore: not an override
         "HOME": "/root",
     }
     config = load_config(file, ["serve.port=9200"], environ=environ)
     assert config.kafka.partitions == 6 and config.kafka.client_id == "from-file"
     assert config.serve.port == 9200  # --set comes last
-    assert config.extract.text.num_gpus == 0.5
+    assert config.extract.text.resources.num_gpus == 0.5
 
 
 def test_a_password_from_the_environment_stays_text_and_secret() -> None:

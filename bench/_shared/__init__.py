@@ -33,11 +33,11 @@ SCALE_SETTINGS = (
     # Two text actors: MiniLM is the slowest encoder (~16 ms per item on one thread here), and one
     # single-threaded actor would leave the second core to the light image and audio pools. The
     # four actors share the 1 CPU the pools may reserve (the other is Ray Data's file listing).
-    "extract.text.min_actors=2",
-    "extract.text.max_actors=2",
-    "extract.text.num_cpus=0.25",
-    "extract.image.num_cpus=0.25",
-    "extract.audio.num_cpus=0.25",
+    "extract.text.resources.min_actors=2",
+    "extract.text.resources.max_actors=2",
+    "extract.text.resources.num_cpus=0.25",
+    "extract.image.resources.num_cpus=0.25",
+    "extract.audio.resources.num_cpus=0.25",
     "train.epochs=1",
     "train.batch_size=1024",
     "rank.epochs=1",

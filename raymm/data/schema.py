@@ -9,8 +9,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 from raymm.errors import DataError
+from raymm.settings_base import MODALITIES as MODALITIES  # the items table's content columns
 
-MODALITIES: tuple[str, ...] = ("text", "image", "audio")
 MEDIA_COLUMNS: tuple[str, ...] = ("image", "audio")
 EVENT_KINDS: tuple[str, ...] = ("view", "click", "like", "purchase", "play", "skip")
 #: Events that say the user wanted the item; ``skip`` (and anything else) is not a positive. The

@@ -236,7 +236,7 @@ def _draw_items(n_items: int, config: SynthConfig, seed: int, timeline: Timeline
     cold[rng.choice(n_items, round(config.cold_fraction * n_items), replace=False)] = True
     warm_created = rng.integers(timeline.start - CATALOGUE_HISTORY_DAYS * DAY_MS, timeline.start, n_items)
     cold_created = rng.integers(timeline.validation_from, timeline.stream_from, n_items)
-    missing = {m: rng.random(n_items) < getattr(config.missing, m) for m in MODALITIES}
+    missing: dict[str, np.ndarray] = {m: rng.random(n_items) < getattr(config.missing, m) for m in MODALITIES}
     return SyntheticItems(
         facets=facets,
         n_creators=n_creators,

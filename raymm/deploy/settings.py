@@ -125,8 +125,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "overrides": [
             "train.use_gpu=true",
             "train.num_workers=2",
-            "extract.text.num_gpus=0.5",
-            "extract.image.num_gpus=0.5",
+            "extract.text.resources.num_gpus=0.5",
+            "extract.image.resources.num_gpus=0.5",
             "serve.recommender_replicas=2",
             "serve.state_shards=2",
         ],

@@ -135,7 +135,7 @@ class MelStatsEncoder(BatchEncoder):
         self.n_samples = round(config.max_seconds * config.sample_rate)
         self.n_mels, self.frames = config.n_mels, config.frames
         self.normalize = config.normalize
-        self.batch_size = config.batch_size
+        self.batch_size = config.resources.batch_size
         win_length = round(WINDOW_SECONDS * self.sample_rate)
         hop_length = round(HOP_SECONDS * self.sample_rate)
         n_fft = 1 << (win_length - 1).bit_length()
@@ -198,12 +198,12 @@ class HFAudioEncoder(BatchEncoder):
         if not config.model:
             raise ConfigError("extract.audio.kind 'hf' needs extract.audio.model (a directory or hub id)")
         self.extractor, self.model, self.runtime = load_on_device(
-            config.model, "audio", AutoFeatureExtractor, device, config.precision
+            config.model, "audio", AutoFeatureExtractor, device, config.resources.precision
         )
         self.sample_rate = int(getattr(self.extractor, "sampling_rate", None) or config.sample_rate)
         self.n_samples = round(config.max_seconds * self.sample_rate)
         self.normalize = config.normalize
-        self.batch_size = config.batch_size
+        self.batch_size = config.resources.batch_size
         self.encoder_id = f"hf:{config.model}"
         self.dim = int(self._forward([torch.zeros(self.n_samples)]).shape[1])
         settings = {

@@ -103,11 +103,11 @@ class EfficientNetLite0Encoder(BatchEncoder):
             network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         except (OSError, RuntimeError) as exc:
             raise EncoderLoadError(f"cannot load EfficientNet-Lite0 weights {weights}: {exc}") from exc
-        self.runtime = TorchRuntime(device, config.precision)
+        self.runtime = TorchRuntime(device, config.resources.precision)
         self.network: Any = self.runtime.place(network)
         self.image_size = config.image_size
         self.normalize = config.normalize
-        self.batch_size = config.batch_size
+        self.batch_size = config.resources.batch_size
         self.dim = EFFICIENTNET_LITE0_DIM
         settings = {
             "kind": "efficientnet_lite0",
@@ -161,10 +161,10 @@ class HFImageEncoder(BatchEncoder):
         if not config.model:
             raise ConfigError("extract.image.kind 'hf' needs extract.image.model (a directory or hub id)")
         self.processor, self.model, self.runtime = load_on_device(
-            config.model, "image", AutoImageProcessor, device, config.precision
+            config.model, "image", AutoImageProcessor, device, config.resources.precision
         )
         self.normalize = config.normalize
-        self.batch_size = config.batch_size
+        self.batch_size = config.resources.batch_size
         self.encoder_id = f"hf:{config.model}"
         probe, self.pooling = self._forward([self.decode(_blank_png())])
         self.dim = int(probe.shape[1])

@@ -51,7 +51,7 @@ from ray.data.datasource import FilenameProvider
 from raymm.data import io
 from raymm.data.dataset import ITEMS
 from raymm.errors import ConfigError, DataError, RaymmError
-from raymm.features.settings import EncoderResources, ExtractConfig
+from raymm.features.settings import EncoderResources, EncoderSection, ExtractConfig
 from raymm.features.store import (
     FEATURES_MANIFEST,
     TFIDF_STATE,
@@ -60,6 +60,7 @@ from raymm.features.store import (
     load_features,
 )
 from raymm.runtime import RayConfig
+from raymm.settings_base import MODALITIES
 
 METADATA_PREFIX = "raymm.encoder."
 FORMAT_VERSION = 1
@@ -77,9 +78,14 @@ class ExtractJobConfig(Protocol):
     def ray(self) -> RayConfig: ...
 
 
-def _section(config: ExtractConfig, modality: str) -> EncoderResources:
-    section: EncoderResources = getattr(config, modality)
+def _section(config: ExtractConfig, modality: str) -> EncoderSection:
+    section: EncoderSection = getattr(config, modality)
     return section
+
+
+def _resources(config: ExtractConfig, modality: str) -> EncoderResources:
+    """How ``modality``'s encoder runs (``extract.<modality>.resources``)."""
+    return _section(config, modality).resources
 
 
 def _device_for(config: ExtractConfig, num_gpus: float) -> str:
@@ -144,7 +150,7 @@ class ModalityEncoderActor:
     """
 
     def __init__(self, modality: str, section: dict[str, Any], device: str, tfidf_uri: str | None) -> None:
-        _set_torch_threads(section["num_cpus"])
+        _set_torch_threads(section["resources"]["num_cpus"])
         self.encode = _LoadedEncoder(modality, section, device, tfidf_uri)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -190,7 +196,7 @@ def encode_in_task(
     key = json.dumps([modality, section, device, tfidf_uri], sort_keys=True)
     encode = _TASK_ENCODERS.get(key)
     if encode is None:
-        _set_torch_threads(section["num_cpus"])
+        _set_torch_threads(section["resources"]["num_cpus"])
         encode = _TASK_ENCODERS[key] = _LoadedEncoder(modality, section, device, tfidf_uri)
     return encode(batch)
 
@@ -247,7 +253,7 @@ def catalog_presence(items_uri: str, modalities: list[str]) -> dict[str, int]:
 def _plan_modalities(config: ExtractConfig, presence: dict[str, int]) -> tuple[list[str], dict[str, str]]:
     chosen: list[str] = []
     skipped: dict[str, str] = {}
-    for modality in ("text", "image", "audio"):
+    for modality in MODALITIES:
         if modality not in config.modalities:
             skipped[modality] = "not in extract.modalities"
         elif presence.get(modality, 0) == 0:
@@ -264,11 +270,11 @@ _LISTING_CPUS = 1.0
 
 def _actor_cpus(config: ExtractConfig, modalities: list[str]) -> list[tuple[str, int, float]]:
     """(pool name, min actors, CPUs per actor) of every actor pool the plan starts."""
-    actor_modalities = [m for m in modalities if _section(config, m).compute == "actors"]
+    actor_modalities = [m for m in modalities if _resources(config, m).compute == "actors"]
     if config.pool == "shared":
         shared = config.shared
         return [("shared", shared.min_actors, shared.num_cpus)] if actor_modalities else []
-    return [(m, _section(config, m).min_actors, _section(config, m).num_cpus) for m in actor_modalities]
+    return [(m, _resources(config, m).min_actors, _resources(config, m).num_cpus) for m in actor_modalities]
 
 
 def _check_fits(config: ExtractConfig, modalities: list[str], total_cpus: float) -> None:
@@ -278,13 +284,15 @@ def _check_fits(config: ExtractConfig, modalities: list[str], total_cpus: float)
     """
     pools = _actor_cpus(config, modalities)
     actors = sum(n * cpus for _, n, cpus in pools)
-    task_cpus = [_section(config, m).num_cpus for m in modalities if _section(config, m).compute == "tasks"]
+    task_cpus = [
+        _resources(config, m).num_cpus for m in modalities if _resources(config, m).compute == "tasks"
+    ]
     needed = actors + max(_LISTING_CPUS, config.io_cpus, *task_cpus)
     if needed > total_cpus + 1e-6:
         detail = ", ".join(f"{name}: {n} x {cpus:g} CPU" for name, n, cpus in pools)
         raise ConfigError(
             f"extract needs {needed:g} CPUs at minimum ({detail}, plus {_LISTING_CPUS:g} for Ray Data's "
-            f"file listing) but the Ray cluster has {total_cpus:g}; lower extract.<modality>.num_cpus "
+            f"file listing) but the Ray cluster has {total_cpus:g}; lower extract.<modality>.resources.num_cpus "
             "or min_actors (extract.shared with pool: shared)"
         )
 
@@ -379,7 +387,7 @@ def extraction_dataset(
     keep = _keep_all if known_ids is None else functools.partial(_drop_known, known=known_ids)
     dataset = dataset.map_batches(keep, batch_format="pyarrow", batch_size=None, num_cpus=config.io_cpus)
     # A catalog file is read as one large block; split it so every actor of a pool gets work.
-    block_rows = config.block_rows or max(_section(config, m).batch_size for m in modalities)
+    block_rows = config.block_rows or max(_resources(config, m).batch_size for m in modalities)
     dataset = _split_in_read_task(dataset.repartition(target_num_rows_per_block=block_rows), config.io_cpus)
 
     def kwargs_of(modality: str) -> dict[str, Any]:
@@ -387,30 +395,32 @@ def extraction_dataset(
         return {
             "modality": modality,
             "section": section.model_dump(),
-            "device": _device_for(config, section.num_gpus),
+            "device": _device_for(config, section.resources.num_gpus),
             "tfidf_uri": tfidf_uri if modality == "text" else None,
         }
 
-    actor_modalities = [m for m in modalities if _section(config, m).compute == "actors"]
+    actor_modalities = [m for m in modalities if _resources(config, m).compute == "actors"]
     for modality in modalities:
-        section = _section(config, modality)
-        if section.compute == "tasks":
+        resources = _resources(config, modality)
+        if resources.compute == "tasks":
             dataset = dataset.map_batches(
                 functools.partial(encode_in_task, **kwargs_of(modality)),
-                compute=ray.data.TaskPoolStrategy(size=section.max_actors),
-                batch_size=section.batch_size,
-                num_cpus=section.num_cpus,
-                num_gpus=section.num_gpus or None,
+                compute=ray.data.TaskPoolStrategy(size=resources.max_actors),
+                batch_size=resources.batch_size,
+                num_cpus=resources.num_cpus,
+                num_gpus=resources.num_gpus or None,
                 batch_format="pyarrow",
             )
         elif config.pool == "per_modality":
             dataset = dataset.map_batches(
                 ModalityEncoderActor,
                 fn_constructor_kwargs=kwargs_of(modality),
-                compute=ray.data.ActorPoolStrategy(min_size=section.min_actors, max_size=section.max_actors),
-                batch_size=section.batch_size,
-                num_cpus=section.num_cpus,
-                num_gpus=section.num_gpus or None,
+                compute=ray.data.ActorPoolStrategy(
+                    min_size=resources.min_actors, max_size=resources.max_actors
+                ),
+                batch_size=resources.batch_size,
+                num_cpus=resources.num_cpus,
+                num_gpus=resources.num_gpus or None,
                 batch_format="pyarrow",
             )
         elif modality == actor_modalities[0]:  # shared: one stage, where the first encoder would be
@@ -424,7 +434,7 @@ def extraction_dataset(
                     "tfidf_uri": tfidf_uri,
                 },
                 compute=ray.data.ActorPoolStrategy(min_size=shared.min_actors, max_size=shared.max_actors),
-                batch_size=max(_section(config, m).batch_size for m in actor_modalities),
+                batch_size=max(_resources(config, m).batch_size for m in actor_modalities),
                 num_cpus=shared.num_cpus,
                 num_gpus=shared.num_gpus or None,
                 batch_format="pyarrow",
@@ -459,7 +469,7 @@ def extract(
     items_uri = io.join(data_dir, ITEMS)
     if not io.exists(items_uri):
         raise DataError(f"items file not found: {items_uri}")
-    presence = catalog_presence(items_uri, ["text", "image", "audio"])
+    presence = catalog_presence(items_uri, list(MODALITIES))
     modalities, skipped = _plan_modalities(extract_config, presence)
     if not modalities:
         raise DataError(f"nothing to extract from {items_uri}: {skipped}")
@@ -540,10 +550,9 @@ def _check_same_encoders(previous: dict[str, Any], config: ExtractConfig, modali
             )
 
 
-def _output_settings(section: EncoderResources) -> dict[str, Any]:
-    """The settings of a section that change its vectors (resources and batch size do not)."""
-    ignore = set(EncoderResources.model_fields)
-    return {k: v for k, v in section.model_dump().items() if k not in ignore}
+def _output_settings(section: EncoderSection) -> dict[str, Any]:
+    """The settings of a section that change its vectors (its ``resources`` do not)."""
+    return section.model_dump(exclude={"resources"})
 
 
 def _write_manifest(

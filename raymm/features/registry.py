@@ -26,7 +26,7 @@ from raymm.features.base import BatchEncoder, Encoder
 from raymm.features.image import EfficientNetLite0Encoder, HFImageEncoder
 from raymm.features.settings import (
     AudioEncoderConfig,
-    EncoderResources,
+    EncoderSection,
     ImageEncoderConfig,
     TextEncoderConfig,
 )
@@ -45,7 +45,7 @@ ENCODERS: dict[tuple[str, str], EncoderFactory] = {
     ("audio", "hf"): HFAudioEncoder,
 }
 
-CONFIG_TYPES: dict[str, type[EncoderResources]] = {
+CONFIG_TYPES: dict[str, type[EncoderSection]] = {
     "text": TextEncoderConfig,
     "image": ImageEncoderConfig,
     "audio": AudioEncoderConfig,

@@ -123,12 +123,12 @@ class HFTextEncoder(BatchEncoder):
 
         self.source = resolve_text_model(config.model)
         self.tokenizer, self.model, self.runtime = load_on_device(
-            self.source, "text", AutoTokenizer, device, config.precision
+            self.source, "text", AutoTokenizer, device, config.resources.precision
         )
         _ensure_pad_token(self.tokenizer, self.source)
         self.pooling = config.pooling
         self.normalize = config.normalize
-        self.batch_size = config.batch_size
+        self.batch_size = config.resources.batch_size
         model_limit = getattr(self.tokenizer, "model_max_length", None)
         self.max_length = config.max_length
         if isinstance(model_limit, int) and 0 < model_limit < 1_000_000:
@@ -206,7 +206,7 @@ class TfidfTextEncoder(BatchEncoder):
     def __init__(self, config: TextEncoderConfig, device: str = "cpu") -> None:
         self.dim = config.tfidf_dim
         self.normalize = config.normalize
-        self.batch_size = config.batch_size
+        self.batch_size = config.resources.batch_size
         self.idf: np.ndarray | None = None
         self.n_docs = 0
 

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from raymm.data import io
 from raymm.features.base import Encoder
 from raymm.features.registry import CONFIG_TYPES, build_encoder
+from raymm.features.settings import upgrade_encoder_section
 from raymm.features.store import encoder_description
 from raymm.features.text import TfidfTextEncoder
 from raymm.models.artifact import (
@@ -328,7 +329,7 @@ def _raw_values(items: Sequence[ItemContent], modality: str) -> tuple[list[Any],
 def _build_encoder(modality: str, artifact: Artifact, uri: str, device: str) -> Encoder:
     """The encoder the artifact's ``extract`` config names for ``modality`` (defaults when the
     config has no ``extract`` section: the revision check still decides), fitted state loaded."""
-    section = artifact.manifest.config.get("extract", {}).get(modality, {})
+    section = upgrade_encoder_section(artifact.manifest.config.get("extract", {}).get(modality, {}))
     try:
         config: Any = CONFIG_TYPES[modality].model_validate(section)
     except ValidationError as exc:

@@ -33,11 +33,12 @@ from raymm.models.artifact import Artifact
 from raymm.recommend.content import EncodedItems, QueryVectors
 from raymm.recommend.index import ExactIndex
 from raymm.recommend.itemsets import ItemSets
+from raymm.settings_base import MODALITIES
 
 #: The space of item-tower vectors (every item has one).
 FUSED = "fused"
 #: Every search modality raymm knows; a model offers its own modalities plus ``fused``.
-SEARCH_MODALITIES = ("text", "image", "audio", FUSED)
+SEARCH_MODALITIES = (*MODALITIES, FUSED)
 
 
 @dataclass

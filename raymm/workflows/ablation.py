@@ -61,7 +61,7 @@ class Variant:
 
 def variants() -> dict[str, Variant]:
     """Every variant by name, generated from the modality, aligner and fusion registries."""
-    found = {m: Variant(m, (f"train.modalities=[{m}]",)) for m in MODALITIES}
+    found: dict[str, Variant] = {m: Variant(m, (f"train.modalities=[{m}]",)) for m in MODALITIES}
     found["concat"] = Variant("concat", ("model.align.method=none", "model.fusion.method=concat"))
     for aligner in ALIGNERS:
         for fusion in FUSIONS:

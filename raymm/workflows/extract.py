@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from raymm.config import RaymmConfig
 from raymm.console import Plan, StageResult
+from raymm.settings_base import MODALITIES
 
 if TYPE_CHECKING:
     from raymm.features.pipeline import ExtractResult
@@ -28,7 +29,8 @@ def plan_extract(
     for modality in config.extract.modalities:
         section = getattr(config.extract, modality)
         model = section.model or section.kind
-        pool = f"{section.min_actors}-{section.max_actors} actors x {section.num_cpus} CPU/{section.num_gpus} GPU"
+        res = section.resources
+        pool = f"{res.min_actors}-{res.max_actors} actors x {res.num_cpus} CPU/{res.num_gpus} GPU"
         plan.add(f"encode {modality} with {model} ({pool})", out)
     if incremental:
         plan.add("only items without features (--incremental)", out)
@@ -156,7 +158,7 @@ def describe_features(uri: str) -> str:
     filesystem, path = io.resolve(uri)
     schema = pq.read_schema(path, filesystem=filesystem)
     metadata = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-    modalities = [name for name in ("text", "image", "audio") if name in schema.names]
+    modalities = [name for name in MODALITIES if name in schema.names]
     encoders = sorted({metadata[f"encoder.{m}"] for m in modalities if f"encoder.{m}" in metadata})
     return f"{uri} ({', '.join(modalities) or 'no modality'}" + (
         f": {', '.join(encoders)})" if encoders else ")"

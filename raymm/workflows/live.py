@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from raymm.config import RaymmConfig
 from raymm.serve.runner import LiveClient, RunningApp, freshness, running_app
+from raymm.settings_base import MODALITIES
 from raymm.stream.producer import replay
 
 
@@ -162,9 +163,7 @@ def _until_applied(client: LiveClient, user: str, expected: int, timeout_s: floa
 def _text_less_search(client: LiveClient, config: RaymmConfig) -> dict[str, Any] | None:
     """Post a text-less item live (a catalog item's image and audio, no text), then search its
     source's description by image: the answer shows the new item found by a text query."""
-    items = pq.read_table(
-        f"{config.stage_dir('data')}/items.parquet", columns=["item_id", "text", "image", "audio"]
-    )
+    items = pq.read_table(f"{config.stage_dir('data')}/items.parquet", columns=["item_id", *MODALITIES])
     usable = items.filter(
         pc.and_(
             pc.is_valid(items.column("text")),

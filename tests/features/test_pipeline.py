@@ -131,7 +131,9 @@ def test_a_plan_that_cannot_start_on_the_cluster_is_refused(
     catalog: Path, ray_session: None, tmp_path: Path
 ) -> None:
     with pytest.raises(ConfigError, match=r"extract needs .* CPUs at minimum"):
-        extract(_config("extract.text.num_cpus=2"), str(catalog), str(tmp_path / "f"), progress=False)
+        extract(
+            _config("extract.text.resources.num_cpus=2"), str(catalog), str(tmp_path / "f"), progress=False
+        )
 
 
 def test_the_root_cause_of_a_ray_error_is_the_raymm_error_it_quotes() -> None:
@@ -152,7 +154,7 @@ def test_a_shared_pool_audio_in_tasks_and_other_blocks_give_the_vectors_of_per_m
     catalog: Path, features: tuple[Path, pa.Table], ray_session: None, tmp_path: Path
 ) -> None:
     # Execution layout only: none of these settings may change a vector or the manifest's encoders.
-    config = _config("extract.pool=shared", "extract.audio.compute=tasks", "extract.block_rows=100")
+    config = _config("extract.pool=shared", "extract.audio.resources.compute=tasks", "extract.block_rows=100")
     result = extract(config, str(catalog), str(tmp_path / "shared"), progress=False)
     assert result.encoded_items == N_ITEMS
     table = load_features(str(tmp_path / "shared"))

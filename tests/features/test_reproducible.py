@@ -18,12 +18,19 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raymm.config import AudioEncoderConfig, ImageEncoderConfig, TextEncoderConfig, load_config
+from raymm.config import (
+    AudioEncoderConfig,
+    EncoderResources,
+    ImageEncoderConfig,
+    TextEncoderConfig,
+    load_config,
+)
 from raymm.features.audio import HFAudioEncoder, MelStatsEncoder
 from raymm.features.base import BatchEncoder
 from raymm.features.image import EfficientNetLite0Encoder, HFImageEncoder
 from raymm.features.pipeline import extract, load_features
 from raymm.features.text import PAD_MULTIPLE, HFTextEncoder
+from raymm.settings_base import MODALITIES
 
 from .media import WORDS, image_bytes, synthetic_catalog, tone, wav_bytes
 
@@ -91,7 +98,9 @@ def images(n: int) -> list[bytes]:
 
 
 def test_lite0_vectors_do_not_depend_on_the_batch() -> None:
-    encoder = EfficientNetLite0Encoder(ImageEncoderConfig(image_size=64, batch_size=16), "cpu")
+    encoder = EfficientNetLite0Encoder(
+        ImageEncoderConfig(image_size=64, resources=EncoderResources(batch_size=16)), "cpu"
+    )
     assert encoder.fixed_rows
     assert_batch_independent(encoder, images(40))
 
@@ -106,7 +115,9 @@ def clips(n: int) -> list[bytes]:
 
 
 def test_mel_vectors_do_not_depend_on_the_batch() -> None:
-    encoder = MelStatsEncoder(AudioEncoderConfig(max_seconds=0.5, batch_size=8), "cpu")
+    encoder = MelStatsEncoder(
+        AudioEncoderConfig(max_seconds=0.5, resources=EncoderResources(batch_size=8)), "cpu"
+    )
     assert not encoder.fixed_rows  # per-clip arithmetic only: no filler rows needed
     assert_batch_independent(encoder, clips(20))
 
@@ -119,7 +130,7 @@ def test_hf_audio_vectors_do_not_depend_on_the_batch(wav2vec2_dir: Path) -> None
 # --- the whole Ray job --------------------------------------------------------------------------
 
 N_ITEMS = 120
-MODALITIES = ("text", "image", "audio")
+
 #: Execution layouts that must not change a bit of any vector: block splits, pool layout, actor
 #: counts and the text stage's batch size (what Ray Data hands each call). The image and audio
 #: batch sizes stay the config's: a fixed-rows encoder computes in batches of exactly that size.
@@ -132,7 +143,11 @@ LAYOUTS = {
         "extract.shared.num_cpus=0.5",
         "extract.block_rows=5",
     ],
-    "odd_blocks_tasks": ["extract.block_rows=13", "extract.text.batch_size=9", "extract.audio.compute=tasks"],
+    "odd_blocks_tasks": [
+        "extract.block_rows=13",
+        "extract.text.resources.batch_size=9",
+        "extract.audio.resources.compute=tasks",
+    ],
 }
 
 
@@ -153,7 +168,7 @@ def test_extraction_gives_identical_vectors_whatever_the_block_split_and_pool_la
     for name, overrides in LAYOUTS.items():
         config = load_config(
             ROOT / "configs" / "quickstart.yaml",
-            ["extract.image.image_size=64", "extract.image.batch_size=16", *overrides],
+            ["extract.image.image_size=64", "extract.image.resources.batch_size=16", *overrides],
         )
         result = extract(config, str(catalog), str(tmp_path / name), progress=False)
         assert result.encoded_items == N_ITEMS

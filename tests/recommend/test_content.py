@@ -264,3 +264,22 @@ def test_no_items_encode_to_empty_arrays(real_content: ContentEncoder) -> None:
     encoded = real_content.encode_items([])
     assert len(encoded) == 0 and encoded.vectors.shape == (0, 32)
     assert {m: v.shape for m, v in encoded.aligned.items()} == dict.fromkeys(MODALITIES, (0, 32))
+
+
+def test_an_artifact_written_before_the_encoder_resources_moved_still_builds_its_encoders(
+    real_artifact: Path, tmp_path: Path
+) -> None:
+    """Manifests recorded ``extract.<modality>`` with the Ray resources beside the encoder's
+    settings (``batch_size``, ``num_cpus``...) until they moved under ``resources``."""
+    copy = tmp_path / "model"
+    shutil.copytree(real_artifact, copy)
+
+    def flatten(manifest: dict[str, Any]) -> None:
+        for section in manifest["config"]["extract"].values():
+            if isinstance(section, dict) and "resources" in section:
+                section.update(section.pop("resources"), batch_size=7)
+
+    _edit_manifest(copy, flatten)
+    assert "batch_size" in json.loads((copy / MANIFEST).read_text())["config"]["extract"]["audio"]
+    content = ContentEncoder.from_artifact(copy, modalities=["audio"])
+    assert content.encoders["audio"].batch_size == 7
