@@ -89,7 +89,7 @@ def run_pipeline(work: Path, source: Path, reuse: bool) -> dict[str, float]:
         (
             "train",
             work / "model" / "manifest.json",
-            ("train", *config, "--set", "train.modalities=[text]", *inputs, "--out", model),
+            ("train", *config, "--set", "model.modalities=[text]", *inputs, "--out", model),
         ),
         (
             "evaluate",

@@ -346,7 +346,7 @@ def random_walk_examples(n_items: int, n_examples: int, max_history: int, seed: 
 def build_two_tower(catalog: Catalog, seed: int) -> TwoTower:
     """``raymm.training.trainer.build_model`` without importing it (it imports Ray at the top).
 
-    ModelConfig defaults, item-id embeddings for the warm items (``train.item_id_embeddings``
+    ModelConfig defaults, item-id embeddings for the warm items (``model.item_id_embeddings``
     default), and the closed-form standardisation fitted on the warm items.
     """
     config = ModelConfig()

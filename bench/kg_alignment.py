@@ -78,7 +78,7 @@ def main() -> None:
         "ml100k": (
             str(ml_data),
             str(ml_features),
-            ["train.modalities=[text]"],
+            ["model.modalities=[text]"],
             "text (contrastive, inactive)",
         ),
     }

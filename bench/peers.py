@@ -237,12 +237,12 @@ RAYMM_GRID: list[tuple[str, ...]] = [
     (),
     ("train.epochs=10", "train.patience=3"),
     ("train.lr=0.005", "train.epochs=10", "train.patience=3"),
-    ("train.item_id_embeddings=false",),
+    ("model.item_id_embeddings=false",),
 ]
 #: raymm's ablation variants per dataset kind, trained with the default settings and evaluated
 #: beside the tuned model (one seed; bench/quality_synth.py runs them over seeds).
 SYNTHETIC_ABLATION: dict[str, tuple[str, ...]] = {
-    "text": ("train.modalities=[text]",),
+    "text": ("model.modalities=[text]",),
     "concat": ("model.align.method=none", "model.fusion.method=concat"),
 }
 
@@ -790,7 +790,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         data, features, prepared_s = prepare()
         name = args.name or "ml100k"
-        overrides = ["train.modalities=[text]", *overrides]
+        overrides = ["model.modalities=[text]", *overrides]
     elif args.data is None and args.quick:  # seconds to make, against minutes of extraction
         name = args.name or "tiny"
         data, features = tiny_facet_dataset(

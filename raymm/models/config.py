@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from raymm.data.schema import POSITIVE_EVENTS
+from raymm.settings_base import Modality
 
 AlignMethod = Literal["contrastive", "cca", "linear", "kg", "none"]
 FusionMethod = Literal["concat", "attention", "gated"]
@@ -247,7 +248,19 @@ class CollabConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The ``model`` section: alignment, fusion, towers, loss."""
+    """The ``model`` section: what the model reads (modalities, item ids), alignment, fusion, towers, loss."""
+
+    modalities: list[Modality] | None = Field(
+        None,
+        description="Modalities the model reads, a subset of those the features hold; None reads "
+        "every one they hold (the ablation's single-modality variants set one).",
+    )
+    item_id_embeddings: bool = Field(
+        True,
+        description="Give each warm item (one with training events) a learned id embedding, added "
+        "through a gate to its content vector in the item tower; cold items, and every item when "
+        "false, are their content alone.",
+    )
 
     align: AlignConfig = Field(default_factory=AlignConfig, description="Alignment into the shared space.")
     fusion: FusionConfig = Field(

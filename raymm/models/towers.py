@@ -438,13 +438,17 @@ class TwoTower(nn.Module):
         input_dims = _saved_dims(document, config_uri)
         if expected_dims is not None:
             _compare_dims(input_dims, expected_dims, uri)
-        try:
-            config = ModelConfig.model_validate(document.get("config"))
-        except ValidationError as exc:
-            raise ModelLoadError(f"{config_uri}: the saved model config is invalid: {exc}") from None
         n_item_ids = document.get("n_item_ids", 0)
         if not isinstance(n_item_ids, int) or n_item_ids < 0:
             raise ModelLoadError(f"{config_uri}: n_item_ids must be an integer >= 0, got {n_item_ids!r}")
+        saved = document.get("config")
+        if isinstance(saved, dict) and "item_id_embeddings" not in saved:
+            # Written while the switch was train.item_id_embeddings: the weights say what it was.
+            saved = {**saved, "item_id_embeddings": n_item_ids > 0}
+        try:
+            config = ModelConfig.model_validate(saved)
+        except ValidationError as exc:
+            raise ModelLoadError(f"{config_uri}: the saved model config is invalid: {exc}") from None
         audio_bands = document.get("audio_bands")
         if audio_bands is not None and (not isinstance(audio_bands, int) or audio_bands <= 0):
             raise ModelLoadError(

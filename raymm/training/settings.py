@@ -7,8 +7,6 @@ section; the cross-section check of ``train.val_metric`` against ``evaluate.ks``
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from raymm.settings_base import StrictModel
@@ -46,8 +44,6 @@ class TrainConfig(StrictModel):
     #: torch threads per worker; None: cpus_per_worker rounded down (at least 1). Set it above the
     #: reservation when Ray Data tasks need the remaining CPUs only between epochs.
     torch_threads: int | None = Field(None, gt=0)
-    modalities: list[Literal["text", "image", "audio"]] | None = None
-    item_id_embeddings: bool = True
     patience: int = Field(2, gt=0)
     val_metric: str = "ndcg@20"
     max_failures: int = Field(2, ge=0)

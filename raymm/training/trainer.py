@@ -71,11 +71,11 @@ def prepare(config: RaymmConfig, data_dir: str, features_dir: str) -> Prepared:
     dataset = load_dataset(data_dir, tables=(), item_columns=CATALOG_ITEM_COLUMNS)
     train = dataset.interactions("train")
     features = load_features(features_dir)
-    catalog = build_catalog(features, dataset.items, train, config.train.modalities)
+    catalog = build_catalog(features, dataset.items, train, config.model.modalities)
     spec = config.model.user_state
     validation = eval_users(train, dataset.interactions("validation"), catalog, spec.events, spec.max_history)
     validation = validation.sample(config.train.validation_users, config.seed)
-    n_item_ids = int(catalog.id_index.max()) if config.train.item_id_embeddings else 0
+    n_item_ids = int(catalog.id_index.max()) if config.model.item_id_embeddings else 0
     fingerprint = _fingerprint(data_dir, features_dir, catalog)
     bands = read_encoders(features_dir).get("audio", {}).get("mel_bands")
     return Prepared(
@@ -198,9 +198,13 @@ def run_key(config: RaymmConfig, data_fingerprint: str) -> str:
     changed config or dataset starts a new run instead of loading an incompatible checkpoint.
     """
     train = config.train.model_dump(mode="json", exclude=set(OPERATIONAL_TRAIN_FIELDS))
+    # Hashed where they were before they moved from ``train`` to ``model``: an unchanged
+    # configuration keeps its run key, so an interrupted run resumes across that upgrade.
+    moved = {"modalities", "item_id_embeddings"}
+    train.update(config.model.model_dump(mode="json", include=moved))
     document = {
         "seed": config.seed,
-        "model": config.model.model_dump(mode="json"),
+        "model": config.model.model_dump(mode="json", exclude=moved),
         "train": train,
         "ks": config.evaluate.ks,
         "data": data_fingerprint,

@@ -61,7 +61,7 @@ class Variant:
 
 def variants() -> dict[str, Variant]:
     """Every variant by name, generated from the modality, aligner and fusion registries."""
-    found: dict[str, Variant] = {m: Variant(m, (f"train.modalities=[{m}]",)) for m in MODALITIES}
+    found: dict[str, Variant] = {m: Variant(m, (f"model.modalities=[{m}]",)) for m in MODALITIES}
     found["concat"] = Variant("concat", ("model.align.method=none", "model.fusion.method=concat"))
     for aligner in ALIGNERS:
         for fusion in FUSIONS:
@@ -367,7 +367,7 @@ def config_summary(config: RaymmConfig) -> dict[str, Any]:
         "batch_size": train.batch_size,
         "lr": train.lr,
         "num_workers": train.num_workers,
-        "item_id_embeddings": train.item_id_embeddings,
+        "item_id_embeddings": model.item_id_embeddings,
         "patience": train.patience,
         "model": f"{model.align.method} alignment + {model.fusion.method} fusion",
         "shared_dim": model.align.shared_dim,

@@ -50,7 +50,7 @@ def tiny(facet_data: tuple[Path, Path]) -> tuple[Path, Path]:
 @pytest.mark.parametrize(
     ("variant", "expected"),
     [
-        ("text", {"train.modalities": ["text"]}),
+        ("text", {"model.modalities": ["text"]}),
         ("concat", {"model.align.method": "none", "model.fusion.method": "concat"}),
         ("none+gated", {"model.align.method": "none", "model.fusion.method": "gated"}),
         ("contrastive+concat", {"model.align.method": "contrastive", "model.fusion.method": "concat"}),

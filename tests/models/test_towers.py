@@ -123,6 +123,23 @@ def test_loading_refuses_mismatched_dimensions_and_versions(tmp_path: Path) -> N
         TwoTower.from_pretrained(tmp_path / "nothing-here")
 
 
+@pytest.mark.parametrize("n_item_ids", [0, 4])
+def test_a_model_saved_before_modalities_and_item_ids_moved_into_its_config_loads(
+    tmp_path: Path, n_item_ids: int
+) -> None:
+    # Until model.modalities and model.item_id_embeddings existed they were train keys, so an
+    # older config.json has neither: the model loads, its id switch read from its weights.
+    directory = _model(n_item_ids=n_item_ids).save_pretrained(tmp_path / "model")
+    document = json.loads((directory / CONFIG_FILE).read_text())
+    for key in ("modalities", "item_id_embeddings"):
+        del document["config"][key]
+    (directory / CONFIG_FILE).write_text(json.dumps(document))
+    loaded = TwoTower.from_pretrained(directory, expected_dims=DIMS)
+    assert loaded.config.item_id_embeddings is (n_item_ids > 0)
+    assert loaded.config.modalities is None and loaded.modalities == list(DIMS)
+    assert loaded.n_item_ids == n_item_ids
+
+
 def test_loading_refuses_weights_that_do_not_fit(tmp_path: Path) -> None:
     directory = _model().save_pretrained(tmp_path / "model")
     document = json.loads((directory / CONFIG_FILE).read_text())

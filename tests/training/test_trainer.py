@@ -76,7 +76,7 @@ def test_the_artifact_holds_every_item_and_a_model_better_than_untrained(trained
     assert popularity == pytest.approx(expected, rel=1e-9), f"popularity with half-life {half_life}"
     # one id embedding per warm item: the catalog items with any event in the training split
     warm = set(train_events.column("item_id").to_pylist()) & set(items.column("item_id").to_pylist())
-    assert trained.config.train.item_id_embeddings
+    assert trained.config.model.item_id_embeddings
     assert artifact.model.n_item_ids == len(warm), (
         f"{artifact.model.n_item_ids} id embeddings, {len(warm)} warm items"
     )
@@ -247,7 +247,7 @@ def test_a_single_modality_run_says_once_that_its_alignment_is_inactive(
     facet_data: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data, features = facet_data
-    single = prepare(shared_config(tmp_path, "train.modalities=[text]"), str(data), str(features))
+    single = prepare(shared_config(tmp_path, "model.modalities=[text]"), str(data), str(features))
     with caplog.at_level("WARNING", logger="raymm.training.trainer"):
         notes = training_notes(single)
     assert len(notes) == 1 and "align.method='contrastive'" in notes[0] and "only text" in notes[0]
