@@ -530,7 +530,7 @@ def train_raymm(
     storage = out.parent / f"{out.name}-checkpoints"
     document = config.model_dump(mode="json", by_alias=True)
     variant = config_from_dict(
-        apply_overrides(document, [*overrides, f"train.storage_path={storage}"]), "peers raymm"
+        apply_overrides(document, [*overrides, f"train.run.storage_path={storage}"]), "peers raymm"
     )
     stamp = out.parent / f"{out.name}.run.json"
     key = variant.model_dump(mode="json", by_alias=True)

@@ -62,7 +62,7 @@ BENCH = "quality_synth"
 DESIGN_TARGET = "Quality"
 #: Ray starts its worker processes at this niceness.
 RAY_WORKER_NICENESS = 15
-#: The full default ablation (``evaluate.ablation``) plus the other aligners and fusions.
+#: The full default ablation (``ablation.variants``) plus the other aligners and fusions.
 _BASELINES = ("popularity", "content")
 VARIANTS = (
     *(v for v in EvaluateConfig().ablation if v not in _BASELINES),
@@ -222,10 +222,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         [
             f"out={args.report}",
             f"train.epochs={args.epochs}",
-            f"evaluate.ablation=[{','.join(variants)}]",
-            "evaluate.missing_modality=image",
-            "evaluate.missing_rate=0.5",
-            "evaluate.missing_retrain=[]" if args.quick else f"evaluate.missing_retrain=[concat,{HEADLINE}]",
+            f"ablation.variants=[{','.join(variants)}]",
+            "ablation.missing_modality=image",
+            "ablation.missing_rate=0.5",
+            "ablation.missing_retrain=[]" if args.quick else f"ablation.missing_retrain=[concat,{HEADLINE}]",
             *(["train.batch_size=128"] if args.quick else []),
         ],
     )

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(BENCH, f"two-tower: {args.epochs} epochs")
         retrieval = train(config, str(data), str(features), str(model))
         log(BENCH, "ranker")
-        ranked = train_ranker(config, str(data), str(features), str(model))
+        ranked = train_ranker(config, str(data), str(features), str(model), run=config.train.run)
         log(BENCH, "evaluating on the test split")
         result = evaluate_rank(config, str(data), str(features), str(model), out_dir=str(args.work))
         log(BENCH, "\n" + rank_markdown(result))

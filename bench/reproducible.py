@@ -132,7 +132,7 @@ def config_for(root: Path, items: int, users: int) -> RaymmConfig:
         BASE_CONFIG,
         [
             f"out={root}",
-            f"train.storage_path={root / 'checkpoints'}",
+            f"train.run.storage_path={root / 'checkpoints'}",
             f"synth.n_items={items}",
             f"synth.n_users={users}",
         ],

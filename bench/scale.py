@@ -463,7 +463,7 @@ NOTES = {
     "ratio. Validation (one pass per epoch, and 54 for the fallback's half-life and shrinkage) ranks "
     "at most train.validation_users (4,096) users against the whole catalog: linear in items. The "
     "training worker's memory rose through the epoch (tree PSS ~8.7 GiB two minutes in, 12.5 GiB at "
-    "the end): freed memory the allocators kept, which train.heap_trim_every now returns, added after "
+    "the end): freed memory the allocators kept, which train.run.heap_trim_every now returns, added after "
     "this run (bench/train_memory.py)",
     "rank": "examples are linear in events (230,142 at small, 7,752,486 at large: x33.7) but the time is "
     "not (x8.2, slope 0.60): small's run is mostly fixed costs (Ray, the workers, the retrieval weight's "

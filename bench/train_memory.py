@@ -1,5 +1,5 @@
 """Training memory: does the Ray Train worker's memory creep over an epoch, and does handing
-freed memory back to the OS (``train.heap_trim_every``) stop it?
+freed memory back to the OS (``train.run.heap_trim_every``) stop it?
 
 The `large` scale run (bench/scale.py) saw the process tree's PSS rise from ~8.7 GiB two minutes
 into the two-tower epoch to 12.5 GiB at its end, the training worker being the largest process.
@@ -108,6 +108,7 @@ def one_run(config: Any, data: Path, features: Path, steps: int, name: str) -> d
         train_loop_per_worker,
         loop_config,
         config,
+        config.train.run,
         name,
         dataset,
         "training run",
@@ -123,7 +124,7 @@ def one_run(config: Any, data: Path, features: Path, steps: int, name: str) -> d
     after_peak = anon[anon.index(max(anon)) :]  # the peak is prepare()'s catalog load, before the steps
     every = max(1, len(samples) // 60)
     return {
-        "heap_trim_every": config.train.heap_trim_every,
+        "heap_trim_every": config.train.run.heap_trim_every,
         "steps": steps,
         "examples_per_s": round(saved.state.history[-1]["samples_per_s"]),
         "wall_s": round(wall, 1),
@@ -161,8 +162,8 @@ def main() -> None:
                 [
                     *SETTINGS,
                     f"out={root}",
-                    f"train.storage_path={storage}",
-                    f"train.heap_trim_every={'null' if trim is None else trim}",
+                    f"train.run.storage_path={storage}",
+                    f"train.run.heap_trim_every={'null' if trim is None else trim}",
                 ],
             )
             init_ray(config.ray)
@@ -177,7 +178,7 @@ def main() -> None:
     base, trimmed = runs["untrimmed"], runs["trimmed"]
     report = {
         "question": "does the Ray Train worker's memory creep over the two-tower steps, and does "
-        "train.heap_trim_every (glibc malloc_trim) stop it?",
+        "train.run.heap_trim_every (glibc malloc_trim) stop it?",
         "size": args.size,
         "settings": list(SETTINGS),
         "sample_s": SAMPLE_S,

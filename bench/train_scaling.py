@@ -71,7 +71,7 @@ def single_process(config: RaymmConfig, data: Path, features: Path, threads: int
 def ray_run(config: RaymmConfig, data: Path, features: Path, work: Path, name: str) -> dict[str, Any]:
     """(b)/(c): one ``train()`` call; samples/s from the loop's own per-epoch report."""
     config = config.model_copy(deep=True)
-    config.train.storage_path = str(work / "train")
+    config.train.run.storage_path = str(work / "train")
     result = train(config, str(data), str(features), str(work / f"model-{name}"), name=name)
     epochs = [
         {k: row.get(k) for k in ("epoch", "samples_per_s", "train_loss", "val_ndcg@20")}
@@ -81,8 +81,8 @@ def ray_run(config: RaymmConfig, data: Path, features: Path, work: Path, name: s
         epochs,
         result.elapsed_s,
         None,
-        workers=config.train.num_workers,
-        cpus_per_worker=config.train.cpus_per_worker,
+        workers=config.train.run.num_workers,
+        cpus_per_worker=config.train.run.cpus_per_worker,
     )
 
 
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, workers, cpus in (("ray_1w", 1, 1.0), ("ray_2w", 2, 0.5)):
             log(BENCH, f"Ray Train, {workers} worker(s) x {cpus} CPU")
             config = base.model_copy(deep=True)
-            config.train.num_workers, config.train.cpus_per_worker = workers, cpus
-            config.train.torch_threads = 1  # one thread per worker, as the docstring says
+            config.train.run.num_workers, config.train.run.cpus_per_worker = workers, cpus
+            config.train.run.torch_threads = 1  # one thread per worker, as the docstring says
             runs[name] = ray_run(config, data, features, work, name)
         import ray
 

@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--ablation",
         action="store_true",
-        help="train and compare evaluate.ablation's variants; report into --out (default: <out>/report)",
+        help="train and compare ablation.variants; report into --out (default: <out>/report)",
     )
 
     from raymm.workflows.submit import STAGES, add_options

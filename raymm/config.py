@@ -7,7 +7,7 @@ what was expected.
 Each stage defines its own section types next to its code (``raymm/data/settings.py``,
 ``raymm/features/settings.py``, ``raymm/models/config.py``, ``raymm/training/settings.py``,
 ``raymm/eval/settings.py``, ``raymm/stream/settings.py``, ``raymm/serve/settings.py``,
-``raymm/deploy/settings.py``, :class:`raymm.runtime.RayConfig`) on
+``raymm/deploy/settings.py``, ``raymm/workflows/settings.py``, :class:`raymm.runtime.RayConfig`) on
 :class:`raymm.settings_base.StrictModel`; this module only assembles them into
 :class:`RaymmConfig`, checks what spans sections, and loads it. Only the stages that take the
 whole configuration (training, evaluation, serving, deployment, workflows, the CLI) import this
@@ -58,16 +58,19 @@ from raymm.features.settings import (
 from raymm.models.config import ModelConfig, RankerConfig
 from raymm.runtime import RayConfig
 from raymm.serve.settings import ServeConfig
-from raymm.settings_base import Precision, StrictModel
+from raymm.settings_base import MODALITIES, Precision, StrictModel
 from raymm.stream.settings import MASK, KafkaSettings, StreamSettings
-from raymm.training.settings import VALIDATION_METRICS, TrainConfig
+from raymm.training.settings import VALIDATION_METRICS, TrainConfig, TrainRunConfig
+from raymm.workflows.settings import AblationConfig
 
 # Each stage defines its sections next to its code; they are re-exported here, so
 # ``from raymm.config import SynthConfig`` keeps working for callers outside raymm/.
 __all__ = [
     "ENV_PREFIX",
+    "MOVED_KEYS",
     "SECRET_KEYS",
     "VALIDATION_METRICS",
+    "AblationConfig",
     "AudioEncoderConfig",
     "ConfigError",
     "DeploySettings",
@@ -94,6 +97,7 @@ __all__ = [
     "SynthConfig",
     "TextEncoderConfig",
     "TrainConfig",
+    "TrainRunConfig",
     "ValidateConfig",
     "apply_overrides",
     "config_from_dict",
@@ -106,6 +110,8 @@ __all__ = [
 class RaymmConfig(StrictModel):
     """The whole configuration. ``out`` is the root under which stages write (data/, features/...)."""
 
+    #: Seeds every random choice (synthesis, splits, sampling, initialisation, shuffles): same data,
+    #: config and seed give the same metrics.
     seed: int = 0
     out: str = "out"
     synth: SynthConfig = Field(default_factory=SynthConfig)
@@ -116,6 +122,7 @@ class RaymmConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     rank: RankerConfig = Field(default_factory=RankerConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    ablation: AblationConfig = Field(default_factory=AblationConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
@@ -158,6 +165,45 @@ class RaymmConfig(StrictModel):
     def to_yaml(self) -> str:
         """The resolved configuration as YAML (what ``--dry-run`` prints)."""
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+#: Keys that moved to where they belong, old dotted key -> new dotted key. A configuration that
+#: still uses one (in a YAML file, a ``RAYMM__*`` variable or ``--set``) is refused with a message
+#: naming the new place: silently dropping or remapping it would hide a stale deployment.
+MOVED_KEYS: dict[str, str] = {
+    # what the model reads is the model's
+    "train.modalities": "model.modalities",
+    "train.item_id_embeddings": "model.item_id_embeddings",
+    # the ablation configures an experiment, not evaluation
+    "evaluate.ablation": "ablation.variants",
+    **{
+        f"evaluate.{key}": f"ablation.{key}"
+        for key in ("missing_modality", "missing_rate", "missing_retrain")
+    },
+    # how the Ray Train run executes, apart from what it optimises
+    **{f"train.{key}": f"train.run.{key}" for key in TrainRunConfig.model_fields},
+    # each encoder's Ray resources, apart from what it computes
+    **{
+        f"extract.{modality}.{key}": f"extract.{modality}.resources.{key}"
+        for modality in MODALITIES
+        for key in EncoderResources.model_fields
+    },
+}
+
+
+_ABSENT = object()
+
+
+def _moved_keys(document: Mapping[str, Any]) -> list[str]:
+    """``<old> moved to <new>`` for each key of ``document`` that :data:`MOVED_KEYS` names."""
+    found = []
+    for old, new in MOVED_KEYS.items():
+        node: Any = document
+        for part in old.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, Mapping) else _ABSENT
+        if node is not _ABSENT:
+            found.append(f"{old} moved to {new}")
+    return found
 
 
 #: What ``yaml.safe_load`` raises for text it cannot load: a YAML error, a ValueError from a tag's
@@ -231,6 +277,12 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> list[tuple[str, l
         if not name.startswith(ENV_PREFIX):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
+        moved = MOVED_KEYS.get(".".join(parts))
+        if moved is not None:
+            renamed = ENV_PREFIX + "__".join(moved.upper().split("."))
+            raise ConfigError(
+                f"environment variable {name}: {'.'.join(parts)} moved to {moved} (set {renamed})"
+            )
         annotation, problem = _key_type(parts)
         if problem:
             raise ConfigError(f"environment variable {name}: {problem}")
@@ -304,7 +356,11 @@ def _describe(error: ValidationError, source: str) -> str:
 
 
 def config_from_dict(document: dict[str, Any], source: str = "<dict>") -> RaymmConfig:
-    """Validate a plain mapping into a :class:`RaymmConfig`; :class:`ConfigError` if invalid."""
+    """Validate a plain mapping into a :class:`RaymmConfig`; :class:`ConfigError` if invalid,
+    naming each key that moved (:data:`MOVED_KEYS`) and where it is now."""
+    moved = _moved_keys(document)
+    if moved:
+        raise ConfigError(f"invalid configuration ({source}):\n  " + "\n  ".join(moved))
     try:
         return RaymmConfig.model_validate(document)
     except ValidationError as exc:

@@ -158,7 +158,7 @@ def trained(
     config = shared_config(root)
     train(config, str(data), str(features), str(root / "model"))
     shutil.copytree(root / "model", root / "ranked")
-    train_ranker(config, str(data), str(features), str(root / "ranked"))
+    train_ranker(config, str(data), str(features), str(root / "ranked"), run=config.train.run)
     return Trained(root, data, features, config, root / "model", root / "ranked")
 
 

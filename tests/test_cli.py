@@ -189,7 +189,7 @@ def test_console_script_reports_a_malformed_mmrec_row(tmp_path: Path) -> None:
     ("argv", "expected"),
     [
         (["extract", "--incremental"], "encode image with efficientnet_lite0"),
-        (["train", "--set", "train.num_workers=2"], "Ray Train: 2 worker(s)"),
+        (["train", "--set", "train.run.num_workers=2"], "Ray Train: 2 worker(s)"),
         (["data", "export", "--data", "d"], "export d as mmrec"),
         (["evaluate", "--model", "m"], "rank m, popularity and content at K=[10, 20, 50]"),
         (["evaluate", "--ablation"], "Ray Train contrastive+gated"),

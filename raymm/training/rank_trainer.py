@@ -43,6 +43,7 @@ from raymm.recommend.vectors import user_vectors
 from raymm.training.loop import RunHooks, StepOutput, fit
 from raymm.training.rank_objective import RankObjective, context_matrix, platt_scaling
 from raymm.training.ray_runner import TrainingError, WorkerRun, run_on_ray, shuffled_examples
+from raymm.training.settings import TrainRunConfig
 from raymm.training.trainer import run_key
 
 #: Candidate weights of the retriever's logit in the ranker's score, tried on validation. Large
@@ -164,7 +165,7 @@ def rank_loop_per_worker(loop_config: dict[str, Any]) -> None:
         before_step=run.before_step,
         max_steps_per_epoch=run.hooks.max_steps_per_epoch,
         world_size=run.world,
-        heap_trim_every=config.train.heap_trim_every,
+        heap_trim_every=run.settings.heap_trim_every,
     )
 
 
@@ -183,13 +184,17 @@ def train_ranker(
     data_dir: str,
     features_dir: str,
     model_dir: str,
+    *,
+    run: TrainRunConfig,
     name: str = "rank",
     hooks: RunHooks | None = None,
 ) -> RankTrainResult:
     """Train the ranker on Ray Train and add it to the two-tower artifact at ``model_dir``.
 
-    ``model_dir`` holds a two-tower artifact (``raymm train``). ``hooks`` are for tests. Raises
-    :class:`TrainingError` if the run fails beyond ``train.max_failures`` restarts,
+    ``model_dir`` holds a two-tower artifact (``raymm train``). ``run`` is how the Ray Train run
+    executes (workers, resources, checkpoint storage, restarts; ``raymm train --stage rank``
+    passes ``train.run``); the ranker's own settings are ``config.rank``. ``hooks`` are for
+    tests. Raises :class:`TrainingError` if the run fails beyond ``run.max_failures`` restarts,
     :class:`~raymm.models.errors.ModelLoadError` for a missing or mismatched artifact.
     """
     from raymm.runtime import init_ray
@@ -208,7 +213,7 @@ def train_ranker(
     dataset = shuffled_examples(pa.table(train_examples.to_columns()), config.seed)
     manifest = read_manifest(model_dir)
     rank_key = json.dumps({"rank": config.rank.model_dump(mode="json"), "model": manifest.model_version})
-    run = f"{name}-{run_key(config, hashlib.sha256(rank_key.encode()).hexdigest())}"
+    run_name = f"{name}-{run_key(config, hashlib.sha256(rank_key.encode()).hexdigest(), run)}"
     loop_config = {
         "data_dir": data_dir,
         "features_dir": features_dir,
@@ -216,7 +221,9 @@ def train_ranker(
         "context_stats": context_stats,
         "validation": vars(validation),
     }
-    saved = run_on_ray(rank_loop_per_worker, loop_config, config, run, dataset, "ranker training run", hooks)
+    saved = run_on_ray(
+        rank_loop_per_worker, loop_config, config, run, run_name, dataset, "ranker training run", hooks
+    )
     ranker = build_ranker(config, setup, context_stats)
     ranker.load_state_dict(saved.state.best_weights or saved.model)
     ranker.retrieval_temperature = float(setup.two_tower.temperature)

@@ -31,6 +31,7 @@ from raymm.config import RaymmConfig
 from raymm.data import io
 from raymm.errors import RaymmError
 from raymm.training.loop import Checkpoint, InjectedFailure, LoopState, RunHooks
+from raymm.training.settings import TrainRunConfig
 
 CHECKPOINT_FILE = "state.pt"
 INJECTED_FAILURE_MARKER = ".injected-failure-done"
@@ -82,7 +83,7 @@ def run_lock(path: Path, name: str, where: str) -> Iterator[None]:
             holder = handle.read().strip() or "another process"
             raise RunInProgressError(
                 f"run {name!r} (checkpoints in {where}) is being trained by {holder} right now "
-                f"(lock {path}); wait for it to finish, or train into another out/train.storage_path"
+                f"(lock {path}); wait for it to finish, or train into another train.run.storage_path"
             ) from None
         handle.seek(0)
         handle.truncate()
@@ -105,7 +106,7 @@ class WorkerRun:
     """One Ray Train worker's view of the run; build it first thing in the per-worker function.
 
     ``loop_config`` is what :func:`run_on_ray` passed: ``config`` (the whole config as JSON),
-    ``storage`` (the run's directory), ``storage_filesystem`` and ``storage_fs_path`` (the same
+    ``run`` (the run's :class:`TrainRunConfig`, as JSON; :attr:`settings`), ``storage`` (the run's directory), ``storage_filesystem`` and ``storage_fs_path`` (the same
     directory as Ray Train writes it: the driver's filesystem, endpoint included) and ``hooks``
     (:class:`RunHooks` as a dict).
     """
@@ -115,6 +116,7 @@ class WorkerRun:
         import ray.train.torch
 
         self.config = RaymmConfig.model_validate(loop_config["config"])
+        self.settings = TrainRunConfig.model_validate(loop_config["run"])
         self.storage: str = loop_config["storage"]
         self.storage_filesystem: Any = loop_config["storage_filesystem"]
         self.storage_fs_path: str = loop_config["storage_fs_path"]
@@ -122,8 +124,7 @@ class WorkerRun:
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
-        train = self.config.train
-        torch.set_num_threads(train.torch_threads or max(1, int(train.cpus_per_worker)))
+        torch.set_num_threads(self.settings.torch_threads or max(1, int(self.settings.cpus_per_worker)))
         deterministic()
 
     def prepare(self, module: nn.Module) -> nn.Module:
@@ -250,17 +251,19 @@ def run_on_ray(
     loop: Callable[[dict[str, Any]], None],
     loop_config: dict[str, Any],
     config: RaymmConfig,
+    run: TrainRunConfig,
     name: str,
     dataset: Any,
     what: str,
     hooks: RunHooks | None = None,
 ) -> Checkpoint:
-    """Run ``loop`` with Ray Train as run ``name`` under ``train.storage_path``; return its last checkpoint.
+    """Run ``loop`` with Ray Train as run ``name`` under ``run.storage_path`` (default
+    ``<out>/train``); return its last checkpoint.
 
-    The run's scaling (``train.num_workers``, ``use_gpu``, ``cpus_per_worker``), failure handling
-    (``max_failures``) and checkpoint retention are the same for every stage. ``loop_config``
-    gains ``config`` (the whole config, as JSON), ``storage`` (the run's directory) and
-    ``hooks``. ``dataset`` is sharded to the workers as ``"train"``. Raises
+    ``run`` sets the scaling (``num_workers``, ``use_gpu``, ``cpus_per_worker``, ``torch_threads``)
+    and failure handling (``max_failures``); checkpoint retention is the same for every stage.
+    ``loop_config`` gains ``config`` (the whole config, as JSON), ``run`` (as JSON), ``storage``
+    (the run's directory) and ``hooks``. ``dataset`` is sharded to the workers as ``"train"``. Raises
     :class:`TrainingError` naming ``what`` and the run's storage location if the run fails beyond
     its restarts (storage that stops answering included) or leaves no checkpoint, and
     :class:`RunInProgressError` at once if another process is training the same run.
@@ -268,7 +271,7 @@ def run_on_ray(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    storage = io.absolute(config.train.storage_path or config.stage_dir("train"))
+    storage = io.absolute(run.storage_path or config.stage_dir("train"))
     storage_fs, storage_path = io.resolve(storage)
     io.makedirs(storage)
     where = io.join(storage, name)
@@ -278,21 +281,22 @@ def run_on_ray(
             train_loop_config={
                 **loop_config,
                 "config": config.model_dump(mode="json", by_alias=True),
+                "run": run.model_dump(mode="json"),
                 "storage": io.join(storage, name),
                 "storage_filesystem": storage_fs,
                 "storage_fs_path": posixpath.join(storage_path, name),
                 "hooks": asdict(hooks or RunHooks()),
             },
             scaling_config=ray.train.ScalingConfig(
-                num_workers=config.train.num_workers,
-                use_gpu=config.train.use_gpu,
-                resources_per_worker={"CPU": config.train.cpus_per_worker},
+                num_workers=run.num_workers,
+                use_gpu=run.use_gpu,
+                resources_per_worker={"CPU": run.cpus_per_worker},
             ),
             run_config=ray.train.RunConfig(
                 name=name,
                 storage_path=storage_path,
                 storage_filesystem=storage_fs,
-                failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+                failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             ),
             datasets={"train": dataset},

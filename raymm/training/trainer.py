@@ -49,6 +49,7 @@ from raymm.training.examples import Examples, build_examples, target_log_q
 from raymm.training.loop import LoopState, RunHooks, StepOutput, best_row, fit
 from raymm.training.objective import NextItemObjective
 from raymm.training.ray_runner import TrainingError, WorkerRun, deterministic, run_on_ray, shuffled_examples
+from raymm.training.settings import TrainRunConfig
 
 log = logging.getLogger(__name__)
 
@@ -175,36 +176,32 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         before_step=run.before_step,
         max_steps_per_epoch=run.hooks.max_steps_per_epoch,
         world_size=run.world,
-        heap_trim_every=config.train.heap_trim_every,
+        heap_trim_every=run.settings.heap_trim_every,
     )
 
 
-#: Settings that change how a run is executed but not what it learns: a run resumes across them.
-OPERATIONAL_TRAIN_FIELDS = (
-    "num_workers",
-    "use_gpu",
-    "cpus_per_worker",
-    "max_failures",
-    "storage_path",
-    "heap_trim_every",
-)
-
-
-def run_key(config: RaymmConfig, data_fingerprint: str) -> str:
+def run_key(config: RaymmConfig, data_fingerprint: str, run: TrainRunConfig) -> str:
     """12 hex digits naming what a run learns: seed, model and training settings, and the data.
 
     Ray Train resumes a run whose storage directory already exists. The run directory is
     ``<name>-<run_key>``, so re-running the same command resumes an interrupted run, while a
     changed config or dataset starts a new run instead of loading an incompatible checkpoint.
+    How the run executes (``run``: workers, resources, storage, restarts, heap trimming) is left
+    out, so a run resumes across a change to it, except ``run.torch_threads``: the thread count
+    changes the order of float reductions, so the weights a run learns.
     """
-    train = config.train.model_dump(mode="json", exclude=set(OPERATIONAL_TRAIN_FIELDS))
-    # Hashed where they were before they moved from ``train`` to ``model``: an unchanged
-    # configuration keeps its run key, so an interrupted run resumes across that upgrade.
-    moved = {"modalities", "item_id_embeddings"}
-    train.update(config.model.model_dump(mode="json", include=moved))
+    # The document keeps the layout it had before the run settings moved to ``train.run`` and
+    # the modalities and item-id switch to ``model``: an unchanged configuration keeps its run
+    # key, so an interrupted run resumes across that upgrade.
+    moved_to_model = {"modalities", "item_id_embeddings"}
+    train = {
+        **config.train.model_dump(mode="json", exclude={"run"}),
+        "torch_threads": run.torch_threads,
+        **config.model.model_dump(mode="json", include=moved_to_model),
+    }
     document = {
         "seed": config.seed,
-        "model": config.model.model_dump(mode="json", exclude=moved),
+        "model": config.model.model_dump(mode="json", exclude=moved_to_model),
         "train": train,
         "ks": config.evaluate.ks,
         "data": data_fingerprint,
@@ -258,9 +255,10 @@ def train(
 ) -> TrainResult:
     """Train with Ray Train and write the model artifact to ``out``; see the module docstring.
 
-    Checkpoints go to ``<train.storage_path>/<name>-<run_key>`` (see :func:`run_key`). ``hooks``
-    are for tests (fault injection, short epochs). Raises :class:`TrainingError` if the run fails
-    beyond ``train.max_failures`` restarts.
+    The Ray Train run follows ``train.run``; checkpoints go to
+    ``<train.run.storage_path>/<name>-<run_key>`` (see :func:`run_key`). ``hooks`` are for tests
+    (fault injection, short epochs). Raises :class:`TrainingError` if the run fails beyond
+    ``train.run.max_failures`` restarts.
     """
     from raymm.runtime import init_ray
 
@@ -279,9 +277,11 @@ def train(
         "features_dir": features_dir,
         "log_q": target_log_q(examples, prepared.catalog.n_items),
     }
-    run = f"{name}-{run_key(config, prepared.fingerprint)}"
+    run = f"{name}-{run_key(config, prepared.fingerprint, config.train.run)}"
     dataset = shuffled_examples(examples.to_table(), config.seed)
-    saved = run_on_ray(train_loop_per_worker, loop_config, config, run, dataset, "training run", hooks)
+    saved = run_on_ray(
+        train_loop_per_worker, loop_config, config, config.train.run, run, dataset, "training run", hooks
+    )
     model = TwoTower(prepared.model_config, prepared.catalog.dims, prepared.n_item_ids, prepared.audio_bands)
     model.load_state_dict(saved.state.best_weights or saved.model)
     settings, trials, collab = choose_served(model, prepared, train_split, config)
@@ -376,6 +376,6 @@ def train_in_process(
         epochs=config.train.epochs,
         patience=config.train.patience,
         metric=config.train.val_metric,
-        heap_trim_every=config.train.heap_trim_every,
+        heap_trim_every=config.train.run.heap_trim_every,
     )
     return model, state

@@ -1,6 +1,6 @@
 """The ablation experiment: train each variant with Ray Train, evaluate all on one split, report.
 
-Variants (``evaluate.ablation`` names them) come from the registries, not from a parsed string:
+Variants (``ablation.variants`` names them) come from the registries, not from a parsed string:
 each modality alone (:data:`~raymm.data.schema.MODALITIES`), ``concat`` (no alignment,
 concatenation: ``none+concat`` under the name design.md uses), every ``<aligner>+<fusion>`` pair
 of :data:`~raymm.models.align.ALIGNERS` and :data:`~raymm.models.fusion.FUSIONS`, and the
@@ -10,9 +10,9 @@ and differ only in the alignment loss; ``none+gated`` and ``contrastive+concat``
 and alignment apart. The evaluator (:mod:`raymm.eval.evaluate`) ranks every variant, trained or
 not, through the same scorer interface.
 
-With ``evaluate.missing_modality`` set, a copy of the features with ``missing_rate`` of that
+With ``ablation.missing_modality`` set, a copy of the features with ``missing_rate`` of that
 modality's present rows hidden (a seeded subset of items) is written under ``out_dir``; every
-trained variant is re-evaluated on it, and those in ``evaluate.missing_retrain`` are also
+trained variant is re-evaluated on it, and those in ``ablation.missing_retrain`` are also
 re-trained on it. The input features are never modified.
 
 ``out_dir`` receives ``models/<variant>`` (artifacts; each run's Ray Train checkpoints under
@@ -83,7 +83,7 @@ def variant(name: str) -> Variant:
 def variant_config(config: RaymmConfig, name: str, storage: str) -> RaymmConfig:
     """``config`` turned into the trained variant ``name``, checkpointing under ``storage``; validated."""
     document = config.model_dump(mode="json", by_alias=True)
-    overrides = [*variant(name).overrides, f"train.storage_path={storage}"]
+    overrides = [*variant(name).overrides, f"train.run.storage_path={storage}"]
     return config_from_dict(apply_overrides(document, overrides), f"ablation variant {name!r}")
 
 
@@ -237,7 +237,7 @@ def ablation(
     trained_models: Mapping[str, str] | None = None,
     ranked_model: str | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate every variant of ``config.evaluate.ablation`` on one split; write the report.
+    """Train and evaluate every variant of ``config.ablation.variants`` on one split; write the report.
 
     One Ray Train run per trained variant (and per re-trained missing-modality variant), except
     the variants ``trained_models`` maps to an artifact already trained with exactly that
@@ -252,9 +252,9 @@ def ablation(
     anything, and what :func:`~raymm.training.trainer.train` raises.
     """
     say = progress or (lambda _message: None)
-    cfg = config.evaluate
-    ks = cfg.ks
-    chosen = [variant(name) for name in cfg.ablation]  # fail on a bad name before any training
+    cfg = config.ablation
+    ks = config.evaluate.ks
+    chosen = [variant(name) for name in cfg.variants]  # fail on a bad name before any training
     data_dir, features_dir, out_dir = io.absolute(data_dir), io.absolute(features_dir), io.absolute(out_dir)
     io.makedirs(out_dir)
     started = time.perf_counter()
@@ -284,7 +284,7 @@ def ablation(
         say(f"missing {cfg.missing_modality}: {len(missing_rows)} rows")
 
     k = 20 if 20 in ks else max(ks)
-    headline = headline_variant(config, cfg.ablation)
+    headline = headline_variant(config, cfg.variants)
     document: dict[str, Any] = {
         "created_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         "data_dir": data_dir,
@@ -328,7 +328,7 @@ def _missing_modality_rows(
 
     Single-modality variants of another modality do not read the hidden one and are left out.
     """
-    cfg = config.evaluate
+    cfg = config.ablation
     assert cfg.missing_modality is not None
     tag = f"missing-{cfg.missing_modality}-{round(100 * cfg.missing_rate)}"
     summary = drop_modality(
@@ -366,15 +366,15 @@ def config_summary(config: RaymmConfig) -> dict[str, Any]:
         "epochs": train.epochs,
         "batch_size": train.batch_size,
         "lr": train.lr,
-        "num_workers": train.num_workers,
+        "num_workers": train.run.num_workers,
         "item_id_embeddings": model.item_id_embeddings,
         "patience": train.patience,
         "model": f"{model.align.method} alignment + {model.fusion.method} fusion",
         "shared_dim": model.align.shared_dim,
         "embed_dim": model.towers.embed_dim,
         "user_pooling": model.user_state.pooling,
-        "variants": list(config.evaluate.ablation),
-        "missing_modality": config.evaluate.missing_modality,
-        "missing_rate": config.evaluate.missing_rate,
-        "missing_retrain": list(config.evaluate.missing_retrain),
+        "variants": list(config.ablation.variants),
+        "missing_modality": config.ablation.missing_modality,
+        "missing_rate": config.ablation.missing_rate,
+        "missing_retrain": list(config.ablation.missing_retrain),
     }

@@ -136,9 +136,9 @@ def plan_ablation(config: RaymmConfig, *, out: str | None = None) -> Plan:
     from raymm.workflows.ablation import variant
 
     out = out or config.stage_dir("report")
-    cfg = config.evaluate
+    cfg = config.ablation
     plan = Plan("evaluate --ablation")
-    for name in cfg.ablation:
+    for name in cfg.variants:
         entry = variant(name)
         what = f"Ray Train {name}" if entry.trained else f"{name} baseline (no training)"
         plan.add(what, f"{out}/models/{name}" if entry.trained else out)
@@ -196,7 +196,7 @@ def run_ablation(
     progress: Callable[[str], None] | None = None,
     say: Callable[[str], None] | None = None,
 ) -> AblationRun:
-    """Train and compare ``evaluate.ablation``'s variants; the report goes to ``out`` (default
+    """Train and compare ``ablation.variants``; the report goes to ``out`` (default
     ``<out>/report``). ``progress`` hears each step, ``say`` the features fallback."""
     from raymm.workflows.ablation import ablation
 

@@ -90,11 +90,11 @@ def plan_quickstart(config: RaymmConfig, *, out: str | None = None) -> Plan:
     plan_extract(config, out=features, plan=plan)
     plan.add(
         f"Ray Train the two towers ({config.model.align.method} + {config.model.fusion.method}, "
-        f"{cfg.num_workers} worker(s), up to {cfg.epochs} epochs)",
+        f"{cfg.run.num_workers} worker(s), up to {cfg.epochs} epochs)",
         model,
     )
     plan.add(f"Ray Train the ranker (up to {config.rank.epochs} epochs)", f"{model}/ranker")
-    plan.add(f"ablation {config.evaluate.ablation} + the ranking stage", report_dir)
+    plan.add(f"ablation {config.ablation.variants} + the ranking stage", report_dir)
     plan.add(
         "serve it live (broker, Ray Serve app, replayed stream.parquet, freshness)",
         f"http://{config.serve.host}:{config.serve.port}",
@@ -159,8 +159,8 @@ def quickstart(
     with announce(3, f"training the two towers into {model} (Ray Train)"):
         result.trained = train(config, data, features, model)
     with announce(4, f"training the ranker into {model}/ranker (Ray Train)"):
-        result.ranked = train_ranker(config, data, features, model)
-    headline = headline_variant(config, list(config.evaluate.ablation))
+        result.ranked = train_ranker(config, data, features, model, run=config.train.run)
+    headline = headline_variant(config, list(config.ablation.variants))
     with announce(5, f"ablation and ranking report into {report_dir}"):
         result.report = ablation(
             config,

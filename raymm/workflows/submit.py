@@ -247,7 +247,7 @@ def stage_paths(stage: str, args: argparse.Namespace, config: RaymmConfig) -> di
         return paths
     paths["features"] = getattr(args, "features", None) or config.stage_dir("features")
     if stage == "train" or getattr(args, "ablation", False):
-        paths["checkpoints"] = config.train.storage_path or config.stage_dir("train")
+        paths["checkpoints"] = config.train.run.storage_path or config.stage_dir("train")
     if stage == "train":
         paths["model"] = args.out or config.stage_dir("model")
     else:

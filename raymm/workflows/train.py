@@ -45,14 +45,14 @@ class _ModelRun(StageResult, Generic[RunResult]):
 
 
 def _storage(config: RaymmConfig) -> str:
-    return config.train.storage_path or config.stage_dir("train")
+    return config.train.run.storage_path or config.stage_dir("train")
 
 
 def plan_train(config: RaymmConfig, *, out: str | None = None) -> Plan:
     cfg = config.train
     plan = Plan("train")
     plan.add(
-        f"Ray Train: {cfg.num_workers} worker(s), {cfg.epochs} epochs, "
+        f"Ray Train: {cfg.run.num_workers} worker(s), {cfg.epochs} epochs, "
         f"{config.model.align.method} alignment + {config.model.fusion.method} fusion",
         _storage(config),
     )
@@ -116,7 +116,7 @@ def plan_train_ranker(config: RaymmConfig, *, model: str | None = None) -> Plan:
     rank = config.rank
     plan = Plan("train --stage rank")
     plan.add(
-        f"Ray Train: {config.train.num_workers} worker(s), up to {rank.epochs} epochs, {rank.loss} loss, "
+        f"Ray Train: {config.train.run.num_workers} worker(s), up to {rank.epochs} epochs, {rank.loss} loss, "
         f"{rank.negatives_per_positive} negatives/positive ({rank.hard_negative_share:.0%} hard)",
         _storage(config),
     )
@@ -160,10 +160,13 @@ def train_ranker(
     say: Callable[[str], None] | None = None,
 ) -> RankTrainRun:
     """Train the ranker with Ray Train and add it to the two-tower artifact at ``model`` (default
-    ``<out>/model``). Raises what :func:`raymm.training.rank_trainer.train_ranker` raises."""
+    ``<out>/model``); the Ray Train run follows ``train.run``, as the two-tower run does. Raises
+    what :func:`raymm.training.rank_trainer.train_ranker` raises."""
     from raymm.training import rank_trainer
 
     data = data or config.stage_dir("data")
     features = features_for(config, data, features, say)
     model = model or config.stage_dir("model")
-    return RankTrainRun(data, features, model, rank_trainer.train_ranker(config, data, features, model))
+    return RankTrainRun(
+        data, features, model, rank_trainer.train_ranker(config, data, features, model, run=config.train.run)
+    )

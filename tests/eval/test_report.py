@@ -34,10 +34,10 @@ def _config(out: Path, *overrides: str) -> RaymmConfig:
         out,
         "train.epochs=1",
         "evaluate.ks=[10,20]",
-        "evaluate.ablation=[text,concat,contrastive+gated,popularity,content]",
-        "evaluate.missing_modality=image",
-        "evaluate.missing_rate=0.5",
-        "evaluate.missing_retrain=[concat]",
+        "ablation.variants=[text,concat,contrastive+gated,popularity,content]",
+        "ablation.missing_modality=image",
+        "ablation.missing_rate=0.5",
+        "ablation.missing_retrain=[concat]",
         *overrides,
     )
 
@@ -65,7 +65,7 @@ def test_variant_names_become_configs(variant: str, expected: dict[str, Any], tm
         for part in key.split("."):
             node = getattr(node, part)
         assert node == value, key
-    assert config.train.storage_path == str(tmp_path / "train")
+    assert config.train.run.storage_path == str(tmp_path / "train")
 
 
 def test_variants_come_from_the_registries() -> None:
@@ -79,7 +79,7 @@ def test_variants_come_from_the_registries() -> None:
 
 
 def test_the_default_ablation_measures_alignment_and_fusion_apart(tmp_path: Path) -> None:
-    default = RaymmConfig().evaluate.ablation
+    default = RaymmConfig().ablation.variants
     assert {"concat", "none+gated", "contrastive+concat", "contrastive+gated"} <= set(default)
     assert all(name in variants() for name in default)
     config = _config(tmp_path)  # configured: contrastive+gated
@@ -92,7 +92,7 @@ def test_the_default_ablation_measures_alignment_and_fusion_apart(tmp_path: Path
 
 def test_an_unknown_variant_fails_before_training(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     data, features = tiny
-    config = _config(tmp_path, "evaluate.ablation=[text,clip+gated]")
+    config = _config(tmp_path, "ablation.variants=[text,clip+gated]")
     with pytest.raises(ConfigError, match=r"unknown ablation variant 'clip\+gated'; known variants: text, "):
         ablation(config, str(data), str(features), str(tmp_path / "report"))
     assert not (tmp_path / "report" / "models").exists()

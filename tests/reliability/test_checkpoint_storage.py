@@ -130,7 +130,7 @@ def test_storage_lost_at_a_checkpoint_fails_naming_it_and_the_half_written_check
 ) -> None:
     storage = f"s3://{BUCKET}/train"
     config = shared_config(
-        tmp_path, "train.epochs=2", "train.max_failures=0", f"train.storage_path={storage}"
+        tmp_path, "train.epochs=2", "train.run.max_failures=0", f"train.run.storage_path={storage}"
     )
     data, features = facet_data
     args = (config, str(data), str(features), str(tmp_path / "model"), "flaky")

@@ -64,11 +64,17 @@ def test_rank_stage_is_written_into_the_artifact_and_evaluated(trained: Trained,
 
 def test_a_killed_ranker_worker_resumes_from_the_last_checkpoint(trained: Trained, tmp_path: Path) -> None:
     shutil.copytree(trained.model, tmp_path / "model")
-    config = shared_config(tmp_path, "train.max_failures=1")
+    config = shared_config(tmp_path, "train.run.max_failures=1")
     # 3 steps per epoch: global step 4 falls in the second epoch, after the first checkpoint
     hooks = RunHooks(fail_at_step=4, max_steps_per_epoch=3)
     result = train_ranker(
-        config, str(trained.data), str(trained.features), str(tmp_path / "model"), "faulty", hooks
+        config,
+        str(trained.data),
+        str(trained.features),
+        str(tmp_path / "model"),
+        run=config.train.run,
+        name="faulty",
+        hooks=hooks,
     )
     assert len(list((tmp_path / "train").glob(f"faulty-*/{INJECTED_FAILURE_MARKER}"))) == 1
     assert [row["epoch"] for row in result.history] == [0, 1, 2]

@@ -83,7 +83,13 @@ def test_a_run_returns_its_last_checkpoint_and_keeps_two_whole_ones(
     # a worker that fails and resumes is tests/training/test_trainer.py's and test_rank_trainer.py's
     config = small_model_config(tmp_path)
     saved = run_on_ray(
-        _linear_loop(), {"epochs": 3}, config, "tiny", shuffled_examples(_examples(), 0), "tiny run"
+        _linear_loop(),
+        {"epochs": 3},
+        config,
+        config.train.run,
+        "tiny",
+        shuffled_examples(_examples(), 0),
+        "tiny run",
     )
     assert isinstance(saved, Checkpoint)
     assert (saved.state.epoch, saved.state.step) == (2, 3 * ROWS // BATCH)
@@ -103,7 +109,7 @@ def test_a_run_returns_its_last_checkpoint_and_keeps_two_whole_ones(
 def test_a_run_that_fails_beyond_its_restarts_names_the_run_and_its_storage(
     ray_session: None, tmp_path: Path
 ) -> None:
-    config = small_model_config(tmp_path, "train.max_failures=0")
+    config = small_model_config(tmp_path, "train.run.max_failures=0")
     where = re.escape(str(tmp_path / "train" / "broken"))
     with pytest.raises(
         TrainingError,
@@ -113,6 +119,7 @@ def test_a_run_that_fails_beyond_its_restarts_names_the_run_and_its_storage(
             _linear_loop(),
             {"epochs": 2},
             config,
+            config.train.run,
             "broken",
             shuffled_examples(_examples(), 0),
             "tiny run",

@@ -61,7 +61,7 @@ def test_run_on_ray_takes_the_lock_before_starting_ray_train(tmp_path: Path) -> 
     try:
         # No Ray, no dataset: refused before a trainer is built.
         with pytest.raises(RunInProgressError, match=r"model-abc"):
-            run_on_ray(lambda _: None, {}, config, "model-abc", None, "training")
+            run_on_ray(lambda _: None, {}, config, config.train.run, "model-abc", None, "training")
     finally:
         child.kill()
         child.wait()

@@ -96,13 +96,18 @@ def test_a_newer_artifact_version_is_refused(trained: Trained, tmp_path: Path) -
 
 def test_the_run_key_follows_what_a_run_learns(trained: Trained) -> None:
     config = trained.config
-    key = run_key(config, "data")
-    operational = config.model_copy(deep=True)
-    operational.train.num_workers, operational.train.max_failures = 4, 7
-    assert run_key(operational, "data") == key  # how a run executes does not change what it learns
+    run = config.train.run
+    key = run_key(config, "data", run)
+    operational = run.model_copy(
+        update={"num_workers": 4, "max_failures": 7, "storage_path": "elsewhere", "heap_trim_every": None}
+    )
+    assert run_key(config, "data", operational) == key  # how a run executes does not change what it learns
+    # ... except its torch threads: they change the order of float reductions, so the weights
+    threads = run.model_copy(update={"torch_threads": (run.torch_threads or 1) + 1})
+    assert run_key(config, "data", threads) != key
     changed = config.model_copy(deep=True)
     changed.model.fusion.method = "concat"
-    assert run_key(changed, "data") != key and run_key(config, "other data") != key
+    assert run_key(changed, "data", run) != key and run_key(config, "other data", run) != key
 
 
 def test_rerunning_a_finished_run_resumes_it_instead_of_training_again(
@@ -117,7 +122,7 @@ def test_rerunning_a_finished_run_resumes_it_instead_of_training_again(
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(trained: Trained, tmp_path: Path) -> None:
-    config = shared_config(tmp_path, "train.max_failures=1")
+    config = shared_config(tmp_path, "train.run.max_failures=1")
     prepared = prepare(config, str(trained.data), str(trained.features))
     train_table = load_dataset(str(trained.data), tables=()).interactions("train")
     spec = config.model.user_state
@@ -133,7 +138,9 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(trained: Trained, tmp_
 
 
 def test_same_config_and_seed_give_the_same_metrics(trained: Trained, tmp_path: Path) -> None:
-    config = shared_config(trained.root, f"train.storage_path={tmp_path / 'train'}")  # same key, fresh run
+    config = shared_config(
+        trained.root, f"train.run.storage_path={tmp_path / 'train'}"
+    )  # same key, fresh run
     run = train(config, str(trained.data), str(trained.features), str(tmp_path / "m"))
     first = load_artifact(trained.model).manifest.metrics["validation"]
     second = run.manifest.metrics["validation"]
@@ -142,7 +149,9 @@ def test_same_config_and_seed_give_the_same_metrics(trained: Trained, tmp_path: 
 
 
 def test_two_workers_train_with_gloo_on_cpu(trained: Trained, tmp_path: Path) -> None:
-    config = shared_config(tmp_path, "train.epochs=1", "train.num_workers=2", "train.cpus_per_worker=0.5")
+    config = shared_config(
+        tmp_path, "train.epochs=1", "train.run.num_workers=2", "train.run.cpus_per_worker=0.5"
+    )
     result = train(config, str(trained.data), str(trained.features), str(tmp_path / "model"))
     assert [row["epoch"] for row in result.history] == [0]
     assert load_artifact(tmp_path / "model").item_vectors.num_rows == 240

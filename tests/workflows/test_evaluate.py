@@ -36,7 +36,7 @@ def test_evaluate_ranks_the_model_and_its_ranking_stage(trained: Trained, tmp_pa
 
 
 def test_the_plans_name_the_model_and_the_variants(tmp_path: Path) -> None:
-    config = shared_config(tmp_path, "evaluate.ablation=[popularity,contrastive+gated]")
+    config = shared_config(tmp_path, "ablation.variants=[popularity,contrastive+gated]")
     assert plan_evaluate(config).steps[0][1] == str(tmp_path / "model")
     assert [step for step, _ in plan_evaluate(config, out="o").steps][-1] == "write evaluation.json"
     steps = plan_ablation(config).steps

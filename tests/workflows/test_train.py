@@ -23,7 +23,7 @@ def test_train_writes_the_artifact_under_the_output_root(trained: Trained, tmp_p
 
 
 def test_the_plans_say_where_each_run_writes(tmp_path: Path) -> None:
-    config = shared_config(tmp_path, "train.num_workers=2")
+    config = shared_config(tmp_path, "train.run.num_workers=2")
     steps = plan_train(config).steps
     assert steps[0][0].startswith("Ray Train: 2 worker(s)") and steps[-1] == (
         "write the model artifact",
