@@ -106,7 +106,9 @@ def test_lite0_vectors_do_not_depend_on_the_batch() -> None:
 
 
 def test_hf_image_vectors_do_not_depend_on_the_batch(vit_dir: Path) -> None:
-    encoder = HFImageEncoder(ImageEncoderConfig(kind="hf", model=str(vit_dir), batch_size=8), "cpu")
+    encoder = HFImageEncoder(
+        ImageEncoderConfig(kind="hf", model=str(vit_dir), resources=EncoderResources(batch_size=8)), "cpu"
+    )
     assert_batch_independent(encoder, images(20))
 
 
@@ -123,7 +125,9 @@ def test_mel_vectors_do_not_depend_on_the_batch() -> None:
 
 
 def test_hf_audio_vectors_do_not_depend_on_the_batch(wav2vec2_dir: Path) -> None:
-    config = AudioEncoderConfig(kind="hf", model=str(wav2vec2_dir), max_seconds=0.5, batch_size=8)
+    config = AudioEncoderConfig(
+        kind="hf", model=str(wav2vec2_dir), max_seconds=0.5, resources=EncoderResources(batch_size=8)
+    )
     assert_batch_independent(HFAudioEncoder(config, "cpu"), clips(16))
 
 
