@@ -887,7 +887,10 @@ def main(argv: list[str] | None = None) -> int:
         behind = stale(pages)
         for path in behind:
             print(f"stale: {path} (run python docs/generate.py)")
-        return 1 if behind else 0
+        undocumented = configuration_reference()[1]
+        for key in undocumented:
+            print(f"no meaning: configuration key {key} (give its field a #: comment or a description)")
+        return 1 if behind or undocumented else 0
     for path, text in pages.items():
         target = args.out / path
         target.parent.mkdir(parents=True, exist_ok=True)

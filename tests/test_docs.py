@@ -81,6 +81,13 @@ def test_configuration_reference_lists_every_key(generate: ModuleType) -> None:
     assert listed == expected
 
 
+def test_every_configuration_key_has_a_meaning(generate: ModuleType) -> None:
+    """A key added without a description, a ``#:`` comment or a docstring sentence naming it
+    fails here, naming the key."""
+    _, undocumented = generate.configuration_reference()
+    assert undocumented == [], f"configuration keys without a one-line meaning in the code: {undocumented}"
+
+
 def test_readme_is_a_front_door() -> None:
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) < README_MAX_LINES, f"README.md has {len(lines)} lines; the manual belongs in docs/"
