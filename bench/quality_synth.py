@@ -53,9 +53,10 @@ from _shared import BASE_CONFIG, QUICKSTART, ROOT, ensure_quickstart, finish, lo
 from _shared.facets import tiny_facet_dataset
 from _shared.measure import start_hogs, stop_hogs
 
-from raymm.config import EvaluateConfig, load_config
+from raymm.config import load_config
 from raymm.eval.report import FULL, best_single_modality
 from raymm.workflows.ablation import ablation
+from raymm.workflows.settings import AblationConfig
 
 BENCH = "quality_synth"
 #: The target of design.md section 4 this benchmark measures: `make bench` runs it.
@@ -65,7 +66,7 @@ RAY_WORKER_NICENESS = 15
 #: The full default ablation (``ablation.variants``) plus the other aligners and fusions.
 _BASELINES = ("popularity", "content")
 VARIANTS = (
-    *(v for v in EvaluateConfig().ablation if v not in _BASELINES),
+    *(v for v in AblationConfig().variants if v not in _BASELINES),
     "cca+gated",
     "kg+gated",
     "contrastive+attention",
