@@ -5,6 +5,7 @@ snapshots it, and a second run resumes from the snapshots instead of replaying."
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import uuid
@@ -16,6 +17,7 @@ import pytest
 
 from raymm.cli import main
 from raymm.models.config import UserStateConfig
+from raymm.stream import broker
 from raymm.stream.broker import EmbeddedBroker
 from raymm.stream.events import EVENTS_TOPIC
 from raymm.stream.snapshot import SnapshotStore
@@ -103,12 +105,15 @@ def test_stream_commands_say_what_is_missing(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_a_missing_file_or_an_unreachable_kafka_is_a_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     common = ["--out", str(tmp_path), "--quiet", "--bootstrap", "127.0.0.1:9"]
     assert main(["produce", "--events", str(tmp_path / "nope.parquet"), *common]) == 2
     assert "nope.parquet does not exist" in capsys.readouterr().err
     _stream(tmp_path / "stream.parquet", 5)
-    # Nothing listens on port 9: kafka-python's bootstrap error becomes one line, exit 2.
+    # Nothing listens on port 9: kafka-python's bootstrap error becomes one line, exit 2. The
+    # admin client that creates the topics gives up after 30 s by default; after 1 s here, with
+    # the same error.
+    monkeypatch.setattr(broker, "ensure_topics", functools.partial(broker.ensure_topics, timeout_s=1.0))
     assert main(["produce", "--events", str(tmp_path / "stream.parquet"), *common]) == 2
     assert "raymm: error: Kafka:" in capsys.readouterr().err
