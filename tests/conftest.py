@@ -21,6 +21,12 @@ from raymm.config import RaymmConfig
 # No test may reach a model hub: models come from PyPI packages or are built by the test.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Ray Train's controller polls its workers every 2 s; a worker's report, the end of a run and a
+# failed worker are seen only then, and raymm's rank 0 waits for the previous epoch's report to be
+# taken before it writes the next checkpoint. At 0.25 s a tiny run's epochs follow each other
+# 0.25 s apart instead of up to 2 s. The driver passes the variable on to the controller and the
+# workers (Ray Train's ENV_VARS_TO_PROPAGATE); the Ray nodes a test starts inherit it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
