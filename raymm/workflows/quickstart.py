@@ -8,9 +8,11 @@ What ``make quickstart`` runs on the embedded defaults (``configs/quickstart.yam
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from raymm.config import RaymmConfig
@@ -172,8 +174,30 @@ def quickstart(
             ranked_model=model,
         )
     with announce(6, "serving it live: broker, Ray Serve app, replayed events, freshness"):
+        forget_previous_live_state(config)
         result.live = live_demo(
             config, model, progress=progress, keep_running=_wait_for_interrupt if keep_running else None
         )
     result.elapsed_s = time.perf_counter() - started
     return result
+
+
+def forget_previous_live_state(config: RaymmConfig) -> list[str]:
+    """Remove an earlier quickstart's user-state snapshots and embedded broker log under a local
+    ``out``; returns what was removed.
+
+    The quickstart has just rebuilt the data and the model, and its live part replays the same
+    ``stream.parquet``. State kept from an earlier run already holds those event ids, so the
+    replay would change nothing (exactly-once), and the before/after it shows would be equal.
+    Only the defaults under ``out`` are removed: a configured ``stream.snapshot_uri`` or
+    ``kafka.bootstrap_servers`` is the user's, and is left alone.
+    """
+    if "://" in config.out or config.kafka.bootstrap_servers or config.stream.snapshot_uri:
+        return []
+    removed = []
+    for stage in ("state", "broker"):
+        path = Path(config.stage_dir(stage))
+        if path.is_dir():
+            shutil.rmtree(path)
+            removed.append(str(path))
+    return removed

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from raymm.config import load_config
 from raymm.workflows.live import LiveDemo
-from raymm.workflows.quickstart import QuickstartResult, plan_quickstart
+from raymm.workflows.quickstart import QuickstartResult, forget_previous_live_state, plan_quickstart
 
 
 def test_the_plan_is_rooted_at_out_without_changing_the_config(tmp_path: Path) -> None:
@@ -48,3 +48,21 @@ def test_the_live_part_shows_before_after_freshness_and_search() -> None:
     assert lines[5] == "    after:  " + ", ".join(f"i{n}" for n in range(10))
     assert "p50 200 ms" in lines[6]
     assert "is not in the top 10" in lines[7]
+
+
+def test_a_rerun_starts_the_live_part_from_empty_state_but_never_touches_the_users(tmp_path: Path) -> None:
+    """An earlier run's snapshots already hold the replayed event ids: kept, the replay would
+    change nothing and the demo's before/after would be equal."""
+    config = load_config("configs/quickstart.yaml", [f"out={tmp_path}"])
+    for stage in ("state", "broker", "model"):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "kept").write_text("x")
+    assert sorted(forget_previous_live_state(config)) == [str(tmp_path / "broker"), str(tmp_path / "state")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert forget_previous_live_state(config) == []  # nothing left to remove
+    for stage in ("state", "broker"):
+        (tmp_path / stage).mkdir()
+    for override in ("kafka.bootstrap_servers=k:9092", f"stream.snapshot_uri={tmp_path}/state"):
+        users = load_config("configs/quickstart.yaml", [f"out={tmp_path}", override])
+        assert forget_previous_live_state(users) == []
+    assert (tmp_path / "state").is_dir() and (tmp_path / "broker").is_dir()
