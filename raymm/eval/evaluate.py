@@ -37,9 +37,9 @@ from raymm.features.store import load_features
 from raymm.models.artifact import Artifact, load_artifact
 from raymm.models.config import UserStateConfig
 from raymm.models.towers import TwoTower
-from raymm.recommend.blend import BlendSettings, choose_blend_settings, served_retriever
+from raymm.recommend.blend import BlendSettings, choose_blend_settings, fit_served_retriever
 from raymm.recommend.catalog import Catalog, build_catalog
-from raymm.recommend.collab import CollaborativeScorer, PersonalScorer
+from raymm.recommend.collab import PersonalScorer
 from raymm.recommend.history import EvalUsers, eval_users, held_out_recency
 from raymm.recommend.scorers import (
     HALF_LIFE_GRID_DAYS,
@@ -272,13 +272,8 @@ def served_scorer(
             setup.train_context,
             setup.validation.history,
         )
-    collab = None
-    if settings.collab_weight > 0:
-        rank = int(artifact.manifest.config.get("model", {}).get("collab", {}).get("rank", 128))
-        collab = CollaborativeScorer(l2=settings.collab_l2, rank=rank, seed=context.seed).fit(context)
-        collab.fill_from_content(two_tower.item_vectors())
-    popularity = PopularityScorer(half_life_days=settings.half_life_days).fit(context)
-    return served_retriever(two_tower, collab, popularity, settings), settings.shrinkage
+    rank = int(artifact.manifest.config.get("model", {}).get("collab", {}).get("rank", 128))
+    return fit_served_retriever(two_tower, settings, context, rank), settings.shrinkage
 
 
 def recent_popularity(setup: EvalSetup, ks: Sequence[int]) -> PopularityScorer:

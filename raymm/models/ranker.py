@@ -17,7 +17,9 @@ It reads what the frozen two-tower model computes, never the raw features:
   missing recency (a user's first event) reading as the mean.
 
 An MLP over their concatenation gives one logit. Added to it is ``retrieval_weight`` times the
-retriever's own logit ``u_r . v_r / temperature`` (the full two-tower vectors, id embedding
+retriever's score of the candidate over ``temperature``: in retrieve-then-rank the served
+retriever's (two-tower, item-item and popularity blended, as serving retrieves), and for
+candidates given without scores the two-tower's ``u_r . v_r`` (the full vectors, id embedding
 included): trained on the training split the weight would be inflated by the same memorisation,
 so the MLP is trained alone (weight 0) and the weight is chosen afterwards on the validation split
 (retrieve-then-rank NDCG), then saved with the ranker. A Platt scaling ``a * logit + b`` fitted

@@ -109,6 +109,22 @@ def served_retriever(
     return FallbackScorer(personal, popularity, settings.shrinkage, settings.popularity_weight)
 
 
+def fit_served_retriever(
+    two_tower: DotProductScorer, settings: BlendSettings, context: FitContext, collab_rank: int
+) -> FallbackScorer:
+    """The served retriever for ``settings`` with its item-item part (``collab_rank`` factors) and
+    popularity fitted on ``context``, as serving's were on every interaction before it; the
+    item-item rows of items without interactions are predicted from their two-tower vectors."""
+    collaborative = None
+    if settings.collab_weight > 0:
+        collaborative = CollaborativeScorer(l2=settings.collab_l2, rank=collab_rank, seed=context.seed).fit(
+            context
+        )
+        collaborative.fill_from_content(two_tower.item_vectors())
+    popularity = PopularityScorer(half_life_days=settings.half_life_days).fit(context)
+    return served_retriever(two_tower, collaborative, popularity, settings)
+
+
 def relative_scale(
     two_tower: DotProductScorer, collaborative: CollaborativeScorer, history: np.ndarray
 ) -> float:

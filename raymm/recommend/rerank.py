@@ -115,11 +115,14 @@ class Reranker:
         return np.fromiter((self.row_of[str(c)] for c in array), dtype=np.int64, count=array.size)
 
     @torch.inference_mode()
-    def score_rows(self, user_vectors: Tensor, rows: Tensor, recency: Tensor) -> Tensor:
+    def score_rows(
+        self, user_vectors: Tensor, rows: Tensor, recency: Tensor, retrieval: Tensor | None = None
+    ) -> Tensor:
         """(U, n) logits of candidate ``rows`` (U, n) long for (U, E) user vectors; -inf where a row is -1.
 
         ``recency`` (U,) raw ``log1p`` hours since each user's previous event (NaN: unknown, read
-        as the training mean).
+        as the training mean). ``retrieval`` (U, n): the retriever's score of each candidate, the
+        term the ranker adds at its ``retrieval_weight``; None: the two-tower's (``u . v``).
         """
         real = rows >= 0
         flat = rows.clamp(min=0).reshape(-1)
@@ -128,15 +131,20 @@ class Reranker:
         context = torch.stack(
             [recency.float().repeat_interleave(per_user), self.inputs.popularity[flat]], dim=1
         )
-        retrieval = (self.inputs.vectors[flat] * users).sum(-1)
+        if retrieval is None:
+            retrieval_flat = (self.inputs.vectors[flat] * users).sum(-1)
+        else:
+            retrieval_flat = torch.where(real, retrieval.float(), 0.0).reshape(-1)
         logits = self.ranker.score(
-            self.content[flat], self.inputs.content_vectors[flat], users, context, retrieval
+            self.content[flat], self.inputs.content_vectors[flat], users, context, retrieval_flat
         ).view_as(rows)
         return torch.where(real, logits, float("-inf"))
 
     def rerank(self, candidates: TopK, user_vectors: Tensor, recency: Tensor, k: int) -> TopK:
-        """The best ``k`` of each user's ``candidates`` by the ranker's logit, best first."""
-        logits = self.score_rows(user_vectors, candidates.rows, recency)
+        """The best ``k`` of each user's ``candidates`` by the ranker's logit, best first. The
+        retrieval term is the candidates' own scores: what the served retriever (two-tower,
+        item-item and popularity, blended) gave them, so re-ranking keeps what the blend knows."""
+        logits = self.score_rows(user_vectors, candidates.rows, recency, candidates.scores)
         top = torch.topk(logits, min(k, logits.shape[1]), dim=1)
         rows = torch.gather(candidates.rows, 1, top.indices)
         return TopK(torch.where(top.values > float("-inf"), rows, -1), top.values)

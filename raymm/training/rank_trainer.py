@@ -33,12 +33,13 @@ from raymm.data import io
 from raymm.data.dataset import CATALOG_ITEM_COLUMNS, load_dataset
 from raymm.eval.evaluate import evaluate_scorer
 from raymm.eval.pointwise import best_threshold, classification_metrics, roc_auc
-from raymm.models.artifact import ranker_dir, read_manifest, record_stage
+from raymm.models.artifact import Manifest, ranker_dir, read_manifest, record_stage
 from raymm.models.ranker import Ranker, write_item_inputs
+from raymm.recommend.blend import BlendSettings, fit_served_retriever
 from raymm.recommend.history import eval_users, held_out_recency
 from raymm.recommend.rank_examples import LOGGED, RankExamples, RankSetup, predict, rank_setup, split_examples
 from raymm.recommend.rerank import Reranker
-from raymm.recommend.scorers import RetrieveThenRank, TwoTowerScorer
+from raymm.recommend.scorers import DotProductScorer, FitContext, RetrieveThenRank, TwoTowerScorer
 from raymm.recommend.vectors import user_vectors
 from raymm.training.loop import RunHooks, StepOutput, fit
 from raymm.training.rank_objective import RankObjective, context_matrix, platt_scaling
@@ -47,8 +48,9 @@ from raymm.training.settings import TrainRunConfig
 from raymm.training.trainer import run_key
 
 #: Candidate weights of the retriever's logit in the ranker's score, tried on validation. Large
-#: weights tend to retrieval alone (bench/rank_quality.py reports where validation peaks).
-RETRIEVAL_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+#: weights tend to retrieval alone, so validation can keep the retriever's order where the ranker
+#: does not help (bench/rank_quality.py reports where validation peaks).
+RETRIEVAL_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0, 32.0)
 
 
 def build_ranker(
@@ -71,10 +73,16 @@ def build_ranker(
 
 
 def choose_retrieval_weight(
-    config: RaymmConfig, setup: RankSetup, ranker: Ranker, data_dir: str
+    config: RaymmConfig, setup: RankSetup, ranker: Ranker, data_dir: str, manifest: Manifest
 ) -> dict[str, float]:
     """Set ``ranker.retrieval_weight`` to the weight of :data:`RETRIEVAL_WEIGHTS` with the best
-    validation retrieve-then-rank NDCG (the smallest on ties); returns the NDCG of each weight."""
+    validation retrieve-then-rank NDCG (the smallest on ties); returns the NDCG of each weight.
+
+    The candidates and the retrieval scores the ranker adds are the served retriever's, as
+    serving and evaluation run it (the blend training chose, in ``manifest``; its item-item part
+    and popularity fitted on the training split): chosen on the two-tower's alone, the weight
+    suited scores serving never gives the ranker, and once the item-item part carried weight the
+    ranker fell below the retrieval it re-orders."""
     dataset = load_dataset(data_dir, tables=(), item_columns=CATALOG_ITEM_COLUMNS)
     train, held_out = dataset.interactions("train"), dataset.interactions("validation")
     spec = setup.two_tower.config.user_state
@@ -82,12 +90,18 @@ def choose_retrieval_weight(
     users = users.sample(config.train.validation_users, config.seed)
     recency = held_out_recency(train, held_out, users.user_ids)
     k = 20 if 20 in config.evaluate.ks else max(config.evaluate.ks)
-    retriever = TwoTowerScorer(setup.two_tower, setup.catalog)
+    two_tower = TwoTowerScorer(setup.two_tower, setup.catalog)
+    settings = BlendSettings.from_metrics(manifest.metrics)
+    retriever: DotProductScorer = two_tower
+    if settings is not None:
+        context = FitContext(setup.catalog, train, spec.events, config.seed)
+        rank = int(manifest.config.get("model", {}).get("collab", {}).get("rank", config.model.collab.rank))
+        retriever = fit_served_retriever(two_tower, settings, context, rank)
     scores = {}
     for weight in RETRIEVAL_WEIGHTS:
         ranker.retrieval_weight = weight
         reranker = Reranker.from_inputs(ranker, setup.catalog.item_ids, setup.inputs)
-        scorer = RetrieveThenRank(retriever, retriever, reranker, config.rank.retriever_top_n)
+        scorer = RetrieveThenRank(retriever, two_tower, reranker, config.rank.retriever_top_n)
         metrics = evaluate_scorer(scorer, users, (k,), setup.catalog.n_items, recency=recency)
         scores[str(weight)] = metrics[f"ndcg@{k}"]
     ranker.retrieval_weight = float(max(scores, key=lambda w: (scores[w], -float(w))))
@@ -227,7 +241,7 @@ def train_ranker(
     ranker = build_ranker(config, setup, context_stats)
     ranker.load_state_dict(saved.state.best_weights or saved.model)
     ranker.retrieval_temperature = float(setup.two_tower.temperature)
-    weight_scores = choose_retrieval_weight(config, setup, ranker, data_dir)
+    weight_scores = choose_retrieval_weight(config, setup, ranker, data_dir, manifest)
 
     def validation_probabilities() -> np.ndarray:
         return predict(

@@ -38,10 +38,11 @@ def test_a_batch_answers_each_user_as_one_request_does(trained: Trained) -> None
         assert [r.item_id for r in answer] == [r.item_id for r in one]
         assert [r.score for r in answer] == pytest.approx([r.score for r in one], abs=1e-5)
         assert not {r.item_id for r in answer} & {*request[0], *request[1]}
-    # the ranker reads how long ago the user's last event was
+    # the ranker reads how long ago the user's last event was: the scores move by more than the
+    # 1e-5 a batch may differ by (how much depends on the retrieval weight validation chose)
     two_hours = recommender.recommend(recent[0], 8, recency_hours=2.0)
     unknown = recommender.recommend(recent[0], 8)
-    assert max(abs(a.score - b.score) for a, b in zip(two_hours, unknown, strict=True)) > 1e-3
+    assert max(abs(a.score - b.score) for a, b in zip(two_hours, unknown, strict=True)) > 1e-4
     # a seen item leaves the answer; the others keep their order
     without = recommender.recommend(recent[0], 8, seen=[two_hours[0].item_id], recency_hours=2.0)
     kept = [r.item_id for r in two_hours[1:]]

@@ -137,7 +137,13 @@ def test_rerank_keeps_each_users_best_k_candidates_by_logit_and_pads_with_minus_
         for j in range(n_real):
             alone = reranker.score_rows(users[u : u + 1], rows[u : u + 1, j : j + 1], recency[u : u + 1])
             assert alone.item() == pytest.approx(logits[u, j].item(), abs=1e-5)
-    top = reranker.rerank(TopK(rows, torch.zeros(2, 6)), users, recency, k=5)
+    # rerank adds the candidates' own retrieval scores (the served retriever's), not the two-tower's
+    retrieved = torch.tensor([[0.9, -0.4, 0.3, 0.8, -0.9, 0.1], [0.2, 0.7, -0.5, 0.4, -math.inf, -math.inf]])
+    logits = reranker.score_rows(users, rows, recency, retrieved)
+    assert reranker.ranker.retrieval_weight > 0 and not torch.allclose(
+        logits[0], reranker.score_rows(users, rows, recency, torch.zeros(2, 6))[0]
+    )
+    top = reranker.rerank(TopK(rows, retrieved), users, recency, k=5)
     for u, n_real in ((0, 6), (1, 4)):
         order = np.argsort(-logits[u, :n_real].numpy(), kind="stable")
         assert top.rows[u].tolist() == ([rows[u, j].item() for j in order] + [-1])[:5]
