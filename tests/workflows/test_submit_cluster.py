@@ -45,16 +45,17 @@ synth: {size: tiny}
 extract:
   device: cpu
   modalities: [text]
-  text: {kind: tfidf, tfidf_dim: 256, batch_size: 64, num_cpus: 2, min_actors: 2, max_actors: 2}
+  text:
+    kind: tfidf
+    tfidf_dim: 256
+    resources: {batch_size: 64, num_cpus: 2, min_actors: 2, max_actors: 2}
 model:
   align: {method: none, shared_dim: 32}
   towers: {embed_dim: 32}
 train:
   epochs: 2
   batch_size: 128
-  num_workers: 2
-  cpus_per_worker: 2
-  torch_threads: 1
+  run: {num_workers: 2, cpus_per_worker: 2, torch_threads: 1}
 """
 #: What the jobs need to reach the S3 server; the cluster's own environment lacks them.
 S3_VARIABLES = (
