@@ -272,8 +272,7 @@ def served_scorer(
             setup.train_context,
             setup.validation.history,
         )
-    rank = int(artifact.manifest.config.get("model", {}).get("collab", {}).get("rank", 128))
-    return fit_served_retriever(two_tower, settings, context, rank), settings.shrinkage
+    return fit_served_retriever(two_tower, settings, context, artifact.manifest.config), settings.shrinkage
 
 
 def recent_popularity(setup: EvalSetup, ks: Sequence[int]) -> PopularityScorer:

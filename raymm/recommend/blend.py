@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from raymm.models.config import CollabConfig
 from raymm.recommend.collab import L2_GRID, CollaborativeScorer, PersonalScorer
 from raymm.recommend.scorers import (
     HALF_LIFE_GRID_DAYS,
@@ -110,16 +111,17 @@ def served_retriever(
 
 
 def fit_served_retriever(
-    two_tower: DotProductScorer, settings: BlendSettings, context: FitContext, collab_rank: int
+    two_tower: DotProductScorer, settings: BlendSettings, context: FitContext, recorded: Mapping[str, Any]
 ) -> FallbackScorer:
-    """The served retriever for ``settings`` with its item-item part (``collab_rank`` factors) and
-    popularity fitted on ``context``, as serving's were on every interaction before it; the
-    item-item rows of items without interactions are predicted from their two-tower vectors."""
+    """The served retriever for ``settings`` with its item-item part and popularity fitted on
+    ``context``, as serving's were on every interaction before it; the item-item rows of items
+    without interactions are predicted from their two-tower vectors. ``recorded`` is the
+    configuration the artifact's manifest holds: the item-item part keeps the rank
+    (``model.collab.rank``) it was trained with, the default for artifacts that recorded none."""
     collaborative = None
     if settings.collab_weight > 0:
-        collaborative = CollaborativeScorer(l2=settings.collab_l2, rank=collab_rank, seed=context.seed).fit(
-            context
-        )
+        rank = int(recorded.get("model", {}).get("collab", {}).get("rank", CollabConfig().rank))
+        collaborative = CollaborativeScorer(l2=settings.collab_l2, rank=rank, seed=context.seed).fit(context)
         collaborative.fill_from_content(two_tower.item_vectors())
     popularity = PopularityScorer(half_life_days=settings.half_life_days).fit(context)
     return served_retriever(two_tower, collaborative, popularity, settings)

@@ -95,8 +95,7 @@ def choose_retrieval_weight(
     retriever: DotProductScorer = two_tower
     if settings is not None:
         context = FitContext(setup.catalog, train, spec.events, config.seed)
-        rank = int(manifest.config.get("model", {}).get("collab", {}).get("rank", config.model.collab.rank))
-        retriever = fit_served_retriever(two_tower, settings, context, rank)
+        retriever = fit_served_retriever(two_tower, settings, context, manifest.config)
     scores = {}
     for weight in RETRIEVAL_WEIGHTS:
         ranker.retrieval_weight = weight
