@@ -31,7 +31,7 @@ temporary work directory (deleted after unless ``--keep``):
      spill file.
    - **requests**: ``GET /v1/recommendations/{user}?k=10`` at ``--rps`` (100), request i sent at
      t0 + i / rps whatever the earlier ones' answers (asyncio and aiohttp keep-alive in a thread of
-     the driver: ``serve_latency.HttpLoad``); latency from the *scheduled* time to the body read,
+     the driver: ``_shared.load_client.HttpLoad``); latency from the *scheduled* time to the body read,
      so queueing shows (no coordinated omission); a request not answered in 20 s, a non-200, a
      fallback or fewer than k items is an error.
 5. **samples**, every ``--sample-s`` (10 s) from the driver's main thread: the shards' applied
@@ -107,13 +107,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from _shared import finish, log, result_path
+from _shared.load_client import REQUEST_TIMEOUT_S, HttpLoad
 from _shared.measure import loadavg, percentiles
 from _shared.serving import (
     PARTITIONS,
     REPLAY_CHUNK,
-    REQUEST_TIMEOUT_S,
     SHARDS,
-    HttpLoad,
     build_artifact,
     deployed,
     event_log,

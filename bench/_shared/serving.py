@@ -33,8 +33,6 @@ from raymm.config import RaymmConfig, load_config
 
 #: The progress lines' label.
 LOG = "serving"
-#: The recommendations a request asks for.
-K = 10
 #: The share of the tiny catalog's items without an image.
 MISSING_IMAGE = 0.3
 #: The event log's kinds and their weights, and the Zipf exponent of its item popularity.
@@ -48,8 +46,6 @@ PARTITIONS = 4
 SHARDS = 2
 REPLICAS = 2
 DAY_MS = 86_400_000
-#: A request not answered in this long is an error (and its latency this long).
-REQUEST_TIMEOUT_S = 20.0
 #: Events a background ``replay`` call sends before the pace is set again.
 REPLAY_CHUNK = 10_000
 
@@ -104,9 +100,20 @@ def _processes() -> dict[int, tuple[int, str, float]]:
     return found
 
 
-def _component(pid: int, title: str) -> str:
+#: Processes started from these files (``/proc/<pid>/cmdline``), with every process they start,
+#: are one component each: serve_latency.py's load client and its no-Ray anchor (uvicorn's
+#: workers are ``multiprocessing`` spawns, whose command lines do not name the file).
+OWN_TREES = (("_shared/load_client.py", "load_client"), ("_shared/anchor.py", "anchor"))
+
+
+def _component(pid: int, title: str, parent: str | None = None) -> str:
+    if parent in {name for _, name in OWN_TREES}:
+        return parent
     if pid == os.getpid():
-        return "driver_and_load_client"
+        return "driver"
+    for script, name in OWN_TREES:
+        if script in title:
+            return name
     if "noida" in title or "tansu" in title:
         return "broker"
     if title.split(" ", 1)[0].endswith("/haproxy"):  # Serve's HTTP proxy in throughput mode
@@ -121,20 +128,22 @@ def _component(pid: int, title: str) -> str:
 
 def cpu_by_component() -> dict[str, float]:
     """CPU seconds so far of this process and its descendants (the Ray instance it started, the
-    broker), summed by component. Other work on the machine is not counted."""
+    broker, the load client, the anchor), summed by component. Other work on the machine is not
+    counted."""
     processes = _processes()
     children: dict[int, list[int]] = {}
     for pid, (parent, _, _) in processes.items():
         children.setdefault(parent, []).append(pid)
     totals: dict[str, float] = {}
-    stack = [os.getpid()]
+    stack: list[tuple[int, str | None]] = [(os.getpid(), None)]
     while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        if pid in processes:
-            _, title, cpu = processes[pid]
-            name = _component(pid, title)
-            totals[name] = totals.get(name, 0.0) + cpu
+        pid, parent_name = stack.pop()
+        if pid not in processes:
+            continue
+        _, title, cpu = processes[pid]
+        name = _component(pid, title, parent_name)
+        totals[name] = totals.get(name, 0.0) + cpu
+        stack.extend((child, name) for child in children.get(pid, []))
     return totals
 
 
@@ -337,21 +346,28 @@ def build_artifact(
     return Built(work / "model", ranked, ids, events, info)
 
 
-def bench_env() -> None:
+def bench_env(throughput: bool = True) -> None:
     """The serving benchmarks' process environment, set before any Ray start (building the model
-    starts Ray): offline Hugging Face, and Serve's throughput mode (``raymm.runtime.serve_env``)."""
+    starts Ray): offline Hugging Face, and Serve's throughput mode (``raymm.runtime.serve_env``),
+    or, with ``throughput`` False, none of its variables (Serve's default proxy, as ``raymm
+    serve`` runs by default). Ray's processes and Serve's constants read them when they start, so
+    a process measures one mode."""
     from raymm.runtime import serve_env
 
-    for name, value in {"HF_HUB_OFFLINE": "1", **serve_env()}.items():
-        os.environ.setdefault(name, value)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for name, value in serve_env().items():
+        if throughput:
+            os.environ.setdefault(name, value)
+        else:
+            os.environ.pop(name, None)
 
 
 @contextlib.contextmanager
-def serving_work(work: Path | None, keep: bool, prefix: str) -> Iterator[Path]:
-    """A serving benchmark's start and end: :func:`bench_env`, the work directory (``work``, else a
+def serving_work(work: Path | None, keep: bool, prefix: str, throughput: bool = True) -> Iterator[Path]:
+    """A serving benchmark's start and end: :func:`bench_env` (``throughput``), the work directory (``work``, else a
     temporary one) with Ray's, Serve's and kafka-python's logs in ``logs/raymm.log`` under it; on
     exit Ray is shut down and a temporary directory removed unless ``keep``."""
-    bench_env()
+    bench_env(throughput)
     import ray
 
     path = work or Path(tempfile.mkdtemp(prefix=prefix))
@@ -365,17 +381,20 @@ def serving_work(work: Path | None, keep: bool, prefix: str) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def serve_config(work: Path, broker: str = "noida", overrides: list[str] | None = None) -> RaymmConfig:
+def serve_config(
+    work: Path, broker: str = "noida", overrides: list[str] | None = None, throughput: bool = True
+) -> RaymmConfig:
     """Serving under ``work/serve`` (broker data, snapshots) with the embedded ``broker``: emptied
     first, so a reused work directory starts with an empty topic and no state. ``overrides`` are
-    ``--set`` strings (``serve.recommender_replicas=2``)."""
+    ``--set`` strings (``serve.recommender_replicas=2``); ``throughput``: Serve's throughput mode
+    (the process's environment must agree: :func:`bench_env`)."""
     shutil.rmtree(work / "serve", ignore_errors=True)
     # One recommender replica per core: a replica answers HTTP, batches and calls the shards on
     # one Python thread, which saturated near 100 requests/s here (p50 > 1 s in one of three runs).
     base = [
         f"out={work / 'serve'}",
         "ray.num_cpus=2",
-        "ray.serve_throughput_mode=true",  # HAProxy and direct ingress (raymm.runtime.serve_env)
+        f"ray.serve_throughput_mode={str(throughput).lower()}",  # HAProxy, direct ingress (serve_env)
         f"serve.state_shards={SHARDS}",
     ]
     config = load_config(None, [*base, f"serve.recommender_replicas={REPLICAS}", *(overrides or [])])
@@ -440,34 +459,6 @@ def replay_state(app: Any, events: pa.Table, config: RaymmConfig) -> dict[str, A
     result = replay(events, app.bootstrap_servers, kafka=config.kafka)
     wait_s = wait_applied(client, before + result.sent)
     return {"events": result.sent, "replay_rate": round(result.rate, 1), "applied_after_s": round(wait_s, 2)}
-
-
-class HttpLoad:
-    """GET /v1/recommendations/{user}?k=10 over keep-alive connections (aiohttp)."""
-
-    def __init__(self, url: str, users: list[str]) -> None:
-        self.url, self.users = url.rstrip("/"), users
-        self.session: Any = None
-
-    async def __aenter__(self) -> HttpLoad:
-        import aiohttp
-
-        connector = aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=60)
-        self.session = aiohttp.ClientSession(connector=connector)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.session.close()
-
-    async def call(self, i: int) -> str | None:
-        user = self.users[i % len(self.users)]
-        async with self.session.get(f"{self.url}/v1/recommendations/{user}", params={"k": K}) as response:
-            if response.status != 200:  # before decoding: HAProxy's 503/504 pages are not JSON
-                return f"HTTP {response.status}: {(await response.text())[:100]}"
-            body = await response.json(content_type=None)
-        if body.get("user_id") != user or body.get("fallback") is not None or len(body["items"]) != K:
-            return f"unexpected answer: fallback {body.get('fallback')}, {len(body.get('items', []))} items"
-        return None
 
 
 def folded_states(events: pa.Table, positive: list[str]) -> dict[str, dict[str, Any]]:
