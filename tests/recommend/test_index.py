@@ -105,16 +105,37 @@ def test_exact_replace_updates_an_item_in_place_and_refuses_bad_rows() -> None:
     np.testing.assert_array_equal(index.vectors[[7, 30]], updated)  # a refused call changes nothing
 
 
-def test_faiss_recall_against_exact_on_clustered_items() -> None:
+@pytest.mark.parametrize(("encoding", "bytes_per_vector"), [("flat", 32 * 4), ("sq8", 32)])
+def test_faiss_recall_against_exact_on_clustered_items(encoding: str, bytes_per_vector: int) -> None:
     rng = np.random.default_rng(5)
     items = clustered(rng, 20_000, 32, 200)
     queries = clustered(rng, 200, 32, 200)
     exact = ExactIndex(items).search(queries, 50).rows.numpy()
-    index = FaissIndex(items, threads=1, seed=0)
+    index = FaissIndex(items, threads=1, seed=0, encoding=encoding)  # type: ignore[arg-type]
     assert index.fallback_reason is None and index.nlist > 1
     found = index.search(queries, 50).rows.numpy()
     recall = np.mean([np.isin(found[q], exact[q]).mean() for q in range(len(queries))])
     assert recall >= 0.9, recall
+    # Codes plus an int64 id per item, plus the centroids: sq8 stores a quarter of flat's vectors.
+    assert index.nbytes == 20_000 * (bytes_per_vector + 8) + index.nlist * 32 * 4
+
+
+def test_faiss_sq8_adds_and_updates_without_a_rebuild() -> None:
+    rng = np.random.default_rng(8)
+    index = FaissIndex(clustered(rng, 5000, 16, 20), nlist=8, nprobe=8, threads=1, encoding="sq8")
+    cold = unit_rows(rng, 3, 16)
+    assert index.add(cold).tolist() == [5000, 5001, 5002]
+    # 8-bit codes score approximately, but an added item searched for by its own vector ranks first.
+    np.testing.assert_array_equal(index.search(cold, 3).rows[:, 0].numpy(), [5000, 5001, 5002])
+    moved = unit_rows(rng, 1, 16)
+    copy = index.updated(np.array([17]), moved)
+    assert copy.search(moved, 1).rows[0, 0].item() == 17 and copy.n_items == 5003
+    assert index.search(moved, 1).rows[0, 0].item() != 17  # the original keeps row 17's old vector
+
+
+def test_faiss_refuses_an_unknown_encoding() -> None:
+    with pytest.raises(ValueError, match="encoding must be 'flat' or 'sq8', got 'pq'"):
+        FaissIndex(unit_rows(np.random.default_rng(9), 400, 8), encoding="pq")  # type: ignore[arg-type]
 
 
 def test_faiss_falls_back_to_exact_when_too_few_vectors() -> None:
