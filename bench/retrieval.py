@@ -434,11 +434,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "encoding": encoding,
                 "nlist": nlist,
                 "train_size": min(n_built, args.train_per_list * nlist) if index.nlist else 0,
+                "fallback_reason": index.fallback_reason,
                 **built,
                 "sweep": sweep(index, nprobes, queries, exclude, truth, args, label),
             }
             point = next((p for p in run["sweep"] if p["recall_at_100"] >= TARGET_RECALL), run["sweep"][-1])
-            index.nprobe = point["nprobe"]
+            if index.nlist:  # the exact fallback (too few items for nlist) has no lists to probe
+                index.nprobe = point["nprobe"]
             run["live_adds"] = {**adds, **aimed_recall(index, aimed, targets, aimed_truth)}
             run["peak_rss_bytes"] = peak_rss_bytes()
             log(
