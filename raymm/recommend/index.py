@@ -201,7 +201,7 @@ def default_nlist(n_vectors: int) -> int:
 
 
 class FaissIndex(ItemIndex):
-    """Approximate inner-product search with a faiss inverted-file index (IVF-Flat).
+    """Approximate inner-product search with a faiss inverted-file index (IVF-Flat or IVF-SQ8).
 
     Why: exact search over a 1M-item catalog reads every vector per query; IVF partitions the
     items by k-means into ``nlist`` lists and scores only the ``nprobe`` lists whose centroids best
@@ -383,9 +383,12 @@ class FaissIndex(ItemIndex):
 
 IndexKind = Literal["exact", "faiss"]
 
-#: From this many items ``auto`` picks faiss: at bench/serve_latency.py's 100k items exact search
-#: (memory-bound) was most of a single-user request's CPU (bench/results/serve_latency.json).
-FAISS_MIN_ITEMS = 50_000
+#: From this many items ``auto`` picks faiss. bench/retrieval.py at 5k, 10k, 20k, 50k and 100k items
+#: (bench/results/retrieval.{5k,10k,20k,50k,100k}.json, rows_by_items): faiss's single-query CPU p99
+#: at its chosen nprobe was below exact's at every size, from 5k on (0.35 against 0.77 ms; exact's
+#: torch top_k costs ~0.3 ms per call however small the catalog), so the crossover lies at or below
+#: 5k, the smallest size measured. Below it exact costs under a millisecond and keeps recall 1.
+FAISS_MIN_ITEMS = 5_000
 
 
 @dataclass(frozen=True)

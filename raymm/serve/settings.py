@@ -64,8 +64,9 @@ class ServeConfig(StrictModel):
     #: ~4 sqrt(N) lists, ``auto`` faiss from ``faiss_min_items`` items on.
     index: Literal["auto", "exact", "faiss"] = "auto"
     #: With ``index`` ``auto``, the catalog size from which requests search with faiss instead of
-    #: exactly (bench/retrieval.py measures both).
-    faiss_min_items: int = Field(50_000, gt=0)
+    #: exactly (bench/retrieval.py measures both; the default is
+    #: ``raymm.recommend.index.FAISS_MIN_ITEMS``, where it says why).
+    faiss_min_items: int = Field(5_000, gt=0)
     #: faiss lists scored per request: more lists, higher recall against exact search and more
     #: CPU (bench/retrieval.py sweeps it against exact search: bench/results/retrieval.json).
     nprobe: int = Field(128, gt=0)

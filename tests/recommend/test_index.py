@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from raymm.recommend.index import INDEXES, ExactIndex, FaissIndex, build_index
+from raymm.recommend.index import FAISS_MIN_ITEMS, INDEXES, ExactIndex, FaissIndex, IndexChoice, build_index
 from raymm.recommend.itemsets import ItemSets
 
 KINDS = sorted(INDEXES)
@@ -208,3 +208,13 @@ def test_faiss_updated_replaces_and_appends_without_touching_the_original(n_item
         index.updated(np.array([n_items + 1]), changed[:1])
     with pytest.raises(ValueError, match=r"distinct and non-negative"):
         index.updated(np.array([3, 3]), changed[:2])
+
+
+def test_auto_picks_faiss_from_the_measured_threshold_and_serving_defaults_to_it() -> None:
+    from raymm.serve.settings import ServeConfig
+
+    auto = IndexChoice("auto")
+    assert auto.resolve(FAISS_MIN_ITEMS - 1) == "exact" and auto.resolve(FAISS_MIN_ITEMS) == "faiss"
+    assert IndexChoice("exact").resolve(10 * FAISS_MIN_ITEMS) == "exact"
+    # serve.faiss_min_items repeats the constant in the config schema: the two must not drift.
+    assert ServeConfig().faiss_min_items == FAISS_MIN_ITEMS
