@@ -6,7 +6,9 @@ import datetime as dt
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
+import raymm.recommend.history as history_module
 from raymm.recommend.catalog import build_catalog
 from raymm.recommend.history import EvalUsers, distinct_events, eval_users, history_after, history_before
 from raymm.recommend.itemsets import ItemSets
@@ -43,6 +45,34 @@ def test_an_item_the_catalog_lacks_holds_its_place_in_the_window_and_is_then_dro
         [-1, 5, 7],
     ]
     assert history_after(users[:2], rows[:2], counts[:2], 3).tolist() == [[-1, -1, 5]]
+
+
+def _windows_by_brute_force(
+    users: np.ndarray, rows: np.ndarray, counts: np.ndarray, length: int
+) -> list[list[int]]:
+    """Each event's window read off the log one event at a time: the reference for the vectorised one."""
+    out = []
+    for i in range(len(users)):
+        earlier = [int(rows[j]) for j in range(i) if users[j] == users[i] and counts[j]][-length:]
+        out.append([-1] * (length - len(earlier)) + earlier)
+    return out
+
+
+def test_windows_built_in_chunks_equal_the_event_by_event_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Chunk boundaries fall inside users (7 rows a chunk, users of 1-40 events), so a window that
+    # reaches back across a boundary must still read the user's earlier chunk.
+    rng = np.random.default_rng(0)
+    users = np.sort(rng.integers(0, 12, 200))
+    rows = rng.integers(0, 30, 200)
+    counts = rng.random(200) < 0.7
+    monkeypatch.setattr(history_module, "WINDOW_CHUNK_ROWS", 7)
+    expected = _windows_by_brute_force(users, rows, counts, 5)
+    assert history_before(users, rows, counts, 5).tolist() == expected
+    last = np.r_[np.flatnonzero(np.diff(users)), len(users) - 1]
+    after = history_after(users, rows, counts, 5)
+    for i in last:  # after a user's last event: that event's window plus the event if it counts
+        tail = [*expected[i][1:], int(rows[i])] if counts[i] else expected[i]
+        assert after[users[i]].tolist() == tail
 
 
 def test_a_repeated_event_id_of_a_user_is_one_event() -> None:
