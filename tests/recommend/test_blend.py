@@ -59,7 +59,7 @@ def test_the_search_finds_the_setting_validation_prefers() -> None:
     context = _context()
     two_tower = FixedScorer([0.1, 0.2, 0.3, 0.4])
     collab = CollaborativeScorer(l2=1.0).fit(context)
-    wanted = {"half_life_days": 14.0, "shrinkage": 8.0, "popularity_weight": 0.3, "collab_l2": 2.0}
+    wanted = {"half_life_days": 14.0, "shrinkage": 8.0, "popularity_weight": 0.3, "collab_l2": 4.0}
 
     def validation(scorer: Scorer) -> float:
         assert isinstance(scorer, FallbackScorer)
@@ -77,7 +77,7 @@ def test_the_search_finds_the_setting_validation_prefers() -> None:
     history = np.array([[0, 1], [-1, 2]])
     settings, trials = choose_blend_settings(validation, two_tower, collab, context, history)
     assert (settings.half_life_days, settings.shrinkage, settings.popularity_weight) == (14.0, 8.0, 0.3)
-    assert settings.collab_l2 == 2.0 and settings.collab_relative > 0 and collab.l2 == 2.0
+    assert settings.collab_l2 == 4.0 and settings.collab_relative > 0 and collab.l2 == 4.0
     assert trials[settings.label()] == max(trials.values()) == 5.0
     # Without an item-item part only the popularity settings are searched.
     alone, tried = choose_blend_settings(validation, two_tower, None, context, history)
