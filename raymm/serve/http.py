@@ -185,8 +185,12 @@ class Replica(Protocol):
     async def publish_item(self, item: ItemMessage) -> dict[str, Any]: ...
 
 
-def replica() -> Replica:
-    """The deployment instance this request runs in (a FastAPI dependency)."""
+async def replica() -> Replica:
+    """The deployment instance this request runs in (a FastAPI dependency).
+
+    ``async`` so FastAPI calls it on the event loop: a plain ``def`` dependency runs in FastAPI's
+    thread pool, a thread hop per request that cost ~13% of the replica's busy CPU (py-spy,
+    bench/serve_latency.py at 100/s)."""
     from ray import serve
 
     return cast(Replica, serve.get_replica_context().servable_object)
