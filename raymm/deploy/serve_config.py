@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from raymm.config import RaymmConfig
 from raymm.errors import ConfigError
-from raymm.serve.app import APP_BUILDER, RECOMMENDER, recommender_options
+from raymm.serve.app import APP_BUILDER, RECOMMENDER, recommender_options, serve_logging
 
 if TYPE_CHECKING:
     from ray.serve.schema import ServeDeploySchema
@@ -85,6 +85,7 @@ def serve_config(
     document = {
         "proxy_location": "EveryNode",
         "http_options": {"host": config.serve.host, "port": config.serve.port},
+        "logging_config": serve_logging(config),
         "applications": [
             {
                 "name": config.serve.app_name,

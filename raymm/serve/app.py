@@ -63,6 +63,7 @@ __all__ = [
     "app_builder",
     "build_app",
     "recommender_options",
+    "serve_logging",
 ]
 
 #: The import path a Serve config names (``serve run``/``serve deploy``, a RayService).
@@ -172,7 +173,14 @@ def recommender_options(config: RaymmConfig, model: str, version: str) -> dict[s
         # ones: with Serve's default of 0, a one-replica app has none while the new one replays
         # the log, and requests wait or time out (tests/reliability/test_redeploy.py).
         "max_surge_percent": 100,
+        "logging_config": serve_logging(config),
     }
+
+
+def serve_logging(config: RaymmConfig) -> dict[str, Any]:
+    """Serve's ``logging_config`` for the Recommender and for Serve's own proxy and controller
+    (``serve.start``, the Serve config's top level): the access log as ``serve.access_log`` says."""
+    return {"enable_access_log": config.serve.access_log}
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

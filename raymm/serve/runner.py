@@ -73,7 +73,7 @@ def running_app(
     from ray import serve
 
     from raymm.runtime import init_ray
-    from raymm.serve.app import build_app
+    from raymm.serve.app import build_app, serve_logging
     from raymm.serve.auth import export_secrets
     from raymm.stream.broker import kafka_bootstrap
 
@@ -85,7 +85,9 @@ def running_app(
     with _stop_on_sigterm(), kafka_bootstrap(config.kafka, data_dir=broker_dir) as bootstrap:
         # An already running Serve keeps the HTTP options it was started with.
         _route_logs()
-        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.start(
+            http_options={"host": settings.host, "port": settings.port}, logging_config=serve_logging(config)
+        )
         _route_logs()  # Serve gives its logger a console handler when it starts
         app = build_app(config, bootstrap_servers=bootstrap, model=model_uri)
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host

@@ -59,6 +59,10 @@ class ServeConfig(StrictModel):
     #: at moderate rates the batches stay small and the wait is added latency
     #: (bench/serve_latency.py measures both).
     batch_wait_ms: float = Field(1.0, ge=0)
+    #: Serve's access log, a line per request from its proxy and from the replica that answered
+    #: (``logs/serve/``). Off: Serve's request metrics count the same requests, and the line costs
+    #: CPU on the request path.
+    access_log: bool = False
     #: How requests search the catalog: ``exact`` reads every item vector (memory-bound, so its
     #: cost grows with the catalog), ``faiss`` an IVF-Flat index that reads ``nprobe`` of its
     #: ~4 sqrt(N) lists, ``auto`` faiss from ``faiss_min_items`` items on.

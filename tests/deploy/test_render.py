@@ -70,6 +70,19 @@ def test_serve_yaml_parses_as_ray_serves_deploy_schema(files: dict[str, str]) ->
     }
     assert recommender.ray_actor_options.num_cpus == 0.5 and recommender.num_replicas == 1
     assert schema.http_options.host == "0.0.0.0"
+    # serve.access_log's default: no access line per request from the proxies or the replicas
+    assert schema.logging_config is not None and schema.logging_config.enable_access_log is False
+    assert recommender.logging_config is not None
+    assert recommender.logging_config.enable_access_log is False
+
+
+def test_serve_access_log_turns_the_access_log_on_in_the_proxies_and_the_replicas() -> None:
+    config = load_config(None, ["serve.access_log=true", "serve.model=s3://raymm/model"], environ={})
+    schema = check_serve_config(serve_config(config, bootstrap_servers="kafka:9092"))
+    (recommender,) = schema.applications[0].deployments
+    assert schema.logging_config is not None and schema.logging_config.enable_access_log is True
+    assert recommender.logging_config is not None
+    assert recommender.logging_config.enable_access_log is True
 
 
 def test_every_custom_resource_validates_strictly_against_its_crd(files: dict[str, str]) -> None:
