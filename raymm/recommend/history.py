@@ -85,16 +85,44 @@ def user_codes(interactions: pa.Table) -> np.ndarray:
     )
 
 
-def history_before(users: np.ndarray, rows: np.ndarray, counts: np.ndarray, max_history: int) -> np.ndarray:
+def history_before(
+    users: np.ndarray,
+    rows: np.ndarray,
+    counts: np.ndarray,
+    max_history: int,
+    at: np.ndarray | None = None,
+    dtype: type[np.signedinteger] = np.int64,
+) -> np.ndarray:
     """(n, max_history) for each event: the rows of its user's last ``max_history`` counting events
     strictly before it, oldest first, -1 padded on the left.
 
     ``users`` (n,) user codes and ``rows`` (n,) catalog rows of a log sorted by user then time,
     -1 for an item the catalog lacks (it takes its place in the window and is then dropped, see
-    the module docstring); ``counts`` (n,) bool marks the events that enter a history.
+    the module docstring); ``counts`` (n,) bool marks the events that enter a history. ``at``
+    (m,) positions give the windows of those events alone, (m, max_history): the rest of the log
+    still feeds them, but no window is built for it. ``dtype`` is the windows' integer type.
     """
-    window = _window(users, rows, counts, max_history)
+    window = _window(users, rows, counts, max_history, at, dtype)
     return _known(window) if (rows[np.asarray(counts, dtype=bool)] < 0).any() else window
+
+
+def distinct_histories(
+    users: np.ndarray, rows: np.ndarray, counts: np.ndarray, max_history: int, at: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of :func:`history_before` at the events ``at`` (ascending positions), each one once.
+
+    Returns ``states`` (S, max_history) int32, the distinct windows in log order, and ``state``
+    (m,) int32, the row of ``states`` that is each event's window. Two events of a user with no
+    counting event between them (a skip after a click, say) have one window: at 60 events per
+    user and a window of 100, one window per event is most of the memory of a ranker's examples.
+    """
+    counts = np.asarray(counts, dtype=bool)
+    before = (np.cumsum(counts) - counts)[at]
+    user = users[at]
+    new = np.ones(len(at), dtype=bool)  # the first event, and each after a change of user or count
+    new[1:] = (user[1:] != user[:-1]) | (before[1:] != before[:-1])
+    states = history_before(users, rows, counts, max_history, at[new], np.int32)
+    return states, (np.cumsum(new) - 1).astype(np.int32)
 
 
 def _known(window: np.ndarray) -> np.ndarray:
@@ -107,11 +135,19 @@ def _known(window: np.ndarray) -> np.ndarray:
 WINDOW_CHUNK_ROWS = 262_144
 
 
-def _window(users: np.ndarray, rows: np.ndarray, counts: np.ndarray, max_history: int) -> np.ndarray:
+def _window(
+    users: np.ndarray,
+    rows: np.ndarray,
+    counts: np.ndarray,
+    max_history: int,
+    at: np.ndarray | None = None,
+    dtype: type[np.signedinteger] = np.int64,
+) -> np.ndarray:
     """:func:`history_before` with the entries of unknown items left in place (-1)."""
     n = len(users)
     counts = np.asarray(counts, dtype=bool)
-    window = np.full((n, max_history), -1, dtype=np.int64)
+    at = np.arange(n) if at is None else np.asarray(at)
+    window = np.full((len(at), max_history), -1, dtype=dtype)
     counted_rows = rows[counts]
     if n == 0 or counted_rows.size == 0:
         return window
@@ -120,11 +156,11 @@ def _window(users: np.ndarray, rows: np.ndarray, counts: np.ndarray, max_history
     user_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
     floor = before[user_start]  # the first counting event of each event's user
     lags = np.arange(max_history, 0, -1)  # oldest (lag L) first, newest (lag 1) last
-    for start in range(0, n, WINDOW_CHUNK_ROWS):
-        part = slice(start, start + WINDOW_CHUNK_ROWS)
+    for start in range(0, len(at), WINDOW_CHUNK_ROWS):
+        part = at[start : start + WINDOW_CHUNK_ROWS]
         source = before[part, None] - lags[None, :]
         valid = source >= floor[part, None]
-        window[part] = np.where(valid, counted_rows[np.clip(source, 0, None)], -1)
+        window[start : start + len(part)] = np.where(valid, counted_rows[np.clip(source, 0, None)], -1)
     return window
 
 

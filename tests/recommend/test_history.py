@@ -10,7 +10,14 @@ import pytest
 
 import raymm.recommend.history as history_module
 from raymm.recommend.catalog import build_catalog
-from raymm.recommend.history import EvalUsers, distinct_events, eval_users, history_after, history_before
+from raymm.recommend.history import (
+    EvalUsers,
+    distinct_events,
+    distinct_histories,
+    eval_users,
+    history_after,
+    history_before,
+)
 from raymm.recommend.itemsets import ItemSets
 from tests.conftest import make_items
 
@@ -134,3 +141,25 @@ def test_a_sample_of_eval_users_keeps_each_users_history_seen_and_truth_together
     assert sample.history[:, 0].tolist() == kept
     assert sample.seen.indices.tolist() == sample.truth.indices.tolist() == [k + 1000 for k in kept]
     assert users.sample(7, seed=3).user_ids.tolist() == sample.user_ids.tolist()  # seeded
+
+
+def test_windows_of_some_events_and_their_distinct_states_equal_the_event_by_event_windows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The windows of chosen events only (the ranker's examples) still read the whole log, across
+    # chunks; each distinct one is held once, and every chosen event points at its own.
+    rng = np.random.default_rng(1)
+    users = np.sort(rng.integers(0, 12, 200))
+    rows = rng.integers(0, 30, 200)
+    counts = rng.random(200) < 0.5
+    at = np.flatnonzero(rng.random(200) < 0.6)
+    monkeypatch.setattr(history_module, "WINDOW_CHUNK_ROWS", 7)
+    expected = np.array(_windows_by_brute_force(users, rows, counts, 5))[at]
+    assert history_before(users, rows, counts, 5, at).tolist() == expected.tolist()
+    states, state = distinct_histories(users, rows, counts, 5, at)
+    assert states.dtype == np.int32 and state.dtype == np.int32
+    assert states[state].tolist() == expected.tolist()
+    # one state per (user, window): users with the same (e.g. empty) window keep their own
+    assert len(states) == len({(int(users[i]), tuple(w)) for i, w in zip(at, expected.tolist(), strict=True)})
+    nothing = distinct_histories(users, rows, counts, 5, np.zeros(0, dtype=np.int64))
+    assert nothing[0].shape == (0, 5) and nothing[1].shape == (0,)
