@@ -8,8 +8,9 @@ each user's history (its ``context``):
   ``rank.negative_events`` (label 0; ``skip``: a logged impression turned down) is one example,
   weighted by ``rank.event_weights``;
 * its user state is the user's previous ``user_state.max_history`` positive items
-  (:func:`~raymm.recommend.history.history_before`), context included; its recency is ``log1p``
-  hours since the user's previous event of any kind (NaN for the first);
+  (:func:`~raymm.recommend.history.history_before`), context included, held once per distinct
+  state (:class:`RankExamples`); its recency is ``log1p`` hours since the user's previous event
+  of any kind (NaN for the first);
 * each positive brings ``rank.negatives_per_positive`` sampled negatives sharing its state and
   recency: a ``hard_negative_share`` from the retriever's top ``retriever_top_n`` for that state,
   the rest uniform over the catalog; never an item the user interacted with in the context or
@@ -34,7 +35,13 @@ from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import RankerInputs
 from raymm.models.towers import TwoTower
 from raymm.recommend.catalog import Catalog, build_catalog
-from raymm.recommend.history import by_user_and_time, counts_event, history_before, item_counts, user_codes
+from raymm.recommend.history import (
+    by_user_and_time,
+    counts_event,
+    distinct_histories,
+    item_counts,
+    user_codes,
+)
 from raymm.recommend.rerank import Reranker, ranker_inputs
 from raymm.recommend.topk import top_k
 from raymm.recommend.vectors import user_vectors
@@ -47,11 +54,14 @@ _MS_PER_HOUR = 3_600_000.0
 
 @dataclass
 class RankExamples:
-    """n labelled examples: ``history`` (n, L) catalog rows oldest first, -1 padded; ``item`` (n,)
-    rows; ``label``/``weight``/``recency``/``popularity`` (n,) float32 (raw context features);
-    ``kind`` (n,) int8 (LOGGED, UNIFORM, HARD)."""
+    """n labelled examples over S user states: ``states`` (S, L) int32 catalog rows oldest first, -1
+    padded, each distinct history once (the sampled negatives of a positive, and the events of a
+    user with no positive between them, share one); ``state`` (n,) int32, each example's row of
+    ``states``; ``item`` (n,) rows; ``label``/``weight``/``recency``/``popularity`` (n,) float32
+    (raw context features); ``kind`` (n,) int8 (LOGGED, UNIFORM, HARD)."""
 
-    history: np.ndarray
+    states: np.ndarray
+    state: np.ndarray
     item: np.ndarray
     label: np.ndarray
     weight: np.ndarray
@@ -62,10 +72,16 @@ class RankExamples:
     def __len__(self) -> int:
         return len(self.item)
 
+    @property
+    def history(self) -> np.ndarray:
+        """(n, L) int32 history of each example: a copy per example, so expand a slice (:meth:`take`)."""
+        return self.states[self.state]
+
     def take(self, index: np.ndarray) -> RankExamples:
-        """The examples at ``index`` (an int or bool array)."""
+        """The examples at ``index`` (an int or bool array); they share this one's ``states``."""
         return RankExamples(
-            self.history[index],
+            self.states,
+            self.state[index],
             self.item[index],
             self.label[index],
             self.weight[index],
@@ -76,22 +92,31 @@ class RankExamples:
 
     @staticmethod
     def concat(parts: list[RankExamples]) -> RankExamples:
-        """The examples of every part, in order."""
+        """The examples of every part, in order (``states`` held once when the parts share it)."""
+        states = parts[0].states
+        offsets = np.zeros(len(parts), dtype=np.int64)
+        if any(p.states is not states for p in parts):
+            states = np.concatenate([p.states for p in parts])
+            offsets = np.cumsum([0] + [len(p.states) for p in parts[:-1]])
+        state = np.concatenate([p.state + offset for p, offset in zip(parts, offsets, strict=True)])
+        per_example = [f for f in RankExamples.__dataclass_fields__ if f not in ("states", "state")]
         return RankExamples(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in RankExamples.__dataclass_fields__)
+            states,
+            state.astype(np.int32),
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in per_example),
         )
 
     def to_columns(self) -> dict[str, np.ndarray]:
-        """Flat columns (``h0``.. ``h{L-1}``, item, label, weight, recency, popularity) for a Ray Dataset."""
-        columns = {f"h{k}": self.history[:, k] for k in range(self.history.shape[1])}
-        columns.update(
-            item=self.item,
-            label=self.label,
-            weight=self.weight,
-            recency=self.recency,
-            popularity=self.popularity,
-        )
-        return columns
+        """The per-example columns of a Ray Dataset (state, item, label, weight, recency, popularity):
+        ``states`` goes to the workers once, beside the dataset."""
+        return {
+            "state": self.state,
+            "item": self.item,
+            "label": self.label,
+            "weight": self.weight,
+            "recency": self.recency,
+            "popularity": self.popularity,
+        }
 
 
 def build_rank_examples(
@@ -127,7 +152,7 @@ def build_rank_examples(
     # Items the catalog lacks hold their place in the window, as in the live state (the module
     # docstring of raymm.recommend.history); they are never examples.
     positive = counts_event(marked, spec.events)
-    history = history_before(user_codes(marked), rows, positive, spec.max_history)[known]
+    log_users, log_rows = user_codes(marked), rows
     marked, rows, history_positive = marked.filter(pa.array(known)), rows[known], positive[known]
     users = user_codes(marked)
     ts = marked.column("ts").cast(pa.int64()).to_numpy().astype(np.float64)
@@ -149,8 +174,13 @@ def build_rank_examples(
         popularity = np.where(
             history_positive, np.log1p(np.maximum(np.expm1(popularity) - 1.0, 0.0)), popularity
         ).astype(np.float32)
+    # Windows of the examples' events alone (not of the context's), each distinct one once.
+    states, state = distinct_histories(
+        log_users, log_rows, positive, spec.max_history, np.flatnonzero(known)[keep]
+    )
     logged = RankExamples(
-        history[keep],
+        states,
+        state,
         rows[keep],
         is_positive[keep].astype(np.float32),
         weight,
@@ -189,7 +219,7 @@ def _sampled_negatives(
         parts.append(_negatives(logged, draws, items, inputs, UNIFORM))
     if n_hard and positives.size:
         top_n = min(rank.retriever_top_n, n_items)
-        retrieved = _retrieved(model, inputs.vectors, logged.history[positives], top_n)  # (P, top_n)
+        retrieved = _retrieved(model, inputs.vectors, logged.take(positives).history, top_n)  # (P, top_n)
         # Only positives the retriever itself puts in the top-N get hard negatives: elsewhere the
         # top-N items would be the only high-score examples and all negative, teaching the ranker
         # that a high retrieval score means "no" (on validation it then inverts retrieval).
@@ -235,7 +265,8 @@ def _negatives(
     keep = items >= 0
     source, items = source[keep], items[keep]
     return RankExamples(
-        logged.history[source],
+        logged.states,
+        logged.state[source],
         items,
         np.zeros(items.size, np.float32),
         np.ones(items.size, np.float32),

@@ -68,7 +68,7 @@ def encode_catalog(
 def user_vectors(model: TwoTower, item_vectors: Tensor, history: np.ndarray | Tensor) -> Tensor:
     """(U, E) user vectors from (U, L) history rows (-1 padded) over precomputed (N, E) item vectors."""
     with evaluating(model):
-        rows = torch.as_tensor(history, device=item_vectors.device)
+        rows = torch.as_tensor(history, device=item_vectors.device).long()  # int32 rows index as int64
         valid = rows >= 0
         vectors = item_vectors[rows.clamp(min=0)] * valid.unsqueeze(-1)
         return model.user_vector(vectors, valid)

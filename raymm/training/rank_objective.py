@@ -50,8 +50,9 @@ def platt_scaling(labels: np.ndarray, probabilities: np.ndarray, weights: np.nda
     """
     clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
     logits = torch.as_tensor(np.log(clipped / (1 - clipped)), dtype=torch.float64)
-    target = torch.as_tensor(labels, dtype=torch.float64)
-    weight = torch.as_tensor(weights, dtype=torch.float64)
+    # copies: the driver's validation examples are read-only object-store views
+    target = torch.tensor(labels, dtype=torch.float64)
+    weight = torch.tensor(weights, dtype=torch.float64)
     params = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([params], max_iter=100, line_search_fn="strong_wolfe")
 

@@ -3,7 +3,8 @@
 The driver loads the artifact (the frozen retriever) and builds labelled examples
 (:mod:`raymm.recommend.rank_examples`) for the training split (histories from it) and the
 validation split (histories from train + validation). The training examples go to Ray Train as a
-Ray Dataset, the validation examples in the loop config. Each worker rebuilds the per-item
+Ray Dataset of per-example columns that point into their distinct histories (``states``); the
+states and the validation examples go through the object store once. Each worker rebuilds the per-item
 ranker inputs from storage, wraps :class:`~raymm.training.rank_objective.RankObjective` in DDP and
 runs the one training loop (:func:`raymm.training.loop.fit`): every epoch rank 0 scores the
 validation examples as serving scores them (:class:`~raymm.recommend.rerank.Reranker`), early
@@ -130,17 +131,18 @@ def rank_step(
     objective: torch.nn.Module,
     ranker: Ranker,
     setup: RankSetup,
-    history_columns: list[str],
+    states: np.ndarray,
     device: torch.device,
 ) -> Any:
     """The step :func:`fit` runs on a batch of ranking examples: weighted BCE (or focal) loss.
 
-    ``objective`` is the (DDP-wrapped) :class:`RankObjective` of ``ranker``.
+    ``objective`` is the (DDP-wrapped) :class:`RankObjective` of ``ranker``; ``states`` the
+    training examples' :attr:`RankExamples.states`, which a batch's ``state`` column points into.
     """
     two_tower = setup.two_tower.to(device)
 
     def step(batch: dict[str, torch.Tensor]) -> StepOutput:
-        history = torch.stack([batch[c] for c in history_columns], dim=1).numpy()
+        history = states[batch["state"].numpy()]
         users = user_vectors(two_tower, setup.inputs.vectors.to(device), history)
         logits = objective(
             batch["item"].to(device), users, batch["recency"].to(device), batch["popularity"].to(device)
@@ -153,6 +155,8 @@ def rank_step(
 
 def rank_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """The function each Ray Train worker runs; see the module docstring."""
+    import ray
+
     run = WorkerRun(loop_config)
     config = run.config
     setup = rank_setup(loop_config["data_dir"], loop_config["features_dir"], loop_config["model_dir"])
@@ -161,13 +165,13 @@ def rank_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(
         ranker.parameters(), lr=config.rank.lr, weight_decay=config.rank.weight_decay
     )
-    validation = RankExamples(**loop_config["validation"])
+    # Object-store reads: the workers of a node map one copy of these, read-only.
+    states, validation = ray.get([loop_config["states"], loop_config["validation"]])
     state = run.restore(ranker, optimizer)
-    columns = [f"h{k}" for k in range(setup.two_tower.config.user_state.max_history)]
     fit(
         ranker,
         optimizer,
-        rank_step(run.prepare(objective), ranker, setup, columns, run.device),
+        rank_step(run.prepare(objective), ranker, setup, states, run.device),
         run.batches(config.rank.batch_size),
         run.on_rank0(lambda: validation_auc(ranker, setup, validation)),
         epochs=config.rank.epochs,
@@ -210,6 +214,8 @@ def train_ranker(
     tests. Raises :class:`TrainingError` if the run fails beyond ``run.max_failures`` restarts,
     :class:`~raymm.models.errors.ModelLoadError` for a missing or mismatched artifact.
     """
+    import ray
+
     from raymm.runtime import init_ray
 
     started = time.perf_counter()
@@ -223,7 +229,16 @@ def train_ranker(
         raise TrainingError(f"no positive ranking examples in the training split of {data_dir}")
     stats_ranker = build_ranker(config, setup).fit_context(context_matrix(train_examples))
     context_stats = {"mean": stats_ranker.context_mean.tolist(), "scale": stats_ranker.context_scale.tolist()}
+    n_examples = {"train": len(train_examples), "validation": len(validation)}
+    # Each example's history is held once, as a row of ``states`` that its ``state`` points at: the
+    # Ray Dataset carries the per-example columns, and the states and the validation examples go
+    # to the object store once, which the workers read without copying; the driver keeps no
+    # copy of its own (at large, one history row per example was most of the stage's memory).
     dataset = shuffled_examples(pa.table(train_examples.to_columns()), config.seed)
+    states = ray.put(train_examples.states)
+    validation_ref = ray.put(validation)
+    del train_examples
+    validation = ray.get(validation_ref)
     manifest = read_manifest(model_dir)
     rank_key = json.dumps({"rank": config.rank.model_dump(mode="json"), "model": manifest.model_version})
     run_name = f"{name}-{run_key(config, hashlib.sha256(rank_key.encode()).hexdigest(), run)}"
@@ -232,7 +247,8 @@ def train_ranker(
         "features_dir": features_dir,
         "model_dir": model_dir,
         "context_stats": context_stats,
-        "validation": vars(validation),
+        "states": states,
+        "validation": validation_ref,
     }
     saved = run_on_ray(
         rank_loop_per_worker, loop_config, config, run, run_name, dataset, "ranker training run", hooks
@@ -256,7 +272,7 @@ def train_ranker(
         "calibration": list(ranker.calibration),
         "validation_ndcg_by_retrieval_weight": weight_scores,
         "validation": classification_metrics(validation.label, probabilities, ranker.threshold),
-        "n_examples": {"train": len(train_examples), "validation": len(validation)},
+        "n_examples": n_examples,
     }
     ranker.save_pretrained(ranker_dir(model_dir))
     write_item_inputs(ranker_dir(model_dir), setup.inputs)
