@@ -16,8 +16,9 @@ descendant: the local Ray that the driver starts, its raylet, GCS and workers), 
 ``SAMPLE_S`` from /proc. ``peak_rss_sum_mib`` is the peak over samples of the summed RSS (it
 counts shared pages, e.g. torch's libraries and Ray's /dev/shm object store, once per process
 that maps them); ``peak_pss_sum_mib`` is the same with PSS, which shares them out and is the
-closer figure for what the tree holds; ``peak_rss_max_mib`` the largest single process and its
-command (``peak_rss_max_process``). A tree gone between two samples is missed, so peaks are
+closer figure for what the tree holds, and ``peak_pss_by_role_mib`` splits that peak by process
+role (the driver, ``ray::RayTrainWorker``, ``raylet``, ...); ``peak_rss_max_mib`` the largest
+single process and its command (``peak_rss_max_process``). A tree gone between two samples is missed, so peaks are
 lower bounds to within a sample's length (``PSS_EVERY_S`` for PSS, which is costlier to read).
 
 Growth from the smallest to the largest size, per stage: ``ratio`` = large / small and the
@@ -203,6 +204,7 @@ def run_measured(command: list[str], log_file: Path) -> dict[str, Any]:
     cpu_ticks: dict[int, int] = {}  # last CPU time seen of each process of the tree
     timeline: list[tuple[float, int, int]] = []
     last_pss_at, pss_sum = -PSS_EVERY_S, 0
+    pss_by_role: dict[str, int] = {}  # of the sample with the peak tree PSS
     with log_file.open("w") as output:
         child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         while True:
@@ -213,6 +215,7 @@ def run_measured(command: list[str], log_file: Path) -> dict[str, Any]:
             now = time.perf_counter() - started
             with_pss = now - last_pss_at >= PSS_EVERY_S
             rss_sum = count = new_pss_sum = 0
+            roles: dict[str, int] = {}
             for member in process_tree(child.pid, processes):
                 memory = _rss_pss(member, with_pss)
                 if memory is None or member not in processes:
@@ -220,11 +223,16 @@ def run_measured(command: list[str], log_file: Path) -> dict[str, Any]:
                 cpu_ticks[member] = processes[member][1]
                 rss, pss = memory
                 rss_sum, new_pss_sum, count = rss_sum + rss, new_pss_sum + (pss or 0), count + 1
+                if pss is not None:
+                    role = _role(member, child.pid)
+                    roles[role] = roles.get(role, 0) + pss
                 if rss > peak_rss_max:
                     peak_rss_max, peak_rss_max_process = rss, _role(member, child.pid)
             samples += 1
             if with_pss:
                 last_pss_at, pss_sum = now, new_pss_sum
+                if pss_sum > peak_pss_sum:
+                    pss_by_role = roles
             peak_rss_sum, peak_pss_sum = max(peak_rss_sum, rss_sum), max(peak_pss_sum, pss_sum)
             peak_processes = max(peak_processes, count)
             timeline.append((now, rss_sum, pss_sum))
@@ -239,6 +247,10 @@ def run_measured(command: list[str], log_file: Path) -> dict[str, Any]:
         "driver_cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_rss_sum_mib": round(peak_rss_sum / MIB, 1),
         "peak_pss_sum_mib": round(peak_pss_sum / MIB, 1),
+        # the peak's PSS by process role (summed over the processes of a role), largest first
+        "peak_pss_by_role_mib": {
+            role: round(pss / MIB, 1) for role, pss in sorted(pss_by_role.items(), key=lambda kv: -kv[1])
+        },
         "peak_rss_max_mib": round(peak_rss_max / MIB, 1),
         "peak_rss_max_process": peak_rss_max_process,
         "peak_processes": peak_processes,
