@@ -38,8 +38,8 @@ torch thread count (2 or 1, by total items/s); ``total_vs_naive`` = ray total / 
 loaded (not ``mel_stats``, which has no model; ``null`` there). ``met`` records each.
 
 Variants of (c), each changing one thing against ``per_modality`` (2 actors x 0.5 CPU, 1 torch
-thread each, blocks of ``batch_size`` rows):
-  ``block_rows_x4``  blocks of 4 x ``batch_size`` rows (``extract.block_rows``)
+thread each, the default blocks: ``BLOCK_BATCHES`` (4) x ``batch_size`` rows):
+  ``block_rows_x1``  blocks of one ``batch_size`` (``extract.block_rows``), the default before issue 27
   ``tasks``          audio only: Ray tasks instead of actors (``extract.audio.resources.compute=tasks``,
                      at most 2 at once, 0.5 CPU each); ``mel_stats`` loads no model
 
@@ -98,7 +98,7 @@ from raymm.config import EncoderResources, EncoderSection, RayConfig, RaymmConfi
 from raymm.data import io
 from raymm.data.dataset import ITEMS
 from raymm.data.synth import synthesize
-from raymm.features.pipeline import extract
+from raymm.features.pipeline import block_rows, extract
 from raymm.features.registry import build_encoder
 from raymm.runtime import init_ray
 from raymm.settings_base import MODALITIES
@@ -135,10 +135,10 @@ NAIVE_MIN_SECONDS = 2.0
 NAIVE_MAX_ITEMS = 512  # cap for the fast cases (audio: hundreds of items/s, all 512 in < 2 s)
 TARGETS = {"ray_steady_vs_batched_min": 0.8, "ray_total_vs_naive_min": 5.0}
 #: Variants of the per-modality Ray run: name -> (modalities it applies to, config overrides).
-#: ``{block4}`` is 4 x the modality's batch size.
+#: ``{block1}`` is the modality's batch size (blocks of one batch: the default before issue 27).
 MODALITY_VARIANTS: dict[str, tuple[tuple[str, ...], list[str]]] = {
     "per_modality": (MODALITIES, []),
-    "block_rows_x4": (MODALITIES, ["extract.block_rows={block4}"]),
+    "block_rows_x1": (MODALITIES, ["extract.block_rows={block1}"]),
     "tasks": (("audio",), ["extract.audio.resources.compute=tasks"]),
 }
 #: Variants of the all-modality run (phase ``pools``).
@@ -324,10 +324,7 @@ def run_ray(config: RaymmConfig, data_dir: Path, out: Path) -> Run:
     stamps = BlockStamps(stamps_dir)
     # One file per block: each block is written as it arrives (see the module docstring).
     extract_config = config.extract
-    block_rows = extract_config.block_rows or max(
-        resources_of(config, m).batch_size for m in extract_config.modalities
-    )
-    config.extract.rows_per_file = block_rows
+    config.extract.rows_per_file = block_rows(extract_config, list(extract_config.modalities))
     started_wall = time.time()
     started = time.perf_counter()
     result = extract(config, str(data_dir), str(out), progress=False, block_observer=stamps)
@@ -405,7 +402,7 @@ def measure(
     for name, (applies_to, overrides) in MODALITY_VARIANTS.items():
         if modality not in applies_to or (variants is not None and name not in variants):
             continue
-        extra = [o.format(block4=4 * section.resources.batch_size) for o in overrides]
+        extra = [o.format(block1=section.resources.batch_size) for o in overrides]
         ray[name] = run_ray(ray_config(modality, extra), data_dir, work / modality / f"ray-{name}")
         load[f"ray_{name}"] = os.getloadavg()[0]
         log(BENCH, f"{modality}: ray {name}: {ray[name]}")

@@ -905,7 +905,9 @@ def headline() -> str:
     ml100k = peers["ml100k"]["tables"]["blended"]
     ml_best = peers["ml100k"]["best_peer_on_validation"]["blended"]
     ratios = {
-        m: extract["modalities"][m]["ratios"]["per_modality"]["steady_vs_batched"] for m in ("text", "image")
+        m: extract["modalities"][m]["ratios"]["per_modality"]["steady_vs_batched"]
+        for m in ("text", "image", "audio")
+        if m in extract["modalities"]
     }
     rows = [
         [

@@ -51,7 +51,7 @@ from ray.data.datasource import FilenameProvider
 from raymm.data import io
 from raymm.data.dataset import ITEMS
 from raymm.errors import ConfigError, DataError, RaymmError
-from raymm.features.settings import EncoderResources, EncoderSection, ExtractConfig
+from raymm.features.settings import BLOCK_BATCHES, EncoderResources, EncoderSection, ExtractConfig
 from raymm.features.store import (
     FEATURES_MANIFEST,
     TFIDF_STATE,
@@ -86,6 +86,12 @@ def _section(config: ExtractConfig, modality: str) -> EncoderSection:
 def _resources(config: ExtractConfig, modality: str) -> EncoderResources:
     """How ``modality``'s encoder runs (``extract.<modality>.resources``)."""
     return _section(config, modality).resources
+
+
+def block_rows(config: ExtractConfig, modalities: list[str]) -> int:
+    """Rows per Ray Data block: ``extract.block_rows``, or :data:`BLOCK_BATCHES` x the largest
+    ``batch_size`` of ``modalities``."""
+    return config.block_rows or BLOCK_BATCHES * max(_resources(config, m).batch_size for m in modalities)
 
 
 def _device_for(config: ExtractConfig, num_gpus: float) -> str:
@@ -387,8 +393,8 @@ def extraction_dataset(
     keep = _keep_all if known_ids is None else functools.partial(_drop_known, known=known_ids)
     dataset = dataset.map_batches(keep, batch_format="pyarrow", batch_size=None, num_cpus=config.io_cpus)
     # A catalog file is read as one large block; split it so every actor of a pool gets work.
-    block_rows = config.block_rows or max(_resources(config, m).batch_size for m in modalities)
-    dataset = _split_in_read_task(dataset.repartition(target_num_rows_per_block=block_rows), config.io_cpus)
+    rows = block_rows(config, modalities)
+    dataset = _split_in_read_task(dataset.repartition(target_num_rows_per_block=rows), config.io_cpus)
 
     def kwargs_of(modality: str) -> dict[str, Any]:
         section = _section(config, modality)

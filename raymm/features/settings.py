@@ -140,6 +140,13 @@ def upgrade_encoder_section(section: Mapping[str, Any]) -> dict[str, Any]:
     return {**rest, "resources": {**rest.get("resources", {}), **flat}}
 
 
+#: Encoder batches per Ray Data block when ``extract.block_rows`` is unset: each block crosses
+#: the pools' queues and the object store once however many batches it holds, so a block of one
+#: batch pays that per batch. Four also leaves enough blocks to keep a pool's actors busy on a
+#: catalog of a few thousand items.
+BLOCK_BATCHES = 4
+
+
 class ExtractConfig(StrictModel):
     """``raymm extract``: one encoder per modality; ``device`` auto picks CUDA when present."""
 
@@ -158,5 +165,7 @@ class ExtractConfig(StrictModel):
     #: ``compute: tasks`` run as task stages in either layout.
     pool: Literal["per_modality", "shared"] = "per_modality"
     shared: SharedPoolConfig = Field(default_factory=SharedPoolConfig)
-    #: Rows per Ray Data block after the read; None: the largest ``batch_size`` of the modalities.
+    #: Rows per Ray Data block after the read; None: ``BLOCK_BATCHES`` (4) x the largest ``batch_size``
+    #: of the modalities (bench/results/extract_throughput.json: blocks of one batch each kept the
+    #: audio pool at 0.6 of a plain batched loop, blocks of four batches at 0.9-1.1).
     block_rows: int | None = Field(None, gt=0)

@@ -15,7 +15,7 @@ from raymm.config import RaymmConfig, load_config
 from raymm.data import io
 from raymm.data.dataset import ITEMS
 from raymm.errors import ConfigError
-from raymm.features.pipeline import FEATURES_MANIFEST, extract, extraction_dataset, load_features
+from raymm.features.pipeline import FEATURES_MANIFEST, block_rows, extract, extraction_dataset, load_features
 from tests.features.media import synthetic_catalog
 from tests.probes import ridge_probe_accuracy
 
@@ -187,6 +187,13 @@ def test_a_shared_pool_that_cannot_start_is_refused(catalog: Path, ray_session: 
     config = _config("extract.pool=shared", "extract.shared.num_cpus=2")
     with pytest.raises(ConfigError, match=r"shared: 1 x 2 CPU"):
         extract(config, str(catalog), str(tmp_path / "f"), progress=False)
+
+
+def test_blocks_hold_four_batches_of_the_largest_batch_size_unless_block_rows_is_set() -> None:
+    # quickstart.yaml: text and audio batches of 64, images of 32.
+    assert block_rows(_config().extract, ["text", "image", "audio"]) == 256
+    assert block_rows(_config().extract, ["image"]) == 128
+    assert block_rows(_config("extract.block_rows=50").extract, ["image"]) == 50
 
 
 def test_the_block_split_runs_in_the_read_task_on_its_io_cpus(catalog: Path, ray_session: None) -> None:
