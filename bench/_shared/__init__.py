@@ -30,6 +30,8 @@ QUICKSTART = ROOT / "out" / "quickstart"
 #: trains with them on a scale.py work directory.
 SCALE_SETTINGS = (
     "extract.image.image_size=64",
+    # The per-modality pools the committed scale runs used (quickstart.yaml now shares one pool).
+    "extract.pool=per_modality",
     # Two text actors: MiniLM is the slowest encoder (~16 ms per item on one thread here), and one
     # single-threaded actor would leave the second core to the light image and audio pools. The
     # four actors share the 1 CPU the pools may reserve (the other is Ray Data's file listing).

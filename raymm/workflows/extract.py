@@ -26,11 +26,20 @@ def plan_extract(
     """The encoding steps (one per modality, with its actor pool) into ``out``, added to ``plan``."""
     plan = plan or Plan("extract")
     out = out or config.stage_dir("features")
+    shared = config.extract.shared
     for modality in config.extract.modalities:
         section = getattr(config.extract, modality)
         model = section.model or section.kind
         res = section.resources
-        pool = f"{res.min_actors}-{res.max_actors} actors x {res.num_cpus} CPU/{res.num_gpus} GPU"
+        if res.compute == "tasks":
+            pool = f"tasks, at most {res.max_actors} x {res.num_cpus} CPU/{res.num_gpus} GPU"
+        elif config.extract.pool == "shared":
+            pool = (
+                f"the shared pool: {shared.min_actors}-{shared.max_actors} actors x "
+                f"{shared.num_cpus} CPU/{shared.num_gpus} GPU"
+            )
+        else:
+            pool = f"{res.min_actors}-{res.max_actors} actors x {res.num_cpus} CPU/{res.num_gpus} GPU"
         plan.add(f"encode {modality} with {model} ({pool})", out)
     if incremental:
         plan.add("only items without features (--incremental)", out)

@@ -137,7 +137,10 @@ def test_a_plan_that_cannot_start_on_the_cluster_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=r"extract needs .* CPUs at minimum"):
         extract(
-            _config("extract.text.resources.num_cpus=2"), str(catalog), str(tmp_path / "f"), progress=False
+            _config("extract.pool=per_modality", "extract.text.resources.num_cpus=2"),
+            str(catalog),
+            str(tmp_path / "f"),
+            progress=False,
         )
 
 
@@ -155,11 +158,14 @@ def test_the_root_cause_of_a_ray_error_is_the_raymm_error_it_quotes() -> None:
     assert _root_cause(RuntimeError("disk full\nmore")) == "disk full"
 
 
-def test_a_shared_pool_audio_in_tasks_and_other_blocks_give_the_vectors_of_per_modality_pools(
+def test_per_modality_pools_audio_in_tasks_and_other_blocks_give_the_vectors_of_the_shared_pool(
     catalog: Path, features: tuple[Path, pa.Table], ray_session: None, tmp_path: Path
 ) -> None:
     # Execution layout only: none of these settings may change a vector or the manifest's encoders.
-    config = _config("extract.pool=shared", "extract.audio.resources.compute=tasks", "extract.block_rows=100")
+    # ``features`` ran quickstart.yaml's shared pool.
+    config = _config(
+        "extract.pool=per_modality", "extract.audio.resources.compute=tasks", "extract.block_rows=100"
+    )
     result = extract(config, str(catalog), str(tmp_path / "shared"), progress=False)
     assert result.encoded_items == N_ITEMS
     table = load_features(str(tmp_path / "shared"))
@@ -184,8 +190,8 @@ def test_known_item_ids_pass_by_reference_and_are_dropped(ray_session: None) -> 
 
 
 def test_a_shared_pool_that_cannot_start_is_refused(catalog: Path, ray_session: None, tmp_path: Path) -> None:
-    config = _config("extract.pool=shared", "extract.shared.num_cpus=2")
-    with pytest.raises(ConfigError, match=r"shared: 1 x 2 CPU"):
+    config = _config("extract.shared.num_cpus=2")
+    with pytest.raises(ConfigError, match=r"shared: 2 x 2 CPU"):
         extract(config, str(catalog), str(tmp_path / "f"), progress=False)
 
 

@@ -72,4 +72,9 @@ def test_the_plan_names_each_modalitys_actor_pool(tmp_path: Path) -> None:
     assert len(plan.steps) == len(config.extract.modalities) + 1
     assert {target for _, target in plan.steps} == {str(tmp_path / "features")}
     image = config.extract.image
-    assert f"encode image with {image.model or image.kind}" in "\n".join(step for step, _ in plan.steps)
+    steps = "\n".join(step for step, _ in plan.steps)
+    assert f"encode image with {image.model or image.kind} (the shared pool: 2-2 actors x 0.5 CPU" in steps
+    own = plan_extract(
+        load_config("configs/quickstart.yaml", [f"out={tmp_path}", "extract.pool=per_modality"])
+    )
+    assert "encode image with efficientnet_lite0 (1-1 actors x 0.33 CPU" in "\n".join(s for s, _ in own.steps)
