@@ -138,3 +138,21 @@ def test_the_personal_score_adds_the_weighted_item_item_score() -> None:
     assert PersonalScorer(two_tower, saved, 1.0).recommend(history, 3).rows.tolist()[0][0] == 1
     with pytest.raises(ValueError, match="collab weight"):
         PersonalScorer(two_tower, saved, -1.0)
+
+
+def test_a_decomposition_is_reused_for_the_same_interactions_only(
+    interactions: tuple[np.ndarray, Catalog],
+) -> None:
+    matrix, catalog = interactions
+    first = CollaborativeScorer(l2=1.0).fit(_context(matrix, catalog))
+    again = CollaborativeScorer(l2=4.0).fit(_context(matrix, catalog))
+    assert again.factors is first.factors  # same pairs, same rank and seed: not decomposed again
+    before = first.item_vectors().clone()
+    again.fill_from_content(torch.randn(matrix.shape[1], 3))
+    first.set_l2(1.0)
+    torch.testing.assert_close(first.item_vectors()[:13], before[:13])  # shared factors unchanged
+    other = matrix.copy()
+    other[0, 13] = 1.0
+    changed = CollaborativeScorer(l2=1.0).fit(_context(other, catalog))
+    assert changed.factors is not first.factors
+    assert CollaborativeScorer(l2=1.0, rank=5).fit(_context(matrix, catalog)).factors is not first.factors
