@@ -10,8 +10,9 @@
 * **listwise**: the users of ``raymm evaluate``'s test protocol. ``retrieval`` ranks the whole
   catalog by the served retriever (:func:`~raymm.eval.evaluate.served_scorer`: two-tower,
   item-item and popularity, blended as training chose); ``retrieve_then_rank`` re-orders its top
-  ``rank.retriever_top_n`` by the ranker (:class:`~raymm.recommend.scorers.RetrieveThenRank`,
-  the scorer serving uses, over the same retriever). For K <= top-N both see the same candidate
+  N by the ranker (:class:`~raymm.recommend.scorers.RetrieveThenRank`, the scorer serving uses,
+  over the same retriever; N is the served top-N the rank stage chose on validation, else
+  ``rank.retriever_top_n``). For K <= top-N both see the same candidate
   set, so the difference is the ranker's ordering alone. ``two_tower`` is the two-tower score
   alone, for reference. Recency at test time is the hours from the user's last
   train/validation event to the start of the test period (the serving-time analogue).
@@ -27,7 +28,7 @@ from raymm.config import RaymmConfig
 from raymm.data import io
 from raymm.eval.evaluate import EvalSetup, eval_setup, evaluate_scorer, served_scorer
 from raymm.eval.pointwise import calibration_curve, classification_metrics, plot_calibration
-from raymm.models.artifact import load_artifact, ranker_dir, read_manifest
+from raymm.models.artifact import load_artifact, ranker_dir, read_manifest, served_top_n
 from raymm.models.ranker import Ranker
 from raymm.recommend.rank_examples import LOGGED, RankSetup, predict, rank_setup, split_examples
 from raymm.recommend.rerank import Reranker
@@ -70,7 +71,8 @@ def evaluate_rank(
     probabilities = predict(reranker, setup.two_tower, test)
     logged = test.kind == LOGGED
     protocol = protocols.protocols["test"]
-    top_n = config.rank.retriever_top_n
+    artifact = load_artifact(model_dir, expected_dims=protocols.catalog.dims)
+    top_n = served_top_n(artifact.manifest)  # as serving re-ranks
     ks = config.evaluate.ks
     if list(protocols.catalog.item_ids) != list(setup.catalog.item_ids):
         raise ValueError(
@@ -78,9 +80,7 @@ def evaluate_rank(
         )
     two_tower = TwoTowerScorer(setup.two_tower, setup.catalog)
     # Retrieval as serving does it (Recommender.retriever): the blend training chose.
-    retriever, _ = served_scorer(
-        load_artifact(model_dir, expected_dims=protocols.catalog.dims), protocols, ks
-    )
+    retriever, _ = served_scorer(artifact, protocols, ks)
     listwise = {
         name: evaluate_scorer(scorer, protocol.users, ks, setup.catalog.n_items, recency=protocol.recency)
         for name, scorer in (

@@ -401,6 +401,15 @@ def _write_manifest(uri: str, manifest: Manifest) -> None:
     io.write_json(manifest.model_dump(mode="json"), io.join(uri, MANIFEST))
 
 
+def served_top_n(manifest: Manifest) -> int:
+    """How many of the retriever's candidates serving hands the ranker: the ``served_top_n`` the
+    rank stage chose on validation, else the trained ``rank.retriever_top_n`` (200 by default)."""
+    chosen = manifest.stages.get("rank", {}).get("metrics", {}).get("served_top_n")
+    if chosen is not None:
+        return int(chosen)
+    return int(manifest.config.get("rank", {}).get("retriever_top_n", 200))
+
+
 def record_stage(directory: str | Path, stage: str, entry: dict[str, Any]) -> Manifest:
     """Add (or replace) ``stages[stage]`` in the artifact's manifest, rewriting it atomically.
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raymm.models.artifact import COLLAB, Artifact, CollabVectors, load_artifact
+from raymm.models.artifact import COLLAB, Artifact, CollabVectors, load_artifact, served_top_n
 from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import RankerInputs, popularity_feature
 from raymm.recommend.blend import BlendSettings, served_retriever
@@ -292,11 +292,11 @@ def load_model(
 ) -> Recommender:
     """The artifact at ``directory`` as a :class:`Recommender` (with its ranker when it has one).
 
-    ``top_n`` candidates go to the ranker (default: the artifact's ``rank.retriever_top_n``);
+    ``top_n`` candidates go to the ranker (default: the artifact's ``served_top_n``, what training
+    chose on validation, else its ``rank.retriever_top_n``);
     ``index`` says how the catalog is searched (default exact; serving passes ``serve.index``).
     Raises :class:`~raymm.models.errors.ModelLoadError` for a missing or invalid artifact.
     """
     artifact = load_artifact(directory)
     reranker = Reranker.from_artifact(directory, artifact) if "rank" in artifact.manifest.stages else None
-    configured = artifact.manifest.config.get("rank", {}).get("retriever_top_n", 200)
-    return Recommender(artifact, reranker, int(top_n or configured), index=index)
+    return Recommender(artifact, reranker, int(top_n or served_top_n(artifact.manifest)), index=index)

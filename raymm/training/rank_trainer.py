@@ -52,6 +52,12 @@ from raymm.training.trainer import run_key
 #: weights tend to retrieval alone, so validation can keep the retriever's order where the ranker
 #: does not help (bench/rank_quality.py reports where validation peaks).
 RETRIEVAL_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0, 32.0)
+#: Fewer candidates than ``rank.retriever_top_n`` that serving may hand the ranker: the smallest
+#: whose validation retrieve-then-rank NDCG is no lower than with all of them is served (the
+#: ranker's cost per request is linear in its candidates; at 100 requests/s on 2 cores it was the
+#: part of a request that saturated Serve, bench/results/serve_latency.json). Not below
+#: ``serve.max_k``'s default (100): a request may ask for that many items.
+SERVED_TOP_N_GRID: tuple[int, ...] = (100,)
 
 
 def build_ranker(
@@ -75,9 +81,11 @@ def build_ranker(
 
 def choose_retrieval_weight(
     config: RaymmConfig, setup: RankSetup, ranker: Ranker, data_dir: str, manifest: Manifest
-) -> dict[str, float]:
+) -> tuple[dict[str, float], int, dict[str, float]]:
     """Set ``ranker.retrieval_weight`` to the weight of :data:`RETRIEVAL_WEIGHTS` with the best
-    validation retrieve-then-rank NDCG (the smallest on ties); returns the NDCG of each weight.
+    validation retrieve-then-rank NDCG (the smallest on ties), then choose how many candidates
+    serving hands the ranker (:data:`SERVED_TOP_N_GRID`); returns the NDCG of each weight, the
+    served top-N and the NDCG of each top-N tried at the chosen weight.
 
     The candidates and the retrieval scores the ranker adds are the served retriever's, as
     serving and evaluation run it (the blend training chose, in ``manifest``; its item-item part
@@ -97,15 +105,30 @@ def choose_retrieval_weight(
     if settings is not None:
         context = FitContext(setup.catalog, train, spec.events, config.seed)
         retriever = fit_served_retriever(two_tower, settings, context, manifest.config)
+
+    def ndcg(top_n: int) -> float:
+        reranker = Reranker.from_inputs(ranker, setup.catalog.item_ids, setup.inputs)
+        scorer = RetrieveThenRank(retriever, two_tower, reranker, top_n)
+        return evaluate_scorer(scorer, users, (k,), setup.catalog.n_items, recency=recency)[f"ndcg@{k}"]
+
+    full = config.rank.retriever_top_n
     scores = {}
     for weight in RETRIEVAL_WEIGHTS:
         ranker.retrieval_weight = weight
-        reranker = Reranker.from_inputs(ranker, setup.catalog.item_ids, setup.inputs)
-        scorer = RetrieveThenRank(retriever, two_tower, reranker, config.rank.retriever_top_n)
-        metrics = evaluate_scorer(scorer, users, (k,), setup.catalog.n_items, recency=recency)
-        scores[str(weight)] = metrics[f"ndcg@{k}"]
+        scores[str(weight)] = ndcg(full)
     ranker.retrieval_weight = float(max(scores, key=lambda w: (scores[w], -float(w))))
-    return scores
+    by_top_n = {str(full): scores[str(ranker.retrieval_weight)]}
+    # Never below the largest K evaluation reports: retrieve-then-rank needs K candidates.
+    for top_n in sorted(n for n in SERVED_TOP_N_GRID if max(config.evaluate.ks) <= n < full):
+        by_top_n[str(top_n)] = ndcg(top_n)
+    return scores, smallest_without_loss(by_top_n, full), by_top_n
+
+
+def smallest_without_loss(ndcg_by_top_n: dict[str, float], full: int) -> int:
+    """The smallest top-N whose NDCG is no lower than ``full``'s (``full`` itself when none is)."""
+    return min(
+        (int(n) for n, score in ndcg_by_top_n.items() if score >= ndcg_by_top_n[str(full)]), default=full
+    )
 
 
 def auc_of(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -256,7 +279,9 @@ def train_ranker(
     ranker = build_ranker(config, setup, context_stats)
     ranker.load_state_dict(saved.state.best_weights or saved.model)
     ranker.retrieval_temperature = float(setup.two_tower.temperature)
-    weight_scores = choose_retrieval_weight(config, setup, ranker, data_dir, manifest)
+    weight_scores, served_top_n, top_n_scores = choose_retrieval_weight(
+        config, setup, ranker, data_dir, manifest
+    )
 
     def validation_probabilities() -> np.ndarray:
         return predict(
@@ -271,6 +296,8 @@ def train_ranker(
         "retrieval_weight": ranker.retrieval_weight,
         "calibration": list(ranker.calibration),
         "validation_ndcg_by_retrieval_weight": weight_scores,
+        "served_top_n": served_top_n,
+        "validation_ndcg_by_top_n": top_n_scores,
         "validation": classification_metrics(validation.label, probabilities, ranker.threshold),
         "n_examples": n_examples,
     }

@@ -17,13 +17,27 @@ import pytest
 from raymm.cli import main
 from raymm.eval.rank import rank_markdown
 from raymm.models.artifact import MANIFEST, read_manifest
+from raymm.recommend.recommender import load_model
+from raymm.training import rank_trainer
 from raymm.training.loop import RunHooks
-from raymm.training.rank_trainer import train_ranker
+from raymm.training.rank_trainer import smallest_without_loss, train_ranker
 from raymm.training.ray_runner import INJECTED_FAILURE_MARKER
 from tests.conftest import RANK_OVERRIDES, Trained, shared_config
 
 
-def test_rank_stage_is_written_into_the_artifact_and_evaluated(trained: Trained, tmp_path: Path) -> None:
+def test_serving_hands_the_ranker_the_fewest_candidates_that_lose_nothing_on_validation() -> None:
+    assert smallest_without_loss({"200": 0.030, "100": 0.031}, 200) == 100
+    assert smallest_without_loss({"200": 0.030, "100": 0.030, "50": 0.029}, 200) == 100
+    assert smallest_without_loss({"200": 0.030, "100": 0.029}, 200) == 200
+    assert smallest_without_loss({"60": 0.030}, 60) == 60
+
+
+def test_rank_stage_is_written_into_the_artifact_and_evaluated(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shared ranker re-ranks 60 candidates (RANK_OVERRIDES); let validation weigh 50 (the
+    # largest K evaluation reports) against them, and never 30, which is below it.
+    monkeypatch.setattr(rank_trainer, "SERVED_TOP_N_GRID", (30, 50))
     shutil.copytree(trained.model, tmp_path / "model")
     overrides = [f"--set={o}" for o in (f"out={tmp_path}", "ray.num_cpus=2", *RANK_OVERRIDES)]
     argv = [
@@ -43,6 +57,11 @@ def test_rank_stage_is_written_into_the_artifact_and_evaluated(trained: Trained,
     rank_stage = manifest.stages["rank"]
     assert rank_stage["metrics"]["validation"]["auc"] > 0.6
     assert [row["epoch"] for row in rank_stage["history"]] == [0, 1, 2]
+    by_top_n = rank_stage["metrics"]["validation_ndcg_by_top_n"]
+    assert set(by_top_n) == {"60", "50"}
+    served = rank_stage["metrics"]["served_top_n"]
+    assert served == (50 if by_top_n["50"] >= by_top_n["60"] else 60)
+    assert load_model(ranked).top_n == served
     argv = trained.evaluate_argv(ranked)
     assert main([*argv, "--out", str(tmp_path / "eval"), "--quiet", *overrides]) == 0
     document = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
@@ -58,6 +77,7 @@ def test_rank_stage_is_written_into_the_artifact_and_evaluated(trained: Trained,
     assert listwise["retrieval"]["ndcg@20"] == pytest.approx(
         document["model"]["metrics"]["test"]["ndcg@20"], abs=1e-9
     )
+    assert result["top_n"] == served  # evaluation re-ranks as serving does
     assert (tmp_path / "eval" / "rank_calibration.png").is_file()
     assert "| retrieve-then-rank |" in rank_markdown(result)
 
