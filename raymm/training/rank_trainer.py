@@ -124,6 +124,16 @@ def choose_retrieval_weight(
     return scores, smallest_without_loss(by_top_n, full), by_top_n
 
 
+def served_top_n_label(metrics: dict[str, Any]) -> str:
+    """What the console says of the served top-N: how many candidates, and each tried top-N's
+    validation NDCG ("" for a rank stage from before the choice)."""
+    served, scores = metrics.get("served_top_n"), metrics.get("validation_ndcg_by_top_n") or {}
+    if served is None:
+        return ""
+    tried = ", ".join(f"{n}: {score:.4f}" for n, score in sorted(scores.items(), key=lambda kv: int(kv[0])))
+    return f"{served} (validation ndcg@20 by top-N: {tried})"
+
+
 def smallest_without_loss(ndcg_by_top_n: dict[str, float], full: int) -> int:
     """The smallest top-N whose NDCG is no lower than ``full``'s (``full`` itself when none is)."""
     return min(

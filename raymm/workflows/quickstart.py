@@ -56,12 +56,15 @@ class QuickstartResult(StageResult):
         rows: list[tuple[str, Any]] = [("output root", self.out), ("dataset", data), ("features", features)]
         rows += counts_rows(self.dataset)
         rows += extract_rows(self.extracted)
+        from raymm.training.rank_trainer import served_top_n_label
+
         best = self.trained.manifest.metrics["validation"]
         rows += [
             ("model", model),
             ("two-tower best val_ndcg@20", f"{best.get('val_ndcg@20', float('nan')):.4f}"),
             ("served blend", BlendSettings.chosen(self.trained.manifest.metrics)),
             ("ranker val auc", f"{self.ranked.metrics['validation']['auc']:.4f}"),
+            ("ranker candidates", served_top_n_label(self.ranked.metrics)),
             ("report", self.report["report"]),
         ]
         return rows

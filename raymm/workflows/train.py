@@ -148,6 +148,10 @@ class RankTrainRun(StageResult):
         ]
         rows += [(f"validation {k}", f"{validation[k]:.4f}") for k in ("auc", "log_loss", "f1", "threshold")]
         rows.append(("best epoch / epochs run", f"{metrics['best_epoch']} / {len(self.result.history)}"))
+        from raymm.training.rank_trainer import served_top_n_label
+
+        if served_top_n_label(metrics):
+            rows.append(("candidates re-ranked", served_top_n_label(metrics)))
         return rows
 
 

@@ -20,7 +20,7 @@ from raymm.models.artifact import MANIFEST, read_manifest
 from raymm.recommend.recommender import load_model
 from raymm.training import rank_trainer
 from raymm.training.loop import RunHooks
-from raymm.training.rank_trainer import smallest_without_loss, train_ranker
+from raymm.training.rank_trainer import served_top_n_label, smallest_without_loss, train_ranker
 from raymm.training.ray_runner import INJECTED_FAILURE_MARKER
 from tests.conftest import RANK_OVERRIDES, Trained, shared_config
 
@@ -30,6 +30,9 @@ def test_serving_hands_the_ranker_the_fewest_candidates_that_lose_nothing_on_val
     assert smallest_without_loss({"200": 0.030, "100": 0.030, "50": 0.029}, 200) == 100
     assert smallest_without_loss({"200": 0.030, "100": 0.029}, 200) == 200
     assert smallest_without_loss({"60": 0.030}, 60) == 60
+    metrics = {"served_top_n": 100, "validation_ndcg_by_top_n": {"200": 0.03, "100": 0.031}}
+    assert served_top_n_label(metrics) == "100 (validation ndcg@20 by top-N: 100: 0.0310, 200: 0.0300)"
+    assert served_top_n_label({"validation": {}}) == ""  # a rank stage from before the choice
 
 
 def test_rank_stage_is_written_into_the_artifact_and_evaluated(
