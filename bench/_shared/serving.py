@@ -334,6 +334,13 @@ def build_artifact(
         "fallback_shrinkage": manifest.metrics.get("fallback_shrinkage"),
         "validation": manifest.metrics.get("validation"),
     }
+    if ranked is not None:
+        rank_metrics = tiny_manifest.stages["rank"]["metrics"]
+        info["ranker"] = {
+            key: rank_metrics.get(key)
+            for key in ("served_top_n", "validation_ndcg_by_top_n", "retrieval_weight", "best_epoch")
+        }
+        info["ranker"]["retriever_top_n"] = config.rank.retriever_top_n
     pq.write_table(events, work / "events.parquet")
     saved.write_text(
         json.dumps({"key": [n_items, n_users, epochs, seed], "ranked": ranker, "ids": ids, "info": info})
