@@ -401,13 +401,18 @@ def _write_manifest(uri: str, manifest: Manifest) -> None:
     io.write_json(manifest.model_dump(mode="json"), io.join(uri, MANIFEST))
 
 
-def served_top_n(manifest: Manifest) -> int:
-    """How many of the retriever's candidates serving hands the ranker: the ``served_top_n`` the
-    rank stage chose on validation, else the trained ``rank.retriever_top_n`` (200 by default)."""
-    chosen = manifest.stages.get("rank", {}).get("metrics", {}).get("served_top_n")
-    if chosen is not None:
-        return int(chosen)
+def trained_top_n(manifest: Manifest) -> int:
+    """How many of the retriever's candidates the ranker was trained on: the artifact's
+    ``rank.retriever_top_n`` (200 by default), the most serving may hand it."""
     return int(manifest.config.get("rank", {}).get("retriever_top_n", 200))
+
+
+def served_top_n(manifest: Manifest) -> int:
+    """How many of the retriever's candidates serving hands the ranker for a request of at most
+    that many items: the ``served_top_n`` the rank stage chose on validation, else
+    :func:`trained_top_n`."""
+    chosen = manifest.stages.get("rank", {}).get("metrics", {}).get("served_top_n")
+    return trained_top_n(manifest) if chosen is None else int(chosen)
 
 
 def record_stage(directory: str | Path, stage: str, entry: dict[str, Any]) -> Manifest:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raymm.models.artifact import COLLAB, Artifact, CollabVectors, load_artifact, served_top_n
+from raymm.models.artifact import COLLAB, Artifact, CollabVectors, load_artifact, served_top_n, trained_top_n
 from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import RankerInputs, popularity_feature
 from raymm.recommend.blend import BlendSettings, served_retriever
@@ -51,13 +51,17 @@ class Recommender:
         index: IndexChoice | ItemIndex | None = None,
         popularity: Tensor | None = None,
         collab: CollabVectors | None = None,
+        max_top_n: int | None = None,
     ) -> None:
         """``catalog`` (item ids, item vectors, popularity counts) replaces the artifact's own
         (:meth:`with_items` passes the catalog with live items added, with ``popularity``, the
         scores its items had, ``collab``, their item-item vectors, and the ``index`` over them). ``index``: how the retriever ranks
-        the catalog (:class:`IndexChoice`; None: exact), or a built index of its item vectors."""
+        the catalog (:class:`IndexChoice`; None: exact), or a built index of its item vectors.
+        ``top_n`` candidates go to the ranker, ``max_top_n`` (default ``top_n``) for a request
+        for more items (:class:`RetrieveThenRank`)."""
         self.artifact = artifact
         self.top_n = top_n
+        self.max_top_n = top_n if max_top_n is None else max(top_n, max_top_n)
         self.spec = artifact.model.config.user_state
         artifact.model.eval()  # only ever evaluated here; switching modes per request cost ~0.9 ms
         self.reranker = reranker
@@ -102,7 +106,7 @@ class Recommender:
         self.scorer: Scorer = (
             self.retriever
             if reranker is None
-            else RetrieveThenRank(self.retriever, self.two_tower, reranker, top_n)
+            else RetrieveThenRank(self.retriever, self.two_tower, reranker, top_n, self.max_top_n)
         )
 
     def with_items(self, items: EncodedItems) -> Recommender:
@@ -171,6 +175,7 @@ class Recommender:
             index=index,
             popularity=popularity,
             collab=collab,
+            max_top_n=self.max_top_n,
         )
 
     def _grown_collab(self, collab: CollabVectors, new_vectors: Tensor, rows: list[int]) -> CollabVectors:
@@ -206,8 +211,8 @@ class Recommender:
 
     @property
     def max_k(self) -> int:
-        """The most items one answer can hold: the ranker's candidates, or the catalog."""
-        return self.top_n if isinstance(self.scorer, RetrieveThenRank) else len(self.item_ids)
+        """The most items one answer can hold: the ranker's most candidates, or the catalog."""
+        return self.max_top_n if isinstance(self.scorer, RetrieveThenRank) else len(self.item_ids)
 
     def similar(self, item_id: str, k: int = 10) -> list[Recommendation]:
         """The ``k`` items whose item-tower vectors are closest to ``item_id``'s (itself excluded).
@@ -293,10 +298,16 @@ def load_model(
     """The artifact at ``directory`` as a :class:`Recommender` (with its ranker when it has one).
 
     ``top_n`` candidates go to the ranker (default: the artifact's ``served_top_n``, what training
-    chose on validation, else its ``rank.retriever_top_n``);
+    chose on validation, else its ``rank.retriever_top_n``; a request for more items than the
+    chosen top-N gets all ``rank.retriever_top_n`` re-ranked, as the ranker was trained);
     ``index`` says how the catalog is searched (default exact; serving passes ``serve.index``).
     Raises :class:`~raymm.models.errors.ModelLoadError` for a missing or invalid artifact.
     """
     artifact = load_artifact(directory)
     reranker = Reranker.from_artifact(directory, artifact) if "rank" in artifact.manifest.stages else None
-    return Recommender(artifact, reranker, int(top_n or served_top_n(artifact.manifest)), index=index)
+    manifest = artifact.manifest
+    if top_n is not None:
+        return Recommender(artifact, reranker, int(top_n), index=index)
+    return Recommender(
+        artifact, reranker, served_top_n(manifest), index=index, max_top_n=trained_top_n(manifest)
+    )

@@ -335,16 +335,26 @@ class FallbackScorer(DotProductScorer):
 class RetrieveThenRank(Scorer):
     """The top ``top_n`` of ``retriever`` for each user, re-ordered by ``reranker``'s logit.
 
+    A request for more than ``top_n`` items gets the top ``max_top_n`` re-ordered (default:
+    ``top_n``; serving passes the ``rank.retriever_top_n`` the ranker was trained on, so a
+    validation-chosen smaller ``top_n`` speeds the usual request without refusing a larger one).
     The ranker reads the two-tower user vector (``user_model``'s), so a user's candidates and
     their re-ordering come from the same state.
     """
 
     def __init__(
-        self, retriever: DotProductScorer, user_model: TwoTowerScorer, reranker: Reranker, top_n: int
+        self,
+        retriever: DotProductScorer,
+        user_model: TwoTowerScorer,
+        reranker: Reranker,
+        top_n: int,
+        max_top_n: int | None = None,
     ) -> None:
-        if top_n < 1:
-            raise ValueError(f"top_n must be positive, got {top_n}")
-        self.retriever, self.user_model, self.reranker, self.top_n = retriever, user_model, reranker, top_n
+        max_top_n = top_n if max_top_n is None else max_top_n
+        if not 1 <= top_n <= max_top_n:
+            raise ValueError(f"need 1 <= top_n <= max_top_n, got top_n={top_n}, max_top_n={max_top_n}")
+        self.retriever, self.user_model, self.reranker = retriever, user_model, reranker
+        self.top_n, self.max_top_n = top_n, max_top_n
         self.name = f"{retriever.name} -> ranker"
 
     def recommend(
@@ -357,15 +367,18 @@ class RetrieveThenRank(Scorer):
         recency: np.ndarray | None = None,
         user_ids: np.ndarray | None = None,
     ) -> TopK:
-        if k > self.top_n:
-            raise ValueError(f"k={k} exceeds the retriever's top_n={self.top_n}: the ranker sees only those")
+        if k > self.max_top_n:
+            raise ValueError(
+                f"k={k} exceeds the retriever's top_n={self.max_top_n}: the ranker sees only those"
+            )
+        top_n = self.top_n if k <= self.top_n else self.max_top_n
         raw_recency = np.full(len(history), np.nan, np.float32) if recency is None else recency
         parts = []
         for start in range(0, len(history), USER_CHUNK):
             rows = slice(start, start + USER_CHUNK)
             chunk_exclude = None if exclude is None else exclude.take(np.arange(len(history))[rows])
             retrieved = self.retriever.recommend(
-                history[rows], self.top_n, exclude=chunk_exclude, candidates=candidates
+                history[rows], top_n, exclude=chunk_exclude, candidates=candidates
             )
             users = self.user_model.user_vectors(history[rows])
             parts.append(self.reranker.rerank(retrieved, users, torch.as_tensor(raw_recency[rows]), k))

@@ -56,7 +56,8 @@ RETRIEVAL_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 
 #: whose validation retrieve-then-rank NDCG is no lower than with all of them is served (the
 #: ranker's cost per request is linear in its candidates; at 100 requests/s on 2 cores it was the
 #: part of a request that saturated Serve, bench/results/serve_latency.json). Not below
-#: ``serve.max_k``'s default (100): a request may ask for that many items.
+#: ``serve.max_k``'s default (100), so the usual request takes the fast path; a request for more
+#: items than the chosen top-N gets all ``rank.retriever_top_n`` re-ranked (RetrieveThenRank).
 SERVED_TOP_N_GRID: tuple[int, ...] = (100,)
 
 

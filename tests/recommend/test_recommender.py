@@ -96,6 +96,20 @@ def test_the_ranker_reorders_the_retrievers_top_n_and_a_request_for_more_is_refu
         ranked.recommend(recent, k=20)
 
 
+def test_a_request_for_more_than_the_served_top_n_gets_the_trained_top_n_re_ranked(trained: Trained) -> None:
+    # What serving loads when validation chose fewer candidates (7) than the ranker trained on (12).
+    fixed = load_model(trained.ranked, top_n=7)
+    both = Recommender(fixed.artifact, fixed.reranker, 7, max_top_n=12)
+    twelve = load_model(trained.ranked, top_n=12)
+    assert both.max_k == 12 and fixed.max_k == 7
+    recent = _ids(fixed)[:4]
+    for k, like in ((5, fixed), (7, fixed), (10, twelve), (12, twelve)):
+        got, want = both.recommend(recent, k=k), like.recommend(recent, k=k)
+        assert [r.item_id for r in got] == [r.item_id for r in want], k
+    with pytest.raises(ValueError, match="k=13 exceeds the retriever's top_n=12: the ranker sees only those"):
+        both.recommend(recent, k=13)
+
+
 def test_live_items_join_a_new_recommender_and_leave_the_old_one_as_it_was(trained: Trained) -> None:
     base = load_model(trained.model)
     ids = _ids(base)

@@ -64,7 +64,9 @@ def test_rank_stage_is_written_into_the_artifact_and_evaluated(
     assert set(by_top_n) == {"60", "50"}
     served = rank_stage["metrics"]["served_top_n"]
     assert served == (50 if by_top_n["50"] >= by_top_n["60"] else 60)
-    assert load_model(ranked).top_n == served
+    served_model = load_model(ranked)
+    # The chosen top-N speeds the usual request; one for more items still gets all 60 re-ranked.
+    assert served_model.top_n == served and served_model.max_k == 60
     argv = trained.evaluate_argv(ranked)
     assert main([*argv, "--out", str(tmp_path / "eval"), "--quiet", *overrides]) == 0
     document = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
