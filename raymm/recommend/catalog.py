@@ -66,6 +66,9 @@ class Catalog:
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         """(features, present, id_index) of the catalog rows ``index``, for ``modalities`` (default all)."""
         names = list(self.features) if modalities is None else list(modalities)
+        released = [m for m in names if self.features[m].shape[0] != self.n_items]
+        if released:
+            raise RuntimeError(f"the catalog's {released} features were released (without_features)")
         return (
             {m: self.features[m][index] for m in names},
             {m: self.present[m][index] for m in names},
@@ -76,6 +79,19 @@ class Catalog:
         """Row slices covering the catalog in order, ``size`` rows each (the last may be shorter)."""
         for start in range(0, self.n_items, size):
             yield slice(start, min(start + size, self.n_items))
+
+    def without_features(self) -> Catalog:
+        """The same catalog without its raw feature rows (``dims`` kept), for holders that need
+        only ids, presence and the model's precomputed per-item outputs: at ``large`` the
+        features are ~1 GiB per process. :meth:`rows` then raises."""
+        return Catalog(
+            self.item_ids,
+            {m: v.new_empty((0, v.shape[1])) for m, v in self.features.items()},
+            self.present,
+            self.id_index,
+            self.tags,
+            self.tag_names,
+        )
 
     def subset(self, modalities: Sequence[str]) -> Catalog:
         """The same catalog seeing only ``modalities`` (for single-modality ablations)."""

@@ -290,6 +290,11 @@ class RankSetup:
     catalog: Catalog
     inputs: RankerInputs
 
+    def without_features(self) -> RankSetup:
+        """This setup without the catalog's raw features: once ``inputs`` are computed the ranker,
+        its examples and the retriever (``inputs.vectors``) need none of them."""
+        return RankSetup(self.two_tower, self.catalog.without_features(), self.inputs)
+
 
 def rank_setup(
     data_dir: str, features_dir: str, model_dir: str, spec: UserStateConfig | None = None

@@ -100,7 +100,7 @@ def choose_retrieval_weight(
     users = users.sample(config.train.validation_users, config.seed)
     recency = held_out_recency(train, held_out, users.user_ids)
     k = 20 if 20 in config.evaluate.ks else max(config.evaluate.ks)
-    two_tower = TwoTowerScorer(setup.two_tower, setup.catalog)
+    two_tower = TwoTowerScorer(setup.two_tower, item_vectors=setup.inputs.vectors)
     settings = BlendSettings.from_metrics(manifest.metrics)
     retriever: DotProductScorer = two_tower
     if settings is not None:
@@ -193,7 +193,10 @@ def rank_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     run = WorkerRun(loop_config)
     config = run.config
-    setup = rank_setup(loop_config["data_dir"], loop_config["features_dir"], loop_config["model_dir"])
+    # The raw features (~1 GiB at large) only feed setup.inputs; the worker keeps none of them.
+    setup = rank_setup(
+        loop_config["data_dir"], loop_config["features_dir"], loop_config["model_dir"]
+    ).without_features()
     ranker = build_ranker(config, setup, loop_config["context_stats"])
     objective = RankObjective(ranker, setup.inputs).to_device(run.device)
     optimizer = torch.optim.AdamW(
@@ -256,7 +259,9 @@ def train_ranker(
     data_dir, features_dir = io.absolute(data_dir), io.absolute(features_dir)
     model_dir = io.absolute(model_dir)
     init_ray(config.ray)
-    setup = rank_setup(data_dir, features_dir, model_dir)
+    # The raw features (~1 GiB at large) only feed setup.inputs: the examples, the retriever
+    # (inputs.vectors) and the ranker read ids and those inputs, so the driver keeps none of them.
+    setup = rank_setup(data_dir, features_dir, model_dir).without_features()
     train_examples = split_examples(setup, config.rank, data_dir, "train", config.seed)
     validation = split_examples(setup, config.rank, data_dir, "validation", config.seed + 1)
     if len(train_examples) == 0 or train_examples.label.max(initial=0.0) == 0.0:

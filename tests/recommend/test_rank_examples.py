@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from raymm.recommend.rank_examples import HARD, LOGGED, UNIFORM, rank_setup, split_examples
 from tests.conftest import Trained, shared_config
@@ -99,3 +100,19 @@ def test_examples_hold_each_history_once_and_expand_to_every_events_window(train
     # a slice shares the states and expands to the same histories
     part = examples.take(np.arange(10, 40))
     assert part.states is examples.states and part.history.tolist() == examples.history[10:40].tolist()
+
+
+def test_a_setup_without_features_keeps_what_the_ranker_reads_and_refuses_feature_reads(
+    trained: Trained,
+) -> None:
+    setup = rank_setup(str(trained.data), str(trained.features), str(trained.model))
+    light = setup.without_features()
+    assert light.catalog.dims == setup.catalog.dims and light.catalog.n_items == setup.catalog.n_items
+    assert all(v.numel() == 0 for v in light.catalog.features.values())
+    assert light.inputs is setup.inputs and light.two_tower is setup.two_tower
+    # the examples built from either are the same: they read ids and the per-item inputs only
+    full = split_examples(setup, trained.config.rank, str(trained.data), "validation", seed=1)
+    same = split_examples(light, trained.config.rank, str(trained.data), "validation", seed=1)
+    assert np.array_equal(full.item, same.item) and np.array_equal(full.states, same.states)
+    with pytest.raises(RuntimeError, match=r"features were released"):
+        light.catalog.rows(slice(0, 4))
