@@ -29,8 +29,8 @@ the synthetic data's sampling of each user's events over the whole catalog) has 
 construction; ``notes`` says which stage is which.
 
 The settings (``SETTINGS``, recorded in the JSON) are the ones a user would pick to run the large
-catalog on a 2-core machine in about an hour (it takes ~110 min: extraction ~36 min and one
-training epoch ~40 min at large, see ``NOTES``), and the same at every size, so the ratios measure
+catalog on a 2-core machine in about an hour (it takes ~76 min: extraction ~21 min and one
+training epoch ~31 min at large, see ``NOTES``), and the same at every size, so the ratios measure
 the catalog, not the settings: one two-tower epoch and one ranker epoch at batch 1024 (the
 quickstart's 3 and 3 epochs at 256 and 512 would take hours at 100,000 items here), and the image
 encoder at the synthetic images' own 64 px instead of upscaling them to 128 (about 6x faster
@@ -40,7 +40,7 @@ cannot use the second core).
 These change the features and the models against the quickstart's, so the metrics in the JSON
 are this run's, not the quickstart's.
 
-    .venv/bin/python bench/scale.py                            # small and large, ~2 h on 2 cores
+    .venv/bin/python bench/scale.py                            # small and large, ~80 min on 2 cores
     .venv/bin/python bench/scale.py --sizes small              # ~6 min on an idle machine
     .venv/bin/python bench/scale.py --work /tmp/scale --reuse  # resume: finished stages kept, with their numbers
     .venv/bin/python bench/scale.py --work /tmp/scale --reuse --report  # run nothing; scale.partial.json if stages are missing
@@ -454,41 +454,48 @@ def plot(sizes: dict[str, Any], out: Path) -> None:
 
 
 NOTES = {
-    "monitor": "stages whose numbers have no pss_every_s were measured before PSS was rate-limited: the "
-    "monitor then read every process's smaps_rollup every 0.2 s, costing up to ~0.5 of a core of system "
-    "time at large (2,279 s over 70 min), so those stages ran slower than a user's would; synth and "
-    "extract were measured that way at both sizes, so their ratios compare like with like",
+    "monitor": "every stage read PSS every 5 s (pss_every_s) and RSS every 0.2 s. This file is --report "
+    "over one work directory (every stage reads as reused): all stages are from one full run on "
+    "2026-12-07 (06:45-08:10 UTC), except rank at both sizes, re-run at 08:14-08:21 after the change "
+    "that drops the catalog's raw features from the rank stage; the re-run ranker's validation "
+    "metrics equal the first's (AUC 0.7438 at large), so the evaluate stage kept from the first run "
+    "scores the same ranker",
     "synth": "sampling draws each user's events by Gumbel-top-k over the whole catalog (users x items "
     "scores, in blocks): slope ~2 in its event sampling by construction of the benchmark (it is the "
     "generator, not the recommender); rendering text, PNG and WAV per item is linear, in synth.workers "
     "processes",
-    "extract": "one encoder pass per item and modality: linear in items",
+    "extract": "one encoder pass per item and modality: linear in items; 1,253 s at large (2,155 s in the "
+    "2026-12-02 run, before the block-row default and the read task's block split)",
     "train": "examples are linear in events (41,483 at small, 1,401,477 at large: x33.8), and so is the "
-    "time (x29.7, slope 0.97). A step's cost is not constant: each step encodes the batch's unique "
-    "history and target items through the item tower once each (torch.unique; py-spy: the item "
-    "tower's standardisation and projection heads are the step's main cost). train_items_per_step "
-    "counts them: of the ~14,700 rows a batch of 1,024 gathers (history window 20 + target), 2,585 are "
-    "unique at small, where the 3,000-item catalog caps them, and 13,264 at large (x5.1), so large "
-    "trained at 682 examples/s against 2,043. That is 90% of the rows: the per-step cost is bounded by "
-    "batch x (window + 1), not by the catalog, and a larger catalog adds at most ~11% more per step. "
-    "Small's fixed costs (Ray and the worker starting, the artifact) offset its cheaper steps in the "
-    "ratio. Validation (one pass per epoch, and 54 for the fallback's half-life and shrinkage) ranks "
-    "at most train.validation_users (4,096) users against the whole catalog: linear in items. The "
-    "training worker's memory rose through the epoch (tree PSS ~8.7 GiB two minutes in, 12.5 GiB at "
-    "the end): freed memory the allocators kept, which train.run.heap_trim_every now returns, added after "
-    "this run (bench/train_memory.py)",
+    "time (slope ~1). Each step encodes the batch's unique history and target items through the item "
+    "tower once (torch.unique); train_items_per_step counts them: a batch of 1,024 gathers ~19,000 rows "
+    "(history window 100, most users hold fewer) of which 2,621 are unique at small, where the "
+    "3,000-item catalog caps them, and 16,596 at large, so large trains at 895 examples/s against "
+    "3,606. Peak tree PSS at large is 16.5 GiB (12.8 GiB in the 2026-12-02 run, with a 20-item window): "
+    "the worker 6.6 GiB, the driver 4.6 GiB and Ray Data's read and shuffle workers (ray::IDLE) "
+    "3.5 GiB at the peak. Each example carries its 100-item window (1.4M x 101 int64, ~1.1 GB per "
+    "copy), held by the driver's arrays, the Ray Dataset's blocks and the worker's batches: the rank "
+    "stage's fix (one history row per user state, referenced by index) is the way to cut it, not yet "
+    "done for the two-tower's examples",
     "rank": "examples are linear in events (230,142 at small, 7,752,486 at large: x33.7) but the time is "
-    "not (x8.2, slope 0.60): small's run is mostly fixed costs (Ray, the workers, the retrieval weight's "
-    "8 passes), and the ranker's steps are cheap (20,237 examples/s at large). Its peak memory "
-    "(15.8 GiB tree PSS at large, of this machine's 24 GiB) is not broken down by process here; the "
-    "examples (~185 bytes each by their columns' widths, ~1.4 GB as arrays) are likely held several "
-    "times: the driver's arrays, their Arrow table, the Ray Dataset's blocks and its shuffle",
+    "not (slope ~0.5): small's run is mostly fixed costs (Ray, the workers, the retrieval weight's and "
+    "the served top-N's validation passes), and the ranker's steps are cheap. Peak tree PSS at large: "
+    "7,889 MiB (the training worker 3,835, the driver 2,362, Ray's other processes the rest), against "
+    "15,791 in the 2026-12-02 run. Two changes cut it: each example's history is held once per user "
+    "state and referenced by index, the states and the validation examples going to the object store "
+    "once (bench/results/rank_memory.json breaks that down by array and process); and the driver and "
+    "the worker drop the catalog's raw features (100,000 x 2,688 float32, ~1 GiB each) once the "
+    "ranker's per-item inputs are computed. With the first change alone, earlier in this run's "
+    "session, the stage peaked at 9,735 MiB (worker 4,628, driver 3,496) and held ~8.0 GiB while "
+    "training, against ~4.5 GiB now; its 555 s then ran beside other work",
     "evaluate": "full-catalog ranking of every test and cold-start user (47,338 test users at large) for "
     "the served model, the two-tower alone, popularity, content (dot products at the encoders' 2,688 "
     "dimensions, the costliest) and retrieve-then-rank: users x items work, slope 2 asymptotically when "
-    "users grow with items, by design of a full-ranking evaluation. Measured, x35.1 (slope 1.01): at "
-    "small the run is mostly loading and start-up, so this ratio understates the asymptote; "
-    "bench/eval_scale.py measures the ranking itself at large",
+    "users grow with items, by design of a full-ranking evaluation; measured slope ~1.1, since small's "
+    "run is mostly loading and start-up. Its PSS is ~3.5 GiB most of the run with short spikes to "
+    "11.4 GiB at large (6.5 GiB in the 2026-12-02 run; since then the served model gained an item-item "
+    "part, which evaluation refits on the period before each split): the spikes are not broken down "
+    "here; bench/eval_scale.py measures the ranking itself",
 }
 
 
