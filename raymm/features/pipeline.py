@@ -42,7 +42,6 @@ from typing import Any, Protocol
 # Ray job writing to S3 died with SIGSEGV, or exit 2, before printing anything
 # (tests/workflows/test_submit_cluster.py); this is the order the package had before.
 import raymm.features.registry  # noqa: F401  isort: skip
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -52,17 +51,16 @@ from raymm.data import io
 from raymm.data.dataset import ITEMS
 from raymm.errors import ConfigError, DataError, RaymmError
 from raymm.features.settings import BLOCK_BATCHES, EncoderResources, EncoderSection, ExtractConfig
-from raymm.features.store import (
-    FEATURES_MANIFEST,
-    TFIDF_STATE,
-    encoder_description,
-    feature_files,
-    load_features,
+from raymm.features.store import FEATURES_MANIFEST, TFIDF_STATE, feature_files, load_features
+from raymm.features.workers import (
+    METADATA_PREFIX,
+    ModalityEncoderActor,
+    SharedEncoderActor,
+    encode_in_task,
 )
 from raymm.runtime import RayConfig
 from raymm.settings_base import MODALITIES
 
-METADATA_PREFIX = "raymm.encoder."
 FORMAT_VERSION = 1
 
 
@@ -106,105 +104,6 @@ def _device_for(config: ExtractConfig, num_gpus: float) -> str:
             "num_gpus > 0 for its workers"
         )
     return "cpu"
-
-
-class _LoadedEncoder:
-    """One modality's encoder with the schema metadata it stamps on every batch it encodes."""
-
-    def __init__(self, modality: str, section: dict[str, Any], device: str, tfidf_uri: str | None) -> None:
-        from raymm.features.registry import CONFIG_TYPES, build_encoder
-        from raymm.features.text import TfidfTextEncoder
-
-        parsed: Any = CONFIG_TYPES[modality].model_validate(section)
-        self.modality = modality
-        self.encoder = build_encoder(modality, parsed, device)
-        if isinstance(self.encoder, TfidfTextEncoder):
-            if tfidf_uri is None:
-                raise ConfigError("TF-IDF text encoder needs a fitted IDF state")
-            self.encoder.load(tfidf_uri)
-        self.metadata = {
-            f"{METADATA_PREFIX}{modality}".encode(): json.dumps(encoder_description(self.encoder)).encode()
-        }
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        """``batch`` with the raw ``modality`` column replaced by vectors, plus ``<modality>_error``."""
-        encoded = self.encoder.encode(batch.column(self.modality).to_pylist())
-        dim = self.encoder.dim
-        values = pa.array(np.ascontiguousarray(encoded.vectors, dtype=np.float32).reshape(-1))
-        vectors = pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(~encoded.present))
-        errors = pa.array(encoded.errors, pa.string())
-        index = batch.column_names.index(self.modality)
-        batch = batch.set_column(index, pa.field(self.modality, pa.list_(pa.float32(), dim)), vectors)
-        batch = batch.append_column(f"{self.modality}_error", errors)
-        metadata = dict(batch.schema.metadata or {})
-        metadata.update(self.metadata)
-        return batch.replace_schema_metadata(metadata)
-
-
-def _set_torch_threads(num_cpus: float) -> None:
-    import torch
-
-    # One intra-op thread per reserved CPU: workers sharing a node must not oversubscribe it.
-    torch.set_num_threads(max(1, int(num_cpus)))
-
-
-class ModalityEncoderActor:
-    """A Ray Data callable class: one modality's encoder, loaded once per actor.
-
-    ``__call__`` takes a pyarrow batch holding ``item_id`` and the raw ``modality`` column and
-    returns it with the raw column replaced by the vector column and ``<modality>_error``.
-    """
-
-    def __init__(self, modality: str, section: dict[str, Any], device: str, tfidf_uri: str | None) -> None:
-        _set_torch_threads(section["resources"]["num_cpus"])
-        self.encode = _LoadedEncoder(modality, section, device, tfidf_uri)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.encode(batch)
-
-
-class SharedEncoderActor:
-    """A Ray Data callable class for ``extract.pool: shared``: every listed encoder in one actor.
-
-    ``sections`` maps each modality to its config section (as a dict) and ``devices`` to its
-    device; ``__call__`` encodes the same batch with each in turn, as the chained per-modality
-    pools would, without handing the block from actor to actor.
-    """
-
-    def __init__(
-        self,
-        sections: dict[str, dict[str, Any]],
-        devices: dict[str, str],
-        num_cpus: float,
-        tfidf_uri: str | None,
-    ) -> None:
-        _set_torch_threads(num_cpus)
-        self.encoders = [
-            _LoadedEncoder(m, section, devices[m], tfidf_uri if m == "text" else None)
-            for m, section in sections.items()
-        ]
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        for encode in self.encoders:
-            batch = encode(batch)
-        return batch
-
-
-#: The encoders a task worker process has built, by their settings: ``compute: tasks`` builds
-#: each once per process (Ray reuses worker processes), not once per batch.
-_TASK_ENCODERS: dict[str, _LoadedEncoder] = {}
-
-
-def encode_in_task(
-    batch: pa.Table, modality: str, section: dict[str, Any], device: str, tfidf_uri: str | None
-) -> pa.Table:
-    """The ``compute: tasks`` form of :class:`ModalityEncoderActor`, for encoders with no model."""
-    key = json.dumps([modality, section, device, tfidf_uri], sort_keys=True)
-    encode = _TASK_ENCODERS.get(key)
-    if encode is None:
-        _set_torch_threads(section["resources"]["num_cpus"])
-        encode = _TASK_ENCODERS[key] = _LoadedEncoder(modality, section, device, tfidf_uri)
-    return encode(batch)
 
 
 @dataclass
