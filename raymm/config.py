@@ -154,6 +154,12 @@ class RaymmConfig(StrictModel):
             raise ValueError(f"events {both} are both model.user_state.events and rank.negative_events")
         return self
 
+    def train_window(self) -> int:
+        """The history window of a two-tower training example: ``train.history_window`` capped at
+        ``model.user_state.max_history``, the window evaluation and serving use (unset: that one)."""
+        window = self.model.user_state.max_history
+        return min(window, self.train.history_window or window)
+
     def snapshot_uri(self) -> str:
         """Where user-state snapshots go: ``stream.snapshot_uri``, else ``<out>/state``."""
         return self.stream.snapshot_uri or self.stage_dir("state")

@@ -176,8 +176,9 @@ class UserStateConfig(_Section):
         description="Recent positive items kept per user (the history window). 100: on the synthetic "
         "benchmark (steady tastes) 50 -> 100 raised the served test Recall@20 from 0.0727 to 0.0740 "
         "(3 seeds; 20 -> 50 had raised NDCG@20 by 5%); MovieLens-100k did not change (few users hold "
-        "more than 50 positives). Training and ranker examples hold one window per event, so their "
-        "memory grows with it.",
+        "more than 50 positives). Those figures trained on 50-item windows: the two-tower's training "
+        "examples take the latest ``train.history_window`` items of this window. Ranker examples hold "
+        "one window per user state, so their memory grows with it.",
     )
     events: list[str] = Field(
         list(POSITIVE_EVENTS),

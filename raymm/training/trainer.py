@@ -105,6 +105,17 @@ def training_notes(prepared: Prepared) -> list[str]:
     return notes
 
 
+def training_examples(config: RaymmConfig, prepared: Prepared) -> Examples:
+    """The two-tower's examples: each positive event of the train split with the user's
+    :meth:`~raymm.config.RaymmConfig.train_window` most recent positive items before it.
+
+    Evaluation and serving pool ``model.user_state.max_history`` items; a shorter training window
+    (``train.history_window``) trains on the same latest items, fewer of them per example.
+    """
+    events = config.model.user_state.events
+    return build_examples(prepared.train_events, prepared.catalog, events, config.train_window())
+
+
 def build_model(prepared: Prepared, seed: int) -> TwoTower:
     """A fresh model for this catalog, with its closed-form alignment fitted (same on every rank).
 
@@ -156,7 +167,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         objective.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
     )
     state = run.restore(model, optimizer)
-    columns = [f"h{k}" for k in range(config.model.user_state.max_history)]
+    columns = [f"h{k}" for k in range(config.train_window())]
     n_items = prepared.catalog.n_items
     fit(
         model,
@@ -194,8 +205,10 @@ def run_key(config: RaymmConfig, data_fingerprint: str, run: TrainRunConfig) -> 
     # the modalities and item-id switch to ``model``: an unchanged configuration keeps its run
     # key, so an interrupted run resumes across that upgrade.
     moved_to_model = {"modalities", "item_id_embeddings"}
+    # train.history_window joined later: unset, it stays out, so the keys from before it hold.
+    unset = {"history_window"} if config.train.history_window is None else set()
     train = {
-        **config.train.model_dump(mode="json", exclude={"run"}),
+        **config.train.model_dump(mode="json", exclude={"run", *unset}),
         "torch_threads": run.torch_threads,
         **config.model.model_dump(mode="json", include=moved_to_model),
     }
@@ -269,7 +282,7 @@ def train(
     notes = training_notes(prepared)
     train_split = prepared.train_events
     spec = config.model.user_state
-    examples = build_examples(train_split, prepared.catalog, spec.events, spec.max_history)
+    examples = training_examples(config, prepared)
     if len(examples) == 0:
         raise TrainingError(f"no training examples in {data_dir}: no user has two positive events")
     loop_config = {
@@ -353,9 +366,7 @@ def train_in_process(
     deterministic()
     prepared = prepare(config, data_dir, features_dir)
     training_notes(prepared)
-    spec = config.model.user_state
-    train_split = prepared.train_events
-    examples = build_examples(train_split, prepared.catalog, spec.events, spec.max_history)
+    examples = training_examples(config, prepared)
     model = build_model(prepared, config.seed)
     use_tags = prepared.model_config.align.method == "kg"
     log_q = target_log_q(examples, prepared.catalog.n_items)
@@ -363,7 +374,7 @@ def train_in_process(
     optimizer = torch.optim.AdamW(
         objective.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
     )
-    columns = [f"h{k}" for k in range(spec.max_history)]
+    columns = [f"h{k}" for k in range(config.train_window())]
     n_items = prepared.catalog.n_items
     state = fit(
         model,

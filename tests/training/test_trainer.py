@@ -28,7 +28,15 @@ from raymm.training.examples import build_examples, target_log_q
 from raymm.training.loop import RunHooks
 from raymm.training.objective import NextItemObjective
 from raymm.training.ray_runner import INJECTED_FAILURE_MARKER
-from raymm.training.trainer import Prepared, build_model, prepare, run_key, train, training_notes
+from raymm.training.trainer import (
+    Prepared,
+    build_model,
+    prepare,
+    run_key,
+    train,
+    training_examples,
+    training_notes,
+)
 from tests.conftest import Trained, shared_config
 
 
@@ -108,6 +116,34 @@ def test_the_run_key_follows_what_a_run_learns(trained: Trained) -> None:
     changed = config.model_copy(deep=True)
     changed.model.fusion.method = "concat"
     assert run_key(changed, "data", run) != key and run_key(config, "other data", run) != key
+
+
+def test_a_shorter_training_window_trains_on_the_latest_items_and_serves_the_full_one(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """``train.history_window`` cuts a training example's user state to its latest items; the
+    artifact keeps ``model.user_state.max_history``, the window evaluation and serving pool."""
+    full = shared_config(tmp_path, "model.user_state.max_history=6", "train.history_window=null")
+    prepared = prepare(full, str(trained.data), str(trained.features))
+    assert full.train_window() == 6
+    reference = training_examples(full, prepared)
+    assert reference.history.shape[1] == 6 and (reference.history[:, :3] >= 0).any()
+    short = shared_config(
+        tmp_path, "model.user_state.max_history=6", "train.history_window=2", "train.epochs=1"
+    )
+    examples = training_examples(short, prepared)
+    # the same events and targets, each with the two most recent items of the full window
+    assert np.array_equal(examples.target, reference.target)
+    assert np.array_equal(examples.history, reference.history[:, -2:])
+    longer = shared_config(tmp_path, "model.user_state.max_history=6", "train.history_window=50")
+    assert longer.train_window() == 6  # capped at the served window
+    assert run_key(short, "data", short.train.run) != run_key(full, "data", full.train.run)
+    # through Ray Train: the driver's dataset and the worker's columns agree on the window
+    result = train(short, str(trained.data), str(trained.features), str(tmp_path / "model"))
+    assert [row["epoch"] for row in result.history] == [0]
+    artifact = load_artifact(tmp_path / "model")
+    assert artifact.manifest.config["model"]["user_state"]["max_history"] == 6
+    assert artifact.manifest.config["train"]["history_window"] == 2
 
 
 def test_rerunning_a_finished_run_resumes_it_instead_of_training_again(
