@@ -1486,7 +1486,7 @@ def markdown(merged: dict[str, Any]) -> str:
                 lines.append(
                     f"| {label} | {cell(row[f'recall@{K}'])} | {cell(row[f'ndcg@{K}'])} | "
                     f"{cell(row[f'hit_rate@{K}'])} | {cell(row['cold_start_recall@20'])} | "
-                    f"{row['fit_s']['mean']:.0f} | {'' if fraction is None else f'{fraction:.2f}'} |"
+                    f"{row['fit_s']['mean']:.0f} | {'' if fraction is None else f'{fraction:.3f}'} |"
                 )
             lines.append("")
     return "\n".join(lines)
