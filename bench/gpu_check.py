@@ -50,6 +50,7 @@ from raymm.config import (  # noqa: E402
     AudioEncoderConfig,
     EncoderResources,
     ImageEncoderConfig,
+    RaymmConfig,
     TextEncoderConfig,
     TrainConfig,
 )
@@ -458,7 +459,8 @@ def check_training(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Training step samples/s and full-ranking scoring time on ``device`` and on the CPU."""
     n_examples = (sizes.warmup_steps + max(sizes.device_steps, sizes.cpu_steps)) * sizes.batch
-    examples = random_walk_examples(sizes.catalog_items, n_examples, UserStateConfig().max_history, seed=4)
+    # the default training window (train.history_window within model.user_state.max_history)
+    examples = random_walk_examples(sizes.catalog_items, n_examples, RaymmConfig().train_window(), seed=4)
     results: dict[str, dict[str, Any]] = {}
     scoring: dict[str, dict[str, Any]] = {}
     runs = {"device": (device, sizes.device_steps), "cpu": (torch.device("cpu"), sizes.cpu_steps)}
