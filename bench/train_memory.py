@@ -87,19 +87,13 @@ class Sampler(threading.Thread):
 def one_run(config: Any, data: Path, features: Path, steps: int, name: str) -> dict[str, Any]:
     """The two-tower steps of ``raymm train`` (:func:`raymm.training.trainer.train` up to its Ray Train
     run), cut to ``steps`` steps, with the worker's memory sampled."""
-    from raymm.training.examples import build_examples, target_log_q
     from raymm.training.loop import RunHooks
     from raymm.training.ray_runner import run_on_ray, shuffled_examples
-    from raymm.training.trainer import prepare, train_loop_per_worker
+    from raymm.training.trainer import prepare, train_loop_per_worker, training_examples, worker_config
 
     prepared = prepare(config, str(data), str(features))
-    spec = config.model.user_state
-    examples = build_examples(prepared.train_events, prepared.catalog, spec.events, spec.max_history)
-    loop_config = {
-        "data_dir": str(data),
-        "features_dir": str(features),
-        "log_q": target_log_q(examples, prepared.catalog.n_items),
-    }
+    examples = training_examples(config, prepared)
+    loop_config = worker_config(str(data), str(features), examples, prepared.catalog.n_items)
     dataset = shuffled_examples(examples.to_table(), config.seed)
     sampler = Sampler()
     sampler.start()

@@ -116,6 +116,18 @@ def training_examples(config: RaymmConfig, prepared: Prepared) -> Examples:
     return build_examples(prepared.train_events, prepared.catalog, events, config.train_window())
 
 
+def worker_config(data_dir: str, features_dir: str, examples: Examples, n_items: int) -> dict[str, Any]:
+    """What :func:`train_loop_per_worker` reads beside the config: where the data is, the targets'
+    log-probabilities, and the history columns the driver's examples hold (the worker never
+    re-derives the window's width)."""
+    return {
+        "data_dir": data_dir,
+        "features_dir": features_dir,
+        "log_q": target_log_q(examples, n_items),
+        "history_columns": [f"h{k}" for k in range(examples.history.shape[1])],
+    }
+
+
 def build_model(prepared: Prepared, seed: int) -> TwoTower:
     """A fresh model for this catalog, with its closed-form alignment fitted (same on every rank).
 
@@ -167,7 +179,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         objective.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
     )
     state = run.restore(model, optimizer)
-    columns = [f"h{k}" for k in range(config.train_window())]
+    columns = loop_config["history_columns"]
     n_items = prepared.catalog.n_items
     fit(
         model,
@@ -285,11 +297,7 @@ def train(
     examples = training_examples(config, prepared)
     if len(examples) == 0:
         raise TrainingError(f"no training examples in {data_dir}: no user has two positive events")
-    loop_config = {
-        "data_dir": data_dir,
-        "features_dir": features_dir,
-        "log_q": target_log_q(examples, prepared.catalog.n_items),
-    }
+    loop_config = worker_config(data_dir, features_dir, examples, prepared.catalog.n_items)
     run = f"{name}-{run_key(config, prepared.fingerprint, config.train.run)}"
     dataset = shuffled_examples(examples.to_table(), config.seed)
     saved = run_on_ray(
