@@ -37,7 +37,7 @@ from raymm.recommend.content import EncodedItems
 from raymm.recommend.history import EvalUsers, eval_users
 from raymm.recommend.index import IndexChoice
 from raymm.recommend.recommender import Recommender, load_model
-from raymm.recommend.scorers import FitContext, PopularityScorer, TwoTowerScorer
+from raymm.recommend.scorers import ContentScorer, FitContext, PopularityScorer, TwoTowerScorer
 from raymm.recommend.vectors import encode_catalog
 from raymm.stream.events import Event
 from raymm.stream.state import StateSpec, UserRecord, UserStateStore
@@ -46,7 +46,16 @@ from tests.fixtures import small_model_config
 EPOCH_MS = int(dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
 MAX_HISTORY = 4
 COUNTING = ("click", "like", "purchase", "play")  # view and skip do not count
-BLEND = BlendSettings(collab_weight=0.5, collab_relative=1.0, shrinkage=2.0, popularity_weight=0.3)
+BLEND = BlendSettings(
+    collab_weight=0.5,
+    collab_relative=1.0,
+    shrinkage=2.0,
+    popularity_weight=0.3,
+    content_weight=0.4,
+    content_relative=1.0,
+)
+#: The content part's width: below the features' 14, so the live path projects as training did.
+CONTENT_DIM = 5
 N_ITEMS = 10
 USERS = ("ana", "bo", "cy", "dee")
 
@@ -175,10 +184,10 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
     two_tower.fit_alignment(catalog.features, catalog.present)
     vectors = encode_catalog(two_tower, catalog).vectors
     # The served blend with every part on: item-item (fitted on the log, content for the rest),
-    # popularity with a shrinkage and a floor.
-    collab = (
-        CollaborativeScorer(l2=1.0).fit(FitContext(catalog, _table(LOG), COUNTING)).fill_from_content(vectors)
-    )
+    # content similarity (projected), popularity with a shrinkage and a floor.
+    context = FitContext(catalog, _table(LOG), COUNTING)
+    collab = CollaborativeScorer(l2=1.0).fit(context).fill_from_content(vectors)
+    content = ContentScorer(dim=CONTENT_DIM).fit(context)
     assert collab.map is not None
     write_artifact(
         directory,
@@ -190,6 +199,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
         data_fingerprint="parity-test",
         popularity=np.arange(N_ITEMS, dtype=np.float64),
         collab=CollabVectors(collab.query_vectors(), collab.item_vectors(), collab.map),
+        content=content.vectors(),
     )
     return Model(directory, catalog, load_model(directory))
 
@@ -236,15 +246,19 @@ def test_the_stream_and_the_offline_windows_give_the_same_users(model: Model) ->
     online_vectors = recommender.two_tower.user_vectors(rows)
     offline_vectors = TwoTowerScorer(recommender.artifact.model, model.catalog).user_vectors(offline.history)
     torch.testing.assert_close(online_vectors, offline_vectors, rtol=0, atol=1e-5)
-    # The whole served retriever too: two-tower, item-item and popularity parts of the user vector.
+    # The whole served retriever too: two-tower, item-item, content and popularity parts of the
+    # user vector; the content part as evaluation fits it from the catalog's features.
     saved = recommender.artifact.collab_vectors()
     assert saved is not None and recommender.settings == BLEND
+    assert recommender.content is not None and recommender.content.width == CONTENT_DIM
     offline_retriever = served_retriever(
         TwoTowerScorer(recommender.artifact.model, model.catalog),
         CollaborativeScorer(query_vectors=saved.query, item_vectors=saved.items),
         PopularityScorer(np.arange(N_ITEMS)),
         BLEND,
+        ContentScorer(dim=CONTENT_DIM).fit(FitContext(model.catalog, _table(LOG), COUNTING)),
     )
+    assert recommender.retriever.user_vectors(rows).shape[1] == 32 + saved.query.shape[1] + CONTENT_DIM + 1
     torch.testing.assert_close(
         recommender.retriever.user_vectors(rows),
         offline_retriever.user_vectors(offline.history),
@@ -315,7 +329,7 @@ def test_a_repeat_is_recognised_online_while_it_is_among_the_users_last_dedupe_w
 
 
 @pytest.mark.parametrize("kind", ["exact", "faiss"])
-def test_a_live_item_gets_its_item_item_vectors_from_content_as_training_gave_cold_items(
+def test_a_live_item_gets_its_item_item_and_content_vectors_as_training_gave_catalog_items(
     model: Model, kind: str
 ) -> None:
     base = Recommender(
@@ -335,8 +349,14 @@ def test_a_live_item_gets_its_item_item_vectors_from_content_as_training_gave_co
             vector,
             {m: np.zeros((1, 32), np.float32) for m in modalities},
             {m: np.ones(1, dtype=bool) for m in modalities},
+            features={m: model.catalog.features[m][like : like + 1].numpy() for m in modalities},
         )
     )
+    # Its content row is computed from its raw features with the catalog's statistics and
+    # projection: item 3's row, which training computed from the same features.
+    assert base.content is not None and live.content is not None
+    torch.testing.assert_close(live.content.item_vectors()[-1], base.content.item_vectors()[like])
+    torch.testing.assert_close(live.content.item_vectors()[:N_ITEMS], base.content.item_vectors())
     assert live.collab_vectors is not None and len(live.item_ids) == N_ITEMS + 1
     query, items = map_content(torch.from_numpy(vector), saved.content_map)
     torch.testing.assert_close(live.collab_vectors.items[-1], items[0])
@@ -350,18 +370,22 @@ def test_a_live_item_gets_its_item_item_vectors_from_content_as_training_gave_co
     assert not torch.allclose(with_new, without)
 
 
-def test_an_artifact_whose_blend_needs_the_item_item_part_refuses_to_load_without_it(
+def test_an_artifact_whose_blend_needs_the_item_item_or_content_part_refuses_to_load_without_it(
     model: Model, tmp_path: Path
 ) -> None:
     import shutil
 
-    from raymm.models.artifact import COLLAB
+    from raymm.models.artifact import COLLAB, CONTENT
     from raymm.models.errors import ModelLoadError
 
     copy = tmp_path / "model"
     shutil.copytree(model.directory, copy)
     (copy / COLLAB).unlink()
     with pytest.raises(ModelLoadError, match=f"weighs the item-item part .* no {COLLAB}"):
+        load_model(copy)
+    shutil.copy(model.directory / COLLAB, copy / COLLAB)
+    (copy / CONTENT).unlink()
+    with pytest.raises(ModelLoadError, match=f"weighs the content part .* no {CONTENT}"):
         load_model(copy)
     manifest = model.recommender.artifact.manifest.metrics
     assert BlendSettings.chosen(manifest) == BLEND.label()  # no trials recorded: no score shown

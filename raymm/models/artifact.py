@@ -14,6 +14,11 @@
     collab.safetensors    optional, the item-item part of the served score (raymm.recommend.collab):
                           ``query`` and ``items`` (N, rank) per catalog row, ``content_map``
                           (embed_dim + 1, 2 rank): a live item's two from its item vector
+    content.safetensors   optional, the content part of the served score (raymm.recommend.scorers
+                          .ContentScorer): ``items`` (N, dim) per catalog row, and what a live
+                          item's row is computed from its raw features with: each modality's
+                          ``mean.<i>.<modality>`` and ``scale.<i>.<modality>`` (i its place in the
+                          concatenation), ``projection`` (sum of widths, dim) when projected
     encoders/             optional, fitted state an encoder needs to encode new content the way
                           the features were made (``<modality>.json``: the TF-IDF IDF)
     ranker/               optional, the ranking stage (raymm.models.ranker): config.json,
@@ -55,6 +60,7 @@ ARTIFACT_VERSION = 1
 MANIFEST = "manifest.json"
 ITEM_VECTORS = "item_vectors.parquet"
 COLLAB = "collab.safetensors"
+CONTENT = "content.safetensors"
 #: The ranking stage's sub-directory (written by :mod:`raymm.models.ranker`); see :func:`ranker_dir`.
 RANKER_DIR = "ranker"
 #: Column name prefix of the per-modality aligned vectors in ``item_vectors.parquet``.
@@ -148,6 +154,77 @@ class CollabVectors:
 
 
 @dataclass
+class ContentVectors:
+    """The content part's vectors and statistics (see :class:`~raymm.recommend.scorers.ContentScorer`):
+    ``items`` (N, dim) float32, row ``i`` for the item table's row ``i``; ``mean`` and ``scale``
+    modality -> (D,) in the order the modalities are concatenated; ``projection`` (sum of D, dim)
+    or None (dim is the full width)."""
+
+    items: torch.Tensor
+    mean: dict[str, torch.Tensor]
+    scale: dict[str, torch.Tensor]
+    projection: torch.Tensor | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The file's tensors (see the module docstring)."""
+        out = {"items": self.items.contiguous()}
+        for place, modality in enumerate(self.mean):
+            out[f"mean.{place}.{modality}"] = self.mean[modality].contiguous()
+            out[f"scale.{place}.{modality}"] = self.scale[modality].contiguous()
+        if self.projection is not None:
+            out["projection"] = self.projection.contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], where: str) -> ContentVectors:
+        """What :meth:`tensors` wrote; :class:`ModelLoadError` naming ``where`` for anything missing."""
+        named = sorted(
+            (int(name.split(".")[1]), name.split(".", 2)[2]) for name in tensors if name.startswith("mean.")
+        )
+        modalities = [modality for _, modality in named]
+        needed = {"items"} | {f"scale.{p}.{m}" for p, m in named}
+        missing = needed - set(tensors)
+        if missing or not modalities:
+            raise ModelLoadError(f"{where}: lacks {sorted(missing) or ['mean.<i>.<modality>']}")
+        return cls(
+            tensors["items"],
+            {m: tensors[f"mean.{p}.{m}"] for p, m in named},
+            {m: tensors[f"scale.{p}.{m}"] for p, m in named},
+            tensors.get("projection"),
+        )
+
+    def check(self, n_items: int, where: str) -> ContentVectors:
+        """Self; :class:`ModelLoadError` naming ``where`` if a shape does not fit."""
+        width = sum(int(v.shape[0]) for v in self.mean.values())
+        dim = self.items.shape[1] if self.items.ndim == 2 else -1
+        problems = []
+        if tuple(self.items.shape) != (n_items, dim):
+            problems.append(f"items {tuple(self.items.shape)} for {n_items} items")
+        for modality, mean in self.mean.items():
+            if mean.ndim != 1 or self.scale[modality].shape != mean.shape:
+                problems.append(
+                    f"{modality} mean {tuple(mean.shape)} and scale {tuple(self.scale[modality].shape)}"
+                )
+        expected = (width, dim) if self.projection is not None else None
+        if self.projection is not None and tuple(self.projection.shape) != expected:
+            problems.append(f"projection {tuple(self.projection.shape)} where {expected} fits")
+        if self.projection is None and dim != width:
+            problems.append(f"items {dim} wide without a projection from the {width}-wide features")
+        if problems:
+            raise ModelLoadError(f"{where}: " + "; ".join(problems))
+        return self
+
+
+def read_content_vectors(directory: str, n_items: int) -> ContentVectors | None:
+    """The content part's vectors of the artifact at ``directory`` (``n_items`` rows), or None when
+    it has none; :class:`ModelLoadError` for a file that does not fit."""
+    uri = io.join(as_uri(directory), CONTENT)
+    if not io.exists(uri):
+        return None
+    return ContentVectors.from_tensors(read_tensors(uri, "content vectors"), uri).check(n_items, uri)
+
+
+@dataclass
 class Artifact:
     """A loaded artifact: the model (eval mode), its manifest and the item vectors table.
 
@@ -186,6 +263,12 @@ class Artifact:
             raise ModelLoadError(f"{uri}: lacks {sorted(missing)}")
         collab = CollabVectors(tensors["query"], tensors["items"], tensors["content_map"])
         return collab.check(self.manifest.n_items, self.manifest.embed_dim, uri)
+
+    def content_vectors(self) -> ContentVectors | None:
+        """The content part's vectors, or None for an artifact without one (its blend gives the
+        content part weight 0, or it predates it). :class:`ModelLoadError` for a file that does not
+        fit the item table."""
+        return None if self.directory is None else read_content_vectors(self.directory, self.manifest.n_items)
 
     @property
     def has_aligned_vectors(self) -> bool:
@@ -311,6 +394,7 @@ def write_artifact(
     encoder_state: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
     collab: CollabVectors | None = None,
+    content: ContentVectors | None = None,
 ) -> Manifest:
     """Write the artifact directory (local path or URI); returns its manifest.
 
@@ -324,7 +408,7 @@ def write_artifact(
     cross-media search reads (None: an artifact without search). ``encoder_state`` modality -> URI
     of a fitted encoder's state file (the features' TF-IDF IDF) is copied to
     :func:`encoder_state_uri`. ``notes`` become the manifest's ``notes``. ``collab`` (the item-item part's
-    vectors) is written to :data:`COLLAB`. A ranker or encoder state left in ``directory`` by an earlier model
+    vectors) is written to :data:`COLLAB`, ``content`` (the content part's) to :data:`CONTENT`. A ranker or encoder state left in ``directory`` by an earlier model
     is removed: the ranker was fitted on that model's vectors and would not fit these.
     Raises :class:`ValueError` if the ids and vectors differ in length, the aligned vectors do not
     cover the model's modalities with (N, shared_dim) rows, or an encoder record lacks a field.
@@ -372,13 +456,17 @@ def write_artifact(
     state = {
         m: io.read_bytes(source, what=f"{m} encoder state") for m, source in (encoder_state or {}).items()
     }
+    # Checked before anything is removed: a part that does not fit leaves the old artifact whole.
+    if collab is not None:
+        collab.check(len(item_ids), int(vectors.shape[1]), "the item-item vectors")
+    if content is not None:
+        content.check(len(item_ids), "the content vectors")
     # The old manifest goes first: until the new one is written the directory is no artifact.
     io.remove(io.join(uri, MANIFEST))
     io.remove(ranker_dir(uri))
     io.remove(io.join(uri, ENCODER_STATE_DIR))
     io.remove(io.join(uri, COLLAB))
-    if collab is not None:
-        collab.check(len(item_ids), int(vectors.shape[1]), "the item-item vectors")
+    io.remove(io.join(uri, CONTENT))
     model.save_pretrained(uri)
     if collab is not None:
         io.write_tensors(
@@ -390,6 +478,8 @@ def write_artifact(
             io.join(uri, COLLAB),
             {"format": "raymm.collab"},
         )
+    if content is not None:
+        io.write_tensors(content.tensors(), io.join(uri, CONTENT), {"format": "raymm.content"})
     for modality, data in state.items():
         io.write_bytes(data, encoder_state_uri(uri, modality))
     io.write_table(table, io.join(uri, ITEM_VECTORS))

@@ -3,10 +3,13 @@
 The served retriever is one dot product (:class:`~raymm.recommend.scorers.FallbackScorer` over
 :class:`~raymm.recommend.collab.PersonalScorer`)::
 
-    a(h) * (two_tower + collab_weight * item_item + popularity_weight * popularity) + (1 - a(h)) * popularity
+    a(h) * (two_tower + collab_weight * item_item + content_weight * content
+            + popularity_weight * popularity) + (1 - a(h)) * popularity
 
-with ``a(h) = h / (h + shrinkage)`` for a history of ``h`` items and popularity counted with a
-half-life. :class:`BlendSettings` holds the five numbers (and the item-item model's ``l2``);
+with ``a(h) = h / (h + shrinkage)`` for a history of ``h`` items, popularity counted with a
+half-life, and ``content`` the similarity of an item's raw features to the history's mean
+(:class:`~raymm.recommend.scorers.ContentScorer`, projected to ``model.content.dim`` columns).
+:class:`BlendSettings` holds the six numbers (and the item-item model's ``l2``);
 :func:`choose_blend_settings` picks them on validation by coordinate search over fixed grids (the
 item-item weight and ``l2`` jointly),
 every setting scored by the same evaluator; the manifest records them and every trial.
@@ -20,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from raymm.models.config import CollabConfig
+from raymm.models.config import CollabConfig, ContentConfig
 from raymm.recommend.collab import L2_GRID, CollaborativeScorer, PersonalScorer
 from raymm.recommend.scorers import (
     HALF_LIFE_GRID_DAYS,
     SHRINKAGE_GRID,
+    ContentScorer,
     DotProductScorer,
     FallbackScorer,
     FitContext,
@@ -35,6 +39,10 @@ from raymm.recommend.scorers import (
 #: Weights of the item-item score validation tries, relative to the two-tower's score spread
 #: (:func:`relative_scale`); 0 is the two-tower alone.
 COLLAB_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: Weights of the content score validation tries, relative to the two-tower's score spread; 0 leaves
+#: it out. Validation chose 0.5-2 on MovieLens-100k's three seeds and 0-0.5 on the synthetic
+#: benchmark's (bench/results/peers.*.json).
+CONTENT_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 #: Weights popularity keeps for a long history (FallbackScorer's ``popularity_weight``). The grid
 #: reaches far because MovieLens-100k's validation kept choosing the top of a shorter one.
 POPULARITY_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -49,7 +57,8 @@ class BlendSettings:
     """The served blend (see the module docstring). ``collab_weight`` is absolute (what serving
     multiplies by), ``collab_relative`` the grid value it came from (relative to the score spread
     at ``collab_l2``, :func:`relative_scale`); ``collab_l2`` is relative to the item-item Gram
-    matrix's mean diagonal."""
+    matrix's mean diagonal. ``content_weight`` and ``content_relative`` are the content part's,
+    the same way."""
 
     collab_weight: float = 0.0
     collab_relative: float = 0.0
@@ -57,11 +66,15 @@ class BlendSettings:
     half_life_days: float | None = None
     shrinkage: float = 0.0
     popularity_weight: float = 0.0
+    content_weight: float = 0.0
+    content_relative: float = 0.0
 
     def label(self) -> str:
         half_life = "all" if self.half_life_days is None else f"{self.half_life_days:g}d"
+        # The content part only when on: labels of blends without it read as they always did.
+        content = f"/content={self.content_relative:g}" if self.content_weight > 0 else ""
         return (
-            f"collab={self.collab_relative:g}/l2={self.collab_l2:g}/pop={half_life}"
+            f"collab={self.collab_relative:g}/l2={self.collab_l2:g}{content}/pop={half_life}"
             f"/shrink={self.shrinkage:g}/floor={self.popularity_weight:g}"
         )
 
@@ -100,43 +113,62 @@ def served_retriever(
     collaborative: CollaborativeScorer | None,
     popularity: PopularityScorer,
     settings: BlendSettings,
+    content: ContentScorer | None = None,
 ) -> FallbackScorer:
-    """The served retriever for ``settings``: the item-item part is left out at weight 0 (no extra
-    vector width in the index) or when there is none."""
-    if collaborative is not None and settings.collab_weight > 0:
-        personal: DotProductScorer = PersonalScorer(two_tower, collaborative, settings.collab_weight)
+    """The served retriever for ``settings``: the item-item and content parts are each left out at
+    weight 0 (no extra vector width in the index) or when there is none."""
+    collaborative = collaborative if settings.collab_weight > 0 else None
+    content = content if settings.content_weight > 0 else None
+    if collaborative is None and content is None:
+        personal: DotProductScorer = two_tower
     else:
-        personal = two_tower
+        personal = PersonalScorer(
+            two_tower, collaborative, settings.collab_weight, content, settings.content_weight
+        )
     return FallbackScorer(personal, popularity, settings.shrinkage, settings.popularity_weight)
 
 
+def fit_content(recorded: Mapping[str, Any], context: FitContext) -> ContentScorer:
+    """The content part for the model ``recorded`` (the configuration as the manifest holds it):
+    its modalities (every one the catalog holds when it names none) at ``model.content.dim``."""
+    model = recorded.get("model", {})
+    dim = model.get("content", {}).get("dim", ContentConfig().dim)
+    return ContentScorer(model.get("modalities"), dim).fit(context)
+
+
 def fit_served_retriever(
-    two_tower: DotProductScorer, settings: BlendSettings, context: FitContext, recorded: Mapping[str, Any]
+    two_tower: DotProductScorer,
+    settings: BlendSettings,
+    context: FitContext,
+    recorded: Mapping[str, Any],
+    content: ContentScorer | None = None,
 ) -> FallbackScorer:
     """The served retriever for ``settings`` with its item-item part and popularity fitted on
     ``context``, as serving's were on every interaction before it; the item-item rows of items
     without interactions are predicted from their two-tower vectors. ``recorded`` is the
     configuration the artifact's manifest holds: the item-item part keeps the rank
-    (``model.collab.rank``) it was trained with, the default for artifacts that recorded none."""
+    (``model.collab.rank``) it was trained with, the default for artifacts that recorded none; the
+    content part its modalities and ``model.content.dim`` (:func:`fit_content`), unless ``content``
+    (the artifact's, which depends on the features alone) is given."""
     collaborative = None
     if settings.collab_weight > 0:
         rank = int(recorded.get("model", {}).get("collab", {}).get("rank", CollabConfig().rank))
         collaborative = CollaborativeScorer(l2=settings.collab_l2, rank=rank, seed=context.seed).fit(context)
         collaborative.fill_from_content(two_tower.item_vectors())
+    if settings.content_weight > 0 and content is None:
+        content = fit_content(recorded, context)
     popularity = PopularityScorer(half_life_days=settings.half_life_days).fit(context)
-    return served_retriever(two_tower, collaborative, popularity, settings)
+    return served_retriever(two_tower, collaborative, popularity, settings, content)
 
 
-def relative_scale(
-    two_tower: DotProductScorer, collaborative: CollaborativeScorer, history: np.ndarray
-) -> float:
-    """std(two-tower scores) / std(item-item scores) over the users of ``history`` with any item
+def relative_scale(two_tower: DotProductScorer, other: DotProductScorer, history: np.ndarray) -> float:
+    """std(two-tower scores) / std(``other``'s scores) over the users of ``history`` with any item
     (at most :data:`SCALE_USERS`): a grid weight of 1 gives both parts the same spread."""
     rows = history[(history >= 0).any(axis=1)][:SCALE_USERS]
     if len(rows) == 0:
         return 1.0
     first = (two_tower.user_vectors(rows) @ two_tower.item_vectors().T).std()
-    second = (collaborative.user_vectors(rows) @ collaborative.item_vectors().T).std()
+    second = (other.user_vectors(rows) @ other.item_vectors().T).std()
     return float(first / second) if float(second) > 0 else 1.0
 
 
@@ -147,12 +179,15 @@ def choose_blend_settings(
     context: FitContext,
     history: np.ndarray,
     rounds: int = ROUNDS,
+    content: ContentScorer | None = None,
 ) -> tuple[BlendSettings, dict[str, float]]:
     """The :class:`BlendSettings` with the best ``evaluate`` (validation NDCG), by coordinate
     search: each coordinate in turn over its grid, the others held, ``rounds`` passes; a change is
     kept only when it scores strictly better, so ties keep the simpler start. Popularity is fitted
     on ``context`` (the training split); ``history`` (validation users' histories) sets the
-    item-item scale. ``collaborative`` (fitted, l2 changed in place) None: two-tower only.
+    item-item scale. ``collaborative`` (fitted, l2 changed in place) None: no item-item part;
+    ``content`` (fitted) None: no content part, else its weight is one more coordinate
+    (:data:`CONTENT_WEIGHT_GRID`, relative to the spread as the item-item weight is).
 
     The item-item weight and its ``l2`` are one coordinate, searched jointly over
     :data:`COLLAB_WEIGHT_GRID` x :data:`L2_GRID`: ``l2`` changes the item-item scores' spread, so
@@ -163,6 +198,7 @@ def choose_blend_settings(
     score by :meth:`BlendSettings.label`."""
     popularity: dict[float | None, PopularityScorer] = {}
     scales: dict[float, float] = {}
+    content_scale = 1.0 if content is None else relative_scale(two_tower, content, history)
     trials: dict[str, float] = {}
 
     def scale_at(l2: float) -> float:
@@ -184,7 +220,9 @@ def choose_blend_settings(
             if collaborative is not None and collaborative.l2 != settings.collab_l2:
                 collaborative.set_l2(settings.collab_l2)
             trials[label] = evaluate(
-                served_retriever(two_tower, collaborative, popularity[settings.half_life_days], settings)
+                served_retriever(
+                    two_tower, collaborative, popularity[settings.half_life_days], settings, content
+                )
             )
         return trials[label]
 
@@ -200,6 +238,11 @@ def choose_blend_settings(
                 if relative > 0:
                     yield item_item(best, relative, l2)
 
+    def content_grid(best: BlendSettings) -> Iterator[BlendSettings]:
+        """The content part off, or on at every weight of its grid."""
+        for relative in CONTENT_WEIGHT_GRID:
+            yield replace(best, content_relative=relative, content_weight=relative * content_scale)
+
     def grid(name: str, values: tuple[Any, ...]) -> Callable[[BlendSettings], Iterator[BlendSettings]]:
         return lambda best: (replace(best, **{name: value}) for value in values)
 
@@ -208,6 +251,8 @@ def choose_blend_settings(
         grid("shrinkage", SHRINKAGE_GRID),
         grid("popularity_weight", POPULARITY_WEIGHT_GRID),
     ]
+    if content is not None:
+        coordinates.insert(0, content_grid)
     if collaborative is not None:
         coordinates.insert(0, item_item_grid)
     start_relative = 1.0 if collaborative is not None else 0.0

@@ -271,27 +271,46 @@ def map_content(content: Tensor, mapping: Tensor) -> tuple[Tensor, Tensor]:
 
 class PersonalScorer(DotProductScorer):
     """The personal part of raymm's answer: the two-tower score plus ``weight`` times the
-    collaborative score, one dot product over concatenated vectors."""
+    collaborative score plus ``content_weight`` times the content score, one dot product over
+    concatenated vectors (two-tower, item-item, content; a part that is None is left out)."""
 
     def __init__(
-        self, two_tower: DotProductScorer, collaborative: CollaborativeScorer | None, weight: float
+        self,
+        two_tower: DotProductScorer,
+        collaborative: CollaborativeScorer | None,
+        weight: float,
+        content: DotProductScorer | None = None,
+        content_weight: float = 0.0,
     ) -> None:
-        if weight < 0:
-            raise ValueError(f"collab weight must be >= 0, got {weight}")
+        if weight < 0 or content_weight < 0:
+            raise ValueError(
+                f"collab weight and content weight must be >= 0, got {weight} and {content_weight}"
+            )
         self.two_tower, self.collaborative, self.weight = two_tower, collaborative, weight
-        self.name = two_tower.name if collaborative is None else f"{two_tower.name} + item-item"
+        self.content, self.content_weight = content, content_weight
+        names = [two_tower.name]
+        names += ["item-item"] if collaborative is not None else []
+        names += ["content"] if content is not None else []
+        self.name = " + ".join(names)
         self._items: Tensor | None = None
+
+    def parts(self) -> list[tuple[DotProductScorer, float]]:
+        """(scorer, weight) of each part present, in the vectors' column order."""
+        found: list[tuple[DotProductScorer, float]] = [(self.two_tower, 1.0)]
+        if self.collaborative is not None:
+            found.append((self.collaborative, self.weight))
+        if self.content is not None:
+            found.append((self.content, self.content_weight))
+        return found
 
     def item_vectors(self) -> Tensor:
         if self._items is None:
-            parts = [self.two_tower.item_vectors()]
-            if self.collaborative is not None:
-                parts.append(self.collaborative.item_vectors())
+            parts = [scorer.item_vectors() for scorer, _ in self.parts()]
             self._items = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return self._items
 
     def user_vectors(self, history: np.ndarray) -> Tensor:
-        users = self.two_tower.user_vectors(history)
-        if self.collaborative is None:
-            return users
-        return torch.cat([users, self.weight * self.collaborative.user_vectors(history)], dim=1)
+        parts = self.parts()
+        users = [parts[0][0].user_vectors(history)]
+        users += [weight * scorer.user_vectors(history) for scorer, weight in parts[1:]]
+        return torch.cat(users, dim=1) if len(users) > 1 else users[0]

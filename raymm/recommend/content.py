@@ -120,6 +120,9 @@ class EncodedItems:
     aligned: dict[str, np.ndarray]
     present: dict[str, np.ndarray]
     errors: dict[str, list[str | None]] = field(default_factory=dict)
+    #: modality -> (N, D) float32 the encoders' raw features (zero rows where absent): what the
+    #: served blend's content part scores (:meth:`~raymm.recommend.scorers.ContentScorer.encode`).
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -142,6 +145,7 @@ class EncodedItems:
             {m: v[index] for m, v in self.aligned.items()},
             {m: p[index] for m, p in self.present.items()},
             {m: [e[i] for i in index] for m, e in self.errors.items()},
+            {m: f[index] for m, f in self.features.items()},
         )
 
 
@@ -252,6 +256,7 @@ class ContentEncoder:
                 {m: np.zeros((0, shared), np.float32) for m in model.modalities},
                 {m: np.zeros(0, dtype=bool) for m in model.modalities},
                 {m: [] for m in model.modalities},
+                {m: np.zeros((0, model.input_dims[m]), np.float32) for m in model.modalities},
             )
         features: dict[str, torch.Tensor] = {}
         present: dict[str, torch.Tensor] = {}
@@ -288,6 +293,7 @@ class ContentEncoder:
             {m: v.cpu().numpy() for m, v in encoding.projected.items()},
             {m: p.cpu().numpy() for m, p in encoding.present.items()},
             errors,
+            {m: f.numpy() for m, f in features.items()},
         )
 
     def encode_query(self, text: str) -> QueryVectors:

@@ -18,7 +18,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raymm.models.artifact import COLLAB, Artifact, CollabVectors, load_artifact, served_top_n, trained_top_n
+from raymm.models.artifact import (
+    COLLAB,
+    CONTENT,
+    Artifact,
+    CollabVectors,
+    load_artifact,
+    served_top_n,
+    trained_top_n,
+)
 from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import RankerInputs, popularity_feature
 from raymm.recommend.blend import BlendSettings, served_retriever
@@ -27,7 +35,7 @@ from raymm.recommend.content import EncodedItems
 from raymm.recommend.index import FaissIndex, IndexChoice, ItemIndex
 from raymm.recommend.itemsets import ItemSets
 from raymm.recommend.rerank import Reranker
-from raymm.recommend.scorers import PopularityScorer, RetrieveThenRank, Scorer, TwoTowerScorer
+from raymm.recommend.scorers import ContentScorer, PopularityScorer, RetrieveThenRank, Scorer, TwoTowerScorer
 from raymm.recommend.topk import top_k
 
 
@@ -52,10 +60,12 @@ class Recommender:
         popularity: Tensor | None = None,
         collab: CollabVectors | None = None,
         max_top_n: int | None = None,
+        content: ContentScorer | None = None,
     ) -> None:
         """``catalog`` (item ids, item vectors, popularity counts) replaces the artifact's own
         (:meth:`with_items` passes the catalog with live items added, with ``popularity``, the
-        scores its items had, ``collab``, their item-item vectors, and the ``index`` over them). ``index``: how the retriever ranks
+        scores its items had, ``collab`` and ``content``, their item-item and content parts, and the
+        ``index`` over them). ``index``: how the retriever ranks
         the catalog (:class:`IndexChoice`; None: exact), or a built index of its item vectors.
         ``top_n`` candidates go to the ranker, ``max_top_n`` (default ``top_n``) for a request
         for more items (:class:`RetrieveThenRank`)."""
@@ -67,6 +77,8 @@ class Recommender:
         self.reranker = reranker
         if catalog is None:
             collab = artifact.collab_vectors()
+            saved = artifact.content_vectors()
+            content = None if saved is None else ContentScorer.from_vectors(saved)
             table = artifact.item_vectors
             width = table.schema.field("vector").type.list_size
             flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
@@ -89,13 +101,22 @@ class Recommender:
                 f"({self.settings.collab_weight:g}) but it has no {COLLAB}; re-train, or copy the "
                 f"whole artifact directory"
             )
+        if self.settings.content_weight > 0 and content is None:
+            raise ModelLoadError(
+                f"{artifact.directory or 'the artifact'}: its blend weighs the content part "
+                f"({self.settings.content_weight:g}) but it has no {CONTENT}; re-train, or copy the "
+                f"whole artifact directory"
+            )
         self.collab_vectors = collab
         self.collab = (
             None
             if collab is None
             else CollaborativeScorer(query_vectors=collab.query, item_vectors=collab.items)
         )
-        self.retriever = served_retriever(self.two_tower, self.collab, self.popularity, self.settings)
+        self.content = content
+        self.retriever = served_retriever(
+            self.two_tower, self.collab, self.popularity, self.settings, self.content
+        )
         self.index_choice = index if isinstance(index, IndexChoice) else IndexChoice()
         if isinstance(index, ItemIndex):
             self.retriever.use_index(index)
@@ -145,12 +166,21 @@ class Recommender:
             if self.collab_vectors is None
             else self._grown_collab(self.collab_vectors, new_vectors, rows)
         )
+        content = None
+        if self.content is not None:
+            # Every changed item's content row from its features: new content, new row.
+            features = {m: torch.from_numpy(f) for m, f in items.features.items()}
+            present = {m: torch.from_numpy(items.present[m]) for m in self.content.modalities or []}
+            content = self.content.with_items(changed_rows, self.content.encode(features, present), len(ids))
         index: IndexChoice | ItemIndex = self.index_choice
         if isinstance(self.retriever.index, FaissIndex):
-            # The retriever's vectors of the changed rows: two-tower, item-item, then popularity.
+            # The retriever's vectors of the changed rows: two-tower, item-item, content, then popularity.
             parts = [vectors[changed_rows]]
-            if isinstance(self.retriever.primary, PersonalScorer) and collab is not None:
-                parts.append(collab.items[changed_rows])
+            if isinstance(self.retriever.primary, PersonalScorer):
+                if self.retriever.primary.collaborative is not None and collab is not None:
+                    parts.append(collab.items[changed_rows])
+                if self.retriever.primary.content is not None and content is not None:
+                    parts.append(content.item_vectors()[changed_rows])
             changed = torch.cat([*parts, popularity[changed_rows]], dim=1)
             index = self.retriever.index.updated(changed_rows.numpy(), changed)
         reranker = None
@@ -176,6 +206,7 @@ class Recommender:
             popularity=popularity,
             collab=collab,
             max_top_n=self.max_top_n,
+            content=content,
         )
 
     def _grown_collab(self, collab: CollabVectors, new_vectors: Tensor, rows: list[int]) -> CollabVectors:

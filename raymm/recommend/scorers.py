@@ -27,7 +27,7 @@ retrieve-then-rank, :class:`~raymm.recommend.rerank.Reranker`. One evaluator
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +35,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
+from raymm.models.artifact import ContentVectors
 from raymm.models.towers import TwoTower
 from raymm.recommend.catalog import Catalog
 from raymm.recommend.history import item_counts
@@ -232,41 +233,111 @@ class PopularityScorer(DotProductScorer):
 
 
 class ContentScorer(DotProductScorer):
-    """Training-free content baseline: nearest items to the user's history by raw feature vectors.
+    """Content similarity to the history: the training-free content baseline, and the content part
+    of the served blend (:mod:`raymm.recommend.blend`).
 
     Each modality's raw features are standardised over the catalog's present rows and
     L2-normalised; an item's vector concatenates them (absent modalities zero) scaled by
     1/sqrt(modalities present), and a user's vector is the mean of their history items' vectors.
     The item-item score is then the mean per-modality cosine over shared modalities.
+
+    With ``dim`` smaller than that concatenation (2,688 wide for text, image and audio), item
+    vectors are projected onto its top ``dim`` principal directions over the catalog, so the part
+    adds ``dim`` columns to the served index at any catalog size. :meth:`encode` gives a new item
+    (serving's live items) its vector from its raw features with the catalog's statistics and
+    projection, the same function :meth:`fit` applies to the catalog; :meth:`state` and
+    :meth:`from_state` carry them in the artifact.
     """
 
     name = "content"
 
-    def __init__(self, modalities: Sequence[str] | None = None) -> None:
+    def __init__(self, modalities: Sequence[str] | None = None, dim: int | None = None) -> None:
+        if dim is not None and dim < 1:
+            raise ValueError(f"content dim must be positive, got {dim}")
         self.modalities = None if modalities is None else list(modalities)
+        self.dim = dim
+        self.mean: dict[str, Tensor] = {}
+        self.scale: dict[str, Tensor] = {}
+        self.projection: Tensor | None = None  # (sum of widths, dim)
         self._items: Tensor | None = None
 
     def fit(self, context: FitContext) -> ContentScorer:
         catalog = context.catalog
         names = self.modalities or list(catalog.features)
-        widths = [catalog.features[m].shape[1] for m in names]
-        # One (N, sum of widths) buffer, each modality standardised and normalised in place in its
-        # slice: the catalog is copied once, whatever its size.
-        items = torch.empty(catalog.n_items, sum(widths))
-        n_present = torch.zeros(catalog.n_items, 1)
+        self.modalities = names
+        for modality in names:
+            rows = catalog.features[modality][catalog.present[modality]]
+            width = catalog.features[modality].shape[1]
+            self.mean[modality] = rows.mean(dim=0) if rows.shape[0] > 1 else torch.zeros(width)
+            self.scale[modality] = rows.std(dim=0) + 1e-4 if rows.shape[0] > 1 else torch.ones(width)
+        self.projection = None
+        items = self._raw(catalog.features, catalog.present)
+        if self.dim is not None and self.dim < items.shape[1]:
+            self.projection = principal_directions(items, self.dim)
+            items = items @ self.projection
+        self._items = items
+        return self
+
+    def _raw(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+        """(N, sum of widths) standardised, per-modality normalised, concatenated vectors."""
+        names = self.modalities or []
+        n = int(present[names[0]].shape[0]) if names else 0
+        widths = [self.mean[m].shape[0] for m in names]
+        # One buffer, each modality standardised and normalised in place in its slice: the
+        # catalog is copied once, whatever its size.
+        items = torch.empty(n, sum(widths))
+        n_present = torch.zeros(n, 1)
         start = 0
         for modality, width in zip(names, widths, strict=True):
             block = items[:, start : start + width]
-            features, mask = catalog.features[modality], catalog.present[modality]
-            block.copy_(features)
-            rows = features[mask]
-            if rows.shape[0] > 1:
-                block.sub_(rows.mean(dim=0)).div_(rows.std(dim=0) + 1e-4)
+            mask = present[modality].to(torch.bool)
+            block.copy_(features[modality]).sub_(self.mean[modality]).div_(self.scale[modality])
             block.div_(block.norm(dim=1, keepdim=True).clamp_min(1e-12)).mul_(mask.unsqueeze(1))
             n_present += mask.unsqueeze(1)
             start += width
-        self._items = items.div_(n_present.clamp(min=1).sqrt())
-        return self
+        return items.div_(n_present.clamp(min=1).sqrt())
+
+    def encode(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+        """(M, width) vectors of M items known by their raw ``features`` and ``present`` masks
+        (modality -> (M, D) / (M,)), with the statistics and projection :meth:`fit` found."""
+        if not self.mean:
+            raise RuntimeError("ContentScorer: call fit() first")
+        missing = [m for m in self.modalities or [] if m not in features or m not in present]
+        if missing:
+            raise ValueError(f"content vectors need the {missing} features too")
+        items = self._raw(features, present)
+        return items if self.projection is None else items @ self.projection
+
+    def vectors(self) -> ContentVectors:
+        """The artifact's record of this scorer (:meth:`from_vectors` rebuilds it)."""
+        return ContentVectors(self.item_vectors(), dict(self.mean), dict(self.scale), self.projection)
+
+    @classmethod
+    def from_vectors(cls, vectors: ContentVectors) -> ContentScorer:
+        """The scorer an artifact's :class:`~raymm.models.artifact.ContentVectors` describe."""
+        scorer = cls(list(vectors.mean))
+        scorer.mean, scorer.scale, scorer.projection = (
+            dict(vectors.mean),
+            dict(vectors.scale),
+            vectors.projection,
+        )
+        scorer.dim = None if vectors.projection is None else int(vectors.projection.shape[1])
+        scorer._items = vectors.items
+        return scorer
+
+    def with_items(self, rows: Tensor, vectors: Tensor, n_items: int) -> ContentScorer:
+        """A copy over ``n_items`` rows whose ``rows`` hold ``vectors`` (from :meth:`encode`);
+        rows past this catalog that ``rows`` does not name are zero. This scorer is unchanged."""
+        items = self.item_vectors()
+        grown = torch.cat([items, items.new_zeros((n_items - items.shape[0], items.shape[1]))])
+        grown[rows] = vectors.to(grown.dtype)
+        copy = ContentScorer(self.modalities, self.dim)
+        copy.mean, copy.scale, copy.projection, copy._items = self.mean, self.scale, self.projection, grown
+        return copy
+
+    @property
+    def width(self) -> int:
+        return int(self.item_vectors().shape[1])
 
     def item_vectors(self) -> Tensor:
         if self._items is None:
@@ -279,6 +350,19 @@ class ContentScorer(DotProductScorer):
         valid = (rows >= 0).unsqueeze(-1)
         total = (items[rows.clamp(min=0)] * valid).sum(dim=1)
         return total / valid.sum(dim=1).clamp(min=1)
+
+
+def principal_directions(rows: Tensor, dim: int, chunk: int = 8192) -> Tensor:
+    """(W, dim) float32 the top ``dim`` principal directions of ``rows`` (N, W): eigenvectors of
+    their covariance, accumulated in float64 ``chunk`` rows at a time (memory W^2, not N x W in
+    float64) and decomposed exactly, so the same rows always give the same directions."""
+    mean = rows.double().mean(dim=0)
+    covariance = torch.zeros(rows.shape[1], rows.shape[1], dtype=torch.float64)
+    for start in range(0, rows.shape[0], chunk):
+        block = rows[start : start + chunk].double() - mean
+        covariance += block.T @ block
+    _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
+    return vectors[:, -dim:].flip(dims=(1,)).float().contiguous()
 
 
 def history_weight(history: np.ndarray, shrinkage: float) -> Tensor:

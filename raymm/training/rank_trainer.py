@@ -34,13 +34,19 @@ from raymm.data import io
 from raymm.data.dataset import CATALOG_ITEM_COLUMNS, load_dataset
 from raymm.eval.evaluate import evaluate_scorer
 from raymm.eval.pointwise import best_threshold, classification_metrics, roc_auc
-from raymm.models.artifact import Manifest, ranker_dir, read_manifest, record_stage
+from raymm.models.artifact import Manifest, ranker_dir, read_content_vectors, read_manifest, record_stage
 from raymm.models.ranker import Ranker, write_item_inputs
 from raymm.recommend.blend import BlendSettings, fit_served_retriever
 from raymm.recommend.history import eval_users, held_out_recency
 from raymm.recommend.rank_examples import LOGGED, RankExamples, RankSetup, predict, rank_setup, split_examples
 from raymm.recommend.rerank import Reranker
-from raymm.recommend.scorers import DotProductScorer, FitContext, RetrieveThenRank, TwoTowerScorer
+from raymm.recommend.scorers import (
+    ContentScorer,
+    DotProductScorer,
+    FitContext,
+    RetrieveThenRank,
+    TwoTowerScorer,
+)
 from raymm.recommend.vectors import user_vectors
 from raymm.training.loop import RunHooks, StepOutput, fit
 from raymm.training.rank_objective import RankObjective, context_matrix, platt_scaling
@@ -81,7 +87,12 @@ def build_ranker(
 
 
 def choose_retrieval_weight(
-    config: RaymmConfig, setup: RankSetup, ranker: Ranker, data_dir: str, manifest: Manifest
+    config: RaymmConfig,
+    setup: RankSetup,
+    ranker: Ranker,
+    data_dir: str,
+    manifest: Manifest,
+    model_dir: str,
 ) -> tuple[dict[str, float], int, dict[str, float]]:
     """Set ``ranker.retrieval_weight`` to the weight of :data:`RETRIEVAL_WEIGHTS` with the best
     validation retrieve-then-rank NDCG (the smallest on ties), then choose how many candidates
@@ -90,7 +101,8 @@ def choose_retrieval_weight(
 
     The candidates and the retrieval scores the ranker adds are the served retriever's, as
     serving and evaluation run it (the blend training chose, in ``manifest``; its item-item part
-    and popularity fitted on the training split): chosen on the two-tower's alone, the weight
+    and popularity fitted on the training split, its content part the artifact's in ``model_dir``,
+    since the setup's catalog holds no raw features): chosen on the two-tower's alone, the weight
     suited scores serving never gives the ranker, and once the item-item part carried weight the
     ranker fell below the retrieval it re-orders."""
     dataset = load_dataset(data_dir, tables=(), item_columns=CATALOG_ITEM_COLUMNS)
@@ -105,7 +117,9 @@ def choose_retrieval_weight(
     retriever: DotProductScorer = two_tower
     if settings is not None:
         context = FitContext(setup.catalog, train, spec.events, config.seed)
-        retriever = fit_served_retriever(two_tower, settings, context, manifest.config)
+        saved = read_content_vectors(model_dir, setup.catalog.n_items)
+        content = None if saved is None else ContentScorer.from_vectors(saved)
+        retriever = fit_served_retriever(two_tower, settings, context, manifest.config, content)
 
     def ndcg(top_n: int) -> float:
         reranker = Reranker.from_inputs(ranker, setup.catalog.item_ids, setup.inputs)
@@ -296,7 +310,7 @@ def train_ranker(
     ranker.load_state_dict(saved.state.best_weights or saved.model)
     ranker.retrieval_temperature = float(setup.two_tower.temperature)
     weight_scores, served_top_n, top_n_scores = choose_retrieval_weight(
-        config, setup, ranker, data_dir, manifest
+        config, setup, ranker, data_dir, manifest, model_dir
     )
 
     def validation_probabilities() -> np.ndarray:

@@ -39,11 +39,11 @@ from raymm.models.align import inactive_alignment
 from raymm.models.artifact import CollabVectors, Manifest, write_artifact
 from raymm.models.config import ModelConfig
 from raymm.models.towers import TwoTower
-from raymm.recommend.blend import BlendSettings, choose_blend_settings
+from raymm.recommend.blend import BlendSettings, choose_blend_settings, fit_content
 from raymm.recommend.catalog import Catalog, build_catalog
 from raymm.recommend.collab import CollaborativeScorer
 from raymm.recommend.history import EvalUsers, eval_users, item_counts
-from raymm.recommend.scorers import FitContext, Scorer, TwoTowerScorer
+from raymm.recommend.scorers import ContentScorer, FitContext, Scorer, TwoTowerScorer
 from raymm.recommend.vectors import encode_catalog
 from raymm.training.examples import Examples, build_examples, target_log_q
 from raymm.training.loop import LoopState, RunHooks, StepOutput, best_row, fit
@@ -226,7 +226,8 @@ def run_key(config: RaymmConfig, data_fingerprint: str, run: TrainRunConfig) -> 
     }
     document = {
         "seed": config.seed,
-        "model": config.model.model_dump(mode="json", exclude=moved_to_model),
+        # model.content is fitted after the run, from the features: it changes nothing the run learns.
+        "model": config.model.model_dump(mode="json", exclude={*moved_to_model, "content"}),
         "train": train,
         "ks": config.evaluate.ks,
         "data": data_fingerprint,
@@ -246,12 +247,13 @@ class TrainResult:
 
 def choose_served(
     model: TwoTower, prepared: Prepared, train_split: pa.Table, config: RaymmConfig
-) -> tuple[BlendSettings, dict[str, float], CollaborativeScorer | None]:
+) -> tuple[BlendSettings, dict[str, float], CollaborativeScorer | None, ContentScorer | None]:
     """The served blend with the best validation NDCG (see
     :func:`~raymm.recommend.blend.choose_blend_settings`): the item-item part (unless
-    ``model.collab.enabled`` is off) and popularity fitted on the training split, the item-item
-    rows of items without training events predicted from their two-tower vectors. Returns the
-    settings, every trial's score and the fitted item-item part."""
+    ``model.collab.enabled`` is off), the content part (unless ``model.content.enabled`` is off)
+    and popularity fitted on the training split, the item-item rows of items without training
+    events predicted from their two-tower vectors. Returns the settings, every trial's score and
+    the fitted item-item and content parts."""
     k = 20 if 20 in config.evaluate.ks else max(config.evaluate.ks)
     n_items = prepared.catalog.n_items
     context = FitContext(prepared.catalog, train_split, config.model.user_state.events, config.seed)
@@ -260,14 +262,18 @@ def choose_served(
     if config.model.collab.enabled:
         collab = CollaborativeScorer(rank=config.model.collab.rank, seed=config.seed).fit(context)
         collab.fill_from_content(two_tower.item_vectors())
+    content = None
+    if config.model.content.enabled:
+        content = fit_content(config.model_dump(mode="json", by_alias=True), context)
     settings, trials = choose_blend_settings(
         lambda scorer: evaluate_scorer(scorer, prepared.validation, (k,), n_items)[f"ndcg@{k}"],
         two_tower,
         collab,
         context,
         prepared.validation.history,
+        content=content,
     )
-    return settings, trials, collab
+    return settings, trials, collab, content
 
 
 def train(
@@ -305,7 +311,7 @@ def train(
     )
     model = TwoTower(prepared.model_config, prepared.catalog.dims, prepared.n_item_ids, prepared.audio_bands)
     model.load_state_dict(saved.state.best_weights or saved.model)
-    settings, trials, collab = choose_served(model, prepared, train_split, config)
+    settings, trials, collab, content = choose_served(model, prepared, train_split, config)
     log.info(
         "raymm train: served blend %s (validation NDCG %.4f)", settings.label(), trials[settings.label()]
     )
@@ -339,6 +345,7 @@ def train(
         collab=None
         if collab is None or settings.collab_weight == 0 or collab.map is None
         else CollabVectors(collab.query_vectors(), collab.item_vectors(), collab.map),
+        content=None if content is None or settings.content_weight == 0 else content.vectors(),
     )
     return TrainResult(out, manifest, history, time.perf_counter() - started)
 

@@ -16,9 +16,11 @@ import torch
 from raymm.data import io
 from raymm.models.artifact import (
     ARTIFACT_FORMAT,
+    CONTENT,
     ITEM_VECTORS,
     MANIFEST,
     RANKER_DIR,
+    ContentVectors,
     Manifest,
     encoder_state_uri,
     load_artifact,
@@ -253,6 +255,41 @@ def test_encoder_state_is_copied_into_the_artifact_and_a_new_model_replaces_it(t
     assert Path(encoder_state_uri(directory, "text")).read_text() == '{"idf": [1.0]}'
     write_artifact(directory, model, ids, vectors, **arguments)
     assert not Path(encoder_state_uri(directory, "text")).exists()
+
+
+def test_content_vectors_round_trip_in_modality_order_and_a_bad_file_is_refused_by_name(
+    tmp_path: Path,
+) -> None:
+    directory = str(tmp_path / "model")
+    generator = torch.Generator().manual_seed(3)
+    # The concatenation order (image before text) is not the names' sorted order.
+    widths = {"image": 10, "text": 12}
+    content = ContentVectors(
+        torch.randn(N_ITEMS, 4, generator=generator),
+        {m: torch.randn(w, generator=generator) for m, w in widths.items()},
+        {m: torch.rand(w, generator=generator) + 0.5 for m, w in widths.items()},
+        torch.randn(22, 4, generator=generator),
+    )
+    model = _model()
+    arguments: dict[str, Any] = {"config": {}, "metrics": {}, "data_fingerprint": "0123456789abcdef"}
+    ids, vectors = np.array([f"i{k}" for k in range(N_ITEMS)]), np.zeros((N_ITEMS, 8), np.float32)
+    write_artifact(directory, model, ids, vectors, content=content, **arguments)
+    loaded = load_artifact(directory).content_vectors()
+    assert loaded is not None and list(loaded.mean) == ["image", "text"]
+    assert torch.equal(loaded.items, content.items) and loaded.projection is not None
+    assert torch.equal(loaded.projection, content.projection)
+    assert all(torch.equal(loaded.scale[m], content.scale[m]) for m in widths)
+    # A projection that does not fit the features is refused, naming the shapes, before the
+    # artifact already there is touched.
+    broken = ContentVectors(content.items, content.mean, content.scale, torch.zeros(21, 4))
+    with pytest.raises(ModelLoadError, match=r"projection \(21, 4\) where \(22, 4\) fits"):
+        write_artifact(directory, model, ids, vectors, content=broken, **arguments)
+    assert load_artifact(directory).content_vectors() is not None
+    io.write_tensors({"items": content.items}, str(Path(directory) / CONTENT))
+    with pytest.raises(ModelLoadError, match=rf"{CONTENT}: lacks"):
+        load_artifact(directory).content_vectors()
+    write_artifact(directory, model, ids, vectors, **arguments)  # a new model without one
+    assert load_artifact(directory).content_vectors() is None
 
 
 def test_ranker_round_trip_needs_only_the_path_and_a_new_model_removes_it(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from raymm.recommend.blend import (
 )
 from raymm.recommend.catalog import Catalog
 from raymm.recommend.collab import CollaborativeScorer, PersonalScorer
-from raymm.recommend.scorers import FallbackScorer, FitContext, PopularityScorer, Scorer
+from raymm.recommend.scorers import ContentScorer, FallbackScorer, FitContext, PopularityScorer, Scorer
 from tests.recommend.fixed import FixedScorer
 
 
@@ -131,3 +131,40 @@ def test_weight_zero_leaves_the_item_item_part_out_of_the_index() -> None:
     )
     assert off.item_vectors().shape[1] == 2
     assert on.item_vectors().shape[1] == 2 + collab.width
+
+
+def test_the_content_weight_is_searched_and_recorded_and_off_adds_no_width() -> None:
+    context = _context()
+    two_tower = FixedScorer([0.1, 0.2, 0.3, 0.4])
+    rng = np.random.default_rng(0)
+    context.catalog.features["text"] = torch.from_numpy(rng.normal(size=(4, 3)).astype(np.float32))
+    content = ContentScorer().fit(context)
+    history = np.array([[0, 1], [-1, 2]])
+    scale = relative_scale(two_tower, content, history)
+
+    def validation(scorer: Scorer) -> float:
+        assert isinstance(scorer, FallbackScorer)
+        personal = scorer.primary
+        weight = personal.content_weight if isinstance(personal, PersonalScorer) else 0.0
+        return 1.0 if weight == pytest.approx(2.0 * scale) else 0.0
+
+    settings, trials = choose_blend_settings(validation, two_tower, None, context, history, content=content)
+    assert settings.content_relative == 2.0 and settings.content_weight == pytest.approx(2.0 * scale)
+    assert "/content=2/" in settings.label() and trials[settings.label()] == 1.0
+    assert BlendSettings.from_metrics(settings.to_metrics()) == settings
+    # A blend without it keeps the label it always had (manifests' trials still match).
+    assert "content" not in BlendSettings(shrinkage=4.0).label()
+    # Without a content part the search never weighs one.
+    _, tried = choose_blend_settings(validation, two_tower, None, context, history)
+    assert not any("content" in label for label in tried)
+    popularity = PopularityScorer().fit(context)
+    off = served_retriever(two_tower, None, popularity, BlendSettings(), content)
+    on = served_retriever(two_tower, None, popularity, settings, content)
+    assert off.item_vectors().shape[1] == 2
+    assert on.item_vectors().shape[1] == 2 + content.width
+    # The content part adds the weighted mean similarity to the history, nothing else.
+    expected = two_tower.item_vectors()[:, 0] + settings.content_weight * (
+        content.item_vectors() @ content.user_vectors(history[:1])[0]
+    )
+    personal = on.primary.user_vectors(history[:1]) @ on.primary.item_vectors().T
+    torch.testing.assert_close(personal[0], expected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from raymm.recommend.content import EncodedItems
 from raymm.recommend.recommender import Recommender, load_model
@@ -115,13 +116,25 @@ def test_live_items_join_a_new_recommender_and_leave_the_old_one_as_it_was(train
     ids = _ids(base)
     vectors = base.two_tower.item_vectors().numpy().copy()
     model = base.artifact.model
+    rng = np.random.default_rng(0)
     live = EncodedItems(
         ["new", ids[9], "empty"],
         np.stack([vectors[4], vectors[2], vectors[5]]),
         {m: np.zeros((3, model.config.align.shared_dim), np.float32) for m in model.modalities},
         {m: np.array([True, True, False]) for m in model.modalities},  # "empty" has no content
+        features={m: rng.normal(size=(3, d)).astype(np.float32) for m, d in model.input_dims.items()},
     )
     grown = base.with_items(live)
+    # The served blend's content part (validation weighed it for this model): the new item's and
+    # the re-published item's rows come from their features, the others stay.
+    assert base.content is not None and grown.content is not None
+    kept = live.select(np.array([0, 1]))
+    expected = base.content.encode(
+        {m: torch.from_numpy(f) for m, f in kept.features.items()},
+        {m: torch.from_numpy(p) for m, p in kept.present.items()},
+    )
+    torch.testing.assert_close(grown.content.item_vectors()[[-1, 9]], expected)
+    torch.testing.assert_close(grown.content.item_vectors()[:8], base.content.item_vectors()[:8])
     assert grown.known(["new", "empty", ids[9]]) == ["new", ids[9]]
     assert len(grown.item_ids) == len(ids) + 1 and str(grown.item_ids[-1]) == "new"
     nearest = grown.similar("new", k=1)[0]  # a copy of item 4's vector

@@ -95,3 +95,41 @@ def test_recent_popularity_weighs_events_by_their_age() -> None:
     assert PopularityScorer(half_life_days=10.0).fit(context).recommend(history, 1).rows.tolist() == [[1]]
     with pytest.raises(ValueError, match="half_life_days"):
         item_counts(context.interactions, catalog, ["like"], half_life_days=0.0)
+
+
+def test_projected_content_keeps_the_near_twin_and_a_new_item_gets_its_catalog_twins_vector() -> None:
+    rng = np.random.default_rng(1)
+    text = rng.normal(size=(60, 12))
+    image = rng.normal(size=(60, 10))
+    text[7], image[7] = text[3] + 0.01, image[3] + 0.01  # item 7 is item 3's near twin
+    present = {"text": np.ones(60, bool), "image": np.arange(60) % 5 != 0}
+    catalog = _catalog({"text": text, "image": image}, present)
+    context = FitContext(catalog, None, [])  # type: ignore[arg-type]
+    full = ContentScorer().fit(context)
+    projected = ContentScorer(dim=6).fit(context)
+    assert full.width == 22 and full.projection is None
+    assert projected.width == 6 and projected.projection is not None
+    # Orthonormal directions, so a projected score is the full score within the kept subspace.
+    torch.testing.assert_close(projected.projection.T @ projected.projection, torch.eye(6), atol=1e-5, rtol=0)
+    assert projected.recommend(np.array([[3]]), 2).rows[0, :2].tolist() == [3, 7]
+    # A new item known by its raw features gets the vector the catalog's row with those features got.
+    rows = [3, 5]  # item 5 has no image: its absent modality stays absent
+    encoded = projected.encode(
+        {m: catalog.features[m][rows] for m in ("text", "image")},
+        {m: catalog.present[m][rows] for m in ("text", "image")},
+    )
+    torch.testing.assert_close(encoded, projected.item_vectors()[rows])
+    # The same rows give the same directions (an exact decomposition, no random start).
+    again = ContentScorer(dim=6).fit(context)
+    torch.testing.assert_close(again.item_vectors(), projected.item_vectors(), rtol=0, atol=0)
+    # Saved and loaded as an artifact carries it, it scores the same.
+    loaded = ContentScorer.from_vectors(projected.vectors())
+    torch.testing.assert_close(loaded.encode(*_rows(catalog, rows)), encoded)
+    with pytest.raises(ValueError, match=r"need the \['image'\] features"):
+        projected.encode({"text": catalog.features["text"][rows]}, {"text": catalog.present["text"][rows]})
+    with pytest.raises(ValueError, match="content dim must be positive"):
+        ContentScorer(dim=0)
+
+
+def _rows(catalog: Catalog, rows: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    return {m: v[rows] for m, v in catalog.features.items()}, {m: v[rows] for m, v in catalog.present.items()}
