@@ -224,6 +224,20 @@ def _grown_collab(artifact: Any, vectors: torch.Tensor, n_tiny: int) -> Any:
     return CollabVectors(torch.cat([tiny.query, query]), torch.cat([tiny.items, items]), tiny.content_map)
 
 
+def _grown_content(
+    tiny: Any, config: RaymmConfig, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
+) -> Any:
+    """The content part over every item: fitted on the tiny catalog as training fits it, each
+    item's row computed from its features with those statistics (as serving gives a live item).
+    Written whatever the tiny model's blend chose, so :func:`serve_latency.with_blend` can weigh it."""
+    from raymm.recommend.blend import fit_content
+    from raymm.recommend.scorers import FitContext
+
+    scorer = fit_content(config.model_dump(mode="json", by_alias=True), FitContext(tiny, None, []))
+    every = scorer.encode(features, present)
+    return scorer.with_items(torch.arange(every.shape[0]), every, every.shape[0]).vectors()
+
+
 def build_artifact(
     work: Path, n_items: int, n_users: int, epochs: int, seed: int, ranker: bool = False
 ) -> Built:
@@ -292,6 +306,7 @@ def build_artifact(
     events = event_log(ids, n_users, seed)
     counts = positive_counts(events, ids, list(model.config.user_state.events))
     manifest = artifact.manifest
+    content = _grown_content(tiny, config, features, present)
     write_artifact(
         work / "model",
         model,
@@ -305,6 +320,7 @@ def build_artifact(
         aligned=encoding.projected,
         aligned_present=encoding.present,
         collab=_grown_collab(artifact, encoding.vectors, tiny.n_items),
+        content=content,
     )
     ranked = None
     if ranker:
@@ -318,7 +334,7 @@ def build_artifact(
         write_item_inputs(target, ranker_inputs(model, catalog, counts))
         tiny_manifest = load_artifact(work / "tiny" / "ranked").manifest
         record_stage(ranked, "rank", dict(tiny_manifest.stages["rank"]))
-    info = {
+    info: dict[str, Any] = {
         "trained_on": "tiny synthetic benchmark (240 items, 120 users), facet features",
         "epochs": epochs,
         "train_s": round(train_s, 1),
@@ -330,6 +346,8 @@ def build_artifact(
         "user_pooling": model.config.user_state.pooling,
         "max_history": model.config.user_state.max_history,
         "n_items": n_items,
+        # The content part's width: the facet features' full width here (below model.content.dim).
+        "content_width": int(content.items.shape[1]),
         "trained_items_with_id_embedding": int((tiny.id_index > 0).sum()),
         "fallback_shrinkage": manifest.metrics.get("fallback_shrinkage"),
         "validation": manifest.metrics.get("validation"),
