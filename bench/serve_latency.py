@@ -196,7 +196,7 @@ def with_blend(model_dir: Path, out: Path, collab: bool, content: bool = False) 
     """A copy of the artifact at ``model_dir`` whose served blend has the item-item part and the
     content part each on (at the weight training chose, or the grids' 1 when it chose 0) or off:
     what each part costs a request, measured against the same model without it."""
-    from raymm.models.artifact import COLLAB, CONTENT
+    from raymm.models.blend_parts import COLLAB, CONTENT
     from raymm.recommend.blend import BlendSettings
 
     shutil.rmtree(out, ignore_errors=True)

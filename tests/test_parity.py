@@ -28,7 +28,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from raymm.models.artifact import CollabVectors
+from raymm.models.blend_parts import CollabVectors
 from raymm.models.towers import TwoTower
 from raymm.recommend.blend import BlendSettings, served_retriever
 from raymm.recommend.catalog import Catalog, build_catalog
@@ -375,7 +375,7 @@ def test_an_artifact_whose_blend_needs_the_item_item_or_content_part_refuses_to_
 ) -> None:
     import shutil
 
-    from raymm.models.artifact import COLLAB, CONTENT
+    from raymm.models.blend_parts import COLLAB, CONTENT
     from raymm.models.errors import ModelLoadError
 
     copy = tmp_path / "model"

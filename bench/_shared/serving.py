@@ -214,7 +214,7 @@ class Built:
 def _grown_collab(artifact: Any, vectors: torch.Tensor, n_tiny: int) -> Any:
     """The tiny model's item-item vectors for its own items and, for the catalog's other items,
     the ones its content map gives (as serving gives a live item); None when it has none."""
-    from raymm.models.artifact import CollabVectors
+    from raymm.models.blend_parts import CollabVectors
     from raymm.recommend.collab import map_content
 
     tiny = artifact.collab_vectors()

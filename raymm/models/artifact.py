@@ -11,14 +11,8 @@
                           cold-start items included; popularity; and for cross-media search
                           ``aligned_<modality>`` (fixed_size_list<float32>[shared_dim], null where
                           the item lacks the modality) for every modality the model reads
-    collab.safetensors    optional, the item-item part of the served score (raymm.recommend.collab):
-                          ``query`` and ``items`` (N, rank) per catalog row, ``content_map``
-                          (embed_dim + 1, 2 rank): a live item's two from its item vector
-    content.safetensors   optional, the content part of the served score (raymm.recommend.scorers
-                          .ContentScorer): ``items`` (N, dim) per catalog row, and what a live
-                          item's row is computed from its raw features with: each modality's
-                          ``mean.<i>.<modality>`` and ``scale.<i>.<modality>`` (i its place in the
-                          concatenation), ``projection`` (sum of widths, dim) when projected
+    collab.safetensors    optional, the served blend's item-item part, and
+    content.safetensors   optional, its content part (raymm.models.blend_parts)
     encoders/             optional, fitted state an encoder needs to encode new content the way
                           the features were made (``<modality>.json``: the TF-IDF IDF)
     ranker/               optional, the ranking stage (raymm.models.ranker): config.json,
@@ -51,16 +45,22 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 import raymm
 from raymm.data import io
 from raymm.errors import DataError
+from raymm.models.blend_parts import (
+    COLLAB,
+    CONTENT,
+    CollabVectors,
+    ContentVectors,
+    read_collab_vectors,
+    read_content_vectors,
+)
 from raymm.models.errors import ModelLoadError, NoAlignedVectorsError
-from raymm.models.persist import as_uri, read_document, read_tensors
+from raymm.models.persist import as_uri, read_document
 from raymm.models.towers import TwoTower
 
 ARTIFACT_FORMAT = "raymm.model"
 ARTIFACT_VERSION = 1
 MANIFEST = "manifest.json"
 ITEM_VECTORS = "item_vectors.parquet"
-COLLAB = "collab.safetensors"
-CONTENT = "content.safetensors"
 #: The ranking stage's sub-directory (written by :mod:`raymm.models.ranker`); see :func:`ranker_dir`.
 RANKER_DIR = "ranker"
 #: Column name prefix of the per-modality aligned vectors in ``item_vectors.parquet``.
@@ -129,102 +129,6 @@ class AlignedVectors:
 
 
 @dataclass
-class CollabVectors:
-    """The item-item part's vectors (see :mod:`raymm.recommend.collab`): ``query`` and ``items``
-    (N, rank) float32, row ``i`` for the item table's row ``i``; ``content_map`` (embed_dim + 1,
-    2 * rank) maps a live item's vector (plus a bias) to its query and item vectors."""
-
-    query: torch.Tensor
-    items: torch.Tensor
-    content_map: torch.Tensor
-
-    def check(self, n_items: int, embed_dim: int, where: str) -> CollabVectors:
-        """Self; :class:`ModelLoadError` naming ``where`` if a shape does not fit."""
-        rank = self.query.shape[1] if self.query.ndim == 2 else -1
-        if (
-            tuple(self.query.shape) != (n_items, rank)
-            or tuple(self.items.shape) != (n_items, rank)
-            or tuple(self.content_map.shape) != (embed_dim + 1, 2 * rank)
-        ):
-            raise ModelLoadError(
-                f"{where}: query {tuple(self.query.shape)}, items {tuple(self.items.shape)} and content_map "
-                f"{tuple(self.content_map.shape)} do not fit {n_items} items of dimension {embed_dim}"
-            )
-        return self
-
-
-@dataclass
-class ContentVectors:
-    """The content part's vectors and statistics (see :class:`~raymm.recommend.scorers.ContentScorer`):
-    ``items`` (N, dim) float32, row ``i`` for the item table's row ``i``; ``mean`` and ``scale``
-    modality -> (D,) in the order the modalities are concatenated; ``projection`` (sum of D, dim)
-    or None (dim is the full width)."""
-
-    items: torch.Tensor
-    mean: dict[str, torch.Tensor]
-    scale: dict[str, torch.Tensor]
-    projection: torch.Tensor | None = None
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """The file's tensors (see the module docstring)."""
-        out = {"items": self.items.contiguous()}
-        for place, modality in enumerate(self.mean):
-            out[f"mean.{place}.{modality}"] = self.mean[modality].contiguous()
-            out[f"scale.{place}.{modality}"] = self.scale[modality].contiguous()
-        if self.projection is not None:
-            out["projection"] = self.projection.contiguous()
-        return out
-
-    @classmethod
-    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], where: str) -> ContentVectors:
-        """What :meth:`tensors` wrote; :class:`ModelLoadError` naming ``where`` for anything missing."""
-        named = sorted(
-            (int(name.split(".")[1]), name.split(".", 2)[2]) for name in tensors if name.startswith("mean.")
-        )
-        modalities = [modality for _, modality in named]
-        needed = {"items"} | {f"scale.{p}.{m}" for p, m in named}
-        missing = needed - set(tensors)
-        if missing or not modalities:
-            raise ModelLoadError(f"{where}: lacks {sorted(missing) or ['mean.<i>.<modality>']}")
-        return cls(
-            tensors["items"],
-            {m: tensors[f"mean.{p}.{m}"] for p, m in named},
-            {m: tensors[f"scale.{p}.{m}"] for p, m in named},
-            tensors.get("projection"),
-        )
-
-    def check(self, n_items: int, where: str) -> ContentVectors:
-        """Self; :class:`ModelLoadError` naming ``where`` if a shape does not fit."""
-        width = sum(int(v.shape[0]) for v in self.mean.values())
-        dim = self.items.shape[1] if self.items.ndim == 2 else -1
-        problems = []
-        if tuple(self.items.shape) != (n_items, dim):
-            problems.append(f"items {tuple(self.items.shape)} for {n_items} items")
-        for modality, mean in self.mean.items():
-            if mean.ndim != 1 or self.scale[modality].shape != mean.shape:
-                problems.append(
-                    f"{modality} mean {tuple(mean.shape)} and scale {tuple(self.scale[modality].shape)}"
-                )
-        expected = (width, dim) if self.projection is not None else None
-        if self.projection is not None and tuple(self.projection.shape) != expected:
-            problems.append(f"projection {tuple(self.projection.shape)} where {expected} fits")
-        if self.projection is None and dim != width:
-            problems.append(f"items {dim} wide without a projection from the {width}-wide features")
-        if problems:
-            raise ModelLoadError(f"{where}: " + "; ".join(problems))
-        return self
-
-
-def read_content_vectors(directory: str, n_items: int) -> ContentVectors | None:
-    """The content part's vectors of the artifact at ``directory`` (``n_items`` rows), or None when
-    it has none; :class:`ModelLoadError` for a file that does not fit."""
-    uri = io.join(as_uri(directory), CONTENT)
-    if not io.exists(uri):
-        return None
-    return ContentVectors.from_tensors(read_tensors(uri, "content vectors"), uri).check(n_items, uri)
-
-
-@dataclass
 class Artifact:
     """A loaded artifact: the model (eval mode), its manifest and the item vectors table.
 
@@ -254,15 +158,9 @@ class Artifact:
         """The item-item part's vectors, or None for an artifact without one (its blend gives the
         item-item part weight 0, or it predates it). :class:`ModelLoadError` for a file that does
         not fit the item table."""
-        if self.directory is None or not io.exists(io.join(self.directory, COLLAB)):
+        if self.directory is None:
             return None
-        uri = io.join(self.directory, COLLAB)
-        tensors = read_tensors(uri, "item-item vectors")
-        missing = {"query", "items", "content_map"} - set(tensors)
-        if missing:
-            raise ModelLoadError(f"{uri}: lacks {sorted(missing)}")
-        collab = CollabVectors(tensors["query"], tensors["items"], tensors["content_map"])
-        return collab.check(self.manifest.n_items, self.manifest.embed_dim, uri)
+        return read_collab_vectors(self.directory, self.manifest.n_items, self.manifest.embed_dim)
 
     def content_vectors(self) -> ContentVectors | None:
         """The content part's vectors, or None for an artifact without one (its blend gives the
@@ -469,17 +367,9 @@ def write_artifact(
     io.remove(io.join(uri, CONTENT))
     model.save_pretrained(uri)
     if collab is not None:
-        io.write_tensors(
-            {
-                "query": collab.query.contiguous(),
-                "items": collab.items.contiguous(),
-                "content_map": collab.content_map.contiguous(),
-            },
-            io.join(uri, COLLAB),
-            {"format": "raymm.collab"},
-        )
+        collab.write(uri)
     if content is not None:
-        io.write_tensors(content.tensors(), io.join(uri, CONTENT), {"format": "raymm.content"})
+        content.write(uri)
     for modality, data in state.items():
         io.write_bytes(data, encoder_state_uri(uri, modality))
     io.write_table(table, io.join(uri, ITEM_VECTORS))

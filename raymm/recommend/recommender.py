@@ -18,15 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raymm.models.artifact import (
-    COLLAB,
-    CONTENT,
-    Artifact,
-    CollabVectors,
-    load_artifact,
-    served_top_n,
-    trained_top_n,
-)
+from raymm.models.artifact import Artifact, load_artifact, served_top_n, trained_top_n
+from raymm.models.blend_parts import COLLAB, CONTENT, CollabVectors
 from raymm.models.errors import ModelLoadError
 from raymm.models.ranker import RankerInputs, popularity_feature
 from raymm.recommend.blend import BlendSettings, served_retriever

@@ -35,7 +35,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from raymm.models.artifact import ContentVectors
+from raymm.models.blend_parts import ContentVectors
 from raymm.models.towers import TwoTower
 from raymm.recommend.catalog import Catalog
 from raymm.recommend.history import item_counts

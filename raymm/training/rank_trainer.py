@@ -34,7 +34,8 @@ from raymm.data import io
 from raymm.data.dataset import CATALOG_ITEM_COLUMNS, load_dataset
 from raymm.eval.evaluate import evaluate_scorer
 from raymm.eval.pointwise import best_threshold, classification_metrics, roc_auc
-from raymm.models.artifact import Manifest, ranker_dir, read_content_vectors, read_manifest, record_stage
+from raymm.models.artifact import Manifest, ranker_dir, read_manifest, record_stage
+from raymm.models.blend_parts import read_content_vectors
 from raymm.models.ranker import Ranker, write_item_inputs
 from raymm.recommend.blend import BlendSettings, fit_served_retriever
 from raymm.recommend.history import eval_users, held_out_recency

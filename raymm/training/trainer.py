@@ -36,7 +36,8 @@ from raymm.data.dataset import MANIFEST as DATASET_MANIFEST
 from raymm.eval.evaluate import evaluate_scorer
 from raymm.features.store import FEATURES_MANIFEST, TFIDF_STATE, load_features, read_encoders
 from raymm.models.align import inactive_alignment
-from raymm.models.artifact import CollabVectors, Manifest, write_artifact
+from raymm.models.artifact import Manifest, write_artifact
+from raymm.models.blend_parts import CollabVectors
 from raymm.models.config import ModelConfig
 from raymm.models.towers import TwoTower
 from raymm.recommend.blend import BlendSettings, choose_blend_settings, fit_content

@@ -16,11 +16,9 @@ import torch
 from raymm.data import io
 from raymm.models.artifact import (
     ARTIFACT_FORMAT,
-    CONTENT,
     ITEM_VECTORS,
     MANIFEST,
     RANKER_DIR,
-    ContentVectors,
     Manifest,
     encoder_state_uri,
     load_artifact,
@@ -29,6 +27,7 @@ from raymm.models.artifact import (
     record_stage,
     write_artifact,
 )
+from raymm.models.blend_parts import CONTENT, ContentVectors
 from raymm.models.config import FusionConfig, ModelConfig, RankerConfig
 from raymm.models.errors import ModelLoadError, NoAlignedVectorsError
 from raymm.models.ranker import Ranker, RankerInputs, read_item_inputs, write_item_inputs
