@@ -17,6 +17,7 @@ every setting scored by the same evaluator; the manifest records them and every 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from raymm.models.config import CollabConfig, ContentConfig
+from raymm.recommend.catalog import Catalog
 from raymm.recommend.collab import L2_GRID, CollaborativeScorer, PersonalScorer
 from raymm.recommend.scorers import (
     HALF_LIFE_GRID_DAYS,
@@ -128,12 +130,27 @@ def served_retriever(
     return FallbackScorer(personal, popularity, settings.shrinkage, settings.popularity_weight)
 
 
+#: The last content part :func:`fit_content` fitted: (a weak reference to its catalog, its
+#: modalities and dim, the part). It depends on the catalog's features alone, and evaluation fits it
+#: for validation and for test on one catalog (the benchmarks once per model); the weak reference
+#: keeps no catalog alive, and a catalog freed never matches.
+_last_content: list[tuple[weakref.ref[Catalog], tuple[str, ...] | None, int, ContentScorer]] = []
+
+
 def fit_content(recorded: Mapping[str, Any], context: FitContext) -> ContentScorer:
     """The content part for the model ``recorded`` (the configuration as the manifest holds it):
-    its modalities (every one the catalog holds when it names none) at ``model.content.dim``."""
+    its modalities (every one the catalog holds when it names none) at ``model.content.dim``.
+    The part fitted last is returned again for the same catalog object and settings (it is never
+    changed in place: :meth:`ContentScorer.with_items` copies)."""
     model = recorded.get("model", {})
-    dim = model.get("content", {}).get("dim", ContentConfig().dim)
-    return ContentScorer(model.get("modalities"), dim).fit(context)
+    dim = int(model.get("content", {}).get("dim", ContentConfig().dim))
+    modalities = None if model.get("modalities") is None else tuple(model["modalities"])
+    for catalog, names, width, scorer in _last_content:
+        if catalog() is context.catalog and (names, width) == (modalities, dim):
+            return scorer
+    scorer = ContentScorer(modalities, dim).fit(context)
+    _last_content[:] = [(weakref.ref(context.catalog), modalities, dim, scorer)]
+    return scorer
 
 
 def fit_served_retriever(

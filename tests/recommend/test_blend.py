@@ -11,6 +11,7 @@ from raymm.recommend.blend import (
     COLLAB_WEIGHT_GRID,
     BlendSettings,
     choose_blend_settings,
+    fit_content,
     relative_scale,
     served_retriever,
 )
@@ -168,3 +169,19 @@ def test_the_content_weight_is_searched_and_recorded_and_off_adds_no_width() -> 
     )
     personal = on.primary.user_vectors(history[:1]) @ on.primary.item_vectors().T
     torch.testing.assert_close(personal[0], expected)
+
+
+def test_the_content_part_is_fitted_once_per_catalog_and_settings() -> None:
+    context = _context()
+    rng = np.random.default_rng(1)
+    context.catalog.features["text"] = torch.from_numpy(rng.normal(size=(4, 3)).astype(np.float32))
+    recorded = {"model": {"modalities": None, "content": {"dim": 2}}}
+    first = fit_content(recorded, context)
+    assert fit_content(recorded, context) is first  # validation's and test's contexts share a catalog
+    torch.testing.assert_close(first.item_vectors(), ContentScorer(None, 2).fit(context).item_vectors())
+    wider = fit_content({"model": {"content": {"dim": 3}}}, context)
+    assert wider is not first and wider.width == 3
+    other = _context()  # the same ids, other features: another catalog object is fitted afresh
+    other.catalog.features["text"] = torch.from_numpy(rng.normal(size=(4, 3)).astype(np.float32))
+    refit = fit_content(recorded, other)
+    assert refit is not first and not torch.allclose(refit.item_vectors(), first.item_vectors())
