@@ -29,18 +29,18 @@ the synthetic data's sampling of each user's events over the whole catalog) has 
 construction; ``notes`` says which stage is which.
 
 The settings (``SETTINGS``, recorded in the JSON) are the ones a user would pick to run the large
-catalog on a 2-core machine in about an hour (it takes ~76 min: extraction ~21 min and one
-training epoch ~31 min at large, see ``NOTES``), and the same at every size, so the ratios measure
-the catalog, not the settings: one two-tower epoch and one ranker epoch at batch 1024 (the
-quickstart's 3 and 3 epochs at 256 and 512 would take hours at 100,000 items here), and the image
-encoder at the synthetic images' own 64 px instead of upscaling them to 128 (about 6x faster
-here; at 128 px the image encoder alone would take most of an hour at 100,000 items), and two
-text actors instead of one (the text encoder is the slowest, and one single-threaded actor
-cannot use the second core).
+catalog on a 2-core machine in about an hour and a half (it takes ~91 min: extraction ~21 min and
+the training stage, one epoch plus the served blend's fit and search, ~39 min at large, see
+``NOTES``), and the same at every size, so the ratios measure the catalog, not the settings: one
+two-tower epoch and one ranker epoch at batch 1024 (the quickstart's 3 and 3 epochs at 256 and 512
+would take hours at 100,000 items here), and the image encoder at the synthetic images' own 64 px
+instead of upscaling them to 128 (about 6x faster here; at 128 px the image encoder alone would
+take most of an hour at 100,000 items), and two text actors instead of one (the text encoder is the
+slowest, and one single-threaded actor cannot use the second core).
 These change the features and the models against the quickstart's, so the metrics in the JSON
 are this run's, not the quickstart's.
 
-    .venv/bin/python bench/scale.py                            # small and large, ~80 min on 2 cores
+    .venv/bin/python bench/scale.py                            # small and large, ~95 min on 2 cores
     .venv/bin/python bench/scale.py --sizes small              # ~6 min on an idle machine
     .venv/bin/python bench/scale.py --work /tmp/scale --reuse  # resume: finished stages kept, with their numbers
     .venv/bin/python bench/scale.py --work /tmp/scale --reuse --report  # run nothing; scale.partial.json if stages are missing
@@ -454,12 +454,11 @@ def plot(sizes: dict[str, Any], out: Path) -> None:
 
 
 NOTES = {
-    "monitor": "every stage read PSS every 5 s (pss_every_s) and RSS every 0.2 s. This file is --report "
-    "over one work directory (every stage reads as reused): all stages are from one full run on "
-    "2026-12-07 (06:45-08:10 UTC), except rank at both sizes, re-run at 08:14-08:21 after the change "
-    "that drops the catalog's raw features from the rank stage; the re-run ranker's validation "
-    "metrics equal the first's (AUC 0.7438 at large), so the evaluate stage kept from the first run "
-    "scores the same ranker",
+    "monitor": "every stage read PSS every 5 s (pss_every_s) and RSS every 0.2 s, so a PSS peak is a lower "
+    "bound to within a sample (RSS is the closer peak). This file comes from one work directory run with "
+    "--reuse: synth and extract (code the served blend's content part does not touch) are kept from the "
+    "full run of 2026-12-07 06:45-07:16 UTC; train, rank and evaluate were re-run at both sizes on "
+    "2026-12-07 15:55-16:51 UTC, with the content part in the served blend",
     "synth": "sampling draws each user's events by Gumbel-top-k over the whole catalog (users x items "
     "scores, in blocks): slope ~2 in its event sampling by construction of the benchmark (it is the "
     "generator, not the recommender); rendering text, PNG and WAV per item is linear, in synth.workers "
@@ -467,35 +466,32 @@ NOTES = {
     "extract": "one encoder pass per item and modality: linear in items; 1,253 s at large (2,155 s in the "
     "2026-12-02 run, before the block-row default and the read task's block split)",
     "train": "examples are linear in events (41,483 at small, 1,401,477 at large: x33.8), and so is the "
-    "time (slope ~1). Each step encodes the batch's unique history and target items through the item "
-    "tower once (torch.unique); train_items_per_step counts them: a batch of 1,024 gathers ~19,000 rows "
-    "(history window 100, most users hold fewer) of which 2,621 are unique at small, where the "
-    "3,000-item catalog caps them, and 16,596 at large, so large trains at 895 examples/s against "
-    "3,606. Peak tree PSS at large is 16.5 GiB (12.8 GiB in the 2026-12-02 run, with a 20-item window): "
-    "the worker 6.6 GiB, the driver 4.6 GiB and Ray Data's read and shuffle workers (ray::IDLE) "
-    "3.5 GiB at the peak. Each example carries its 100-item window (1.4M x 101 int64, ~1.1 GB per "
-    "copy), held by the driver's arrays, the Ray Dataset's blocks and the worker's batches: the rank "
-    "stage's fix (one history row per user state, referenced by index) is the way to cut it, not yet "
-    "done for the two-tower's examples",
+    "time (slope ~1). 2,328 s at large against 1,872 s in the morning's run without the content part: "
+    "the driver's CPU went 486 -> 1,132 s, the fit of the content part (a covariance pass over "
+    "100,000 x 2,688 raw features and a 2,688^2 eigh) and the blend search, whose content coordinate "
+    "took it from 65 to 140 validation trials (each ranks 4,096 users against the whole catalog); the "
+    "worker's steps are unchanged. Peak tree PSS at large 13.5 GiB (16.5 in the morning; RSS peak "
+    "17.0 GiB against 20.8): the worker 6.7 GiB, the driver 3.3 GiB and Ray Data's read and shuffle "
+    "workers (ray::IDLE) 1.8 GiB at the peak. Each step encodes the batch's unique history and target "
+    "items through the item tower once (torch.unique); train_items_per_step counts them",
     "rank": "examples are linear in events (230,142 at small, 7,752,486 at large: x33.7) but the time is "
-    "not (slope ~0.5): small's run is mostly fixed costs (Ray, the workers, the retrieval weight's and "
-    "the served top-N's validation passes), and the ranker's steps are cheap. Peak tree PSS at large: "
-    "7,889 MiB (the training worker 3,835, the driver 2,362, Ray's other processes the rest), against "
-    "15,791 in the 2026-12-02 run. Two changes cut it: each example's history is held once per user "
-    "state and referenced by index, the states and the validation examples going to the object store "
-    "once (bench/results/rank_memory.json breaks that down by array and process); and the driver and "
-    "the worker drop the catalog's raw features (100,000 x 2,688 float32, ~1 GiB each) once the "
-    "ranker's per-item inputs are computed. With the first change alone, earlier in this run's "
-    "session, the stage peaked at 9,735 MiB (worker 4,628, driver 3,496) and held ~8.0 GiB while "
-    "training, against ~4.5 GiB now; its 555 s then ran beside other work",
+    "not: small's run is mostly fixed costs (Ray, the workers, the retrieval weight's and the served "
+    "top-N's validation passes), and the ranker's steps are cheap. 593 s at large against 252 s in the "
+    "morning (small 59 s against 39 s), not explained yet: the driver's CPU is unchanged (398 s against "
+    "354) and the ranker's step rate too (27,788 examples/s against 28,779); at large a ~280 s phase "
+    "at flat memory (~9.1 GiB RSS) precedes the ranker's steps, CPU spent in Ray's processes. Peak tree "
+    "PSS at large 9,586 MiB (7,889 in the morning; RSS peak 11,717 against 12,443): the training worker "
+    "holds ~5.9 GiB of PSS in that phase against ~4.3 GiB while training before. The examples' memory "
+    "fixes stand (bench/results/rank_memory.json): each example's history is held once per user state, "
+    "and the driver and the worker drop the catalog's raw features (100,000 x 2,688 float32, ~1 GiB "
+    "each) once the ranker's per-item inputs are computed",
     "evaluate": "full-catalog ranking of every test and cold-start user (47,338 test users at large) for "
     "the served model, the two-tower alone, popularity, content (dot products at the encoders' 2,688 "
     "dimensions, the costliest) and retrieve-then-rank: users x items work, slope 2 asymptotically when "
     "users grow with items, by design of a full-ranking evaluation; measured slope ~1.1, since small's "
-    "run is mostly loading and start-up. Its PSS is ~3.5 GiB most of the run with short spikes to "
-    "11.4 GiB at large (6.5 GiB in the 2026-12-02 run; since then the served model gained an item-item "
-    "part, which evaluation refits on the period before each split): the spikes are not broken down "
-    "here; bench/eval_scale.py measures the ranking itself",
+    "run is mostly loading and start-up. 895 s at large (781 s in the morning; the served model now "
+    "carries the content part). Its PSS is ~3.5 GiB most of the run with short spikes to 11.7 GiB at "
+    "large: the spikes are not broken down here; bench/eval_scale.py measures the ranking itself",
 }
 
 
