@@ -269,6 +269,26 @@ def _scrub(text: str, work: Path) -> str:
     return text.replace(str(work), "<work>").replace(str(ROOT), "<repo>").replace(sys.executable, "<python>")
 
 
+#: Where each training stage's Ray Train runs go under ``<out>/train``, by name prefix.
+RUN_PREFIXES = {"train": "train-", "rank": "rank-"}
+
+
+def clear_runs(stage: str, out: Path) -> list[str]:
+    """Remove the Ray Train runs an earlier ``stage`` left under ``out/train`` and return their
+    names: ``raymm train`` resumes a run it finds there under the same run key, so a stage run
+    again over them would measure a resumed (or finished) run, not the stage (the rank stage's
+    re-run of the morning of 2026-12-07 measured 252 s without the ranker's training for 555 s
+    with it)."""
+    runs = out / "train"
+    prefix = RUN_PREFIXES.get(stage)
+    if prefix is None or not runs.is_dir():
+        return []
+    removed = sorted(path.name for path in runs.glob(f"{prefix}*") if path.is_dir())
+    for name in removed:
+        shutil.rmtree(runs / name)
+    return removed
+
+
 def run_size(size: Size, work: Path, reuse: bool, run_missing: bool = True) -> dict[str, Any]:
     """Every stage at ``size`` under ``work/<size>``; stops at the first stage that fails.
 
@@ -292,6 +312,11 @@ def run_size(size: Size, work: Path, reuse: bool, run_missing: bool = True) -> d
             log(BENCH, f"[{size.name}] {stage}: not run yet (--report)")
             continue
         log(BENCH, f"[{size.name}] {stage} ...")
+        removed = clear_runs(stage, out)
+        if removed:
+            log(
+                BENCH, f"[{size.name}] {stage}: removed earlier runs {', '.join(removed)}, so none is resumed"
+            )
         log_file = out / f"{stage}.log"
         run = run_measured(stage_command(stage, size, out), log_file)
         stages[stage] = run
@@ -476,15 +501,16 @@ NOTES = {
     "items through the item tower once (torch.unique); train_items_per_step counts them",
     "rank": "examples are linear in events (230,142 at small, 7,752,486 at large: x33.7) but the time is "
     "not: small's run is mostly fixed costs (Ray, the workers, the retrieval weight's and the served "
-    "top-N's validation passes), and the ranker's steps are cheap. 593 s at large against 252 s in the "
-    "morning (small 59 s against 39 s), not explained yet: the driver's CPU is unchanged (398 s against "
-    "354) and the ranker's step rate too (27,788 examples/s against 28,779); at large a ~280 s phase "
-    "at flat memory (~9.1 GiB RSS) precedes the ranker's steps, CPU spent in Ray's processes. Peak tree "
-    "PSS at large 9,586 MiB (7,889 in the morning; RSS peak 11,717 against 12,443): the training worker "
-    "holds ~5.9 GiB of PSS in that phase against ~4.3 GiB while training before. The examples' memory "
-    "fixes stand (bench/results/rank_memory.json): each example's history is held once per user state, "
-    "and the driver and the worker drop the catalog's raw features (100,000 x 2,688 float32, ~1 GiB "
-    "each) once the ranker's per-item inputs are computed",
+    "top-N's validation passes), and the ranker's steps are cheap. 593 s at large: the ranker trains "
+    "~305 s in the worker, the driver's retrieval-weight and top-N passes and calibration take ~200 s "
+    "after it. Peak tree PSS at large 9,586 MiB (RSS 11,717), the training worker ~5.9 GiB of PSS "
+    "while it trains. The committed figure before this run, 252 s and 7,889 MiB, measured no training: "
+    "that re-run found the earlier run's finished Ray Train run under the same run key and resumed it "
+    "(its worker lived 25 s), so scale.py now removes a stage's earlier runs before running it "
+    "(clear_runs). The full run of that morning, before the driver and the worker dropped the catalog's "
+    "raw features, took 555 s and peaked at 9,735 MiB; the memory fixes that stand are the examples' "
+    "(each example's history held once per user state, bench/results/rank_memory.json) and that drop "
+    "(100,000 x 2,688 float32, ~1 GiB in each process)",
     "evaluate": "full-catalog ranking of every test and cold-start user (47,338 test users at large) for "
     "the served model, the two-tower alone, popularity, content (dot products at the encoders' 2,688 "
     "dimensions, the costliest) and retrieve-then-rank: users x items work, slope 2 asymptotically when "
