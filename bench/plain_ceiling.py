@@ -26,7 +26,8 @@ read the served window). And Cornac's EASE as the plain table scored it
 (``bench/results/peers.ml100k.json``), with a paired test per user against the plain table's
 per-user values (``out/peers/ml100k/per_user.parquet``).
 
-Writes ``bench/results/plain_ceiling.json`` and prints one JSON line. About 3 minutes on 2 cores.
+Writes ``bench/results/plain_ceiling.json`` and prints one JSON line. About 4.5 minutes on 2 cores
+(263 s on 2026-12-07).
 
     .venv/bin/python bench/plain_ceiling.py
 """
