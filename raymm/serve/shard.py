@@ -93,6 +93,7 @@ class StateShard:
         self._served = ServedLog(hit_window_s)
         self._served_lock = threading.Lock()
         self._hits = self._checked = 0
+        self._served_answers = 0  # answers record_served has received, for readers that wait on them
         self.consumer.start()
         self._metrics = _ShardMetrics(self)
 
@@ -166,6 +167,9 @@ class StateShard:
             "hit_rate": self.hit_rate(),
             "hits": self._hits,
             "hit_checked": self._checked,
+            # answers the recommender has reported so far (sent every ~0.1 s, so an event that
+            # follows its answer sooner is judged against the answers before it)
+            "served_answers": self._served_answers,
         }
 
     # -- online hit rate ------------------------------------------------------------------------
@@ -178,6 +182,7 @@ class StateShard:
             for user_id, item_ids, ago_s in served:
                 self._served.record(user_id, item_ids, now - ago_s)
             self._served.prune(now)
+            self._served_answers += len(served)
 
     def hit_rate(self) -> float | None:
         """Of the events by users served in the window before them, how many hit a served item."""

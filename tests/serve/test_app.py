@@ -226,6 +226,19 @@ def _until(check, timeout_s: float = 20.0):  # type: ignore[no-untyped-def]
         time.sleep(0.1)
 
 
+def _settled(read, key: str, quiet_s: float = 0.5, timeout_s: float = 20.0):  # type: ignore[no-untyped-def]
+    """``read()`` once ``read()[key]`` has not changed for ``quiet_s``."""
+    deadline = time.monotonic() + timeout_s
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = read()
+        if now[key] == last[key]:
+            return now
+        last = now
+    raise AssertionError(f"{key} kept changing for {timeout_s} s")
+
+
 def test_the_app_is_healthy_and_documents_itself(live: Live) -> None:
     health = _wait_healthy(live)
     assert health["status"] == "ok" and len(health["shards"]) == SHARDS
@@ -271,8 +284,17 @@ def test_an_event_changes_the_next_recommendation_and_seen_items_stay_out(live: 
     # The online hit rate: the skip and the next like hit items served to the user just before.
     recommender = recommender_handle("raymm")
     rank = owner_rank(user, PARTITIONS, SHARDS)
-    before_hits = recommender.shard_call.remote(rank, "metrics").result()
+    # The recommender reports answers to the shard every ~0.1 s: the like must follow the report of
+    # the answer it picks from, as a person's click follows the page, or it is judged against the
+    # answers before it. So: let the reports of the answers above land, then wait for this one's.
+    before_hits = _settled(lambda: recommender.shard_call.remote(rank, "metrics").result(), "served_answers")
     served = live.get(f"/v1/recommendations/{user}", k=10).json()["items"][0]["item_id"]
+    assert _until(
+        lambda: (
+            recommender.shard_call.remote(rank, "metrics").result()["served_answers"]
+            > before_hits["served_answers"]
+        )
+    )
     live.post("/v1/events", _event(user, served, "like"))
     after_hits = _until(
         lambda: (

@@ -132,12 +132,13 @@ def test_a_shard_answers_with_the_state_it_consumed_and_counts_online_hits(
         _produce(bootstrap, topic, [_event(4, "u0", "i5"), _event(5, "u0", "i9"), _event(6, "u1", "i7")])
         _produce(bootstrap, topic, [_event(7, "u2", "i5")])
         metrics = _applied(shard, 8)
-        assert (metrics["hits"], metrics["hit_checked"]) == (2, 3)
+        assert (metrics["hits"], metrics["hit_checked"], metrics["served_answers"]) == (2, 3, 2)
         assert metrics["hit_rate"] == shard.hit_rate() == pytest.approx(2 / 3)
         # served before the window: the next event is not counted
         shard.record_served([("u2", ["i8"], shard.hit_window_s + 5)])
         _produce(bootstrap, topic, [_event(8, "u2", "i8")])
         assert (_applied(shard, 9)["hits"], shard.metrics()["hit_checked"]) == (2, 3)
+        assert shard.metrics()["served_answers"] == 3
         assert shard_name(3) == "state-3"
     finally:
         shard.stop()
