@@ -295,6 +295,8 @@ def test_an_event_changes_the_next_recommendation_and_seen_items_stay_out(live: 
             > before_hits["served_answers"]
         )
     )
+    # ... and every report in flight with it (a late one from above could have made the count move)
+    _settled(lambda: recommender.shard_call.remote(rank, "metrics").result(), "served_answers")
     live.post("/v1/events", _event(user, served, "like"))
     after_hits = _until(
         lambda: (
