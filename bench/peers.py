@@ -34,8 +34,9 @@ For one dataset (a raymm dataset directory and its features):
      user (:func:`normalise_rows`: its top item 1, its median item 0) so that one shrinkage
      grid covers every system (scaling scores by c is dividing the shrinkage by c);
      raymm's personal scorer is blended as it is served, with the blend training chose.
-   * **plain**: no system blended: raymm's personal scorer without the fallback, each peer's
-     own scores.
+   * **plain**: no system blended: each peer's own scores; raymm's personal scorer (two-tower +
+     item-item + content) with its weights, the item-item ``l2`` and recency decay chosen on
+     plain validation by raymm's own search (:func:`plain_personal`), as a peer's setting is.
 
    In both, a user a system cannot score (a peer never saw them: no positive before the
    evaluated period; raymm: an empty history) gets recent popularity's answer: in the blended
@@ -46,11 +47,12 @@ For one dataset (a raymm dataset directory and its features):
 5. **Tuning on validation only.** Each system gets the same small budget (the first
    ``--grid-size`` settings of :data:`PEER_GRID` / :data:`RAYMM_GRID`: 2 by default, 4 at most),
    fitted on train and scored on the validation users (history from train; popularity for
-   fallbacks fitted on train). The best setting by blended validation NDCG@20 (raymm: its served
-   scorer's, which is blended) is then refit on train+validation (peers; raymm's histories
-   already read train+validation) and scored on test, in both tables: raymm and the best peer on
-   validation with every seed of ``--seeds`` (mean +- sd), the other peers with the first (the
-   time budget: one LightGCN fit takes 2-3 minutes here).
+   fallbacks fitted on train). Each table takes each system's best setting by its own
+   validation NDCG@20 (blended: the blended score, raymm's served scorer's; plain: the plain
+   score), refit on train+validation (peers; raymm's histories already read train+validation)
+   and scored on test: raymm and the table's best peer on validation with every seed of
+   ``--seeds`` (mean +- sd), the other peers with the first (the time budget: one LightGCN fit
+   takes 2-3 minutes here).
 6. **Statistics.** raymm against the best peer and against popularity: per-user NDCG@20 and
    Recall@20 (each averaged over the seeds) in a paired sign-flip test and a Wilcoxon test
    (:mod:`raymm.eval.stats`); an ordering "holds" only when p < 0.05.
@@ -110,7 +112,16 @@ from raymm.eval.evaluate import EvalSetup, eval_setup, per_user_metrics, served_
 from raymm.eval.oracle import OracleScorer, load_oracle
 from raymm.eval.stats import mean_sd, paired_test
 from raymm.models.artifact import load_artifact
-from raymm.recommend.blend import BlendSettings, choose_blend_settings, served_retriever
+from raymm.models.config import CollabConfig
+from raymm.recommend.blend import (
+    COLLAB_WEIGHT_GRID,
+    BlendSettings,
+    choose_blend_settings,
+    fit_content,
+    fit_served_retriever,
+    served_retriever,
+)
+from raymm.recommend.collab import CollaborativeScorer
 from raymm.recommend.history import EvalUsers, item_counts, positive_events
 from raymm.recommend.itemsets import ItemSets
 from raymm.recommend.scorers import (
@@ -121,6 +132,7 @@ from raymm.recommend.scorers import (
     PopularityScorer,
     PrecomputedScorer,
     Scorer,
+    TwoTowerScorer,
     history_weight,
 )
 from raymm.recommend.topk import TopK, top_k_of_scores
@@ -562,6 +574,46 @@ def raymm_scorers(model_dir: Path, setup: EvalSetup) -> tuple[FallbackScorer, Fa
     return validation, test
 
 
+#: The item-item weights raymm's plain choice tries (relative to the two-tower's spread): the
+#: blend's grid, then further up. Without popularity, MovieLens-100k's plain validation wants the
+#: item-item part far above a two-tower trained on 943 users (bench/results/plain_ceiling.json).
+PLAIN_COLLAB_GRID = (*COLLAB_WEIGHT_GRID, 16.0, 32.0, 64.0, 256.0)
+
+
+def plain_personal(
+    model_dir: Path, setup: EvalSetup, train_popularity: PopularityScorer, popularity: PopularityScorer
+) -> tuple[BlendSettings, float, FallbackScorer]:
+    """raymm in the plain table: the artifact's personal part (two-tower + item-item + content)
+    with its weights, the item-item ``l2`` and recency decay chosen on *plain* validation by
+    raymm's own search (:func:`~raymm.recommend.blend.choose_blend_settings` without its
+    popularity coordinates), as each peer's setting is; the parts fitted on the training split
+    for validation and on train + validation for test. Returns the settings, their plain
+    validation NDCG@20 and the test scorer (a user with no history gets ``popularity``)."""
+    artifact = load_artifact(str(model_dir), expected_dims=setup.catalog.dims)
+    recorded = artifact.manifest.config
+    model = recorded.get("model", {})
+    two_tower = TwoTowerScorer(artifact.model, setup.catalog.subset(artifact.model.modalities))
+    context = setup.train_context
+    collab = None
+    if model.get("collab", {}).get("enabled", True):
+        rank = int(model.get("collab", {}).get("rank", CollabConfig().rank))
+        collab = CollaborativeScorer(rank=rank, seed=context.seed or 0).fit(context)
+        collab.fill_from_content(two_tower.item_vectors())
+    content = fit_content(recorded, context) if model.get("content", {}).get("enabled", True) else None
+    settings, trials = choose_blend_settings(
+        lambda scorer: validation_ndcg(plain_scorer(scorer.primary, train_popularity), setup),
+        two_tower,
+        collab,
+        context,
+        setup.validation.history,
+        content=content,
+        popularity_coordinates=False,
+        collab_weights=PLAIN_COLLAB_GRID,
+    )
+    test = fit_served_retriever(two_tower, settings, setup.context, recorded)
+    return settings, trials[settings.label()], plain_scorer(test.primary, popularity)
+
+
 def plain_scorer(primary: DotProductScorer, popularity: PopularityScorer) -> FallbackScorer:
     """``primary`` unblended; a user with an empty history gets ``popularity`` (shrinkage 0:
     a(h) = 1 for h > 0, a(0) = 0)."""
@@ -899,32 +951,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             records[table][system].grid.append(row)
     test_ids = export.users(test_users.user_ids)
     finals = []
-    # The headline peer (best on blended validation, MostPop aside) runs every seed; the others one.
-    headline_peer = max(
-        (r for r in records["blended"].values() if r.system != "MostPop"),
-        key=lambda r: max(row["validation_ndcg@20"] for row in r.grid),
-        default=None,
-    )
-    for system, record in records["blended"].items():
-        best = max(record.grid, key=lambda row: row["validation_ndcg@20"])
-        blends[system] = settings_of[(system, json.dumps(best["params"], sort_keys=True))]
-        for table in TABLES:
-            records[table][system].best = {**best["params"], "blend": best["blend"]}
+    # Each table's setting by its own validation score: the blended table's by blended validation
+    # NDCG@20, the plain table's by plain. Each table's headline peer (best on its validation,
+    # MostPop aside) runs every seed; the others one. A fit serving both tables runs once.
+    keys = {"blended": "validation_ndcg@20", "plain": "plain_validation_ndcg@20"}
+    by_id: dict[str, dict[str, Any]] = {}
+    for table, key in keys.items():
+        headline_peer = max(
+            (r for r in records[table].values() if r.system != "MostPop"),
+            key=lambda r, key=key: max(row[key] for row in r.grid),
+            default=None,
+        )
+        for system, record in records[table].items():
+            best = max(record.grid, key=lambda row, key=key: row[key])
+            if table == "blended":
+                blends[system] = settings_of[(system, json.dumps(best["params"], sort_keys=True))]
+                record.best = {**best["params"], "blend": best["blend"]}
+            else:
+                record.best = dict(best["params"])
             if system == "VBPR":
-                records[table][system].extra["features"] = vbpr_features
-        for seed in seeds if record is headline_peer else seeds[:1]:
-            finals.append(
-                {
-                    "id": f"{system}-best-{_digest(best['params'])}-s{seed}-test",
-                    "system": system,
-                    "params": best["params"],
-                    "fit": ["train", "validation"],
-                    "users": test_ids,
-                    "seed": seed,
-                    "features": vbpr_features,
-                    "cross_check": system == CROSS_CHECK_SYSTEM and seed == seeds[0],
-                }
-            )
+                record.extra["features"] = vbpr_features
+            for seed in seeds if record is headline_peer else seeds[:1]:
+                job_id = f"{system}-best-{_digest(best['params'])}-s{seed}-test"
+                job = by_id.setdefault(
+                    job_id,
+                    {
+                        "id": job_id,
+                        "system": system,
+                        "params": best["params"],
+                        "fit": ["train", "validation"],
+                        "users": test_ids,
+                        "seed": seed,
+                        "features": vbpr_features,
+                        "cross_check": False,
+                        "tables": [],
+                    },
+                )
+                job["tables"].append(table)
+                if table == "blended" and system == CROSS_CHECK_SYSTEM and seed == seeds[0]:
+                    job["cross_check"] = True
+    finals = list(by_id.values())
     final_metas = run_cornac(export, finals)
     if args.cornac_only:
         log(BENCH, f"{len(jobs)} validation and {len(finals)} test Cornac fits cached in {export.root}")
@@ -940,20 +1006,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return document
     for job in finals:
         system, meta = job["system"], final_metas[job["id"]]
-        blend = blends[system]
-        blended = BlendedScorer(
-            peer_matrix(export, setup, job["id"], meta),
-            PopularityScorer(half_life_days=blend.half_life_days).fit(setup.context),
-            blend.shrinkage,
-            blend.popularity_weight,
-        )
-        add_test(records["blended"][system], blended, job["seed"], meta["fit_s"])
-        add_test(
-            records["plain"][system],
-            peer_scorer(export, setup, job["id"], meta, popularity),
-            job["seed"],
-            meta["fit_s"],
-        )
+        if "blended" in job["tables"]:
+            blend = blends[system]
+            blended = BlendedScorer(
+                peer_matrix(export, setup, job["id"], meta),
+                PopularityScorer(half_life_days=blend.half_life_days).fit(setup.context),
+                blend.shrinkage,
+                blend.popularity_weight,
+            )
+            add_test(records["blended"][system], blended, job["seed"], meta["fit_s"])
+        if "plain" in job["tables"]:
+            add_test(
+                records["plain"][system],
+                peer_scorer(export, setup, job["id"], meta, popularity),
+                job["seed"],
+                meta["fit_s"],
+            )
         for table in TABLES:
             records[table][system].extra["test_users_unknown_to_it"] = len(test_ids) - len(meta["users"])
     cross_check = None
@@ -965,57 +1033,80 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # default settings (RAYMM_GRID[0]) reported on their own; ablations at the default settings.
     raymm_blended, raymm_plain = record_pair("raymm", "raymm (tuned on validation)")
     raymm_grid = RAYMM_GRID[:grid_size]
+    # Models trained (or reused) in this run, and raymm's plain choice per model (see plain_personal).
+    trained: dict[Path, float] = {}
+    plain_of: dict[Path, tuple[BlendSettings, float, FallbackScorer]] = {}
+
+    def raymm_model(index: int, seed: int) -> tuple[Path, float]:
+        """The grid's ``index`` setting trained with ``seed`` (once per run); its path and seconds."""
+        out = work / "raymm" / f"g{index}-s{seed}"
+        if out not in trained:
+            overrides = RAYMM_GRID[index] if seed == seeds[0] else (*RAYMM_GRID[index], f"seed={seed}")
+            trained[out] = train_raymm(config, overrides, data, features, out, args.reuse)
+        return out, trained[out]
+
+    def plain_choice(out: Path) -> tuple[BlendSettings, float, FallbackScorer]:
+        if out not in plain_of:
+            plain_of[out] = plain_personal(out, setup, train_popularity, popularity)
+        return plain_of[out]
+
     for index, grid_overrides in enumerate(raymm_grid):
-        out = work / "raymm" / f"g{index}-s{seeds[0]}"
-        seconds = train_raymm(config, grid_overrides, data, features, out, args.reuse)
+        out, seconds = raymm_model(index, seeds[0])
         validation_scorer, test_scorer = raymm_scorers(out, setup)
+        plain_settings, plain_value, _ = plain_choice(out)
         row = {
             "overrides": list(grid_overrides),
             "validation_ndcg@20": round(validation_ndcg(validation_scorer, setup), 4),
-            "plain_validation_ndcg@20": round(
-                validation_ndcg(plain_scorer(validation_scorer.primary, train_popularity), setup), 4
-            ),
+            "plain_validation_ndcg@20": round(plain_value, 4),
             "blend": {
                 "half_life_days": test_scorer.popularity.half_life_days,
                 "shrinkage": test_scorer.shrinkage,
                 "popularity_weight": test_scorer.popularity_weight,
                 "personal": test_scorer.primary.name,
+                "chosen": BlendSettings.chosen(load_artifact(str(out)).manifest.metrics),
             },
+            "plain_choice": plain_settings.label().split("/pop=")[0],
             "fit_s": round(seconds, 1),
             **_curve(out),
         }
         raymm_blended.grid.append(row)
         raymm_plain.grid.append(row)
-        log(BENCH, f"raymm grid {index} {list(grid_overrides)}: {row['validation_ndcg@20']}")
+        log(
+            BENCH,
+            f"raymm grid {index} {list(grid_overrides)}: {row['validation_ndcg@20']} (plain {row['plain_validation_ndcg@20']})",
+        )
+    # Each table's setting by its own validation score, as every peer's is.
     best_index = max(range(len(raymm_grid)), key=lambda i: raymm_blended.grid[i]["validation_ndcg@20"])
+    plain_index = max(range(len(raymm_grid)), key=lambda i: raymm_plain.grid[i]["plain_validation_ndcg@20"])
     default_blended, default_plain = record_pair("raymm (default)", "raymm, shipped defaults (RAYMM_GRID[0])")
-    for record in (raymm_blended, raymm_plain):
-        record.best = {"overrides": list(RAYMM_GRID[best_index])}
+    raymm_blended.best = {"overrides": list(RAYMM_GRID[best_index])}
+    raymm_plain.best = {"overrides": list(RAYMM_GRID[plain_index])}
     for record in (default_blended, default_plain):
         record.best = {"overrides": []}
         record.grid = raymm_blended.grid[:1]
     raymm_validation: list[dict[str, np.ndarray]] = []
     for seed in seeds:
-        out = work / "raymm" / f"g{best_index}-s{seed}"
-        seconds = raymm_blended.grid[best_index]["fit_s"]
-        if seed != seeds[0]:
-            seconds = train_raymm(
-                config, (*RAYMM_GRID[best_index], f"seed={seed}"), data, features, out, args.reuse
-            )
+        out, seconds = raymm_model(best_index, seed)
         validation_scorer, test_scorer = raymm_scorers(out, setup)
         raymm_validation.append(score(validation_scorer, setup, setup.validation)[1])
         add_test(raymm_blended, test_scorer, seed, seconds, cold=True)
-        add_test(raymm_plain, plain_scorer(test_scorer.primary, popularity), seed, seconds, cold=True)
         if best_index == 0:
             add_test(default_blended, test_scorer, seed, seconds, cold=True)
-            add_test(default_plain, plain_scorer(test_scorer.primary, popularity), seed, seconds, cold=True)
+        out, seconds = raymm_model(plain_index, seed)
+        plain_settings, _, plain_test = plain_choice(out)
+        raymm_plain.extra.setdefault("plain_choice_per_seed", []).append(
+            plain_settings.label().split("/pop=")[0]
+        )
+        add_test(raymm_plain, plain_test, seed, seconds, cold=True)
+        if plain_index == 0:
+            add_test(default_plain, plain_test, seed, seconds, cold=True)
+    # The shipped defaults with the first seed (the model the grid trained) where a table chose another.
+    out, seconds = raymm_model(0, seeds[0])
     if best_index != 0:
-        # The shipped defaults with the first seed (the model the grid trained).
-        out = work / "raymm" / f"g0-s{seeds[0]}"
         _, test_scorer = raymm_scorers(out, setup)
-        seconds = raymm_blended.grid[0]["fit_s"]
         add_test(default_blended, test_scorer, seeds[0], seconds, cold=True)
-        add_test(default_plain, plain_scorer(test_scorer.primary, popularity), seeds[0], seconds, cold=True)
+    if plain_index != 0:
+        add_test(default_plain, plain_choice(out)[2], seeds[0], seconds, cold=True)
 
     # Training-free baselines on the same users (content blended as every system is), and the
     # ablation variants.
@@ -1059,9 +1150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             _, test_scorer = raymm_scorers(out, setup)
             add_test(blended_record, test_scorer, seeds[0], seconds, cold=True)
-            add_test(
-                plain_record, plain_scorer(test_scorer.primary, popularity), seeds[0], seconds, cold=True
-            )
+            add_test(plain_record, plain_choice(out)[2], seeds[0], seconds, cold=True)
 
     oracle: dict[str, float] | None = None
     if oracle_scorer is not None:
@@ -1161,12 +1250,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             " a(h) primary + (1 - a(h)) recent popularity with a(h) = h / (h + shrinkage), the half-life"
             " and shrinkage chosen per system on validation over raymm's grids; raymm as served (the blend"
             " its training chose); content blended with raymm's choose_blend",
-            "plain table: no system blended; raymm is its personal scorer without the fallback",
+            "plain table: no system blended; raymm is its personal scorer (two-tower + item-item +"
+            " content) with its weights, item-item l2 and recency decay chosen on plain validation",
             "in both tables a user a system cannot score (a peer never saw them, raymm has no history)"
             " gets recent popularity: its system's blend in the blended table (a(0) = 0), the 'recent"
             " popularity' row's half-life in the plain table",
-            "each system's setting is chosen by its blended validation NDCG@20 (raymm: its served"
-            " scorer's); the plain table scores the same fitted models",
+            "each table takes each system's setting by that table's validation NDCG@20 (blended: raymm's"
+            " served scorer's; plain: without any popularity blend) and runs its best peer on validation"
+            " with every seed",
             "raymm (default) is RAYMM_GRID[0], the shipped defaults, one seed unless the grid chose it",
             "peers cannot score cold items (Cornac indexes training items only): their cold-start recall is null",
             f"VBPR reads the {vbpr_features} features" if vbpr_features else "VBPR skipped: no features",

@@ -14,6 +14,10 @@ Cornac's EASE, and what each difference costs, on the same split, evaluator and 
    on by default); a factored form cannot clip them. The reading with it is a dense EASE
    (items x items), written here, not raymm's.
 
+And what raymm does about it: **recency** (``collab_decay``, :data:`raymm.recommend.collab.DECAY_GRID`):
+the user's query weighs the item ``a`` positions before the newest by ``decay ** a``, the decay
+chosen on plain validation jointly with ``l2``; EASE reads a history as a set.
+
 Each reading's ``l2`` (relative to the mean diagonal of the co-occurrence matrix, raymm's
 :data:`~raymm.recommend.collab.L2_GRID`) is chosen on plain validation NDCG@20; the test split is
 scored with the part refitted on train + validation, as ``peers.py`` does. A user without history
@@ -22,7 +26,8 @@ gets recent popularity (the half-life chosen on validation), as in the plain tab
 Also, when ``bench/peers.py --dataset ml100k`` left its models in ``out/peers/ml100k/raymm``: raymm's
 whole personal scorer (two-tower + item-item + content) with its weights chosen on plain
 validation, at the served window and over every positive (the two-tower and content parts always
-read the served window). And Cornac's EASE as the plain table scored it
+read the served window), undecayed; and at the served window with the decay searched too (a second
+pass over decay x ``l2`` x item-item weight, the content weight of the first pass held). And Cornac's EASE as the plain table scored it
 (``bench/results/peers.ml100k.json``), with a paired test per user against the plain table's
 per-user values (``out/peers/ml100k/per_user.parquet``).
 
@@ -38,6 +43,7 @@ import argparse
 import itertools
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +68,13 @@ from raymm.recommend.blend import (
     relative_scale,
     served_retriever,
 )
-from raymm.recommend.collab import L2_GRID, CollaborativeScorer, interaction_matrix
+from raymm.recommend.collab import (
+    DECAY_GRID,
+    L2_GRID,
+    CollaborativeScorer,
+    interaction_matrix,
+    recency_weights,
+)
 from raymm.recommend.scorers import (
     HALF_LIFE_GRID_DAYS,
     DotProductScorer,
@@ -92,6 +104,15 @@ class Latest(DotProductScorer):
 
     def __init__(self, inner: DotProductScorer, n: int) -> None:
         self.inner, self.n, self.name = inner, n, inner.name
+
+    @property
+    def decay(self) -> float:
+        """The item-item part's recency decay (served_retriever reads it; 1 for other parts)."""
+        return float(getattr(self.inner, "decay", 1.0))
+
+    def with_decay(self, decay: float) -> Latest:
+        assert isinstance(self.inner, CollaborativeScorer), "only the item-item part has a decay"
+        return Latest(self.inner.with_decay(decay), self.n)
 
     def item_vectors(self) -> Tensor:
         return self.inner.item_vectors()
@@ -137,6 +158,29 @@ class DenseEASE(DotProductScorer):
         return out
 
 
+class Decayed(DotProductScorer):
+    """``inner``'s binary history weighed by recency as raymm's item-item part is
+    (:func:`~raymm.recommend.collab.recency_weights`): for the dense EASE reading."""
+
+    def __init__(self, inner: DenseEASE, decay: float) -> None:
+        self.inner, self.decay, self.name = inner, decay, inner.name
+
+    def item_vectors(self) -> Tensor:
+        return self.inner.item_vectors()
+
+    def user_vectors(self, history: np.ndarray) -> Tensor:
+        rows = np.asarray(history)
+        weights = recency_weights(torch.from_numpy(rows >= 0), self.decay)
+        out = torch.zeros(len(rows), self.inner.n)
+        users, positions = np.nonzero(rows >= 0)
+        out.index_put_(
+            (torch.from_numpy(users), torch.from_numpy(rows[users, positions])),
+            weights[users, positions],
+            accumulate=True,
+        )
+        return out
+
+
 def plain(scorer: DotProductScorer, popularity: PopularityScorer) -> FallbackScorer:
     """``scorer`` unblended; a user with no history gets ``popularity``."""
     return FallbackScorer(scorer, popularity, 0.0)
@@ -146,33 +190,61 @@ def means(values: dict[str, np.ndarray]) -> dict[str, float]:
     return {m: round(float(values[m].mean()), 4) for m in (f"recall@{K}", f"ndcg@{K}")}
 
 
+def with_decay(part: Any, decay: float) -> DotProductScorer:
+    """``part`` reading the history weighed by ``decay`` (1: as it is)."""
+    if decay == 1.0:
+        return part
+    return part.with_decay(decay) if isinstance(part, CollaborativeScorer) else Decayed(part, decay)
+
+
 def item_item_reading(
-    setup: EvalSetup, make: Any, window: int, popularity: tuple[PopularityScorer, PopularityScorer]
+    setup: EvalSetup,
+    make: Any,
+    window: int,
+    popularity: tuple[PopularityScorer, PopularityScorer],
+    decays: tuple[float, ...] = (1.0,),
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``make(context)`` -> a part with ``set_l2``; its l2 chosen on plain validation at ``window``,
-    then refitted on train + validation and scored on test."""
+    """``make(context)`` -> a part with ``set_l2``; its l2 (and decay, over ``decays``) chosen on
+    plain validation at ``window``, then refitted on train + validation and scored on test."""
     wrap = (lambda s: Latest(s, window)) if window < FULL_WINDOW else (lambda s: s)
     validation_part = make(setup.train_context)
-    by_l2 = {
-        l2: validation_ndcg(plain(wrap(validation_part.set_l2(l2)), popularity[0]), setup) for l2 in L2_GRID
-    }
-    l2 = max(by_l2, key=lambda value: by_l2[value])
+    trials = {}
+    for l2 in L2_GRID:
+        validation_part.set_l2(l2)
+        for decay in decays:
+            scorer = plain(wrap(with_decay(validation_part, decay)), popularity[0])
+            trials[l2, decay] = validation_ndcg(scorer, setup)
+    l2, decay = max(trials, key=lambda key: trials[key])
     test_part = make(setup.context).set_l2(l2)
-    _, values = score(plain(wrap(test_part), popularity[1]), setup, setup.protocols["test"].users)
+    scorer = plain(wrap(with_decay(test_part, decay)), popularity[1])
+    _, values = score(scorer, setup, setup.protocols["test"].users)
     reading = {
         "l2": l2,
-        "validation_ndcg@20_by_l2": {f"{k:g}": round(v, 4) for k, v in by_l2.items()},
-        "validation_ndcg@20": round(by_l2[l2], 4),
+        "validation_ndcg@20_by_l2": {
+            f"{k:g}": round(max(v for (at, _), v in trials.items() if at == k), 4) for k in L2_GRID
+        },
+        "validation_ndcg@20": round(trials[l2, decay], 4),
         "test": means(values),
     }
+    if len(decays) > 1:
+        reading["decay"] = decay
+        reading["validation_ndcg@20_by_decay"] = {
+            f"{d:g}": round(max(v for (_, e), v in trials.items() if e == d), 4) for d in decays
+        }
     return reading, values
 
 
 def personal_reading(
-    setup: EvalSetup, model_dir: Path, window: int, popularity: tuple[PopularityScorer, PopularityScorer]
+    setup: EvalSetup,
+    model_dir: Path,
+    window: int,
+    popularity: tuple[PopularityScorer, PopularityScorer],
+    decays: tuple[float, ...] = (1.0,),
 ) -> dict[str, Any]:
     """raymm's personal scorer from ``model_dir`` with its item-item and content weights and ``l2``
-    chosen on plain validation; the item-item part reads ``window``, the others the served one."""
+    chosen on plain validation; the item-item part reads ``window``, the others the served one.
+    With ``decays``, a second pass searches the decay x ``l2`` x item-item weight, the content
+    weight held."""
     artifact = load_artifact(str(model_dir), expected_dims=setup.catalog.dims)
     recorded = artifact.manifest.config
     rank = int(recorded["model"]["collab"]["rank"])
@@ -212,6 +284,28 @@ def personal_reading(
             if best is None or value > best[0]:
                 best = (value, settings)
     assert best is not None
+    held = best[1]
+    for l2 in L2_GRID if len(decays) > 1 else ():
+        collab.set_l2(l2)
+        for decay in decays:
+            scale = relative_scale(two_tower, item_item.with_decay(decay), rows)
+            for weight in PLAIN_COLLAB_GRID:
+                settings = replace(
+                    held,
+                    collab_weight=weight * scale,
+                    collab_relative=weight,
+                    collab_l2=l2,
+                    collab_decay=decay,
+                )
+                value = validation_ndcg(
+                    plain(
+                        served_retriever(two_tower, item_item, popularity[0], settings, content).primary,
+                        popularity[0],
+                    ),
+                    setup,
+                )
+                if value > best[0]:
+                    best = (value, settings)
     value, settings = best
     item_item, content, collab = parts(setup.context)
     collab.set_l2(settings.collab_l2)
@@ -271,12 +365,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("raymm item-item: every positive, exact", FULL_WINDOW, EXACT_RANK, None),
         ("dense EASE: every positive, exact, B >= 0 (Cornac's form)", FULL_WINDOW, None, True),
     ]
-    for name, window, rank, positive in variants:
+    decayed = [
+        (
+            "raymm item-item: served window, rank 128, recency-weighted (as served now)",
+            SERVED_WINDOW,
+            SHIPPED_RANK,
+            None,
+        ),
+        ("raymm item-item: served window, exact, recency-weighted", SERVED_WINDOW, EXACT_RANK, None),
+        ("dense EASE, B >= 0: served window, recency-weighted", SERVED_WINDOW, None, True),
+        ("dense EASE, B >= 0: every positive, recency-weighted", FULL_WINDOW, None, True),
+    ]
+    for (name, window, rank, positive), decays in itertools.chain(
+        zip(variants, itertools.repeat((1.0,))), zip(decayed, itertools.repeat(DECAY_GRID))
+    ):
         if positive is None:
             make = lambda context, rank=rank: CollaborativeScorer(rank=rank, seed=0).fit(context)  # noqa: E731
         else:
             make = lambda context, positive=positive: DenseEASE(context, positive)  # noqa: E731
-        readings[name], per_user[name] = item_item_reading(setup, make, window, popularity)
+        readings[name], per_user[name] = item_item_reading(setup, make, window, popularity, decays)
         log(BENCH, f"{name}: {readings[name]['test']} (validation {readings[name]['validation_ndcg@20']})")
 
     document: dict[str, Any] = {
@@ -320,8 +427,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = sorted(args.work.glob("raymm/g0-s*/manifest.json"))
     if models:
         personal: dict[str, Any] = {}
-        for window, label in ((SERVED_WINDOW, "served window"), (FULL_WINDOW, "every positive")):
-            runs = [personal_reading(setup, m.parent, window, popularity) for m in models]
+        for window, label, decays in (
+            (SERVED_WINDOW, "served window", (1.0,)),
+            (FULL_WINDOW, "every positive", (1.0,)),
+            (SERVED_WINDOW, "served window, recency-weighted", DECAY_GRID),
+        ):
+            runs = [personal_reading(setup, m.parent, window, popularity, decays) for m in models]
             personal[f"item-item part over the {label}"] = {
                 "runs": runs,
                 "test": {m: mean_sd([r["test"][m] for r in runs]) for m in (f"recall@{K}", f"ndcg@{K}")},

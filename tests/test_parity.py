@@ -32,7 +32,7 @@ from raymm.models.blend_parts import CollabVectors
 from raymm.models.towers import TwoTower
 from raymm.recommend.blend import BlendSettings, served_retriever
 from raymm.recommend.catalog import Catalog, build_catalog
-from raymm.recommend.collab import CollaborativeScorer, map_content
+from raymm.recommend.collab import CollaborativeScorer, PersonalScorer, map_content
 from raymm.recommend.content import EncodedItems
 from raymm.recommend.history import EvalUsers, eval_users
 from raymm.recommend.index import IndexChoice
@@ -49,6 +49,7 @@ COUNTING = ("click", "like", "purchase", "play")  # view and skip do not count
 BLEND = BlendSettings(
     collab_weight=0.5,
     collab_relative=1.0,
+    collab_decay=0.8,  # the item-item part weighs the window by recency, online as offline
     shrinkage=2.0,
     popularity_weight=0.3,
     content_weight=0.4,
@@ -265,6 +266,9 @@ def test_the_stream_and_the_offline_windows_give_the_same_users(model: Model) ->
         rtol=0,
         atol=1e-5,
     )
+    primary = recommender.retriever.primary
+    assert isinstance(primary, PersonalScorer) and primary.collaborative is not None
+    assert primary.collaborative.decay == 0.8
     # ... and they tell the users apart (a wrong window could not pass by accident).
     assert (
         torch.cdist(offline_vectors, offline_vectors)[~torch.eye(len(USERS), dtype=torch.bool)].min() > 1e-3

@@ -7,11 +7,12 @@ The served retriever is one dot product (:class:`~raymm.recommend.scorers.Fallba
             + popularity_weight * popularity) + (1 - a(h)) * popularity
 
 with ``a(h) = h / (h + shrinkage)`` for a history of ``h`` items, popularity counted with a
-half-life, and ``content`` the similarity of an item's raw features to the history's mean
+half-life, ``item_item`` read from the history weighed by recency (``collab_decay``, see
+:mod:`raymm.recommend.collab`), and ``content`` the similarity of an item's raw features to the history's mean
 (:class:`~raymm.recommend.scorers.ContentScorer`, projected to ``model.content.dim`` columns).
-:class:`BlendSettings` holds the six numbers (and the item-item model's ``l2``);
-:func:`choose_blend_settings` picks them on validation by coordinate search over fixed grids (the
-item-item weight and ``l2`` jointly),
+:class:`BlendSettings` holds the six numbers (and the item-item model's ``l2`` and recency
+decay); :func:`choose_blend_settings` picks them on validation by coordinate search over fixed
+grids (the item-item weight and ``l2`` jointly, then its decay),
 every setting scored by the same evaluator; the manifest records them and every trial.
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from raymm.models.config import CollabConfig, ContentConfig
 from raymm.recommend.catalog import Catalog
-from raymm.recommend.collab import L2_GRID, CollaborativeScorer, PersonalScorer
+from raymm.recommend.collab import DECAY_GRID, L2_GRID, CollaborativeScorer, PersonalScorer
 from raymm.recommend.scorers import (
     HALF_LIFE_GRID_DAYS,
     SHRINKAGE_GRID,
@@ -58,8 +59,9 @@ SCALE_USERS = 256
 class BlendSettings:
     """The served blend (see the module docstring). ``collab_weight`` is absolute (what serving
     multiplies by), ``collab_relative`` the grid value it came from (relative to the score spread
-    at ``collab_l2``, :func:`relative_scale`); ``collab_l2`` is relative to the item-item Gram
-    matrix's mean diagonal. ``content_weight`` and ``content_relative`` are the content part's,
+    at ``collab_l2`` and ``collab_decay``, :func:`relative_scale`); ``collab_l2`` is relative to
+    the item-item Gram matrix's mean diagonal; ``collab_decay`` weighs the user's history by
+    recency (1: not at all; an artifact from before it read 1). ``content_weight`` and ``content_relative`` are the content part's,
     the same way."""
 
     collab_weight: float = 0.0
@@ -70,13 +72,16 @@ class BlendSettings:
     popularity_weight: float = 0.0
     content_weight: float = 0.0
     content_relative: float = 0.0
+    collab_decay: float = 1.0
 
     def label(self) -> str:
         half_life = "all" if self.half_life_days is None else f"{self.half_life_days:g}d"
         # The content part only when on: labels of blends without it read as they always did.
         content = f"/content={self.content_relative:g}" if self.content_weight > 0 else ""
+        # Likewise the decay only when it weighs anything.
+        decay = f"/decay={self.collab_decay:g}" if self.collab_decay != 1.0 else ""
         return (
-            f"collab={self.collab_relative:g}/l2={self.collab_l2:g}{content}/pop={half_life}"
+            f"collab={self.collab_relative:g}/l2={self.collab_l2:g}{decay}{content}/pop={half_life}"
             f"/shrink={self.shrinkage:g}/floor={self.popularity_weight:g}"
         )
 
@@ -118,8 +123,11 @@ def served_retriever(
     content: ContentScorer | None = None,
 ) -> FallbackScorer:
     """The served retriever for ``settings``: the item-item and content parts are each left out at
-    weight 0 (no extra vector width in the index) or when there is none."""
+    weight 0 (no extra vector width in the index) or when there is none; the item-item part reads
+    the history with ``settings.collab_decay`` (a copy of ``collaborative``)."""
     collaborative = collaborative if settings.collab_weight > 0 else None
+    if collaborative is not None and collaborative.decay != settings.collab_decay:
+        collaborative = collaborative.with_decay(settings.collab_decay)
     content = content if settings.content_weight > 0 else None
     if collaborative is None and content is None:
         personal: DotProductScorer = two_tower
@@ -197,6 +205,9 @@ def choose_blend_settings(
     history: np.ndarray,
     rounds: int = ROUNDS,
     content: ContentScorer | None = None,
+    *,
+    popularity_coordinates: bool = True,
+    collab_weights: tuple[float, ...] = COLLAB_WEIGHT_GRID,
 ) -> tuple[BlendSettings, dict[str, float]]:
     """The :class:`BlendSettings` with the best ``evaluate`` (validation NDCG), by coordinate
     search: each coordinate in turn over its grid, the others held, ``rounds`` passes; a change is
@@ -211,21 +222,28 @@ def choose_blend_settings(
     the weight that suits one ``l2`` does not suit another, and searched one at a time they stop
     where neither alone improves (seen on the synthetic benchmark: weight 0 chosen where a larger
     ``l2`` with a larger weight scored higher on validation). The weight is relative to the
-    spread at its own ``l2`` (:func:`relative_scale`). Returns the settings and every trial's
-    score by :meth:`BlendSettings.label`."""
+    spread at its own ``l2`` and decay (:func:`relative_scale`). The decay
+    (:data:`~raymm.recommend.collab.DECAY_GRID`) is the next coordinate, searched jointly with
+    ``l2`` at the relative weight held: the ``l2`` that suits a decayed history is smaller (on
+    MovieLens-100k's plain validation 256 undecayed, 16 at 0.95), and the decay searched alone
+    stopped at 0.99 on two of three seeds where 0.95 with a smaller ``l2`` scored higher.
+    ``popularity_coordinates`` False searches the personal part's weights alone (for an
+    ``evaluate`` that scores the personal part without popularity, as ``bench/peers.py``'s plain
+    table does); ``collab_weights`` is the item-item weight grid.
+    Returns the settings and every trial's score by :meth:`BlendSettings.label`."""
     popularity: dict[float | None, PopularityScorer] = {}
-    scales: dict[float, float] = {}
+    scales: dict[tuple[float, float], float] = {}
     content_scale = 1.0 if content is None else relative_scale(two_tower, content, history)
     trials: dict[str, float] = {}
 
-    def scale_at(l2: float) -> float:
-        """What a relative weight of 1 is in absolute terms at ``l2``."""
+    def scale_at(l2: float, decay: float) -> float:
+        """What a relative weight of 1 is in absolute terms at ``l2`` and ``decay``."""
         if collaborative is None:
             return 1.0
-        if l2 not in scales:
+        if (l2, decay) not in scales:
             collaborative.set_l2(l2)
-            scales[l2] = relative_scale(two_tower, collaborative, history)
-        return scales[l2]
+            scales[l2, decay] = relative_scale(two_tower, collaborative.with_decay(decay), history)
+        return scales[l2, decay]
 
     def score(settings: BlendSettings) -> float:
         label = settings.label()
@@ -243,17 +261,36 @@ def choose_blend_settings(
             )
         return trials[label]
 
-    def item_item(best: BlendSettings, relative: float, l2: float) -> BlendSettings:
-        return replace(best, collab_relative=relative, collab_weight=relative * scale_at(l2), collab_l2=l2)
+    def item_item(
+        best: BlendSettings, relative: float, l2: float, decay: float | None = None
+    ) -> BlendSettings:
+        decay = best.collab_decay if decay is None else decay
+        if relative == 0:  # the part off: its decay changes nothing, and starts again from none
+            decay = 1.0
+        return replace(
+            best,
+            collab_relative=relative,
+            collab_weight=relative * scale_at(l2, decay),
+            collab_l2=l2,
+            collab_decay=decay,
+        )
 
     def item_item_grid(best: BlendSettings) -> Iterator[BlendSettings]:
         """Off (``l2`` then changes nothing), or on at every weight x ``l2``, ``l2``-major so that
         each ``l2``'s item vectors are computed once a pass."""
         yield item_item(best, 0.0, best.collab_l2)
         for l2 in L2_GRID:
-            for relative in COLLAB_WEIGHT_GRID:
+            for relative in collab_weights:
                 if relative > 0:
                     yield item_item(best, relative, l2)
+
+    def decay_grid(best: BlendSettings) -> Iterator[BlendSettings]:
+        """The item-item part's recency decay and ``l2`` at its relative weight (nothing while it
+        is off), ``l2``-major as above."""
+        if best.collab_relative > 0:
+            for l2 in L2_GRID:
+                for decay in DECAY_GRID:
+                    yield item_item(best, best.collab_relative, l2, decay)
 
     def content_grid(best: BlendSettings) -> Iterator[BlendSettings]:
         """The content part off, or on at every weight of its grid."""
@@ -263,15 +300,19 @@ def choose_blend_settings(
     def grid(name: str, values: tuple[Any, ...]) -> Callable[[BlendSettings], Iterator[BlendSettings]]:
         return lambda best: (replace(best, **{name: value}) for value in values)
 
-    coordinates = [
-        grid("half_life_days", HALF_LIFE_GRID_DAYS),
-        grid("shrinkage", SHRINKAGE_GRID),
-        grid("popularity_weight", POPULARITY_WEIGHT_GRID),
-    ]
+    coordinates = (
+        [
+            grid("half_life_days", HALF_LIFE_GRID_DAYS),
+            grid("shrinkage", SHRINKAGE_GRID),
+            grid("popularity_weight", POPULARITY_WEIGHT_GRID),
+        ]
+        if popularity_coordinates
+        else []
+    )
     if content is not None:
         coordinates.insert(0, content_grid)
     if collaborative is not None:
-        coordinates.insert(0, item_item_grid)
+        coordinates[:0] = [item_item_grid, decay_grid]
     start_relative = 1.0 if collaborative is not None else 0.0
     best = item_item(BlendSettings(shrinkage=4.0), start_relative, 1.0)
     best_score = score(best)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -16,7 +18,7 @@ from raymm.recommend.blend import (
     served_retriever,
 )
 from raymm.recommend.catalog import Catalog
-from raymm.recommend.collab import CollaborativeScorer, PersonalScorer
+from raymm.recommend.collab import DECAY_GRID, CollaborativeScorer, PersonalScorer
 from raymm.recommend.scorers import ContentScorer, FallbackScorer, FitContext, PopularityScorer, Scorer
 from tests.recommend.fixed import FixedScorer
 
@@ -111,11 +113,46 @@ def test_the_item_item_weight_and_l2_are_searched_together() -> None:
     assert trials[settings.label()] == 2.0
 
 
+def test_the_search_weighs_the_history_by_recency_when_validation_prefers_it() -> None:
+    """The decay is a coordinate of its own; the weight stays relative to the spread at the
+    chosen decay, the search's own item-item part is left undecayed, and serving's is decayed."""
+    context = _context()
+    two_tower = FixedScorer([0.1, 0.2, 0.3, 0.4])
+    collab = CollaborativeScorer(l2=1.0).fit(context)
+    history = np.array([[0, 1, 3], [-1, 2, 0]])
+
+    def validation(scorer: Scorer) -> float:
+        assert isinstance(scorer, FallbackScorer)
+        personal = scorer.primary
+        if not isinstance(personal, PersonalScorer) or personal.collaborative is None:
+            return 0.0
+        return 2.0 if personal.collaborative.decay == 0.9 else 1.0
+
+    settings, trials = choose_blend_settings(validation, two_tower, collab, context, history)
+    assert settings.collab_decay == 0.9 and "/decay=0.9/" in settings.label()
+    assert trials[settings.label()] == 2.0 and collab.decay == 1.0
+    scale = relative_scale(two_tower, collab.set_l2(settings.collab_l2).with_decay(0.9), history)
+    assert settings.collab_weight == pytest.approx(settings.collab_relative * scale)
+    served = served_retriever(two_tower, collab, PopularityScorer().fit(context), settings)
+    assert isinstance(served.primary, PersonalScorer) and served.primary.collaborative is not None
+    assert served.primary.collaborative.decay == 0.9
+    # Every decay was tried; labels without a decay are those of an undecayed part.
+    assert {label.split("/decay=")[1].split("/")[0] for label in trials if "/decay=" in label} == {
+        f"{d:g}" for d in DECAY_GRID if d != 1.0
+    }
+
+
 def test_settings_round_trip_through_the_manifest_and_old_manifests_still_read() -> None:
     settings = BlendSettings(
         collab_weight=0.7, collab_relative=1.0, collab_l2=2.0, half_life_days=14.0, shrinkage=8.0
     )
     assert BlendSettings.from_metrics(settings.to_metrics()) == settings
+    decayed = replace(settings, collab_decay=0.95)
+    assert BlendSettings.from_metrics(decayed.to_metrics()) == decayed
+    # A manifest written before the decay: the history read undecayed, as it was served.
+    before = {key: value for key, value in asdict(settings).items() if key != "collab_decay"}
+    assert BlendSettings.from_metrics({"blend": before}) == settings
+    assert settings.collab_decay == 1.0 and "decay" not in settings.label()
     old = BlendSettings.from_metrics({"fallback_shrinkage": 4.0, "fallback_half_life_days": None})
     assert old == BlendSettings(shrinkage=4.0)
     assert BlendSettings.from_metrics({}) is None

@@ -156,3 +156,29 @@ def test_a_decomposition_is_reused_for_the_same_interactions_only(
     changed = CollaborativeScorer(l2=1.0).fit(_context(other, catalog))
     assert changed.factors is not first.factors
     assert CollaborativeScorer(l2=1.0, rank=5).fit(_context(matrix, catalog)).factors is not first.factors
+
+
+def test_a_decayed_query_weighs_each_item_by_how_many_came_after_it() -> None:
+    """decay ** a for the item a positions before the newest, wherever the padding is; 1 is
+    EASE's binary history. The item vectors do not change, and the part it was copied from
+    keeps its own decay."""
+    query = torch.eye(4)
+    saved = CollaborativeScorer(query_vectors=query, item_vectors=torch.ones(4, 4))
+    left = np.array([[-1, -1, 0, 1, 2], [-1, -1, -1, -1, -1]])
+    right = np.array([[0, 1, 2, -1, -1], [-1, -1, -1, -1, -1]])
+    decayed = saved.with_decay(0.5)
+    wanted = torch.tensor([[0.25, 0.5, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(decayed.user_vectors(left), wanted)
+    torch.testing.assert_close(decayed.user_vectors(right), wanted)
+    torch.testing.assert_close(saved.user_vectors(left), torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0] * 4]))
+    assert saved.decay == 1.0 and decayed.item_vectors() is saved.item_vectors()
+    # A repeated item counts at each of its places.
+    torch.testing.assert_close(decayed.user_vectors(np.array([[3, 0, 3]])), torch.tensor([[0.5, 0, 0, 1.25]]))
+
+
+def test_a_decay_outside_zero_to_one_is_refused() -> None:
+    for decay in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="decay must be in"):
+            CollaborativeScorer(decay=decay)
+        with pytest.raises(ValueError, match="decay must be in"):
+            CollaborativeScorer(query_vectors=torch.eye(2), item_vectors=torch.eye(2)).with_decay(decay)
