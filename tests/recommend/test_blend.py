@@ -222,3 +222,35 @@ def test_the_content_part_is_fitted_once_per_catalog_and_settings() -> None:
     other.catalog.features["text"] = torch.from_numpy(rng.normal(size=(4, 3)).astype(np.float32))
     refit = fit_content(recorded, other)
     assert refit is not first and not torch.allclose(refit.item_vectors(), first.item_vectors())
+
+
+def test_the_search_computes_the_two_towers_user_vectors_once_per_batch() -> None:
+    """The two-tower's and content part's user vectors depend on no setting: the search keeps
+    them per history batch (SameUsers) instead of recomputing them every trial, and the scores
+    are those of the part itself."""
+    calls: list[bytes] = []
+
+    class Counted(FixedScorer):
+        def user_vectors(self, history: np.ndarray) -> torch.Tensor:
+            calls.append(np.ascontiguousarray(history).tobytes())
+            return torch.as_tensor((np.asarray(history) >= 0).sum(axis=1, keepdims=True), dtype=torch.float32)
+
+    context = _context()
+    history = np.array([[0, 1, 3], [-1, 2, 0]])
+    two_tower = Counted([0.1, 0.2, 0.3, 0.4])
+    scores: list[torch.Tensor] = []
+
+    def validation(scorer: Scorer) -> float:
+        scores.append(scorer.user_vectors(history))
+        return float(scores[-1].sum())
+
+    _, trials = choose_blend_settings(
+        validation, two_tower, CollaborativeScorer(l2=1.0).fit(context), context, history
+    )
+    # One batch: validation's rows, which relative_scale reads too (every row has items).
+    assert len(trials) > 20 and len(calls) == 1
+    # The kept vectors are the two-tower's own: its column of the served user vector.
+    direct = Counted([0.1, 0.2, 0.3, 0.4]).user_vectors(history)
+    for user_vectors in scores:
+        weight = user_vectors[:, :1] / direct  # a(h) times the two-tower's vector
+        assert torch.allclose(weight, weight[:, :1].expand_as(weight))
