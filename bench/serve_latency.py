@@ -148,6 +148,8 @@ DESIGN_TARGET = "Serving"
 TARGET_P99_MS = 50.0
 TARGET_RATE = 100.0
 BATCH = 32  # the recommender's @serve.batch max_batch_size
+#: Rounds of the in-process rows (--in-process-only): each row's p99 is its median round.
+ROUNDS = 3
 #: A rate whose p50 is above this saturated the app: the rates above it (but the target's) are skipped.
 SATURATED_P50_MS = 1000.0
 #: Issue 27's target: Serve's server CPU per request at most this many times the no-Ray anchor's.
@@ -195,7 +197,9 @@ def cpu_ms_per_request(
 def with_blend(model_dir: Path, out: Path, collab: bool, content: bool = False) -> Path:
     """A copy of the artifact at ``model_dir`` whose served blend has the item-item part and the
     content part each on (at the weight training chose, or the grids' 1 when it chose 0) or off:
-    what each part costs a request, measured against the same model without it."""
+    what each part costs a request, measured against the same model without it. The item-item part
+    reads the history weighed by recency (training's decay, or 0.95 when it chose none), so its
+    row holds the decayed fold's cost."""
     from raymm.models.blend_parts import COLLAB, CONTENT
     from raymm.recommend.blend import BlendSettings
 
@@ -210,6 +214,8 @@ def with_blend(model_dir: Path, out: Path, collab: bool, content: bool = False) 
         )
         if not on:
             (out / file).unlink(missing_ok=True)
+    if collab and settings.collab_decay == 1.0:
+        settings = BlendSettings(**{**settings.__dict__, "collab_decay": 0.95})
     manifest["metrics"].update(settings.to_metrics())
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
@@ -841,7 +847,10 @@ def each_proxy_mode(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]
 def in_process_only(args: argparse.Namespace, n_items: int) -> dict[str, Any]:
     """What the item-item and content parts cost a request in process: the served index over the
     same 100k items with both off (the baseline), the item-item part on, and both on (the served
-    blend's parts), one user per call, one thread."""
+    blend's parts), one user per call, one thread. The three rows run in turn, ``ROUNDS`` times
+    (ABC ABC ABC): a p99 of 2,000 calls on 2 shared cores moves by ~0.3 ms between runs (the
+    two-tower row gave 0.83 and 1.14 ms in two runs on 2026-12-07), so each row's p99 is the
+    median of its rounds, and a drift of the machine falls on every row alike."""
 
     started = time.perf_counter()
     with serving_work(args.work, args.keep, "raymm-servebench-") as work:
@@ -850,26 +859,38 @@ def in_process_only(args: argparse.Namespace, n_items: int) -> dict[str, Any]:
         index = IndexChoice(config.serve.index, config.serve.faiss_min_items, config.serve.nprobe)
         states = folded_states(built.events, list(config.model.user_state.events))
         order = [u for u in sorted(states) if states[u]["history"]][: args.users]
-        rows = {}
-        for name, collab, content in (
-            ("two_tower", False, False),
-            ("two_tower_item_item", True, False),
-            ("two_tower_item_item_content", True, True),
-        ):
-            model_dir = with_blend(built.model, work / f"model-{name}", collab, content)
-            rows[name] = in_process(model_dir, states, order, index)
+        variants = {
+            name: with_blend(built.model, work / f"model-{name}", collab, content)
+            for name, collab, content in (
+                ("two_tower", False, False),
+                ("two_tower_item_item", True, False),
+                ("two_tower_item_item_content", True, True),
+            )
+        }
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+        for _ in range(ROUNDS):
+            for name, model_dir in variants.items():
+                runs[name].append(in_process(model_dir, states, order, index))
+    rows = {}
+    for name, reports in runs.items():
+        by_round = [report["recommend"]["p99_ms"] for report in reports]
+        median = sorted(reports, key=lambda report: report["recommend"]["p99_ms"])[len(reports) // 2]
+        rows[name] = {**median, "p99_ms_by_round": by_round}
     p99 = {name: row["recommend"]["p99_ms"] for name, row in rows.items()}
     base, every_part = p99["two_tower"], p99["two_tower_item_item_content"]
     report = {
         "question": "in-process p99 of recommend() with the item-item and content parts, against the "
         "same model without them",
+        "rounds": ROUNDS,
+        "p99": "each row's median round (rows' p99_ms_by_round), the rows run in turn each round",
         "n_items": n_items,
         "model": built.info,
         "content_width": built.info.get("content_width"),
         "in_process_p99_ms": p99,
         "item_item_vs_two_tower_p99": round(p99["two_tower_item_item"] / base, 2),
         "every_part_vs_two_tower_p99": round(every_part / base, 2),
-        "target": "at most 2x the two-tower's in-process p99 (issue 24)",
+        "target": "at most 2x the two-tower's in-process p99, measured in the same run (issue 24: "
+        "2x the 2.0 ms served then)",
         "meets_target": bool(every_part <= 2 * base),
         "rows": rows,
         "seconds": round(time.perf_counter() - started, 1),
