@@ -1554,7 +1554,7 @@ def markdown(merged: dict[str, Any]) -> str:
             blurb = (
                 "every system blended with recent popularity as raymm's served scorer is"
                 if which == "blended"
-                else "no system blended"
+                else "no system blended, each tuned on plain validation"
             )
             lines += [
                 f"**{name}, {which}** ({blurb}; {entry['file']}, {entry['date'][:10]}; test users "
