@@ -394,3 +394,25 @@ def test_an_artifact_whose_blend_needs_the_item_item_or_content_part_refuses_to_
     manifest = model.recommender.artifact.manifest.metrics
     assert BlendSettings.chosen(manifest) == BLEND.label()  # no trials recorded: no score shown
     assert BlendSettings.chosen({}) == "none recorded"
+
+
+def test_an_artifact_whose_recorded_blend_is_not_servable_refuses_to_load_naming_it(
+    model: Model, tmp_path: Path
+) -> None:
+    """A hand-edited manifest (a decay of 1.5, an unknown blend key) is a clear load error that
+    names the manifest's blend, and the artifact on disk is left as it was."""
+    import json
+    import shutil
+
+    from raymm.models.errors import ModelLoadError
+
+    for edit, reason in (({"collab_decay": 1.5}, "decay must be in"), ({"spice": 1}, "spice")):
+        copy = tmp_path / f"model-{reason.split()[0]}"
+        shutil.copytree(model.directory, copy)
+        document = json.loads((copy / "manifest.json").read_text())
+        document["metrics"]["blend"].update(edit)
+        written = json.dumps(document)
+        (copy / "manifest.json").write_text(written)
+        with pytest.raises(ModelLoadError, match=f"metrics.blend is not a blend raymm can serve: .*{reason}"):
+            load_model(copy)
+        assert (copy / "manifest.json").read_text() == written

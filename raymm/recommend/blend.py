@@ -30,7 +30,13 @@ from torch import Tensor
 
 from raymm.models.config import CollabConfig, ContentConfig
 from raymm.recommend.catalog import Catalog
-from raymm.recommend.collab import DECAY_GRID, L2_GRID, CollaborativeScorer, PersonalScorer
+from raymm.recommend.collab import (
+    DECAY_GRID,
+    L2_GRID,
+    CollaborativeScorer,
+    PersonalScorer,
+    check_decay,
+)
 from raymm.recommend.scorers import (
     HALF_LIFE_GRID_DAYS,
     SHRINKAGE_GRID,
@@ -76,6 +82,9 @@ class BlendSettings:
     content_weight: float = 0.0
     content_relative: float = 0.0
     collab_decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_decay(self.collab_decay)
 
     def label(self) -> str:
         half_life = "all" if self.half_life_days is None else f"{self.half_life_days:g}d"

@@ -87,7 +87,13 @@ class Recommender:
         metrics = artifact.manifest.metrics
         self.two_tower = TwoTowerScorer(artifact.model, item_vectors=vectors)
         self.popularity = PopularityScorer(self.counts, scores=popularity)
-        self.settings = BlendSettings.from_metrics(metrics) or BlendSettings()
+        try:
+            self.settings = BlendSettings.from_metrics(metrics) or BlendSettings()
+        except (TypeError, ValueError) as error:  # a hand-edited or foreign manifest
+            raise ModelLoadError(
+                f"{artifact.directory or 'the artifact'}: manifest.json's metrics.blend is not a "
+                f"blend raymm can serve: {error}"
+            ) from error
         if self.settings.collab_weight > 0 and collab is None:
             raise ModelLoadError(
                 f"{artifact.directory or 'the artifact'}: its blend weighs the item-item part "

@@ -254,3 +254,11 @@ def test_the_search_computes_the_two_towers_user_vectors_once_per_batch() -> Non
     for user_vectors in scores:
         weight = user_vectors[:, :1] / direct  # a(h) times the two-tower's vector
         assert torch.allclose(weight, weight[:, :1].expand_as(weight))
+
+
+def test_a_blend_with_a_decay_outside_zero_to_one_is_refused() -> None:
+    for decay in (0.0, 1.5):
+        with pytest.raises(ValueError, match="decay must be in"):
+            BlendSettings(collab_decay=decay)
+        with pytest.raises(ValueError, match="decay must be in"):
+            BlendSettings.from_metrics({"blend": {**asdict(BlendSettings()), "collab_decay": decay}})
